@@ -1,0 +1,34 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs every check.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+OUT ?= runs/compare
+
+.PHONY: install demo test lint types unit clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+
+demo: install
+	$(BIN)/posenc compare --out $(OUT)
+
+lint:
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+types:
+	$(BIN)/mypy
+
+unit:
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+test: install lint types unit
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .hypothesis

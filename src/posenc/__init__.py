@@ -1,0 +1,32 @@
+"""posenc: positional encodings for transformer attention.
+
+>>> import posenc, torch
+>>> attn = posenc.Attention(256, 8, position=posenc.RoPE(32))
+>>> attn(torch.randn(2, 10, 256)).shape
+torch.Size([2, 10, 256])
+"""
+
+from . import functional
+from .absolute import LearnedAbsolute, Sinusoidal
+from .attention import Attention, KVCache
+from .base import NoPE, PositionEncoding
+from .registry import available, build, register
+from .relative import ShawRelative
+from .rotary import RoPE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention",
+    "KVCache",
+    "LearnedAbsolute",
+    "NoPE",
+    "PositionEncoding",
+    "RoPE",
+    "ShawRelative",
+    "Sinusoidal",
+    "available",
+    "build",
+    "functional",
+    "register",
+]

@@ -1,0 +1,53 @@
+"""Learned absolute position embeddings (Gehring et al. 2017; GPT-2)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..base import PositionEncoding, as_positions
+from ..registry import Sizes, register
+
+
+class LearnedAbsolute(PositionEncoding):
+    """``x + E[positions]`` with a trained table of ``max_len`` rows. Positions past the table are an error.
+
+    Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)``.
+    """
+
+    family: ClassVar[str] = "absolute"
+
+    def __init__(self, dim: int, max_len: int) -> None:
+        super().__init__()
+        if dim <= 0 or max_len <= 0:
+            raise ValueError(f"dim and max_len must be positive, got dim={dim}, max_len={max_len}")
+        self.dim, self.max_len = dim, max_len
+        self.table = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        seq = x.shape[-2]
+        if positions is None and seq > self.max_len:
+            raise ValueError(
+                f"sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
+                "use a larger max_len or an encoding that extrapolates"
+            )
+        pos = as_positions(positions, seq, x.device)  # (1|B, S)
+        if positions is not None and not torch.compiler.is_compiling():
+            lo, hi = int(pos.min()), int(pos.max())
+            if lo < 0 or hi >= self.max_len:
+                raise ValueError(f"positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]")
+        return x + self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return self.embed(x, positions)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, max_len={self.max_len}"
+
+
+@register("learned")
+def _build(sizes: Sizes, max_len: int = 2048) -> LearnedAbsolute:
+    return LearnedAbsolute(sizes.require("dim"), max_len)

@@ -1,0 +1,116 @@
+"""Multi-head / grouped-query attention with a pluggable positional encoding (Vaswani et al. 2017;
+Ainslie et al. 2023 for GQA)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..base import NoPE, PositionEncoding, as_positions, default_positions
+from .backends import BACKENDS, AttentionInputs, choose_backend
+from .cache import KVCache
+
+
+class Attention(nn.Module):
+    """Self-attention whose positional encoding is a module passed in, called through its hooks.
+
+    Args:
+        dim: model width.
+        heads: query heads ``H``; ``dim % heads == 0``.
+        kv_heads: key/value heads ``G`` (grouped-query attention); ``heads % kv_heads == 0``. Default ``heads``.
+        position: a :class:`posenc.PositionEncoding` (default :class:`posenc.NoPE`). Absolute encodings are
+            applied by the model to token embeddings, not here; their hooks in attention are identities.
+        causal: mask future keys.
+        dropout: attention-weight dropout.
+        backend: "auto", "sdpa", "math" (and any other key of ``posenc.attention.BACKENDS``).
+        bias: use biases in the projections.
+
+    Shapes: ``x: (B, S, dim)`` -> ``(B, S, dim)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        kv_heads: int | None = None,
+        position: PositionEncoding | None = None,
+        causal: bool = True,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        kv_heads = heads if kv_heads is None else kv_heads
+        if heads <= 0 or dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        if kv_heads <= 0 or heads % kv_heads:
+            raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose auto or one of {', '.join(sorted(BACKENDS))}")
+        if position is not None and not isinstance(position, PositionEncoding):
+            raise TypeError(f"position must be a posenc.PositionEncoding, got {type(position).__name__}")
+        self.dim, self.heads, self.kv_heads = dim, heads, kv_heads
+        self.head_dim = dim // heads
+        self.causal, self.dropout, self.backend = causal, dropout, backend
+        self.position = position if position is not None else NoPE()
+        self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(heads * self.head_dim, dim, bias=bias)
+
+    def forward(
+        self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """Attend.
+
+        Args:
+            x: ``(B, S, dim)`` new tokens.
+            positions: ``(S,)`` or ``(B, S)`` positions of the new tokens; default ``len(cache) + arange(S)``.
+            mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, S, K)``, ``K`` counting cached keys.
+            cache: a :class:`KVCache` to read and extend (incremental decoding).
+        """
+        b, s, _ = x.shape
+        offset = 0 if cache is None else len(cache)
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
+        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
+        explicit = None if positions is None else as_positions(positions, s, x.device)  # (1|B, S)
+        if explicit is None and offset:
+            explicit = default_positions(s, x.device, offset)
+        q, k = self.position.rotate(q, k, explicit)
+        q_pos = explicit if explicit is not None else default_positions(s, x.device)  # (1|B, S)
+        k_pos = q_pos
+        if cache is not None:
+            k, v, k_pos = cache.update(k, v, q_pos)  # (B, G, K, D), (1|B, K)
+        ctx = AttentionInputs(
+            position=self.position,
+            q_pos=q_pos,
+            k_pos=k_pos,
+            keep=_keep_mask(mask, k.shape[-2]),
+            causal=self.causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            training=self.training,
+        )
+        out = choose_backend(self.backend, q, ctx)(q, k, v, ctx)  # (B, H, S, D)
+        out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)  # (B, S, H*D)
+        return self.out_proj(out)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, backend={self.backend!r}"
+
+
+def _keep_mask(mask: Tensor | None, k_len: int) -> Tensor | None:
+    """User mask -> ``(1|B, 1|H, 1|Q, K)`` bool keep-mask."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = attend), got {mask.dtype}")
+    if mask.shape[-1] != k_len:
+        raise ValueError(f"mask covers {mask.shape[-1]} keys but there are {k_len} (cached + new)")
+    if mask.dim() == 2:
+        return mask[:, None, None, :]  # (B, 1, 1, K)
+    if mask.dim() == 4:
+        return mask
+    raise ValueError(f"mask must be (batch, keys) or (batch, heads, queries, keys), got {tuple(mask.shape)}")
+

@@ -1,0 +1,118 @@
+"""Ways to compute ``softmax(q k^T / sqrt(D) + bias) v (+ value term)``, all from the same inputs.
+
+* ``math``: explicit logits and softmax, the plain reference every other backend is tested against.
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; a bias is materialized as ``attn_mask``.
+
+A backend is a function ``(q, k, v, ctx) -> out`` registered in :data:`BACKENDS`.
+
+Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` keys, ``D`` head_dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..base import PositionEncoding
+
+
+@dataclass
+class AttentionInputs:
+    """Everything besides q, k, v that a backend needs.
+
+    Attributes:
+        position: the encoding, for ``score_bias`` / ``score_mod`` / ``value_term``.
+        q_pos: ``(1|B, Q)`` query positions; k_pos: ``(1|B, K)`` key positions.
+        keep: ``(1|B, 1|H, 1|Q, K)`` bool, True where a key may be attended (padding), or None.
+        causal: key ``j`` visible to query ``i`` only when ``j <= i + K - Q`` (cache-aware, by index).
+        dropout_p: attention dropout probability (0 at eval).
+        training: whether gradients are expected (backends without backward must decline).
+    """
+
+    position: PositionEncoding
+    q_pos: Tensor
+    k_pos: Tensor
+    keep: Tensor | None
+    causal: bool
+    dropout_p: float = 0.0
+    training: bool = False
+
+
+Backend = Callable[[Tensor, Tensor, Tensor, AttentionInputs], Tensor]
+
+
+def causal_keep(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """``(Q, K)`` bool: query ``i`` sees key ``j`` when ``j <= i + K - Q`` (the last query sees every key)."""
+    i = torch.arange(q_len, device=device).unsqueeze(-1)  # (Q, 1)
+    j = torch.arange(k_len, device=device)  # (K,)
+    return j <= i + (k_len - q_len)
+
+
+def full_keep(q: Tensor, k: Tensor, ctx: AttentionInputs) -> Tensor | None:
+    """Padding and causal masks combined: ``(1|B, 1|H, Q, K)`` bool, or None when nothing is masked."""
+    keep = ctx.keep
+    if ctx.causal:
+        c = causal_keep(q.shape[-2], k.shape[-2], q.device)  # (Q, K)
+        keep = c if keep is None else keep & c
+    return keep
+
+
+def repeat_kv(x: Tensor, heads: int) -> Tensor:
+    """``(B, G, K, D)`` -> ``(B, H, K, D)``, each kv head shared by ``H / G`` consecutive query heads."""
+    groups = heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
+    """Reference: explicit ``(B, H, Q, K)`` logits, softmax in float32, rows with no visible key give 0."""
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, K, D)
+    logits = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, Q, K)
+    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+    if bias is not None:
+        logits = logits + bias.float()
+    keep = full_keep(q, k, ctx)
+    if keep is not None:
+        logits = logits.masked_fill(~keep, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    if keep is not None:
+        probs = torch.where(keep.any(dim=-1, keepdim=True), probs, 0.0)  # fully masked rows -> 0, not NaN
+    probs = F.dropout(probs, ctx.dropout_p, training=ctx.dropout_p > 0).to(q.dtype)
+    out = probs @ v  # (B, H, Q, D)
+    extra = ctx.position.value_term(probs, ctx.q_pos, ctx.k_pos)
+    return out if extra is None else out + extra.to(out.dtype)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
+    """``scaled_dot_product_attention``; a bias (if any) and the masks go in as one float ``attn_mask``."""
+    if ctx.position.needs_probs:
+        raise ValueError(f"{type(ctx.position).__name__} needs the attention weights; use backend='math'")
+    gqa = k.shape[1] != q.shape[1]
+    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+    if bias is None and ctx.keep is None and (not ctx.causal or q.shape[-2] == k.shape[-2]):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=ctx.dropout_p, is_causal=ctx.causal, enable_gqa=gqa)
+    keep = full_keep(q, k, ctx)
+    mask: Tensor | None = keep
+    if bias is not None:
+        bias = bias.to(q.dtype)
+        mask = bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=ctx.dropout_p, enable_gqa=gqa)
+    if keep is not None:  # rows with no visible key: 0, as in the math path
+        out = torch.where(keep.any(dim=-1, keepdim=True), out, 0.0)
+    return out
+
+
+BACKENDS: dict[str, Backend] = {"math": math_attention, "sdpa": sdpa_attention}
+
+
+def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
+    """Resolve ``name`` ("auto" or a key of :data:`BACKENDS`). ``auto``: ``math`` when the encoding needs the
+    attention weights, else ``sdpa``."""
+    if name == "auto":
+        return math_attention if ctx.position.needs_probs else sdpa_attention
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]

@@ -1,0 +1,123 @@
+"""The seam between attention and positional encodings.
+
+Every encoding is a :class:`PositionEncoding` and overrides only the hooks of its family; the others are
+identities. ``posenc.Attention`` and ``posenc.models.TransformerLM`` call the hooks at fixed places and never
+ask which encoding they hold (see ``docs/architecture.md``):
+
+========================  ==========================================  ===========================
+hook                      called where                                family
+========================  ==========================================  ===========================
+``embed``                 token embeddings, once, before the blocks   absolute
+``rotate``                on q and k, before the KV cache             rotary
+``score_bias``            added to the logits (materialized)          bias, Shaw's key term
+``score_mod``             the same bias as a FlexAttention score_mod  bias (lean backend)
+``value_term``            added to the attention output               Shaw's value term
+========================  ==========================================  ===========================
+
+Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of every query and key
+(KV-cache offsets and packed sequences are just other positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+class PositionEncoding(nn.Module):
+    """Base class: every hook is the identity (this alone is NoPE).
+
+    Subclasses set ``family`` ("none", "absolute", "rotary", "bias" or "relative") and override their hooks.
+    """
+
+    family: ClassVar[str] = "none"
+    #: True when ``value_term`` needs the attention weights (forces the explicit-softmax path).
+    needs_probs: bool = False
+
+    def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Absolute hook. ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)`` -> ``(B, S, dim)``."""
+        return x
+
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Rotary hook on new queries and keys. ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, both at ``positions``."""
+        return q, k
+
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Additive logit bias (already on the scale of ``q.k / sqrt(D)``), or None.
+
+        Args:
+            q: ``(B, H, Q, D)`` queries after ``rotate``.
+            q_pos: ``(1|B, Q)`` query positions; k_pos: ``(1|B, K)`` key positions.
+
+        Returns:
+            Tensor broadcastable to ``(B, H, Q, K)``, or None for no bias.
+        """
+        return None
+
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+        """The same bias as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None for no bias."""
+        return None
+
+    def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Term added to the attention output. ``probs: (B, H, Q, K)`` -> ``(B, H, Q, D)`` or None."""
+        return None
+
+    def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
+        """The additive logit bias ``(heads, q_len, k_len)`` for queries at ``offset...`` and keys at ``0...``.
+
+        Only for encodings whose bias does not depend on the query content.
+        """
+        dev = _device_of(self)
+        q_pos = torch.arange(offset, offset + q_len, device=dev).unsqueeze(0)  # (1, Q)
+        k_pos = torch.arange(k_len, device=dev).unsqueeze(0)  # (1, K)
+        dummy = torch.zeros(1, 1, q_len, 1, device=dev)
+        out = self.score_bias(dummy, q_pos, k_pos)
+        if out is None:
+            return torch.zeros(1, q_len, k_len, device=dev)
+        return out.reshape(-1, q_len, k_len) if out.dim() == 4 else out
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        raise TypeError(f"{type(self).__name__} is used through its hooks (embed, rotate, ...), not called")
+
+
+class NoPE(PositionEncoding):
+    """No positional information at all: the causal mask is the only source of order (Kazemnejad et al. 2023).
+
+    ``forward(x)`` returns ``x`` unchanged, so it also drops in where an absolute encoding would go.
+    """
+
+    family: ClassVar[str] = "none"
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return x
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def default_positions(seq_len: int, device: torch.device, offset: int = 0) -> Tensor:
+    """``(1, S)`` positions ``offset ... offset + S - 1``."""
+    return torch.arange(offset, offset + seq_len, device=device).unsqueeze(0)
+
+
+def as_positions(positions: Tensor | None, seq_len: int, device: torch.device, offset: int = 0) -> Tensor:
+    """Normalize user positions to ``(1|B, S)`` long, or build the default; raise on a length mismatch."""
+    if positions is None:
+        return default_positions(seq_len, device, offset)
+    if positions.is_floating_point() or positions.is_complex():
+        raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+    if positions.dim() == 1:
+        positions = positions.unsqueeze(0)
+    if positions.dim() != 2 or positions.shape[-1] != seq_len:
+        raise ValueError(f"positions must be (seq,) or (batch, seq) with seq={seq_len}, got {tuple(positions.shape)}")
+    return positions.to(device=device, dtype=torch.long)

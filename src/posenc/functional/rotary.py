@@ -1,0 +1,147 @@
+"""Rotary position embedding (RoPE) math: frequencies, phases and the rotation itself.
+
+Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding". A vector is split into
+``rotary_dim / 2`` pairs; pair ``i`` at position ``m`` is rotated by the angle ``m * theta_i`` with
+``theta_i = base^(-2i / rotary_dim)``. Two pair layouts are in use:
+
+* half (``interleaved=False``, GPT-NeoX, Llama in transformers): pair ``i`` is ``(x[i], x[i + r/2])``;
+* interleaved (``interleaved=True``, the paper, GPT-J): pair ``i`` is ``(x[2i], x[2i + 1])``.
+
+Shape key: ``B`` batch, ``H`` heads, ``S`` sequence, ``D`` head_dim, ``R`` rotary_dim (even, ``<= D``),
+``P = R / 2`` pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def phase_dtype(device: torch.device) -> torch.dtype:
+    """The dtype used for phase math (angles) on ``device``: float64 wherever the device supports it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def check_rotary_dim(rotary_dim: int, head_dim: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``rotary_dim`` is a positive even number no larger than ``head_dim``."""
+    if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(
+            f"rotary_dim must be a positive even integer (dimensions are rotated in pairs), got {rotary_dim!r}"
+        )
+    if head_dim is not None and rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim ({rotary_dim}) must not exceed head_dim ({head_dim})")
+
+
+def rope_inv_freq(
+    rotary_dim: int, base: float = 10000.0, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Per-pair frequencies ``theta_i = base^(-2i / rotary_dim)``.
+
+    Returns:
+        ``(P,)`` tensor, float64 unless ``dtype`` says otherwise.
+    """
+    check_rotary_dim(rotary_dim)
+    if base <= 1.0:
+        raise ValueError(f"RoPE base must be > 1, got {base}")
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    dt = phase_dtype(dev) if dtype is None else dtype
+    exponent = torch.arange(0, rotary_dim, 2, device=dev, dtype=dt) / rotary_dim
+    return 1.0 / (base**exponent)
+
+
+def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
+    """Angles ``m * theta_i`` computed in float64 (float32 on devices without it), reduced mod 2*pi.
+
+    Args:
+        positions: ``(S,)`` or ``(B, S)`` integer (or float, for interpolated) positions.
+        inv_freq: ``(P,)`` frequencies.
+
+    Returns:
+        ``(..., S, P)`` angles in the phase dtype, in ``[-pi, pi)`` so that a float32 cos/sin afterwards stays
+        exact to float32 rounding at any position.
+    """
+    dt = phase_dtype(inv_freq.device)
+    angles = positions.to(dt).unsqueeze(-1) * inv_freq.to(dt)
+    two_pi = 2.0 * torch.pi
+    return torch.remainder(angles + torch.pi, two_pi) - torch.pi
+
+
+def rope_cos_sin(
+    positions: Tensor, inv_freq: Tensor, *, scale: float = 1.0, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """cos and sin tables for ``positions``: ``(..., S, P)`` each, in ``dtype`` (float32 by default).
+
+    ``scale`` multiplies both (YaRN's attention temperature folds in here).
+    """
+    angles = rope_angles(positions, inv_freq)
+    cos, sin = angles.cos(), angles.sin()
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    return cos.to(dtype), sin.to(dtype)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotate the first ``R = 2 * cos.shape[-1]`` dims of ``x`` by the angles behind ``cos``/``sin``.
+
+    The rotation is done in float32 (float64 for float64 input); the result has ``x``'s dtype. Dims past
+    ``R`` pass through unchanged (partial rotary).
+
+    Args:
+        x: ``(B, H, S, D)`` (any leading dims) queries or keys.
+        cos: ``(..., S, P)`` broadcastable to ``(B, H, S, P)``, e.g. ``(S, P)`` or ``(B, 1, S, P)``.
+        sin: same shape as ``cos``.
+        interleaved: pair layout, see the module docstring.
+
+    Returns:
+        Tensor shaped like ``x``.
+    """
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    rot = 2 * cos.shape[-1]
+    if rot > x.shape[-1]:
+        raise ValueError(f"cos/sin cover {rot} rotary dims but x has only {x.shape[-1]} (last dim)")
+    dt = _compute_dtype(x)
+    xr, rest = x[..., :rot].to(dt), x[..., rot:]
+    c, s = cos.to(dt), sin.to(dt)
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]  # (..., S, P) each
+        out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)  # (..., S, R)
+    else:
+        x1, x2 = xr[..., : rot // 2], xr[..., rot // 2 :]  # (..., S, P) each
+        out = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)  # (..., S, R)
+    out = out.to(x.dtype)
+    return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
+
+
+def apply_rope_reference(x: Tensor, angles: Tensor, interleaved: bool = False) -> Tensor:
+    """The obvious definition, for tests: multiply each pair, seen as a complex number, by ``e^(i*angle)``.
+
+    Args:
+        x: ``(..., S, D)``.
+        angles: ``(..., S, P)`` broadcastable, any real dtype.
+    """
+    rot = 2 * angles.shape[-1]
+    xr = x[..., :rot].to(torch.float64)
+    if interleaved:
+        pairs = xr.reshape(*xr.shape[:-1], rot // 2, 2)  # (..., S, P, 2): (x[2i], x[2i+1])
+    else:
+        pairs = torch.stack((xr[..., : rot // 2], xr[..., rot // 2 :]), dim=-1)  # (..., S, P, 2)
+    z = torch.view_as_complex(pairs.contiguous()) * torch.polar(
+        torch.ones_like(angles, dtype=torch.float64), angles.to(torch.float64)
+    )
+    out = torch.view_as_real(z)  # (..., S, P, 2)
+    out = out.flatten(-2) if interleaved else torch.cat((out[..., 0], out[..., 1]), dim=-1)
+    return torch.cat((out.to(x.dtype), x[..., rot:]), dim=-1)
+
+
+def interleaved_permutation(rotary_dim: int, head_dim: int | None = None) -> Tensor:
+    """Index ``perm`` with ``half_layout_vector = interleaved_layout_vector[perm]`` (dims past R fixed)."""
+    check_rotary_dim(rotary_dim, head_dim)
+    perm = torch.cat((torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2)))
+    if head_dim is not None:
+        perm = torch.cat((perm, torch.arange(rotary_dim, head_dim)))
+    return perm

@@ -1,0 +1,121 @@
+"""A small pre-norm decoder-only language model (GPT-2 style) built on :class:`posenc.Attention`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..attention import Attention, KVCache
+from ..base import NoPE, PositionEncoding, as_positions, default_positions
+from ..registry import build
+
+EncodingFactory = Callable[[], PositionEncoding]
+
+
+class Block(nn.Module):
+    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Shapes: ``x: (B, S, dim)``."""
+
+    def __init__(self, dim: int, heads: int, position: PositionEncoding, mlp_ratio: int, dropout: float, **attn: Any):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, position=position, dropout=dropout, **attn)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, positions: Tensor | None, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), positions=positions, mask=mask, cache=cache))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only LM whose positional encoding is given by name or factory.
+
+    An absolute encoding (family "absolute") is applied once to the token embeddings; any other encoding is
+    built once per layer and handed to that layer's attention.
+
+    Args:
+        position: a name for :func:`posenc.build` or a zero-argument factory of encodings.
+        vocab_size: 256 for bytes.
+        dim, depth, heads, kv_heads: sizes.
+        position_options: extra keyword options for :func:`posenc.build`.
+        backend: attention backend, see :class:`posenc.Attention`.
+
+    Shapes: ``tokens: (B, S)`` int -> logits ``(B, S, vocab_size)``.
+    """
+
+    def __init__(
+        self,
+        position: str | EncodingFactory = "rope",
+        *,
+        vocab_size: int = 256,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        kv_heads: int | None = None,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        position_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(position, str):
+            name, opts = position, dict(position_options or {})
+            factory: EncodingFactory = lambda: build(name, dim=dim, heads=heads, **opts)
+        else:
+            factory = position
+        first = factory()
+        absolute = first.family == "absolute"
+        self.input_position: PositionEncoding = first if absolute else NoPE()
+        layer_pos = [NoPE() if absolute else (first if i == 0 else factory()) for i in range(depth)]
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, p, mlp_ratio, dropout, kv_heads=kv_heads, backend=backend) for p in layer_pos
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.apply(_init)
+
+    def new_caches(self) -> list[KVCache]:
+        """One empty :class:`KVCache` per layer, for :meth:`forward`'s ``caches``."""
+        return [KVCache() for _ in self.blocks]
+
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        caches: list[KVCache] | None = None,
+    ) -> Tensor:
+        """``tokens: (B, S)`` -> logits ``(B, S, V)``; with ``caches`` the tokens continue the cached ones."""
+        b, s = tokens.shape
+        offset = 0 if caches is None else len(caches[0])
+        if positions is not None:
+            positions = as_positions(positions, s, tokens.device)  # (1|B, S)
+        elif offset:
+            positions = default_positions(s, tokens.device, offset)
+        x = self.embed(tokens)  # (B, S, dim)
+        x = self.drop(self.input_position.embed(x, positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, mask, None if caches is None else caches[i])
+        return self.head(self.norm(x))  # (B, S, V)
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (tied weights once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+__all__ = ["Block", "TransformerLM", "count_parameters"]

@@ -1,0 +1,63 @@
+"""Relative position representations (Shaw, Uszkoreit, Vaswani 2018)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..base import PositionEncoding
+from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
+from ..registry import Sizes, register
+
+
+class ShawRelative(PositionEncoding):
+    """Learned ``a^K`` (added to keys in the logits) and ``a^V`` (added to values) over ``clip(j - i, k)``.
+
+    Args:
+        head_dim: ``D``.
+        max_distance: clipping distance ``k``; tables have ``2k + 1`` rows.
+        heads: one table per head when given; shared across heads (the paper's choice) when None.
+        values: keep the value term ``a^V`` (the paper); False keeps only the key term (the seed's variant).
+
+    Never builds an ``(n, n, D)`` tensor: the key term is ``q @ a^K`` as ``(B, H, Q, 2k+1)`` then gathered,
+    the value term sums attention weights per clipped distance, ``(B, H, Q, 2k+1) @ a^V``.
+    """
+
+    family: ClassVar[str] = "relative"
+
+    def __init__(self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True) -> None:
+        super().__init__()
+        if head_dim <= 0:
+            raise ValueError(f"head_dim must be positive, got {head_dim}")
+        if max_distance < 0:
+            raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+        if heads is not None and heads <= 0:
+            raise ValueError(f"heads must be positive or None, got {heads}")
+        self.head_dim, self.max_distance, self.heads = head_dim, max_distance, heads
+        width, tables = 2 * max_distance + 1, 1 if heads is None else heads
+        self.key_table = nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5)
+        self.value_table = nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None
+        self.needs_probs = values
+
+    def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
+        return relative_from_positions(q_pos, k_pos, self.max_distance) + self.max_distance
+
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos)) * self.head_dim**-0.5
+
+    def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        if self.value_table is None:
+            return None
+        return shaw_value_term(probs, self.value_table, self.index(q_pos, k_pos))
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
+
+
+@register("shaw")
+def _build(sizes: Sizes, max_distance: int = 16, per_head: bool = False, values: bool = True) -> ShawRelative:
+    heads = sizes.require("heads") if per_head else None
+    return ShawRelative(sizes.require("head_dim"), max_distance, heads, values)

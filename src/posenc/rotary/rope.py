@@ -1,0 +1,112 @@
+"""Rotary position embedding (Su et al. 2021, RoFormer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..base import PositionEncoding
+from ..functional.rotary import apply_rope, check_rotary_dim, rope_cos_sin, rope_inv_freq
+from ..registry import Sizes, register
+
+
+class RoPE(PositionEncoding):
+    """Rotate queries and keys so that ``<rope(q)_m, rope(k)_n>`` depends only on ``m - n``.
+
+    Args:
+        head_dim: size ``D`` of each head.
+        base: frequency base ``theta`` (10000 in the paper; 500000 in Llama 3).
+        rotary_dim: rotate only the first ``R`` dims (partial rotary, e.g. GPT-NeoX); even, ``<= D``.
+        interleaved: pair ``(x[2i], x[2i+1])`` as in the paper and GPT-J; default pairs ``(x[i], x[i+R/2])``
+            as GPT-NeoX and Llama in transformers.
+        cache_len: cos/sin are precomputed for positions ``0 .. cache_len-1``; other positions are computed
+            on the fly, exactly. A speed knob only: no position is ever out of range.
+
+    Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
+    module; the rotation runs in float32 and returns the input dtype.
+
+    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``.
+    """
+
+    family: ClassVar[str] = "rotary"
+    inv_freq: Tensor
+    cos_cached: Tensor
+    sin_cached: Tensor
+
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10000.0,
+        rotary_dim: int | None = None,
+        interleaved: bool = False,
+        cache_len: int = 2048,
+    ) -> None:
+        super().__init__()
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        check_rotary_dim(rotary_dim, head_dim)
+        self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
+        self.interleaved, self.cache_len = interleaved, cache_len
+        self.register_buffer("inv_freq", torch.empty(0), persistent=False)
+        self.register_buffer("cos_cached", torch.empty(0), persistent=False)
+        self.register_buffer("sin_cached", torch.empty(0), persistent=False)
+        self._reset_tables(torch.empty(0).device)
+
+    # -- phase tables: derived state, rebuilt (never cast) whenever the module moves -----------------
+    def compute_inv_freq(self, device: torch.device) -> Tensor:
+        """``(R/2,)`` frequencies in the phase dtype. Subclasses and scaling variants override this."""
+        return rope_inv_freq(self.rotary_dim, self.base, device=device)
+
+    @property
+    def attention_scale(self) -> float:
+        """Factor folded into cos and sin (1 here; YaRN-style scaling changes it)."""
+        return 1.0
+
+    def _reset_tables(self, device: torch.device) -> None:
+        self.inv_freq = self.compute_inv_freq(device)
+        if device.type == "meta":
+            self.cos_cached = torch.empty(self.cache_len, self.rotary_dim // 2, device=device)
+            self.sin_cached = torch.empty(self.cache_len, self.rotary_dim // 2, device=device)
+            return
+        pos = torch.arange(self.cache_len, device=device)
+        self.cos_cached, self.sin_cached = rope_cos_sin(pos, self.inv_freq, scale=self.attention_scale)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoPE:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self._reset_tables(self.inv_freq.device)  # dtype casts never reach the phase tables
+        return self
+
+    # -- math ------------------------------------------------------------------------------------------
+    def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+        """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
+        if positions is None:
+            if seq_len <= self.cache_len:
+                return self.cos_cached[:seq_len], self.sin_cached[:seq_len]
+            positions = torch.arange(seq_len, device=device)
+        cos, sin = rope_cos_sin(positions.to(device), self.inv_freq, scale=self.attention_scale)
+        if cos.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
+            raise ValueError(f"RoPE built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}")
+        cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
+        return apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
+
+    def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """Rotate ``q: (B, H, S, D)`` and ``k: (B, Hkv, S, D)`` at ``positions`` (default ``0..S-1``)."""
+        return self.rotate(q, k, positions)
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
+            f"interleaved={self.interleaved}"
+        )
+
+
+@register("rope")
+def _build(sizes: Sizes, **options: object) -> RoPE:
+    return RoPE(sizes.require("head_dim"), **options)  # type: ignore[arg-type]
