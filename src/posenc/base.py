@@ -98,10 +98,10 @@ class NoPE(PositionEncoding):
 
 
 def _device_of(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -119,5 +119,7 @@ def as_positions(positions: Tensor | None, seq_len: int, device: torch.device, o
     if positions.dim() == 1:
         positions = positions.unsqueeze(0)
     if positions.dim() != 2 or positions.shape[-1] != seq_len:
-        raise ValueError(f"positions must be (seq,) or (batch, seq) with seq={seq_len}, got {tuple(positions.shape)}")
+        raise ValueError(
+            f"positions must be (seq,) or (batch, seq) with seq={seq_len}, got {tuple(positions.shape)}"
+        )
     return positions.to(device=device, dtype=torch.long)

@@ -50,7 +50,12 @@ def available() -> list[str]:
 
 
 def build(
-    name: str, *, dim: int | None = None, heads: int | None = None, head_dim: int | None = None, **options: Any
+    name: str,
+    *,
+    dim: int | None = None,
+    heads: int | None = None,
+    head_dim: int | None = None,
+    **options: Any,
 ) -> PositionEncoding:
     """Build an encoding by name; each takes the sizes it needs (``head_dim`` defaults to ``dim // heads``).
 

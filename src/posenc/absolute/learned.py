@@ -38,7 +38,9 @@ class LearnedAbsolute(PositionEncoding):
         if positions is not None and not torch.compiler.is_compiling():
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_len:
-                raise ValueError(f"positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]")
+                raise ValueError(
+                    f"positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
+                )
         return x + self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]

@@ -47,7 +47,9 @@ class Attention(nn.Module):
         if kv_heads <= 0 or heads % kv_heads:
             raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
         if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; choose auto or one of {', '.join(sorted(BACKENDS))}")
+            raise ValueError(
+                f"unknown attention backend {backend!r}; choose auto or one of {', '.join(sorted(BACKENDS))}"
+            )
         if position is not None and not isinstance(position, PositionEncoding):
             raise TypeError(f"position must be a posenc.PositionEncoding, got {type(position).__name__}")
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads
@@ -60,7 +62,12 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(heads * self.head_dim, dim, bias=bias)
 
     def forward(
-        self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        *,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Attend.
 
@@ -113,4 +120,3 @@ def _keep_mask(mask: Tensor | None, k_len: int) -> Tensor | None:
     if mask.dim() == 4:
         return mask
     raise ValueError(f"mask must be (batch, keys) or (batch, heads, queries, keys), got {tuple(mask.shape)}")
-

@@ -11,7 +11,9 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posenc", description="Positional encodings: pictures, comparisons, benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="posenc", description="Positional encodings: pictures, comparisons, benchmarks."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

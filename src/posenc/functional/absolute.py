@@ -12,7 +12,9 @@ from torch import Tensor
 from .rotary import phase_dtype
 
 
-def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32) -> Tensor:
+def sinusoidal_table(
+    positions: Tensor, dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The sinusoidal encoding of ``positions``, computed in float64 (any position, no precomputed limit).
 
     Args:

@@ -14,7 +14,11 @@ from torch import Tensor
 
 
 def relative_positions(
-    q_len: int, k_len: int, max_distance: int | None = None, offset: int = 0, device: torch.device | None = None
+    q_len: int,
+    k_len: int,
+    max_distance: int | None = None,
+    offset: int = 0,
+    device: torch.device | None = None,
 ) -> Tensor:
     """``(q_len, k_len)`` matrix of ``clip(j - i, -max_distance, max_distance)``, queries at ``offset + i``.
 
@@ -85,7 +89,13 @@ def _expand_index(rel_index: Tensor, b: int, h: int) -> Tensor:
 
 
 def shaw_reference(
-    q: Tensor, k: Tensor, v: Tensor, key_table: Tensor, value_table: Tensor, max_distance: int, mask: Tensor | None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_table: Tensor,
+    value_table: Tensor,
+    max_distance: int,
+    mask: Tensor | None,
 ) -> Tensor:
     """Shaw's two equations written out with an explicit ``(Q, K, D)`` gather. For tests on small inputs only.
 

@@ -33,7 +33,11 @@ def check_rotary_dim(rotary_dim: int, head_dim: int | None = None) -> None:
 
 
 def rope_inv_freq(
-    rotary_dim: int, base: float = 10000.0, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    rotary_dim: int,
+    base: float = 10000.0,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Per-pair frequencies ``theta_i = base^(-2i / rotary_dim)``.
 
@@ -100,7 +104,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
         Tensor shaped like ``x``.
     """
     if cos.shape != sin.shape:
-        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+        raise ValueError(
+            f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"
+        )
     rot = 2 * cos.shape[-1]
     if rot > x.shape[-1]:
         raise ValueError(f"cos/sin cover {rot} rotary dims but x has only {x.shape[-1]} (last dim)")

@@ -17,14 +17,18 @@ EncodingFactory = Callable[[], PositionEncoding]
 class Block(nn.Module):
     """``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Shapes: ``x: (B, S, dim)``."""
 
-    def __init__(self, dim: int, heads: int, position: PositionEncoding, mlp_ratio: int, dropout: float, **attn: Any):
+    def __init__(
+        self, dim: int, heads: int, position: PositionEncoding, mlp_ratio: int, dropout: float, **attn: Any
+    ):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, position=position, dropout=dropout, **attn)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, positions: Tensor | None, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, positions: Tensor | None, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), positions=positions, mask=mask, cache=cache))
         return x + self.drop(self.mlp(self.norm2(x)))
 

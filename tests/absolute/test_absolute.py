@@ -1,0 +1,55 @@
+"""Sinusoidal and learned absolute encodings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import posenc
+
+
+@given(st.integers(1, 33), st.integers(0, 10**6))
+def test_sinusoidal_matches_the_papers_formula(dim: int, start: int) -> None:
+    enc = posenc.Sinusoidal(dim).double()
+    pos = torch.arange(start, start + 3)
+    pe = enc(torch.zeros(1, 3, dim, dtype=torch.float64), pos)[0]  # (3, dim)
+    for row, p in enumerate(pos.tolist()):
+        for i in range(dim):
+            angle = p / 10000 ** ((i - i % 2) / dim)
+            expected = math.sin(angle) if i % 2 == 0 else math.cos(angle)
+            assert abs(pe[row, i].item() - expected) < 1e-9
+
+
+def test_sinusoidal_any_length_and_positions() -> None:
+    enc = posenc.Sinusoidal(16)
+    x = torch.randn(2, 20_000, 16)  # far past any max_len a table would have had
+    y = enc(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    torch.testing.assert_close(enc(x[:, :5]), enc(x[:, :5], torch.arange(5)))
+    per_batch = enc(x[:, :4], torch.tensor([[0, 1, 2, 3], [9, 10, 11, 12]]))
+    torch.testing.assert_close(per_batch[1], enc(x[1:, :4], torch.arange(9, 13))[0])
+
+
+def test_sinusoidal_dropout_and_dtype() -> None:
+    enc = posenc.Sinusoidal(8, dropout=0.5).train()
+    y = enc(torch.ones(4, 6, 8))
+    assert (y == 0).any()
+    assert posenc.Sinusoidal(8)(torch.ones(1, 2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_learned_rejects_positions_past_its_table() -> None:
+    enc = posenc.LearnedAbsolute(8, max_len=10)
+    assert enc(torch.randn(2, 10, 8)).shape == (2, 10, 8)
+    with pytest.raises(ValueError, match="max_len=10"):
+        enc(torch.randn(2, 11, 8))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        enc(torch.randn(1, 2, 8), torch.tensor([8, 10]))
+
+
+def test_nope_is_identity() -> None:
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(posenc.NoPE()(x), x)

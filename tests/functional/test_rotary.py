@@ -1,0 +1,123 @@
+"""RoPE math as properties: rotations preserve norms, scores depend only on m - n, layouts agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from posenc.functional import (
+    apply_rope,
+    apply_rope_reference,
+    interleaved_permutation,
+    rope_angles,
+    rope_cos_sin,
+    rope_inv_freq,
+)
+
+dims = st.integers(1, 16).map(lambda p: 2 * p)
+
+
+@st.composite
+def rope_case(draw: st.DrawFn) -> tuple[int, int, bool]:
+    head_dim = draw(dims)
+    rotary_dim = draw(st.integers(1, head_dim // 2)) * 2
+    return head_dim, rotary_dim, draw(st.booleans())
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, interleaved: bool) -> torch.Tensor:
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(rotary_dim), dtype=torch.float64)
+    return apply_rope(x, cos, sin, interleaved)
+
+
+@given(rope_case(), st.integers(1, 12), st.integers(0, 10**6))
+def test_rotation_preserves_norms(case: tuple[int, int, bool], seq: int, start: int) -> None:
+    head_dim, rotary_dim, interleaved = case
+    x = torch.randn(2, 3, seq, head_dim, dtype=torch.float64)
+    y = rotate(x, torch.arange(start, start + seq), rotary_dim, interleaved)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(y[..., rotary_dim:], x[..., rotary_dim:])  # partial rotary passes through
+
+
+def score_depends_only_on_distance(rot: object, head_dim: int) -> bool:
+    """``<rot(q, m), rot(k, n)>`` equal for (m, n) and (m + t, n + t) for several shifts t."""
+    q, k = torch.randn(head_dim, dtype=torch.float64), torch.randn(head_dim, dtype=torch.float64)
+    scores = []
+    for shift in (0, 7, 1000):
+        m, n = torch.tensor([5 + shift]), torch.tensor([2 + shift])
+        scores.append((rot(q[None], m) * rot(k[None], n)).sum())  # type: ignore[operator]
+    return all(torch.allclose(s, scores[0], atol=1e-9) for s in scores)
+
+
+@given(rope_case())
+def test_score_depends_only_on_relative_distance(case: tuple[int, int, bool]) -> None:
+    head_dim, rotary_dim, interleaved = case
+    assert score_depends_only_on_distance(lambda x, p: rotate(x, p, rotary_dim, interleaved), head_dim)
+
+
+def seed_document_rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The seed's construction, restated from its description: for head_dim 8 the even pairs get cos of
+    theta0, theta2, theta0, theta2 and the odd ones sin of theta1, theta3, theta1, theta3 (not a rotation)."""
+    d = x.shape[-1]
+    inv = rope_inv_freq(d)
+    freqs = positions.double()[:, None] * inv  # (S, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (S, d)
+    cos, sin = emb.cos(), emb.sin()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat(
+        (x1 * cos[..., 0::2] - x2 * sin[..., 0::2], x1 * sin[..., 1::2] + x2 * cos[..., 1::2]), -1
+    )
+
+
+def test_seed_construction_fails_the_properties_ours_passes() -> None:
+    """Regression for the seed's defect, checked through the properties, for head_dim 8."""
+    x, pos = torch.randn(1, 8, dtype=torch.float64), torch.tensor([3])
+    assert not torch.allclose(seed_document_rope(x, pos).norm(), x.norm())
+    assert not score_depends_only_on_distance(seed_document_rope, 8)
+    assert torch.allclose(rotate(x, pos, 8, True).norm(), x.norm())
+    assert score_depends_only_on_distance(lambda v, p: rotate(v, p, 8, True), 8)
+
+
+@given(rope_case(), st.integers(1, 9))
+def test_layouts_agree_up_to_the_fixed_permutation(case: tuple[int, int, bool], seq: int) -> None:
+    head_dim, rotary_dim, _ = case
+    perm = interleaved_permutation(rotary_dim, head_dim)
+    x = torch.randn(2, seq, head_dim, dtype=torch.float64)
+    pos = torch.arange(seq) * 37
+    torch.testing.assert_close(
+        rotate(x, pos, rotary_dim, True)[..., perm], rotate(x[..., perm], pos, rotary_dim, False)
+    )
+
+
+@given(rope_case(), st.integers(1, 9), st.sampled_from([torch.float32, torch.float64]))
+def test_fast_path_equals_complex_reference(
+    case: tuple[int, int, bool], seq: int, dtype: torch.dtype
+) -> None:
+    head_dim, rotary_dim, interleaved = case
+    x = torch.randn(2, 2, seq, head_dim, dtype=dtype)
+    pos = torch.arange(seq) + 123_456
+    angles = rope_angles(pos, rope_inv_freq(rotary_dim))
+    expected = apply_rope_reference(x, angles, interleaved)
+    tol = 1e-5 if dtype == torch.float32 else 1e-7
+    torch.testing.assert_close(rotate(x, pos, rotary_dim, interleaved), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_rotate_in_float32_and_keep_their_dtype(dtype: torch.dtype) -> None:
+    x = torch.randn(1, 2, 5, 16).to(dtype)
+    pos = torch.arange(5)
+    y = rotate(x, pos, 16, False)
+    assert y.dtype == dtype
+    ref = rotate(x.float(), pos, 16, False).to(dtype)
+    assert torch.equal(y, ref)
+
+
+def test_bad_shapes_raise() -> None:
+    with pytest.raises(ValueError, match="even"):
+        rope_inv_freq(7)
+    cos, sin = rope_cos_sin(torch.arange(3), rope_inv_freq(16))
+    with pytest.raises(ValueError, match="rotary dims"):
+        apply_rope(torch.randn(3, 8), cos, sin)
+    with pytest.raises(ValueError, match="same shape"):
+        apply_rope(torch.randn(3, 16), cos, sin[:, :4])

@@ -1,0 +1,89 @@
+"""Shaw et al. 2018: the lean implementation equals the paper's equations written out, and stays lean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import posenc
+from posenc.attention import AttentionInputs, math_attention
+from posenc.attention.backends import causal_keep
+from posenc.base import default_positions
+from posenc.functional import shaw_reference
+
+
+def run_lean(
+    enc: posenc.ShawRelative, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+) -> torch.Tensor:
+    q_pos = default_positions(q.shape[-2], q.device, k.shape[-2] - q.shape[-2])
+    k_pos = default_positions(k.shape[-2], q.device)
+    return math_attention(q, k, v, AttentionInputs(enc, q_pos, k_pos, None, causal))
+
+
+@given(st.integers(1, 8), st.integers(0, 5), st.booleans(), st.booleans(), st.booleans(), st.integers(0, 3))
+def test_equals_the_papers_equations(
+    k_len: int, max_distance: int, per_head: bool, values: bool, causal: bool, cached: int
+) -> None:
+    heads, d = 3, 4
+    enc = posenc.ShawRelative(d, max_distance, heads=heads if per_head else None, values=values).double()
+    q_len = max(1, k_len - cached)
+    q = torch.randn(2, heads, q_len, d, dtype=torch.float64)
+    k, v = torch.randn(2, 2, heads, k_len, d, dtype=torch.float64)
+    zeros = torch.zeros_like(enc.key_table)
+    value_table = enc.value_table if enc.value_table is not None else zeros
+    mask = causal_keep(q_len, k_len, q.device) if causal else None
+    expected = shaw_reference(q, k, v, enc.key_table, value_table, max_distance, mask)
+    torch.testing.assert_close(run_lean(enc, q, k, v, causal), expected)
+
+
+def test_gradients_reach_both_tables() -> None:
+    enc = posenc.ShawRelative(4, 2)
+    q, k, v = torch.randn(3, 1, 2, 6, 4)
+    run_lean(enc, q, k, v, True).sum().backward()
+    assert enc.key_table.grad is not None and enc.key_table.grad.abs().sum() > 0
+    assert enc.value_table is not None and enc.value_table.grad is not None
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements any op produced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_never_builds_an_n_by_n_by_d_tensor() -> None:
+    n, d, heads = 64, 32, 1
+    attn = posenc.Attention(d * heads, heads, position=posenc.ShawRelative(d, 8))
+    x = torch.randn(1, n, d * heads)
+    with LargestTensor() as probe:
+        attn(x).sum().backward()
+    assert probe.largest < n * n * d // 4  # (n, n) scores are fine; (n, n, d) is not
+
+
+def test_shaw_in_attention_with_values_uses_math_and_sdpa_refuses() -> None:
+    attn = posenc.Attention(16, 2, position=posenc.ShawRelative(8), backend="sdpa")
+    with pytest.raises(ValueError, match="attention weights"):
+        attn(torch.randn(1, 3, 16))
+    key_only = posenc.Attention(16, 2, position=posenc.ShawRelative(8, values=False), backend="sdpa")
+    reference = posenc.Attention(16, 2, position=key_only.position, backend="math")
+    reference.load_state_dict(key_only.state_dict())
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(key_only(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="max_distance"):
+        posenc.ShawRelative(8, -1)
+    with pytest.raises(ValueError, match="heads"):
+        posenc.ShawRelative(8, 2, heads=0)

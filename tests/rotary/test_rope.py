@@ -1,0 +1,112 @@
+"""posenc.RoPE as a module: defaults, positions, precision, dtype, devices, compile, and the transformers oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import posenc
+from posenc.functional import rope_inv_freq
+
+
+def test_default_positions_equal_arange_and_per_batch_positions() -> None:
+    rope = posenc.RoPE(16, rotary_dim=12)
+    q, k = torch.randn(2, 4, 7, 16), torch.randn(2, 2, 7, 16)
+    default = rope(q, k)
+    for pos in (torch.arange(7), torch.arange(7).expand(2, 7)):
+        for a, b in zip(rope(q, k, pos), default, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    shifted = torch.stack((torch.arange(7), torch.arange(100, 107)))  # (B, S): per-batch offsets
+    q2, _ = rope(q, k, shifted)
+    torch.testing.assert_close(q2[0], default[0][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(q2[1], rope(q[1:], k[1:], torch.arange(100, 107))[0][0], atol=1e-6, rtol=0)
+
+
+@given(st.integers(0, 10**7), st.booleans())
+def test_positions_far_past_any_cache(start: int, interleaved: bool) -> None:
+    rope = posenc.RoPE(8, interleaved=interleaved, cache_len=4)
+    x = torch.randn(1, 1, 3, 8, dtype=torch.float64)
+    pos = torch.arange(start, start + 3)
+    y, _ = rope(x, x, pos)
+    angles = pos.double()[:, None] * rope_inv_freq(8, dtype=torch.float64)
+    expected = posenc.functional.apply_rope_reference(x, angles, interleaved)
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=0)
+
+
+def test_longer_than_cache_without_positions() -> None:
+    rope = posenc.RoPE(8, cache_len=4)
+    x = torch.randn(1, 1, 10, 8)
+    a, _ = rope(x, x)
+    b, _ = rope(x, x, torch.arange(10))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("head_dim,partial", [(16, 1.0), (32, 0.5), (64, 1.0)])
+def test_half_layout_equals_transformers_llama(head_dim: int, partial: float) -> None:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    heads = 2
+    rotary_dim = int(head_dim * partial)
+    # transformers' Llama rotates its whole head_dim; a partial rotary is the same rotation on a head of rotary_dim
+    cfg = LlamaConfig(
+        hidden_size=rotary_dim * heads, num_attention_heads=heads, head_dim=rotary_dim, rope_theta=5e5
+    )
+    hf = LlamaRotaryEmbedding(cfg)
+    ours = posenc.RoPE(head_dim, base=5e5, rotary_dim=rotary_dim)
+    q, k = torch.randn(2, heads, 9, head_dim), torch.randn(2, heads, 9, head_dim)
+    pos = torch.arange(9)[None].expand(2, 9) + 40
+    cos, sin = hf(q, pos)
+    if rotary_dim < head_dim:
+        q_hf = apply_rotary_pos_emb(q[..., :rotary_dim], k[..., :rotary_dim], cos, sin)
+        expected = tuple(torch.cat((r, x[..., rotary_dim:]), -1) for r, x in zip(q_hf, (q, k), strict=True))
+    else:
+        expected = apply_rotary_pos_emb(q, k, cos, sin)
+    for a, b in zip(ours(q, k, pos), expected, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_to_bfloat16_keeps_frequencies_exact() -> None:
+    rope = posenc.RoPE(64, base=10000.0)
+    before = (rope.inv_freq.clone(), rope.cos_cached.clone())
+    rope = rope.to(torch.bfloat16)
+    assert rope.inv_freq.dtype == torch.float64 and rope.cos_cached.dtype == torch.float32
+    assert torch.equal(rope.inv_freq, before[0]) and torch.equal(rope.cos_cached, before[1])
+    q = torch.randn(1, 2, 5, 64, dtype=torch.bfloat16)
+    y, _ = rope(q, q)
+    assert y.dtype == torch.bfloat16
+    ref, _ = posenc.RoPE(64)(q.float(), q.float())
+    assert torch.equal(y, ref.to(torch.bfloat16))
+
+
+def test_meta_device_then_materialize() -> None:
+    with torch.device("meta"):
+        attn = posenc.Attention(32, 4, position=posenc.RoPE(8))
+    assert attn.q_proj.weight.is_meta
+    attn = attn.to_empty(device="cpu")
+    fresh = posenc.RoPE(8)
+    assert torch.equal(attn.position.cos_cached, fresh.cos_cached)  # type: ignore[union-attr]
+
+
+def test_buffers_are_not_persistent() -> None:
+    assert posenc.RoPE(8).state_dict() == {}
+
+
+@pytest.mark.parametrize("bad", [7, 0, -2, 18])
+def test_bad_rotary_dim(bad: int) -> None:
+    with pytest.raises(ValueError, match="rotary_dim"):
+        posenc.RoPE(16, rotary_dim=bad)
+
+
+def test_wrong_head_dim_raises() -> None:
+    with pytest.raises(ValueError, match="head_dim"):
+        posenc.RoPE(16)(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))
+
+
+def test_compiled_attention_with_rope_has_no_graph_breaks() -> None:
+    attn = posenc.Attention(32, 4, kv_heads=2, position=posenc.RoPE(8)).eval()
+    x = torch.randn(2, 6, 32)
+    compiled = torch.compile(attn, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), attn(x))
