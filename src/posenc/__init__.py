@@ -12,7 +12,17 @@ from .attention import Attention, KVCache
 from .base import NoPE, PositionEncoding
 from .registry import available, build, register
 from .relative import ShawRelative
-from .rotary import RoPE
+from .rotary import (
+    DynamicNTKScaling,
+    LinearScaling,
+    Llama3Scaling,
+    LongRoPEScaling,
+    NTKScaling,
+    RoPE,
+    RopeScaling,
+    XPos,
+    YaRNScaling,
+)
 
 __version__ = "0.1.0"
 
@@ -22,9 +32,17 @@ __all__ = [
     "LearnedAbsolute",
     "NoPE",
     "PositionEncoding",
+    "DynamicNTKScaling",
+    "Llama3Scaling",
+    "LinearScaling",
+    "LongRoPEScaling",
+    "NTKScaling",
     "RoPE",
+    "RopeScaling",
     "ShawRelative",
     "Sinusoidal",
+    "XPos",
+    "YaRNScaling",
     "available",
     "build",
     "functional",

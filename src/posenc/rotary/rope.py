@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -11,6 +11,7 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..functional.rotary import apply_rope, check_rotary_dim, rope_cos_sin, rope_inv_freq
 from ..registry import Sizes, register
+from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
 class RoPE(PositionEncoding):
@@ -24,6 +25,11 @@ class RoPE(PositionEncoding):
             as GPT-NeoX and Llama in transformers.
         cache_len: cos/sin are precomputed for positions ``0 .. cache_len-1``; other positions are computed
             on the fly, exactly. A speed knob only: no position is ever out of range.
+        scaling: context extension, a :class:`posenc.RopeScaling` (``LinearScaling``, ``NTKScaling``,
+            ``DynamicNTKScaling``, ``YaRNScaling``, ``Llama3Scaling``, ``LongRoPEScaling``) or a transformers-style
+            dict ``{"rope_type": "yarn", "factor": 4.0, ...}``; None for plain RoPE. See
+            ``posenc.rotary.scaling``. Length-dependent methods (dynamic NTK, LongRoPE) recompute the
+            frequencies per call from ``max(position) + 1``, without touching module state.
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
     module; the rotation runs in float32 and returns the input dtype.
@@ -43,10 +49,14 @@ class RoPE(PositionEncoding):
         rotary_dim: int | None = None,
         interleaved: bool = False,
         cache_len: int = 2048,
+        scaling: RopeScaling | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
         check_rotary_dim(rotary_dim, head_dim)
+        self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
+        if self.scaling is not None:
+            self.scaling.validate(rotary_dim)
         self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
         self.interleaved, self.cache_len = interleaved, cache_len
         self.register_buffer("inv_freq", torch.empty(0), persistent=False)
@@ -56,13 +66,15 @@ class RoPE(PositionEncoding):
 
     # -- phase tables: derived state, rebuilt (never cast) whenever the module moves -----------------
     def compute_inv_freq(self, device: torch.device) -> Tensor:
-        """``(R/2,)`` frequencies in the phase dtype. Subclasses and scaling variants override this."""
-        return rope_inv_freq(self.rotary_dim, self.base, device=device)
+        """``(R/2,)`` frequencies in the phase dtype, with ``scaling`` applied (its construction-time value)."""
+        if self.scaling is None:
+            return rope_inv_freq(self.rotary_dim, self.base, device=device)
+        return scaled_inv_freq(self.scaling, self.rotary_dim, self.base, None, device)[0]
 
     @property
     def attention_scale(self) -> float:
-        """Factor folded into cos and sin (1 here; YaRN-style scaling changes it)."""
-        return 1.0
+        """Factor folded into cos and sin (1 without scaling; YaRN and LongRoPE set a temperature)."""
+        return 1.0 if self.scaling is None else self.scaling.attention_factor_value()
 
     def _reset_tables(self, device: torch.device) -> None:
         self.inv_freq = self.compute_inv_freq(device)
@@ -82,13 +94,27 @@ class RoPE(PositionEncoding):
     def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
         if positions is None:
-            if seq_len <= self.cache_len:
+            if seq_len <= self._static_len():
                 return self.cos_cached[:seq_len], self.sin_cached[:seq_len]
             positions = torch.arange(seq_len, device=device)
-        cos, sin = rope_cos_sin(positions.to(device), self.inv_freq, scale=self.attention_scale)
+        positions = positions.to(device)
+        cos, sin = rope_cos_sin(positions, self.inv_freq_for(positions), scale=self.attention_scale)
         if cos.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
+
+    def _static_len(self) -> int:
+        """Lengths up to this one may use the cached tables."""
+        limit = None if self.scaling is None else self.scaling.static_length
+        return self.cache_len if limit is None else min(self.cache_len, limit)
+
+    def inv_freq_for(self, positions: Tensor) -> Tensor:
+        """``(R/2,)`` frequencies for a call at ``positions``: ``inv_freq``, or for a length-dependent scaling
+        the ones for ``max(positions) + 1`` (a pure, traceable function of the positions' values)."""
+        if self.scaling is None or not self.scaling.length_dependent:
+            return self.inv_freq
+        seq_len = positions.max() + 1
+        return scaled_inv_freq(self.scaling, self.rotary_dim, self.base, seq_len, self.inv_freq.device)[0]
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
@@ -103,7 +129,7 @@ class RoPE(PositionEncoding):
     def extra_repr(self) -> str:
         return (
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
-            f"interleaved={self.interleaved}"
+            f"interleaved={self.interleaved}" + ("" if self.scaling is None else f", scaling={self.scaling}")
         )
 
 

@@ -1,0 +1,154 @@
+"""xPos: RoPE with an exponential decay by distance (Sun et al. 2022, "A Length-Extrapolatable Transformer").
+
+Pair ``i`` of a query at position ``n`` is rotated as in RoPE and scaled by ``zeta_i^((n - c) / scale_base)``;
+the same pair of a key at position ``m`` by ``zeta_i^(-(m - c) / scale_base)``, with
+``zeta_i = (2i / D + gamma) / (1 + gamma)`` in ``(0, 1)``. Their dot product carries ``zeta_i^((n - m) /
+scale_base)``: it depends only on ``n - m`` and decays with distance for causal attention (``n >= m``).
+
+The centre ``c`` cancels in every logit; it only decides which positions are representable, since the
+separate scales ``zeta^(+-(p - c)/scale_base)`` grow and shrink exponentially. The reference implementation
+(torchscale, and rotary-embedding-torch) recentres on the middle of the current sequence and re-rotates all
+keys at every decoding step; posenc caches rotated keys, so the centre is fixed (``center``, default 0), which
+keeps KV-cache decoding exact. Positions must stay within :meth:`XPos.max_offset` of the centre
+(35,696 for the defaults in float32 and bfloat16, 3,964 in float16); farther ones raise ``ValueError`` in
+eager mode (the check is skipped under ``torch.compile``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..base import PositionEncoding
+from ..functional.rotary import apply_rope, check_rotary_dim, phase_dtype, rope_cos_sin, rope_inv_freq
+from ..registry import Sizes, register
+
+
+def xpos_zeta(head_dim: int, gamma: float, device: torch.device | None = None) -> Tensor:
+    """``(D/2,)`` per-pair decay bases ``zeta_i = (2i / D + gamma) / (1 + gamma)`` in the phase dtype."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    i2 = torch.arange(0, head_dim, 2, device=dev, dtype=phase_dtype(dev))
+    return (i2 / head_dim + gamma) / (1.0 + gamma)
+
+
+def xpos_cos_sin(
+    positions: Tensor, inv_freq: Tensor, zeta: Tensor, scale_base: float, center: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scaled phase tables for queries and keys, float32.
+
+    Args:
+        positions: ``(S,)`` or ``(B, S)`` integer positions.
+        inv_freq: ``(P,)`` RoPE frequencies; zeta: ``(P,)`` decay bases.
+        scale_base: positions per power of ``zeta``; center: the position with scale 1.
+
+    Returns:
+        ``(cos_q, sin_q, cos_k, sin_k)``, each ``(..., S, P)``: cos and sin times ``zeta^(+(p-c)/scale_base)``
+        for queries and ``zeta^(-(p-c)/scale_base)`` for keys, computed in the phase dtype, then float32.
+    """
+    dt = phase_dtype(inv_freq.device)
+    cos, sin = rope_cos_sin(positions, inv_freq, dtype=dt)
+    log_scale = (positions.to(dt) - center).unsqueeze(-1) / scale_base * zeta.to(dt).log()  # (..., S, P)
+    up, down = log_scale.exp(), (-log_scale).exp()
+    f32 = torch.float32
+    return (cos * up).to(f32), (sin * up).to(f32), (cos * down).to(f32), (sin * down).to(f32)
+
+
+class XPos(PositionEncoding):
+    """xPos rotary encoding with distance decay (Sun et al. 2022, arXiv:2212.10554), for causal attention.
+
+    Args:
+        head_dim: ``D``, even; all dims are rotated.
+        scale_base: positions per power of ``zeta`` (512 in the paper).
+        gamma: ``zeta_i = (2i/D + gamma) / (1 + gamma)`` (0.4 in the paper).
+        base: RoPE frequency base.
+        interleaved: pair layout as in :class:`posenc.RoPE` (the reference implementation is interleaved).
+        center: the position whose scale is 1; logits do not depend on it, the representable window
+            ``|position - center| <= max_offset(dtype)`` does.
+
+    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``. Holds no buffers:
+    the phase tables are computed per call in float64 and applied in float32; outputs keep the input dtype.
+    Only meaningful with ``causal=True``: for keys after the query the factor grows instead of decaying.
+    """
+
+    family: ClassVar[str] = "rotary"
+
+    def __init__(
+        self,
+        head_dim: int,
+        scale_base: float = 512.0,
+        gamma: float = 0.4,
+        base: float = 10000.0,
+        interleaved: bool = False,
+        center: int = 0,
+    ) -> None:
+        super().__init__()
+        check_rotary_dim(head_dim)
+        if not scale_base > 0:
+            raise ValueError(f"xPos scale_base must be > 0 (positions per power of zeta), got {scale_base}")
+        if not gamma > 0:
+            raise ValueError(
+                f"xPos gamma must be > 0 (zeta_0 = gamma / (1 + gamma) must be positive), got {gamma}"
+            )
+        if isinstance(center, bool) or not isinstance(center, int):
+            raise TypeError(f"xPos center must be an int position, got {center!r}")
+        rope_inv_freq(head_dim, base)  # validates base
+        self.head_dim, self.scale_base, self.gamma, self.base = (
+            head_dim,
+            float(scale_base),
+            float(gamma),
+            float(base),
+        )
+        self.interleaved, self.center = interleaved, center
+
+    def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
+        """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay normal ``dtype`` numbers."""
+        info = torch.finfo(dtype)
+        room = min(math.log(info.max), -math.log(info.tiny))
+        zeta_min = self.gamma / (1.0 + self.gamma)
+        return math.floor(self.scale_base * room / -math.log(zeta_min))
+
+    def _check_range(self, positions: Tensor, dtype: torch.dtype) -> None:
+        if torch.compiler.is_compiling() or positions.device.type == "meta" or positions.numel() == 0:
+            return
+        limit = self.max_offset(torch.float32)  # the tables are float32
+        if dtype.is_floating_point:
+            limit = min(limit, self.max_offset(dtype))
+        span = int((positions - self.center).abs().max().item())
+        if span > limit:
+            raise ValueError(
+                f"xPos: a position is {span} away from center={self.center}, but {dtype} holds the scales "
+                f"zeta^(+-offset/{self.scale_base:g}) only up to {limit}; set center nearer the positions, "
+                f"raise scale_base, or run in float32"
+            )
+
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"XPos built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}"
+            )
+        pos = torch.arange(q.shape[-2], device=q.device) if positions is None else positions.to(q.device)
+        self._check_range(pos, q.dtype)
+        inv_freq = rope_inv_freq(self.head_dim, self.base, device=q.device)
+        zeta = xpos_zeta(self.head_dim, self.gamma, q.device)
+        cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
+        if cq.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
+            cq, sq, ck, sk = (t.unsqueeze(1) for t in (cq, sq, ck, sk))
+        return apply_rope(q, cq, sq, self.interleaved), apply_rope(k, ck, sk, self.interleaved)
+
+    def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """Rotate and scale ``q: (B, H, S, D)`` and ``k: (B, Hkv, S, D)`` at ``positions`` (default ``0..S-1``)."""
+        return self.rotate(q, k, positions)
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, scale_base={self.scale_base:g}, gamma={self.gamma:g}, base={self.base:g}, "
+            f"interleaved={self.interleaved}, center={self.center}"
+        )
+
+
+@register("xpos")
+def _build(sizes: Sizes, **options: object) -> XPos:
+    return XPos(sizes.require("head_dim"), **options)  # type: ignore[arg-type]
