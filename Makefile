@@ -18,9 +18,11 @@ install: $(BIN)/python
 demo: install
 	$(BIN)/posenc compare --out $(OUT)
 
+LINTED := $(wildcard src tests benchmarks)
+
 lint:
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 types:
 	$(BIN)/mypy
