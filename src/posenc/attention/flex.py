@@ -1,0 +1,160 @@
+"""The ``flex`` attention backend: FlexAttention with the encoding's ``score_mod`` and a block-sparse mask.
+
+The bias is evaluated per score inside the kernel from small captured tensors (slopes, tables, positions),
+so no ``(heads, Q, K)`` tensor is built. Causal masking uses a :class:`BlockMask` built directly from block
+indices (``O((n / 128)^2)`` memory, cached per shape); key padding is a ``mask_mod`` reading the user's mask.
+
+Eager FlexAttention is a reference that materializes the scores; :func:`flex_kernel` therefore returns
+``torch.compile(flex_attention)`` (or the plain function when already inside ``torch.compile``). In torch
+2.13 FlexAttention has no backward on CPU.
+
+Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` keys, ``D`` head_dim.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from ..base import PositionEncoding, ScoreMod
+
+if TYPE_CHECKING:
+    from .backends import AttentionInputs
+
+BLOCK = 128
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+_compiled: Callable[..., Any] | None = None
+
+
+def flex_kernel() -> Callable[..., Any]:
+    """``flex_attention`` compiled once per process (plain inside an outer ``torch.compile``)."""
+    global _compiled
+    if torch.compiler.is_compiling():
+        return flex_attention
+    if _compiled is None:
+        _compiled = torch.compile(flex_attention)
+    return _compiled
+
+
+def supports_flex(position: PositionEncoding) -> bool:
+    """True when ``position`` provides its bias as a ``score_mod`` (so ``flex`` builds no n x n tensor)."""
+    return type(position).score_mod is not PositionEncoding.score_mod
+
+
+def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
+    """FlexAttention with the encoding's ``score_mod``; rows with no visible key give 0, as in ``math``.
+
+    Encodings with a ``score_bias`` but no ``score_mod`` still work: their materialized bias is read by index.
+
+    Raises:
+        ValueError: the encoding needs the attention weights (use ``math``) or dropout is on (use ``sdpa``).
+    """
+    if ctx.position.needs_probs:
+        raise ValueError(f"{type(ctx.position).__name__} needs the attention weights; use backend='math'")
+    if ctx.dropout_p > 0:
+        raise ValueError("FlexAttention has no attention dropout; use backend='sdpa' or dropout=0")
+    score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos)
+    if score_mod is None:
+        bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+        score_mod = None if bias is None else materialized_score_mod(bias)
+    block_mask = build_block_mask(q.shape[-2], k.shape[-2], ctx.causal, ctx.keep, q.device)
+    gqa = k.shape[1] != q.shape[1]
+    out = flex_kernel()(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
+    return out
+
+
+def materialized_score_mod(bias: Tensor) -> ScoreMod:
+    """A ``score_mod`` adding ``bias[b, h, q, kv]`` for a bias broadcastable to ``(B, H, Q, K)``."""
+    read = broadcast_reader(bias.float())
+    return lambda score, b, h, q_idx, kv_idx: score + read(b, h, q_idx, kv_idx)
+
+
+def broadcast_reader(t: Tensor) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """``(b, h, q, kv) -> t[b, h, q, kv]`` for a 4-d ``t`` (fewer dims are left-padded), size-1 dims read at 0."""
+    t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    b1, h1, q1, k1 = (t.shape[d] == 1 for d in range(4))
+    zero = 0
+
+    def read(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return t[zero if b1 else b, zero if h1 else h, zero if q1 else q, zero if k1 else kv]
+
+    return read
+
+
+def build_block_mask(
+    q_len: int, k_len: int, causal: bool, keep: Tensor | None, device: torch.device
+) -> BlockMask | None:
+    """The :class:`BlockMask` for a causal mask (key ``j`` visible to query ``i`` when ``j <= i + K - Q``)
+    and / or a keep-mask ``(1|B, 1|H, 1|Q, K)``; None when nothing is masked.
+
+    Pure causal masks are cached per ``(Q, K, device)``. With a keep-mask every visited block applies the
+    ``mask_mod`` (no block is "full"), since padding can fall anywhere.
+    """
+    if not causal and keep is None:
+        return None
+    full_blocks = keep is None
+    if torch.compiler.is_compiling():
+        blocks = causal_blocks(q_len, k_len, causal, full_blocks, device)
+    else:
+        blocks = _cached_blocks(q_len, k_len, causal, full_blocks, device)
+    kv_num, kv_idx, full_num, full_idx = blocks
+    shift = k_len - q_len
+    read_keep = None if keep is None else broadcast_reader(keep)
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        visible = kv_idx <= q_idx + shift if causal else kv_idx >= 0
+        return visible if read_keep is None else visible & read_keep(b, h, q_idx, kv_idx)
+
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod, seq_lengths=(q_len, k_len)
+    )
+
+
+def causal_blocks(
+    q_len: int, k_len: int, causal: bool, full_blocks: bool, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Block indices for :meth:`BlockMask.from_kv_blocks`: ``(1, 1, nQ)`` counts, ``(1, 1, nQ, nK)`` indices.
+
+    A block is "partial" when some but not all of its scores are visible (the ``mask_mod`` runs there) and
+    "full" when all are (only when ``full_blocks``; otherwise such blocks are partial too). Non-causal: every
+    block is partial.
+    """
+    nq, nk = -(-q_len // BLOCK), -(-k_len // BLOCK)
+    q_first = torch.arange(nq, device=device) * BLOCK  # (nQ,)
+    k_first = torch.arange(nk, device=device) * BLOCK  # (nK,)
+    q_last, k_last = q_first + BLOCK - 1, k_first + BLOCK - 1
+    # blocks reaching past the sequence are never full (as in create_block_mask)
+    inside = (q_last < q_len)[:, None] & (k_last < k_len)[None, :]
+    shift = k_len - q_len
+    if causal:
+        some = k_first[None, :] <= q_last.clamp(max=q_len - 1)[:, None] + shift  # (nQ, nK)
+        every = (k_last[None, :] <= q_first[:, None] + shift) & inside
+    else:
+        some = torch.ones(nq, nk, dtype=torch.bool, device=device)
+        every = some & inside
+    partial = some & ~every if full_blocks else some
+    full = every if full_blocks else None
+    kv_num, kv_idx = _to_indices(partial)
+    if full is None:
+        return kv_num, kv_idx, None, None
+    full_num, full_idx = _to_indices(full)
+    return kv_num, kv_idx, full_num, full_idx
+
+
+def _to_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
+    """``(nQ, nK)`` bool -> counts ``(1, 1, nQ)`` and indices ``(1, 1, nQ, nK)`` (selected blocks first), int32."""
+    num = blocks.sum(-1, dtype=torch.int32)
+    idx = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return num[None, None], idx[None, None]
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_blocks(
+    q_len: int, k_len: int, causal: bool, full_blocks: bool, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    return causal_blocks(q_len, k_len, causal, full_blocks, device)

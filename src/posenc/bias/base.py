@@ -1,0 +1,98 @@
+"""The shared shape of every attention-bias encoding: one elementwise formula, two ways to apply it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..base import PositionEncoding, ScoreMod
+
+ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
+
+
+class BiasEncoding(PositionEncoding, ABC):
+    """An additive logit bias ``b_h(i, j)`` that depends on positions only (not on content).
+
+    Subclasses give :meth:`tables` (the few small tensors the bias reads, rebuilt each call so gradients flow
+    into learned parameters) and :meth:`formula` (elementwise over broadcastable head / position tensors).
+    From them this class derives:
+
+    * :meth:`score_bias`: the materialized ``(1|B, H, Q, K)`` bias, for the ``math`` and ``sdpa`` backends;
+    * :meth:`score_mod`: a FlexAttention ``score_mod`` that evaluates the formula per score, reading the
+      positions by index from the ``(1|B, Q)`` / ``(1|B, K)`` position tensors, so no ``(H, Q, K)`` tensor;
+    * :meth:`bias`: ``(heads, q_len, k_len)`` for queries at ``offset ...`` and keys at ``0 ...``.
+
+    Args:
+        heads: number of (query) heads ``H``.
+    """
+
+    family: ClassVar[str] = "bias"
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        if not isinstance(heads, int) or heads <= 0:
+            raise ValueError(f"heads must be a positive integer, got {heads!r}")
+        self.heads = heads
+
+    @abstractmethod
+    def tables(self) -> tuple[Tensor, ...]:
+        """The small tensors :meth:`formula` reads (parameters, possibly transformed)."""
+
+    @abstractmethod
+    def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """Float32 bias for broadcastable ``head`` indices and query / key positions."""
+
+    def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """``(1|B, H, Q, K)`` float32 bias for positions ``(1|B, Q)`` and ``(1|B, K)``."""
+        head = torch.arange(self.heads, device=q_pos.device).view(-1, 1, 1)  # (H, 1, 1)
+        return self.formula(self.tables(), head, q_pos[:, None, :, None], k_pos[:, None, None, :])
+
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        self._check_heads(q)
+        return self.pairwise(q_pos, k_pos)
+
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+        self._check_heads(q)
+        tables, formula = self.tables(), self.formula
+        q_at, k_at = position_reader(q_pos), position_reader(k_pos)
+
+        def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + formula(tables, h, q_at(b, q_idx), k_at(b, kv_idx))
+
+        return mod
+
+    def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
+        """``(heads, q_len, k_len)`` float32 bias: queries at ``offset ... offset+q_len-1``, keys at ``0 ... k_len-1``."""
+        if q_len < 0 or k_len < 0 or offset < 0:
+            raise ValueError(f"q_len, k_len and offset must be >= 0, got {q_len}, {k_len}, {offset}")
+        dev = self.device
+        q_pos = torch.arange(offset, offset + q_len, device=dev).unsqueeze(0)  # (1, Q)
+        k_pos = torch.arange(k_len, device=dev).unsqueeze(0)  # (1, K)
+        return self.pairwise(q_pos, k_pos)[0]
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def _check_heads(self, q: Tensor) -> None:
+        if q.shape[1] != self.heads:
+            raise ValueError(f"{type(self).__name__} was built for {self.heads} heads but q has {q.shape[1]}")
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}"
+
+
+def position_reader(pos: Tensor) -> ScoreModIndex:
+    """``(b, idx) -> pos[b, idx]`` for ``(1|B, S)`` positions (batch 1 is shared by every batch row)."""
+    if pos.shape[0] == 1:
+        row = pos[0]
+        return lambda b, idx: row[idx]
+    return lambda b, idx: pos[b, idx]

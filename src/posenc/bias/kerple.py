@@ -1,0 +1,51 @@
+"""Kerple: kernelized relative positional embedding (Chi, Fan, Ramadge, Rudnicky 2022)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.bias import kerple_bias
+from ..registry import Sizes, register
+from .base import BiasEncoding
+
+KINDS = ("log", "power")
+
+
+class Kerple(BiasEncoding):
+    """Learned per-head kernel of ``|i - j|``: ``-r1 log(1 + r2 |i - j|)`` ("log") or ``-r1 |i - j|^r2`` ("power").
+
+    ``r1`` and ``r2`` are parameters used through ``clamp(min=eps)`` (``r2 <= 2`` for "power"), as in the
+    paper's code, which keeps them positive; they start uniform in ``(0, 2)`` and ``(0, 1)``.
+
+    Args:
+        heads: ``H``.
+        kind: "log" (the paper's best) or "power".
+        eps: lower bound of ``r1, r2``.
+    """
+
+    def __init__(self, heads: int, kind: str = "log", eps: float = 1e-2) -> None:
+        super().__init__(heads)
+        if kind not in KINDS:
+            raise ValueError(f"Kerple kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.kind, self.eps = kind, eps
+        self.r1 = nn.Parameter(torch.rand(heads) * 2 + eps)
+        self.r2 = nn.Parameter(torch.rand(heads) + eps)
+
+    def tables(self) -> tuple[Tensor, ...]:
+        r2 = self.r2.clamp(min=self.eps, max=2.0) if self.kind == "power" else self.r2.clamp(min=self.eps)
+        return self.r1.clamp(min=self.eps), r2
+
+    def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        r1, r2 = tables
+        return kerple_bias(r1[head], r2[head], q_pos, k_pos, self.kind)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, kind={self.kind!r}"
+
+
+@register("kerple")
+def _build(sizes: Sizes, kind: str = "log", eps: float = 1e-2) -> Kerple:
+    return Kerple(sizes.require("heads"), kind, eps)

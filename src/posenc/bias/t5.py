@@ -1,0 +1,67 @@
+"""T5 relative position bias (Raffel et al. 2020, section 2.1): a learned scalar per head and distance bucket."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.bias import check_t5, lookup_bias, t5_distance_buckets
+from ..registry import Sizes, register
+from .base import BiasEncoding
+
+
+class T5Bias(BiasEncoding):
+    """Learned ``(num_buckets, H)`` table indexed by T5's log-spaced bucket of ``key - query``.
+
+    Buckets equal transformers' ``T5Attention._relative_position_bucket`` (see
+    :func:`posenc.functional.t5_buckets`). Since they saturate at ``max_distance``, each call first gathers the
+    table into ``(H, 2 * max_distance + 1)`` over clipped distances; both backends then read that small
+    tensor (FlexAttention's ``score_mod`` by index, so gradients reach the table through it).
+
+    Args:
+        heads: ``H``.
+        num_buckets: buckets (shared by both directions when bidirectional).
+        max_distance: distances at or beyond it share the last bucket.
+        bidirectional: separate buckets for keys after the query (encoders); False for causal decoders.
+    """
+
+    bucket_of: Tensor
+
+    def __init__(
+        self, heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
+    ) -> None:
+        super().__init__(heads)
+        check_t5(num_buckets, max_distance, bidirectional)
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.embedding = nn.Embedding(num_buckets, heads)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.register_buffer("bucket_of", self._buckets(torch.empty(0).device), persistent=False)
+
+    def _buckets(self, device: torch.device) -> Tensor:
+        if device.type == "meta":
+            return torch.empty(2 * self.max_distance + 1, dtype=torch.long, device=device)
+        return t5_distance_buckets(
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+            device=device,
+        )
+
+    def tables(self) -> tuple[Tensor, ...]:
+        return (self.embedding.weight[self.bucket_of].t(),)  # (H, 2M + 1)
+
+    def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        return lookup_bias(tables[0], head, q_pos, k_pos)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, "
+            f"bidirectional={self.bidirectional}"
+        )
+
+
+@register("t5")
+def _build(
+    sizes: Sizes, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
+) -> T5Bias:
+    return T5Bias(sizes.require("heads"), num_buckets, max_distance, bidirectional)

@@ -1,0 +1,169 @@
+"""Attention-bias math: ALiBi slopes, T5 buckets, Kerple kernels and FIRE's normalized distance.
+
+Every function here is elementwise over broadcastable inputs, so the same code gives a materialized
+``(B, H, Q, K)`` bias (inputs shaped ``(H, 1, 1)``, ``(1|B, 1, Q, 1)``, ``(1|B, 1, 1, K)``) and the value of one
+score inside a FlexAttention ``score_mod`` (0-dim inputs). Distances are computed in float32.
+
+* ALiBi: Press, Smith, Lewis 2022, "Train Short, Test Long: Attention with Linear Biases".
+* T5: Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer".
+* Kerple: Chi, Fan, Ramadge, Rudnicky 2022, "KERPLE: Kernelized Relative Positional Embedding".
+* FIRE: Li et al. 2023, "Functional Interpolation for Relative Positions Improves Long Context Transformers".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def alibi_slopes(heads: int) -> Tensor:
+    """The paper's head slopes, ``(heads,)`` float32.
+
+    For ``heads`` a power of two: the geometric sequence ``2^(-8/h), 2^(-16/h), ..., 2^-8``. Otherwise (the
+    paper's reference code): the slopes of the closest smaller power of two ``p``, followed by every other
+    slope of ``2p`` heads (``2^(-4/p), 2^(-12/p), ...``) until there are ``heads`` slopes.
+    """
+    if not isinstance(heads, int) or heads <= 0:
+        raise ValueError(f"heads must be a positive integer, got {heads!r}")
+    return torch.tensor(_slopes(heads), dtype=torch.float32)
+
+
+def _slopes(n: int) -> list[float]:
+    def power_of_two(m: int) -> list[float]:
+        start = 2.0 ** (-8.0 / m)
+        return [start ** (i + 1) for i in range(m)]
+
+    closest = 2 ** math.floor(math.log2(n))
+    if closest == n:
+        return power_of_two(n)
+    return power_of_two(closest) + _slopes(2 * closest)[0::2][: n - closest]
+
+
+def distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """``|i - j|`` in float32 for broadcastable query and key positions."""
+    return (q_pos - k_pos).abs().to(torch.float32)
+
+
+def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """``-slope * |i - j|``: the paper's causal bias, symmetric for keys after the query (bidirectional).
+
+    Args:
+        slopes: per-head slopes, broadcastable against the positions (e.g. ``(H, 1, 1)``, or 0-dim).
+        q_pos, k_pos: query and key positions, broadcastable.
+    """
+    return -slopes.to(torch.float32) * distance(q_pos, k_pos)
+
+
+def t5_buckets(
+    relative: Tensor, *, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+) -> Tensor:
+    """T5's bucket of each relative position ``key - query`` (Mesh TensorFlow, as in transformers).
+
+    Half of the buckets (of each direction, when bidirectional) are exact distances ``0 .. max_exact-1``; the
+    rest are log-spaced up to ``max_distance``, beyond which every distance shares the last bucket. Causal
+    (``bidirectional=False``): keys after the query fall in bucket 0. Bidirectional: keys after the query use
+    the upper half of the buckets.
+
+    Args:
+        relative: integer tensor of ``k_pos - q_pos``, any shape.
+
+    Returns:
+        long tensor like ``relative`` with values in ``[0, num_buckets)``.
+    """
+    check_t5(num_buckets, max_distance, bidirectional)
+    if relative.is_floating_point():
+        raise TypeError(f"relative positions must be integers, got {relative.dtype}")
+    relative = relative.long()
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative > 0).long() * num_buckets
+        relative = relative.abs()
+    else:
+        relative = -relative.clamp(max=0)
+    max_exact = num_buckets // 2
+    is_small = relative < max_exact
+    scaled = torch.log(relative.clamp(min=max_exact).float() / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (scaled * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, relative, large)
+
+
+def check_t5(num_buckets: int, max_distance: int, bidirectional: bool) -> None:
+    """Raise ``ValueError`` unless the bucket settings leave room for exact and log-spaced buckets."""
+    per_direction = num_buckets // 2 if bidirectional else num_buckets
+    if num_buckets < (4 if bidirectional else 2):
+        raise ValueError(f"num_buckets must be >= {4 if bidirectional else 2}, got {num_buckets}")
+    if max_distance <= per_direction // 2:
+        raise ValueError(
+            f"max_distance ({max_distance}) must exceed the exact range ({per_direction // 2} for "
+            f"num_buckets={num_buckets}, bidirectional={bidirectional})"
+        )
+
+
+def t5_distance_buckets(
+    *, bidirectional: bool, num_buckets: int, max_distance: int, device: torch.device
+) -> Tensor:
+    """``(2 * max_distance + 1,)`` bucket of every ``key - query`` in ``-max_distance .. max_distance``.
+
+    Buckets saturate at ``|key - query| >= max_distance``, so ``table[clamp(rel) + max_distance]`` is the bucket
+    of any ``rel``: a lookup that needs no ``log`` per score.
+    """
+    rel = torch.arange(-max_distance, max_distance + 1, device=device)
+    return t5_buckets(rel, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
+
+
+def lookup_bias(table: Tensor, head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """``table[head, clamp(k - q, -M, M) + M]`` for a ``(H, 2M + 1)`` per-head table over clipped distances."""
+    m = (table.shape[-1] - 1) // 2
+    return table[head, (k_pos - q_pos).clamp(-m, m) + m].to(torch.float32)
+
+
+def kerple_bias(r1: Tensor, r2: Tensor, q_pos: Tensor, k_pos: Tensor, kind: str = "log") -> Tensor:
+    """Kerple's conditionally positive definite kernels, symmetric in ``|i - j|``.
+
+    * ``log``: ``-r1 * log(1 + r2 * |i - j|)``;
+    * ``power``: ``-r1 * |i - j| ** r2`` (``0 < r2 <= 2``).
+
+    ``r1, r2`` are positive (the caller clamps), broadcastable against the positions.
+    """
+    d = distance(q_pos, k_pos)
+    r1, r2 = r1.to(torch.float32), r2.to(torch.float32)
+    if kind == "log":
+        return -r1 * torch.log1p(r2 * d)
+    if kind == "power":
+        return -r1 * d.pow(r2)
+    raise ValueError(f"Kerple kind must be 'log' or 'power', got {kind!r}")
+
+
+def fire_input(c: Tensor, threshold: Tensor, q_pos: Tensor, k_pos: Tensor, eps: float = 1e-6) -> Tensor:
+    """FIRE's normalized distance ``psi(|i - j|) / psi(max(i, L))`` with ``psi(x) = log(|c| x + 1)``.
+
+    The paper defines it for causal attention (``j <= i``); keys after the query use ``|i - j|``, as the
+    paper's reference code does. ``eps`` keeps the denominator positive at ``i = L = 0``.
+
+    Args:
+        c: 0-dim learnable scale; threshold: 0-dim ``L`` (its absolute value is used).
+        q_pos, k_pos: broadcastable positions.
+    """
+    c = c.to(torch.float32).abs()
+    i = q_pos.to(torch.float32)
+    norm = torch.log1p(c * torch.maximum(i, threshold.to(torch.float32).abs())) + eps
+    return torch.log1p(c * distance(q_pos, k_pos)) / norm
+
+
+def fire_mlp_unrolled(x: Tensor, head: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """FIRE's MLP ``b2[h] + sum_k w2[h, k] relu(w1[k] x + b1[k])`` one hidden unit at a time.
+
+    Only elementwise operations, so it runs inside a FlexAttention ``score_mod`` (no reduction, no
+    ``(.., hidden)`` tensor). Equals ``nn.Sequential(Linear(1, W), ReLU(), Linear(W, H))`` at head ``h``.
+
+    Args:
+        x: normalized distance, any shape; head: head index broadcastable against ``x``.
+        w1, b1: ``(W,)``; w2: ``(H, W)``; b2: ``(H,)``.
+    """
+    out = b2[head].to(torch.float32)
+    for unit in range(w1.shape[0]):
+        out = out + w2[head, unit] * torch.relu(w1[unit] * x + b1[unit])
+    return out

@@ -1,0 +1,194 @@
+"""Every backend agrees with ``math``: bias encodings and Shaw's key term through ``sdpa`` and ``flex``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+import posenc
+from posenc.attention import flex as flex_module
+from posenc.attention.backends import (
+    BACKENDS,
+    AttentionInputs,
+    choose_backend,
+    math_attention,
+    sdpa_attention,
+)
+from posenc.attention.flex import build_block_mask, flex_attention_backend
+
+BIAS = ["alibi", "t5", "fire", "kerple"]
+OPTIONS: dict[str, dict[str, Any]] = {"t5": {"max_distance": 6, "num_buckets": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _eager_flex(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Eager FlexAttention (its reference implementation) keeps these tests free of kernel compilation."""
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda: flex_attention)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        yield
+
+
+def encoding(name: str, heads: int = 4, **kw: Any) -> posenc.PositionEncoding:
+    enc = posenc.build(name, dim=32, heads=heads, **{**OPTIONS.get(name, {}), **kw})
+    with torch.no_grad():  # move learned parameters off their init so every term matters
+        for p in enc.parameters():
+            p.add_(torch.rand_like(p) * 0.3)
+    return enc
+
+
+def pair(name: str, backend: str, **kw: Any) -> tuple[posenc.Attention, posenc.Attention]:
+    enc = encoding(name)
+    fast = posenc.Attention(32, 4, position=enc, backend=backend, **kw)
+    ref = posenc.Attention(32, 4, position=enc, backend="math", **kw)
+    ref.load_state_dict(fast.state_dict())
+    return fast.eval(), ref.eval()
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("name", BIAS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_forward_matches_math(name: str, backend: str, causal: bool) -> None:
+    fast, ref = pair(name, backend, causal=causal, kv_heads=2)  # GQA
+    x = torch.randn(2, 9, 32)
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8], [3, 4, 5, 9, 10, 11, 40, 41, 200]])  # per-row positions
+    with torch.no_grad():
+        close(fast(x), ref(x))
+        close(fast(x, positions=pos), ref(x, positions=pos))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("name", BIAS)
+def test_kv_cache_and_padding_match_math(name: str, backend: str) -> None:
+    fast, ref = pair(name, backend)
+    x = torch.randn(2, 10, 32)
+    keep = torch.ones(2, 10, dtype=torch.bool)
+    keep[0, :3] = False  # left padding in row 0
+    with torch.no_grad():
+        outs = []
+        for attn in (fast, ref):
+            cache = posenc.KVCache()
+            a = attn(x[:, :6], cache=cache, mask=keep[:, :6])
+            b = attn(x[:, 6:], cache=cache, mask=keep)  # 4 queries at offset 6 against 10 keys
+            outs.append(torch.cat((a, b), dim=1))
+        close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("name", BIAS)
+def test_fully_masked_rows_are_zero_in_flex(name: str) -> None:
+    fast, ref = pair(name, "flex", causal=False)
+    x = torch.randn(1, 5, 32)
+    keep = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    keep[..., 1:, :2] = True  # query 0 sees nothing
+    with torch.no_grad():
+        close(fast(x, mask=keep), ref(x, mask=keep))
+
+
+@pytest.mark.parametrize("name", ["t5", "fire", "kerple"])
+def test_sdpa_gradients_reach_learned_tables(name: str) -> None:
+    fast, ref = pair(name, "sdpa")
+    fast.train(), ref.train()
+    x = torch.randn(2, 7, 32)
+    grads = []
+    for attn in (fast, ref):
+        attn.zero_grad()
+        attn(x).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in attn.position.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        assert grads[0][n].abs().sum() > 0, n
+        close(grads[0][n], grads[1][n])
+
+
+def test_shaw_key_term_through_flex_matches_math() -> None:
+    for per_head in (False, True):
+        enc = posenc.build("shaw", dim=32, heads=4, values=False, max_distance=3, per_head=per_head)
+        fast = posenc.Attention(32, 4, kv_heads=2, position=enc, backend="flex").eval()
+        ref = posenc.Attention(32, 4, kv_heads=2, position=enc, backend="math").eval()
+        ref.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 8, 32)
+        with torch.no_grad():
+            close(fast(x), ref(x))
+            c1, c2 = posenc.KVCache(), posenc.KVCache()
+            fast(x[:, :5], cache=c1), ref(x[:, :5], cache=c2)
+            close(fast(x[:, 5:], cache=c1), ref(x[:, 5:], cache=c2))
+
+
+def test_flex_refuses_what_it_cannot_do() -> None:
+    shaw = posenc.Attention(32, 4, position=posenc.build("shaw", dim=32, heads=4), backend="flex")
+    with pytest.raises(ValueError, match="needs the attention weights"):
+        shaw(torch.randn(1, 3, 32))
+    drop = posenc.Attention(32, 4, position=posenc.ALiBi(4), backend="flex", dropout=0.1).train()
+    with pytest.raises(ValueError, match="dropout"):
+        drop(torch.randn(1, 3, 32))
+
+
+def test_flex_without_score_mod_uses_the_materialized_bias() -> None:
+    class Materialized(posenc.PositionEncoding):
+        def score_bias(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+            return posenc.ALiBi(4).pairwise(q_pos, k_pos)
+
+    q, k, v = torch.randn(1, 4, 6, 8), torch.randn(1, 4, 6, 8), torch.randn(1, 4, 6, 8)
+    pos = torch.arange(6)[None]
+    ctx = AttentionInputs(Materialized(), pos, pos, None, causal=True)
+    close(flex_attention_backend(q, k, v, ctx), math_attention(q, k, v, ctx))
+
+
+@pytest.mark.parametrize(("q_len", "k_len"), [(1, 1), (5, 300), (130, 130), (300, 260), (257, 513)])
+def test_causal_block_mask_equals_create_block_mask(q_len: int, k_len: int) -> None:
+    shift = k_len - q_len
+    ours = build_block_mask(q_len, k_len, True, None, torch.device("cpu"))
+    ref = create_block_mask(lambda b, h, q, kv: kv <= q + shift, None, None, q_len, k_len, device="cpu")
+    assert ours is not None
+    assert torch.equal(ours.to_dense(), ref.to_dense())
+    assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)  # type: ignore[arg-type]
+
+
+def test_auto_rule() -> None:
+    alibi, t5, rope = posenc.ALiBi(4), posenc.T5Bias(4), posenc.RoPE(8)
+    shaw = posenc.build("shaw", dim=32, heads=4)
+    pos = torch.arange(1024)[None]
+
+    def pick(enc: posenc.PositionEncoding, n: int = 1024, grad: bool = False, dropout: float = 0.0) -> object:
+        q = torch.randn(1, 4, n, 8, requires_grad=grad)
+        ctx = AttentionInputs(enc, pos[:, :n], pos[:, :n], None, causal=True, dropout_p=dropout)
+        return choose_backend("auto", q, ctx)
+
+    assert pick(shaw) is math_attention
+    assert pick(rope) is sdpa_attention  # no bias: SDPA's fused kernels
+    assert pick(alibi, n=64) is sdpa_attention  # small: nothing to save
+    assert pick(alibi) is flex_attention_backend  # CPU inference
+    assert pick(alibi, grad=True) is sdpa_attention  # CPU training: no FlexAttention backward on CPU
+    assert pick(alibi, dropout=0.1) is sdpa_attention
+    with torch.no_grad():
+        assert pick(t5) is flex_attention_backend  # learned table, but no gradient wanted
+    assert pick(t5) is sdpa_attention
+    assert BACKENDS["flex"] is flex_attention_backend
+
+
+@pytest.mark.slow
+def test_compiled_flex_matches_math() -> None:
+    """The real (compiled) kernel once, on a tiny shape."""
+    torch._dynamo.reset()
+    enc = encoding("alibi")
+    q, k, v = torch.randn(1, 4, 40, 16), torch.randn(1, 4, 40, 16), torch.randn(1, 4, 40, 16)
+    pos = torch.arange(40)[None]
+    ctx = AttentionInputs(enc, pos, pos, None, causal=True)
+    compiled = torch.compile(flex_attention)
+    out = compiled(
+        q,
+        k,
+        v,
+        score_mod=enc.score_mod(q, pos, pos),
+        block_mask=build_block_mask(40, 40, True, None, q.device),
+    )
+    close(out, math_attention(q, k, v, ctx))
