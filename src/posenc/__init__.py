@@ -10,6 +10,7 @@ from . import functional
 from .absolute import LearnedAbsolute, Sinusoidal
 from .attention import Attention, KVCache
 from .base import NoPE, PositionEncoding
+from .bias import FIRE, ALiBi, Kerple, T5Bias
 from .registry import available, build, register
 from .relative import ShawRelative
 from .rotary import (
@@ -27,6 +28,10 @@ from .rotary import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALiBi",
+    "FIRE",
+    "Kerple",
+    "T5Bias",
     "Attention",
     "KVCache",
     "LearnedAbsolute",

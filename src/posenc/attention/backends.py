@@ -2,6 +2,8 @@
 
 * ``math``: explicit logits and softmax, the plain reference every other backend is tested against.
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; a bias is materialized as ``attn_mask``.
+* ``flex``: FlexAttention with the encoding's ``score_mod`` and a block-sparse causal mask: no ``(H, Q, K)``
+  tensor (see :mod:`posenc.attention.flex`).
 
 A backend is a function ``(q, k, v, ctx) -> out`` registered in :data:`BACKENDS`.
 
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import PositionEncoding
+from .flex import flex_attention_backend, supports_flex
 
 
 @dataclass
@@ -105,14 +108,46 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     return out
 
 
-BACKENDS: dict[str, Backend] = {"math": math_attention, "sdpa": sdpa_attention}
+BACKENDS: dict[str, Backend] = {
+    "math": math_attention,
+    "sdpa": sdpa_attention,
+    "flex": flex_attention_backend,
+}
+
+#: ``auto`` picks ``flex`` only from this many scores per head (``Q * K``) on: below it the materialized bias
+#: is small and SDPA needs no kernel compilation.
+FLEX_MIN_SCORES = 1 << 20
 
 
 def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
-    """Resolve ``name`` ("auto" or a key of :data:`BACKENDS`). ``auto``: ``math`` when the encoding needs the
-    attention weights, else ``sdpa``."""
+    """Resolve ``name`` ("auto" or a key of :data:`BACKENDS`).
+
+    ``auto``, in order:
+
+    1. ``math`` when the encoding needs the attention weights (Shaw's value term);
+    2. ``flex`` when the encoding has a ``score_mod`` (bias encodings, Shaw's key term), there is no dropout,
+       ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
+       gradient is needed (torch 2.13's FlexAttention has no CPU backward);
+    3. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
+    """
     if name == "auto":
-        return math_attention if ctx.position.needs_probs else sdpa_attention
+        if ctx.position.needs_probs:
+            return math_attention
+        return flex_attention_backend if _flex_pays(q, ctx) else sdpa_attention
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(BACKENDS))}")
     return BACKENDS[name]
+
+
+def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
+    """Rule 2 of ``auto`` in :func:`choose_backend`."""
+    if not supports_flex(ctx.position) or ctx.dropout_p > 0:
+        return False
+    if q.shape[-2] * ctx.k_pos.shape[-1] < FLEX_MIN_SCORES:
+        return False
+    if q.device.type == "cuda":
+        return True
+    needs_grad = torch.is_grad_enabled() and (
+        q.requires_grad or any(p.requires_grad for p in ctx.position.parameters())
+    )
+    return q.device.type == "cpu" and not needs_grad

@@ -1,6 +1,16 @@
 """Pure functions: the math of every encoding, with no parameters or state."""
 
 from .absolute import sinusoidal_table
+from .bias import (
+    alibi_bias,
+    alibi_slopes,
+    fire_input,
+    fire_mlp_unrolled,
+    kerple_bias,
+    lookup_bias,
+    t5_buckets,
+    t5_distance_buckets,
+)
 from .relative import (
     relative_from_positions,
     relative_positions,
@@ -20,6 +30,14 @@ from .rotary import (
 )
 
 __all__ = [
+    "alibi_bias",
+    "alibi_slopes",
+    "fire_input",
+    "fire_mlp_unrolled",
+    "kerple_bias",
+    "lookup_bias",
+    "t5_buckets",
+    "t5_distance_buckets",
     "apply_rope",
     "apply_rope_reference",
     "check_rotary_dim",

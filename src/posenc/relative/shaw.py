@@ -7,7 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..base import PositionEncoding
+from ..base import PositionEncoding, ScoreMod
+from ..bias.base import position_reader
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes, register
 
@@ -47,6 +48,18 @@ class ShawRelative(PositionEncoding):
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos)) * self.head_dim**-0.5
+
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+        """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
+        read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
+        scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
+        q_at, k_at, m = position_reader(q_pos), position_reader(k_pos), self.max_distance
+
+        def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            rel = (k_at(b, kv_idx) - q_at(b, q_idx)).clamp(-m, m) + m
+            return score + scores[b, h, q_idx, rel]
+
+        return mod
 
     def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         if self.value_table is None:
