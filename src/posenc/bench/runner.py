@@ -1,0 +1,117 @@
+"""Timing and reporting helpers shared by the benchmark suites and ``posenc bench``.
+
+Timings are wall-clock medians over repeats. Candidates that are compared with each other are timed
+round-robin (one call of each per round), so a machine that slows down mid-run slows all of them alike and
+the ratios to the baseline measured in the same rounds stay meaningful.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import Row
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued work on ``device`` (a no-op on CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(
+    fns: Mapping[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed one call of each per round.
+
+    Args:
+        fns: name -> zero-argument callable doing the work once.
+        device: where the work runs (for synchronization).
+        repeats: timed rounds (the median is over these).
+        warmup: untimed rounds first (compilation, allocator warm-up).
+
+    Returns:
+        name -> median seconds.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if r >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def environment(device: str, quick: bool) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "quick": quick,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return "×".join(str(v) for v in value)
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """A GitHub markdown table; columns are the union of the rows' keys, in first-seen order."""
+    if not rows:
+        return "(no rows)\n"
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines.extend("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows)
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(report: Mapping[str, Any]) -> str:
+    """The whole report as markdown: one section per suite."""
+    env = report["environment"]
+    head = f"torch {env['torch']} on {env.get('gpu', env['device'])}, {env['cpu_threads']} CPU threads"
+    parts = [f"# posenc bench\n\n{head}{' (--quick)' if env['quick'] else ''}, {env['date']}\n"]
+    for name, rows in report["suites"].items():
+        parts.append(f"\n## {name}\n\n{markdown_table(rows)}")
+    return "".join(parts)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` into ``out_dir`` (created if needed); return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown_report(report))
+    return json_path, md_path

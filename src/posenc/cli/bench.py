@@ -1,0 +1,57 @@
+"""``posenc bench``: run the benchmark suites, print a table, optionally write ``bench.json`` and ``bench.md``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from pathlib import Path
+
+import torch
+
+from .. import bench
+from ..bench.runner import environment, markdown_report, write_report
+
+
+def load_suites() -> dict[str, bench.Suite]:
+    """Import every module of ``posenc.bench`` (each registers its suites) and return the registry."""
+    for info in pkgutil.iter_modules(bench.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{bench.__name__}.{info.name}")
+    return bench.SUITES
+
+
+def run(args: argparse.Namespace) -> int:
+    suites = load_suites()
+    names = args.suite or sorted(suites)
+    unknown = [n for n in names if n not in suites]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(sorted(suites))}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    report = {
+        "environment": environment(device, args.quick),
+        "suites": {name: suites[name](args.quick, device) for name in names},
+    }
+    print(markdown_report(report))
+    if args.out is not None:
+        json_path, md_path = write_report(report, args.out)
+        print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time posenc against peers and a baseline measured in the same run",
+        description="Run benchmark suites (default: all). Each figure is a median over repeats and a ratio to a "
+        "baseline timed in the same rounds (for RoPE, a copy of q and k: the memory-bandwidth floor).",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (under a minute)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="write DIR/bench.json and DIR/bench.md")
+    parser.add_argument(
+        "--suite", action="append", default=None, metavar="NAME", help="run only this suite (repeatable)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(func=run)
