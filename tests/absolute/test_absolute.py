@@ -14,6 +14,7 @@ import posenc
 
 @given(st.integers(1, 33), st.integers(0, 10**6))
 def test_sinusoidal_matches_the_papers_formula(dim: int, start: int) -> None:
+    torch.manual_seed(0)  # hypothesis replays examples: keep tensors reproducible
     enc = posenc.Sinusoidal(dim).double()
     pos = torch.arange(start, start + 3)
     pe = enc(torch.zeros(1, 3, dim, dtype=torch.float64), pos)[0]  # (3, dim)

@@ -19,6 +19,7 @@ def pair(position: posenc.PositionEncoding | None, **kw: object) -> tuple[posenc
 
 @given(st.sampled_from([1, 2, 4]), st.booleans(), st.integers(1, 9), st.sampled_from(["none", "rope"]))
 def test_sdpa_equals_math(kv_heads: int, causal: bool, seq: int, name: str) -> None:
+    torch.manual_seed(0)  # hypothesis replays examples: keep tensors reproducible
     fast, ref = pair(posenc.build(name, dim=32, heads=4), kv_heads=kv_heads, causal=causal)
     x = torch.randn(2, seq, 32, requires_grad=True)
     a, b = fast(x), ref(x)
