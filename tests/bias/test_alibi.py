@@ -1,0 +1,70 @@
+"""ALiBi: the paper's slopes (checked against transformers), the linear bias, both directions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import posenc
+from posenc.functional import alibi_slopes
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8, 16, 32])
+def test_power_of_two_slopes_are_the_papers_geometric_sequence(heads: int) -> None:
+    expected = torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
+    torch.testing.assert_close(alibi_slopes(heads), expected)
+
+
+def test_non_power_of_two_rule() -> None:
+    # 12 heads: the 8 slopes of 8 heads, then every other slope of 16 heads (2^-0.5, 2^-1.5, ...)
+    expected = [2.0 ** -(i + 1) for i in range(8)] + [2.0 ** -(0.5 + i) for i in range(4)]
+    torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("heads", list(range(1, 41)))
+def test_slopes_equal_transformers(heads: int) -> None:
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    mask = torch.ones(1, 3, dtype=torch.long)
+    ref = bloom.build_alibi_tensor(mask, heads, torch.float32).view(heads, 3)[:, 1]  # slope * position 1
+    torch.testing.assert_close(alibi_slopes(heads), ref)
+
+
+def test_bias_is_minus_slope_times_distance_both_directions() -> None:
+    enc = posenc.ALiBi(6)
+    bias = enc.bias(5, 9, offset=3)  # queries 3..7 against keys 0..8 (keys after queries too)
+    i = torch.arange(3, 8)[:, None]
+    j = torch.arange(9)[None, :]
+    expected = -alibi_slopes(6)[:, None, None] * (i - j).abs()
+    torch.testing.assert_close(bias, expected)
+    assert bias.shape == (6, 5, 9) and bias.dtype == torch.float32
+
+
+@given(offset=st.integers(0, 10_000), q_len=st.integers(1, 6), k_len=st.integers(1, 6))
+def test_bias_depends_only_on_distance(offset: int, q_len: int, k_len: int) -> None:
+    enc = posenc.ALiBi(3)
+    q_pos, k_pos = torch.arange(q_len)[None] + offset, torch.arange(k_len)[None] + offset
+    torch.testing.assert_close(enc.pairwise(q_pos, k_pos)[0], enc.bias(q_len, k_len))
+
+
+def test_registry_buffers_and_errors() -> None:
+    enc = posenc.build("alibi", dim=64, heads=8)
+    assert isinstance(enc, posenc.ALiBi) and enc.family == "bias"
+    assert not list(enc.parameters()) and "slopes" not in enc.state_dict()  # recomputable: not persisted
+    enc = enc.to(torch.float16)
+    assert enc.slopes.dtype == torch.float32 and math.isclose(enc.slopes[0].item(), 0.5)
+    with pytest.raises(ValueError, match="heads"):
+        posenc.build("alibi", dim=64)
+    with pytest.raises(ValueError, match="positive integer"):
+        alibi_slopes(0)
+    with pytest.raises(ValueError, match="built for 8 heads"):
+        enc.score_bias(torch.zeros(1, 4, 2, 8), torch.arange(2)[None], torch.arange(2)[None])
+
+
+def test_meta_device() -> None:
+    with torch.device("meta"):
+        enc = posenc.ALiBi(4)
+        assert enc.bias(3, 3).device.type == "meta"

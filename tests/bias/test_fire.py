@@ -1,0 +1,46 @@
+"""FIRE: normalized log distance through a learned MLP; the elementwise (score_mod) MLP equals the batched one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import posenc
+from posenc.functional import fire_input, fire_mlp_unrolled
+
+
+def test_input_is_the_papers_normalized_distance() -> None:
+    c, threshold = torch.tensor(0.3), torch.tensor(4.0)
+    i, j = torch.tensor([[2], [10], [10]]), torch.tensor([[0, 1, 2], [0, 5, 10], [11, 12, 20]])
+    psi = lambda x: torch.log(0.3 * x.float() + 1)  # noqa: E731
+    expected = psi((i - j).abs()) / (psi(torch.maximum(i, torch.tensor(4))) + 1e-6)
+    torch.testing.assert_close(fire_input(c, threshold, i, j), expected)
+
+
+def test_unrolled_mlp_equals_linear_layers() -> None:
+    enc = posenc.FIRE(3, width=5)
+    x = torch.rand(7, 11) * 3
+    ref = enc.out(torch.relu(enc.hidden(x.unsqueeze(-1)))).permute(2, 0, 1)  # (H, 7, 11)
+    _, _, w1, b1, w2, b2 = enc.tables()
+    ours = fire_mlp_unrolled(x, torch.arange(3).view(-1, 1, 1), w1, b1, w2, b2)
+    torch.testing.assert_close(ours, ref)
+
+
+@given(offset=st.integers(0, 5000))
+def test_score_mod_formula_equals_materialized_bias(offset: int) -> None:
+    enc = posenc.FIRE(2, width=4, init_threshold=8.0)
+    q_pos, k_pos = torch.arange(offset, offset + 3)[None], torch.arange(offset + 4)[None]
+    head = torch.arange(2).view(-1, 1, 1)
+    formula = enc.formula(enc.tables(), head, q_pos[:, None, :, None], k_pos[:, None, None, :])
+    torch.testing.assert_close(formula, enc.pairwise(q_pos, k_pos))
+
+
+def test_learned_parameters_get_gradients_and_errors() -> None:
+    enc = posenc.build("fire", heads=2)
+    (enc.bias(6, 6, offset=600).sum() + enc.bias(6, 6).sum()).backward()  # past and below the threshold L
+    for name, p in enc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="width"):
+        posenc.FIRE(2, width=0)

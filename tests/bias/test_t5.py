@@ -1,0 +1,59 @@
+"""T5 relative-position buckets: equal to transformers' ``T5Attention._relative_position_bucket``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import posenc
+from posenc.functional import t5_buckets, t5_distance_buckets
+
+hf_t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+SETTINGS = [(32, 128), (8, 20), (16, 9), (4, 3), (2, 2)]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(("num_buckets", "max_distance"), SETTINGS)
+def test_buckets_equal_transformers(bidirectional: bool, num_buckets: int, max_distance: int) -> None:
+    if bidirectional and (num_buckets < 4 or max_distance <= num_buckets // 4):
+        pytest.skip("no log-spaced buckets")
+    rel = torch.arange(-3000, 3001)
+    ours = t5_buckets(rel, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
+    ref = hf_t5.T5Attention._relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
+    assert torch.equal(ours, ref.long())
+
+
+@given(rel=st.lists(st.integers(-(10**7), 10**7), min_size=1, max_size=20), bidirectional=st.booleans())
+def test_lookup_over_clipped_distances_equals_buckets(rel: list[int], bidirectional: bool) -> None:
+    r = torch.tensor(rel)
+    table = t5_distance_buckets(
+        bidirectional=bidirectional, num_buckets=32, max_distance=128, device=r.device
+    )
+    direct = t5_buckets(r, bidirectional=bidirectional, num_buckets=32, max_distance=128)
+    assert torch.equal(table[r.clamp(-128, 128) + 128], direct)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_bias_reads_the_learned_table(bidirectional: bool) -> None:
+    enc = posenc.T5Bias(3, num_buckets=16, max_distance=40, bidirectional=bidirectional)
+    bias = enc.bias(6, 70, offset=50)  # keys before and after the queries
+    rel = torch.arange(70)[None, :] - torch.arange(50, 56)[:, None]  # key - query
+    buckets = hf_t5.T5Attention._relative_position_bucket(rel, bidirectional, 16, 40)
+    torch.testing.assert_close(bias, enc.embedding.weight[buckets].permute(2, 0, 1))
+    if not bidirectional:  # causal: every key after the query shares bucket 0
+        assert torch.equal(bias[:, 0, 51:], enc.embedding.weight[0][:, None].expand(3, 19))
+
+
+def test_gradients_reach_the_table_and_errors() -> None:
+    enc = posenc.build("t5", heads=2, num_buckets=8, max_distance=16)
+    enc.bias(5, 5).sum().backward()
+    assert enc.embedding.weight.grad is not None and enc.embedding.weight.grad.abs().sum() > 0
+    assert "bucket_of" not in enc.state_dict()
+    with pytest.raises(ValueError, match="max_distance"):
+        posenc.T5Bias(2, num_buckets=32, max_distance=8, bidirectional=True)
+    with pytest.raises(ValueError, match="num_buckets"):
+        posenc.T5Bias(2, num_buckets=2, bidirectional=True)
+    with pytest.raises(TypeError, match="integers"):
+        t5_buckets(torch.zeros(3), bidirectional=False)
