@@ -1,0 +1,138 @@
+"""xPos: equals the reference implementation, relative (shift-invariant) logits, decay, KV cache, range limit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import posenc
+from posenc.functional import apply_rope_reference, rope_inv_freq
+from posenc.rotary.xpos import xpos_zeta
+
+
+def reference_xpos(
+    x: torch.Tensor, positions: torch.Tensor, scale_base: float, gamma: float, key: bool
+) -> torch.Tensor:
+    """The definition in float64: rotate pair i by p*theta_i, scale by zeta_i^(+-p/scale_base) (interleaved)."""
+    d = x.shape[-1]
+    zeta = (torch.arange(0, d, 2, dtype=torch.float64) + gamma * d) / ((1 + gamma) * d)
+    p = positions.double()[:, None]
+    scale = zeta ** ((-p if key else p) / scale_base)  # (S, P)
+    rotated = apply_rope_reference(x.double(), p * rope_inv_freq(d), interleaved=True)
+    return rotated * scale.repeat_interleave(2, dim=-1)
+
+
+def test_matches_rotary_embedding_torch_xpos() -> None:
+    ret = pytest.importorskip("rotary_embedding_torch")
+    theirs = ret.RotaryEmbedding(16, use_xpos=True, xpos_scale_base=64)
+    q, k = torch.randn(1, 2, 12, 16), torch.randn(1, 2, 12, 16)
+    tq, tk = theirs.rotate_queries_and_keys(q, k)
+    ours = posenc.XPos(16, scale_base=64, interleaved=True, center=12 // 2)  # they centre on len // 2
+    oq, ok = ours(q, k)
+    torch.testing.assert_close(oq, tq, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ok, tk, atol=1e-5, rtol=1e-5)
+    # the centre cancels in the logits: posenc's fixed centre 0 gives the same attention scores
+    zq, zk = posenc.XPos(16, scale_base=64, interleaved=True)(q, k)
+    torch.testing.assert_close(zq @ zk.transpose(-1, -2), tq @ tk.transpose(-1, -2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_matches_float64_definition(interleaved: bool) -> None:
+    x = posenc.XPos(8, scale_base=32.0, gamma=0.4, interleaved=interleaved)
+    q, k = torch.randn(2, 3, 9, 8, dtype=torch.float64), torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    pos = torch.arange(20, 29)
+    perm = posenc.functional.interleaved_permutation(8)  # half layout = interleaved[perm]
+    inv = torch.argsort(perm)
+    to_inter = (lambda t: t) if interleaved else (lambda t: t[..., inv])
+    oq, ok = x(q, k, pos)
+    torch.testing.assert_close(
+        to_inter(oq), reference_xpos(to_inter(q), pos, 32.0, 0.4, key=False), atol=1e-6, rtol=1e-6
+    )
+    torch.testing.assert_close(
+        to_inter(ok), reference_xpos(to_inter(k), pos, 32.0, 0.4, key=True), atol=1e-6, rtol=1e-6
+    )
+
+
+@given(st.integers(0, 20000), st.integers(0, 64))
+def test_logits_depend_only_on_distance_and_decay(shift: int, dist: int) -> None:
+    x = posenc.XPos(8, scale_base=512.0)
+    q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
+
+    def logit(n: int, m: int) -> float:
+        rq, _ = x(q, q, torch.tensor([n]))
+        _, rk = x(k, k, torch.tensor([m]))
+        return (rq * rk).sum().item()
+
+    a, b = logit(dist, 0), logit(shift + dist, shift)
+    assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+    # q = k = e_0 (pair 0 = dims 0 and 4): the logit is zeta_0^(dist/scale_base) cos(dist * theta_0)
+    e = torch.zeros(1, 1, 1, 8, dtype=torch.float64)
+    e[..., 0] = 1.0
+    rq, _ = x(e, e, torch.tensor([shift + dist]))
+    _, rk = x(e, e, torch.tensor([shift]))
+    zeta0 = xpos_zeta(8, 0.4)[0].item()
+    assert math.isclose(
+        (rq * rk).sum().item(), zeta0 ** (dist / 512.0) * math.cos(dist), rel_tol=1e-5, abs_tol=1e-6
+    )
+
+
+def test_kv_cache_equals_full_forward_far_from_zero() -> None:
+    enc = posenc.XPos(8, scale_base=64.0, center=3000)
+    attn = posenc.Attention(32, 4, kv_heads=2, position=enc).eval()
+    x = torch.randn(2, 10, 32)
+    pos = torch.arange(3000, 3010)
+    with torch.no_grad():
+        full = attn(x, positions=pos)
+        cache = posenc.KVCache()
+        steps = torch.cat(
+            [attn(x[:, i : i + 1], positions=pos[i : i + 1], cache=cache) for i in range(10)], dim=1
+        )
+    assert (steps - full).abs().max().item() <= 1e-5
+
+
+def test_range_limit_is_documented_and_enforced() -> None:
+    x = posenc.XPos(8)
+    limit = x.max_offset(torch.float32)
+    zeta0 = 0.4 / 1.4
+    assert zeta0 ** (limit / 512) >= torch.finfo(torch.float32).tiny
+    assert zeta0 ** (-limit / 512) <= torch.finfo(torch.float32).max
+    assert x.max_offset(torch.float16) < 4000 < limit
+    q = torch.randn(1, 1, 2, 8)
+    rq, rk = x(q, q, torch.tensor([limit - 1, limit]))
+    assert torch.isfinite(rq).all() and torch.isfinite(rk).all()
+    with pytest.raises(ValueError, match="center"):
+        x(q, q, torch.tensor([limit, limit + 1]))
+    with pytest.raises(ValueError, match="float16"):
+        x(q.half(), q.half(), torch.tensor([5000, 5001]))
+    # a centre near the positions moves the window
+    far = posenc.XPos(8, center=10**6)
+    rq, _ = far(q, q, torch.tensor([10**6, 10**6 + 1]))
+    assert torch.isfinite(rq).all()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="scale_base"):
+        posenc.XPos(8, scale_base=0)
+    with pytest.raises(ValueError, match="gamma"):
+        posenc.XPos(8, gamma=0.0)
+    with pytest.raises(ValueError, match="even"):
+        posenc.XPos(7)
+    with pytest.raises(ValueError, match="head_dim=8"):
+        posenc.XPos(8)(torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16))
+
+
+def test_registered_dtype_meta_and_compile() -> None:
+    enc = posenc.build("xpos", head_dim=8, scale_base=256)
+    assert isinstance(enc, posenc.XPos) and enc.scale_base == 256
+    q = torch.randn(1, 2, 5, 8)
+    out = enc(q.bfloat16(), q.bfloat16())[0]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), enc(q, q)[0], atol=3e-2, rtol=3e-2)
+    meta = torch.empty(1, 2, 5, 8, device="meta")
+    assert enc(meta, meta)[0].device.type == "meta"
+    compiled = torch.compile(enc, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, q, torch.arange(5))[0], enc(q, q, torch.arange(5))[0])

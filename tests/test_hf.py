@@ -1,0 +1,156 @@
+"""posenc.hf: RoPE from transformers configs and into a tiny randomly initialised LlamaForCausalLM (no download)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import posenc
+
+transformers = pytest.importorskip("transformers")
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from posenc.hf import HFRotaryEmbedding, apply_rope, rope_from_config  # noqa: E402
+
+MAX_POS = 32
+SCALINGS: dict[str, dict[str, Any]] = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    "yarn_default_lengths": {"rope_type": "yarn", "factor": 4.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "original_max_position_embeddings": 16,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    },
+    "longrope": {
+        "rope_type": "longrope",
+        "factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "short_factor": [1.0 + 0.05 * i for i in range(8)],
+        "long_factor": [1.0 + 0.5 * i for i in range(8)],
+    },
+}
+
+
+def tiny_config(rope: dict[str, Any] | None = None) -> Any:
+    params = {"rope_theta": 10000.0, **(rope or {"rope_type": "default"})}
+    return LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        max_position_embeddings=MAX_POS,
+        rope_parameters=params,
+        attn_implementation="eager",  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture(scope="module")
+def plain() -> Any:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config()).eval()
+
+
+def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def test_no_scaling_leaves_logits_unchanged(plain: Any) -> None:
+    tokens = torch.randint(0, 100, (2, 24))
+    before = logits(plain, tokens)
+    model = LlamaForCausalLM(tiny_config()).eval()
+    model.load_state_dict(plain.state_dict())
+    rope = apply_rope(model, None)
+    assert isinstance(model.model.rotary_emb, HFRotaryEmbedding) and rope.scaling is None
+    torch.testing.assert_close(logits(model, tokens), before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(SCALINGS))
+def test_scaling_equals_transformers_with_same_rope_scaling(plain: Any, kind: str) -> None:
+    theirs = LlamaForCausalLM(tiny_config(SCALINGS[kind])).eval()
+    theirs.load_state_dict(plain.state_dict())
+    ours = LlamaForCausalLM(tiny_config()).eval()
+    ours.load_state_dict(plain.state_dict())
+    apply_rope(ours, SCALINGS[kind])
+    for length in (12, 40):  # inside and past the original length (dynamic and longrope switch)
+        tokens = torch.randint(0, 100, (2, length))
+        torch.testing.assert_close(logits(ours, tokens), logits(theirs, tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_yarn_changes_the_logits_and_generates_with_cache(plain: Any) -> None:
+    model = LlamaForCausalLM(tiny_config()).eval()
+    model.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 100, (1, 20))
+    rope = apply_rope(model, posenc.YaRNScaling(4.0, 16))
+    assert rope.attention_scale > 1.0
+    assert not torch.allclose(logits(model, tokens), logits(plain, tokens), atol=1e-4)
+    with torch.no_grad():  # incremental decoding through transformers' cache = one full forward
+        out = model.generate(
+            tokens, max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True
+        )
+        full = model(out.sequences).logits[:, -5:-1]
+    torch.testing.assert_close(torch.stack(out.logits, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_from_config_reads_theta_head_dim_and_partial() -> None:
+    config = tiny_config({"rope_type": "default", "rope_theta": 500000.0})
+    rope = rope_from_config(config)
+    assert (rope.head_dim, rope.rotary_dim, rope.base, rope.scaling) == (16, 16, 500000.0, None)
+    config = LlamaConfig(
+        hidden_size=64, num_attention_heads=2, head_dim=24, vocab_size=10, num_hidden_layers=1,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+    )  # fmt: skip
+    rope = rope_from_config(config)
+    assert (rope.head_dim, rope.rotary_dim, rope.scaling) == (24, 12, posenc.LinearScaling(2.0))
+
+    class Legacy:  # transformers 4.x: rope_theta and rope_scaling as attributes
+        hidden_size, num_attention_heads, max_position_embeddings, rope_theta = 64, 4, 128, 20000.0
+        rope_scaling = {"type": "yarn", "factor": 2.0}
+
+    rope = rope_from_config(Legacy())
+    assert rope.base == 20000.0 and rope.scaling == posenc.YaRNScaling(2.0, 128)
+
+
+def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
+    config = tiny_config()
+    config.rope_parameters = {"rope_type": "proportional", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
+    with pytest.raises(ValueError, match="unknown rope_type 'proportional'"):
+        rope_from_config(config)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
+    with pytest.raises(ValueError, match="mrope_section"):
+        rope_from_config(config)
+    config.rope_parameters = {
+        "full_attention": {"rope_type": "default"},
+        "sliding_attention": {"rope_type": "default"},
+    }
+    with pytest.raises(ValueError, match="per layer type"):
+        rope_from_config(config)
+    with pytest.raises(ValueError, match="no `rotary_emb`"):
+        apply_rope(_WithConfig(tiny_config()))
+    with pytest.raises(TypeError, match="config"):
+        apply_rope(nn.Linear(2, 2))
+    model = LlamaForCausalLM(tiny_config()).eval()
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": 12345.0}  # config no longer matches
+    with pytest.raises(ValueError, match="cannot replace it faithfully"):
+        apply_rope(model)
+    with pytest.raises(ValueError, match="beta_fast"):
+        apply_rope(
+            LlamaForCausalLM(tiny_config()),
+            {"rope_type": "yarn", "factor": 2.0, "beta_fast": 1, "beta_slow": 2},
+        )
+
+
+class _WithConfig(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = nn.Linear(2, 2)
