@@ -1,0 +1,182 @@
+"""Attention with a positional bias, inference: ``flex`` and ``sdpa`` against plain causal SDPA.
+
+Batch 1, 8 heads, head_dim 64, causal, under ``torch.inference_mode``. Each group of rows (one sequence length)
+is timed round-robin with plain causal ``scaled_dot_product_attention`` without any bias (the baseline)
+measured in the same rounds; ``ratio`` is time divided by the baseline's. ``peak_mb`` is the memory allocated
+during one call above what was live before it (CUDA: the allocator's peak; CPU: the running sum of the
+profiler's allocation events), so the baseline's own figure is about its output.
+
+Shaw et al. (key and value terms) is timed through posenc (``math``: ``(B, H, Q, 2k+1)`` products and a
+gather / scatter) against the seed's formula, :func:`posenc.functional.shaw_reference`, which builds
+``(n, n, d)`` tensors; its ``ratio`` is to that formula. Shaw's key term alone also runs through ``flex``.
+
+Cases whose materialized tensors would not fit a memory budget are reported as skipped, never shrunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from ..attention.backends import BACKENDS, AttentionInputs
+from ..base import PositionEncoding
+from ..functional.relative import shaw_reference
+from ..registry import build
+from . import Row, register_suite
+from .runner import synchronize, time_round_robin
+
+log = logging.getLogger(__name__)
+
+HEADS, HEAD_DIM, SHAW_DISTANCE = 8, 64, 16
+BIAS = ("alibi", "t5", "fire", "kerple")
+SIZES = {"cuda": (1024, 4096, 16384), "cpu": (1024, 4096)}
+SHAW_SIZES = {"cuda": (1024, 2048, 4096), "cpu": (1024, 2048)}
+QUICK_SIZES, QUICK_SHAW_SIZES = (256,), (128,)
+MEMORY_BUDGET = {"cuda": 40 * 2**30, "cpu": 6 * 2**30}
+BASELINE = "causal sdpa, no bias (baseline)"
+
+
+def peak_bytes(fn: Callable[[], object], device: str) -> int:
+    """Memory allocated during one call of ``fn`` above what was live before it (see the module docstring)."""
+    if device.startswith("cuda"):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        synchronize(device)
+        del out
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def _kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _qkv(n: int, device: str) -> tuple[Tensor, Tensor, Tensor]:
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return tuple(torch.randn(1, HEADS, n, HEAD_DIM, device=device, dtype=dtype) for _ in range(3))  # type: ignore[return-value]
+
+
+def _call(backend: str, enc: PositionEncoding, q: Tensor, k: Tensor, v: Tensor) -> Callable[[], Tensor]:
+    pos = torch.arange(q.shape[-2], device=q.device)[None]
+    ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True)
+    fn = BACKENDS[backend]
+    return lambda: fn(q, k, v, ctx)
+
+
+def _materialized_bytes(backend: str, n: int, elem: int) -> int:
+    """Rough peak of the n x n tensors a case builds: the bias and its masked copy for ``sdpa``."""
+    return 3 * HEADS * n * n * elem if backend == "sdpa" else 0
+
+
+def _rows(
+    group: dict[str, Callable[[], object]],
+    skipped: dict[str, str],
+    meta: dict[str, Row],
+    base: str,
+    device: str,
+    repeats: int,
+) -> list[Row]:
+    medians = time_round_robin(group, device, repeats=repeats, warmup=1)
+    rows: list[Row] = []
+    for name, info in meta.items():
+        row: Row = {**info, "status": "ok", "median_ms": None, "ratio": None, "peak_mb": None}
+        if name in medians:
+            row["median_ms"] = medians[name] * 1e3
+            row["ratio"] = medians[name] / medians[base]
+            row["peak_mb"] = peak_bytes(group[name], device) / 2**20
+        else:
+            row["status"], _, row["note"] = skipped[name].partition(": ")
+        rows.append(row)
+    return rows
+
+
+def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
+    q, k, v = _qkv(n, device)
+    budget = MEMORY_BUDGET[_kind(device)]
+    group: dict[str, Callable[[], object]] = {
+        BASELINE: lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    }
+    skipped: dict[str, str] = {}
+    meta: dict[str, Row] = {BASELINE: {"n": n, "encoding": "none", "backend": "sdpa"}}
+    for name in BIAS:
+        enc = build(name, heads=HEADS).to(device)
+        for backend in ("flex", "sdpa"):
+            key = f"{name} {backend}"
+            meta[key] = {"n": n, "encoding": name, "backend": backend}
+            need = _materialized_bytes(backend, n, q.element_size())
+            if quick and backend == "flex" and name != "alibi":
+                skipped[key] = "skipped: --quick compiles FlexAttention for ALiBi only"
+            elif need > budget:
+                skipped[key] = f"skipped: needs ~{need / 2**30:.0f} GiB of n x n tensors"
+            else:
+                group[key] = _call(backend, enc, q, k, v)
+    log.info("attention: bias encodings at n=%d", n)
+    return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
+
+
+def _shaw_group(n: int, device: str, quick: bool) -> list[Row]:
+    q, k, v = _qkv(n, device)
+    full = build("shaw", head_dim=HEAD_DIM, max_distance=SHAW_DISTANCE).to(device=device, dtype=q.dtype)
+    keys_only = build("shaw", head_dim=HEAD_DIM, max_distance=SHAW_DISTANCE, values=False).to(device, q.dtype)
+    seed = "shaw, seed formula (n x n x d)"
+    keep = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    kt, vt = full.get_parameter("key_table"), full.get_parameter("value_table")
+    group: dict[str, Callable[[], object]] = {
+        seed: lambda: shaw_reference(q, k, v, kt, vt, SHAW_DISTANCE, keep)
+    }
+    group["shaw posenc math"] = _call("math", full, q, k, v)
+    group["shaw keys only, posenc flex"] = _call("flex", keys_only, q, k, v)
+    group["shaw keys only, posenc sdpa"] = _call("sdpa", keys_only, q, k, v)
+    skipped: dict[str, str] = {}
+    need = 2 * n * n * HEAD_DIM * q.element_size()
+    if need > MEMORY_BUDGET[_kind(device)]:
+        del group[seed]
+        skipped[seed] = f"skipped: needs ~{need / 2**30:.0f} GiB for the (n, n, d) tensors"
+    if quick:
+        del group["shaw keys only, posenc flex"]
+        skipped["shaw keys only, posenc flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
+    meta: dict[str, Row] = {
+        seed: {"n": n, "encoding": "shaw", "backend": "seed einsum"},
+        "shaw posenc math": {"n": n, "encoding": "shaw", "backend": "math"},
+        "shaw keys only, posenc flex": {"n": n, "encoding": "shaw, keys only", "backend": "flex"},
+        "shaw keys only, posenc sdpa": {"n": n, "encoding": "shaw, keys only", "backend": "sdpa"},
+    }
+    base = seed if seed in group else "shaw posenc math"
+    log.info("attention: Shaw at n=%d", n)
+    rows = _rows(group, skipped, meta, base, device, repeats=2 if quick else 3)
+    for row in rows:
+        row["ratio_to"] = "seed formula" if base == seed else "posenc math"
+    return rows
+
+
+@register_suite("attention")
+def attention_suite(quick: bool, device: str) -> list[Row]:
+    """Bias encodings through ``flex`` / ``sdpa`` and Shaw through posenc vs the seed's formula, inference.
+
+    Returns:
+        One row per (n, encoding, backend) with ``median_ms``, ``ratio`` (to plain causal SDPA for bias rows, to
+        the seed's formula for Shaw rows) and ``peak_mb``, or ``status`` "skipped" and a ``note``.
+    """
+    kind = _kind(device)
+    rows: list[Row] = []
+    with torch.inference_mode():
+        for n in QUICK_SIZES if quick else SIZES[kind]:
+            rows.extend(_bias_group(n, device, quick))
+        for n in QUICK_SHAW_SIZES if quick else SHAW_SIZES[kind]:
+            rows.extend(_shaw_group(n, device, quick))
+    return rows
