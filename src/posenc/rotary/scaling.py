@@ -494,7 +494,13 @@ def parse_scaling(
         if f.default is MISSING and f.default_factory is MISSING and f.name not in params
     )
     if required:
-        raise ValueError(f"rope_type {kind!r} needs {required}; got {sorted(params)}")
+        hint = ""
+        if "original_max_position_embeddings" in required:
+            hint = (
+                " (transformers fills original_max_position_embeddings from config.max_position_embeddings: "
+                "use posenc.hf.rope_from_config(config), or add the key)"
+            )
+        raise ValueError(f"rope_type {kind!r} needs {required}; got {sorted(params)}{hint}")
     return cls(**params)
 
 
