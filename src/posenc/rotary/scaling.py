@@ -1,9 +1,11 @@
 """RoPE context extension: how the frequencies (and an attention temperature) change past the trained length.
 
-Every method is a frozen dataclass holding its parameters (validated on construction, with a clear error)
-and one pure function of the same signature behind a registry keyed by transformers' ``rope_type`` names::
+Every method is a frozen dataclass holding its parameters (validated on construction, with a clear error;
+its ``attention_factor_value()`` is the temperature) and one pure function of the same signature behind a
+registry keyed by transformers' ``rope_type`` names (:func:`register_scaling`)::
 
-    rule(scaling, rotary_dim, base, seq_len, device) -> (inv_freq, attention_factor)
+    rule(scaling, rotary_dim, base, seq_len, device) -> inv_freq
+    scaled_inv_freq(scaling, rotary_dim, base, seq_len, device) -> (inv_freq, attention_factor)
 
 ``inv_freq`` is ``(R/2,)`` in the phase dtype (float64 wherever the device has it) and ``attention_factor``
 multiplies cos and sin, hence both q and k (YaRN's temperature). ``seq_len`` is the length the frequencies
@@ -50,6 +52,7 @@ __all__ = [
     "YaRNScaling",
     "available_scalings",
     "parse_scaling",
+    "register_scaling",
     "scaled_inv_freq",
 ]
 
@@ -309,8 +312,14 @@ S = TypeVar("S", bound=RopeScaling)
 _RULES: dict[str, tuple[type[RopeScaling], Rule]] = {}
 
 
-def _rule(cls: type[S]) -> Callable[[Callable[[S, int, float, SeqLen, torch.device], Tensor]], Rule]:
-    """Register the inverse-frequency function of scaling class ``cls`` under ``cls.rope_type``."""
+def register_scaling(
+    cls: type[S],
+) -> Callable[[Callable[[S, int, float, SeqLen, torch.device], Tensor]], Rule]:
+    """Decorator: make ``fn(scaling, rotary_dim, base, seq_len, device) -> inv_freq`` the rule of ``cls``.
+
+    ``cls`` is a frozen :class:`RopeScaling` dataclass with a new ``rope_type``; its ``validate`` and
+    ``attention_factor_value`` supply the checks and the temperature. Dicts with that ``rope_type`` then parse too.
+    """
 
     def deco(fn: Callable[[S, int, float, SeqLen, torch.device], Tensor]) -> Rule:
         if cls.rope_type in _RULES:
@@ -331,17 +340,17 @@ def _longer_than(seq_len: int | Tensor, limit: int, device: torch.device) -> Ten
     return torch.as_tensor(seq_len, device=device) > limit
 
 
-@_rule(LinearScaling)
+@register_scaling(LinearScaling)
 def _linear(s: LinearScaling, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
     return rope_inv_freq(rotary_dim, base, device=device) / s.factor
 
 
-@_rule(NTKScaling)
+@register_scaling(NTKScaling)
 def _ntk(s: NTKScaling, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
     return rope_inv_freq(rotary_dim, base * s.factor ** (rotary_dim / (rotary_dim - 2)), device=device)
 
 
-@_rule(DynamicNTKScaling)
+@register_scaling(DynamicNTKScaling)
 def _dynamic(
     s: DynamicNTKScaling, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device
 ) -> Tensor:
@@ -355,7 +364,7 @@ def _dynamic(
     return torch.where(_longer_than(seq_len, s.original_max_position_embeddings, device), scaled, plain)
 
 
-@_rule(YaRNScaling)
+@register_scaling(YaRNScaling)
 def _yarn(s: YaRNScaling, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
     def correction_dim(rotations: float) -> float:  # the dim whose frequency turns `rotations` times over L0
         return (
@@ -377,7 +386,7 @@ def _yarn(s: YaRNScaling, rotary_dim: int, base: float, seq_len: SeqLen, device:
     return plain / s.factor * ramp + plain * (1.0 - ramp)  # ramp 0: keep (extrapolate), 1: interpolate
 
 
-@_rule(Llama3Scaling)
+@register_scaling(Llama3Scaling)
 def _llama3(s: Llama3Scaling, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
     plain = rope_inv_freq(rotary_dim, base, device=device)
     old = s.original_max_position_embeddings
@@ -388,7 +397,7 @@ def _llama3(s: Llama3Scaling, rotary_dim: int, base: float, seq_len: SeqLen, dev
     return torch.where(long_wave, plain / s.factor, torch.where(short_wave, plain, blended))
 
 
-@_rule(LongRoPEScaling)
+@register_scaling(LongRoPEScaling)
 def _longrope(
     s: LongRoPEScaling, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device
 ) -> Tensor:
