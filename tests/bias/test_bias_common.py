@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import flex_attention
 
 import posenc
+from posenc.attention import flex as flex_module
 from posenc.models import TransformerLM
 
 NAMES = ["alibi", "t5", "fire", "kerple"]
@@ -59,3 +61,20 @@ def test_lm_trains_and_decodes_with_cache(name: str) -> None:
         caches = model.new_caches()
         steps = torch.cat([model(tokens[:, i : i + 1], caches=caches) for i in range(8)], dim=1)
         torch.testing.assert_close(steps, model(tokens), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_device(name: str) -> None:
+    with torch.device("meta"):
+        enc = build(name)
+        assert enc.bias(3, 5, offset=2).shape == (4, 3, 5)
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+def test_flex_backend_traces_fullgraph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dynamo traces the flex path (score_mod, block mask) without graph breaks; "eager" skips codegen."""
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda: flex_attention)  # the uncompiled reference call
+    attn = posenc.Attention(32, 4, kv_heads=2, position=build("t5"), backend="flex").eval()
+    x = torch.randn(1, 6, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(attn, fullgraph=True, backend="eager")(x), attn(x))

@@ -37,7 +37,8 @@ def flex_kernel() -> Callable[..., Any]:
     if torch.compiler.is_compiling():
         return flex_attention
     if _compiled is None:
-        _compiled = torch.compile(flex_attention)
+        # static shapes: torch 2.13's CPU FlexAttention template miscompiles once dynamo turns sizes dynamic
+        _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
 
 
