@@ -55,8 +55,16 @@ def _peers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn
         from rotary_embedding_torch import RotaryEmbedding
 
         rot = RotaryEmbedding(dim=q.shape[-1]).to(q.device)
-        out["rotary-embedding-torch"] = lambda a, b: (rot.rotate_queries_or_keys(a), rot.rotate_queries_or_keys(b))
+        out["rotary-embedding-torch"] = lambda a, b: (
+            rot.rotate_queries_or_keys(a),
+            rot.rotate_queries_or_keys(b),
+        )
     return out
+
+
+def _forward(fn: RopeFn, q: Tensor, k: Tensor) -> Callable[[], object]:
+    """A closure that runs ``fn`` at (q, k) once."""
+    return lambda: fn(q, k)
 
 
 def _backward(fn: RopeFn, q: Tensor, k: Tensor) -> Callable[[], object]:
@@ -85,7 +93,7 @@ def _group(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, qu
         log.info("rope: %s %s %s", pass_, str(dtype).removeprefix("torch."), "x".join(map(str, shape)))
         timed: dict[str, Callable[[], object]] = {FLOOR: lambda: (q.clone(), k.clone())}
         for name, fn in runnable.items():
-            timed[name] = (lambda f=fn: f(q, k)) if pass_ == "forward" else _backward(fn, q, k)
+            timed[name] = _forward(fn, q, k) if pass_ == "forward" else _backward(fn, q, k)
         medians = time_round_robin(timed, device, repeats=repeats, warmup=1)
         del timed
         for name in (FLOOR, *fns):

@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "baseline timed in the same rounds (for RoPE, a copy of q and k: the memory-bandwidth floor).",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (under a minute)")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="write DIR/bench.json and DIR/bench.md")
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="write DIR/bench.json and DIR/bench.md"
+    )
     parser.add_argument(
         "--suite", action="append", default=None, metavar="NAME", help="run only this suite (repeatable)"
     )

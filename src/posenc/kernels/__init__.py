@@ -113,7 +113,9 @@ class _RotateQK(torch.autograd.Function):
 
 def _check(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
     if cos.shape != sin.shape:
-        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+        raise ValueError(
+            f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"
+        )
     if cos.dim() not in (2, 4) or (cos.dim() == 4 and cos.shape[1] != 1):
         raise ValueError(f"cos/sin must be (S, P) or (1|B, 1, S, P), got {tuple(cos.shape)}")
     rot = 2 * cos.shape[-1]
@@ -156,7 +158,9 @@ def rope_qk(
         return _reference(q, k, cos, sin, interleaved)
     _check(q, k, cos, sin)
     if cos.requires_grad or sin.requires_grad:
-        raise ValueError(f"impl={impl!r} treats cos/sin as constants but they require grad; use impl='reference'")
+        raise ValueError(
+            f"impl={impl!r} treats cos/sin as constants but they require grad; use impl='reference'"
+        )
     if impl == "auto" and name == "compiled":
         try:
             return _RotateQK.apply(q, k, cos, sin, interleaved, _kernel(name))  # type: ignore[no-any-return]

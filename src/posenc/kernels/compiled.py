@@ -26,8 +26,8 @@ _QKFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
     """Rotate the first ``R = 2 * cos.shape[-1]`` dims of ``x``; the same math as ``apply_rope``.
 
-    Written without slicing into temporaries (pairs are a view ``(..., 2, P)`` or ``(..., P, 2)``), so inductor
-    emits a single vectorized loop. Math in float32 (float64 for float64 input); output in ``x.dtype``.
+    Written so that inductor emits a single loop over ``x``: the halves are cast to the output dtype before they
+    are joined. Math in float32 (float64 for float64 input); output in ``x.dtype``.
 
     Args:
         x: ``(..., S, D)``.
@@ -37,16 +37,18 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tens
     """
     p = cos.shape[-1]
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xr = x[..., : 2 * p]
     if interleaved:
-        pairs = xr.unflatten(-1, (p, 2))  # (..., S, P, 2)
-        x1, x2, dim = pairs[..., 0], pairs[..., 1], -1
+        pairs = x[..., : 2 * p].unflatten(-1, (p, 2))  # (..., S, P, 2)
+        x1, x2 = pairs[..., 0], pairs[..., 1]
     else:
-        pairs = xr.unflatten(-1, (2, p))  # (..., S, 2, P)
-        x1, x2, dim = pairs[..., 0, :], pairs[..., 1, :], -2
+        x1, x2 = x[..., :p], x[..., p : 2 * p]
     x1, x2, c, s = x1.to(dt), x2.to(dt), cos.to(dt), sin.to(dt)
-    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=dim).flatten(-2).to(x.dtype)  # (..., S, R)
-    return out if 2 * p == x.shape[-1] else torch.cat((out, x[..., 2 * p :]), dim=-1)
+    # cast each half before joining: inductor then writes the output directly, with no float32 temporary
+    o1, o2 = (x1 * c - x2 * s).to(x.dtype), (x1 * s + x2 * c).to(x.dtype)  # (..., S, P) each
+    parts = [torch.stack((o1, o2), dim=-1).flatten(-2)] if interleaved else [o1, o2]
+    if 2 * p < x.shape[-1]:
+        parts.append(x[..., 2 * p :])  # partial rotary: the rest passes through
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
 def _half(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,7 +69,9 @@ def _compiled(interleaved: bool) -> _QKFn:
     return _COMPILED[interleaved]
 
 
-def rope_qk_compiled(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:
+def rope_qk_compiled(
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool
+) -> tuple[Tensor, Tensor]:
     """Rotate q and k in one compiled call (no autograd; see ``posenc.kernels.rope_qk``).
 
     Args:

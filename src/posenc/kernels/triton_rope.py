@@ -181,7 +181,9 @@ def _unit_last(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def rope_qk_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:
+def rope_qk_triton(
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool
+) -> tuple[Tensor, Tensor]:
     """Rotate q and k with one Triton launch (no autograd; see ``posenc.kernels.rope_qk``).
 
     Args:
@@ -195,9 +197,13 @@ def rope_qk_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: 
     if not HAS_TRITON:
         raise ValueError("impl='triton' needs the triton package (pip install triton)")
     if not available(q.device):
-        raise ValueError(f"impl='triton' runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1), got {q.device}")
+        raise ValueError(
+            f"impl='triton' runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1), got {q.device}"
+        )
     if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"impl='triton' needs q and k of shape (B, H, S, D), got {tuple(q.shape)} and {tuple(k.shape)}")
+        raise ValueError(
+            f"impl='triton' needs q and k of shape (B, H, S, D), got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
     bsz, heads_q, seq_len, dim = q.shape
     if k.shape[0] != bsz or k.shape[2:] != q.shape[2:]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on B, S and D")
@@ -209,9 +215,14 @@ def rope_qk_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: 
     if 2 * pairs > dim:
         raise ValueError(f"cos/sin cover {2 * pairs} rotary dims but head_dim is {dim}")
     if bsz * (heads_q + heads_k) > 65535:
-        raise ValueError(f"batch * (heads + kv_heads) = {bsz * (heads_q + heads_k)} exceeds Triton's grid limit 65535")
+        raise ValueError(
+            f"batch * (heads + kv_heads) = {bsz * (heads_q + heads_k)} exceeds Triton's grid limit 65535"
+        )
     q, k = _unit_last(q), _unit_last(k)
-    oq, ok = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    oq, ok = (
+        torch.empty(q.shape, dtype=q.dtype, device=q.device),
+        torch.empty(k.shape, dtype=k.dtype, device=k.device),
+    )
     if q.numel() + k.numel() == 0:
         return oq, ok
     block_p = triton.next_power_of_2(pairs)

@@ -1,0 +1,41 @@
+"""The RoPE benchmark suite's peers: a peer that is not installed is reported as missing, not faked."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from posenc.bench import SUITES
+from posenc.bench.rope import _peers
+
+
+def test_suite_is_registered() -> None:
+    assert "rope" in SUITES
+
+
+def test_missing_peers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("transformers", "rotary_embedding_torch") else real(name, *a),
+    )
+    peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
+    assert set(peers) == {"transformers eager", "transformers compiled", "rotary-embedding-torch"}
+    assert all(isinstance(v, str) and v.startswith("missing:") for v in peers.values())
+
+
+def test_installed_peers_agree_with_posenc() -> None:
+    """The peers compute the same rotation (so the timings compare like with like)."""
+    pytest.importorskip("transformers")
+    from posenc.rotary.rope import RoPE
+
+    q = torch.randn(1, 2, 4, 8)
+    cos, sin = RoPE(8).cos_sin(4, None, q.device)
+    peers = _peers(q, cos, sin, quick=True)
+    hf = peers["transformers eager"]
+    assert callable(hf)
+    want = RoPE(8)(q, q)
+    torch.testing.assert_close(hf(q, q)[0], want[0], atol=1e-5, rtol=1e-5)

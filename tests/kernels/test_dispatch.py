@@ -1,0 +1,110 @@
+"""``posenc.kernels.rope_qk``: impl choice, validation, tracing, meta device, and RoPE(impl=...)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import posenc.kernels as kernels
+from posenc.attention import Attention
+from posenc.functional import apply_rope, rope_cos_sin, rope_inv_freq
+from posenc.kernels import IMPLS, check_impl, choose_impl, rope_qk
+from posenc.rotary.rope import RoPE
+
+
+def _tables(seq: int, rot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return rope_cos_sin(torch.arange(seq), rope_inv_freq(rot))
+
+
+def test_unknown_impl_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="'auto', 'reference', 'compiled', 'triton'"):
+        check_impl("fast")
+    with pytest.raises(ValueError, match="unknown RoPE impl"):
+        RoPE(8, impl="fast")
+    q = torch.randn(1, 1, 3, 8)
+    with pytest.raises(ValueError, match="unknown RoPE impl"):
+        rope_qk(q, q, *_tables(3, 8), impl="fast")
+
+
+def test_auto_choices() -> None:
+    cos, sin = _tables(4, 8)
+    small = torch.empty(1, 2, 4, 8)
+    assert choose_impl(small, small, cos, sin) == "reference"
+    big_cos, big_sin = _tables(1024, 64)
+    big = torch.empty(1, 8, 1024, 64)
+    assert choose_impl(big, big, big_cos, big_sin) == "compiled"
+    assert choose_impl(big.to("meta"), big.to("meta"), big_cos, big_sin) == "reference"
+    assert choose_impl(big, big, big_cos.requires_grad_(), big_sin) == "reference"
+    assert choose_impl(big.double(), big.float(), big_cos, big_sin) == "reference"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_meta_device_gives_shapes(impl: str) -> None:
+    q, k = torch.empty(2, 4, 5, 16, device="meta"), torch.empty(2, 2, 5, 16, device="meta")
+    cos, sin = torch.empty(5, 6, device="meta"), torch.empty(5, 6, device="meta")
+    oq, ok = rope_qk(q, k, cos, sin, impl=impl)
+    assert oq.shape == q.shape and ok.shape == k.shape and oq.is_meta
+
+
+@pytest.mark.parametrize("impl", ["compiled", "triton"])
+def test_kernels_do_not_differentiate_cos_sin(impl: str) -> None:
+    q = torch.randn(1, 1, 3, 8)
+    cos, sin = _tables(3, 8)
+    with pytest.raises(ValueError, match="impl='reference'"):
+        rope_qk(q, q, cos.requires_grad_(), sin, impl=impl)
+
+
+def test_shape_errors_name_the_problem() -> None:
+    q = torch.randn(1, 1, 3, 8)
+    cos, sin = _tables(3, 8)
+    with pytest.raises(ValueError, match="same shape"):
+        rope_qk(q, q, cos, sin[:, :2], impl="compiled")
+    with pytest.raises(ValueError, match="sequence length"):
+        rope_qk(q, q, *_tables(4, 8), impl="compiled")
+    with pytest.raises(ValueError, match="rotary dims"):
+        rope_qk(q, q, *_tables(3, 10), impl="compiled")
+
+
+def test_functorch_transforms_use_the_reference() -> None:
+    cos, sin = _tables(3, 8)
+    x = torch.randn(5, 1, 2, 3, 8)
+    got = torch.func.vmap(lambda t: rope_qk(t, t, cos, sin, impl="compiled")[0])(x)
+    torch.testing.assert_close(got, apply_rope(x, cos, sin))
+
+
+def test_auto_falls_back_once_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(kernels, "rope_qk_compiled", broken)
+    monkeypatch.setattr(kernels, "AUTO_COMPILED_MIN_NUMEL", 0)
+    monkeypatch.setattr(kernels, "_compiled_failed", False)
+    q = torch.randn(1, 2, 3, 8)
+    cos, sin = _tables(3, 8)
+    assert choose_impl(q, q, cos, sin) == "compiled"
+    out = rope_qk(q, q, cos, sin)
+    torch.testing.assert_close(out[0], apply_rope(q, cos, sin))
+    assert choose_impl(q, q, cos, sin) == "reference"
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        rope_qk(q, q, cos, sin, impl="compiled")  # a forced impl never falls back
+
+
+def test_attention_with_compiled_rope_matches_reference_and_compiles_fullgraph() -> None:
+    """Eager: the fused kernel gives the reference's outputs and grads. Under torch.compile(fullgraph=True)
+    the same module traces the reference math: no graph break."""
+    torch.manual_seed(0)
+    ref = Attention(32, 4, kv_heads=2, position=RoPE(8, rotary_dim=6, impl="reference"))
+    fast = Attention(32, 4, kv_heads=2, position=RoPE(8, rotary_dim=6, impl="compiled"))
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 32)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [9, 10, 11, 12, 13]])
+    want = ref(x, positions=positions)
+    got = fast(x, positions=positions)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    want.sum().backward()
+    got.sum().backward()
+    for p_ref, p_fast in zip(ref.parameters(), fast.parameters(), strict=True):
+        assert p_ref.grad is not None and p_fast.grad is not None
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, atol=1e-5, rtol=1e-5)
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, positions=positions), want.detach(), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,138 @@
+"""The Triton RoPE kernel against the reference, run on CPU by Triton's interpreter (``TRITON_INTERPRET=1``).
+
+The interpreter accepts some code the GPU compiler rejects, so one more test compiles the kernel for an sm_90
+target (PTX, no GPU needed) where triton's CUDA backend is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+import torch
+
+from posenc.functional import apply_rope, rope_cos_sin, rope_inv_freq
+from posenc.kernels import rope_qk
+
+pytest.importorskip("triton")
+
+
+def _reload_kernels(interpret: bool) -> ModuleType:
+    """(Re)build the kernels with ``TRITON_INTERPRET`` as asked: triton reads it when a kernel is decorated."""
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)
+    import posenc.kernels.triton_rope as mod
+
+    return importlib.reload(mod)
+
+
+@pytest.fixture
+def interpreted() -> Iterator[ModuleType]:
+    saved = os.environ.get("TRITON_INTERPRET")
+    mod = _reload_kernels(interpret=True)
+    assert mod.interpreting() and mod.available(torch.device("cpu"))
+    yield mod
+    if saved is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = saved
+    importlib.reload(mod)  # back to kernels for the real device
+
+
+def _tables(positions: torch.Tensor, rot: int, per_batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(rot))  # (S, P) or (B, S, P)
+    return (cos.unsqueeze(1), sin.unsqueeze(1)) if per_batch else (cos, sin)
+
+
+TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 1e-2, "rtol": 1e-2}}
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize(("rot", "dim"), [(16, 16), (8, 16), (6, 10)])
+@pytest.mark.parametrize("positions", ["default", "offset", "per_batch", "batch_of_one"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_and_grad_match_reference(
+    interpreted: ModuleType, interleaved: bool, rot: int, dim: int, positions: str, dtype: torch.dtype
+) -> None:
+    b, h, g, s = 2, 3, 1, 5  # grouped-query: k has fewer heads
+    q = torch.randn(b, s, h, dim, dtype=dtype).transpose(1, 2).requires_grad_()  # strided, as in Attention
+    k = torch.randn(b, g, s, dim, dtype=dtype).requires_grad_()
+    pos = {
+        "default": torch.arange(s),
+        "offset": torch.arange(s) + 1000,
+        "per_batch": torch.tensor([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]]),  # cos: (B, 1, S, P)
+        "batch_of_one": torch.arange(s)[None] + 3,  # cos: (1, 1, S, P)
+    }[positions]
+    cos, sin = _tables(pos, rot, per_batch=pos.dim() == 2)
+    out = rope_qk(q, k, cos, sin, interleaved, impl="triton")
+    ref = (apply_rope(q, cos, sin, interleaved), apply_rope(k, cos, sin, interleaved))
+    grads = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+    got_grad = torch.autograd.grad(out, (q, k), grads)
+    ref_grad = torch.autograd.grad(ref, (q, k), grads)
+    for got, want in zip((*out, *got_grad), (*ref, *ref_grad), strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, **TOL[dtype])
+    # dims past R pass through bit for bit
+    assert torch.equal(out[0][..., rot:], q[..., rot:])
+
+
+def test_double_backward_is_the_forward_rotation(interpreted: ModuleType) -> None:
+    """d/dg <R^T g, u> = R u: differentiating the backward gives the rotation back."""
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
+    cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
+    oq, _ = rope_qk(q, q, cos, sin, impl="triton")
+    g = torch.randn_like(oq, requires_grad=True)
+    (dq,) = torch.autograd.grad(oq, q, g, create_graph=True)
+    u = torch.randn_like(dq)
+    (dg,) = torch.autograd.grad(dq, g, u)
+    torch.testing.assert_close(dg, apply_rope(u, cos, sin))
+
+
+def test_bad_shapes_raise(interpreted: ModuleType) -> None:
+    cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
+    with pytest.raises(ValueError, match="B, H, S, D"):
+        interpreted.rope_qk_triton(torch.randn(4, 8), torch.randn(4, 8), cos, sin, False)
+    with pytest.raises(ValueError, match="agree"):
+        interpreted.rope_qk_triton(torch.randn(1, 2, 4, 8), torch.randn(2, 2, 4, 8), cos, sin, False)
+    with pytest.raises(ValueError, match="same dtype"):
+        interpreted.rope_qk_triton(
+            torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8, dtype=torch.float16), cos, sin, False
+        )
+
+
+def test_cpu_without_interpreter_raises() -> None:
+    mod = _reload_kernels(interpret=False)
+    cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
+    with pytest.raises(ValueError, match="CUDA"):
+        mod.rope_qk_triton(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), cos, sin, False)
+
+
+@pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
+def test_kernel_compiles_for_gpu(interleaved: bool, pairs: int, block_rest: int) -> None:
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, compile
+    except ImportError:
+        pytest.skip("this triton has no ahead-of-time compile API")
+    mod = _reload_kernels(interpret=False)
+    kernel = mod._rope_qk_kernel
+    constants = {
+        "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved
+    }  # fmt: skip
+    signature = {name: "i32" for name in kernel.arg_names}
+    signature.update({name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")})
+    signature.update({"cos_ptr": "*fp32", "sin_ptr": "*fp32"})
+    signature.update({name: "constexpr" for name in constants})
+    source = ASTSource(kernel, signature, {(kernel.arg_names.index(n),): v for n, v in constants.items()})
+    try:
+        compiled = compile(source, target=GPUTarget("cuda", 90, 32))
+    except RuntimeError as err:  # no CUDA toolchain bundled with this triton build
+        if "ptxas" in str(err).lower():
+            pytest.skip(str(err))
+        raise
+    assert "ld.global" in compiled.asm["ptx"]
