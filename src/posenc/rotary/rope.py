@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..base import PositionEncoding
-from ..functional.rotary import apply_rope, check_rotary_dim, rope_cos_sin, rope_inv_freq
+from ..functional.rotary import check_rotary_dim, rope_cos_sin, rope_inv_freq
+from ..kernels import check_impl, rope_qk
 from ..registry import Sizes, register
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
@@ -30,6 +31,8 @@ class RoPE(PositionEncoding):
             dict ``{"rope_type": "yarn", "factor": 4.0, ...}``; None for plain RoPE. See
             ``posenc.rotary.scaling``. Length-dependent methods (dynamic NTK, LongRoPE) recompute the
             frequencies per call from ``max(position) + 1``, without touching module state.
+        impl: how the rotation runs: "auto" (fastest correct path for the device and dtype), "reference"
+            (always :func:`posenc.functional.apply_rope`), "compiled" or "triton"; see ``posenc.kernels``.
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
     module; the rotation runs in float32 and returns the input dtype.
@@ -50,8 +53,10 @@ class RoPE(PositionEncoding):
         interleaved: bool = False,
         cache_len: int = 2048,
         scaling: RopeScaling | Mapping[str, Any] | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
         check_rotary_dim(rotary_dim, head_dim)
         self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
@@ -120,7 +125,7 @@ class RoPE(PositionEncoding):
         if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
             raise ValueError(f"RoPE built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}")
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
-        return apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
+        return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
 
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """Rotate ``q: (B, H, S, D)`` and ``k: (B, Hkv, S, D)`` at ``positions`` (default ``0..S-1``)."""
