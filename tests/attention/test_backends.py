@@ -28,7 +28,7 @@ OPTIONS: dict[str, dict[str, Any]] = {"t5": {"max_distance": 6, "num_buckets": 8
 @pytest.fixture(autouse=True)
 def _eager_flex(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Eager FlexAttention (its reference implementation) keeps these tests free of kernel compilation."""
-    monkeypatch.setattr(flex_module, "flex_kernel", lambda: flex_attention)
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda device: flex_attention)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         yield

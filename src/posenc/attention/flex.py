@@ -5,14 +5,15 @@ so no ``(heads, Q, K)`` tensor is built. Causal masking uses a :class:`BlockMask
 indices (``O((n / 128)^2)`` memory, cached per shape); key padding is a ``mask_mod`` reading the user's mask.
 
 Eager FlexAttention is a reference that materializes the scores; :func:`flex_kernel` therefore returns
-``torch.compile(flex_attention)`` (or the plain function when already inside ``torch.compile``). In torch
-2.13 FlexAttention has no backward on CPU.
+``torch.compile(flex_attention)`` (or the plain function when already inside ``torch.compile``). Each new
+encoding type, shape or mask kind compiles once (seconds). In torch 2.13 FlexAttention has no backward on CPU.
 
 Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` keys, ``D`` head_dim.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,18 +29,30 @@ if TYPE_CHECKING:
 
 BLOCK = 128
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-_compiled: Callable[..., Any] | None = None
+#: Room for recompilations of the compiled kernel (one per encoding type, shape and mask kind), set around
+#: posenc's own calls only; dynamo's default of 8 would silently fall back to the materializing eager path.
+RECOMPILE_LIMIT = 64
+_compiled: dict[str, Callable[..., Any]] = {}
 
 
-def flex_kernel() -> Callable[..., Any]:
-    """``flex_attention`` compiled once per process (plain inside an outer ``torch.compile``)."""
-    global _compiled
+def flex_kernel(device: torch.device) -> Callable[..., Any]:
+    """``flex_attention`` compiled once per device type (plain inside an outer ``torch.compile``).
+
+    CPU compiles with static shapes: torch 2.13's CPU FlexAttention template miscompiles dynamic sizes.
+    """
     if torch.compiler.is_compiling():
         return flex_attention
-    if _compiled is None:
-        # static shapes: torch 2.13's CPU FlexAttention template miscompiles once dynamo turns sizes dynamic
-        _compiled = torch.compile(flex_attention, dynamic=False)
-    return _compiled
+    if device.type not in _compiled:
+        _compiled[device.type] = torch.compile(
+            flex_attention, dynamic=False if device.type == "cpu" else None
+        )
+    return _compiled[device.type]
+
+
+def _recompile_room() -> contextlib.AbstractContextManager[object]:
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
 
 
 def supports_flex(position: PositionEncoding) -> bool:
@@ -65,8 +78,8 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         score_mod = None if bias is None else materialized_score_mod(bias)
     block_mask = build_block_mask(q.shape[-2], k.shape[-2], ctx.causal, ctx.keep, q.device)
     gqa = k.shape[1] != q.shape[1]
-    out = flex_kernel()(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
-    return out
+    with _recompile_room():
+        return flex_kernel(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
 
 
 def materialized_score_mod(bias: Tensor) -> ScoreMod:
