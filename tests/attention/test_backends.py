@@ -130,6 +130,9 @@ def test_flex_refuses_what_it_cannot_do() -> None:
     drop = posenc.Attention(32, 4, position=posenc.ALiBi(4), backend="flex", dropout=0.1).train()
     with pytest.raises(ValueError, match="dropout"):
         drop(torch.randn(1, 3, 32))
+    train = posenc.Attention(32, 4, position=posenc.ALiBi(4), backend="flex")
+    with pytest.raises(ValueError, match="no backward on CPU"):
+        train(torch.randn(1, 3, 32))
 
 
 def test_flex_without_score_mod_uses_the_materialized_bias() -> None:

@@ -60,18 +60,31 @@ def supports_flex(position: PositionEncoding) -> bool:
     return type(position).score_mod is not PositionEncoding.score_mod
 
 
+def needs_grad(q: Tensor, position: PositionEncoding) -> bool:
+    """Whether autograd will want gradients through this attention call (q or the encoding's parameters)."""
+    return torch.is_grad_enabled() and (
+        q.requires_grad or any(p.requires_grad for p in position.parameters())
+    )
+
+
 def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """FlexAttention with the encoding's ``score_mod``; rows with no visible key give 0, as in ``math``.
 
     Encodings with a ``score_bias`` but no ``score_mod`` still work: their materialized bias is read by index.
 
     Raises:
-        ValueError: the encoding needs the attention weights (use ``math``) or dropout is on (use ``sdpa``).
+        ValueError: the encoding needs the attention weights (use ``math``), dropout is on (use ``sdpa``), or
+            gradients are wanted on CPU (no FlexAttention backward there).
     """
     if ctx.position.needs_probs:
         raise ValueError(f"{type(ctx.position).__name__} needs the attention weights; use backend='math'")
     if ctx.dropout_p > 0:
         raise ValueError("FlexAttention has no attention dropout; use backend='sdpa' or dropout=0")
+    if q.device.type == "cpu" and needs_grad(q, ctx.position):
+        raise ValueError(
+            "FlexAttention has no backward on CPU in this torch; use backend='sdpa' (or 'auto') to train, "
+            "or run under torch.no_grad()"
+        )
     score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos)
     if score_mod is None:
         bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
