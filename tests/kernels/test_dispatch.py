@@ -78,7 +78,7 @@ def test_auto_falls_back_once_when_compiling_fails(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(kernels, "rope_qk_compiled", broken)
     monkeypatch.setattr(kernels, "AUTO_COMPILED_MIN_NUMEL", 0)
-    monkeypatch.setattr(kernels, "_compiled_failed", False)
+    monkeypatch.setattr(kernels, "_failed", set())
     q = torch.randn(1, 2, 3, 8)
     cos, sin = _tables(3, 8)
     assert choose_impl(q, q, cos, sin) == "compiled"

@@ -42,7 +42,8 @@ IMPLS: tuple[str, ...] = ("auto", "reference", "compiled", "triton")
 AUTO_COMPILED_MIN_NUMEL = 1 << 20
 
 Kernel = Callable[[Tensor, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor]]
-_compiled_failed = False
+#: kernels that raised when ``auto`` picked them (a missing C++ compiler, an unsupported GPU): not picked again
+_failed: set[str] = set()
 
 
 @cache
@@ -79,15 +80,21 @@ def choose_impl(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> str:
     * ``reference`` while tracing or on meta tensors, when cos/sin need gradients (the kernels treat them as
       constants), or for small inputs on CPU;
     * ``triton`` for CUDA tensors of one floating dtype when triton is installed;
-    * ``compiled`` on CPU from :data:`AUTO_COMPILED_MIN_NUMEL` elements (unless compiling failed once here).
+    * ``compiled`` on CPU from :data:`AUTO_COMPILED_MIN_NUMEL` elements.
+
+    A kernel that raised once when picked by ``auto`` is not picked again in this process.
     """
     if _traced(q, k, cos, sin) or cos.requires_grad or sin.requires_grad:
         return "reference"
     if not (q.is_floating_point() and q.dtype == k.dtype):
         return "reference"
-    if q.device.type == "cuda" and has_triton() and q.dim() == 4 and k.dim() == 4:
+    if q.device.type == "cuda" and has_triton() and q.dim() == 4 and k.dim() == 4 and "triton" not in _failed:
         return "triton"
-    if q.device.type == "cpu" and q.numel() + k.numel() >= AUTO_COMPILED_MIN_NUMEL and not _compiled_failed:
+    if (
+        q.device.type == "cpu"
+        and q.numel() + k.numel() >= AUTO_COMPILED_MIN_NUMEL
+        and "compiled" not in _failed
+    ):
         return "compiled"
     return "reference"
 
@@ -149,7 +156,6 @@ def rope_qk(
     Returns:
         ``(q_rot, k_rot)`` shaped like ``q`` and ``k``.
     """
-    global _compiled_failed
     check_impl(impl)
     if impl == "reference" or _traced(q, k, cos, sin):
         return _reference(q, k, cos, sin, interleaved)
@@ -161,12 +167,12 @@ def rope_qk(
         raise ValueError(
             f"impl={impl!r} treats cos/sin as constants but they require grad; use impl='reference'"
         )
-    if impl == "auto" and name == "compiled":
+    if impl == "auto":
         try:
             return _RotateQK.apply(q, k, cos, sin, interleaved, _kernel(name))  # type: ignore[no-any-return]
-        except Exception as err:  # a missing C++ compiler and the like: fall back once, loudly
-            _compiled_failed = True
-            log.warning("posenc: compiled RoPE kernel unavailable (%s); using the reference from now on", err)
+        except Exception as err:  # a missing C++ compiler and the like: fall back, loudly, for good
+            _failed.add(name)
+            log.warning("posenc: %s RoPE kernel failed (%s); auto uses the reference from now on", name, err)
             return _reference(q, k, cos, sin, interleaved)
     return _RotateQK.apply(q, k, cos, sin, interleaved, _kernel(name))  # type: ignore[no-any-return]
 

@@ -65,7 +65,8 @@ if HAS_TRITON:
         p = tl.arange(0, BLOCK_P)  # (BLOCK_P,) pair index
         row_ok = (s < seq_len)[:, None]
         mask = row_ok & (p < P)[None, :]
-        cs_off = s[:, None] * cs_stride_s + p[None, :]
+        rows = s.to(tl.int64)[:, None]  # 64-bit offsets: long sequences with strided heads exceed 2**31
+        cs_off = rows * cs_stride_s + p[None, :]
         c = tl.load(cos_ptr + cs_off, mask=mask, other=0.0).to(tl.float32)
         sn = tl.load(sin_ptr + cs_off, mask=mask, other=0.0).to(tl.float32)
         if INTERLEAVED:
@@ -74,8 +75,8 @@ if HAS_TRITON:
         else:
             i1 = p
             i2 = p + P
-        x_row = x_ptr + s[:, None] * x_stride_s
-        o_row = o_ptr + s[:, None] * o_stride_s
+        x_row = x_ptr + rows * x_stride_s
+        o_row = o_ptr + rows * o_stride_s
         x1 = tl.load(x_row + i1[None, :], mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(x_row + i2[None, :], mask=mask, other=0.0).to(tl.float32)
         out_ty = o_ptr.dtype.element_ty
@@ -121,8 +122,8 @@ if HAS_TRITON:
     ) -> None:
         s_start = tl.program_id(0) * BLOCK_S
         bh = tl.program_id(1)  # one of B * (H + Hkv) heads: q's first, then k's
-        b = bh // (heads_q + heads_k)
-        h = bh % (heads_q + heads_k)
+        b = (bh // (heads_q + heads_k)).to(tl.int64)
+        h = (bh % (heads_q + heads_k)).to(tl.int64)
         cos_b = cos_ptr + b * cs_sb
         sin_b = sin_ptr + b * cs_sb
         if h < heads_q:
@@ -228,7 +229,7 @@ def rope_qk_triton(
     block_p = triton.next_power_of_2(pairs)
     rest = dim - 2 * pairs
     block_rest = triton.next_power_of_2(rest) if rest else 0
-    block_s = min(triton.next_power_of_2(seq_len), max(1, 4096 // block_p))
+    block_s = min(triton.next_power_of_2(seq_len), max(1, 1024 // block_p))  # tiles of ~1024 pairs
     grid = (triton.cdiv(seq_len, block_s), bsz * (heads_q + heads_k))
     cs_sb = 0 if c.shape[0] == 1 else c.stride(0)
     _rope_qk_kernel[grid](
