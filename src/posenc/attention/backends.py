@@ -71,12 +71,13 @@ def repeat_kv(x: Tensor, heads: int) -> Tensor:
 
 
 def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
-    """Reference: explicit ``(B, H, Q, K)`` logits, softmax in float32, rows with no visible key give 0."""
+    """Reference: explicit ``(B, H, Q, K)`` logits, softmax in float32 or better, rows with no visible key give 0."""
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, K, D)
-    logits = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, Q, K)
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 or better
+    logits = (q @ k.transpose(-1, -2)).to(acc) * q.shape[-1] ** -0.5  # (B, H, Q, K)
     bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
     if bias is not None:
-        logits = logits + bias.float()
+        logits = logits + bias.to(acc)
     keep = full_keep(q, k, ctx)
     if keep is not None:
         logits = logits.masked_fill(~keep, float("-inf"))
