@@ -22,7 +22,8 @@ class Attention(nn.Module):
             applied by the model to token embeddings, not here; their hooks in attention are identities.
         causal: mask future keys.
         dropout: attention-weight dropout.
-        backend: "auto", "sdpa", "math" (and any other key of ``posenc.attention.BACKENDS``).
+        backend: "auto", "sdpa", "flex", "math" (and any other key of ``posenc.attention.BACKENDS``); see
+            :func:`posenc.attention.backends.choose_backend` for what "auto" picks.
         bias: use biases in the projections.
 
     Shapes: ``x: (B, S, dim)`` -> ``(B, S, dim)``.
