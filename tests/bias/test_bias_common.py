@@ -73,7 +73,7 @@ def test_meta_device(name: str) -> None:
 @pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 def test_flex_backend_traces_fullgraph(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dynamo traces the flex path (score_mod, block mask) without graph breaks; "eager" skips codegen."""
-    monkeypatch.setattr(flex_module, "flex_kernel", lambda device: flex_attention)  # the uncompiled reference call
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda device: flex_attention)  # uncompiled reference
     attn = posenc.Attention(32, 4, kv_heads=2, position=build("t5"), backend="flex").eval()
     x = torch.randn(1, 6, 32)
     with torch.no_grad():

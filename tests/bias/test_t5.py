@@ -11,14 +11,13 @@ import posenc
 from posenc.functional import t5_buckets, t5_distance_buckets
 
 hf_t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
-SETTINGS = [(32, 128), (8, 20), (16, 9), (4, 3), (2, 2)]
+# (bidirectional, num_buckets, max_distance): defaults, small tables, max_distance just past the exact range
+SETTINGS = [(b, 32, 128) for b in (False, True)] + [(b, 8, 20) for b in (False, True)]
+SETTINGS += [(False, 16, 9), (True, 16, 5), (False, 4, 3), (True, 4, 2), (False, 2, 2)]
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize(("num_buckets", "max_distance"), SETTINGS)
+@pytest.mark.parametrize(("bidirectional", "num_buckets", "max_distance"), SETTINGS)
 def test_buckets_equal_transformers(bidirectional: bool, num_buckets: int, max_distance: int) -> None:
-    if bidirectional and (num_buckets < 4 or max_distance <= num_buckets // 4):
-        pytest.skip("no log-spaced buckets")
     rel = torch.arange(-3000, 3001)
     ours = t5_buckets(rel, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
     ref = hf_t5.T5Attention._relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
