@@ -1,0 +1,87 @@
+"""Data parallelism for the experiments: ``torch.distributed`` under ``torchrun`` (gloo on CPU, nccl on GPU).
+
+Without ``torchrun`` (no ``WORLD_SIZE`` in the environment, or 1) everything here is a single-process no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel ranks.
+
+    Attributes:
+        rank: global rank (0 writes files).
+        size: number of ranks.
+        local_rank: rank on this machine (picks the GPU).
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def sum(self, t: Tensor) -> Tensor:
+        """All-reduce sum across ranks (the tensor itself when single-process)."""
+        if self.distributed:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+#: The single-process world (the default everywhere).
+SINGLE = World()
+
+
+def local_world_size() -> int:
+    """Processes per machine as torchrun reports it (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def setup_world(device: torch.device) -> World:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), if any.
+
+    The backend is nccl on CUDA and gloo otherwise. Calling it again reuses the existing group.
+
+    Raises:
+        ValueError: ``WORLD_SIZE`` > 1 on CUDA with fewer visible GPUs than local ranks.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); run fewer processes "
+                "per node or use --device cpu"
+            )
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(rank, size, local_rank)
+
+
+def rank_device(device: torch.device, world: World) -> torch.device:
+    """The device this rank computes on: ``cuda:<local_rank>`` for CUDA, ``device`` otherwise."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device

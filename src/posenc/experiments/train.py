@@ -1,0 +1,211 @@
+"""Training one small byte-level language model per encoding, deterministically and data-parallel.
+
+Every encoding sees the same batches: batch ``t`` is drawn from a generator seeded by ``(seed, t)``, so runs with
+the same seed are identical on one machine whatever else ran before, and a resumed run trains the missing
+encodings exactly as a fresh one would. Under ``torchrun`` each rank takes its own rows of that same global batch
+(``batch_size / world`` each), and DDP averages the gradients, which is the single-process gradient of the
+global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..models import TransformerLM
+from .dist import SINGLE, World
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model sizes and the optimisation budget (the same for every encoding).
+
+    Attributes:
+        dim, depth, heads: :class:`posenc.models.TransformerLM` sizes.
+        train_len: ``L``, the training context in bytes.
+        batch_size: global batch (sequences per step, over all ranks).
+        steps: optimiser steps.
+        lr: peak AdamW learning rate, reached after the first ``warmup_fraction`` of the steps, then cosine
+            decay to ``lr * min_lr_ratio``.
+        weight_decay: AdamW decay on matrices (not on biases and norms).
+        grad_clip: global gradient-norm clip.
+        seed: seeds the initial weights and the batches.
+    """
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    train_len: int = 128
+    batch_size: int = 8
+    steps: int = 400
+    lr: float = 2e-3
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.warmup_fraction < 1.0 or not self.lr > 0:
+            raise ValueError(
+                f"need lr > 0 and 0 <= warmup_fraction < 1, got {self.lr}, {self.warmup_fraction}"
+            )
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps."""
+        return int(self.steps * self.warmup_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """A trained model and how it got there: ``losses[t]`` is the mean training loss of step ``t``
+    (nats per byte, over the global batch)."""
+
+    model: TransformerLM
+    losses: list[float]
+    seconds: float
+
+
+def encoding_options(encoding: str, cfg: TrainConfig) -> dict[str, Any]:
+    """Build options per encoding: the learned table gets exactly ``train_len`` rows (the positions training
+    can reach; the paper's learned baselines cannot go further either, so longer evaluations report n/a)."""
+    return {"max_len": cfg.train_len} if encoding == "learned" else {}
+
+
+def build_model(encoding: str, cfg: TrainConfig) -> TransformerLM:
+    """A fresh :class:`TransformerLM` for ``encoding``, initialised from ``cfg.seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return TransformerLM(
+            encoding,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            position_options=encoding_options(encoding, cfg),
+        )
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup to 1, then cosine down to ``min_lr_ratio``."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    span = max(1, cfg.steps - cfg.warmup)
+    progress = min(1.0, (step - cfg.warmup) / span)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batch_starts(n_tokens: int, step: int, cfg: TrainConfig) -> Tensor:
+    """``(batch_size,)`` start offsets of the global batch of ``step`` (windows of ``train_len + 1`` tokens)."""
+    limit = n_tokens - cfg.train_len  # last valid start + 1
+    if limit <= 0:
+        raise ValueError(
+            f"{n_tokens} training tokens cannot hold a window of train_len + 1 = {cfg.train_len + 1}"
+        )
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return torch.randint(0, limit, (cfg.batch_size,), generator=gen)
+
+
+def sample_batch(tokens: Tensor, step: int, cfg: TrainConfig, world: World = SINGLE) -> Tensor:
+    """This rank's rows of the global batch of ``step``: ``(batch_size / world.size, train_len + 1)`` long."""
+    if cfg.batch_size % world.size:
+        raise ValueError(
+            f"batch_size ({cfg.batch_size}) must be divisible by the number of ranks ({world.size})"
+        )
+    per_rank = cfg.batch_size // world.size
+    starts = batch_starts(tokens.numel(), step, cfg)[world.rank * per_rank : (world.rank + 1) * per_rank]
+    idx = starts.unsqueeze(-1) + torch.arange(cfg.train_len + 1)  # (b, L + 1)
+    return tokens[idx].long()
+
+
+def lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
+    """Mean next-byte cross-entropy (nats) of ``batch: (B, S + 1)``: predict ``batch[:, 1:]`` from ``batch[:, :-1]``."""
+    logits = model(batch[:, :-1])  # (B, S, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train_model(
+    encoding: str,
+    tokens: Tensor,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    world: World = SINGLE,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a :class:`TransformerLM` with ``encoding`` on ``tokens`` for ``cfg.steps`` steps.
+
+    Args:
+        encoding: a name from :func:`posenc.available`.
+        tokens: ``(N,)`` uint8 training bytes.
+        cfg: sizes and budget.
+        device: where to train (this rank's device under DDP).
+        world: the data-parallel ranks (see :func:`posenc.experiments.dist.setup_world`).
+        progress: show a tqdm bar on stderr (rank 0 only).
+
+    Returns:
+        The model (unwrapped, in eval mode), the per-step global mean losses and the wall time.
+    """
+    device = torch.device(device)
+    start = time.perf_counter()
+    model = build_model(encoding, cfg).to(device)
+    model.train()
+    net: nn.Module = model
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    losses: list[float] = []
+    bar = tqdm(
+        range(cfg.steps),
+        desc=f"train {encoding}",
+        file=sys.stderr,
+        disable=not (progress and world.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for step in bar:
+        batch = sample_batch(tokens, step, cfg, world).to(device)  # (B / W, L + 1)
+        loss = lm_loss(net, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(float(world.sum(loss.detach()) / world.size))
+        if step % 10 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    if not all(math.isfinite(x) for x in losses):
+        log.warning("training %s produced a non-finite loss; its perplexities will be inf", encoding)
+    model.eval()
+    return TrainResult(model, losses, time.perf_counter() - start)

@@ -1,0 +1,44 @@
+"""The figure of ``posenc compare``: perplexity against evaluation length, one line per encoding."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def perplexity_figure(results: dict[str, Any]) -> Figure:
+    """Perplexity (log y) against evaluation length (log2 x) for every row of ``results["perplexity"]``.
+
+    RoPE context-extension rows are dashed; n/a and infinite values are left out; a dotted line marks ``L``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    train_len, lengths = results["train_len"], results["eval_lengths"]
+    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    for name, row in results["perplexity"].items():
+        points = [(lv, row.get(str(lv))) for lv in lengths]
+        xs = [lv for lv, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
+        ys = [float(v) for _, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not xs:
+            continue
+        style = "--" if "+" in name else "-"
+        ax.plot(xs, ys, style, marker="o", markersize=3, label=name, linewidth=1.4 if "+" in name else 1.8)
+    ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [f"{lv // train_len}L\n{lv}" for lv in lengths])
+    ax.set(
+        xlabel=f"evaluation length (bytes; trained at L = {train_len})",
+        ylabel="perplexity per byte (log)",
+        title="Train short, test long (non-overlapping windows)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    return fig

@@ -1,0 +1,174 @@
+"""``posenc compare`` end to end (tiny), resuming, refusing a changed configuration, the report's reasoning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import posenc
+from posenc.cli import main
+from posenc.experiments.compare import (
+    CompareConfig,
+    check_encodings,
+    config_differences,
+    default_encodings,
+    eval_token_count,
+    run_compare,
+)
+from posenc.experiments.report import claims, paper_comparison, verdict, worst_ratio, write_report
+
+FAST = CompareConfig.quick(steps=8)
+NAMES = [n for n in ("none", "learned", "rope", "alibi") if n in posenc.available()]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    return out, run_compare(cfg, encodings=NAMES, out=out, progress=False)
+
+
+def test_quick_run_writes_everything(first_run: tuple[Path, dict]) -> None:
+    out, results = first_run
+    for name in ("results.json", "report.md", "perplexity.png", "config.json"):
+        assert (out / name).is_file(), name
+    for name in NAMES:
+        assert (out / "checkpoints" / f"{name}.pt").is_file()
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["train_len"] == 16 and on_disk["eval_lengths"] == [16, 32, 64, 128, 256]
+    assert on_disk["seed"] == 0 and on_disk["versions"]["torch"] == torch.__version__
+    assert set(on_disk["perplexity"]) >= set(NAMES)
+    assert on_disk["perplexity"]["learned"]["32"] is None and on_disk["perplexity"]["learned"]["16"] > 1
+    for method in on_disk["rope_extensions"]:
+        assert f"rope+{method}" in on_disk["perplexity"]
+    report = (out / "report.md").read_text()
+    assert "| learned | " in report and "n/a" in report and "Press et al." in report
+
+
+def test_rerun_resumes_without_retraining(first_run: tuple[Path, dict], tiny_corpus: Path) -> None:
+    out, results = first_run
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    again = run_compare(cfg, encodings=NAMES, out=out, progress=False)
+    assert again["resumed"] == NAMES
+    assert again["perplexity"] == results["perplexity"]
+    assert again["train_seconds"] == results["train_seconds"]
+
+
+def test_changed_config_is_refused(first_run: tuple[Path, dict], tiny_corpus: Path) -> None:
+    out, _ = first_run
+    cfg = CompareConfig(**{**FAST.with_train(steps=9).__dict__, "data": str(tiny_corpus)})
+    with pytest.raises(ValueError, match=r"different configuration \(train\.steps: 8 -> 9\).*new --out"):
+        run_compare(cfg, encodings=NAMES, out=out, progress=False)
+
+
+def test_checkpoint_of_another_config_is_refused(
+    first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path
+) -> None:
+    src, _ = first_run
+    out = tmp_path / "copy"
+    (out / "checkpoints").mkdir(parents=True)
+    ckpt = torch.load(src / "checkpoints" / "none.pt", weights_only=True)
+    ckpt["config"]["train"]["lr"] = 1.0
+    torch.save(ckpt, out / "checkpoints" / "none.pt")
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    with pytest.raises(ValueError, match=r"train\.lr: 1\.0 -> 0\.003"):
+        run_compare(cfg, encodings=["none"], out=out, progress=False)
+
+
+def test_cli_on_the_default_stdlib_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    code = main(
+        ["compare", "--quick", "--steps", "5", "--encodings", "none,rope", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "standard library" in results["config"]["data"]["source"]
+    assert results["config"]["train"]["steps"] == 5
+    assert "| rope |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "/does/not/exist"], "does not exist"),
+        (["--encodings", "rope,nonsense"], "unknown encoding"),
+        (["--device", "warp-drive"], "not a device"),
+    ],
+)
+def test_cli_errors(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compare", "--quick", "--out", str(tmp_path / "x"), "--no-progress", *argv])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_data_too_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "short.txt").write_text("print('hi')\n" * 30)
+    code = main(["compare", "--quick", "--data", str(tmp_path / "short.txt"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "validation split" in capsys.readouterr().err
+
+
+def test_default_encodings_follow_the_documented_order() -> None:
+    names = default_encodings()
+    assert names[:5] == ["none", "sinusoidal", "learned", "shaw", "rope"]
+    assert set(names) <= set(posenc.available())
+    with pytest.raises(ValueError, match="twice"):
+        check_encodings(["rope", "rope"])
+
+
+def test_eval_token_count_and_differences() -> None:
+    assert eval_token_count(10_000, 256, 4) == 1024
+    assert eval_token_count(600, 256, 4) == 512
+    assert config_differences({"a": {"b": 1}, "c": 2}, {"a": {"b": 3}, "c": 2}) == ["a.b: 1 -> 3"]
+
+
+def _synthetic() -> dict:
+    rows = {
+        "sinusoidal": {"8": 5.0, "16": 9.0, "32": 40.0},
+        "rope": {"8": 5.0, "16": 5.5, "32": 7.0},
+        "alibi": {"8": 5.1, "16": 5.0, "32": 5.0},
+        "t5": {"8": 5.0, "16": 5.2, "32": 6.0},
+        "learned": {"8": 4.9, "16": None, "32": None},
+    }
+    return {
+        "train_len": 8,
+        "eval_lengths": [8, 16, 32],
+        "eval_tokens": 64,
+        "encodings": list(rows),
+        "perplexity": rows,
+        "config": {
+            "train": {
+                "depth": 1,
+                "dim": 16,
+                "heads": 2,
+                "steps": 3,
+                "batch_size": 4,
+                "train_len": 8,
+                "lr": 0.1,
+                "seed": 0,
+            },
+            "data": {"source": "here", "split": "by file", "train_bytes": 1, "val_bytes": 1},
+        },
+        "versions": {"torch": "x", "device": "cpu", "world_size": 1, "threads": 1},
+        "wall_seconds": 1.0,
+    }
+
+
+def test_report_reasons_from_the_numbers() -> None:
+    res = _synthetic()
+    assert verdict(worst_ratio(res["perplexity"]["alibi"], 8)) == "holds up"
+    assert verdict(worst_ratio(res["perplexity"]["rope"], 8)) == "degrades"
+    assert verdict(worst_ratio(res["perplexity"]["sinusoidal"], 8)) == "breaks"
+    assert verdict(worst_ratio(res["perplexity"]["learned"], 8)) == "n/a"
+    text = claims(res)
+    assert '"sinusoidal encodings handle any length"*: **not supported**' in text
+    assert '"RoPE extrapolates well"*: **not supported** (it degrades' in text
+    assert "shaw was not in this run" in text
+    assert "agrees with the paper: alibi < t5 < rope < sinusoidal" in paper_comparison(res)
+    res["perplexity"]["alibi"]["32"] = 100.0
+    assert "this run has t5 < rope < sinusoidal < alibi" in paper_comparison(res)
+    report = write_report(res)
+    assert "Best at the training length L=8: **learned** (4.90)" in report

@@ -1,0 +1,90 @@
+"""Corpora: deterministic split by file, positional split, the standard library default, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from posenc.experiments.data import is_validation, load_corpus, path_hash, stdlib_files
+
+
+def test_split_by_file_follows_the_path_hash(tiny_corpus: Path) -> None:
+    corpus = load_corpus(tiny_corpus)
+    assert corpus.split == "by file"
+    names = sorted(p.name for p in tiny_corpus.iterdir())
+    val_names = [n for n in names if is_validation(n, 0.1)]
+    assert corpus.val_files == len(val_names) and corpus.train_files == len(names) - len(val_names)
+    val_text = bytes(corpus.val.tolist())
+    train_text = bytes(corpus.train.tolist())
+    for name in names:
+        body = (tiny_corpus / name).read_bytes()
+        assert (body in val_text) == (name in val_names)
+        assert (body in train_text) == (name not in val_names)
+    assert corpus.train.dtype == torch.uint8
+
+
+def test_split_is_deterministic(tiny_corpus: Path) -> None:
+    a, b = load_corpus(tiny_corpus), load_corpus(tiny_corpus)
+    assert a.digest == b.digest and torch.equal(a.val, b.val)
+
+
+def test_path_hash_is_stable() -> None:
+    # SHA-256 based: the same number on every machine and Python (unlike hash()).
+    assert path_hash("os.py") == pytest.approx(0.8509487277812795, abs=1e-15)
+    assert path_hash("os.py") == path_hash("os.py") and path_hash("os.py") != path_hash("re.py")
+
+
+def test_single_file_splits_by_position(tmp_path: Path) -> None:
+    f = tmp_path / "book.txt"
+    data = bytes(range(32, 127)) * 20
+    f.write_bytes(data)
+    corpus = load_corpus(f)
+    assert corpus.split == "by position"
+    cut = len(data) - int(len(data) * 0.1)
+    assert bytes(corpus.train.tolist()) == data[:cut] and bytes(corpus.val.tolist()) == data[cut:]
+
+
+def test_hidden_and_binary_files_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("hello world\n" * 50)
+    (tmp_path / ".hidden.txt").write_text("secret\n" * 50)
+    (tmp_path / "blob.bin").write_bytes(b"\0\1\2" * 100)
+    corpus = load_corpus(tmp_path)
+    text = bytes(corpus.train.tolist()) + bytes(corpus.val.tolist())
+    assert b"secret" not in text and b"\0\1\2" not in text and b"hello" in text
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_corpus(tmp_path / "nope")
+
+
+def test_empty_folder_and_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no text files"):
+        load_corpus(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_corpus(tmp_path / "empty.txt")
+
+
+def test_too_short_for_the_longest_length(tmp_path: Path) -> None:
+    (tmp_path / "short.txt").write_text("x" * 500)
+    with pytest.raises(ValueError, match=r"validation split .* at least 2049 .*--train-len"):
+        load_corpus(tmp_path / "short.txt", min_val_tokens=2049)
+
+
+def test_bad_val_fraction(tiny_corpus: Path) -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        load_corpus(tiny_corpus, val_fraction=1.0)
+
+
+def test_stdlib_default_is_the_standard_library() -> None:
+    files = stdlib_files()
+    rels = [r for r, _ in files]
+    assert rels == sorted(rels) and "os.py" in rels
+    assert not any("site-packages" in r or "__pycache__" in r for r in rels)
+    a = load_corpus(None, max_train_bytes=50_000, max_val_bytes=10_000)
+    b = load_corpus(None, max_train_bytes=50_000, max_val_bytes=10_000)
+    assert a.split == "by file" and a.digest == b.digest
+    assert 50_000 <= a.train.numel() < 50_000 + max(p.stat().st_size for _, p in files) + 2

@@ -1,0 +1,99 @@
+"""Evaluation: windowed perplexity against a slow reference, n/a past a learned table, RoPE extension swaps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from posenc.experiments.evaluate import (
+    eval_lengths,
+    extension_perplexities,
+    is_plain_rope,
+    perplexities,
+    perplexity,
+    rope_extensions,
+    rope_scaled,
+    window_nll,
+)
+from posenc.experiments.train import TrainConfig, build_model
+from posenc.rotary import RoPE
+
+TINY = TrainConfig(dim=16, depth=2, heads=2, train_len=8, batch_size=4, steps=4)
+
+
+def _tokens(n: int = 300) -> torch.Tensor:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+
+
+def _reference_nll(model: torch.nn.Module, tokens: torch.Tensor, length: int, n_tokens: int) -> float:
+    """One window at a time; every target scored with an explicit log-softmax over the vocabulary."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, n_tokens, length):
+            window = tokens[start : start + length + 1].long()
+            logp = model(window[None, :-1])[0].double().log_softmax(-1)  # (Lv, V)
+            for t in range(length):
+                total -= float(logp[t, window[t + 1]])
+    return total
+
+
+@pytest.mark.parametrize("name", ["none", "rope", "sinusoidal"])
+@pytest.mark.parametrize("length", [8, 32])
+def test_window_nll_matches_the_reference(name: str, length: int) -> None:
+    model = build_model(name, TINY).eval()
+    tokens = _tokens()
+    nll, count = window_nll(model, tokens, length, 64, batch_tokens=40)
+    assert count == 64
+    assert nll == pytest.approx(_reference_nll(model, tokens, length, 64), rel=1e-5)
+
+
+def test_windows_need_whole_lengths_and_enough_text() -> None:
+    model = build_model("none", TINY).eval()
+    with pytest.raises(ValueError, match="divide"):
+        window_nll(model, _tokens(), 24, 64)
+    with pytest.raises(ValueError, match="held-out bytes"):
+        window_nll(model, _tokens(50), 8, 64)
+
+
+def test_learned_is_na_beyond_its_table() -> None:
+    model = build_model("learned", TINY)
+    out = perplexities(model, _tokens(), eval_lengths(8, (1, 2, 4)), 64)
+    assert out[8] is not None and out[16] is None and out[32] is None
+
+
+def test_perplexity_of_uniform_guess_is_vocab_size() -> None:
+    assert perplexity(64 * math.log(256), 64) == pytest.approx(256)
+    assert perplexity(float("nan"), 4) == math.inf
+
+
+def test_rope_scaled_swaps_and_restores() -> None:
+    model = build_model("rope", TINY).eval()
+    assert is_plain_rope(model) and not is_plain_rope(build_model("none", TINY))
+    before = [b.attn.position for b in model.blocks]
+    tokens = _tokens()
+    plain, _ = window_nll(model, tokens, 32, 64)
+    with rope_scaled(model, {"rope_type": "linear", "factor": 1.0}) as m:
+        assert all(
+            isinstance(b.attn.position, RoPE) and b.attn.position is not p
+            for b, p in zip(m.blocks, before, strict=True)
+        )
+        same, _ = window_nll(m, tokens, 32, 64)
+    with rope_scaled(model, {"rope_type": "linear", "factor": 4.0}) as m:
+        other, _ = window_nll(m, tokens, 32, 64)
+    assert [b.attn.position for b in model.blocks] == before
+    assert same == pytest.approx(plain, rel=1e-6) and other != pytest.approx(plain, rel=1e-6)
+
+
+def test_extension_methods_are_detected_and_run() -> None:
+    methods = rope_extensions()
+    assert set(methods) <= {"linear", "ntk", "dynamic", "yarn"}
+    if not methods:
+        pytest.skip("posenc.rotary.scaling has no extension methods")
+    model = build_model("rope", TINY).eval()
+    lengths = eval_lengths(8, (1, 2, 4))
+    plain = perplexities(model, _tokens(), lengths, 64)
+    for method in methods:
+        out = extension_perplexities(model, method, _tokens(), lengths, 8, 64, plain=plain)
+        assert out[8] == plain[8] and all(v is not None and math.isfinite(v) for v in out.values())

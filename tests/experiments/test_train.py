@@ -1,0 +1,94 @@
+"""Training: schedule, batches (and their split across ranks), determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from posenc.experiments.dist import World
+from posenc.experiments.train import (
+    TrainConfig,
+    batch_starts,
+    build_model,
+    lr_factor,
+    sample_batch,
+    train_model,
+)
+
+TINY = TrainConfig(dim=16, depth=1, heads=2, train_len=8, batch_size=4, steps=6, lr=3e-3)
+
+
+def _tokens(n: int = 2000) -> torch.Tensor:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor() -> None:
+    cfg = TrainConfig(steps=100, warmup_fraction=0.1, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(cfg.steps)]
+    assert factors[:10] == sorted(factors[:10]) and factors[9] == 1.0
+    assert factors[10:] == sorted(factors[10:], reverse=True)
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert lr_factor(0, TrainConfig(steps=5, warmup_fraction=0.0)) == 1.0
+
+
+def test_batches_are_windows_of_the_tokens() -> None:
+    tokens = _tokens()
+    batch = sample_batch(tokens, 3, TINY)
+    starts = batch_starts(tokens.numel(), 3, TINY)
+    assert batch.shape == (4, 9) and batch.dtype == torch.long
+    for row, s in zip(batch, starts, strict=True):
+        assert torch.equal(row, tokens[int(s) : int(s) + 9].long())
+
+
+def test_ranks_split_the_global_batch() -> None:
+    tokens = _tokens()
+    whole = sample_batch(tokens, 5, TINY)
+    parts = [sample_batch(tokens, 5, TINY, World(rank=r, size=2)) for r in range(2)]
+    assert torch.equal(torch.cat(parts), whole)
+    with pytest.raises(ValueError, match="divisible by the number of ranks"):
+        sample_batch(tokens, 0, TINY, World(rank=0, size=3))
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    tokens = _tokens()
+    a = train_model("rope", tokens, TINY, progress=False)
+    b = train_model("rope", tokens, TINY, progress=False)
+    c = train_model("rope", tokens, TrainConfig(**{**TINY.to_dict(), "seed": 1}), progress=False)
+    assert a.losses == b.losses and a.losses != c.losses
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert all(math.isfinite(x) for x in a.losses) and not a.model.training
+
+
+def test_training_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_model("none", TINY)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_learned_table_covers_the_training_length() -> None:
+    model = build_model("learned", TINY)
+    assert model.input_position.max_len == TINY.train_len  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("dim", 0, "dim"),
+        ("heads", 3, "divisible"),
+        ("steps", -1, "steps"),
+        ("warmup_fraction", 1.0, "warmup"),
+    ],
+)
+def test_bad_config(field: str, value: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})
+
+
+def test_too_few_tokens() -> None:
+    with pytest.raises(ValueError, match="cannot hold a window"):
+        batch_starts(5, 0, TINY)
