@@ -92,3 +92,15 @@ def test_bad_config(field: str, value: float, match: str) -> None:
 def test_too_few_tokens() -> None:
     with pytest.raises(ValueError, match="cannot hold a window"):
         batch_starts(5, 0, TINY)
+
+
+def test_embeddings_are_scaled_as_in_fairseq() -> None:
+    plain_cfg = TrainConfig(**{**TINY.to_dict(), "scale_embeddings": False})
+    scaled, plain = build_model("none", TINY), build_model("none", plain_cfg)
+    assert scaled.embed_scale == pytest.approx(TINY.dim**0.5) and plain.embed_scale == 1.0
+    tokens = torch.randint(0, 256, (1, 5))
+    seen: list[torch.Tensor] = []
+    scaled.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    with torch.no_grad():
+        scaled(tokens)
+    torch.testing.assert_close(seen[0], scaled.embed.weight[tokens] * TINY.dim**0.5)

@@ -42,6 +42,8 @@ class TrainConfig:
         weight_decay: AdamW decay on matrices (not on biases and norms).
         grad_clip: global gradient-norm clip.
         seed: seeds the initial weights and the batches.
+        scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Vaswani et al. 2017; fairseq, hence
+            Press et al. 2022). Without it a fixed sinusoidal table swamps the small tied embeddings.
     """
 
     dim: int = 128
@@ -56,6 +58,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    scale_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
@@ -103,6 +106,7 @@ def build_model(encoding: str, cfg: TrainConfig) -> TransformerLM:
             depth=cfg.depth,
             heads=cfg.heads,
             position_options=encoding_options(encoding, cfg),
+            embed_scale=cfg.dim**0.5 if cfg.scale_embeddings else 1.0,
         )
 
 

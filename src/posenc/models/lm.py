@@ -45,6 +45,9 @@ class TransformerLM(nn.Module):
         dim, depth, heads, kv_heads: sizes.
         position_options: extra keyword options for :func:`posenc.build`.
         backend: attention backend, see :class:`posenc.Attention`.
+        embed_scale: token embeddings are multiplied by this before the encoding is added; ``dim ** 0.5`` as in
+            Vaswani et al. 2017 (section 3.4) and fairseq's LMs (Press et al. 2022), so a fixed sinusoidal table
+            does not drown the (tied, small-initialised) token embeddings. Default 1 (GPT-2).
 
     Shapes: ``tokens: (B, S)`` int -> logits ``(B, S, vocab_size)``.
     """
@@ -62,6 +65,7 @@ class TransformerLM(nn.Module):
         dropout: float = 0.0,
         backend: str = "auto",
         position_options: dict[str, Any] | None = None,
+        embed_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if isinstance(position, str):
@@ -74,6 +78,7 @@ class TransformerLM(nn.Module):
         self.input_position: PositionEncoding = first if absolute else NoPE()
         layer_pos = [NoPE() if absolute else (first if i == 0 else factory()) for i in range(depth)]
         self.embed = nn.Embedding(vocab_size, dim)
+        self.embed_scale = float(embed_scale)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim, heads, p, mlp_ratio, dropout, kv_heads=kv_heads, backend=backend) for p in layer_pos
@@ -102,6 +107,8 @@ class TransformerLM(nn.Module):
         elif offset:
             positions = default_positions(s, tokens.device, offset)
         x = self.embed(tokens)  # (B, S, dim)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
         x = self.drop(self.input_position.embed(x, positions))
         for i, block in enumerate(self.blocks):
             x = block(x, positions, mask, None if caches is None else caches[i])
