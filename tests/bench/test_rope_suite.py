@@ -20,10 +20,17 @@ def test_missing_peers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name in ("transformers", "rotary_embedding_torch") else real(name, *a),
+        lambda name, *a: (
+            None if name in ("transformers", "rotary_embedding_torch", "flash_attn") else real(name, *a)
+        ),
     )
     peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
-    assert set(peers) == {"transformers eager", "transformers compiled", "rotary-embedding-torch"}
+    assert set(peers) == {
+        "transformers eager",
+        "transformers compiled",
+        "rotary-embedding-torch",
+        "flash-attn rotary",
+    }
     assert all(isinstance(v, str) and v.startswith("missing:") for v in peers.values())
 
 

@@ -4,8 +4,9 @@ would otherwise use.
 Every figure is a median over repeats, timed round-robin with a ``clone`` of q and k (the physical floor of a
 memory-bound op that reads q and k once and writes them once) measured in the same rounds; ``ratio`` is time
 divided by that copy. Backward rows time ``torch.autograd.grad`` of the outputs with respect to q and k, against
-the same copy. Peers: transformers' Llama ``apply_rotary_pos_emb`` (eager and under ``torch.compile``) and
-rotary-embedding-torch; a peer that is not installed is reported as missing, never replaced.
+the same copy. Peers: transformers' Llama ``apply_rotary_pos_emb`` (eager and under ``torch.compile``),
+rotary-embedding-torch and, on CUDA, flash-attn's Triton rotary; a peer that is not installed is reported as
+missing, never replaced.
 """
 
 from __future__ import annotations
@@ -59,6 +60,23 @@ def _peers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn
             rot.rotate_queries_or_keys(a),
             rot.rotate_queries_or_keys(b),
         )
+    if importlib.util.find_spec("flash_attn") is None:
+        out["flash-attn rotary"] = "missing: flash-attn is not installed"
+    elif q.device.type != "cuda":
+        out["flash-attn rotary"] = "skipped: flash-attn's Triton rotary runs on CUDA only"
+    else:
+        from flash_attn.layers.rotary import apply_rotary_emb
+
+        cos_fa, sin_fa = (
+            cos.to(q.dtype),
+            sin.to(q.dtype),
+        )  # (S, D/2), in the input dtype as flash-attn requires
+
+        def flash(a: Tensor, b: Tensor) -> QK:  # flash-attn takes (B, S, H, D): pass transposed views
+            rot_a = apply_rotary_emb(a.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
+            return rot_a, apply_rotary_emb(b.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
+
+        out["flash-attn rotary"] = flash
     return out
 
 
