@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import pytest
@@ -20,28 +21,38 @@ from posenc.kernels import rope_qk
 pytest.importorskip("triton")
 
 
-def _reload_kernels(interpret: bool) -> ModuleType:
-    """(Re)build the kernels with ``TRITON_INTERPRET`` as asked: triton reads it when a kernel is decorated."""
+@contextmanager
+def _built(interpret: bool) -> Iterator[ModuleType]:
+    """The kernel module rebuilt with ``TRITON_INTERPRET`` as asked (triton reads it when a kernel is
+    decorated); afterwards the variable is restored and the module rebuilt again."""
+    saved = os.environ.get("TRITON_INTERPRET")
     if interpret:
         os.environ["TRITON_INTERPRET"] = "1"
     else:
         os.environ.pop("TRITON_INTERPRET", None)
     import posenc.kernels.triton_rope as mod
 
-    return importlib.reload(mod)
+    try:
+        yield importlib.reload(mod)
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+        importlib.reload(mod)
 
 
 @pytest.fixture
 def interpreted() -> Iterator[ModuleType]:
-    saved = os.environ.get("TRITON_INTERPRET")
-    mod = _reload_kernels(interpret=True)
-    assert mod.interpreting() and mod.available(torch.device("cpu"))
-    yield mod
-    if saved is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = saved
-    importlib.reload(mod)  # back to kernels for the real device
+    with _built(interpret=True) as mod:
+        assert mod.interpreting() and mod.available(torch.device("cpu"))
+        yield mod
+
+
+@pytest.fixture
+def for_gpu() -> Iterator[ModuleType]:
+    with _built(interpret=False) as mod:
+        yield mod
 
 
 def _tables(positions: torch.Tensor, rot: int, per_batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,22 +116,20 @@ def test_bad_shapes_raise(interpreted: ModuleType) -> None:
         )
 
 
-def test_cpu_without_interpreter_raises() -> None:
-    mod = _reload_kernels(interpret=False)
+def test_cpu_without_interpreter_raises(for_gpu: ModuleType) -> None:
     cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
     with pytest.raises(ValueError, match="CUDA"):
-        mod.rope_qk_triton(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), cos, sin, False)
+        for_gpu.rope_qk_triton(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), cos, sin, False)
 
 
 @pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
-def test_kernel_compiles_for_gpu(interleaved: bool, pairs: int, block_rest: int) -> None:
+def test_kernel_compiles_for_gpu(for_gpu: ModuleType, interleaved: bool, pairs: int, block_rest: int) -> None:
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource, compile
     except ImportError:
         pytest.skip("this triton has no ahead-of-time compile API")
-    mod = _reload_kernels(interpret=False)
-    kernel = mod._rope_qk_kernel
+    kernel = for_gpu._rope_qk_kernel
     constants = {
         "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved
     }  # fmt: skip
