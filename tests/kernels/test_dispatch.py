@@ -63,6 +63,17 @@ def test_shape_errors_name_the_problem() -> None:
         rope_qk(q, q, *_tables(4, 8), impl="compiled")
     with pytest.raises(ValueError, match="rotary dims"):
         rope_qk(q, q, *_tables(3, 10), impl="compiled")
+    cos4, sin4 = rope_cos_sin(torch.zeros(3, 3, dtype=torch.long), rope_inv_freq(8))
+    with pytest.raises(ValueError, match="batch"):
+        rope_qk(q, q, cos4.unsqueeze(1), sin4.unsqueeze(1), impl="compiled")
+
+
+def test_rope_module_on_meta_device() -> None:
+    with torch.device("meta"):
+        rope = RoPE(16, rotary_dim=8)
+        q, k = torch.empty(2, 4, 5, 16), torch.empty(2, 2, 5, 16)
+    oq, ok = rope(q, k, torch.arange(5, device="meta"))
+    assert oq.shape == q.shape and ok.shape == k.shape and oq.is_meta and ok.is_meta
 
 
 def test_functorch_transforms_use_the_reference() -> None:

@@ -125,6 +125,8 @@ def _check(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
         )
     if cos.dim() not in (2, 4) or (cos.dim() == 4 and cos.shape[1] != 1):
         raise ValueError(f"cos/sin must be (S, P) or (1|B, 1, S, P), got {tuple(cos.shape)}")
+    if cos.dim() == 4 and cos.shape[0] not in (1, q.shape[0]):
+        raise ValueError(f"cos/sin batch {cos.shape[0]} must be 1 or q's batch {q.shape[0]}")
     rot = 2 * cos.shape[-1]
     if rot > q.shape[-1] or rot > k.shape[-1]:
         raise ValueError(f"cos/sin cover {rot} rotary dims but q/k head dims are {q.shape[-1]}/{k.shape[-1]}")
