@@ -88,7 +88,8 @@ def choose_impl(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> str:
         return "reference"
     if not (q.is_floating_point() and q.dtype == k.dtype):
         return "reference"
-    if q.device.type == "cuda" and has_triton() and q.dim() == 4 and k.dim() == 4 and "triton" not in _failed:
+    same_layout = q.dim() == k.dim() == 4 and q.shape[0] == k.shape[0] and q.shape[-1] == k.shape[-1]
+    if q.device.type == "cuda" and has_triton() and same_layout and "triton" not in _failed:
         return "triton"
     if (
         q.device.type == "cpu"
@@ -172,6 +173,8 @@ def rope_qk(
     if impl == "auto":
         try:
             return _RotateQK.apply(q, k, cos, sin, interleaved, _kernel(name))  # type: ignore[no-any-return]
+        except ValueError:  # bad input is the caller's to fix, not a broken kernel
+            raise
         except Exception as err:  # a missing C++ compiler and the like: fall back, loudly, for good
             _failed.add(name)
             log.warning("posenc: %s RoPE kernel failed (%s); auto uses the reference from now on", name, err)
