@@ -97,7 +97,9 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     gqa = k.shape[1] != q.shape[1]
     bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
     if bias is None and ctx.keep is None and (not ctx.causal or q.shape[-2] == k.shape[-2]):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=ctx.dropout_p, is_causal=ctx.causal, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=ctx.dropout_p, is_causal=ctx.causal, enable_gqa=gqa
+        )
     keep = full_keep(q, k, ctx)
     mask: Tensor | None = keep
     if bias is not None:
@@ -136,7 +138,9 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
             return math_attention
         return flex_attention_backend if _flex_pays(q, ctx) else sdpa_attention
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(BACKENDS))}")
+        raise ValueError(
+            f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(BACKENDS))}"
+        )
     return BACKENDS[name]
 
 

@@ -28,7 +28,9 @@ class ShawRelative(PositionEncoding):
 
     family: ClassVar[str] = "relative"
 
-    def __init__(self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True) -> None:
+    def __init__(
+        self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True
+    ) -> None:
         super().__init__()
         if head_dim <= 0:
             raise ValueError(f"head_dim must be positive, got {head_dim}")
@@ -39,7 +41,9 @@ class ShawRelative(PositionEncoding):
         self.head_dim, self.max_distance, self.heads = head_dim, max_distance, heads
         width, tables = 2 * max_distance + 1, 1 if heads is None else heads
         self.key_table = nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5)
-        self.value_table = nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None
+        self.value_table = (
+            nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None
+        )
         self.needs_probs = values
 
     def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
