@@ -80,10 +80,16 @@ def test_rope_scaled_swaps_and_restores() -> None:
             for b, p in zip(m.blocks, before, strict=True)
         )
         same, _ = window_nll(m, tokens, 32, 64)
-    with rope_scaled(model, {"rope_type": "linear", "factor": 4.0}) as m:
-        other, _ = window_nll(m, tokens, 32, 64)
+    x = torch.randn(1, 32, TINY.dim)
+    with torch.no_grad():
+        attn_plain = model.blocks[0].attn(x)
+        with rope_scaled(model, {"rope_type": "linear", "factor": 4.0}) as m:
+            attn_scaled = m.blocks[0].attn(x)
+            assert m.blocks[0].attn.position.scaling is not None
     assert [b.attn.position for b in model.blocks] == before
-    assert same == pytest.approx(plain, rel=1e-6) and other != pytest.approx(plain, rel=1e-6)
+    assert same == pytest.approx(plain, rel=1e-6)
+    assert not torch.allclose(attn_plain, attn_scaled)
+    torch.testing.assert_close(model.blocks[0].attn(x).detach(), attn_plain)
 
 
 def test_extension_methods_are_detected_and_run() -> None:

@@ -59,9 +59,10 @@ def verdict(ratio: float | None) -> str:
     """ "holds up", "degrades", "breaks" or "n/a" (see the module docstring)."""
     if ratio is None:
         return "n/a"
-    if ratio <= HOLDS_UP:
+    shown = round(ratio, 2)  # judged as printed, so a "1.10x" never reads "degrades"
+    if shown <= HOLDS_UP:
         return "holds up"
-    return "degrades" if ratio <= BREAKS else "breaks"
+    return "degrades" if shown <= BREAKS else "breaks"
 
 
 def _longest_ratio(row: dict[str, Any], train_len: int, lengths: list[int]) -> float | None:
@@ -121,6 +122,19 @@ def _ratio_text(ratio: float | None) -> str:
     return "inf" if not math.isfinite(ratio) else f"{ratio:.2f}x"
 
 
+def _also(results: dict[str, Any], name: str, what: str) -> str:
+    """A sentence on a related row: its verdict and its L -> longest change, or "" when it was not run."""
+    row = results["perplexity"].get(name)
+    if row is None:
+        return ""
+    train_len, last = results["train_len"], results["eval_lengths"][-1]
+    ratio = worst_ratio(row, train_len)
+    return (
+        f" {what}, {verdict(ratio)} ({_fmt(_num(row.get(str(train_len))))} -> {_fmt(_num(row.get(str(last))))}, "
+        f"worst {_ratio_text(ratio)})."
+    )
+
+
 def claims(results: dict[str, Any]) -> str:
     """The seed document's claims, each judged by this run's numbers."""
     train_len, lengths = results["train_len"], results["eval_lengths"]
@@ -130,9 +144,7 @@ def claims(results: dict[str, Any]) -> str:
             results,
             "shaw",
             '"clipping makes relative encodings generalise to longer inputs"',
-            " T5's bucketed bias, another clipped relative scheme, is in the table too."
-            if "t5" in results["perplexity"]
-            else "",
+            _also(results, "t5", "T5's bucketed bias, another clipped relative scheme"),
         )
     )
     ext = [r for r in results["perplexity"] if r.startswith("rope+")]
@@ -143,6 +155,7 @@ def claims(results: dict[str, Any]) -> str:
         if best_ext
         else ""
     )
+    ext_note += _also(results, "xpos", "xPos, RoPE with an exponential decay")
     out.append(_claim(results, "rope", '"RoPE extrapolates well"', ext_note))
     out.append(
         '- *"RoPE\'s attention decays with distance"*: not something perplexity measures; it is a property of '
@@ -193,7 +206,9 @@ def paper_comparison(results: dict[str, Any]) -> str:
     rope = results["perplexity"].get("rope")
     x_line = f"For reference, x-transformers' rotary model (4 layers, dim 128, 400 steps, L=128, stdlib bytes) went {xl} -> {x8} at 8L ({x8 / xl:.2f}x)"
     if rope is not None and str(8 * train_len) in rope:
-        x_line += f"; posenc's rope here went {_fmt(_num(rope[str(train_len)]))} -> {_fmt(_num(rope[str(8 * train_len)]))} at 8L"
+        at_l, at_8l = _num(rope[str(train_len)]), _num(rope[str(8 * train_len)])
+        ratio8 = None if at_l is None or at_8l is None else at_8l / at_l
+        x_line += f"; posenc's rope here went {_fmt(at_l)} -> {_fmt(at_8l)} at 8L ({_ratio_text(ratio8)})"
     return "\n".join(lines) + "\n\n" + verdict_line + "\n\n" + x_line + "."
 
 
@@ -201,9 +216,10 @@ def _setup(results: dict[str, Any]) -> str:
     cfg = results["config"]
     t, d = cfg["train"], cfg["data"]
     v = results["versions"]
+    scaled = " (embeddings scaled by sqrt(dim), as in fairseq)" if t.get("scale_embeddings") else ""
     return (
         f"Each model: decoder-only `TransformerLM`, {t['depth']} layers, dim {t['dim']}, {t['heads']} heads, "
-        f"bytes as tokens; {t['steps']} AdamW steps of {t['batch_size']} x {t['train_len']} bytes "
+        f"bytes as tokens{scaled}; {t['steps']} AdamW steps of {t['batch_size']} x {t['train_len']} bytes "
         f"(peak lr {t['lr']}, cosine), seed {t['seed']}. Data: {d['source']}, split {d['split']} "
         f"({d['train_bytes']:,} training / {d['val_bytes']:,} validation bytes). Evaluation: the same "
         f"{results['eval_tokens']:,} held-out bytes at every length, cut into non-overlapping windows "

@@ -18,6 +18,7 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     train_len, lengths = results["train_len"], results["eval_lengths"]
     fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
@@ -33,6 +34,9 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(lengths, [f"{lv // train_len}L\n{lv}" for lv in lengths])
     ax.set(
         xlabel=f"evaluation length (bytes; trained at L = {train_len})",
