@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 def perplexity_figure(results: dict[str, Any]) -> Figure:
     """Perplexity (log y) against evaluation length (log2 x) for every row of ``results["perplexity"]``.
 
-    RoPE context-extension rows are dashed; n/a and infinite values are left out; a dotted line marks ``L``.
+    RoPE context-extension rows are dashed in RoPE's colour; n/a and infinite values are left out; a dotted line marks ``L``.
     """
     import matplotlib
 
@@ -23,14 +23,28 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     train_len, lengths = results["train_len"], results["eval_lengths"]
     fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
     ax = fig.add_subplot()
+    base_rows = [n for n in results["perplexity"] if "+" not in n]
+    palette = matplotlib.colormaps["tab10" if len(base_rows) <= 10 else "tab20"]
+    colors = {n: palette(i % palette.N) for i, n in enumerate(base_rows)}
+    variants = iter([(0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (3, 3)), (0, (8, 2, 1, 2))] * 4)
     for name, row in results["perplexity"].items():
         points = [(lv, row.get(str(lv))) for lv in lengths]
         xs = [lv for lv, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
         ys = [float(v) for _, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
         if not xs:
             continue
-        style = "--" if "+" in name else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=3, label=name, linewidth=1.4 if "+" in name else 1.8)
+        base = name.split("+", 1)[0]
+        extension = name != base
+        ax.plot(
+            xs,
+            ys,
+            linestyle=next(variants) if extension else "-",
+            marker="x" if extension else "o",
+            markersize=4 if extension else 3,
+            color=colors.get(base, "black"),
+            linewidth=1.2 if extension else 1.8,
+            label=name,
+        )
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
