@@ -105,6 +105,14 @@ def test_cli_errors(
     assert code == 2 and message in capsys.readouterr().err
 
 
+def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    code = main(
+        ["compare", "--quick", "--steps", "1", "--encodings", "none", "--out", str(tmp_path / "file")]
+    )
+    assert code == 2 and "is a file" in capsys.readouterr().err
+
+
 def test_cli_data_too_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "short.txt").write_text("print('hi')\n" * 30)
     code = main(["compare", "--quick", "--data", str(tmp_path / "short.txt"), "--out", str(tmp_path / "o")])

@@ -6,6 +6,7 @@ Also runs data-parallel: ``torchrun --nproc_per_node N -m posenc compare ...``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..experiments.compare import CompareConfig, run_compare
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        logging.getLogger("posenc").setLevel(logging.WARNING)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(_threads())
     cfg = CompareConfig.quick() if args.quick else CompareConfig()

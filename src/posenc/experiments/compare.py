@@ -175,6 +175,8 @@ def _refuse(out: Path, diffs: list[str]) -> ValueError:
 
 def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
     """Refuse a changed configuration; on a fresh ``out`` rank 0 writes ``config.json``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it is created if missing)")
     path = out / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
