@@ -6,7 +6,7 @@
 torch.Size([2, 10, 256])
 """
 
-from . import functional
+from . import functional, models
 from .absolute import LearnedAbsolute, Sinusoidal
 from .attention import Attention, KVCache
 from .base import NoPE, PositionEncoding
@@ -29,27 +29,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALiBi",
-    "FIRE",
-    "Kerple",
-    "T5Bias",
     "Attention",
-    "KVCache",
-    "LearnedAbsolute",
-    "NoPE",
-    "PositionEncoding",
     "DynamicNTKScaling",
-    "Llama3Scaling",
+    "FIRE",
+    "KVCache",
+    "Kerple",
+    "LearnedAbsolute",
     "LinearScaling",
+    "Llama3Scaling",
     "LongRoPEScaling",
     "NTKScaling",
+    "NoPE",
+    "PositionEncoding",
     "RoPE",
     "RopeScaling",
     "ShawRelative",
     "Sinusoidal",
+    "T5Bias",
     "XPos",
     "YaRNScaling",
     "available",
     "build",
     "functional",
+    "models",
     "register",
 ]
