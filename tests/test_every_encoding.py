@@ -1,0 +1,45 @@
+"""Hygiene every registered encoding must meet: meta-device construction, fullgraph compile, dtype in = out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import posenc
+from posenc.models import TransformerLM
+
+OPTIONS: dict[str, dict[str, Any]] = {"learned": {"max_len": 64}}
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_builds_and_runs_on_the_meta_device(name: str) -> None:
+    with torch.device("meta"):
+        model = TransformerLM(name, dim=32, depth=2, heads=4, position_options=OPTIONS.get(name))
+        logits = model(torch.zeros(2, 9, dtype=torch.long))
+    assert logits.is_meta and logits.shape == (2, 9, 256)
+    model = model.to_empty(device="cpu")
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_attention_compiles_fullgraph(name: str) -> None:
+    torch._dynamo.reset()  # one compile per encoding type; don't hit dynamo's recompile limit
+    enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    attn = posenc.Attention(32, 4, kv_heads=2, position=enc).eval()
+    x = torch.randn(2, 7, 32)
+    compiled = torch.compile(attn, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), attn(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_bfloat16_module_keeps_the_input_dtype(name: str) -> None:
+    model = TransformerLM(name, dim=32, depth=1, heads=4, position_options=OPTIONS.get(name)).eval()
+    tokens = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        ref = model(tokens)
+        low = model.to(torch.bfloat16)(tokens)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
