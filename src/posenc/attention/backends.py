@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import PositionEncoding
-from .flex import flex_attention_backend, supports_flex
+from .flex import flex_attention_backend, needs_grad, supports_flex
 
 
 @dataclass
@@ -152,7 +152,4 @@ def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
         return False
     if q.device.type == "cuda":
         return True
-    needs_grad = torch.is_grad_enabled() and (
-        q.requires_grad or any(p.requires_grad for p in ctx.position.parameters())
-    )
-    return q.device.type == "cpu" and not needs_grad
+    return q.device.type == "cpu" and not needs_grad(q, ctx.position)

@@ -113,6 +113,12 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
     }
     skipped: dict[str, str] = {}
     meta: dict[str, Row] = {BASELINE: {"n": n, "encoding": "none", "backend": "sdpa"}}
+    # FlexAttention's own cost, no bias: the floor for every flex row below
+    meta["none flex"] = {"n": n, "encoding": "none", "backend": "flex"}
+    if quick:
+        skipped["none flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
+    else:
+        group["none flex"] = _call("flex", build("none"), q, k, v)
     for name in BIAS:
         enc = build(name, heads=HEADS).to(device)
         for backend in ("flex", "sdpa"):

@@ -91,8 +91,26 @@ class BiasEncoding(PositionEncoding, ABC):
 
 
 def position_reader(pos: Tensor) -> ScoreModIndex:
-    """``(b, idx) -> pos[b, idx]`` for ``(1|B, S)`` positions (batch 1 is shared by every batch row)."""
+    """``(b, idx) -> pos[b, idx]`` for ``(1|B, S)`` positions (batch 1 is shared by every batch row).
+
+    Consecutive positions shared by the batch (the default, also at a KV-cache offset) are read as
+    ``idx + start`` with ``start`` a captured 0-d tensor: no gather per score (about 15 % of a CPU
+    FlexAttention call) and no recompilation when the offset changes. The check is eager only; traced
+    code always gathers.
+    """
     if pos.shape[0] == 1:
         row = pos[0]
+        start = arange_start(row)
+        if start is not None:
+            return lambda b, idx: idx + start
         return lambda b, idx: row[idx]
     return lambda b, idx: pos[b, idx]
+
+
+def arange_start(row: Tensor) -> Tensor | None:
+    """``row[0]`` as a 0-d tensor when ``row == row[0] + arange(len(row))``, else None (and None while tracing)."""
+    if torch.compiler.is_compiling() or row.numel() == 0 or row.device.type == "meta":
+        return None
+    start = row[0]
+    steps = torch.arange(row.numel(), device=row.device, dtype=row.dtype)
+    return start if torch.equal(row - start, steps) else None

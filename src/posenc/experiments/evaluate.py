@@ -13,7 +13,6 @@ and ``base`` and a scaling of factor ``Lv / L``, without retraining.
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from ..attention import Attention
 from ..models import TransformerLM
 from ..models.lm import Block
 from ..rotary import RoPE
+from ..rotary.scaling import available_scalings
 from .dist import SINGLE, World
 
 #: Multiples of the training length evaluated by default (Press et al. go to 16.6L).
@@ -168,11 +168,7 @@ _RULES: dict[str, ScalingRule] = {
 
 def rope_extensions() -> dict[str, ScalingRule]:
     """The context-extension methods available in this posenc (``posenc.rotary.scaling``), by name."""
-    try:
-        scaling = importlib.import_module("posenc.rotary.scaling")
-    except ImportError:
-        return {}
-    have = set(getattr(scaling, "available_scalings", lambda: [])())
+    have = set(available_scalings())
     return {name: rule for name, rule in _RULES.items() if name in have}
 
 
