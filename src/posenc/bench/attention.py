@@ -15,8 +15,11 @@ Cases whose materialized tensors would not fit a memory budget are reported as s
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -51,7 +54,7 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
         synchronize(device)
         del out
         return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
@@ -60,6 +63,20 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 (the CPU profiler's native start/stop lines), not Python's logging."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _kind(device: str) -> str:
