@@ -43,3 +43,16 @@ def test_bfloat16_module_keeps_the_input_dtype(name: str) -> None:
         low = model.to(torch.bfloat16)(tokens)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_meta_then_to_empty_rebuilds_derived_tables(name: str) -> None:
+    """Tables computed from the configuration are real after meta construction + ``to_empty``."""
+    fresh = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    with torch.device("meta"):
+        meta = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    meta = meta.to_empty(device="cpu")
+    derived = fresh.derived_buffers(torch.device("cpu"))
+    for buf_name, value in derived.items():
+        assert torch.equal(getattr(meta, buf_name), value), buf_name
+        assert torch.equal(getattr(fresh.to(torch.bfloat16), buf_name), value), buf_name

@@ -81,6 +81,31 @@ class PositionEncoding(nn.Module):
             return torch.zeros(1, q_len, k_len, device=dev)
         return out.reshape(-1, q_len, k_len) if out.dim() == 4 else out
 
+    # -- derived buffers: tables computed from the configuration, never learned, never cast --------------
+    def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
+        """Non-persistent buffers computed from the configuration (phase tables, slopes, bucket maps), by name.
+
+        Registered by :meth:`register_derived` and rebuilt on the new device whenever the module moves, so
+        ``.to(torch.bfloat16)`` never degrades them and ``to_empty`` after meta-device construction gives real
+        values. Default: none.
+        """
+        return {}
+
+    def register_derived(self, device: torch.device | None = None) -> None:
+        """Register :meth:`derived_buffers` (call at the end of ``__init__``; default device: the current one)."""
+        dev = torch.empty(0).device if device is None else torch.device(device)
+        for name, value in self.derived_buffers(dev).items():
+            self.register_buffer(name, value, persistent=False)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PositionEncoding:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        if type(self).derived_buffers is not PositionEncoding.derived_buffers:
+            device = next((b.device for _, b in self.named_buffers(recurse=False)), None)
+            if device is not None:
+                for name, value in self.derived_buffers(device).items():
+                    setattr(self, name, value)
+        return self
+
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         raise TypeError(f"{type(self).__name__} is used through its hooks (embed, rotate, ...), not called")
 

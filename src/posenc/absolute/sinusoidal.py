@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
@@ -18,24 +19,37 @@ class Sinusoidal(PositionEncoding):
         dim: model width (odd widths allowed: the last even index gets its sine).
         base: wavelength base, 10000 in the paper.
         dropout: dropout on the sum, as in the paper.
+        cache_len: the table is precomputed (float64 math, stored float32) for positions ``0 .. cache_len-1``;
+            longer sequences and explicit positions are computed on the fly. A speed knob only.
 
     Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)`` in ``x.dtype``.
     """
 
     family: ClassVar[str] = "absolute"
 
-    def __init__(self, dim: int, base: float = 10000.0, dropout: float = 0.0) -> None:
+    table: Tensor
+
+    def __init__(self, dim: int, base: float = 10000.0, dropout: float = 0.0, cache_len: int = 2048) -> None:
         super().__init__()
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
-        self.dim, self.base = dim, base
+        self.dim, self.base, self.cache_len = dim, base, cache_len
         self.dropout = nn.Dropout(dropout)
+        self.register_derived()
+
+    def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
+        """``table (cache_len, dim)`` float32, rebuilt (never cast) when the module moves."""
+        return {"table": sinusoidal_table(torch.arange(self.cache_len, device=device), self.dim, self.base)}
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"expected last dim {self.dim}, got {x.shape[-1]}")
-        pos = as_positions(positions, x.shape[-2], x.device)  # (1|B, S)
-        pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
+        seq = x.shape[-2]
+        if positions is None and seq <= self.cache_len:
+            pe = self.table[:seq].to(x.dtype)  # (S, dim)
+        else:
+            pos = as_positions(positions, seq, x.device)  # (1|B, S)
+            pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
         return self.dropout(x + pe)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
@@ -46,5 +60,5 @@ class Sinusoidal(PositionEncoding):
 
 
 @register("sinusoidal")
-def _build(sizes: Sizes, **options: float) -> Sinusoidal:
-    return Sinusoidal(sizes.require("dim"), **options)
+def _build(sizes: Sizes, base: float = 10000.0, dropout: float = 0.0, cache_len: int = 2048) -> Sinusoidal:
+    return Sinusoidal(sizes.require("dim"), base, dropout, cache_len)

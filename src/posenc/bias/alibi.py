@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import torch
 from torch import Tensor
 
 from ..functional.bias import alibi_bias, alibi_slopes
@@ -28,12 +27,11 @@ class ALiBi(BiasEncoding):
 
     def __init__(self, heads: int) -> None:
         super().__init__(heads)
-        self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
+        self.register_derived()
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ALiBi:  # type: ignore[override]
-        super()._apply(fn, recurse)
-        self.slopes = alibi_slopes(self.heads).to(self.slopes.device)  # recomputed, never cast: float32
-        return self
+    def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
+        """``slopes (H,)`` float32, recomputed (never cast) when the module moves."""
+        return {"slopes": alibi_slopes(self.heads).to(device)}
 
     def tables(self) -> tuple[Tensor, ...]:
         return (self.slopes,)

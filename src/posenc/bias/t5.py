@@ -35,17 +35,17 @@ class T5Bias(BiasEncoding):
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
         self.embedding = nn.Embedding(num_buckets, heads)
         nn.init.normal_(self.embedding.weight, std=0.02)
-        self.register_buffer("bucket_of", self._buckets(torch.empty(0).device), persistent=False)
+        self.register_derived()
 
-    def _buckets(self, device: torch.device) -> Tensor:
-        if device.type == "meta":
-            return torch.empty(2 * self.max_distance + 1, dtype=torch.long, device=device)
-        return t5_distance_buckets(
+    def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
+        """``bucket_of (2 * max_distance + 1,)``: the bucket of each clipped distance, rebuilt when moved."""
+        buckets = t5_distance_buckets(
             bidirectional=self.bidirectional,
             num_buckets=self.num_buckets,
             max_distance=self.max_distance,
             device=device,
         )
+        return {"bucket_of": buckets}
 
     def tables(self) -> tuple[Tensor, ...]:
         return (self.embedding.weight[self.bucket_of].t(),)  # (H, 2M + 1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -64,10 +64,7 @@ class RoPE(PositionEncoding):
             self.scaling.validate(rotary_dim)
         self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
         self.interleaved, self.cache_len = interleaved, cache_len
-        self.register_buffer("inv_freq", torch.empty(0), persistent=False)
-        self.register_buffer("cos_cached", torch.empty(0), persistent=False)
-        self.register_buffer("sin_cached", torch.empty(0), persistent=False)
-        self._reset_tables(torch.empty(0).device)
+        self.register_derived()
 
     # -- phase tables: derived state, rebuilt (never cast) whenever the module moves -----------------
     def compute_inv_freq(self, device: torch.device) -> Tensor:
@@ -81,19 +78,12 @@ class RoPE(PositionEncoding):
         """Factor folded into cos and sin (1 without scaling; YaRN and LongRoPE set a temperature)."""
         return 1.0 if self.scaling is None else self.scaling.attention_factor_value()
 
-    def _reset_tables(self, device: torch.device) -> None:
-        self.inv_freq = self.compute_inv_freq(device)
-        if device.type == "meta":
-            self.cos_cached = torch.empty(self.cache_len, self.rotary_dim // 2, device=device)
-            self.sin_cached = torch.empty(self.cache_len, self.rotary_dim // 2, device=device)
-            return
+    def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
+        """``inv_freq (R/2,)`` in the phase dtype and float32 ``cos_cached``/``sin_cached (cache_len, R/2)``."""
+        inv_freq = self.compute_inv_freq(device)
         pos = torch.arange(self.cache_len, device=device)
-        self.cos_cached, self.sin_cached = rope_cos_sin(pos, self.inv_freq, scale=self.attention_scale)
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoPE:  # type: ignore[override]
-        super()._apply(fn, recurse)
-        self._reset_tables(self.inv_freq.device)  # dtype casts never reach the phase tables
-        return self
+        cos, sin = rope_cos_sin(pos, inv_freq, scale=self.attention_scale)
+        return {"inv_freq": inv_freq, "cos_cached": cos, "sin_cached": sin}
 
     # -- math ------------------------------------------------------------------------------------------
     def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
