@@ -11,11 +11,13 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import posenc
+from posenc.attention import backends
 from posenc.attention import flex as flex_module
 from posenc.attention.backends import (
     BACKENDS,
     AttentionInputs,
     choose_backend,
+    flex_or_sdpa,
     math_attention,
     sdpa_attention,
 )
@@ -169,13 +171,28 @@ def test_auto_rule() -> None:
     assert pick(shaw) is math_attention
     assert pick(rope) is sdpa_attention  # no bias: SDPA's fused kernels
     assert pick(alibi, n=64) is sdpa_attention  # small: nothing to save
-    assert pick(alibi) is flex_attention_backend  # CPU inference
+    assert pick(alibi) is flex_or_sdpa  # CPU inference: flex, sdpa if flex cannot run here
     assert pick(alibi, grad=True) is sdpa_attention  # CPU training: no FlexAttention backward on CPU
     assert pick(alibi, dropout=0.1) is sdpa_attention
     with torch.no_grad():
-        assert pick(t5) is flex_attention_backend  # learned table, but no gradient wanted
+        assert pick(t5) is flex_or_sdpa  # learned table, but no gradient wanted
     assert pick(t5) is sdpa_attention
     assert BACKENDS["flex"] is flex_attention_backend
+
+
+def test_auto_falls_back_to_sdpa_when_flex_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(backends, "flex_attention_backend", broken)
+    monkeypatch.setattr(backends, "_failed", set())
+    enc = posenc.ALiBi(4)
+    pos = torch.arange(1024)[None]
+    q, k, v = torch.randn(3, 1, 4, 1024, 8)
+    ctx = AttentionInputs(enc, pos, pos, None, causal=True)
+    out = choose_backend("auto", q, ctx)(q, k, v, ctx)
+    torch.testing.assert_close(out, math_attention(q, k, v, ctx), atol=1e-5, rtol=1e-5)
+    assert choose_backend("auto", q, ctx) is sdpa_attention  # remembered: no retry on every call
 
 
 @pytest.mark.slow

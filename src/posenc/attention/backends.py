@@ -12,6 +12,7 @@ Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from .flex import flex_attention_backend, needs_grad, supports_flex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,18 +133,40 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
     1. ``math`` when the encoding needs the attention weights (Shaw's value term);
     2. ``flex`` when the encoding has a ``score_mod`` (bias encodings, Shaw's key term), there is no dropout,
        ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
-       gradient is needed (torch 2.13's FlexAttention has no CPU backward);
+       gradient is needed (torch 2.13's FlexAttention has no CPU backward); if FlexAttention cannot run on
+       this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
     3. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
     """
     if name == "auto":
         if ctx.position.needs_probs:
             return math_attention
-        return flex_attention_backend if _flex_pays(q, ctx) else sdpa_attention
+        return flex_or_sdpa if _flex_pays(q, ctx) and "flex" not in _failed else sdpa_attention
     if name not in BACKENDS:
         raise ValueError(
             f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(BACKENDS))}"
         )
     return BACKENDS[name]
+
+
+#: backends that failed to run here when ``auto`` picked them (e.g. no C++ compiler for FlexAttention on CPU)
+_failed: set[str] = set()
+
+
+def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
+    """``auto``'s flex: if FlexAttention cannot run on this machine, warn once and use ``sdpa`` from then on.
+
+    Bad input still raises ``ValueError``; a forced ``backend="flex"`` never falls back.
+    """
+    if torch.compiler.is_compiling():
+        return flex_attention_backend(q, k, v, ctx)
+    try:
+        return flex_attention_backend(q, k, v, ctx)
+    except ValueError:
+        raise
+    except Exception as err:  # a missing C++ compiler, an unsupported device: same result, slower path
+        _failed.add("flex")
+        log.warning("posenc: FlexAttention failed here (%s); backend='auto' uses sdpa from now on", err)
+        return sdpa_attention(q, k, v, ctx)
 
 
 def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
