@@ -18,12 +18,13 @@ def options(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", posenc.available())
-def test_lm_incremental_decoding_equals_full_forward(name: str) -> None:
+@pytest.mark.parametrize("max_len", [None, 16])
+def test_lm_incremental_decoding_equals_full_forward(name: str, max_len: int | None) -> None:
     model = TransformerLM(name, dim=32, depth=2, heads=4, kv_heads=2, position_options=options(name)).eval()
     tokens = torch.randint(0, 256, (2, 11))
     with torch.no_grad():
         full = model(tokens)
-        caches = model.new_caches()
+        caches = model.new_caches(max_len)
         prefix = model(tokens[:, :4], caches=caches)  # a prompt, then one token at a time
         steps = [model(tokens[:, i : i + 1], caches=caches) for i in range(4, 11)]
     incremental = torch.cat([prefix, *steps], dim=1)
@@ -50,3 +51,18 @@ def test_explicit_arange_positions_equal_default(name: str) -> None:
     tokens = torch.randint(0, 256, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), model(tokens, positions=torch.arange(7)), atol=1e-6, rtol=0)
+
+
+def test_preallocated_cache_refuses_to_overflow_and_resets() -> None:
+    attn = posenc.Attention(16, 2, position=posenc.RoPE(8)).eval()
+    cache = posenc.KVCache(max_len=4)
+    x = torch.randn(1, 3, 16)
+    with torch.no_grad():
+        first = attn(x, cache=cache)
+        with pytest.raises(ValueError, match=r"max_len=4\) holds 3 tokens and cannot take 3 more"):
+            attn(x, cache=cache)
+        cache.reset()
+        assert len(cache) == 0
+        torch.testing.assert_close(attn(x, cache=cache), first)
+    with pytest.raises(ValueError, match="max_len"):
+        posenc.KVCache(max_len=0)

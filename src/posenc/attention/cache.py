@@ -12,30 +12,68 @@ class KVCache:
     The caller owns it and passes it to ``Attention.forward(..., cache=cache)``, which appends the new tokens.
     New tokens get the positions ``len(cache) ...`` unless the caller gives others.
 
+    Args:
+        max_len: None (default) grows by concatenation, fine for short generations; an integer preallocates
+            room for that many tokens on the first update and writes in place (no copy of the past per step,
+            as in gpt-fast). Appending past it raises ``ValueError``.
+
     Shapes: ``k: (B, Hkv, S, D)``, ``v: (B, Hkv, S, D)``, ``positions: (1|B, S)``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_len: int | None = None) -> None:
+        if max_len is not None and max_len <= 0:
+            raise ValueError(f"max_len must be a positive number of tokens or None, got {max_len}")
+        self.max_len = max_len
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.positions: Tensor | None = None
+        self._len = 0
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[-2]
+        return self._len
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append and return all keys ``(B, Hkv, K, D)``, values and key positions ``(1|B, K)``."""
+        if self.k is not None and k.shape[0] != self.k.shape[0]:
+            raise ValueError(f"cache holds batch {self.k.shape[0]}, got new keys with batch {k.shape[0]}")
+        if self.max_len is None:
+            return self._concat(k, v, positions)
+        return self._write(k, v, positions)
+
+    def _concat(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.k is None or self.v is None or self.positions is None:
             self.k, self.v, self.positions = k, v, positions
         else:
-            if k.shape[0] != self.k.shape[0]:
-                raise ValueError(f"cache holds batch {self.k.shape[0]}, got new keys with batch {k.shape[0]}")
             batch = max(self.positions.shape[0], positions.shape[0])
-            old_pos = self.positions.expand(batch, -1)
             self.k = torch.cat((self.k, k), dim=-2)  # (B, Hkv, K_old + S, D)
             self.v = torch.cat((self.v, v), dim=-2)
-            self.positions = torch.cat((old_pos, positions.expand(batch, -1)), dim=-1)  # (1|B, K_old + S)
+            self.positions = torch.cat(
+                (self.positions.expand(batch, -1), positions.expand(batch, -1)), dim=-1
+            )
+        self._len = self.k.shape[-2]
         return self.k, self.v, self.positions
 
+    def _write(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.max_len is not None
+        start, end = self._len, self._len + k.shape[-2]
+        if end > self.max_len:
+            raise ValueError(
+                f"KVCache(max_len={self.max_len}) holds {start} tokens and cannot take {k.shape[-2]} more; "
+                "create it with a larger max_len (or max_len=None to grow)"
+            )
+        if self.k is None or self.v is None or self.positions is None:
+            b, g, _, d = k.shape
+            self.k = k.new_empty(b, g, self.max_len, d)  # (B, Hkv, max_len, D)
+            self.v = v.new_empty(b, v.shape[1], self.max_len, v.shape[-1])
+            self.positions = positions.new_zeros(b, self.max_len)  # (B, max_len)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.positions[:, start:end] = positions  # (1|B, S) broadcast over the batch
+        self._len = end
+        return self.k[:, :, :end], self.v[:, :, :end], self.positions[:, :end]
+
     def reset(self) -> None:
-        self.k = self.v = self.positions = None
+        """Forget every token (a preallocated cache keeps its memory)."""
+        self._len = 0
+        if self.max_len is None:
+            self.k = self.v = self.positions = None

@@ -88,9 +88,9 @@ class TransformerLM(nn.Module):
         self.head.weight = self.embed.weight  # tied
         self.apply(_init)
 
-    def new_caches(self) -> list[KVCache]:
-        """One empty :class:`KVCache` per layer, for :meth:`forward`'s ``caches``."""
-        return [KVCache() for _ in self.blocks]
+    def new_caches(self, max_len: int | None = None) -> list[KVCache]:
+        """One empty :class:`KVCache` per layer (preallocated for ``max_len`` tokens if given)."""
+        return [KVCache(max_len) for _ in self.blocks]
 
     def forward(
         self,
