@@ -136,3 +136,14 @@ def test_registered_dtype_meta_and_compile() -> None:
     assert enc(meta, meta)[0].device.type == "meta"
     compiled = torch.compile(enc, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(q, q, torch.arange(5))[0], enc(q, q, torch.arange(5))[0])
+
+
+def test_cached_tables_equal_tables_computed_from_positions() -> None:
+    enc = posenc.XPos(16, cache_len=8)
+    q, k = torch.randn(2, 2, 6, 16), torch.randn(2, 2, 6, 16)
+    cached = enc(q, k)  # default positions: the precomputed tables
+    computed = enc(q, k, torch.arange(6))  # explicit positions: computed on the fly
+    for a, b in zip(cached, computed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    long_q = torch.randn(1, 1, 12, 16)  # past cache_len: computed, same as explicit
+    torch.testing.assert_close(enc(long_q, long_q)[0], enc(long_q, long_q, torch.arange(12))[0])

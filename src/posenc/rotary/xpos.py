@@ -68,12 +68,19 @@ class XPos(PositionEncoding):
         center: the position whose scale is 1; logits do not depend on it, the representable window
             ``|position - center| <= max_offset(dtype)`` does.
 
-    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``. Holds no buffers:
-    the phase tables are computed per call in float64 and applied in float32; outputs keep the input dtype.
+    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``. The scaled phase
+    tables for positions ``0 .. cache_len-1`` are precomputed (float64 math, stored float32, rebuilt never cast
+    when the module moves); explicit positions are computed per call. Outputs keep the input dtype.
     Only meaningful with ``causal=True``: for keys after the query the factor grows instead of decaying.
     """
 
     family: ClassVar[str] = "rotary"
+    inv_freq: Tensor
+    zeta: Tensor
+    cos_q: Tensor
+    sin_q: Tensor
+    cos_k: Tensor
+    sin_k: Tensor
 
     def __init__(
         self,
@@ -83,6 +90,7 @@ class XPos(PositionEncoding):
         base: float = 10000.0,
         interleaved: bool = False,
         center: int = 0,
+        cache_len: int = 2048,
     ) -> None:
         super().__init__()
         check_rotary_dim(head_dim)
@@ -102,6 +110,18 @@ class XPos(PositionEncoding):
             float(base),
         )
         self.interleaved, self.center = interleaved, center
+        # cache only positions whose scales stay finite in float32 (a far centre leaves nothing to cache)
+        fits = max(abs(center), abs(cache_len - 1 - center)) <= self.max_offset(torch.float32)
+        self.cache_len = cache_len if fits else 0
+        self.register_derived()
+
+    def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
+        """``inv_freq``, ``zeta`` ``(D/2,)`` and float32 ``(cache_len, D/2)`` tables for default positions."""
+        inv_freq = rope_inv_freq(self.head_dim, self.base, device=device)
+        zeta = xpos_zeta(self.head_dim, self.gamma, device)
+        pos = torch.arange(self.cache_len, device=device)
+        cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
+        return {"inv_freq": inv_freq, "zeta": zeta, "cos_q": cq, "sin_q": sq, "cos_k": ck, "sin_k": sk}
 
     def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
         """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay normal ``dtype`` numbers."""
@@ -129,13 +149,19 @@ class XPos(PositionEncoding):
             raise ValueError(
                 f"XPos built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}"
             )
-        pos = torch.arange(q.shape[-2], device=q.device) if positions is None else positions.to(q.device)
-        self._check_range(pos, q.dtype)
-        inv_freq = rope_inv_freq(self.head_dim, self.base, device=q.device)
-        zeta = xpos_zeta(self.head_dim, self.gamma, q.device)
-        cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
-        if cq.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
-            cq, sq, ck, sk = (t.unsqueeze(1) for t in (cq, sq, ck, sk))
+        seq = q.shape[-2]
+        if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
+            cq, sq, ck, sk = self.cos_q[:seq], self.sin_q[:seq], self.cos_k[:seq], self.sin_k[:seq]
+            span = max(abs(self.center), abs(seq - 1 - self.center))  # known without a device sync
+            if q.dtype.is_floating_point and span > self.max_offset(q.dtype):
+                self._check_range(torch.tensor([0, seq - 1]), q.dtype)  # raises with the full message
+        else:
+            pos = torch.arange(seq, device=q.device) if positions is None else positions.to(q.device)
+            self._check_range(pos, q.dtype)
+            inv_freq, zeta = self.inv_freq.to(q.device), self.zeta.to(q.device)
+            cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
+            if cq.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
+                cq, sq, ck, sk = (t.unsqueeze(1) for t in (cq, sq, ck, sk))
         return apply_rope(q, cq, sq, self.interleaved), apply_rope(k, ck, sk, self.interleaved)
 
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
