@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,17 @@ from typing import Any
 import torch
 
 from .. import __version__, available
+from ..models import TransformerLM
+from .checkpoints import (
+    check_run_folder,
+    config_differences,
+    json_roundtrip,
+    load_checkpoint,
+    refusal,
+    save_checkpoint,
+    save_figure,
+    write_text,
+)
 from .data import Corpus, load_corpus
 from .dist import World, rank_device, setup_world
 from .evaluate import (
@@ -54,7 +64,6 @@ DEFAULT_ORDER: tuple[str, ...] = (
     "kerple",
     "xpos",
 )
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -142,64 +151,22 @@ def eval_token_count(val_tokens: int, longest: int, windows: int) -> int:
 
 def fingerprint(cfg: CompareConfig, corpus: Corpus, n_tokens: int) -> dict[str, Any]:
     """The JSON-safe description that a resumed run must match exactly."""
-    fp = {
-        "train": cfg.train.to_dict(),
-        "multiples": list(cfg.multiples),
-        "eval_tokens": n_tokens,
-        "data": corpus.describe(),
-        "max_train_bytes": cfg.max_train_bytes,
-        "max_val_bytes": cfg.max_val_bytes,
-    }
-    return dict(json.loads(json.dumps(fp)))
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"key: old -> new"`` for every leaf that differs between two fingerprints."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return diffs
-
-
-def _refuse(out: Path, diffs: list[str]) -> ValueError:
-    shown = "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
-    return ValueError(
-        f"{out} holds a comparison made with a different configuration ({shown}). Rerun with the original "
-        f"settings to resume it, or pass a new --out (or delete {out}) to start over"
+    return json_roundtrip(
+        {
+            "train": cfg.train.to_dict(),
+            "multiples": list(cfg.multiples),
+            "eval_tokens": n_tokens,
+            "data": corpus.describe(),
+            "max_train_bytes": cfg.max_train_bytes,
+            "max_val_bytes": cfg.max_val_bytes,
+        }
     )
 
 
 def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
     """Refuse a changed configuration; on a fresh ``out`` rank 0 writes ``config.json``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder (it is created if missing)")
-    path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diffs = config_differences(old, fp)
-        if diffs:
-            raise _refuse(out, diffs)
-    elif world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_text(path, json.dumps(fp, indent=2) + "\n")
+    check_run_folder(out, fp, write=world.is_main)
     world.barrier()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a run killed mid-save leaves the old file or none, never half of one
 
 
 def row_names(encoding: str, model_is_rope: bool) -> list[str]:
@@ -219,83 +186,117 @@ class EncodingRun:
     resumed: bool
 
 
-def run_encoding(
-    name: str,
-    corpus: Corpus,
-    cfg: CompareConfig,
-    fp: dict[str, Any],
-    n_tokens: int,
-    out: Path,
-    *,
-    device: torch.device,
-    world: World,
-    progress: bool,
-) -> EncodingRun:
-    """Train (or load) one encoding's model and evaluate every row it still lacks; rank 0 saves the checkpoint."""
-    path = out / "checkpoints" / f"{name}.pt"
-    lengths = eval_lengths(cfg.train.train_len, cfg.multiples)
-    if path.exists():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        diffs = config_differences(ckpt.get("config", {}), fp)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("encoding") != name or diffs:
-            raise _refuse(
-                out, diffs or [f"checkpoint {path.name}: not a posenc compare checkpoint of {name!r}"]
-            )
-        model = build_model(name, cfg.train)
-        model.load_state_dict(ckpt["state_dict"])
-        model.to(device).eval()
-        losses, train_s, eval_s = (
-            list(ckpt["losses"]),
-            float(ckpt["train_seconds"]),
-            float(ckpt["eval_seconds"]),
+@dataclass
+class RunContext:
+    """What every encoding of one comparison shares: data, configuration, where and how it runs."""
+
+    corpus: Corpus
+    cfg: CompareConfig
+    fp: dict[str, Any]
+    n_tokens: int
+    out: Path
+    device: torch.device
+    world: World
+    progress: bool
+
+    @property
+    def lengths(self) -> list[int]:
+        return eval_lengths(self.cfg.train.train_len, self.cfg.multiples)
+
+    def checkpoint(self, name: str) -> Path:
+        return self.out / "checkpoints" / f"{name}.pt"
+
+
+def load_run(name: str, ctx: RunContext) -> tuple[TransformerLM, EncodingRun] | None:
+    """The model and record of ``name`` from its checkpoint, or None when there is none yet.
+
+    Raises:
+        ValueError: the checkpoint was made with another configuration or is not a compare checkpoint.
+    """
+    path = ctx.checkpoint(name)
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    diffs = config_differences(ckpt.get("config", {}), ctx.fp)
+    if ckpt.get("encoding") != name or diffs:
+        raise refusal(
+            ctx.out, diffs or [f"checkpoint {path.name}: not a posenc compare checkpoint of {name!r}"]
         )
-        ppl: dict[str, dict[str, float | None]] = dict(ckpt["perplexity"])
-        resumed = True
-        log.info("%s: loaded %s (trained %.0f s)", name, path, train_s)
-    else:
-        result = train_model(name, corpus.train, cfg.train, device=device, world=world, progress=progress)
-        model, losses, train_s, eval_s, ppl, resumed = (
-            result.model,
-            result.losses,
-            result.seconds,
-            0.0,
-            {},
-            False,
-        )
-        log.info(
-            "%s: trained %d steps in %.1f s, final loss %.3f", name, cfg.train.steps, train_s, losses[-1]
-        )
+    model = build_model(name, ctx.cfg.train)
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(ctx.device).eval()
+    run = EncodingRun(
+        list(ckpt["losses"]),
+        float(ckpt["train_seconds"]),
+        float(ckpt["eval_seconds"]),
+        dict(ckpt["perplexity"]),
+        resumed=True,
+    )
+    log.info("%s: loaded %s (trained %.0f s)", name, path, run.train_seconds)
+    return model, run
+
+
+def train_run(name: str, ctx: RunContext) -> tuple[TransformerLM, EncodingRun]:
+    """Train ``name``'s model from scratch (nothing evaluated yet)."""
+    cfg = ctx.cfg.train
+    result = train_model(
+        name, ctx.corpus.train, cfg, device=ctx.device, world=ctx.world, progress=ctx.progress
+    )
+    log.info(
+        "%s: trained %d steps in %.1f s, final loss %.3f", name, cfg.steps, result.seconds, result.losses[-1]
+    )
+    return result.model, EncodingRun(result.losses, result.seconds, 0.0, {}, resumed=False)
+
+
+def evaluate_missing(name: str, model: TransformerLM, run: EncodingRun, ctx: RunContext) -> list[str]:
+    """Measure every row of ``name`` that ``run`` lacks (in place); return the rows measured."""
     rows = row_names(name, is_plain_rope(model))
-    missing = [r for r in rows if r not in ppl]
+    missing = [r for r in rows if r not in run.perplexity]
     start = time.perf_counter()
-    kwargs: dict[str, Any] = {"device": device, "world": world, "progress": progress and world.is_main}
+    kwargs: dict[str, Any] = {
+        "device": ctx.device,
+        "world": ctx.world,
+        "progress": ctx.progress and ctx.world.is_main,
+    }
+    ppl, val, lengths = run.perplexity, ctx.corpus.val, ctx.lengths
     if name in missing:
-        ppl[name] = _keyed(perplexities(model, corpus.val, lengths, n_tokens, label=name, **kwargs))
+        ppl[name] = _keyed(perplexities(model, val, lengths, ctx.n_tokens, label=name, **kwargs))
     plain = {int(k): v for k, v in ppl[name].items()}
+    train_len = ctx.cfg.train.train_len
     for row in missing:
         if row != name:
             method = row.split("+", 1)[1]
             values = extension_perplexities(
-                model, method, corpus.val, lengths, cfg.train.train_len, n_tokens, plain=plain, **kwargs
+                model, method, val, lengths, train_len, ctx.n_tokens, plain=plain, **kwargs
             )
             ppl[row] = _keyed(values)
-    eval_s += time.perf_counter() - start
-    if missing and world.is_main:
-        _save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "encoding": name,
-                "config": fp,
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "losses": losses,
-                "train_seconds": train_s,
-                "eval_seconds": eval_s,
-                "perplexity": ppl,
-            },
-            path,
-        )
-    world.barrier()
-    return EncodingRun(losses, train_s, eval_s, {r: ppl[r] for r in rows}, resumed)
+    run.eval_seconds += time.perf_counter() - start
+    run.perplexity = {r: ppl[r] for r in rows}
+    return missing
+
+
+def save_run(name: str, model: TransformerLM, run: EncodingRun, ctx: RunContext) -> None:
+    """Write ``name``'s checkpoint (weights, losses, timings, perplexities) atomically."""
+    save_checkpoint(
+        ctx.checkpoint(name),
+        encoding=name,
+        config=ctx.fp,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        losses=run.losses,
+        train_seconds=run.train_seconds,
+        eval_seconds=run.eval_seconds,
+        perplexity=run.perplexity,
+    )
+
+
+def run_encoding(name: str, ctx: RunContext) -> EncodingRun:
+    """Train (or load) one encoding's model and evaluate every row it still lacks; rank 0 saves the checkpoint."""
+    loaded = load_run(name, ctx)
+    model, run = loaded if loaded is not None else train_run(name, ctx)
+    if evaluate_missing(name, model, run, ctx) and ctx.world.is_main:
+        save_run(name, model, run, ctx)
+    ctx.world.barrier()
+    return run
 
 
 def _keyed(values: dict[int, float | None]) -> dict[str, float | None]:
@@ -361,11 +362,8 @@ def run_compare(
     fp = fingerprint(cfg, corpus, n_tokens)
     out = Path(out)
     check_config(out, fp, world)
-    runs = {}
-    for name in names:
-        runs[name] = run_encoding(
-            name, corpus, cfg, fp, n_tokens, out, device=dev, world=world, progress=progress
-        )
+    ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
+    runs = {name: run_encoding(name, ctx) for name in names}
     results = {
         "train_len": train_len,
         "eval_lengths": lengths,
@@ -398,17 +396,17 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
     figure = None
     try:
         from ..plots.compare import perplexity_figure
 
         fig = perplexity_figure(results)
-        fig.savefig(out / "perplexity.png")
+        save_figure(fig, out / "perplexity.png")
         figure = "perplexity.png"
     except ImportError as err:  # matplotlib is the optional "plots" extra
         log.warning("no perplexity.png: %s (pip install 'posenc[plots]')", err)
-    _write_text(out / "report.md", write_report(results, figure=figure))
+    write_text(out / "report.md", write_report(results, figure=figure))
 
 
 def _json_safe(obj: Any) -> Any:
