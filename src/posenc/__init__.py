@@ -11,7 +11,7 @@ from .absolute import LearnedAbsolute, Sinusoidal
 from .attention import Attention, KVCache
 from .base import NoPE, PositionEncoding
 from .bias import FIRE, ALiBi, Kerple, T5Bias
-from .registry import available, build, register
+from .registry import Registry, available, build, encoding_class
 from .relative import ShawRelative
 from .rotary import (
     DynamicNTKScaling,
@@ -48,9 +48,10 @@ __all__ = [
     "T5Bias",
     "XPos",
     "YaRNScaling",
+    "Registry",
     "available",
     "build",
+    "encoding_class",
     "functional",
     "models",
-    "register",
 ]

@@ -21,23 +21,78 @@ Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from .registry import ENCODINGS, Sizes
+
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+E = TypeVar("E", bound="PositionEncoding")
 
 
 class PositionEncoding(nn.Module):
     """Base class: every hook is the identity (this alone is NoPE).
 
-    Subclasses set ``family`` ("none", "absolute", "rotary", "bias" or "relative") and override their hooks.
+    A subclass is a whole encoding, in one file. Its class attributes say what it is:
+
+    * ``name``: the registry name; defining the subclass registers it (``posenc.build(name, ...)``,
+      ``posenc.available()``). None (the default) for abstract bases that are not encodings by themselves.
+    * ``family``: "none", "absolute", "relative", "rotary" or "bias" (the model applies "absolute" ones to the
+      token embeddings, the others in every attention layer).
+    * ``sizes``: the model sizes ("dim", "heads", "head_dim") its constructor takes first, in that order;
+      ``build`` passes them positionally and every other option by keyword, so the constructor's defaults are
+      the only defaults.
+
+    It overrides the hooks of its family, and :meth:`from_sizes` only when the sizes do not map one to one onto
+    constructor arguments.
     """
 
+    name: ClassVar[str | None] = None
     family: ClassVar[str] = "none"
+    sizes: ClassVar[tuple[str, ...]] = ()
     #: True when ``value_term`` needs the attention weights (forces the explicit-softmax path).
     needs_probs: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is not None:
+            old = ENCODINGS._items.get(name)
+            same = old is not None and (old.__module__, old.__qualname__) == (
+                cls.__module__,
+                cls.__qualname__,
+            )
+            ENCODINGS.add(name, cls, replace=same)  # a re-imported module may redefine its own class
+
+    # -- what experiments and models may ask of any encoding ------------------------------------------------
+    @classmethod
+    def from_sizes(cls: type[E], sizes: Sizes, **options: Any) -> E:
+        """Construct from model sizes (those named in ``sizes``) and keyword ``options``."""
+        return cls(*(sizes.require(field) for field in cls.sizes), **options)
+
+    @classmethod
+    def training_options(cls, train_len: int) -> dict[str, Any]:
+        """Options to build this encoding for training at length ``train_len`` (e.g. a learned table's rows)."""
+        return {}
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence of positions ``0 .. n-1`` this encoding takes, or None for no limit."""
+        return None
+
+    @property
+    def is_absolute(self) -> bool:
+        """Whether the encoding is added to token embeddings (``embed``) rather than used inside attention."""
+        return self.family == "absolute"
+
+    #: True when :meth:`with_scaling` gives a context-extended copy (RoPE).
+    scalable: ClassVar[bool] = False
+
+    def with_scaling(self, scaling: Any) -> PositionEncoding:
+        """A copy of this encoding with the RoPE context-extension ``scaling`` (rotary encodings that support it)."""
+        raise TypeError(f"{type(self).__name__} has no RoPE context-extension scaling")
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """Absolute hook. ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)`` -> ``(B, S, dim)``."""
@@ -116,6 +171,7 @@ class NoPE(PositionEncoding):
     ``forward(x)`` returns ``x`` unchanged, so it also drops in where an absolute encoding would go.
     """
 
+    name: ClassVar[str | None] = "none"
     family: ClassVar[str] = "none"
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]

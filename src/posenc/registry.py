@@ -1,19 +1,92 @@
-"""Encodings by name: ``posenc.build("rope", head_dim=64)``.
+"""Names to things, with one set of rules: :class:`Registry`; and encodings by name, ``posenc.build``.
 
-Each encoding module registers a builder with :func:`register`; a builder receives the :class:`Sizes` of the
-model and the caller's options, and asks for the sizes it needs with :meth:`Sizes.require`.
+Every name -> thing map in posenc is a :class:`Registry` (encodings, RoPE scalings, attention backends, RoPE
+kernels, benchmark suites): adding a taken name raises, :meth:`Registry.names` lists the choices, and an
+unknown name gets one error message that lists them.
+
+Encodings register themselves: a :class:`posenc.PositionEncoding` subclass that sets the class attribute
+``name`` is added to :data:`ENCODINGS` when it is defined, and :func:`build` constructs it from the model sizes it
+asks for (``sizes = ("heads",)``, ...) and the caller's options, with the constructor's own defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .base import PositionEncoding
+if TYPE_CHECKING:
+    from .base import PositionEncoding
 
-Builder = Callable[..., PositionEncoding]
-_BUILDERS: dict[str, Builder] = {}
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> item map for one ``kind`` of thing ("encoding", "attention backend", ...).
+
+    Args:
+        kind: what the items are, for error messages.
+        extra: names accepted by callers besides the registered ones (e.g. "auto"), listed in errors.
+    """
+
+    def __init__(self, kind: str, extra: tuple[str, ...] = ()) -> None:
+        self.kind, self.extra = kind, extra
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, item: T, *, replace: bool = False) -> T:
+        """Register ``item`` under ``name``; a taken name raises unless ``replace``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._items and not replace:
+            raise ValueError(f"{self.kind} name {name!r} is already registered")
+        self._items[name] = item
+        return item
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+        return lambda item: self.add(name, item)
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (for tests that register something temporary)."""
+        self._items.pop(name, None)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._items)
+
+    def choices(self) -> str:
+        """The accepted names as one string, for messages."""
+        return ", ".join([*self.extra, *self.names()])
+
+    def check(self, name: object, what: str | None = None) -> str:
+        """Return ``name`` if registered (or one of ``extra``), else raise the one error of this registry."""
+        if isinstance(name, str) and (name in self._items or name in self.extra):
+            return name
+        raise ValueError(f"unknown {what or self.kind} {name!r}; choose one of {self.choices()}")
+
+    def get(self, name: object, what: str | None = None) -> T:
+        """The item under ``name`` (``ValueError`` listing the choices if there is none)."""
+        self.check(name, what)
+        if name in self.extra and name not in self._items:
+            raise ValueError(
+                f"{name!r} is not a {self.kind} by itself; choose one of {', '.join(self.names())}"
+            )
+        return self._items[name]  # type: ignore[index]
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._items.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -26,27 +99,32 @@ class Sizes:
     head_dim: int | None = None
 
     def require(self, field: str) -> int:
+        """The size ``field``, or a ``ValueError`` saying the encoding needs it."""
         value = getattr(self, field)
         if value is None:
             raise ValueError(f"encoding {self.name!r} needs {field}=...; pass it to posenc.build")
         return int(value)
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder(sizes: Sizes, **options)`` available as ``build(name, ...)``."""
-
-    def deco(fn: Builder) -> Builder:
-        if name in _BUILDERS:
-            raise ValueError(f"encoding name {name!r} is already registered")
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
+#: Every encoding class with a ``name``, registered when the class is defined.
+ENCODINGS: Registry[type[PositionEncoding]] = Registry("encoding")
+#: The order families are listed in (``available``), from no position information to learned biases.
+FAMILIES: tuple[str, ...] = ("none", "absolute", "relative", "rotary", "bias")
 
 
-def available() -> list[str]:
-    """Registered encoding names, sorted."""
-    return sorted(_BUILDERS)
+def available(family: str | None = None) -> list[str]:
+    """Registered encoding names, by family (in :data:`FAMILIES` order) then name; only ``family`` if given."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown encoding family {family!r}; choose one of {', '.join(FAMILIES)}")
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    classes = ENCODINGS.items()
+    chosen = [(n, c) for n, c in classes if family is None or c.family == family]
+    return [n for n, c in sorted(chosen, key=lambda nc: (rank.get(nc[1].family, len(rank)), nc[0]))]
+
+
+def encoding_class(name: str) -> type[PositionEncoding]:
+    """The class registered as ``name`` (``ValueError`` listing the choices if none)."""
+    return ENCODINGS.get(name)
 
 
 def build(
@@ -59,20 +137,17 @@ def build(
 ) -> PositionEncoding:
     """Build an encoding by name; each takes the sizes it needs (``head_dim`` defaults to ``dim // heads``).
 
+    ``options`` go to the class's constructor, whose defaults apply to everything not given.
+
     Raises:
         ValueError: unknown name, a needed size missing, or ``dim`` not divisible by ``heads``.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown encoding {name!r}; choose one of {', '.join(available())}")
+    cls = encoding_class(name)
     if head_dim is None and dim is not None and heads is not None:
-        if dim % heads:
+        if heads <= 0 or dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         head_dim = dim // heads
-    return _BUILDERS[name](Sizes(name, dim, heads, head_dim), **options)
+    return cls.from_sizes(Sizes(name, dim, heads, head_dim), **options)
 
 
-@register("none")
-def _build_none(sizes: Sizes) -> PositionEncoding:
-    from .base import NoPE
-
-    return NoPE()
+__all__ = ["ENCODINGS", "FAMILIES", "Registry", "Sizes", "available", "build", "encoding_class"]

@@ -11,6 +11,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import posenc
+from posenc.fallback import Fallback
 from posenc.attention import backends
 from posenc.attention import flex as flex_module
 from posenc.attention.backends import (
@@ -23,7 +24,7 @@ from posenc.attention.backends import (
 )
 from posenc.attention.flex import build_block_mask, flex_attention_backend
 
-BIAS = ["alibi", "t5", "fire", "kerple"]
+BIAS = posenc.available(family="bias")
 OPTIONS: dict[str, dict[str, Any]] = {"t5": {"max_distance": 6, "num_buckets": 8}}
 
 
@@ -185,7 +186,7 @@ def test_auto_falls_back_to_sdpa_when_flex_cannot_run(monkeypatch: pytest.Monkey
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(backends, "flex_attention_backend", broken)
-    monkeypatch.setattr(backends, "_failed", set())
+    monkeypatch.setattr(backends, "FALLBACK", Fallback("attention backend"))
     enc = posenc.ALiBi(4)
     pos = torch.arange(1024)[None]
     q, k, v = torch.randn(3, 1, 4, 1024, 8)

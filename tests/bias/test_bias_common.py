@@ -12,7 +12,7 @@ import posenc
 from posenc.attention import flex as flex_module
 from posenc.models import TransformerLM
 
-NAMES = ["alibi", "t5", "fire", "kerple"]
+NAMES = posenc.available(family="bias")
 
 
 def build(name: str, **kw: Any) -> posenc.PositionEncoding:

@@ -10,7 +10,7 @@ import torch
 from posenc.experiments.evaluate import (
     eval_lengths,
     extension_perplexities,
-    is_plain_rope,
+    supports_rope_extension,
     perplexities,
     perplexity,
     rope_extensions,
@@ -70,7 +70,7 @@ def test_perplexity_of_uniform_guess_is_vocab_size() -> None:
 
 def test_rope_scaled_swaps_and_restores() -> None:
     model = build_model("rope", TINY).eval()
-    assert is_plain_rope(model) and not is_plain_rope(build_model("none", TINY))
+    assert supports_rope_extension(model) and not supports_rope_extension(build_model("none", TINY))
     before = [b.attn.position for b in model.blocks]
     tokens = _tokens()
     plain, _ = window_nll(model, tokens, 32, 64)

@@ -45,7 +45,7 @@ def _built(interpret: bool) -> Iterator[ModuleType]:
 @pytest.fixture
 def interpreted() -> Iterator[ModuleType]:
     with _built(interpret=True) as mod:
-        assert mod.interpreting() and mod.available(torch.device("cpu"))
+        assert mod.interpreting() and mod.runs_on(torch.device("cpu"))
         yield mod
 
 

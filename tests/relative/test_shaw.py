@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import posenc
 from posenc.attention import AttentionInputs, math_attention
-from posenc.attention.backends import causal_keep
+from posenc.attention.inputs import causal_keep
 from posenc.base import default_positions
 from posenc.functional import shaw_reference
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
-from ..registry import Sizes, register
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -17,15 +16,26 @@ class LearnedAbsolute(PositionEncoding):
     Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)``.
     """
 
+    name: ClassVar[str | None] = "learned"
     family: ClassVar[str] = "absolute"
+    sizes: ClassVar[tuple[str, ...]] = ("dim",)
 
-    def __init__(self, dim: int, max_len: int) -> None:
+    def __init__(self, dim: int, max_len: int = 2048) -> None:
         super().__init__()
         if dim <= 0 or max_len <= 0:
             raise ValueError(f"dim and max_len must be positive, got dim={dim}, max_len={max_len}")
         self.dim, self.max_len = dim, max_len
         self.table = nn.Embedding(max_len, dim)
         nn.init.normal_(self.table.weight, std=0.02)
+
+    @classmethod
+    def training_options(cls, train_len: int) -> dict[str, Any]:
+        """Exactly ``train_len`` rows: the positions training can reach (longer inputs then report n/a)."""
+        return {"max_len": train_len}
+
+    @property
+    def max_length(self) -> int | None:
+        return self.max_len
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         seq = x.shape[-2]
@@ -48,8 +58,3 @@ class LearnedAbsolute(PositionEncoding):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_len={self.max_len}"
-
-
-@register("learned")
-def _build(sizes: Sizes, max_len: int = 2048) -> LearnedAbsolute:
-    return LearnedAbsolute(sizes.require("dim"), max_len)

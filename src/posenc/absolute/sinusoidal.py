@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
 from ..functional.absolute import sinusoidal_table
-from ..registry import Sizes, register
 
 
 class Sinusoidal(PositionEncoding):
@@ -25,7 +24,9 @@ class Sinusoidal(PositionEncoding):
     Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)`` in ``x.dtype``.
     """
 
+    name: ClassVar[str | None] = "sinusoidal"
     family: ClassVar[str] = "absolute"
+    sizes: ClassVar[tuple[str, ...]] = ("dim",)
 
     table: Tensor
 
@@ -57,8 +58,3 @@ class Sinusoidal(PositionEncoding):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}"
-
-
-@register("sinusoidal")
-def _build(sizes: Sizes, base: float = 10000.0, dropout: float = 0.0, cache_len: int = 2048) -> Sinusoidal:
-    return Sinusoidal(sizes.require("dim"), base, dropout, cache_len)

@@ -3,12 +3,12 @@ Ainslie et al. 2023 for GQA)."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
-from .backends import BACKENDS, AttentionInputs, choose_backend
+from .backends import BACKENDS, choose_backend
 from .cache import KVCache
+from .inputs import AttentionInputs, keep_mask
 
 
 class Attention(nn.Module):
@@ -47,10 +47,7 @@ class Attention(nn.Module):
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if kv_heads <= 0 or heads % kv_heads:
             raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(
-                f"unknown attention backend {backend!r}; choose auto or one of {', '.join(sorted(BACKENDS))}"
-            )
+        BACKENDS.check(backend)
         if position is not None and not isinstance(position, PositionEncoding):
             raise TypeError(f"position must be a posenc.PositionEncoding, got {type(position).__name__}")
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads
@@ -95,7 +92,7 @@ class Attention(nn.Module):
             position=self.position,
             q_pos=q_pos,
             k_pos=k_pos,
-            keep=_keep_mask(mask, k.shape[-2]),
+            keep=keep_mask(mask, k.shape[-2]),
             causal=self.causal,
             dropout_p=self.dropout if self.training else 0.0,
             training=self.training,
@@ -106,18 +103,3 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, backend={self.backend!r}"
-
-
-def _keep_mask(mask: Tensor | None, k_len: int) -> Tensor | None:
-    """User mask -> ``(1|B, 1|H, 1|Q, K)`` bool keep-mask."""
-    if mask is None:
-        return None
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = attend), got {mask.dtype}")
-    if mask.shape[-1] != k_len:
-        raise ValueError(f"mask covers {mask.shape[-1]} keys but there are {k_len} (cached + new)")
-    if mask.dim() == 2:
-        return mask[:, None, None, :]  # (B, 1, 1, K)
-    if mask.dim() == 4:
-        return mask
-    raise ValueError(f"mask must be (batch, keys) or (batch, heads, queries, keys), got {tuple(mask.shape)}")

@@ -12,59 +12,14 @@ Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..base import PositionEncoding
+from ..fallback import Fallback
+from ..registry import Registry
 from .flex import flex_attention_backend, needs_grad, supports_flex
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class AttentionInputs:
-    """Everything besides q, k, v that a backend needs.
-
-    Attributes:
-        position: the encoding, for ``score_bias`` / ``score_mod`` / ``value_term``.
-        q_pos: ``(1|B, Q)`` query positions; k_pos: ``(1|B, K)`` key positions.
-        keep: ``(1|B, 1|H, 1|Q, K)`` bool, True where a key may be attended (padding), or None.
-        causal: key ``j`` visible to query ``i`` only when ``j <= i + K - Q`` (cache-aware, by index).
-        dropout_p: attention dropout probability (0 at eval).
-        training: whether gradients are expected (backends without backward must decline).
-    """
-
-    position: PositionEncoding
-    q_pos: Tensor
-    k_pos: Tensor
-    keep: Tensor | None
-    causal: bool
-    dropout_p: float = 0.0
-    training: bool = False
-
-
-Backend = Callable[[Tensor, Tensor, Tensor, AttentionInputs], Tensor]
-
-
-def causal_keep(q_len: int, k_len: int, device: torch.device) -> Tensor:
-    """``(Q, K)`` bool: query ``i`` sees key ``j`` when ``j <= i + K - Q`` (the last query sees every key)."""
-    i = torch.arange(q_len, device=device).unsqueeze(-1)  # (Q, 1)
-    j = torch.arange(k_len, device=device)  # (K,)
-    return j <= i + (k_len - q_len)
-
-
-def full_keep(q: Tensor, k: Tensor, ctx: AttentionInputs) -> Tensor | None:
-    """Padding and causal masks combined: ``(1|B, 1|H, Q, K)`` bool, or None when nothing is masked."""
-    keep = ctx.keep
-    if ctx.causal:
-        c = causal_keep(q.shape[-2], k.shape[-2], q.device)  # (Q, K)
-        keep = c if keep is None else keep & c
-    return keep
+from .inputs import AttentionInputs, Backend, full_keep
 
 
 def repeat_kv(x: Tensor, heads: int) -> Tensor:
@@ -114,11 +69,13 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     return out
 
 
-BACKENDS: dict[str, Backend] = {
-    "math": math_attention,
-    "sdpa": sdpa_attention,
-    "flex": flex_attention_backend,
-}
+#: Backends by name; ``"auto"`` is accepted wherever a backend is chosen (see :func:`choose_backend`).
+BACKENDS: Registry[Backend] = Registry("attention backend", extra=("auto",))
+BACKENDS.add("math", math_attention)
+BACKENDS.add("sdpa", sdpa_attention)
+BACKENDS.add("flex", flex_attention_backend)
+#: ``auto``'s memory of a FlexAttention that could not run here.
+FALLBACK = Fallback("attention backend")
 
 #: ``auto`` picks ``flex`` only from this many scores per head (``Q * K``) on: below it the materialized bias
 #: is small and SDPA needs no kernel compilation.
@@ -137,19 +94,11 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
     3. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
     """
-    if name == "auto":
+    if BACKENDS.check(name) == "auto":
         if ctx.position.needs_probs:
             return math_attention
-        return flex_or_sdpa if _flex_pays(q, ctx) and "flex" not in _failed else sdpa_attention
-    if name not in BACKENDS:
-        raise ValueError(
-            f"unknown attention backend {name!r}; choose auto or one of {', '.join(sorted(BACKENDS))}"
-        )
-    return BACKENDS[name]
-
-
-#: backends that failed to run here when ``auto`` picked them (e.g. no C++ compiler for FlexAttention on CPU)
-_failed: set[str] = set()
+        return flex_or_sdpa if _flex_pays(q, ctx) and FALLBACK.usable("flex") else sdpa_attention
+    return BACKENDS.get(name)
 
 
 def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
@@ -157,16 +106,12 @@ def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tenso
 
     Bad input still raises ``ValueError``; a forced ``backend="flex"`` never falls back.
     """
-    if torch.compiler.is_compiling():
-        return flex_attention_backend(q, k, v, ctx)
-    try:
-        return flex_attention_backend(q, k, v, ctx)
-    except ValueError:
-        raise
-    except Exception as err:  # a missing C++ compiler, an unsupported device: same result, slower path
-        _failed.add("flex")
-        log.warning("posenc: FlexAttention failed here (%s); backend='auto' uses sdpa from now on", err)
-        return sdpa_attention(q, k, v, ctx)
+    return FALLBACK.run(
+        "flex",
+        lambda: flex_attention_backend(q, k, v, ctx),
+        lambda: sdpa_attention(q, k, v, ctx),
+        slow_name="sdpa",
+    )
 
 
 def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:

@@ -16,16 +16,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..base import PositionEncoding, ScoreMod
-
-if TYPE_CHECKING:
-    from .backends import AttentionInputs
+from .inputs import AttentionInputs
 
 BLOCK = 128
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]

@@ -1,25 +1,13 @@
 """Benchmark suites for ``posenc bench``.
 
-A suite is a function ``suite(quick: bool, device: str) -> list[dict]`` registered with
-:func:`register_suite`; each row is a flat dict of JSON-safe values (names, shapes, medians in ms, ratios to a
-baseline measured in the same run).
+A suite is a function ``suite(quick: bool, device: str) -> list[dict]`` in :data:`SUITES` (add one with
+``@SUITES.register("name")`` in a module of this package, and import that module below); each row is a flat dict
+of JSON-safe values (names, shapes, medians in ms, ratios to a baseline measured in the same run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from . import attention, rope  # noqa: E402, F401  (each registers its suites)
+from .suites import SUITES, Row, Suite, register_suite
 
-Row = dict[str, Any]
-Suite = Callable[[bool, str], list[Row]]
-SUITES: dict[str, Suite] = {}
-
-
-def register_suite(name: str) -> Callable[[Suite], Suite]:
-    """Decorator: add ``fn`` to :data:`SUITES` under ``name``."""
-
-    def deco(fn: Suite) -> Suite:
-        SUITES[name] = fn
-        return fn
-
-    return deco
+__all__ = ["SUITES", "Row", "Suite", "register_suite"]

@@ -26,17 +26,17 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from ..attention.backends import BACKENDS, AttentionInputs
+from ..attention import BACKENDS, AttentionInputs
 from ..base import PositionEncoding
 from ..functional.relative import shaw_reference
-from ..registry import build
-from . import Row, register_suite
+from ..registry import available, build
 from .runner import synchronize, time_round_robin
+from .suites import Row, register_suite
 
 log = logging.getLogger(__name__)
 
 HEADS, HEAD_DIM, SHAW_DISTANCE = 8, 64, 16
-BIAS = ("alibi", "t5", "fire", "kerple")
+
 SIZES = {"cuda": (1024, 4096, 16384), "cpu": (1024, 4096)}
 SHAW_SIZES = {"cuda": (1024, 2048, 4096), "cpu": (1024, 2048)}
 QUICK_SIZES, QUICK_SHAW_SIZES = (256,), (128,)
@@ -136,7 +136,7 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
         skipped["none flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
     else:
         group["none flex"] = _call("flex", build("none"), q, k, v)
-    for name in BIAS:
+    for name in available(family="bias"):
         enc = build(name, heads=HEADS).to(device)
         for backend in ("flex", "sdpa"):
             key = f"{name} {backend}"

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from ..kernels import choose_impl, rope_qk
 from ..rotary.rope import RoPE
-from . import Row, register_suite
 from .runner import time_round_robin
+from .suites import Row, register_suite
 
 log = logging.getLogger(__name__)
 

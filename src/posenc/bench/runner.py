@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import Row
+from .suites import Row
 
 
 def synchronize(device: str) -> None:

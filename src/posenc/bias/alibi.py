@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ..functional.bias import alibi_bias, alibi_slopes
-from ..registry import Sizes, register
 from .base import BiasEncoding
 
 
@@ -23,6 +24,8 @@ class ALiBi(BiasEncoding):
     Shapes: ``bias(q_len, k_len) -> (H, q_len, k_len)``.
     """
 
+    name: ClassVar[str | None] = "alibi"
+
     slopes: Tensor
 
     def __init__(self, heads: int) -> None:
@@ -38,8 +41,3 @@ class ALiBi(BiasEncoding):
 
     def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         return alibi_bias(tables[0][head], q_pos, k_pos)
-
-
-@register("alibi")
-def _build(sizes: Sizes) -> ALiBi:
-    return ALiBi(sizes.require("heads"))

@@ -31,6 +31,7 @@ class BiasEncoding(PositionEncoding, ABC):
     """
 
     family: ClassVar[str] = "bias"
+    sizes: ClassVar[tuple[str, ...]] = ("heads",)
 
     def __init__(self, heads: int) -> None:
         super().__init__()

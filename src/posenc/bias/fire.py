@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from ..functional.bias import fire_input, fire_mlp_unrolled
-from ..registry import Sizes, register
 from .base import BiasEncoding
 
 
@@ -25,6 +26,8 @@ class FIRE(BiasEncoding):
         init_threshold: initial ``L`` (512).
         eps: added to the denominator.
     """
+
+    name: ClassVar[str | None] = "fire"
 
     def __init__(
         self,
@@ -68,8 +71,3 @@ class FIRE(BiasEncoding):
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, width={self.width}, init_threshold={self.init_threshold}"
-
-
-@register("fire")
-def _build(sizes: Sizes, width: int = 32, init_c: float = 0.1, init_threshold: float = 512.0) -> FIRE:
-    return FIRE(sizes.require("heads"), width, init_c, init_threshold)

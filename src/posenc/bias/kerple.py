@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from ..functional.bias import kerple_bias
-from ..registry import Sizes, register
 from .base import BiasEncoding
 
 KINDS = ("log", "power")
@@ -23,6 +24,8 @@ class Kerple(BiasEncoding):
         kind: "log" (the paper's best) or "power".
         eps: lower bound of ``r1, r2``.
     """
+
+    name: ClassVar[str | None] = "kerple"
 
     def __init__(self, heads: int, kind: str = "log", eps: float = 1e-2) -> None:
         super().__init__(heads)
@@ -44,8 +47,3 @@ class Kerple(BiasEncoding):
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, kind={self.kind!r}"
-
-
-@register("kerple")
-def _build(sizes: Sizes, kind: str = "log", eps: float = 1e-2) -> Kerple:
-    return Kerple(sizes.require("heads"), kind, eps)

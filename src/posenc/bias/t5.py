@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from ..functional.bias import check_t5, lookup_bias, t5_distance_buckets
-from ..registry import Sizes, register
 from .base import BiasEncoding
 
 
@@ -24,6 +25,8 @@ class T5Bias(BiasEncoding):
         max_distance: distances at or beyond it share the last bucket.
         bidirectional: separate buckets for keys after the query (encoders); False for causal decoders.
     """
+
+    name: ClassVar[str | None] = "t5"
 
     bucket_of: Tensor
 
@@ -58,10 +61,3 @@ class T5Bias(BiasEncoding):
             f"heads={self.heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, "
             f"bidirectional={self.bidirectional}"
         )
-
-
-@register("t5")
-def _build(
-    sizes: Sizes, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
-) -> T5Bias:
-    return T5Bias(sizes.require("heads"), num_buckets, max_distance, bidirectional)

@@ -1,13 +1,16 @@
-"""The ``posenc`` command. Each module in this package (not starting with ``_``) is a subcommand that
-defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``."""
+"""The ``posenc`` command. Each subcommand is a module of this package listed in :data:`SUBCOMMANDS`; it defines
+``register(subparsers)``, and the parser it adds sets ``func(args) -> int``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import pkgutil
 import sys
+
+from . import bench, compare, plot
+
+#: The subcommands, in ``posenc --help`` order.
+SUBCOMMANDS = (bench, compare, plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,9 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}").register(sub)
+    for module in SUBCOMMANDS:
+        module.register(sub)
     return parser
 
 

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 from pathlib import Path
 
 import torch
 
-from .. import bench
-from ..bench.runner import environment, markdown_report, write_report
-
-
-def load_suites() -> dict[str, bench.Suite]:
-    """Import every module of ``posenc.bench`` (each registers its suites) and return the registry."""
-    for info in pkgutil.iter_modules(bench.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{bench.__name__}.{info.name}")
-    return bench.SUITES
-
 
 def run(args: argparse.Namespace) -> int:
-    suites = load_suites()
-    names = args.suite or sorted(suites)
-    unknown = [n for n in names if n not in suites]
-    if unknown:
-        raise ValueError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(sorted(suites))}")
+    from ..bench import SUITES
+    from ..bench.runner import environment, markdown_report, write_report
+
+    names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
+    suites = {n: SUITES.get(n) for n in names}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")

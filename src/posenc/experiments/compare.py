@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__, available
+from .. import available
 from ..models import TransformerLM
 from .checkpoints import (
     check_run_folder,
@@ -38,32 +37,18 @@ from .checkpoints import (
     write_text,
 )
 from .data import Corpus, load_corpus
-from .dist import World, rank_device, setup_world
+from .dist import World, rank_device, resolve_device, setup_world, versions
 from .evaluate import (
     MULTIPLES,
     eval_lengths,
     extension_perplexities,
-    is_plain_rope,
     perplexities,
     rope_extensions,
+    supports_rope_extension,
 )
 from .train import TrainConfig, build_model, train_model
 
 log = logging.getLogger(__name__)
-
-#: The default set, in this order, restricted at run time to what is registered.
-DEFAULT_ORDER: tuple[str, ...] = (
-    "none",
-    "sinusoidal",
-    "learned",
-    "shaw",
-    "rope",
-    "alibi",
-    "t5",
-    "fire",
-    "kerple",
-    "xpos",
-)
 
 
 @dataclass(frozen=True)
@@ -114,9 +99,8 @@ class CompareConfig:
 
 
 def default_encodings() -> list[str]:
-    """:data:`DEFAULT_ORDER` restricted to the registered encodings."""
-    registered = set(available())
-    return [name for name in DEFAULT_ORDER if name in registered]
+    """Every registered encoding (:func:`posenc.available`: by family, then name)."""
+    return available()
 
 
 def check_encodings(names: list[str]) -> list[str]:
@@ -129,19 +113,6 @@ def check_encodings(names: list[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"encodings listed twice: {names}")
     return list(names)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; anything else must name an available device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {device!r} is not a device name (try cpu, cuda, cuda:1 or auto)") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
-    return dev
 
 
 def eval_token_count(val_tokens: int, longest: int, windows: int) -> int:
@@ -250,7 +221,7 @@ def train_run(name: str, ctx: RunContext) -> tuple[TransformerLM, EncodingRun]:
 
 def evaluate_missing(name: str, model: TransformerLM, run: EncodingRun, ctx: RunContext) -> list[str]:
     """Measure every row of ``name`` that ``run`` lacks (in place); return the rows measured."""
-    rows = row_names(name, is_plain_rope(model))
+    rows = row_names(name, supports_rope_extension(model))
     missing = [r for r in rows if r not in run.perplexity]
     start = time.perf_counter()
     kwargs: dict[str, Any] = {
@@ -301,22 +272,6 @@ def run_encoding(name: str, ctx: RunContext) -> EncodingRun:
 
 def _keyed(values: dict[int, float | None]) -> dict[str, float | None]:
     return {str(k): v for k, v in values.items()}
-
-
-def versions(device: torch.device, world: World) -> dict[str, Any]:
-    """Software and hardware the numbers came from."""
-    info: dict[str, Any] = {
-        "posenc": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "world_size": world.size,
-        "threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def run_compare(

@@ -6,11 +6,15 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment, or 1) everything her
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from .. import __version__
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,32 @@ def rank_device(device: torch.device, world: World) -> torch.device:
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank)
     return device
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; anything else must name an available device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a device name (try cpu, cuda, cuda:1 or auto)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
+    return dev
+
+
+def versions(device: torch.device, world: World) -> dict[str, Any]:
+    """Software and hardware the numbers came from."""
+    info: dict[str, Any] = {
+        "posenc": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "world_size": world.size,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

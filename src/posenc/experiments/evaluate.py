@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -24,33 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attention import Attention
 from ..models import TransformerLM
-from ..models.lm import Block
-from ..rotary import RoPE
-from ..rotary.scaling import available_scalings
+from ..rotary.scaling import SCALINGS, RopeScaling, extension_scalings
 from .dist import SINGLE, World
 
 #: Multiples of the training length evaluated by default (Press et al. go to 16.6L).
 MULTIPLES: tuple[int, ...] = (1, 2, 4, 8, 16)
-#: Dynamic NTK adapts its frequencies to each window by itself; it gets one fixed setting for every length,
-#: the factor 2 commonly used with transformers (``rope_scaling={"type": "dynamic", "factor": 2.0}``).
-DYNAMIC_FACTOR = 2.0
-
-Scaling = dict[str, Any]
-ScalingRule = Callable[[int, int], Scaling]
 
 
 def eval_lengths(train_len: int, multiples: tuple[int, ...] = MULTIPLES) -> list[int]:
     """``[m * train_len for m in multiples]``."""
     return [m * train_len for m in multiples]
-
-
-def max_supported_length(model: TransformerLM) -> int | None:
-    """The longest input ``model`` accepts: the smallest ``max_len`` of its encodings (a learned table), or None."""
-    limits = [getattr(m, "max_len", None) for m in model.modules()]
-    ints = [n for n in limits if isinstance(n, int)]
-    return min(ints) if ints else None
 
 
 @torch.no_grad()
@@ -124,7 +107,7 @@ def perplexities(
 ) -> dict[int, float | None]:
     """Perplexity per evaluation length; None where the model cannot take that length (a learned table)."""
     model.eval()
-    limit = max_supported_length(model)
+    limit = model.max_length
     out: dict[int, float | None] = {}
     for length in lengths:
         if limit is not None and length > limit:
@@ -145,66 +128,24 @@ def perplexities(
 
 
 # -- RoPE context extension ----------------------------------------------------------------------------------
-def _factor(eval_len: int, train_len: int) -> float:
-    return max(1.0, eval_len / train_len)
+def rope_extensions() -> dict[str, type[RopeScaling]]:
+    """The inference-time context-extension methods (``RopeScaling.extension``), by ``rope_type``."""
+    return {name: SCALINGS.get(name) for name in extension_scalings()}
 
 
-#: How each method is configured at evaluation length ``Lv`` for a model trained at ``L``.
-_RULES: dict[str, ScalingRule] = {
-    "linear": lambda lv, l0: {"rope_type": "linear", "factor": _factor(lv, l0)},
-    "ntk": lambda lv, l0: {"rope_type": "ntk", "factor": _factor(lv, l0)},
-    "dynamic": lambda lv, l0: {
-        "rope_type": "dynamic",
-        "factor": DYNAMIC_FACTOR,
-        "original_max_position_embeddings": l0,
-    },
-    "yarn": lambda lv, l0: {
-        "rope_type": "yarn",
-        "factor": _factor(lv, l0),
-        "original_max_position_embeddings": l0,
-    },
-}
+def supports_rope_extension(model: TransformerLM) -> bool:
+    """Whether every attention layer of ``model`` takes a RoPE scaling (``with_scaling``)."""
+    return all(p.scalable for p in model.layer_encodings())
 
 
-def rope_extensions() -> dict[str, ScalingRule]:
-    """The context-extension methods available in this posenc (``posenc.rotary.scaling``), by name."""
-    have = set(available_scalings())
-    return {name: rule for name, rule in _RULES.items() if name in have}
-
-
-def layer_attention(model: TransformerLM) -> list[Attention]:
-    """The :class:`posenc.Attention` of every block, in order."""
-    return [block.attn for block in model.blocks if isinstance(block, Block)]
-
-
-def is_plain_rope(model: TransformerLM) -> bool:
-    """Whether every layer of ``model`` uses exactly :class:`posenc.RoPE` (not a subclass such as xPos)."""
-    return all(type(attn.position) is RoPE for attn in layer_attention(model))
-
-
-@contextmanager
-def rope_scaled(model: TransformerLM, scaling: Scaling | None) -> Iterator[TransformerLM]:
-    """Temporarily give every layer a RoPE like its own plus ``scaling`` (a transformers-style dict)."""
-    layers = layer_attention(model)
-    originals = [attn.position for attn in layers]
-    try:
-        for attn, rope in zip(layers, originals, strict=True):
-            if not isinstance(rope, RoPE):
-                raise TypeError(f"context extension needs RoPE layers, found {type(rope).__name__}")
-            scaled = RoPE(
-                rope.head_dim,
-                base=rope.base,
-                rotary_dim=rope.rotary_dim,
-                interleaved=rope.interleaved,
-                cache_len=rope.cache_len,
-                scaling=scaling,
-                impl=rope.impl,
-            )
-            attn.position = scaled.to(rope.inv_freq.device)
-        yield model
-    finally:
-        for attn, rope in zip(layers, originals, strict=True):
-            attn.position = rope
+def rope_scaled(
+    model: TransformerLM, scaling: RopeScaling | dict[str, Any] | None
+) -> AbstractContextManager[TransformerLM]:
+    """Context manager: every layer's encoding temporarily replaced by ``encoding.with_scaling(scaling)``."""
+    if not supports_rope_extension(model):
+        kinds = sorted({type(p).__name__ for p in model.layer_encodings() if not p.scalable})
+        raise TypeError(f"context extension needs RoPE layers, found {', '.join(kinds)}")
+    return model.positions_replaced(lambda p: p.with_scaling(scaling))
 
 
 def extension_perplexities(
@@ -222,13 +163,13 @@ def extension_perplexities(
 ) -> dict[int, float | None]:
     """Perplexity of a RoPE ``model`` with extension ``method`` at each length; at ``Lv <= L`` the scaling is the
     identity (factor 1), so the plain RoPE value from ``plain`` is reused."""
-    rule = rope_extensions()[method]
+    method_cls = rope_extensions()[method]
     out: dict[int, float | None] = {}
     for length in lengths:
         if length <= train_len:
             out[length] = plain[length]
             continue
-        with rope_scaled(model, rule(length, train_len)) as scaled:
+        with rope_scaled(model, method_cls.extension(train_len, length)) as scaled:
             nll, count = window_nll(
                 scaled,
                 tokens,

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..models import TransformerLM
+from ..registry import encoding_class
 from .dist import SINGLE, World
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,9 @@ class TrainResult:
 
 
 def encoding_options(encoding: str, cfg: TrainConfig) -> dict[str, Any]:
-    """Build options per encoding: the learned table gets exactly ``train_len`` rows (the positions training
-    can reach; the paper's learned baselines cannot go further either, so longer evaluations report n/a)."""
-    return {"max_len": cfg.train_len} if encoding == "learned" else {}
+    """Build options of ``encoding`` for training at ``cfg.train_len`` (its class's ``training_options``: e.g. a
+    learned table gets exactly ``train_len`` rows, as the paper's learned baselines, so longer lengths are n/a)."""
+    return encoding_class(encoding).training_options(cfg.train_len)
 
 
 def build_model(encoding: str, cfg: TrainConfig) -> TransformerLM:

@@ -22,7 +22,6 @@ models see no graph break.
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -30,20 +29,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..fallback import Fallback
 from ..functional.rotary import apply_rope
+from ..registry import Registry
 from .compiled import rope_qk_compiled
 
-log = logging.getLogger(__name__)
-
-#: Names accepted by ``rope_qk(impl=...)`` and ``posenc.RoPE(impl=...)``.
-IMPLS: tuple[str, ...] = ("auto", "reference", "compiled", "triton")
 #: ``auto`` uses the compiled CPU kernel from this many elements of q plus k (4 MiB of float32) up; below,
 #: the reference is as fast and no compilation is triggered.
 AUTO_COMPILED_MIN_NUMEL = 1 << 20
 
 Kernel = Callable[[Tensor, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor]]
-#: kernels that raised when ``auto`` picked them (a missing C++ compiler, an unsupported GPU): not picked again
-_failed: set[str] = set()
+#: ``auto``'s memory of kernels that raised when it picked them (a missing C++ compiler, an unsupported GPU).
+FALLBACK = Fallback("RoPE kernel")
 
 
 @cache
@@ -52,19 +49,30 @@ def has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _kernel(name: str) -> Kernel:
-    if name == "compiled":
-        return rope_qk_compiled
+def _reference(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:
+    return apply_rope(q, cos, sin, interleaved), apply_rope(k, cos, sin, interleaved)
+
+
+def _compiled(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:
+    return rope_qk_compiled(q, k, cos, sin, interleaved)
+
+
+def _triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:
     from .triton_rope import rope_qk_triton  # imports triton only when asked for
 
-    return rope_qk_triton
+    return rope_qk_triton(q, k, cos, sin, interleaved)
+
+
+#: RoPE implementations by name (``rope_qk(impl=...)``, ``posenc.RoPE(impl=...)``); "auto" picks one.
+IMPLS: Registry[Kernel] = Registry("RoPE impl", extra=("auto",))
+IMPLS.add("reference", _reference)
+IMPLS.add("compiled", _compiled)
+IMPLS.add("triton", _triton)
 
 
 def check_impl(impl: str) -> str:
     """Return ``impl`` if it names a RoPE implementation, else raise ``ValueError`` listing the choices."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown RoPE impl {impl!r}; choose one of {', '.join(repr(n) for n in IMPLS)}")
-    return impl
+    return IMPLS.check(impl)
 
 
 def _traced(*tensors: Tensor) -> bool:
@@ -89,12 +97,12 @@ def choose_impl(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> str:
     if not (q.is_floating_point() and q.dtype == k.dtype):
         return "reference"
     same_layout = q.dim() == k.dim() == 4 and q.shape[0] == k.shape[0] and q.shape[-1] == k.shape[-1]
-    if q.device.type == "cuda" and has_triton() and same_layout and "triton" not in _failed:
+    if q.device.type == "cuda" and has_triton() and same_layout and FALLBACK.usable("triton"):
         return "triton"
     if (
         q.device.type == "cpu"
         and q.numel() + k.numel() >= AUTO_COMPILED_MIN_NUMEL
-        and "compiled" not in _failed
+        and FALLBACK.usable("compiled")
     ):
         return "compiled"
     return "reference"
@@ -137,10 +145,6 @@ def _check(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
         )
 
 
-def _reference(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:
-    return apply_rope(q, cos, sin, interleaved), apply_rope(k, cos, sin, interleaved)
-
-
 def rope_qk(
     q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False, impl: str = "auto"
 ) -> tuple[Tensor, Tensor]:
@@ -154,7 +158,7 @@ def rope_qk(
         cos: ``(S, P)`` or ``(1|B, 1, S, P)`` float32 (per-batch positions/offsets), ``R = 2P <= D``.
         sin: same shape as ``cos``.
         interleaved: pairs ``(x[2i], x[2i+1])`` if True, else ``(x[i], x[i+P])``.
-        impl: one of :data:`IMPLS`.
+        impl: "auto" or a name in :data:`IMPLS`.
 
     Returns:
         ``(q_rot, k_rot)`` shaped like ``q`` and ``k``.
@@ -170,16 +174,14 @@ def rope_qk(
         raise ValueError(
             f"impl={impl!r} treats cos/sin as constants but they require grad; use impl='reference'"
         )
-    if impl == "auto":
-        try:
-            return _RotateQK.apply(q, k, cos, sin, interleaved, _kernel(name))  # type: ignore[no-any-return]
-        except ValueError:  # bad input is the caller's to fix, not a broken kernel
-            raise
-        except Exception as err:  # a missing C++ compiler and the like: fall back, loudly, for good
-            _failed.add(name)
-            log.warning("posenc: %s RoPE kernel failed (%s); auto uses the reference from now on", name, err)
-            return _reference(q, k, cos, sin, interleaved)
-    return _RotateQK.apply(q, k, cos, sin, interleaved, _kernel(name))  # type: ignore[no-any-return]
+    kernel = IMPLS.get(name)
+
+    def fused() -> tuple[Tensor, Tensor]:
+        return _RotateQK.apply(q, k, cos, sin, interleaved, kernel)  # type: ignore[no-any-return]
+
+    if impl == "auto":  # a kernel that cannot run here (no C++ compiler...): the reference, for good
+        return FALLBACK.run(name, fused, lambda: _reference(q, k, cos, sin, interleaved), "the reference")
+    return fused()
 
 
 __all__ = ["AUTO_COMPILED_MIN_NUMEL", "IMPLS", "check_impl", "choose_impl", "has_triton", "rope_qk"]

@@ -34,7 +34,7 @@ def interpreting() -> bool:
 _INTERPRETED = HAS_TRITON and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-def available(device: torch.device) -> bool:
+def runs_on(device: torch.device) -> bool:
     """Whether :func:`rope_qk_triton` can run on ``device``: CUDA with triton, or CPU in the interpreter."""
     if not HAS_TRITON:
         return False
@@ -197,7 +197,7 @@ def rope_qk_triton(
     """
     if not HAS_TRITON:
         raise ValueError("impl='triton' needs the triton package (pip install triton)")
-    if not available(q.device):
+    if not runs_on(q.device):
         raise ValueError(
             f"impl='triton' runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1), got {q.device}"
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -74,7 +75,7 @@ class TransformerLM(nn.Module):
         else:
             factory = position
         first = factory()
-        absolute = first.family == "absolute"
+        absolute = first.is_absolute
         self.input_position: PositionEncoding = first if absolute else NoPE()
         layer_pos = [NoPE() if absolute else (first if i == 0 else factory()) for i in range(depth)]
         self.embed = nn.Embedding(vocab_size, dim)
@@ -87,6 +88,51 @@ class TransformerLM(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
         self.apply(_init)
+
+    def encodings(self) -> list[PositionEncoding]:
+        """The encoding of every attention layer, in order (all :class:`NoPE` for an absolute encoding), then
+        the input encoding when it is absolute: every encoding the model applies."""
+        layers = self.layer_encodings()
+        return [*layers, self.input_position] if self.input_position.is_absolute else layers
+
+    def attention_layers(self) -> list[Attention]:
+        """The :class:`posenc.Attention` of every block, in order."""
+        return [block.attn for block in self.blocks if isinstance(block, Block)]
+
+    def layer_encodings(self) -> list[PositionEncoding]:
+        """The encoding of every attention layer, in order."""
+        return [attn.position for attn in self.attention_layers()]
+
+    def replace_positions(self, fn: Callable[[PositionEncoding], PositionEncoding]) -> list[PositionEncoding]:
+        """Give every attention layer ``fn(its encoding)``; return the encodings replaced (to restore them)."""
+        old = self.layer_encodings()
+        new = [fn(p) for p in old]
+        for p in new:
+            if not isinstance(p, PositionEncoding):
+                raise TypeError(
+                    f"replace_positions: fn must return a PositionEncoding, got {type(p).__name__}"
+                )
+        for attn, p in zip(self.attention_layers(), new, strict=True):
+            attn.position = p
+        return old
+
+    @contextmanager
+    def positions_replaced(
+        self, fn: Callable[[PositionEncoding], PositionEncoding]
+    ) -> Iterator[TransformerLM]:
+        """``with model.positions_replaced(lambda p: p.with_scaling(s)):`` for a temporary change of encodings."""
+        old = self.replace_positions(fn)
+        try:
+            yield self
+        finally:
+            for attn, p in zip(self.attention_layers(), old, strict=True):
+                attn.position = p
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the model takes: the smallest ``max_length`` of its encodings, or None."""
+        limits = [n for n in (p.max_length for p in self.encodings()) if n is not None]
+        return min(limits) if limits else None
 
     def new_caches(self, max_len: int | None = None) -> list[KVCache]:
         """One empty :class:`KVCache` per layer (preallocated for ``max_len`` tokens if given)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..base import PositionEncoding, ScoreMod
 from ..bias.base import position_reader
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
-from ..registry import Sizes, register
+from ..registry import Sizes
 
 
 class ShawRelative(PositionEncoding):
@@ -26,7 +26,9 @@ class ShawRelative(PositionEncoding):
     the value term sums attention weights per clipped distance, ``(B, H, Q, 2k+1) @ a^V``.
     """
 
+    name: ClassVar[str | None] = "shaw"
     family: ClassVar[str] = "relative"
+    sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
 
     def __init__(
         self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True
@@ -45,6 +47,15 @@ class ShawRelative(PositionEncoding):
             nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None
         )
         self.needs_probs = values
+
+    @classmethod
+    def from_sizes(cls, sizes: Sizes, per_head: bool = False, **options: Any) -> ShawRelative:
+        """``build("shaw", ..., per_head=True)`` gives one table per head (``heads`` from the model sizes)."""
+        if not isinstance(per_head, bool):
+            raise TypeError(f"shaw: per_head must be a bool, got {per_head!r}")
+        if per_head:
+            options["heads"] = sizes.require("heads")
+        return cls(sizes.require("head_dim"), **options)
 
     def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
@@ -72,9 +83,3 @@ class ShawRelative(PositionEncoding):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
-
-
-@register("shaw")
-def _build(sizes: Sizes, max_distance: int = 16, per_head: bool = False, values: bool = True) -> ShawRelative:
-    heads = sizes.require("heads") if per_head else None
-    return ShawRelative(sizes.require("head_dim"), max_distance, heads, values)

@@ -11,7 +11,6 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..functional.rotary import check_rotary_dim, rope_cos_sin, rope_inv_freq
 from ..kernels import check_impl, rope_qk
-from ..registry import Sizes, register
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
@@ -40,7 +39,10 @@ class RoPE(PositionEncoding):
     Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``.
     """
 
+    name: ClassVar[str | None] = "rope"
     family: ClassVar[str] = "rotary"
+    sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
+    scalable: ClassVar[bool] = True
     inv_freq: Tensor
     cos_cached: Tensor
     sin_cached: Tensor
@@ -85,6 +87,23 @@ class RoPE(PositionEncoding):
         cos, sin = rope_cos_sin(pos, inv_freq, scale=self.attention_scale)
         return {"inv_freq": inv_freq, "cos_cached": cos, "sin_cached": sin}
 
+    def with_scaling(self, scaling: RopeScaling | Mapping[str, Any] | None) -> RoPE:
+        """A RoPE like this one (head_dim, base, rotary_dim, layout, cache, impl, device) with ``scaling`` instead.
+
+        For inference-time context extension of a trained model: ``rope.with_scaling({"rope_type": "yarn",
+        "factor": 4.0, "original_max_position_embeddings": 128})``. None gives plain RoPE.
+        """
+        out = RoPE(
+            self.head_dim,
+            base=self.base,
+            rotary_dim=self.rotary_dim,
+            interleaved=self.interleaved,
+            cache_len=self.cache_len,
+            scaling=scaling,
+            impl=self.impl,
+        )
+        return out.to(self.inv_freq.device)
+
     # -- math ------------------------------------------------------------------------------------------
     def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
@@ -128,8 +147,3 @@ class RoPE(PositionEncoding):
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
             f"interleaved={self.interleaved}" + ("" if self.scaling is None else f", scaling={self.scaling}")
         )
-
-
-@register("rope")
-def _build(sizes: Sizes, **options: object) -> RoPE:
-    return RoPE(sizes.require("head_dim"), **options)  # type: ignore[arg-type]

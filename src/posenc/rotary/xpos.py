@@ -24,7 +24,6 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from ..functional.rotary import apply_rope, check_rotary_dim, phase_dtype, rope_cos_sin, rope_inv_freq
-from ..registry import Sizes, register
 
 
 def xpos_zeta(head_dim: int, gamma: float, device: torch.device | None = None) -> Tensor:
@@ -74,7 +73,9 @@ class XPos(PositionEncoding):
     Only meaningful with ``causal=True``: for keys after the query the factor grows instead of decaying.
     """
 
+    name: ClassVar[str | None] = "xpos"
     family: ClassVar[str] = "rotary"
+    sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
     inv_freq: Tensor
     zeta: Tensor
     cos_q: Tensor
@@ -173,8 +174,3 @@ class XPos(PositionEncoding):
             f"head_dim={self.head_dim}, scale_base={self.scale_base:g}, gamma={self.gamma:g}, base={self.base:g}, "
             f"interleaved={self.interleaved}, center={self.center}"
         )
-
-
-@register("xpos")
-def _build(sizes: Sizes, **options: object) -> XPos:
-    return XPos(sizes.require("head_dim"), **options)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""Fall back once, for good: a fast path that cannot run on this machine is not tried again.
+
+``auto`` choices (FlexAttention for ``backend="auto"``, the fused RoPE kernels for ``impl="auto"``) run the fast
+path through :meth:`Fallback.run`; if it raises anything but ``ValueError`` (bad input is the caller's to fix),
+the failure is logged once as a warning, the name is remembered, and the slow path gives the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+log = logging.getLogger("posenc")
+T = TypeVar("T")
+
+
+class Fallback:
+    """Which fast paths of one ``kind`` ("attention backend", "RoPE kernel") failed here.
+
+    Attributes:
+        failed: names that raised once; :meth:`usable` is False for them from then on.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.failed: set[str] = set()
+
+    def usable(self, name: str) -> bool:
+        return name not in self.failed
+
+    def run(self, name: str, fast: Callable[[], T], slow: Callable[[], T], slow_name: str) -> T:
+        """``fast()``; on a failure other than ``ValueError`` warn once, mark ``name`` failed, return ``slow()``.
+
+        Under ``torch.compile`` tracing ``fast`` runs unguarded (a try/except would break the graph).
+        """
+        if torch.compiler.is_compiling():
+            return fast()
+        try:
+            return fast()
+        except ValueError:
+            raise
+        except Exception as err:  # a missing C++ compiler, an unsupported device: same result, slower path
+            self.failed.add(name)
+            log.warning(
+                "posenc: %s %s failed here (%s); using %s from now on", self.kind, name, err, slow_name
+            )
+            return slow()
+
+    def reset(self) -> None:
+        """Forget the failures (tests)."""
+        self.failed.clear()

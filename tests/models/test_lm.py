@@ -1,0 +1,60 @@
+"""TransformerLM: what experiments may ask of a model without walking its internals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import posenc
+from posenc.models import TransformerLM
+
+
+def test_encodings_and_max_length() -> None:
+    rope = TransformerLM("rope", dim=32, depth=3, heads=4)
+    assert len(rope.encodings()) == 3 and all(isinstance(p, posenc.RoPE) for p in rope.encodings())
+    assert rope.max_length is None
+    learned = TransformerLM("learned", dim=32, depth=2, heads=4, position_options={"max_len": 40})
+    assert [type(p) for p in learned.encodings()] == [posenc.NoPE, posenc.NoPE, posenc.LearnedAbsolute]
+    assert learned.max_length == 40
+
+
+def test_positions_replaced_swaps_and_restores() -> None:
+    torch.manual_seed(0)
+    model = TransformerLM("rope", dim=32, depth=2, heads=4).eval()
+    before = model.layer_encodings()
+    tokens = torch.randint(0, 256, (1, 24))
+    with torch.no_grad():
+        plain = model(tokens)
+        scaling = {"rope_type": "linear", "factor": 4.0}
+        with model.positions_replaced(lambda p: p.with_scaling(scaling)) as m:
+            now = m.layer_encodings()
+            assert all(a is not b and isinstance(a, posenc.RoPE) for a, b in zip(now, before, strict=True))
+            assert all(isinstance(a.scaling, posenc.LinearScaling) for a in now)  # type: ignore[union-attr]
+            scaled = m(tokens)
+        assert model.layer_encodings() == before
+        torch.testing.assert_close(model(tokens), plain)
+    assert not torch.allclose(plain, scaled)
+
+
+def test_replace_positions_checks_what_it_gets() -> None:
+    model = TransformerLM("none", dim=16, depth=1, heads=2)
+    with pytest.raises(TypeError, match="must return a PositionEncoding"):
+        model.replace_positions(lambda p: torch.zeros(1))  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="NoPE has no RoPE context-extension scaling"):
+        model.replace_positions(lambda p: p.with_scaling(None))
+
+
+def test_rope_with_scaling_keeps_everything_else() -> None:
+    rope = posenc.RoPE(16, base=500.0, rotary_dim=8, interleaved=True, cache_len=64, impl="reference")
+    yarn = rope.with_scaling({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32})
+    assert (yarn.head_dim, yarn.base, yarn.rotary_dim, yarn.interleaved, yarn.cache_len, yarn.impl) == (
+        16,
+        500.0,
+        8,
+        True,
+        64,
+        "reference",
+    )
+    assert isinstance(yarn.scaling, posenc.YaRNScaling) and rope.scaling is None
+    plain = yarn.with_scaling(None)
+    assert plain.scaling is None and torch.equal(plain.inv_freq, rope.inv_freq)
