@@ -11,7 +11,6 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import posenc
-from posenc.fallback import Fallback
 from posenc.attention import backends
 from posenc.attention import flex as flex_module
 from posenc.attention.backends import (
@@ -23,6 +22,7 @@ from posenc.attention.backends import (
     sdpa_attention,
 )
 from posenc.attention.flex import build_block_mask, flex_attention_backend
+from posenc.fallback import Fallback
 
 BIAS = posenc.available(family="bias")
 OPTIONS: dict[str, dict[str, Any]] = {"t5": {"max_distance": 6, "num_buckets": 8}}

@@ -10,11 +10,11 @@ import torch
 from posenc.experiments.evaluate import (
     eval_lengths,
     extension_perplexities,
-    supports_rope_extension,
     perplexities,
     perplexity,
     rope_extensions,
     rope_scaled,
+    supports_rope_extension,
     window_nll,
 )
 from posenc.experiments.train import TrainConfig, build_model
