@@ -78,3 +78,45 @@ def test_flex_backend_traces_fullgraph(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(1, 6, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(attn, fullgraph=True, backend="eager")(x), attn(x))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if posenc.encoding_class(n).by_distance])  # type: ignore[attr-defined]
+@pytest.mark.parametrize(
+    ("q_start", "k_start", "q_len", "k_len"), [(0, 0, 7, 7), (5, 0, 3, 8), (300, 40, 4, 9)]
+)
+def test_distance_vector_path_equals_the_formula_with_gradients(
+    name: str, q_start: int, k_start: int, q_len: int, k_len: int
+) -> None:
+    """Consecutive positions read one value per distance; values and parameter gradients equal the per-pair formula."""
+    enc = build(name, **({"max_distance": 6, "num_buckets": 8} if name == "t5" else {}))
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(torch.rand_like(p))
+    q_pos = torch.arange(q_start, q_start + q_len)[None]
+    k_pos = torch.arange(k_start, k_start + k_len)[None]
+    fast = enc.pairwise_by_distance(q_pos, k_pos)  # type: ignore[operator]
+    ref = enc.pairwise_reference(q_pos, k_pos)  # type: ignore[operator]
+    assert fast is not None
+    torch.testing.assert_close(fast, ref)
+    weight = torch.randn_like(ref)
+    g_fast = torch.autograd.grad((fast * weight).sum(), list(enc.parameters()))
+    g_ref = torch.autograd.grad((ref * weight).sum(), list(enc.parameters()))
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    mod = enc.score_mod_by_distance(q_pos, k_pos)  # type: ignore[operator]
+    assert mod is not None
+    h, qi, ki = (
+        torch.arange(4).view(-1, 1, 1),
+        torch.arange(q_len).view(1, -1, 1),
+        torch.arange(k_len).view(1, 1, -1),
+    )
+    torch.testing.assert_close(mod(torch.zeros(()), torch.zeros((), dtype=torch.long), h, qi, ki), ref[0])
+
+
+def test_distance_path_applies_only_to_shared_consecutive_positions() -> None:
+    enc = build("t5")
+    run = torch.arange(3, 8)[None]
+    assert enc.pairwise_by_distance(run, run) is not None  # type: ignore[operator]
+    assert enc.pairwise_by_distance(torch.tensor([[0, 2, 3, 4, 5]]), run) is None  # type: ignore[operator]
+    assert enc.pairwise_by_distance(torch.stack([run[0], run[0]]), run) is None  # type: ignore[operator]
+    assert build("alibi").pairwise_by_distance(run, run) is None  # type: ignore[operator]

@@ -117,17 +117,24 @@ def build_block_mask(
     """The :class:`BlockMask` for a causal mask (key ``j`` visible to query ``i`` when ``j <= i + K - Q``)
     and / or a keep-mask ``(1|B, 1|H, 1|Q, K)``; None when nothing is masked.
 
-    Pure causal masks are cached per ``(Q, K, device)``. With a keep-mask every visited block applies the
-    ``mask_mod`` (no block is "full"), since padding can fall anywhere.
+    A pure causal mask depends on ``(Q, K, device)`` only and is built once per shape (building one costs about a
+    millisecond of host time, more than a whole GPU kernel at small sizes). With a keep-mask every visited block
+    applies the ``mask_mod`` (no block is "full"), since padding can fall anywhere.
     """
     if not causal and keep is None:
         return None
-    full_blocks = keep is None
-    if torch.compiler.is_compiling():
-        blocks = causal_blocks(q_len, k_len, causal, full_blocks, device)
-    else:
-        blocks = _cached_blocks(q_len, k_len, causal, full_blocks, device)
-    kv_num, kv_idx, full_num, full_idx = blocks
+    if keep is None and not torch.compiler.is_compiling():
+        return _cached_causal_mask(q_len, k_len, device)
+    return _block_mask(q_len, k_len, causal, keep, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_causal_mask(q_len: int, k_len: int, device: torch.device) -> BlockMask:
+    return _block_mask(q_len, k_len, True, None, device)
+
+
+def _block_mask(q_len: int, k_len: int, causal: bool, keep: Tensor | None, device: torch.device) -> BlockMask:
+    kv_num, kv_idx, full_num, full_idx = causal_blocks(q_len, k_len, causal, keep is None, device)
     shift = k_len - q_len
     read_keep = None if keep is None else broadcast_reader(keep)
 
@@ -176,10 +183,3 @@ def _to_indices(blocks: Tensor) -> tuple[Tensor, Tensor]:
     num = blocks.sum(-1, dtype=torch.int32)
     idx = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
     return num[None, None], idx[None, None]
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_blocks(
-    q_len: int, k_len: int, causal: bool, full_blocks: bool, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    return causal_blocks(q_len, k_len, causal, full_blocks, device)

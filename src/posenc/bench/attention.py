@@ -30,7 +30,7 @@ from ..attention import BACKENDS, AttentionInputs
 from ..base import PositionEncoding
 from ..functional.relative import shaw_reference
 from ..registry import available, build
-from .runner import synchronize, time_round_robin
+from .runner import error_note, synchronize, time_round_robin
 from .suites import Row, register_suite
 
 log = logging.getLogger(__name__)
@@ -108,16 +108,21 @@ def _rows(
     device: str,
     repeats: int,
 ) -> list[Row]:
-    medians = time_round_robin(group, device, repeats=repeats, warmup=1)
+    errors: dict[str, str] = {}
+    medians = time_round_robin(group, device, repeats=repeats, warmup=1, errors=errors)
     rows: list[Row] = []
     for name, info in meta.items():
         row: Row = {**info, "status": "ok", "median_ms": None, "ratio": None, "peak_mb": None}
         if name in medians:
             row["median_ms"] = medians[name] * 1e3
-            row["ratio"] = medians[name] / medians[base]
-            row["peak_mb"] = peak_bytes(group[name], device) / 2**20
+            row["ratio"] = medians[name] / medians[base] if base in medians else None
+            try:
+                row["peak_mb"] = peak_bytes(group[name], device) / 2**20
+            except Exception as err:  # noqa: BLE001 - a row's status, not the run's end
+                row["note"] = f"peak memory not measured ({error_note(err)})"
         else:
-            row["status"], _, row["note"] = skipped[name].partition(": ")
+            reason = errors.get(name) or skipped[name]
+            row["status"], _, row["note"] = reason.partition(": ")
         rows.append(row)
     return rows
 

@@ -112,7 +112,8 @@ def _group(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, qu
         timed: dict[str, Callable[[], object]] = {FLOOR: lambda: (q.clone(), k.clone())}
         for name, fn in runnable.items():
             timed[name] = _forward(fn, q, k) if pass_ == "forward" else _backward(fn, q, k)
-        medians = time_round_robin(timed, device, repeats=repeats, warmup=1)
+        errors: dict[str, str] = {}
+        medians = time_round_robin(timed, device, repeats=repeats, warmup=1, errors=errors)
         del timed
         for name in (FLOOR, *fns):
             row: Row = {
@@ -128,9 +129,9 @@ def _group(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, qu
             }
             if name in medians:
                 row["median_ms"] = medians[name] * 1e3
-                row["ratio"] = medians[name] / medians[FLOOR]
+                row["ratio"] = medians[name] / medians[FLOOR] if FLOOR in medians else None
             else:
-                reason = fns[name]
+                reason = errors.get(name) or fns[name]
                 assert isinstance(reason, str)
                 row["status"], _, row["note"] = reason.partition(": ")
             rows.append(row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
 import os
 import platform
@@ -22,6 +23,8 @@ import torch
 
 from .suites import Row
 
+log = logging.getLogger(__name__)
+
 
 def synchronize(device: str) -> None:
     """Wait for queued work on ``device`` (a no-op on CPU)."""
@@ -30,31 +33,53 @@ def synchronize(device: str) -> None:
 
 
 def time_round_robin(
-    fns: Mapping[str, Callable[[], object]], device: str, repeats: int, warmup: int = 1
+    fns: Mapping[str, Callable[[], object]],
+    device: str,
+    repeats: int,
+    warmup: int = 1,
+    errors: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed one call of each per round.
+
+    A function that raises (a kernel that fails to compile on this card, out of memory) is dropped from the
+    rounds and its reason recorded in ``errors``: one failing case never takes the others down.
 
     Args:
         fns: name -> zero-argument callable doing the work once.
         device: where the work runs (for synchronization).
         repeats: timed rounds (the median is over these).
         warmup: untimed rounds first (compilation, allocator warm-up).
+        errors: filled with name -> ``"error: <exception>"`` for the functions that raised.
 
     Returns:
-        name -> median seconds.
+        name -> median seconds, for the functions that ran.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    failed: dict[str, str] = {} if errors is None else errors
     for r in range(warmup + repeats):
         for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
+            if name in failed:
+                continue
+            try:
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+            except Exception as err:  # noqa: BLE001 - reported as the case's status, the run goes on
+                failed[name] = error_note(err)
+                log.warning("bench: %s failed: %s", name, failed[name])
+                continue
             if r >= warmup:
                 samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return {name: statistics.median(times) for name, times in samples.items() if name not in failed}
+
+
+def error_note(err: BaseException) -> str:
+    """``"error: <type>: <first line>"`` for a bench row (long compiler messages cut to one line)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"error: {type(err).__name__}: {first[:300]}"
 
 
 def environment(device: str, quick: bool) -> dict[str, Any]:

@@ -23,7 +23,8 @@ class BiasEncoding(PositionEncoding, ABC):
 
     * :meth:`score_bias`: the materialized ``(1|B, H, Q, K)`` bias, for the ``math`` and ``sdpa`` backends;
     * :meth:`score_mod`: a FlexAttention ``score_mod`` that evaluates the formula per score, reading the
-      positions by index from the ``(1|B, Q)`` / ``(1|B, K)`` position tensors, so no ``(H, Q, K)`` tensor;
+      positions by index from the ``(1|B, Q)`` / ``(1|B, K)`` position tensors, so no ``(H, Q, K)`` tensor
+      (or, for :attr:`by_distance` encodings at consecutive positions, reads the ``(H, Q + K - 1)`` vector);
     * :meth:`bias`: ``(heads, q_len, k_len)`` for queries at ``offset ...`` and keys at ``0 ...``.
 
     Args:
@@ -32,6 +33,11 @@ class BiasEncoding(PositionEncoding, ABC):
 
     family: ClassVar[str] = "bias"
     sizes: ClassVar[tuple[str, ...]] = ("heads",)
+    #: True when the bias depends on the distance ``k - q`` only. For consecutive positions the formula is then
+    #: evaluated once per distance, an ``(H, Q + K - 1)`` vector (:meth:`distance_vector`) that both paths read:
+    #: learned parameters get their gradient from that small dense vector, never from ``Q * K`` contributions
+    #: funnelled into a few addresses (atomic adds that serialize on a GPU).
+    by_distance: ClassVar[bool] = False
 
     def __init__(self, heads: int) -> None:
         super().__init__()
@@ -49,8 +55,44 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, H, Q, K)`` float32 bias for positions ``(1|B, Q)`` and ``(1|B, K)``."""
+        # unfold's backward on CPU costs more than the per-pair gather's (T5, n=1024: 1.5x); there no atomics
+        # serialize, so CPU training keeps the per-pair formula
+        if not (q_pos.device.type == "cpu" and torch.is_grad_enabled()):
+            fast = self.pairwise_by_distance(q_pos, k_pos)
+            if fast is not None:
+                return fast
+        return self.pairwise_reference(q_pos, k_pos)
+
+    def pairwise_by_distance(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """``(1, H, Q, K)`` from the :meth:`distance_vector` (a Toeplitz view), or None where it does not apply."""
+        starts = self._consecutive(q_pos, k_pos)
+        if starts is None:
+            return None
+        q_len, k_len = q_pos.shape[-1], k_pos.shape[-1]
+        vec = self.distance_vector(self.tables(), q_len, k_len, *starts)  # (H, Q + K - 1)
+        return vec.unfold(-1, k_len, 1).flip(-2).unsqueeze(0)  # (1, H, Q, K): [i, j] = vec[j - i + Q - 1]
+
+    def pairwise_reference(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """``(1|B, H, Q, K)``: the formula evaluated at every (query, key) pair (any positions)."""
         head = torch.arange(self.heads, device=q_pos.device).view(-1, 1, 1)  # (H, 1, 1)
         return self.formula(self.tables(), head, q_pos[:, None, :, None], k_pos[:, None, None, :])
+
+    def distance_vector(
+        self, tables: tuple[Tensor, ...], q_len: int, k_len: int, q_start: Tensor, k_start: Tensor
+    ) -> Tensor:
+        """``(H, Q + K - 1)`` float32: entry ``t`` is the bias at distance ``k - q = k_start - q_start - (Q-1) + t``,
+        for queries at ``q_start ...`` and keys at ``k_start ...`` (0-d tensors: no host sync)."""
+        dev = q_start.device
+        dist = (k_start - q_start) - (q_len - 1) + torch.arange(q_len + k_len - 1, device=dev)  # (Q + K - 1,)
+        head = torch.arange(self.heads, device=dev).view(-1, 1)  # (H, 1)
+        return self.formula(tables, head, torch.zeros_like(q_start), dist.unsqueeze(0))
+
+    def _consecutive(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(q_start, k_start)`` when :attr:`by_distance` and both are shared runs ``start + arange``, else None."""
+        if not self.by_distance or q_pos.shape[0] != 1 or k_pos.shape[0] != 1:
+            return None
+        q_start, k_start = arange_start(q_pos[0]), arange_start(k_pos[0])
+        return None if q_start is None or k_start is None else (q_start, k_start)
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         self._check_heads(q)
@@ -58,6 +100,13 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
         self._check_heads(q)
+        # per distance where gradients of learned tables would otherwise be n^2 atomic adds (GPU training);
+        # elsewhere the per-score formula, which measured as fast or faster in the CPU kernel
+        learning = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if learning and q.device.type != "cpu":
+            fast = self.score_mod_by_distance(q_pos, k_pos)
+            if fast is not None:
+                return fast
         tables, formula = self.tables(), self.formula
         q_at, k_at = position_reader(q_pos), position_reader(k_pos)
 
@@ -65,6 +114,19 @@ class BiasEncoding(PositionEncoding, ABC):
             return score + formula(tables, h, q_at(b, q_idx), k_at(b, kv_idx))
 
         return mod
+
+    def score_mod_by_distance(self, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+        """A ``score_mod`` reading the :meth:`distance_vector` at ``kv_idx - q_idx``, or None where it does not apply."""
+        starts = self._consecutive(q_pos, k_pos)
+        if starts is None:
+            return None
+        vec = self.distance_vector(self.tables(), q_pos.shape[-1], k_pos.shape[-1], *starts)  # (H, Q + K - 1)
+        shift = q_pos.shape[-1] - 1
+
+        def by_distance(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + vec[h, kv_idx - q_idx + shift]
+
+        return by_distance
 
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
         """``(heads, q_len, k_len)`` float32 bias: queries at ``offset ... offset+q_len-1``, keys at ``0 ... k_len-1``."""

@@ -26,6 +26,7 @@ class Kerple(BiasEncoding):
     """
 
     name: ClassVar[str | None] = "kerple"
+    by_distance: ClassVar[bool] = True
 
     def __init__(self, heads: int, kind: str = "log", eps: float = 1e-2) -> None:
         super().__init__(heads)

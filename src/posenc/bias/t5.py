@@ -27,6 +27,7 @@ class T5Bias(BiasEncoding):
     """
 
     name: ClassVar[str | None] = "t5"
+    by_distance: ClassVar[bool] = True
 
     bucket_of: Tensor
 

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+
+
+def run_suite(
+    name: str, suite: Callable[[bool, str], list[dict[str, Any]]], quick: bool, device: str
+) -> list[dict[str, Any]]:
+    """The suite's rows; a suite that raises becomes one row with status "error", and the next suite runs."""
+    from ..bench.runner import error_note
+
+    try:
+        return suite(quick, device)
+    except Exception as err:  # noqa: BLE001 - reported in the table, the other suites still run
+        logging.getLogger(__name__).warning("bench: suite %s failed: %s", name, err)
+        status, _, note = error_note(err).partition(": ")
+        return [{"suite": name, "status": status, "note": note}]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     report = {
         "environment": environment(device, args.quick),
-        "suites": {name: suites[name](args.quick, device) for name in names},
+        "suites": {name: run_suite(name, suites[name], args.quick, device) for name in names},
     }
     print(markdown_report(report))
     if args.out is not None:
