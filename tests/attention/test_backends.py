@@ -213,3 +213,25 @@ def test_compiled_flex_matches_math() -> None:
         block_mask=build_block_mask(40, 40, True, None, q.device),
     )
     close(out, math_attention(q, k, v, ctx))
+
+
+def test_flex_kernel_options_shrink_until_the_kernel_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that does not fit shared memory is retried with smaller tiles, once per case."""
+    tried: list[object] = []
+
+    def kernel(*args: torch.Tensor, kernel_options: object = None, **kwargs: object) -> str:
+        tried.append(kernel_options)
+        if kernel_options is None:
+            raise RuntimeError("No valid triton configs. OutOfMemoryError: out of resource: Required: 245760")
+        return "ok"
+
+    monkeypatch.setattr(flex_module, "_fitted", {})
+    assert flex_module.run_fitted(kernel, ("case",)) == "ok"
+    assert tried == [None, flex_module.FITTING_OPTIONS[0]]
+    assert flex_module.run_fitted(kernel, ("case",)) == "ok" and tried[-1] == flex_module.FITTING_OPTIONS[0]
+
+    def broken(*args: torch.Tensor, kernel_options: object = None, **kwargs: object) -> str:
+        raise RuntimeError("index out of bounds")
+
+    with pytest.raises(RuntimeError, match="index out of bounds"):
+        flex_module.run_fitted(broken, ("other",))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from ..base import PositionEncoding, ScoreMod
 from .inputs import AttentionInputs
 
+log = logging.getLogger(__name__)
 BLOCK = 128
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 #: Room for recompilations of the compiled kernel (one per encoding type, shape and mask kind), set around
@@ -89,8 +91,44 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         score_mod = None if bias is None else materialized_score_mod(bias)
     block_mask = build_block_mask(q.shape[-2], k.shape[-2], ctx.causal, ctx.keep, q.device)
     gqa = k.shape[1] != q.shape[1]
+    key = (q.device.type, type(ctx.position).__name__, q.dtype, q.shape[-1], needs_grad(q, ctx.position))
     with _recompile_room():
-        return flex_kernel(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
+        return run_fitted(
+            flex_kernel(q.device), key, q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa
+        )
+
+
+#: Smaller tiles tried in turn when the default FlexAttention kernel does not fit the GPU's shared memory (T5's
+#: captured table at bfloat16, head_dim 64, asked an H200 for 245,760 bytes of its 232,448).
+FITTING_OPTIONS: tuple[dict[str, int], ...] = (
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2},
+    {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1},
+)
+#: The kernel options that worked, per (device type, encoding type, dtype, head_dim, backward wanted).
+_fitted: dict[tuple[object, ...], dict[str, int] | None] = {}
+
+
+def _out_of_resource(err: Exception) -> bool:
+    text = str(err)
+    return "out of resource" in text or "No valid triton configs" in text
+
+
+def run_fitted(kernel: Callable[..., Any], key: tuple[object, ...], *args: Tensor, **kwargs: Any) -> Any:
+    """``kernel(*args, kernel_options=..., **kwargs)`` with the default options, then each of
+    :data:`FITTING_OPTIONS` while compilation fails for lack of shared memory; the options that worked are
+    remembered per ``key``, so each case searches once. Any other error propagates at once."""
+    ladder = [_fitted[key]] if key in _fitted else [None, *FITTING_OPTIONS]
+    for i, options in enumerate(ladder):
+        try:
+            out = kernel(*args, kernel_options=options, **kwargs)
+        except Exception as err:
+            if i + 1 < len(ladder) and _out_of_resource(err) and not torch.compiler.is_compiling():
+                log.warning("posenc: FlexAttention kernel does not fit (%s); trying %s", err, ladder[i + 1])
+                continue
+            raise
+        _fitted[key] = options
+        return out
+    raise AssertionError("unreachable: the ladder is never empty")
 
 
 def materialized_score_mod(bias: Tensor) -> ScoreMod:
