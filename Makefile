@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= runs/compare
 
-.PHONY: install demo test lint types unit clean
+.PHONY: install demo test lint types unit clean gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,18 @@ unit:
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 test: install lint types unit
+
+# The GPU tier and the GPU benchmark, on a machine with CUDA, using that machine's own torch (no venv, no
+# registry): peer wheels brought in .whl/ (see ../shared/gpu/README.md). Results under $(GPU_OUT).
+GPU_OUT ?= runs/gpu
+gpu-check:
+	mkdir -p $(GPU_OUT)
+	site=$$(mktemp -d); \
+	if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --target "$$site" .whl/*.whl; fi; \
+	export PYTHONPATH=$$PWD/src:$$site PYTHONUNBUFFERED=1; \
+	python3 -c "import torch, sys; print(torch.__version__, torch.cuda.get_device_name(0))" | tee $(GPU_OUT)/device.txt; \
+	timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu 2>&1 | tee $(GPU_OUT)/gpu-tests.txt; \
+	timeout 400 python3 -m posenc bench --device cuda --out $(GPU_OUT)/bench 2>&1 | tee $(GPU_OUT)/bench.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .hypothesis

@@ -1,0 +1,96 @@
+"""The GPU tier (``pytest -m gpu``, ``make gpu-check``): every fast path against its reference on CUDA.
+
+Skipped where CUDA is absent, so ``make test`` stays green on CPU. Run on the GPU machine with its own torch:
+kernels in fp32/bf16/fp16, every encoding through every backend against ``math`` forward and backward
+(learned-bias gradients included), KV-cache decoding equal to the full forward, and ``posenc bench --quick``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import posenc
+from posenc.attention import BACKENDS
+from posenc.cli import main
+from posenc.functional import apply_rope
+from posenc.kernels import rope_qk
+from posenc.models import TransformerLM
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU tier needs CUDA"),
+]
+CUDA = "cuda"
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("impl", ["triton", "auto"])
+def test_rope_kernels_equal_the_reference(dtype: torch.dtype, interleaved: bool, impl: str) -> None:
+    torch.manual_seed(0)
+    rope = posenc.RoPE(64, rotary_dim=48, interleaved=interleaved).to(CUDA)
+    q = torch.randn(2, 8, 100, 64, device=CUDA, dtype=dtype, requires_grad=True)
+    k = torch.randn(2, 2, 100, 64, device=CUDA, dtype=dtype, requires_grad=True)
+    cos, sin = rope.cos_sin(100, None, q.device)
+    got = rope_qk(q, k, cos, sin, interleaved, impl=impl)
+    want = (apply_rope(q, cos, sin, interleaved), apply_rope(k, cos, sin, interleaved))
+    grads = [torch.randn_like(t) for t in want]
+    g_got = torch.autograd.grad(got, (q, k), grads)
+    g_want = torch.autograd.grad(want, (q, k), grads)
+    for a, b in zip((*got, *g_got), (*want, *g_want), strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def _pair(name: str, backend: str, dtype: torch.dtype) -> tuple[posenc.Attention, posenc.Attention]:
+    torch.manual_seed(0)
+    enc = posenc.build(name, dim=128, heads=4)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(torch.rand_like(p) * 0.3)
+    fast = posenc.Attention(128, 4, kv_heads=2, position=enc, backend=backend)
+    ref = posenc.Attention(128, 4, kv_heads=2, position=enc, backend="math")
+    ref.load_state_dict(fast.state_dict())
+    return fast.to(CUDA, dtype), ref.to(CUDA, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS.names() if b != "math"])
+@pytest.mark.parametrize("name", posenc.available())
+def test_every_encoding_through_every_backend_forward_and_backward(
+    name: str, backend: str, dtype: torch.dtype
+) -> None:
+    fast, ref = _pair(name, backend, dtype)
+    if fast.position.needs_probs:
+        pytest.skip(f"{name} needs the attention weights: math only")
+    x = torch.randn(2, 300, 128, device=CUDA, dtype=dtype)
+    out_fast, out_ref = fast(x), ref(x)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out_fast.float(), out_ref.float(), atol=tol, rtol=tol)
+    out_fast.float().square().sum().backward()
+    out_ref.float().square().sum().backward()
+    for (pname, a), b in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None, pname
+        scale = b.grad.float().abs().max().clamp_min(1.0)
+        torch.testing.assert_close(a.grad.float() / scale, b.grad.float() / scale, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_kv_cache_decoding_equals_full_forward(name: str) -> None:
+    model = TransformerLM(name, dim=64, depth=2, heads=4, kv_heads=2).to(CUDA).eval()
+    tokens = torch.randint(0, 256, (2, 40), device=CUDA)
+    with torch.no_grad():
+        full = model(tokens)
+        caches = model.new_caches(64)
+        steps = [model(tokens[:, :8], caches=caches)]
+        steps += [model(tokens[:, i : i + 1], caches=caches) for i in range(8, 40)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_bench_quick_completes(tmp_path: Path) -> None:
+    assert main(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "bench.json").exists()
