@@ -7,8 +7,13 @@ import torch
 
 import posenc
 from posenc.functional import tables as tables_mod
-from posenc.functional.rotary import apply_rope, apply_rope_full, apply_rope_reference, rope_cos_sin
-from posenc.functional.rotary import rope_full_tables
+from posenc.functional.rotary import (
+    apply_rope,
+    apply_rope_full,
+    apply_rope_reference,
+    rope_cos_sin,
+    rope_full_tables,
+)
 from posenc.rotary import xpos as xpos_mod
 from posenc.rotary.xpos import xpos_cos_sin
 
