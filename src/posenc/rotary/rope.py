@@ -115,7 +115,7 @@ class RoPE(PositionEncoding):
         Inside the table (and for scalings whose frequencies do not depend on the length) rows are read by
         index via :func:`rows_at`; elsewhere they are computed exactly from ``inv_freq`` in float64.
         """
-        cached = (self.rot_table,) if full else (self.cos_cached, self.sin_cached)
+        cached: tuple[Tensor, ...] = (self.rot_table,) if full else (self.cos_cached, self.sin_cached)
         if positions is None:
             if seq_len <= self._static_len() and cached[0].device == device:
                 if full:
