@@ -55,14 +55,6 @@ def test_compiled_step_gives_the_eager_tokens_with_one_graph(name: str) -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
-@pytest.mark.slow
-def test_inductor_compiled_generate_equals_eager() -> None:
-    model = _model("rope")
-    tokens = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(3))
-    torch._dynamo.reset()
-    assert torch.equal(model.generate(tokens, 5, temperature=0, compile=True), _greedy_full(model, tokens, 5))
-
-
 def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     model = _model("rope")
     calls: list[int] = []

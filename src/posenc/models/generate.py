@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..attention.static_cache import StaticKVCache
+
+if TYPE_CHECKING:
+    from .lm import TransformerLM
 
 Step = Callable[[Tensor, Tensor], Tensor]
 
@@ -28,9 +31,11 @@ Step = Callable[[Tensor, Tensor], Tensor]
 class _Decoder:
     """Caches, padding mask and (compiled) step of one model for one (batch, max_len, dtype, device)."""
 
-    def __init__(self, model: nn.Module, batch: int, max_len: int, device: torch.device, compile: bool | str):
+    def __init__(
+        self, model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
+    ):
         self.model, self.max_len = model, max_len
-        self.caches = [StaticKVCache(max_len) for _ in model.blocks]  # type: ignore[attr-defined]
+        self.caches = [StaticKVCache(max_len) for _ in model.blocks]
         self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)  # False: padding slots
         self.step: Step = self._step
         if compile:
@@ -53,11 +58,13 @@ class _Decoder:
         return self.model(tokens, positions=positions, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
 
 
-_DECODERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _Decoder]] = weakref.WeakKeyDictionary()
+_DECODERS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple[Any, ...], _Decoder]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _decoder(
-    model: nn.Module, batch: int, max_len: int, device: torch.device, compile: bool | str
+    model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
 ) -> _Decoder:
     key = (batch, max_len, device, next(model.parameters()).dtype, compile)
     table = _DECODERS.setdefault(model, {})
@@ -79,7 +86,7 @@ def pick(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
 
 
 def _check(
-    model: nn.Module,
+    model: TransformerLM,
     tokens: Tensor,
     max_new_tokens: int,
     temperature: float,
@@ -97,7 +104,7 @@ def _check(
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    vocab = model.head.out_features  # type: ignore[union-attr]
+    vocab = model.head.out_features
     if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
@@ -123,7 +130,7 @@ def _check(
 
 @torch.no_grad()
 def generate(
-    model: nn.Module,
+    model: TransformerLM,
     tokens: Tensor,
     max_new_tokens: int,
     *,
