@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
 from ..functional.absolute import sinusoidal_table
+from ..functional.tables import rows_at
 
 
 class Sinusoidal(PositionEncoding):
@@ -18,8 +19,9 @@ class Sinusoidal(PositionEncoding):
         dim: model width (odd widths allowed: the last even index gets its sine).
         base: wavelength base, 10000 in the paper.
         dropout: dropout on the sum, as in the paper.
-        cache_len: the table is precomputed (float64 math, stored float32) for positions ``0 .. cache_len-1``;
-            longer sequences and explicit positions are computed on the fly. A speed knob only.
+        cache_len: the table is precomputed (float64 math, stored float32) for positions ``0 .. cache_len-1``
+            and read by index for any positions inside it (decoding, per-row offsets); positions outside are
+            computed on the fly, exactly (:func:`posenc.functional.tables.rows_at`). A speed knob only.
 
     Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)`` in ``x.dtype``.
     """
@@ -50,8 +52,15 @@ class Sinusoidal(PositionEncoding):
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
         else:
             pos = as_positions(positions, seq, x.device)  # (1|B, S)
-            pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
+            if x.dtype == torch.float64:  # finer than the float32 table: compute
+                pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
+            else:
+                (pe,) = rows_at(pos, self.cache_len, (self.table,), self._exact)  # (1|B, S, dim) float32
+                pe = pe.to(x.dtype)
         return self.dropout(x + pe)
+
+    def _exact(self, positions: Tensor) -> tuple[Tensor]:
+        return (sinusoidal_table(positions, self.dim, self.base),)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
         return self.embed(x, positions)

@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from . import bench, compare, plot
+from . import bench, compare, generate, plot
 
 #: The subcommands, in ``posenc --help`` order.
-SUBCOMMANDS = (bench, compare, plot)
+SUBCOMMANDS = (bench, compare, generate, plot)
 
 
 def build_parser() -> argparse.ArgumentParser:

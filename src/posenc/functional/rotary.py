@@ -123,6 +123,42 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
     return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
 
 
+def rope_full_tables(cos: Tensor, sin: Tensor, interleaved: bool = False) -> tuple[Tensor, Tensor]:
+    """Full-width tables for :func:`apply_rope_full`: ``(..., P)`` cos/sin -> ``(..., R)`` ``cos_full``, ``sin_rot``.
+
+    ``cos_full`` holds each pair's cosine on both members; ``sin_rot`` its sine with the sign of the rotation
+    folded in (``-sin`` on the first member, ``+sin`` on the second), in the pair layout of ``interleaved``.
+    """
+    if interleaved:
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def apply_rope_full(x: Tensor, cos_full: Tensor, sin_rot: Tensor, interleaved: bool = False) -> Tensor:
+    """:func:`apply_rope` for ``R = D`` in four elementwise passes: ``x * cos_full + swap(x) * sin_rot``.
+
+    ``swap`` exchanges the members of each pair (a roll by ``P`` for the half layout, a flip of each pair for
+    the interleaved one). Every output element is the same IEEE sum of the same two products as in
+    :func:`apply_rope` (``a*c - b*s == a*c + b*(-s)`` exactly), so the results are bitwise equal; only the
+    number of kernel launches drops, which is what a one-token decode step pays for.
+
+    Args:
+        x: ``(..., S, D)``; cos_full, sin_rot: ``(..., S, D)`` broadcastable, from :func:`rope_full_tables`.
+    """
+    if cos_full.shape[-1] != x.shape[-1]:
+        raise ValueError(f"full-width tables cover {cos_full.shape[-1]} dims but x has {x.shape[-1]}")
+    dt = _compute_dtype(x)
+    xr = x if x.dtype == dt else x.to(dt)
+    if cos_full.dtype != dt:
+        cos_full, sin_rot = cos_full.to(dt), sin_rot.to(dt)
+    if interleaved:
+        swapped = xr.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    else:
+        swapped = xr.roll(x.shape[-1] // 2, dims=-1)  # (x2, x1)
+    out = xr * cos_full + swapped * sin_rot
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
 def apply_rope_reference(x: Tensor, angles: Tensor, interleaved: bool = False) -> Tensor:
     """The obvious definition, for tests: multiply each pair, seen as a complex number, by ``e^(i*angle)``.
 

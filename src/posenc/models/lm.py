@@ -160,6 +160,12 @@ class TransformerLM(nn.Module):
             x = block(x, positions, mask, None if caches is None else caches[i])
         return self.head(self.norm(x))  # (B, S, V)
 
+    def generate(self, tokens: Tensor, max_new_tokens: int, **options: Any) -> Tensor:
+        """Sample a continuation ``(B, S + n)``; see :func:`posenc.models.generate.generate` for ``options``."""
+        from .generate import generate
+
+        return generate(self, tokens, max_new_tokens, **options)
+
 
 def _init(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):

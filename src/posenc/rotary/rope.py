@@ -9,8 +9,15 @@ import torch
 from torch import Tensor
 
 from ..base import PositionEncoding
-from ..functional.rotary import check_rotary_dim, rope_cos_sin, rope_inv_freq
-from ..kernels import check_impl, rope_qk
+from ..functional.rotary import (
+    apply_rope_full,
+    check_rotary_dim,
+    rope_cos_sin,
+    rope_full_tables,
+    rope_inv_freq,
+)
+from ..functional.tables import rows_at
+from ..kernels import AUTO_COMPILED_MIN_NUMEL, check_impl, rope_qk
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
@@ -23,8 +30,10 @@ class RoPE(PositionEncoding):
         rotary_dim: rotate only the first ``R`` dims (partial rotary, e.g. GPT-NeoX); even, ``<= D``.
         interleaved: pair ``(x[2i], x[2i+1])`` as in the paper and GPT-J; default pairs ``(x[i], x[i+R/2])``
             as GPT-NeoX and Llama in transformers.
-        cache_len: cos/sin are precomputed for positions ``0 .. cache_len-1``; other positions are computed
-            on the fly, exactly. A speed knob only: no position is ever out of range.
+        cache_len: cos/sin are precomputed for positions ``0 .. cache_len-1``, read by index for any positions
+            inside (decoding at an offset, per-row offsets, packed sequences) and computed exactly outside;
+            see :func:`posenc.functional.tables.rows_at` for how that is decided without a device sync.
+            A speed knob only: no position is ever out of range.
         scaling: context extension, a :class:`posenc.RopeScaling` (``LinearScaling``, ``NTKScaling``,
             ``DynamicNTKScaling``, ``YaRNScaling``, ``Llama3Scaling``, ``LongRoPEScaling``) or a transformers-style
             dict ``{"rope_type": "yarn", "factor": 4.0, ...}``; None for plain RoPE. See
@@ -32,6 +41,11 @@ class RoPE(PositionEncoding):
             frequencies per call from ``max(position) + 1``, without touching module state.
         impl: how the rotation runs: "auto" (fastest correct path for the device and dtype), "reference"
             (always :func:`posenc.functional.apply_rope`), "compiled" or "triton"; see ``posenc.kernels``.
+
+    Small calls (a decode step) on CPU and under ``torch.compile`` rotate with full-width tables
+    (:func:`posenc.functional.rotary.apply_rope_full`, bitwise equal to the reference, fewer passes); the
+    table ``rot_table (cache_len, 2, R)`` (``cos_full`` and ``sin_rot`` of each position, read in one gather)
+    doubles the precomputed memory for that.
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
     module; the rotation runs in float32 and returns the input dtype.
@@ -46,6 +60,7 @@ class RoPE(PositionEncoding):
     inv_freq: Tensor
     cos_cached: Tensor
     sin_cached: Tensor
+    rot_table: Tensor
 
     def __init__(
         self,
@@ -81,11 +96,13 @@ class RoPE(PositionEncoding):
         return 1.0 if self.scaling is None else self.scaling.attention_factor_value()
 
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
-        """``inv_freq (R/2,)`` in the phase dtype and float32 ``cos_cached``/``sin_cached (cache_len, R/2)``."""
+        """``inv_freq (R/2,)`` in the phase dtype, float32 ``cos_cached``/``sin_cached (cache_len, R/2)`` and
+        ``rot_table (cache_len, 2, R)``: their full-width forms ``cos_full``, ``sin_rot`` (:func:`rope_full_tables`)."""
         inv_freq = self.compute_inv_freq(device)
         pos = torch.arange(self.cache_len, device=device)
         cos, sin = rope_cos_sin(pos, inv_freq, scale=self.attention_scale)
-        return {"inv_freq": inv_freq, "cos_cached": cos, "sin_cached": sin}
+        rot_table = torch.stack(rope_full_tables(cos, sin, self.interleaved), dim=-2)
+        return {"inv_freq": inv_freq, "cos_cached": cos, "sin_cached": sin, "rot_table": rot_table}
 
     def with_scaling(self, scaling: RopeScaling | Mapping[str, Any] | None) -> RoPE:
         """A RoPE like this one (head_dim, base, rotary_dim, layout, cache, impl, device) with ``scaling`` instead.
@@ -107,15 +124,42 @@ class RoPE(PositionEncoding):
     # -- math ------------------------------------------------------------------------------------------
     def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
+        return self._tables(seq_len, positions, device, full=False)
+
+    def _tables(
+        self, seq_len: int, positions: Tensor | None, device: torch.device, full: bool
+    ) -> tuple[Tensor, Tensor]:
+        """cos/sin (``full=False``, ``(.., R/2)``) or cos_full/sin_rot (``full=True``, ``(.., R)``) at ``positions``.
+
+        Inside the table (and for scalings whose frequencies do not depend on the length) rows are read by
+        index via :func:`rows_at`; elsewhere they are computed exactly from ``inv_freq`` in float64.
+        """
+        cached: tuple[Tensor, ...] = (self.rot_table,) if full else (self.cos_cached, self.sin_cached)
         if positions is None:
-            if seq_len <= self._static_len():
-                return self.cos_cached[:seq_len], self.sin_cached[:seq_len]
+            if seq_len <= self._static_len() and cached[0].device == device:
+                if full:
+                    cos, sin = cached[0][:seq_len].unbind(-2)
+                    return cos, sin
+                return cached[0][:seq_len], cached[1][:seq_len]
             positions = torch.arange(seq_len, device=device)
         positions = positions.to(device)
-        cos, sin = rope_cos_sin(positions, self.inv_freq_for(positions), scale=self.attention_scale)
-        if cos.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return cos, sin
+        if positions.dim() == 2:  # (B, S) -> (B, 1, S): tables come out (B, 1, S, .), broadcast over heads
+            positions = positions.unsqueeze(1)
+
+        def exact(pos: Tensor) -> tuple[Tensor, ...]:
+            cos, sin = rope_cos_sin(pos, self.inv_freq_for(pos), scale=self.attention_scale)
+            if full:
+                return (torch.stack(rope_full_tables(cos, sin, self.interleaved), dim=-2),)
+            return cos, sin
+
+        if self.scaling is not None and self.scaling.length_dependent:
+            tables = list(exact(positions))
+        else:
+            tables = rows_at(positions, self.cache_len, cached, exact)
+        if full:
+            cos, sin = tables[0].unbind(-2)
+            return cos, sin
+        return tables[0], tables[1]
 
     def _static_len(self) -> int:
         """Lengths up to this one may use the cached tables."""
@@ -135,8 +179,20 @@ class RoPE(PositionEncoding):
             raise ValueError(
                 f"RoPE built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}"
             )
+        if self._full_width(q, k):
+            cos_full, sin_rot = self._tables(q.shape[-2], positions, q.device, full=True)
+            return _rotate_full(q, k, cos_full, sin_rot, self.interleaved)
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
         return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
+
+    def _full_width(self, q: Tensor, k: Tensor) -> bool:
+        """Whether ``auto`` rotates with the full-width tables: all dims rotated, and either tracing (inductor
+        fuses either form) or a call too small for a fused kernel off CUDA (eager launches dominate)."""
+        if self.impl != "auto" or self.rotary_dim != self.head_dim:
+            return False
+        if torch.compiler.is_compiling():
+            return True
+        return q.device.type != "cuda" and q.numel() + k.numel() < AUTO_COMPILED_MIN_NUMEL
 
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """Rotate ``q: (B, H, S, D)`` and ``k: (B, Hkv, S, D)`` at ``positions`` (default ``0..S-1``)."""
@@ -147,3 +203,15 @@ class RoPE(PositionEncoding):
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
             f"interleaved={self.interleaved}" + ("" if self.scaling is None else f", scaling={self.scaling}")
         )
+
+
+def _rotate_full(
+    q: Tensor, k: Tensor, cos_full: Tensor, sin_rot: Tensor, interleaved: bool
+) -> tuple[Tensor, Tensor]:
+    """q and k through :func:`apply_rope_full`, as one tensor when they share batch, length and dtype."""
+    if q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and q.dtype == k.dtype:
+        both = apply_rope_full(torch.cat((q, k), dim=1), cos_full, sin_rot, interleaved)  # (B, H+Hkv, S, D)
+        return both[:, : q.shape[1]], both[:, q.shape[1] :]
+    return apply_rope_full(q, cos_full, sin_rot, interleaved), apply_rope_full(
+        k, cos_full, sin_rot, interleaved
+    )

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from ..functional.rotary import apply_rope, check_rotary_dim, phase_dtype, rope_cos_sin, rope_inv_freq
+from ..functional.tables import host_in_range, rows_at
 
 
 def xpos_zeta(head_dim: int, gamma: float, device: torch.device | None = None) -> Tensor:
@@ -69,7 +70,10 @@ class XPos(PositionEncoding):
 
     Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``. The scaled phase
     tables for positions ``0 .. cache_len-1`` are precomputed (float64 math, stored float32, rebuilt never cast
-    when the module moves); explicit positions are computed per call. Outputs keep the input dtype.
+    when the module moves) and read by index for explicit positions inside them (decoding); positions outside
+    are computed exactly per call (:func:`posenc.functional.tables.rows_at`). The range check against
+    :meth:`max_offset` is free for positions inside the table (their span is known on the host); outside it
+    costs a sync in eager mode (none under ``torch.compile``, where it is skipped). Outputs keep the input dtype.
     Only meaningful with ``causal=True``: for keys after the query the factor grows instead of decaying.
     """
 
@@ -145,6 +149,15 @@ class XPos(PositionEncoding):
                 f"raise scale_base, or run in float32"
             )
 
+    def _exact(self, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        inv_freq, zeta = self.inv_freq.to(positions.device), self.zeta.to(positions.device)
+        return xpos_cos_sin(positions, inv_freq, zeta, self.scale_base, self.center)
+
+    def _span_fits(self, length: int, dtype: torch.dtype) -> bool:
+        """Whether every position in ``0 .. length-1`` passes the range check in ``dtype`` (host arithmetic)."""
+        span = max(abs(self.center), abs(length - 1 - self.center))
+        return not dtype.is_floating_point or span <= self.max_offset(dtype)
+
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
             raise ValueError(
@@ -153,16 +166,17 @@ class XPos(PositionEncoding):
         seq = q.shape[-2]
         if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
             cq, sq, ck, sk = self.cos_q[:seq], self.sin_q[:seq], self.cos_k[:seq], self.sin_k[:seq]
-            span = max(abs(self.center), abs(seq - 1 - self.center))  # known without a device sync
-            if q.dtype.is_floating_point and span > self.max_offset(q.dtype):
+            if not self._span_fits(seq, q.dtype):
                 self._check_range(torch.tensor([0, seq - 1]), q.dtype)  # raises with the full message
         else:
             pos = torch.arange(seq, device=q.device) if positions is None else positions.to(q.device)
-            self._check_range(pos, q.dtype)
-            inv_freq, zeta = self.inv_freq.to(q.device), self.zeta.to(q.device)
-            cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
-            if cq.dim() == 3:  # (B, S, P) -> (B, 1, S, P), broadcast over heads
-                cq, sq, ck, sk = (t.unsqueeze(1) for t in (cq, sq, ck, sk))
+            if pos.dim() == 2:  # (B, S) -> (B, 1, S): tables come out (B, 1, S, P), broadcast over heads
+                pos = pos.unsqueeze(1)
+            in_table = bool(self.cache_len) and host_in_range(pos, self.cache_len) is True
+            if not (in_table and self._span_fits(self.cache_len, q.dtype)):
+                self._check_range(pos, q.dtype)
+            tables = (self.cos_q, self.sin_q, self.cos_k, self.sin_k)
+            cq, sq, ck, sk = rows_at(pos, self.cache_len, tables, self._exact)
         return apply_rope(q, cq, sq, self.interleaved), apply_rope(k, ck, sk, self.interleaved)
 
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]

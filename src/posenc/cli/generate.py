@@ -1,0 +1,55 @@
+"""``posenc generate``: sample bytes from a model trained by ``posenc compare``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("generate", help="continue a prompt with a trained checkpoint (bytes in, bytes out)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt written by posenc compare")
+    p.add_argument("--prompt", type=str, required=True, help="text to continue (encoded as UTF-8 bytes)")
+    p.add_argument("--tokens", type=int, default=200, help="bytes to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    p.add_argument("--scaling", type=str, default=None, help="RoPE context extension at inference, e.g. yarn")
+    p.add_argument("--compile", action="store_true", help="compile the decode step (torch.compile)")
+    p.add_argument("--device", type=str, default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..experiments.checkpoints import load_model
+
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be a positive number of bytes, got {args.tokens}")
+    prompt = args.prompt.encode("utf-8")
+    if not prompt:
+        raise ValueError("--prompt must not be empty")
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+    model, ckpt = load_model(args.checkpoint, args.device)
+    torch.manual_seed(args.seed)
+    tokens = torch.tensor([list(prompt)], dtype=torch.long, device=args.device)
+    options = {"temperature": args.temperature, "top_k": args.top_k, "compile": args.compile}
+    if args.scaling is None:
+        out = model.generate(tokens, args.tokens, **options)
+    else:
+        from ..experiments.evaluate import rope_extensions, rope_scaled
+
+        methods = rope_extensions()
+        if args.scaling not in methods:
+            raise ValueError(f"--scaling must be one of {', '.join(sorted(methods))}, got {args.scaling!r}")
+        train_len = int(ckpt["config"]["train"].get("train_len", 128))
+        scaling = methods[args.scaling].extension(train_len, max(tokens.shape[1] + args.tokens, train_len))
+        with rope_scaled(model, scaling) as scaled:
+            out = scaled.generate(tokens, args.tokens, **options)
+    sys.stdout.buffer.write(bytes(out[0, len(prompt) :].tolist()))
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+    return 0

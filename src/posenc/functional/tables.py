@@ -1,0 +1,74 @@
+"""Reading precomputed position tables by index, exactly, without a device sync.
+
+Encodings precompute their phase tables (RoPE cos/sin, xPos scaled cos/sin, sinusoidal rows) for positions
+``0 .. length-1``. At decode time every call brings explicit positions (the cache offset, per-row offsets
+under left padding, packed sequences); recomputing float64 phases for them costs more than the whole
+rotation, while reading the table rows is one gather. Positions outside the table must still give the exact
+values, and deciding which case holds must not stall an accelerator.
+
+:func:`rows_at` picks one of two exact strategies:
+
+* **host check (eager, CPU positions)**: ``aminmax`` of the positions and a comparison on the host. On
+  CPU there is no device queue to drain, so this is not a sync; it costs one tiny reduction (about 2 µs),
+  far less than the float64 phase math it saves. In range: a plain gather. Out of range: the exact path.
+* **gather-and-select (tracing, accelerators, meta)**: gather at ``positions.clamp(0, length-1)`` and
+  ``torch.where(inside, gathered, exact)``. Data-independent control flow: no sync, no graph break, no
+  recompilation when the position values change; under ``torch.compile`` inductor fuses the gather, the
+  exact math and the select into one kernel, and under CUDA graphs it replays as is. In eager on a GPU
+  it launches the exact math too (asynchronously); the compiled decode step is the fast route there.
+
+Both return, for every position, exactly what the exact function returns for that position, because the
+tables were built by the same exact function (tested in ``tests/functional/test_tables.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+Exact = Callable[[Tensor], Sequence[Tensor]]
+
+
+def host_in_range(positions: Tensor, length: int) -> bool | None:
+    """True/False when ``0 <= positions < length`` can be decided on the host for free, else None.
+
+    Decided only for CPU tensors in eager mode (no device to sync with); None under tracing, on
+    accelerators, on the meta device and for empty tensors.
+    """
+    if torch.compiler.is_compiling() or positions.device.type != "cpu" or positions.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(positions)
+    return lo.item() >= 0 and hi.item() < length
+
+
+def rows_at(positions: Tensor, length: int, tables: Sequence[Tensor], exact: Exact) -> list[Tensor]:
+    """Rows of ``tables`` at ``positions``, or what ``exact(positions)`` gives where a row is missing.
+
+    Args:
+        positions: ``(..., S)`` integer positions, any values (negative and past the table included).
+        length: rows the tables hold (positions ``0 .. length-1``); 0 means no table.
+        tables: ``(length, *F)`` tensors, row ``p`` equal to ``exact`` at position ``p``.
+        exact: positions ``(..., S)`` -> one ``(..., S, *F)`` tensor per table, any positions.
+
+    Returns:
+        one ``(..., S, *F)`` tensor per table, in the tables' dtype.
+    """
+    if length <= 0 or positions.device.type == "meta" or tables[0].device != positions.device:
+        return [e.to(t.dtype) for e, t in zip(exact(positions), tables, strict=True)]
+    inside = host_in_range(positions, length)
+    if inside is True:
+        return [t[positions] for t in tables]
+    if inside is False:
+        return [e.to(t.dtype) for e, t in zip(exact(positions), tables, strict=True)]
+    idx = positions.clamp(0, length - 1)
+    keep = ((positions >= 0) & (positions < length)).unsqueeze(-1)
+    out = []
+    for t, e in zip(tables, exact(positions), strict=True):
+        k = keep.reshape(keep.shape + (1,) * (t.dim() - 2))  # broadcast over the row's trailing dims
+        out.append(torch.where(k, t[idx], e.to(t.dtype)))
+    return out
+
+
+__all__ = ["host_in_range", "rows_at"]

@@ -1,0 +1,185 @@
+"""Autoregressive sampling from a :class:`posenc.models.TransformerLM`: prefill, then one token at a time.
+
+Keys and values go to preallocated :class:`posenc.attention.static_cache.StaticKVCache` s (one per layer,
+written in place at a tensor index), positions and masks are tensors, so every decode step has the same
+shapes and the same Python values: ``compile=True`` compiles the step once (``fullgraph=True``; on CUDA with
+``mode="reduce-overhead"``, i.e. replayed as a CUDA graph) and reuses it for every token and every later call
+with the same batch, length, dtype and device.
+
+Batches of prompts of different lengths are left-padded: ``prompt_mask`` marks the real tokens, each row's
+positions count only those (so a padded row decodes exactly like the same prompt alone), and padding slots
+are hidden from attention by the mask.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..attention.static_cache import StaticKVCache
+
+if TYPE_CHECKING:
+    from .lm import TransformerLM
+
+Step = Callable[[Tensor, Tensor], Tensor]
+
+
+class _Decoder:
+    """Caches, padding mask and (compiled) step of one model for one (batch, max_len, dtype, device)."""
+
+    def __init__(
+        self, model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
+    ):
+        self.model, self.max_len = model, max_len
+        self.caches = [StaticKVCache(max_len) for _ in model.blocks]
+        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)  # False: padding slots
+        self.step: Step = self._step
+        if compile:
+            backend = "inductor" if compile is True else str(compile)
+            mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+            self.step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+
+    def _step(self, token: Tensor, pos: Tensor) -> Tensor:
+        """``token, pos: (B, 1)`` -> next-token logits ``(B, V)``; writes the token's keys at the next slot."""
+        keep = self.caches[0].keep_mask(self.valid, 1)  # (B, 1, 1, max_len)
+        return self.model(token, positions=pos, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
+
+    def prefill(self, tokens: Tensor, positions: Tensor, prompt_mask: Tensor) -> Tensor:
+        """Reset, run the prompt ``(B, S)`` through the model (eager) and return the last logits ``(B, V)``."""
+        for c in self.caches:
+            c.reset()
+        self.valid.fill_(True)
+        self.valid[:, : tokens.shape[1]] = prompt_mask
+        keep = self.caches[0].keep_mask(self.valid, tokens.shape[1])  # (B, 1, S, max_len)
+        return self.model(tokens, positions=positions, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
+
+
+_DECODERS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple[Any, ...], _Decoder]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _decoder(
+    model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
+) -> _Decoder:
+    key = (batch, max_len, device, next(model.parameters()).dtype, compile)
+    table = _DECODERS.setdefault(model, {})
+    if key not in table:
+        table[key] = _Decoder(model, batch, max_len, device, compile)
+    return table[key]
+
+
+def pick(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    """Next tokens ``(B,)`` from logits ``(B, V)``: argmax at temperature 0, else a sample from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` largest (all if None)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1).squeeze(-1)
+
+
+def _check(
+    model: TransformerLM,
+    tokens: Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    prompt_mask: Tensor | None,
+    max_len: int | None,
+) -> tuple[Tensor, int]:
+    """Validate everything before any work; return the prompt mask and the cache length."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+        got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be an integer tensor (batch, seq), got {got}")
+    if tokens.shape[1] == 0:
+        raise ValueError("tokens must hold at least one prompt token per row, got seq=0")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    vocab = model.head.out_features
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise ValueError(f"tokens must lie in [0, {vocab}) (the model's vocabulary)")
+    mask = torch.ones_like(tokens, dtype=torch.bool) if prompt_mask is None else prompt_mask
+    if mask.dtype != torch.bool or mask.shape != tokens.shape:
+        raise ValueError(
+            f"prompt_mask must be a bool tensor shaped like tokens {tuple(tokens.shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError(
+            "prompt_mask must be left padding: per row, False (padding) then True (tokens) to the end"
+        )
+    need = tokens.shape[1] + max_new_tokens
+    if max_len is not None and need > max_len:
+        raise ValueError(
+            f"the cache would overflow: prompt {tokens.shape[1]} + max_new_tokens {max_new_tokens} = {need} "
+            f"tokens, but max_len={max_len}; raise max_len or ask for fewer tokens"
+        )
+    return mask.to(tokens.device), need if max_len is None else max_len
+
+
+@torch.no_grad()
+def generate(
+    model: TransformerLM,
+    tokens: Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    eos: int | None = None,
+    compile: bool | str = False,
+    prompt_mask: Tensor | None = None,
+    max_len: int | None = None,
+) -> Tensor:
+    """Continue ``tokens`` by ``max_new_tokens`` tokens. Call ``model.eval()`` first (dropout is not touched).
+
+    Args:
+        model: a :class:`posenc.models.TransformerLM` (any registered encoding).
+        tokens: ``(B, S)`` prompt token ids, left-padded when rows differ in length.
+        max_new_tokens: tokens to add (fewer when every row has produced ``eos``).
+        temperature: 0 for greedy (argmax), else the softmax temperature of the samples.
+        top_k: sample among the ``top_k`` most likely tokens only (None: all).
+        eos: a token id that ends a row; later tokens of that row are ``eos``. Stopping early when all rows
+            are done costs one host sync per step, so only when ``eos`` is given.
+        compile: True compiles the decode step with inductor (once per batch/length/dtype/device); a string
+            names another ``torch.compile`` backend (``"eager"``, ``"aot_eager"`` for quick checks).
+        prompt_mask: ``(B, S)`` bool, True on real tokens and False on the left padding; None = no padding.
+        max_len: cache slots per layer (default ``S + max_new_tokens``); too few raises ``ValueError`` before
+            any work is done.
+
+    Returns:
+        ``(B, S + n)`` int64: the prompt followed by the ``n <= max_new_tokens`` new tokens.
+    """
+    mask, slots = _check(model, tokens, max_new_tokens, temperature, top_k, prompt_mask, max_len)
+    tokens = tokens.long()
+    b, s = tokens.shape
+    dec = _decoder(model, b, slots, tokens.device, compile)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): real tokens count from 0
+    nxt = pick(dec.prefill(tokens, positions, mask), temperature, top_k)  # (B,)
+    pos = positions[:, -1:] + 1  # (B, 1) position of the token fed next
+    done = None if eos is None else nxt == eos
+    out = [nxt]
+    for _ in range(max_new_tokens - 1):
+        if done is not None and bool(done.all()):
+            break
+        logits = dec.step(nxt.unsqueeze(-1), pos)  # (B, V)
+        nxt = pick(logits, temperature, top_k)
+        if done is not None and eos is not None:
+            nxt = torch.where(done, eos, nxt)
+            done = done | (nxt == eos)
+        out.append(nxt)
+        pos = pos + 1
+    return torch.cat((tokens, torch.stack(out, dim=-1)), dim=-1)
+
+
+__all__ = ["generate", "pick"]

@@ -1,0 +1,108 @@
+"""Table lookups at explicit positions (the decode fast path) against the exact float64 computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import posenc
+from posenc.functional import tables as tables_mod
+from posenc.functional.rotary import (
+    apply_rope,
+    apply_rope_full,
+    apply_rope_reference,
+    rope_cos_sin,
+    rope_full_tables,
+)
+from posenc.rotary import xpos as xpos_mod
+from posenc.rotary.xpos import xpos_cos_sin
+
+CACHE = 64
+CASES = {
+    "inside": torch.tensor([[0, 5, 63]]),
+    "outside": torch.tensor([[64, 1000, 70000]]),
+    "mixed": torch.tensor([[3, 64, 10**6]]),
+    "per_row": torch.tensor([[0, 1, 2], [61, 62, 63], [63, 64, 65]]),
+    "negative": torch.tensor([[-3, 0, 7]]),
+}
+
+
+@pytest.fixture(params=["host_check", "gather_select"])
+def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each test with the CPU host check and with the sync-free gather-and-select path."""
+    if request.param == "gather_select":
+        monkeypatch.setattr(tables_mod, "host_in_range", lambda positions, length: None)
+        monkeypatch.setattr(xpos_mod, "host_in_range", lambda positions, length: None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rope_lookup_equals_exact(strategy: str, case: str, interleaved: bool) -> None:
+    torch.manual_seed(0)
+    rope = posenc.RoPE(16, cache_len=CACHE, interleaved=interleaved)
+    pos = CASES[case]
+    b = pos.shape[0]
+    q, k = torch.randn(b, 4, 3, 16), torch.randn(b, 2, 3, 16)
+    cos, sin = rope.cos_sin(3, pos, q.device)
+    want = rope_cos_sin(pos, rope.inv_freq)
+    torch.testing.assert_close(cos, want[0].unsqueeze(1), atol=0, rtol=0)  # the same float32 values
+    torch.testing.assert_close(sin, want[1].unsqueeze(1), atol=0, rtol=0)
+    q2, k2 = rope(q, k, pos)  # full-width decode path (small, CPU)
+    angles = (pos.double().unsqueeze(-1) * rope.inv_freq).unsqueeze(1)  # (B, 1, S, P) float64
+    torch.testing.assert_close(q2, apply_rope_reference(q, angles, interleaved), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k2, apply_rope_reference(k, angles, interleaved), atol=1e-5, rtol=1e-5)
+    assert torch.equal(q2, apply_rope(q, cos, sin, interleaved))  # bitwise: same products, same sums
+    assert torch.equal(k2, apply_rope(k, cos, sin, interleaved))
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_apply_rope_full_is_bitwise_apply_rope(interleaved: bool) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.bfloat16)
+    cos, sin = rope_cos_sin(torch.arange(5) * 37, posenc.functional.rope_inv_freq(8))
+    assert torch.equal(
+        apply_rope_full(x, *rope_full_tables(cos, sin, interleaved), interleaved),
+        apply_rope(x, cos, sin, interleaved),
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_xpos_lookup_equals_exact(strategy: str, case: str) -> None:
+    torch.manual_seed(0)
+    xp = posenc.XPos(16, cache_len=CACHE)
+    pos = CASES[case].clamp(max=30_000)  # xPos represents |position| <= 35,694 in float32
+    b = pos.shape[0]
+    q, k = torch.randn(b, 4, 3, 16), torch.randn(b, 4, 3, 16)
+    got_q, got_k = xp(q, k, pos)
+    cq, sq, ck, sk = (t.unsqueeze(1) for t in xpos_cos_sin(pos, xp.inv_freq, xp.zeta, xp.scale_base))
+    assert torch.equal(got_q, apply_rope(q, cq, sq)) and torch.equal(got_k, apply_rope(k, ck, sk))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sinusoidal_lookup_equals_exact(strategy: str, case: str) -> None:
+    enc = posenc.Sinusoidal(12, cache_len=CACHE)
+    pos = CASES[case]
+    x = torch.zeros(pos.shape[0], 3, 12)
+    want = posenc.functional.sinusoidal_table(pos.double(), 12, dtype=torch.float64)  # float64 formula
+    torch.testing.assert_close(enc(x, pos), want.float(), atol=1e-7, rtol=0)
+
+
+def test_rope_lookup_under_compile_does_not_recompile() -> None:
+    """Compiled rotation at changing positions (inside and outside the table): exact, one graph."""
+    rope = posenc.RoPE(16, cache_len=CACHE)
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+    torch._dynamo.reset()
+    counts: list[int] = []
+
+    def backend(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> object:
+        counts.append(1)
+        return gm.forward
+
+    fn = torch.compile(rope.rotate, backend=backend, fullgraph=True)
+    for p in (3, 40, 63, 64, 5000):
+        pos = torch.tensor([[p]])
+        got = fn(q, k, pos)
+        want = rope.rotate(q, k, pos)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert len(counts) == 1

@@ -1,0 +1,83 @@
+"""generate: prefill + static-cache decoding against full forwards over the growing sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import posenc
+from posenc.models import TransformerLM
+
+
+def _model(name: str) -> TransformerLM:
+    torch.manual_seed(0)
+    return TransformerLM(name, dim=32, depth=2, heads=2).eval()
+
+
+def _greedy_full(model: TransformerLM, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """The slow obvious reference: a full forward over the whole sequence for every new token."""
+    seq = tokens
+    with torch.no_grad():
+        for _ in range(n):
+            seq = torch.cat((seq, model(seq)[:, -1].argmax(-1, keepdim=True)), dim=-1)
+    return seq
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_greedy_generate_equals_full_forwards(name: str) -> None:
+    model = _model(name)
+    tokens = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.generate(tokens, 6, temperature=0), _greedy_full(model, tokens, 6))
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_left_padded_row_decodes_like_the_prompt_alone(name: str) -> None:
+    model = _model(name)
+    short = torch.tensor([[7, 8, 9]])
+    long = torch.tensor([[1, 2, 3, 4, 5]])
+    batch = torch.cat((torch.cat((torch.zeros(1, 2, dtype=torch.long), short), dim=-1), long))
+    mask = batch != 0
+    mask[1] = True
+    out = model.generate(batch, 5, temperature=0, prompt_mask=mask)
+    assert torch.equal(out[0, 5:], _greedy_full(model, short, 5)[0, 3:])
+    assert torch.equal(out[1], _greedy_full(model, long, 5)[0])
+
+
+@pytest.mark.parametrize("name", ["rope", "alibi", "xpos", "sinusoidal"])
+def test_compiled_step_gives_the_eager_tokens_with_one_graph(name: str) -> None:
+    model = _model(name)
+    tokens = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(2))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    got = model.generate(tokens, 6, temperature=0, compile="aot_eager")
+    again = model.generate(tokens, 6, temperature=0, compile="aot_eager")  # reuses the compiled step
+    assert torch.equal(got, model.generate(tokens, 6, temperature=0)) and torch.equal(got, again)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
+    model = _model("rope")
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="cache would overflow.*max_len=8"):
+        model.generate(tokens, 5, max_len=8)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(tokens, 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(tokens, 5, top_k=0)
+    with pytest.raises(ValueError, match="left padding"):
+        model.generate(tokens, 5, prompt_mask=torch.tensor([[True, True, False, True]]))
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.generate(tokens + 300, 5)
+    assert calls == []
+
+
+def test_sampling_top_k_1_is_greedy_and_eos_stops() -> None:
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(4))
+    greedy = model.generate(tokens, 6, temperature=0)
+    assert torch.equal(model.generate(tokens, 6, temperature=0.7, top_k=1), greedy)
+    eos = int(greedy[0, 4])  # row 0's first new token
+    out = model.generate(tokens, 6, temperature=0, eos=eos)
+    assert (out[0, 4:] == eos).all()
