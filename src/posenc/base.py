@@ -195,7 +195,7 @@ def as_positions(positions: Tensor | None, seq_len: int, device: torch.device, o
     """Normalize user positions to ``(1|B, S)`` long, or build the default; raise on a length mismatch."""
     if positions is None:
         return default_positions(seq_len, device, offset)
-    if positions.is_floating_point() or positions.is_complex():
+    if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
     if positions.dim() == 1:
         positions = positions.unsqueeze(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
+from ..validation import check_bool, check_float, check_int
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
 from .inputs import AttentionInputs, keep_mask
@@ -42,7 +43,13 @@ class Attention(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        kv_heads = heads if kv_heads is None else kv_heads
+        dim = check_int("dim", dim, at_least=1, owner="Attention")
+        heads = check_int("heads", heads, at_least=1, owner="Attention")
+        kv_heads = (
+            heads if kv_heads is None else check_int("kv_heads", kv_heads, at_least=1, owner="Attention")
+        )
+        causal = check_bool("causal", causal, owner="Attention")
+        dropout = check_float("dropout", dropout, at_least=0, at_most=1, owner="Attention")
         if heads <= 0 or dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if kv_heads <= 0 or heads % kv_heads:

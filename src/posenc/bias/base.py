@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..base import PositionEncoding, ScoreMod
+from ..validation import check_int
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
 
@@ -35,9 +36,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def __init__(self, heads: int) -> None:
         super().__init__()
-        if not isinstance(heads, int) or heads <= 0:
-            raise ValueError(f"heads must be a positive integer, got {heads!r}")
-        self.heads = heads
+        self.heads = check_int("heads", heads, at_least=1, owner=type(self).__name__)
 
     @abstractmethod
     def tables(self) -> tuple[Tensor, ...]:

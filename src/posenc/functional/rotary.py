@@ -13,6 +13,9 @@ Shape key: ``B`` batch, ``H`` heads, ``S`` sequence, ``D`` head_dim, ``R`` rotar
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -45,6 +48,10 @@ def rope_inv_freq(
         ``(P,)`` tensor, float64 unless ``dtype`` says otherwise.
     """
     check_rotary_dim(rotary_dim)
+    if isinstance(base, bool) or not isinstance(base, (numbers.Real, Tensor)):
+        raise TypeError(f"RoPE base must be a number, got {base!r}")
+    if not isinstance(base, Tensor) and not math.isfinite(base):
+        raise ValueError(f"RoPE base must be a finite number > 1, got {base}")
     if base <= 1.0:
         raise ValueError(f"RoPE base must be > 1, got {base}")
     dev = torch.device("cpu") if device is None else torch.device(device)

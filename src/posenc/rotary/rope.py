@@ -11,6 +11,7 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..functional.rotary import check_rotary_dim, rope_cos_sin, rope_inv_freq
 from ..kernels import check_impl, rope_qk
+from ..validation import check_bool, check_int, check_position_range, check_positions, check_rotatable
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
@@ -59,6 +60,9 @@ class RoPE(PositionEncoding):
     ) -> None:
         super().__init__()
         self.impl = check_impl(impl)
+        head_dim = check_int("head_dim", head_dim, at_least=2, owner="RoPE")
+        interleaved = check_bool("interleaved", interleaved, owner="RoPE")
+        cache_len = check_int("cache_len", cache_len, at_least=0, owner="RoPE")
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
         check_rotary_dim(rotary_dim, head_dim)
         self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
@@ -131,10 +135,9 @@ class RoPE(PositionEncoding):
         return scaled_inv_freq(self.scaling, self.rotary_dim, self.base, seq_len, self.inv_freq.device)[0]
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(
-                f"RoPE built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}"
-            )
+        check_rotatable("RoPE", self.head_dim, q, k)
+        check_positions("RoPE", positions, q.shape[-2], q.shape[0])
+        check_position_range(positions, q.shape[-2])
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
         return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
 
