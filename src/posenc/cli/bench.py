@@ -11,7 +11,10 @@ import torch
 def run(args: argparse.Namespace) -> int:
     from ..bench import SUITES
     from ..bench.runner import environment, markdown_report, write_report
+    from ..experiments.checkpoints import check_out_dir
 
+    if args.out is not None:
+        check_out_dir(args.out)  # before the suites run, not after
     names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
     suites = {n: SUITES.get(n) for n in names}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
