@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import CompareConfig, run_compare
+    from ..experiments.dist import resolve_device
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, data=args.data)
     names = None if args.encodings is None else [n.strip() for n in args.encodings.split(",") if n.strip()]
     check_out_dir(args.out)
+    resolve_device(args.device)  # a bad --device is refused before the folder is touched
     main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its rank 0
     with run_lock(args.out) if main_rank else contextlib.nullcontext():
         results = run_compare(
