@@ -148,7 +148,9 @@ class TransformerLM(nn.Module):
         """``tokens: (B, S)`` -> logits ``(B, S, V)``; with ``caches`` the tokens continue the cached ones."""
         b, s = tokens.shape
         if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
+            raise ValueError(
+                f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}"
+            )
         offset = 0 if caches is None else len(caches[0])
         if positions is not None:
             positions = as_positions(positions, s, tokens.device)  # (1|B, S)

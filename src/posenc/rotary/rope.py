@@ -11,7 +11,14 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..functional.rotary import check_rotary_dim, rope_cos_sin, rope_inv_freq
 from ..kernels import check_impl, rope_qk
-from ..validation import check_bool, check_int, check_position_range, check_positions, check_rotatable
+from ..validation import (
+    check_bool,
+    check_float,
+    check_int,
+    check_position_range,
+    check_positions,
+    check_rotatable,
+)
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
@@ -61,6 +68,7 @@ class RoPE(PositionEncoding):
         super().__init__()
         self.impl = check_impl(impl)
         head_dim = check_int("head_dim", head_dim, at_least=2, owner="RoPE")
+        base = check_float("base", base, above=1, owner="RoPE")
         interleaved = check_bool("interleaved", interleaved, owner="RoPE")
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="RoPE")
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
