@@ -123,6 +123,26 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
         ValueError,
         ["one KVCache per layer", "2"],
     ),
+    (
+        "sinusoidal positions batch 3 for 2",
+        lambda: posenc.Sinusoidal(16).embed(torch.randn(2, 5, 16), torch.zeros(3, 5, dtype=torch.long)),
+        ValueError,
+        ["1 or 2"],
+    ),
+    (
+        "attention x 2-d",
+        lambda: posenc.Attention(64, 4)(torch.randn(5, 64)),
+        ValueError,
+        ["(batch, seq, 64)"],
+    ),
+    (
+        "apply_rope int x",
+        lambda: posenc.functional.apply_rope(
+            torch.ones(1, 4, dtype=torch.long), torch.ones(1, 2), torch.ones(1, 2)
+        ),
+        TypeError,
+        ["floating-point"],
+    ),
     ("train seed 2**70", lambda: TrainConfig(seed=2**70), ValueError, ["seed", "2**32"]),
     ("train lr nan", lambda: TrainConfig(lr=NAN), ValueError, ["lr", "finite"]),
     ("train steps 1.5", lambda: TrainConfig(steps=1.5), TypeError, ["steps"]),  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ class LearnedAbsolute(PositionEncoding):
                 f"sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
                 "use a larger max_len or an encoding that extrapolates"
             )
-        pos = as_positions(positions, seq, x.device)  # (1|B, S)
+        pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
         if positions is not None and not torch.compiler.is_compiling():
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_len:

@@ -52,7 +52,7 @@ class Sinusoidal(PositionEncoding):
         if positions is None and seq <= self.cache_len:
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
         else:
-            pos = as_positions(positions, seq, x.device)  # (1|B, S)
+            pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
             pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
         return self.dropout(x + pe)
 

@@ -82,12 +82,14 @@ class Attention(nn.Module):
             mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, S, K)``, ``K`` counting cached keys.
             cache: a :class:`KVCache` to read and extend (incremental decoding).
         """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
-        explicit = None if positions is None else as_positions(positions, s, x.device)  # (1|B, S)
+        explicit = None if positions is None else as_positions(positions, s, x.device, batch=b)  # (1|B, S)
         if explicit is None and offset:
             explicit = default_positions(s, x.device, offset)
         q, k = self.position.rotate(q, k, explicit)

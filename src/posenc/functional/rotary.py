@@ -69,7 +69,7 @@ def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
 
     Returns:
         ``(..., S, P)`` angles in the phase dtype, in ``[-pi, pi)`` so that a float32 cos/sin afterwards stays
-        exact to float32 rounding at any position.
+        exact to float32 rounding (within 2e-7 for |position| <= 2**31, see ``ROPE_MAX_POSITION``).
     """
     dt = phase_dtype(inv_freq.device)
     angles = positions.to(dt).unsqueeze(-1) * inv_freq.to(dt)
@@ -110,6 +110,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
     Returns:
         Tensor shaped like ``x``.
     """
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"apply_rope: x must be a floating-point tensor, got {x.dtype}")
     if cos.shape != sin.shape:
         raise ValueError(
             f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"

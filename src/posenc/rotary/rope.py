@@ -32,7 +32,7 @@ class RoPE(PositionEncoding):
         interleaved: pair ``(x[2i], x[2i+1])`` as in the paper and GPT-J; default pairs ``(x[i], x[i+R/2])``
             as GPT-NeoX and Llama in transformers.
         cache_len: cos/sin are precomputed for positions ``0 .. cache_len-1``; other positions are computed
-            on the fly, exactly. A speed knob only: no position is ever out of range.
+            on the fly, exactly. A speed knob only: it limits no position.
         scaling: context extension, a :class:`posenc.RopeScaling` (``LinearScaling``, ``NTKScaling``,
             ``DynamicNTKScaling``, ``YaRNScaling``, ``Llama3Scaling``, ``LongRoPEScaling``) or a transformers-style
             dict ``{"rope_type": "yarn", "factor": 4.0, ...}``; None for plain RoPE. See
@@ -42,7 +42,10 @@ class RoPE(PositionEncoding):
             (always :func:`posenc.functional.apply_rope`), "compiled" or "triton"; see ``posenc.kernels``.
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
-    module; the rotation runs in float32 and returns the input dtype.
+    module; the rotation runs in float32 and returns the input dtype. Positions must satisfy
+    ``|p| <= 2**31`` (``posenc.validation.ROPE_MAX_POSITION``): there cos/sin are within 2e-7 of exact; the
+    float64 product's error grows like ``|p| * 2**-53`` beyond (1e-4 at 1e12). Larger positions raise
+    ``ValueError`` where checking costs no device sync (default, CPU or int32 positions).
 
     Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``.
     """
