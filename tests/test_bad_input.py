@@ -143,6 +143,19 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
         TypeError,
         ["floating-point"],
     ),
+    (
+        "lm vocab_size 0",
+        lambda: TransformerLM(vocab_size=0, dim=16, depth=1, heads=2),
+        ValueError,
+        ["vocab_size"],
+    ),
+    (
+        "lm float tokens",
+        lambda: TransformerLM(vocab_size=11, dim=16, depth=1, heads=2)(torch.zeros(1, 3)),
+        ValueError,
+        ["integer ids", "float32"],
+    ),
+    ("alibi bias q_len 2.5", lambda: posenc.ALiBi(2).bias(2.5, 3), TypeError, ["q_len", "2.5"]),  # type: ignore[arg-type]
     ("train seed 2**70", lambda: TrainConfig(seed=2**70), ValueError, ["seed", "2**32"]),
     ("train lr nan", lambda: TrainConfig(lr=NAN), ValueError, ["lr", "finite"]),
     ("train steps 1.5", lambda: TrainConfig(steps=1.5), TypeError, ["steps"]),  # type: ignore[arg-type]
@@ -349,6 +362,7 @@ CLI_CASES = [
         ["compare", "--out", "{tmp}/o", "--encodings", "nope"],
         ["unknown encoding"],
     ),
+    ("bench device meta", ["bench", "--quick", "--device", "meta"], ["--device meta"]),
     ("bench out is a file", ["bench", "--quick", "--out", "{afile}"], ["is a file"]),
     ("plot out is a file", ["plot", "--out", "{afile}"], ["is a file"]),
 ]

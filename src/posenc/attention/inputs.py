@@ -77,14 +77,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> None:
             want = ", ".join(" or ".join(str(n) for n in sorted(set(a))) for a in leading)
             raise ValueError(f"attention: {name} must have shape ({want}, {last[0]}) here, got {shape}")
         if t.device != q.device:
-            raise ValueError(
-                f"attention: {name} are on {t.device} but q on {q.device}; put them on one device"
-            )
+            raise ValueError(f"attention: {name} on {t.device} but q on {q.device}; put them on one device")
     for name, t in (("k", k), ("v", v)):
         if t.device != q.device:
-            raise ValueError(
-                f"attention: {name} is on {t.device} but q on {q.device}; put them on one device"
-            )
+            raise ValueError(f"attention: {name} on {t.device} but q on {q.device}; put them on one device")
 
 
 def causal_keep(q_len: int, k_len: int, device: torch.device) -> Tensor:

@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import SUITES
     from ..bench.runner import environment, markdown_report, write_report
     from ..experiments.checkpoints import check_out_dir
+    from ..experiments.dist import resolve_device
 
     if args.out is not None:
         check_out_dir(args.out)  # before the suites run, not after
     names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
     suites = {n: SUITES.get(n) for n in names}
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    device = str(resolve_device(args.device or "auto"))  # a name torch knows, with data (not meta)
     report = {
         "environment": environment(device, args.quick),
         "suites": {name: suites[name](args.quick, device) for name in names},
