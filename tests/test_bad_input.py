@@ -1,5 +1,5 @@
-"""Bad input and file safety (issue #12): every case is refused with the right exception and words, nothing is
-silently wrong, the CLI prints one line and exits non-zero, and no file is written through a link."""
+"""Bad input (issue #12): a table of bad inputs -> exception and words (library, every attention backend alike),
+and the CLI: one line on stderr, a non-zero exit, no traceback. File safety: tests/experiments/test_file_safety.py."""
 
 from __future__ import annotations
 
