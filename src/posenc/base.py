@@ -191,16 +191,25 @@ def default_positions(seq_len: int, device: torch.device, offset: int = 0) -> Te
     return torch.arange(offset, offset + seq_len, device=device).unsqueeze(0)
 
 
-def as_positions(positions: Tensor | None, seq_len: int, device: torch.device, offset: int = 0) -> Tensor:
-    """Normalize user positions to ``(1|B, S)`` long, or build the default; raise on a length mismatch."""
+def as_positions(
+    positions: Tensor | None,
+    seq_len: int,
+    device: torch.device,
+    offset: int = 0,
+    batch: int | None = None,
+) -> Tensor:
+    """Normalize user positions to ``(1|B, S)`` long, or build the default; raise on a length (or, when
+    ``batch`` is given, batch) mismatch and on non-integer (bool, float, complex) positions."""
     if positions is None:
         return default_positions(seq_len, device, offset)
-    if positions.is_floating_point() or positions.is_complex():
+    if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
     if positions.dim() == 1:
         positions = positions.unsqueeze(0)
-    if positions.dim() != 2 or positions.shape[-1] != seq_len:
+    rows_ok = batch is None or positions.dim() != 2 or positions.shape[0] in (1, batch)
+    if positions.dim() != 2 or positions.shape[-1] != seq_len or not rows_ok:
+        rows = "batch" if batch is None else f"1 or {batch}"
         raise ValueError(
-            f"positions must be (seq,) or (batch, seq) with seq={seq_len}, got {tuple(positions.shape)}"
+            f"positions must be (seq,) or ({rows}, seq) with seq={seq_len}, got {tuple(positions.shape)}"
         )
     return positions.to(device=device, dtype=torch.long)

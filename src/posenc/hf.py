@@ -4,7 +4,7 @@
   ``partial_rotary_factor``, ``head_dim``, ``rope_parameters`` in transformers 5 or ``rope_scaling`` in 4.x,
   every ``rope_type`` posenc knows).
 * :func:`apply_rope`: swap a loaded Llama-family model's rotary embedding for a posenc RoPE with a given
-  scaling (YaRN, Llama 3, LongRoPE, ...), without retraining. Angles are then float64 (exact at any position)
+  scaling (YaRN, Llama 3, LongRoPE, ...), without retraining. Angles are then float64 (exact to float32 rounding up to position 2**31)
   instead of transformers' float32 product.
 
 transformers is not imported here: configs and models are used through their attributes, so this module

@@ -103,7 +103,9 @@ class Sizes:
         value = getattr(self, field)
         if value is None:
             raise ValueError(f"encoding {self.name!r} needs {field}=...; pass it to posenc.build")
-        return int(value)
+        from .validation import check_int
+
+        return check_int(field, value, at_least=1, owner=f"build({self.name!r})")
 
 
 #: Every encoding class with a ``name``, registered when the class is defined.
@@ -143,6 +145,11 @@ def build(
         ValueError: unknown name, a needed size missing, or ``dim`` not divisible by ``heads``.
     """
     cls = encoding_class(name)
+    from .validation import check_int
+
+    for field, value in (("dim", dim), ("heads", heads), ("head_dim", head_dim)):
+        if value is not None:
+            check_int(field, value, at_least=1, owner=f"build({name!r})")
     if head_dim is None and dim is not None and heads is not None:
         if heads <= 0 or dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")

@@ -66,3 +66,19 @@ def test_preallocated_cache_refuses_to_overflow_and_resets() -> None:
         torch.testing.assert_close(attn(x, cache=cache), first)
     with pytest.raises(ValueError, match="max_len"):
         posenc.KVCache(max_len=0)
+
+
+@pytest.mark.parametrize("max_len", [None, 8])
+def test_reset_then_decode_equals_a_fresh_cache(max_len: int | None) -> None:
+    """Both kinds of cache: after ``reset`` no old key, value or position is left to attend to."""
+    attn = posenc.Attention(16, 2, position=posenc.RoPE(8)).eval()
+    old, new = torch.randn(1, 5, 16), torch.randn(1, 4, 16)
+    used, fresh = posenc.KVCache(max_len), posenc.KVCache(max_len)
+    with torch.no_grad():
+        attn(old, cache=used)
+        used.reset()
+        assert len(used) == 0
+        after_reset = [attn(new[:, i : i + 1], cache=used) for i in range(4)]
+        expected = [attn(new[:, i : i + 1], cache=fresh) for i in range(4)]
+    assert len(used) == len(fresh) == 4
+    torch.testing.assert_close(torch.cat(after_reset, 1), torch.cat(expected, 1), atol=0, rtol=0)

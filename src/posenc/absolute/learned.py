@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
+from ..validation import check_int
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -22,8 +23,8 @@ class LearnedAbsolute(PositionEncoding):
 
     def __init__(self, dim: int, max_len: int = 2048) -> None:
         super().__init__()
-        if dim <= 0 or max_len <= 0:
-            raise ValueError(f"dim and max_len must be positive, got dim={dim}, max_len={max_len}")
+        dim = check_int("dim", dim, at_least=1, owner="LearnedAbsolute")
+        max_len = check_int("max_len", max_len, at_least=1, owner="LearnedAbsolute")
         self.dim, self.max_len = dim, max_len
         self.table = nn.Embedding(max_len, dim)
         nn.init.normal_(self.table.weight, std=0.02)
@@ -44,7 +45,7 @@ class LearnedAbsolute(PositionEncoding):
                 f"sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
                 "use a larger max_len or an encoding that extrapolates"
             )
-        pos = as_positions(positions, seq, x.device)  # (1|B, S)
+        pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
         if positions is not None and not torch.compiler.is_compiling():
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_len:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..base import PositionEncoding, as_positions
 from ..functional.absolute import sinusoidal_table
 from ..functional.tables import rows_at
+from ..validation import check_float, check_int
 
 
 class Sinusoidal(PositionEncoding):
@@ -34,8 +35,10 @@ class Sinusoidal(PositionEncoding):
 
     def __init__(self, dim: int, base: float = 10000.0, dropout: float = 0.0, cache_len: int = 2048) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
+        dim = check_int("dim", dim, at_least=1, owner="Sinusoidal")
+        base = check_float("base", base, above=0, owner="Sinusoidal")
+        dropout = check_float("dropout", dropout, at_least=0, at_most=1, owner="Sinusoidal")
+        cache_len = check_int("cache_len", cache_len, at_least=0, owner="Sinusoidal")
         self.dim, self.base, self.cache_len = dim, base, cache_len
         self.dropout = nn.Dropout(dropout)
         self.register_derived()
@@ -51,7 +54,7 @@ class Sinusoidal(PositionEncoding):
         if positions is None and seq <= self.cache_len:
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
         else:
-            pos = as_positions(positions, seq, x.device)  # (1|B, S)
+            pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
             if x.dtype == torch.float64:  # finer than the float32 table: compute
                 pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
             else:

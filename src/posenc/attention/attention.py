@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
+from ..validation import check_bool, check_float, check_int
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
 from .inputs import AttentionInputs, keep_mask
@@ -42,7 +43,13 @@ class Attention(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        kv_heads = heads if kv_heads is None else kv_heads
+        dim = check_int("dim", dim, at_least=1, owner="Attention")
+        heads = check_int("heads", heads, at_least=1, owner="Attention")
+        kv_heads = (
+            heads if kv_heads is None else check_int("kv_heads", kv_heads, at_least=1, owner="Attention")
+        )
+        causal = check_bool("causal", causal, owner="Attention")
+        dropout = check_float("dropout", dropout, at_least=0, at_most=1, owner="Attention")
         if heads <= 0 or dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if kv_heads <= 0 or heads % kv_heads:
@@ -75,12 +82,14 @@ class Attention(nn.Module):
             mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, S, K)``, ``K`` counting cached keys.
             cache: a :class:`KVCache` to read and extend (incremental decoding).
         """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
-        explicit = None if positions is None else as_positions(positions, s, x.device)  # (1|B, S)
+        explicit = None if positions is None else as_positions(positions, s, x.device, batch=b)  # (1|B, S)
         if explicit is None and offset:
             explicit = default_positions(s, x.device, offset)
         q, k = self.position.rotate(q, k, explicit)

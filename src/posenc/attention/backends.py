@@ -19,7 +19,7 @@ from torch import Tensor
 from ..fallback import Fallback
 from ..registry import Registry
 from .flex import flex_attention_backend, needs_grad, supports_flex
-from .inputs import AttentionInputs, Backend, full_keep
+from .inputs import AttentionInputs, Backend, check_inputs, full_keep
 
 
 def repeat_kv(x: Tensor, heads: int) -> Tensor:
@@ -30,6 +30,7 @@ def repeat_kv(x: Tensor, heads: int) -> Tensor:
 
 def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """Reference: explicit ``(B, H, Q, K)`` logits, softmax in float32 or better, rows with no visible key give 0."""
+    check_inputs(q, k, v, ctx)
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, K, D)
     acc = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 or better
     logits = (q @ k.transpose(-1, -2)).to(acc) * q.shape[-1] ** -0.5  # (B, H, Q, K)
@@ -50,6 +51,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """``scaled_dot_product_attention``; a bias (if any) and the masks go in as one float ``attn_mask``."""
+    check_inputs(q, k, v, ctx)
     if ctx.position.needs_probs:
         raise ValueError(f"{type(ctx.position).__name__} needs the attention weights; use backend='math'")
     gqa = k.shape[1] != q.shape[1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..validation import check_int
+
 
 class KVCache:
     """Keys (after ``rotate``), values and key positions of the tokens seen so far, for one attention layer.
@@ -21,8 +23,8 @@ class KVCache:
     """
 
     def __init__(self, max_len: int | None = None) -> None:
-        if max_len is not None and max_len <= 0:
-            raise ValueError(f"max_len must be a positive number of tokens or None, got {max_len}")
+        if max_len is not None:
+            max_len = check_int("max_len (tokens, or None to grow)", max_len, at_least=1, owner="KVCache")
         self.max_len = max_len
         self.k: Tensor | None = None
         self.v: Tensor | None = None

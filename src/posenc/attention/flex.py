@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..base import PositionEncoding, ScoreMod
-from .inputs import AttentionInputs
+from .inputs import AttentionInputs, check_inputs
 
 log = logging.getLogger(__name__)
 BLOCK = 128
@@ -76,6 +76,7 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         ValueError: the encoding needs the attention weights (use ``math``), dropout is on (use ``sdpa``), or
             gradients are wanted on CPU (no FlexAttention backward there).
     """
+    check_inputs(q, k, v, ctx)
     if ctx.position.needs_probs:
         raise ValueError(f"{type(ctx.position).__name__} needs the attention weights; use backend='math'")
     if ctx.dropout_p > 0:

@@ -36,6 +36,53 @@ class AttentionInputs:
     training: bool = False
 
 
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> None:
+    """The one check every backend runs first, so ``math``, ``sdpa`` and ``flex`` accept and refuse the same inputs.
+
+    ``q (B, H, Q, D)``, ``k (B, G, K, D)``, ``v (B, G, K, Dv)`` floating-point of one dtype with ``H % G == 0``;
+    positions ``(1|B, Q)`` and ``(1|B, K)``; keep-mask ``(1|B, 1|H, 1|Q, K)`` bool; all on ``q``'s device.
+    Raises ``ValueError`` (``TypeError`` for dtypes) naming the tensor, its shape and the accepted one.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(
+                f"attention: {name} must be 4-d (batch, heads, seq, head_dim), got {tuple(t.shape)}"
+            )
+        if not t.dtype.is_floating_point or t.dtype != q.dtype:
+            raise TypeError(
+                f"attention: q, k and v must share one floating-point dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+            )
+    b, h, q_len, d = q.shape
+    g, k_len = k.shape[1], k.shape[2]
+    if k.shape[0] != b or v.shape[0] != b or v.shape[1] != g or v.shape[2] != k_len or k.shape[-1] != d:
+        raise ValueError(
+            f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)} "
+            "(same batch; same key heads and keys for k and v; k's head_dim equal to q's)"
+        )
+    if h % g:
+        raise ValueError(f"attention: {h} query heads are not a multiple of {g} key/value heads")
+    tensors: list[tuple[str, Tensor, tuple[int, ...], tuple[tuple[int, ...], ...]]] = [
+        ("query positions", ctx.q_pos, (q_len,), ((1, b),)),
+        ("key positions", ctx.k_pos, (k_len,), ((1, b),)),
+    ]
+    if ctx.keep is not None:
+        if ctx.keep.dtype != torch.bool:
+            raise TypeError(f"attention: mask must be a bool tensor (True = attend), got {ctx.keep.dtype}")
+        tensors.append(("mask", ctx.keep, (k_len,), ((1, b), (1, h), (1, q_len))))
+    for name, t, last, leading in tensors:
+        shape = tuple(t.shape)
+        ok = t.dim() == len(leading) + 1 and shape[-1:] == last
+        ok = ok and all(n in allowed for n, allowed in zip(shape[:-1], leading, strict=False))
+        if not ok:
+            want = ", ".join(" or ".join(str(n) for n in sorted(set(a))) for a in leading)
+            raise ValueError(f"attention: {name} must have shape ({want}, {last[0]}) here, got {shape}")
+        if t.device != q.device:
+            raise ValueError(f"attention: {name} on {t.device} but q on {q.device}; put them on one device")
+    for name, t in (("k", k), ("v", v)):
+        if t.device != q.device:
+            raise ValueError(f"attention: {name} on {t.device} but q on {q.device}; put them on one device")
+
+
 def causal_keep(q_len: int, k_len: int, device: torch.device) -> Tensor:
     """``(Q, K)`` bool: query ``i`` sees key ``j`` when ``j <= i + K - Q`` (the last query sees every key)."""
     i = torch.arange(q_len, device=device).unsqueeze(-1)  # (Q, 1)
@@ -58,8 +105,9 @@ def keep_mask(mask: Tensor | None, k_len: int) -> Tensor | None:
         return None
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = attend), got {mask.dtype}")
-    if mask.shape[-1] != k_len:
-        raise ValueError(f"mask covers {mask.shape[-1]} keys but there are {k_len} (cached + new)")
+    if mask.dim() == 0 or mask.shape[-1] != k_len:
+        got = tuple(mask.shape)
+        raise ValueError(f"mask {got} must cover the {k_len} keys (cached + new) in its last dim")
     if mask.dim() == 2:
         return mask[:, None, None, :]  # (B, 1, 1, K)
     if mask.dim() == 4:

@@ -134,9 +134,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``bench.json`` and ``bench.md`` into ``out_dir`` (created if needed); return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``bench.json`` and ``bench.md`` into ``out_dir`` (created if needed), atomically and never through a
+    link (:mod:`posenc.experiments.checkpoints`); return their paths."""
+    from ..experiments.checkpoints import check_out_dir, write_text
+
+    check_out_dir(out_dir)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(markdown_report(report))
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(md_path, markdown_report(report))
     return json_path, md_path

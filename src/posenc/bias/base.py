@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..base import PositionEncoding, ScoreMod
+from ..validation import check_int
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
 
@@ -41,9 +42,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def __init__(self, heads: int) -> None:
         super().__init__()
-        if not isinstance(heads, int) or heads <= 0:
-            raise ValueError(f"heads must be a positive integer, got {heads!r}")
-        self.heads = heads
+        self.heads = check_int("heads", heads, at_least=1, owner=type(self).__name__)
 
     @abstractmethod
     def tables(self) -> tuple[Tensor, ...]:
@@ -130,8 +129,10 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
         """``(heads, q_len, k_len)`` float32 bias: queries at ``offset ... offset+q_len-1``, keys at ``0 ... k_len-1``."""
-        if q_len < 0 or k_len < 0 or offset < 0:
-            raise ValueError(f"q_len, k_len and offset must be >= 0, got {q_len}, {k_len}, {offset}")
+        q_len, k_len, offset = (
+            check_int(n, v, at_least=0, owner=f"{type(self).__name__}.bias")
+            for n, v in (("q_len", q_len), ("k_len", k_len), ("offset", offset))
+        )
         dev = self.device
         q_pos = torch.arange(offset, offset + q_len, device=dev).unsqueeze(0)  # (1, Q)
         k_pos = torch.arange(k_len, device=dev).unsqueeze(0)  # (1, K)

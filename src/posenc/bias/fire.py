@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.bias import fire_input, fire_mlp_unrolled
+from ..validation import check_float, check_int
 from .base import BiasEncoding
 
 
@@ -38,10 +39,10 @@ class FIRE(BiasEncoding):
         eps: float = 1e-6,
     ) -> None:
         super().__init__(heads)
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
-        if init_c <= 0 or init_threshold < 0:
-            raise ValueError(f"init_c must be > 0 and init_threshold >= 0, got {init_c} and {init_threshold}")
+        width = check_int("width", width, at_least=1, owner="FIRE")
+        init_c = check_float("init_c", init_c, above=0, owner="FIRE")
+        init_threshold = check_float("init_threshold", init_threshold, at_least=0, owner="FIRE")
+        eps = check_float("eps", eps, above=0, owner="FIRE")
         self.width, self.init_threshold, self.eps = width, float(init_threshold), eps
         self.hidden = nn.Linear(1, width)
         self.out = nn.Linear(width, heads)

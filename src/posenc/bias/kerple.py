@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.bias import kerple_bias
+from ..validation import check_float
 from .base import BiasEncoding
 
 KINDS = ("log", "power")
@@ -32,8 +33,7 @@ class Kerple(BiasEncoding):
         super().__init__(heads)
         if kind not in KINDS:
             raise ValueError(f"Kerple kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        eps = check_float("eps", eps, above=0, owner="Kerple")
         self.kind, self.eps = kind, eps
         self.r1 = nn.Parameter(torch.rand(heads) * 2 + eps)
         self.r2 = nn.Parameter(torch.rand(heads) + eps)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.bias import check_t5, lookup_bias, t5_distance_buckets
+from ..validation import check_bool, check_int
 from .base import BiasEncoding
 
 
@@ -35,6 +36,9 @@ class T5Bias(BiasEncoding):
         self, heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
     ) -> None:
         super().__init__(heads)
+        num_buckets = check_int("num_buckets", num_buckets, owner="T5Bias")
+        max_distance = check_int("max_distance", max_distance, owner="T5Bias")
+        bidirectional = check_bool("bidirectional", bidirectional, owner="T5Bias")
         check_t5(num_buckets, max_distance, bidirectional)
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
         self.embedding = nn.Embedding(num_buckets, heads)

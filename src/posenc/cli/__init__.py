@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # expected failures: one line, no traceback
         print(f"posenc {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = getattr(args, "interrupted", None)
+        detail = f"; {kept(args)}" if callable(kept) else ""
+        print(f"posenc {args.command}: interrupted{detail}", file=sys.stderr)
+        return 130

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def run_suite(
     name: str, suite: Callable[[bool, str], list[dict[str, Any]]], quick: bool, device: str
@@ -28,12 +26,14 @@ def run_suite(
 def run(args: argparse.Namespace) -> int:
     from ..bench import SUITES
     from ..bench.runner import environment, markdown_report, write_report
+    from ..experiments.checkpoints import check_out_dir
+    from ..experiments.dist import resolve_device
 
+    if args.out is not None:
+        check_out_dir(args.out)  # before the suites run, not after
     names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
     suites = {n: SUITES.get(n) for n in names}
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    device = str(resolve_device(args.device or "auto"))  # a name torch knows, with data (not meta)
     report = {
         "environment": environment(device, args.quick),
         "suites": {name: run_suite(name, suites[name], args.quick, device) for name in names},

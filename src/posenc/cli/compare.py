@@ -6,6 +6,7 @@ Also runs data-parallel: ``torchrun --nproc_per_node N -m posenc compare ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -36,7 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=_kept)
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted comparison keeps (``posenc`` prints it after Ctrl-C)."""
+    return (
+        f"the checkpoints of finished encodings are kept in {args.out / 'checkpoints'}; "
+        "rerun the same command to resume"
+    )
 
 
 def _threads() -> int:
@@ -48,7 +57,9 @@ def _threads() -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import CompareConfig, run_compare
+    from ..experiments.dist import resolve_device
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
@@ -61,9 +72,13 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, data=args.data)
     names = None if args.encodings is None else [n.strip() for n in args.encodings.split(",") if n.strip()]
-    results = run_compare(
-        cfg, encodings=names, out=args.out, device=args.device, progress=not args.no_progress
-    )
+    check_out_dir(args.out)
+    resolve_device(args.device)  # a bad --device is refused before the folder is touched
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its rank 0
+    with run_lock(args.out) if main_rank else contextlib.nullcontext():
+        results = run_compare(
+            cfg, encodings=names, out=args.out, device=args.device, progress=not args.no_progress
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         from ..experiments.report import table
 

@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiments.checkpoints import check_out_dir, save_figure
     from ..plots import relative_index_figure, rope_decay_figure, sinusoidal_figure
 
+    check_out_dir(args.out)
     if args.dim <= 1 or args.dim % 2:
         raise ValueError(f"--dim must be an even number >= 2, got {args.dim}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -29,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         "relative_index.png": relative_index_figure(12, args.max_distance),
     }
     for name, fig in figures.items():
-        fig.savefig(args.out / name)
+        save_figure(fig, args.out / name)
         print(args.out / name)
     return 0

@@ -3,14 +3,18 @@ checkpoints (``torch.save`` dicts loaded with ``weights_only=True``).
 
 Every file is written to a unique temporary in its target folder, then renamed over the target: a run killed
 mid-write leaves the old file or none, never half of one, and a link at the target is replaced, never written
-through.
+through (the temporary is created with ``O_EXCL``, so a link planted at its name is refused, not followed).
+:func:`check_out_dir` validates an output folder before any work and :func:`run_lock` keeps two runs from
+writing into one folder at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ def _atomic(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # mkstemp gives 0600, which would hide results from everyone else
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -35,6 +41,12 @@ def _atomic(path: Path, write: Any) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _unlink_quietly(path: str) -> None:
@@ -63,6 +75,64 @@ def save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
     """``fig.savefig`` to ``path`` atomically (the format from the suffix)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     _atomic(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+# -- output folders ---------------------------------------------------------------------------------------
+def check_out_dir(out: Path, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be made or written (a file, under a file, no permission): before any
+    work, so a long run never fails at its last step. Creates nothing. Returns ``out`` as a :class:`Path`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file; give a folder (it is created if missing)")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{option} {out} cannot be created: {existing} is a file, not a folder")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {out}: no permission to write in {existing}; choose another folder")
+    return out
+
+
+LOCK_NAME = ".posenc.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (the file ``out/.posenc.lock``, created, never followed if a link) while
+    the block runs; a second run on the same folder is refused at once with ``ValueError``.
+
+    The lock is an OS file lock (``flock``): the kernel releases it when the process ends, however it ends, so a
+    killed run leaves no stale lock. Where ``fcntl`` is missing (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    out = check_out_dir(out, option)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        raise ValueError(
+            f"cannot open the lock file {path} ({err.strerror}); if it is a link, delete it"
+        ) from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another posenc run is writing to {option} {out} (it holds {path}); wait for it to finish, "
+                f"or choose another {option}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # -- configuration fingerprints ---------------------------------------------------------------------------
@@ -98,12 +168,28 @@ def check_run_folder(out: Path, fp: dict[str, Any], *, write: bool) -> None:
         raise ValueError(f"--out {out} is a file; give a folder (it is created if missing)")
     path = out / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = _read_config(path)
         diffs = config_differences(old, fp)
         if diffs:
             raise refusal(out, diffs)
     elif write:
         write_text(path, json.dumps(fp, indent=2) + "\n")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        old = json.loads(path.read_bytes())
+    except (ValueError, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable run configuration ({type(err).__name__}); restore it, or delete "
+            f"{path.parent} (or pass a new --out) to start over"
+        ) from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path} is not a run configuration (not a JSON object); restore it or delete it")
+    return old
+
+
+_RETRAIN = "delete it and rerun to retrain that encoding (the other checkpoints are kept)"
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------
@@ -119,10 +205,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors of many kinds: one clear message
-        raise ValueError(f"{path} is not a readable posenc checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # unpickling errors of many kinds: one clear message (torch's own text suggests
+        # weights_only=False, which would run code from the file: not shown)
+        raise ValueError(
+            f"{path} is corrupt, truncated or not a posenc checkpoint ({type(err).__name__}); {_RETRAIN}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "encoding" not in ckpt:
-        raise ValueError(f"{path} is not a posenc checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ValueError(f"{path} is not a posenc checkpoint (format {CHECKPOINT_FORMAT}); {_RETRAIN}")
     return ckpt
 
 

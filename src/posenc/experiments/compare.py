@@ -27,6 +27,7 @@ import torch
 from .. import available
 from ..models import TransformerLM
 from .checkpoints import (
+    check_out_dir,
     check_run_folder,
     config_differences,
     json_roundtrip,
@@ -194,15 +195,21 @@ def load_run(name: str, ctx: RunContext) -> tuple[TransformerLM, EncodingRun] | 
             ctx.out, diffs or [f"checkpoint {path.name}: not a posenc compare checkpoint of {name!r}"]
         )
     model = build_model(name, ctx.cfg.train)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        run = EncodingRun(
+            list(ckpt["losses"]),
+            float(ckpt["train_seconds"]),
+            float(ckpt["eval_seconds"]),
+            dict(ckpt["perplexity"]),
+            resumed=True,
+        )
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}); delete it and rerun to retrain "
+            f"{name} (the other checkpoints are kept)"
+        ) from None
     model.to(ctx.device).eval()
-    run = EncodingRun(
-        list(ckpt["losses"]),
-        float(ckpt["train_seconds"]),
-        float(ckpt["eval_seconds"]),
-        dict(ckpt["perplexity"]),
-        resumed=True,
-    )
     log.info("%s: loaded %s (trained %.0f s)", name, path, run.train_seconds)
     return model, run
 
@@ -298,6 +305,7 @@ def run_compare(
         ValueError: unknown encodings, bad data, or ``out`` holding a run with another configuration.
     """
     start = time.perf_counter()
+    check_out_dir(Path(out))  # before any work
     cfg = CompareConfig() if cfg is None else cfg
     names = check_encodings(default_encodings() if encodings is None else encodings)
     base_device = resolve_device(device)

@@ -66,7 +66,8 @@ class Corpus:
 
 def path_hash(relpath: str) -> float:
     """A number in ``[0, 1)`` from the SHA-256 of ``relpath``: the same on every machine and Python."""
-    return int(hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:12], 16) / 16**12
+    # surrogateescape: a file name that is not UTF-8 hashes its raw bytes (valid names are unchanged)
+    return int(hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16) / 16**12
 
 
 def is_validation(relpath: str, val_fraction: float) -> bool:
@@ -98,11 +99,16 @@ def text_files(root: Path) -> list[tuple[str, Path]]:
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file():
             continue
-        with p.open("rb") as fh:
-            if b"\0" in fh.read(_SNIFF):
-                continue
+        if _is_binary(p):
+            continue
         found.append((rel.as_posix(), p))
     return sorted(found)
+
+
+def _is_binary(path: Path) -> bool:
+    """Whether ``path`` holds a NUL byte in its first bytes (text files never do)."""
+    with path.open("rb") as fh:
+        return b"\0" in fh.read(_SNIFF)
 
 
 def load_corpus(
@@ -138,6 +144,11 @@ def load_corpus(
         if not root.exists():
             raise ValueError(
                 f"--data {str(path)!r} does not exist; give a text file or a folder of text files"
+            )
+        if root.is_file() and _is_binary(root):
+            raise ValueError(
+                f"--data {str(path)!r} is a binary file (it holds NUL bytes); give a text file or a folder "
+                "(folders skip their binary files)"
             )
         files = [(root.name, root)] if root.is_file() else text_files(root)
         source = str(root)

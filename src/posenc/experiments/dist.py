@@ -99,6 +99,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"--device {device!r} is not a device name (try cpu, cuda, cuda:1 or auto)") from err
+    if dev.type == "meta":
+        raise ValueError("--device meta holds no data, so nothing can run on it; use cpu, cuda or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
     return dev

@@ -24,9 +24,12 @@ from tqdm.auto import tqdm
 
 from ..models import TransformerLM
 from ..registry import encoding_class
+from ..validation import check_bool, check_float, check_int
 from .dist import SINGLE, World
 
 log = logging.getLogger(__name__)
+#: Seeds are below this (batch ``t`` seeds a generator with ``seed * 1_000_003 + t``, which must fit 64 bits).
+MAX_SEED = 2**32
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), at_least=1)
+        for name in ("lr", "warmup_fraction", "min_lr_ratio", "weight_decay", "grad_clip"):
+            check_float(name, getattr(self, name), at_least=0)
+        check_bool("scale_embeddings", self.scale_embeddings)
+        if not 0 <= check_int("seed", self.seed) < MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.warmup_fraction < 1.0 or not self.lr > 0:

@@ -13,6 +13,9 @@ Shape key: ``B`` batch, ``H`` heads, ``S`` sequence, ``D`` head_dim, ``R`` rotar
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -45,6 +48,10 @@ def rope_inv_freq(
         ``(P,)`` tensor, float64 unless ``dtype`` says otherwise.
     """
     check_rotary_dim(rotary_dim)
+    if isinstance(base, bool) or not isinstance(base, (numbers.Real, Tensor)):
+        raise TypeError(f"RoPE base must be a number, got {base!r}")
+    if not isinstance(base, Tensor) and not math.isfinite(base):
+        raise ValueError(f"RoPE base must be a finite number > 1, got {base}")
     if base <= 1.0:
         raise ValueError(f"RoPE base must be > 1, got {base}")
     dev = torch.device("cpu") if device is None else torch.device(device)
@@ -62,7 +69,7 @@ def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
 
     Returns:
         ``(..., S, P)`` angles in the phase dtype, in ``[-pi, pi)`` so that a float32 cos/sin afterwards stays
-        exact to float32 rounding at any position.
+        exact to float32 rounding (within 2e-7 for |position| <= 2**31, see ``ROPE_MAX_POSITION``).
     """
     dt = phase_dtype(inv_freq.device)
     angles = positions.to(dt).unsqueeze(-1) * inv_freq.to(dt)
@@ -103,6 +110,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
     Returns:
         Tensor shaped like ``x``.
     """
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"apply_rope: x must be a floating-point tensor, got {x.dtype}")
     if cos.shape != sin.shape:
         raise ValueError(
             f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"

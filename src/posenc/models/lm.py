@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..attention import Attention, KVCache
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
 from ..registry import build
+from ..validation import check_int
 
 EncodingFactory = Callable[[], PositionEncoding]
 
@@ -69,6 +70,8 @@ class TransformerLM(nn.Module):
         embed_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        for field, value in (("vocab_size", vocab_size), ("depth", depth), ("mlp_ratio", mlp_ratio)):
+            check_int(field, value, at_least=1, owner="TransformerLM")
         if isinstance(position, str):
             name, opts = position, dict(position_options or {})
             factory: EncodingFactory = lambda: build(name, dim=dim, heads=heads, **opts)
@@ -146,10 +149,18 @@ class TransformerLM(nn.Module):
         caches: list[KVCache] | None = None,
     ) -> Tensor:
         """``tokens: (B, S)`` -> logits ``(B, S, V)``; with ``caches`` the tokens continue the cached ones."""
+        if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex:
+            raise ValueError(
+                f"tokens must be integer ids (batch, seq), got {tokens.dtype} {tuple(tokens.shape)}"
+            )
         b, s = tokens.shape
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(
+                f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}"
+            )
         offset = 0 if caches is None else len(caches[0])
         if positions is not None:
-            positions = as_positions(positions, s, tokens.device)  # (1|B, S)
+            positions = as_positions(positions, s, tokens.device, batch=b)  # (1|B, S)
         elif offset:
             positions = default_positions(s, tokens.device, offset)
         x = self.embed(tokens)  # (B, S, dim)

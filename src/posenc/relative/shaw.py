@@ -11,6 +11,7 @@ from ..base import PositionEncoding, ScoreMod
 from ..bias.base import position_reader
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
+from ..validation import check_bool, check_int
 
 
 class ShawRelative(PositionEncoding):
@@ -34,12 +35,11 @@ class ShawRelative(PositionEncoding):
         self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True
     ) -> None:
         super().__init__()
-        if head_dim <= 0:
-            raise ValueError(f"head_dim must be positive, got {head_dim}")
-        if max_distance < 0:
-            raise ValueError(f"max_distance must be >= 0, got {max_distance}")
-        if heads is not None and heads <= 0:
-            raise ValueError(f"heads must be positive or None, got {heads}")
+        head_dim = check_int("head_dim", head_dim, at_least=1, owner="ShawRelative")
+        max_distance = check_int("max_distance", max_distance, at_least=0, owner="ShawRelative")
+        if heads is not None:
+            heads = check_int("heads", heads, at_least=1, owner="ShawRelative")
+        values = check_bool("values", values, owner="ShawRelative")
         self.head_dim, self.max_distance, self.heads = head_dim, max_distance, heads
         width, tables = 2 * max_distance + 1, 1 if heads is None else heads
         self.key_table = nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5)

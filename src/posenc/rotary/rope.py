@@ -18,6 +18,14 @@ from ..functional.rotary import (
 )
 from ..functional.tables import rows_at
 from ..kernels import AUTO_COMPILED_MIN_NUMEL, check_impl, rope_qk
+from ..validation import (
+    check_bool,
+    check_float,
+    check_int,
+    check_position_range,
+    check_positions,
+    check_rotatable,
+)
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
@@ -33,7 +41,7 @@ class RoPE(PositionEncoding):
         cache_len: cos/sin are precomputed for positions ``0 .. cache_len-1``, read by index for any positions
             inside (decoding at an offset, per-row offsets, packed sequences) and computed exactly outside;
             see :func:`posenc.functional.tables.rows_at` for how that is decided without a device sync.
-            A speed knob only: no position is ever out of range.
+            A speed knob only: it limits no position.
         scaling: context extension, a :class:`posenc.RopeScaling` (``LinearScaling``, ``NTKScaling``,
             ``DynamicNTKScaling``, ``YaRNScaling``, ``Llama3Scaling``, ``LongRoPEScaling``) or a transformers-style
             dict ``{"rope_type": "yarn", "factor": 4.0, ...}``; None for plain RoPE. See
@@ -48,7 +56,10 @@ class RoPE(PositionEncoding):
     doubles the precomputed memory for that.
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
-    module; the rotation runs in float32 and returns the input dtype.
+    module; the rotation runs in float32 and returns the input dtype. Positions must satisfy
+    ``|p| <= 2**31`` (``posenc.validation.ROPE_MAX_POSITION``): there cos/sin are within 2e-7 of exact; the
+    float64 product's error grows like ``|p| * 2**-53`` beyond (1e-4 at 1e12). Larger positions raise
+    ``ValueError`` where checking costs no device sync (default, CPU or int32 positions).
 
     Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``.
     """
@@ -74,6 +85,10 @@ class RoPE(PositionEncoding):
     ) -> None:
         super().__init__()
         self.impl = check_impl(impl)
+        head_dim = check_int("head_dim", head_dim, at_least=2, owner="RoPE")
+        base = check_float("base", base, above=1, owner="RoPE")
+        interleaved = check_bool("interleaved", interleaved, owner="RoPE")
+        cache_len = check_int("cache_len", cache_len, at_least=0, owner="RoPE")
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
         check_rotary_dim(rotary_dim, head_dim)
         self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
@@ -175,10 +190,9 @@ class RoPE(PositionEncoding):
         return scaled_inv_freq(self.scaling, self.rotary_dim, self.base, seq_len, self.inv_freq.device)[0]
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(
-                f"RoPE built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}"
-            )
+        check_rotatable("RoPE", self.head_dim, q, k)
+        check_positions("RoPE", positions, q.shape[-2], q.shape[0])
+        check_position_range(positions, q.shape[-2])
         if self._full_width(q, k):
             cos_full, sin_rot = self._tables(q.shape[-2], positions, q.device, full=True)
             return _rotate_full(q, k, cos_full, sin_rot, self.interleaved)

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..functional.rotary import apply_rope, check_rotary_dim, phase_dtype, rope_cos_sin, rope_inv_freq
 from ..functional.tables import host_in_range, rows_at
+from ..validation import check_bool, check_float, check_int, check_positions, check_rotatable
 
 
 def xpos_zeta(head_dim: int, gamma: float, device: torch.device | None = None) -> Tensor:
@@ -98,13 +99,16 @@ class XPos(PositionEncoding):
         cache_len: int = 2048,
     ) -> None:
         super().__init__()
+        head_dim = check_int("head_dim", head_dim, at_least=2, owner="XPos")
         check_rotary_dim(head_dim)
-        if not scale_base > 0:
-            raise ValueError(f"xPos scale_base must be > 0 (positions per power of zeta), got {scale_base}")
-        if not gamma > 0:
-            raise ValueError(
-                f"xPos gamma must be > 0 (zeta_0 = gamma / (1 + gamma) must be positive), got {gamma}"
-            )
+        scale_base = check_float(
+            "scale_base (positions per power of zeta)", scale_base, above=0, owner="XPos"
+        )
+        gamma = check_float(
+            "gamma (zeta_0 = gamma / (1 + gamma) must be positive)", gamma, above=0, owner="XPos"
+        )
+        interleaved = check_bool("interleaved", interleaved, owner="XPos")
+        cache_len = check_int("cache_len", cache_len, at_least=0, owner="XPos")
         if isinstance(center, bool) or not isinstance(center, int):
             raise TypeError(f"xPos center must be an int position, got {center!r}")
         rope_inv_freq(head_dim, base)  # validates base
@@ -159,10 +163,8 @@ class XPos(PositionEncoding):
         return not dtype.is_floating_point or span <= self.max_offset(dtype)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(
-                f"XPos built for head_dim={self.head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}"
-            )
+        check_rotatable("XPos", self.head_dim, q, k)
+        check_positions("XPos", positions, q.shape[-2], q.shape[0])
         seq = q.shape[-2]
         if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
             cq, sq, ck, sk = self.cos_q[:seq], self.sin_q[:seq], self.cos_k[:seq], self.sin_k[:seq]

@@ -1,0 +1,147 @@
+"""Argument checks for the public boundary: one message shape everywhere.
+
+Each check names the argument (and its owner), says what it got and what it accepts, and raises
+``TypeError`` for a value of the wrong kind (``heads=2.7``, ``interleaved="no"``, a bool where a number goes) or
+``ValueError`` for one out of range (NaN, infinity, zero where a positive number goes). Checks return the value
+normalized (``int`` or ``float``), so a constructor can write ``self.base = check_float(...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import torch
+from torch import Tensor
+
+
+def _label(owner: str | None, name: str) -> str:
+    return f"{owner}: {name}" if owner else name
+
+
+def check_int(name: str, value: object, *, at_least: int | None = None, owner: str | None = None) -> int:
+    """``value`` as an ``int`` (an integer, not a bool, not a float like 2.7), at least ``at_least`` if given."""
+    what = _label(owner, name)
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, got the bool {value!r}")
+    try:
+        out = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})") from None
+    if at_least is not None and out < at_least:
+        raise ValueError(f"{what} must be an integer >= {at_least}, got {out}")
+    return out
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+    owner: str | None = None,
+) -> float:
+    """``value`` as a finite ``float`` (ints accepted, bools and NaN / infinity refused) within the given bounds."""
+    what = _label(owner, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not (isinstance(value, Tensor) and value.numel() == 1 and value.dtype.is_floating_point):
+            raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
+    out = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(out):
+        raise ValueError(f"{what} must be a finite number, got {out}")
+    if above is not None and not out > above:
+        raise ValueError(f"{what} must be > {above:g}, got {out:g}")
+    if at_least is not None and not out >= at_least:
+        raise ValueError(f"{what} must be >= {at_least:g}, got {out:g}")
+    if below is not None and not out < below:
+        raise ValueError(f"{what} must be < {below:g}, got {out:g}")
+    if at_most is not None and not out <= at_most:
+        raise ValueError(f"{what} must be <= {at_most:g}, got {out:g}")
+    return out
+
+
+def check_bool(name: str, value: object, *, owner: str | None = None) -> bool:
+    """``value`` if it is a bool (``"no"``, 0 or None are refused: a truthy string must not mean True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{_label(owner, name)} must be True or False, got {value!r}")
+    return value
+
+
+def check_rotatable(owner: str, head_dim: int, q: Tensor, k: Tensor) -> None:
+    """Queries and keys a rotation accepts: floating-point (not integer, bool or complex), last dim ``head_dim``,
+    on one device."""
+    for label, t in (("q", q), ("k", k)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{owner}: {label} must be a tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(
+                f"{owner}: {label} must be a floating-point tensor (float32, bfloat16, ...), got {t.dtype}"
+            )
+        if t.dim() < 2:
+            raise ValueError(f"{owner}: {label} must be (..., seq, head_dim), got shape {tuple(t.shape)}")
+    if q.shape[-1] != head_dim or k.shape[-1] != head_dim:
+        raise ValueError(f"{owner} built for head_dim={head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}")
+    if q.device != k.device:
+        raise ValueError(f"{owner}: q is on {q.device} but k on {k.device}; put them on one device")
+
+
+def check_positions(owner: str, positions: Tensor | None, seq_len: int, batch: int | None = None) -> None:
+    """Explicit positions a rotation accepts: an integer tensor ``(S,)`` or ``(1|B, S)`` with ``S == seq_len``
+    and ``B == batch`` (bool positions are refused: True would silently mean position 1)."""
+    if positions is None:
+        return
+    if not isinstance(positions, Tensor):
+        raise TypeError(f"{owner}: positions must be an integer tensor, got {type(positions).__name__}")
+    if positions.dtype == torch.bool or positions.dtype.is_floating_point or positions.dtype.is_complex:
+        raise TypeError(f"{owner}: positions must be an integer tensor, got {positions.dtype}")
+    rows_ok = positions.dim() == 1 or batch is None or positions.shape[0] in (1, batch)
+    if positions.dim() not in (1, 2) or positions.shape[-1] != seq_len or not rows_ok:
+        want = "batch" if batch is None else f"1 or {batch}"
+        raise ValueError(
+            f"{owner}: positions must be (seq,) or ({want}, seq) with seq={seq_len}, got {tuple(positions.shape)}"
+        )
+
+
+#: RoPE's angles ``m * theta`` are float64 products: their error grows like ``|m| * 2^-53``. Up to this bound
+#: the float32 cos/sin tables are within 2e-7 of the exact values (measured: 3e-8 up to 10^8, 1.4e-7 at 2^31);
+#: beyond it the error grows (1e-6 at 10^10, 1e-4 at 10^12, 6e-2 at 10^15), so positions there are refused.
+ROPE_MAX_POSITION = 2**31
+
+
+def check_position_range(positions: Tensor | None, seq_len: int, owner: str = "RoPE") -> None:
+    """Refuse positions with ``|p| > ROPE_MAX_POSITION``, without a device sync on the per-token path.
+
+    Default positions ``0 .. seq_len-1`` are checked on the host; explicit positions only when the check costs
+    no device synchronization: they live on the CPU, or their dtype cannot hold such values (int32 and
+    narrower). int64 positions on an accelerator, and positions under ``torch.compile``, are not checked.
+    """
+    limit = ROPE_MAX_POSITION
+    if positions is None:
+        if seq_len - 1 > limit:
+            raise ValueError(f"{owner}: {seq_len} positions reach past {limit}, the largest it takes")
+        return
+    if positions.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        return  # |p| <= 2^31 by the dtype
+    if positions.device.type != "cpu" or positions.numel() == 0 or torch.compiler.is_compiling():
+        return
+    span = int(positions.abs().max())
+    if span > limit:
+        raise ValueError(
+            f"{owner}: position {span} is too far from 0: angles are computed in float64 and stay within 2e-7 "
+            f"of exact only for |position| <= 2**31; use smaller positions (attention depends only on "
+            f"differences, so subtracting a common offset changes nothing)"
+        )
+
+
+__all__ = [
+    "ROPE_MAX_POSITION",
+    "check_bool",
+    "check_float",
+    "check_int",
+    "check_position_range",
+    "check_positions",
+    "check_rotatable",
+]

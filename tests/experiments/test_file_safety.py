@@ -1,0 +1,101 @@
+"""File safety (issue #12): no file written through a link, one run per folder, output folders checked before
+any work, damaged files named with what to do, binary data refused. The bad-input table is tests/test_bad_input.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from posenc.experiments.checkpoints import (
+    check_out_dir,
+    check_run_folder,
+    load_checkpoint,
+    run_lock,
+    save_checkpoint,
+    write_text,
+)
+from posenc.experiments.data import load_corpus
+
+
+# -- files --------------------------------------------------------------------------------------------------
+def test_write_replaces_a_link_and_never_follows_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = tmp_path / "out" / "results.json"
+    target.parent.mkdir()
+    target.symlink_to(victim)
+    (tmp_path / "out" / "results.json.tmp").symlink_to(victim)  # the old fixed temporary name
+    write_text(target, "new")
+    assert victim.read_text() == "precious"
+    assert not target.is_symlink() and target.read_text() == "new"
+    assert oct(target.stat().st_mode & 0o044) != "0o0"  # readable as the umask says, not mkstemp's 0600
+
+
+def test_second_run_on_one_folder_is_refused(tmp_path: Path) -> None:
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(ValueError, match="another posenc run"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):  # released when the first run ends
+        pass
+
+
+def test_lock_file_link_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".posenc.lock").symlink_to(victim)
+    with pytest.raises(ValueError, match="lock file"):
+        with run_lock(tmp_path / "run"):
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_out_dir_checks(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        check_out_dir(afile)
+    with pytest.raises(ValueError, match="afile is a file, not a folder"):
+        check_out_dir(afile / "sub")
+    assert check_out_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # creates nothing
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not a dict"])
+def test_damaged_checkpoint_is_named_with_what_to_do(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "none.pt"
+    save_checkpoint(path, encoding="none", state_dict={"w": torch.ones(100)})
+    if damage == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        torch.save([1, 2], path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert str(path) in msg and "delete it" in msg and "retrain" in msg
+    assert "weights_only" not in msg
+
+
+def test_garbage_config_json_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="config.json is not a readable run configuration"):
+        check_run_folder(tmp_path, {"a": 1}, write=False)
+
+
+def test_binary_data_file_refused_and_odd_names_read(tmp_path: Path) -> None:
+    (tmp_path / "lib.so").write_bytes(b"\x7fELF\0\0\0" + bytes(range(256)) * 20)
+    with pytest.raises(ValueError, match="binary file"):
+        load_corpus(tmp_path / "lib.so")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"f{i}.txt").write_text("some text " * 50)
+    (Path(os.fsdecode(bytes(folder) + b"/caf\xe9.txt"))).write_text("latin-1 name " * 50)
+    corpus = load_corpus(folder)
+    assert corpus.train_files + corpus.val_files == 13

@@ -1,0 +1,73 @@
+"""Every configuration field in turn makes a resume refuse (issue #12): a field left out of the fingerprint
+would let a rerun with other settings resume silently, e.g. changed evaluation lengths with the same longest
+one leaving perplexities missing."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+
+import posenc.experiments.compare as compare
+from posenc.experiments.compare import CompareConfig
+from posenc.experiments.train import TrainConfig
+
+from .conftest import write_corpus
+
+
+class Started(Exception):
+    """Raised instead of training: the configuration check has passed."""
+
+
+def changed(name: str, value: object, other_data: str) -> object:
+    """Another valid value for the field ``name``."""
+    if name == "multiples":
+        assert isinstance(value, tuple)
+        return tuple(m for m in value if m != 2)  # same longest length, one length fewer
+    if name == "eval_windows":
+        return 1
+    if name == "data":
+        return other_data
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value * 2 if value else 1
+    if isinstance(value, float):
+        return value / 2
+    raise AssertionError(f"no changed value for {name}={value!r}: teach this test about the new field")
+
+
+def all_changes(cfg: CompareConfig, other_data: str) -> list[tuple[str, CompareConfig]]:
+    out = []
+    for f in fields(TrainConfig):
+        value = changed(f.name, getattr(cfg.train, f.name), other_data)
+        out.append((f.name, replace(cfg, train=replace(cfg.train, **{f.name: value}))))
+    for f in fields(CompareConfig):
+        if f.name != "train":
+            out.append((f.name, replace(cfg, **{f.name: changed(f.name, getattr(cfg, f.name), other_data)})))
+    return out
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> None:
+    def stop(name: str, ctx: object) -> None:
+        raise Started
+
+    monkeypatch.setattr(compare, "run_encoding", stop)
+
+
+def test_every_field_makes_a_resume_refuse(started: None, tmp_path: Path, tiny_corpus: Path) -> None:
+    other = write_corpus(tmp_path / "other", seed=1)
+    base = replace(CompareConfig.quick(), data=str(tiny_corpus))
+    out = tmp_path / "run"
+    for cfg in (base, base):  # a fresh folder, then an unchanged rerun: both go on to train
+        with pytest.raises(Started):
+            compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)
+    changes = all_changes(base, str(other))
+    assert {n for n, _ in changes} >= {"multiples", "seed", "train_len", "data", "eval_windows"}
+    for name, cfg in changes:
+        with pytest.raises(ValueError, match="different configuration") as info:
+            compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)
+        key = {"data": "data.", "eval_windows": "eval_tokens"}.get(name, name)
+        assert key in str(info.value), (name, str(info.value))
