@@ -82,7 +82,9 @@ def test_uniform_attention_gives_the_uniform_reference() -> None:
     stats = attention_stats(m, torch.randint(0, 256, (40,), dtype=torch.uint8), 20, windows=2)
     assert stats is not None
     torch.testing.assert_close(stats[0].mean_weight(), uniform_mean_weight(20), rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(stats[1].mean_entropy(), torch.arange(1, 21).double().log(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        stats[1].mean_entropy(), torch.arange(1, 21).double().log(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_learned_table_shorter_than_the_window_is_skipped_and_figures_draw() -> None:

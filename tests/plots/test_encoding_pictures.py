@@ -43,7 +43,9 @@ def test_bias_picture_holds_every_bias_encoding_and_their_curves() -> None:
     assert sorted(pic.data["bias"]) == sorted(bias_names())
     for name, layers in pic.data["bias"].items():
         expected = bias_by_distance(ctx.untrained()[name], ctx.longest)
-        torch.testing.assert_close(torch.tensor(layers[0], dtype=torch.float64), expected, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(
+            torch.tensor(layers[0], dtype=torch.float64), expected, rtol=1e-6, atol=1e-9
+        )
 
 
 def angle_at_position_one(rope: RoPE, pair: int, length: int) -> float:
@@ -96,7 +98,9 @@ def test_xpos_decay_is_the_product_of_the_scales_rotate_applies() -> None:
         torch.testing.assert_close(decay[pair], norms, rtol=1e-5, atol=0)
     pic = xpos_figure(enc, 50, 8)
     for k, pair in enumerate(pic.data["pairs"]):
-        torch.testing.assert_close(torch.tensor(pic.data["decay"][k], dtype=torch.float64), decay[pair], rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(
+            torch.tensor(pic.data["decay"][k], dtype=torch.float64), decay[pair], rtol=1e-5, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("name", [n for n, (needs_run, _, _) in PICTURES.items() if not needs_run])
@@ -106,7 +110,10 @@ def test_every_untrained_picture_saves_png_and_json(name: str, tmp_path) -> None
     paths = draw(name, PlotContext(**CTX)).save(tmp_path, name)
     assert paths[0].read_bytes().startswith(b"\x89PNG")
     assert isinstance(json.loads(paths[1].read_text()), dict)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.json", f"{name}.png"]  # no temporaries left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{name}.json",
+        f"{name}.png",
+    ]  # no temporaries left
 
 
 def test_trained_pictures_need_a_run() -> None:

@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "training made of them; each picture as <name>.png plus its numbers as <name>.json",
     )
     p.add_argument("--out", type=Path, default=Path("runs/plots"), help="output folder (default runs/plots)")
-    p.add_argument("--run", type=Path, default=None, help="a `posenc compare` output folder: trained pictures")
+    p.add_argument(
+        "--run", type=Path, default=None, help="a `posenc compare` output folder: trained pictures"
+    )
     p.add_argument(
         "--only",
         action="append",
@@ -47,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
         names = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
         unknown = [n for n in names if n not in PICTURES]
         if unknown or not names:
-            raise ValueError(f"--only got {', '.join(unknown) or 'nothing'}; choose from {', '.join(PICTURES)}")
+            raise ValueError(
+                f"--only got {', '.join(unknown) or 'nothing'}; choose from {', '.join(PICTURES)}"
+            )
         trained = [n for n in names if PICTURES[n][0]]
         if trained and args.run is None:
-            raise ValueError(f"--only {', '.join(trained)} needs --run DIR (a `posenc compare` output folder)")
+            raise ValueError(
+                f"--only {', '.join(trained)} needs --run DIR (a `posenc compare` output folder)"
+            )
     trained_run = load_run(args.run) if args.run is not None else None
     length = args.length
     if length is None:

@@ -108,7 +108,9 @@ def probing(model: nn.Module, length: int) -> Iterator[list[AttentionStats]]:
 
 
 @torch.no_grad()
-def attention_stats(model: nn.Module, tokens: Tensor, length: int, windows: int = 2) -> list[AttentionStats] | None:
+def attention_stats(
+    model: nn.Module, tokens: Tensor, length: int, windows: int = 2
+) -> list[AttentionStats] | None:
     """Per layer, the statistics of ``model``'s attention over ``windows`` consecutive windows of ``length`` bytes
     of ``tokens`` (``(N,)`` uint8), each read from position 0; None when the model cannot take ``length``
     (a learned table shorter than it).

@@ -6,7 +6,7 @@ layers of a ``posenc compare`` model).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -84,7 +84,7 @@ def _draw_heads(ax: object, curve: Tensor, color: str) -> None:
 
 
 def bias_curves(
-    encodings: dict[str, Sequence[PositionEncoding]], max_distance: int
+    encodings: Mapping[str, Sequence[PositionEncoding]], max_distance: int
 ) -> dict[str, list[Tensor]]:
     """:func:`bias_by_distance` of every layer of every encoding."""
     return {

@@ -38,7 +38,9 @@ class TrainedRun:
         source = data.get("source") if isinstance(data, dict) else None
         path = Path(source) if isinstance(source, str) and Path(source).exists() else None
         if path is None and isinstance(source, str) and "standard library" not in source:
-            log.warning("the run's text %s is not here; showing the models the standard library instead", source)
+            log.warning(
+                "the run's text %s is not here; showing the models the standard library instead", source
+            )
         is_stdlib = path is None
         corpus = load_corpus(
             path,
@@ -59,7 +61,9 @@ def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"--run {folder}: no config.json there; give a `posenc compare` output folder")
+        raise FileNotFoundError(
+            f"--run {folder}: no config.json there; give a `posenc compare` output folder"
+        )
     config = json.loads(cfg_path.read_text())
     paths = {p.stem: p for p in sorted((folder / "checkpoints").glob("*.pt"))}
     if not paths:
