@@ -34,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--factor", type=int, default=16, help="curves by distance reach factor * L (default 16)")
     p.add_argument("--max-distance", type=int, default=4, help="clipping distance for the index matrix")
-    p.add_argument("--windows", type=int, default=2, help="held-out windows per length for --run pictures")
+    p.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        help="held-out windows per length for the --run pictures (default 1)",
+    )
     p.set_defaults(func=run)
 
 

@@ -46,7 +46,7 @@ class PlotContext:
     factor: int = 16
     max_distance: int = 4
     run: TrainedRun | None = None
-    windows: int = 2
+    windows: int = 1
     _built: dict[str, PositionEncoding] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
