@@ -1,36 +1,82 @@
-"""``posenc plot``: pictures of the encodings as PNG files."""
+"""``posenc plot``: pictures of the encodings, and of what training made of them, as PNG + JSON files."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "plot", help="draw the encodings (sinusoidal table, RoPE decay, relative indices) as PNGs"
+        "plot",
+        help="draw every encoding (bias by distance, RoPE scalings, xPos decay, ...) and, with --run, what "
+        "training made of them; each picture as <name>.png plus its numbers as <name>.json",
     )
     p.add_argument("--out", type=Path, default=Path("runs/plots"), help="output folder (default runs/plots)")
-    p.add_argument("--dim", type=int, default=128, help="model width / head_dim for the pictures")
-    p.add_argument("--length", type=int, default=256, help="positions in the sinusoidal heatmap")
+    p.add_argument(
+        "--run", type=Path, default=None, help="a `posenc compare` output folder: trained pictures"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="draw only these pictures (repeat or comma-separate); default all that apply",
+    )
+    p.add_argument("--dim", type=int, default=128, help="head_dim of the rotary and sinusoidal pictures")
+    p.add_argument("--heads", type=int, default=8, help="heads of the untrained bias encodings (default 8)")
+    p.add_argument(
+        "--length",
+        type=int,
+        default=None,
+        help="the training length L the pictures are drawn for (default 256, or the run's L with --run)",
+    )
+    p.add_argument("--factor", type=int, default=16, help="curves by distance reach factor * L (default 16)")
     p.add_argument("--max-distance", type=int, default=4, help="clipping distance for the index matrix")
+    p.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        help="held-out windows per length for the --run pictures (default 1)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.checkpoints import check_out_dir, save_figure
-    from ..plots import relative_index_figure, rope_decay_figure, sinusoidal_figure
+    from ..experiments.checkpoints import check_out_dir
+    from ..plots.pictures import PICTURES, PlotContext, draw, picture_names
+    from ..plots.run import load_run
 
     check_out_dir(args.out)
-    if args.dim <= 1 or args.dim % 2:
-        raise ValueError(f"--dim must be an even number >= 2, got {args.dim}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "sinusoidal.png": sinusoidal_figure(args.length, args.dim),
-        "rope_decay.png": rope_decay_figure(256, args.dim, bases=(10000.0, 500000.0)),
-        "relative_index.png": relative_index_figure(12, args.max_distance),
-    }
-    for name, fig in figures.items():
-        save_figure(fig, args.out / name)
-        print(args.out / name)
+    names = picture_names(args.run is not None)
+    if args.only:
+        names = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PICTURES]
+        if unknown or not names:
+            raise ValueError(
+                f"--only got {', '.join(unknown) or 'nothing'}; choose from {', '.join(PICTURES)}"
+            )
+        trained = [n for n in names if PICTURES[n][0]]
+        if trained and args.run is None:
+            raise ValueError(
+                f"--only {', '.join(trained)} needs --run DIR (a `posenc compare` output folder)"
+            )
+    trained_run = load_run(args.run) if args.run is not None else None
+    length = args.length
+    if length is None:
+        length = trained_run.train_len if trained_run is not None else 256
+    ctx = PlotContext(
+        dim=args.dim,
+        heads=args.heads,
+        train_len=length,
+        factor=args.factor,
+        max_distance=args.max_distance,
+        run=trained_run,
+        windows=args.windows,
+    )
+    for name in names:
+        start = time.perf_counter()
+        paths = draw(name, ctx).save(args.out, name)
+        print(f"{paths[0]}  (+ .json, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from .common import new_figure
+from .palette import encoding_color
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -12,20 +15,14 @@ if TYPE_CHECKING:
 def perplexity_figure(results: dict[str, Any]) -> Figure:
     """Perplexity (log y) against evaluation length (log2 x) for every row of ``results["perplexity"]``.
 
-    RoPE context-extension rows are dashed in RoPE's colour; n/a and infinite values are left out; a dotted line marks ``L``.
+    Colours come from :func:`posenc.plots.palette.encoding_color` (the same in every figure); RoPE
+    context-extension rows are dashed in RoPE's colour; n/a and infinite values are left out; a dotted line marks ``L``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     train_len, lengths = results["train_len"], results["eval_lengths"]
-    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
+    fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
-    base_rows = [n for n in results["perplexity"] if "+" not in n]
-    palette = matplotlib.colormaps["tab10" if len(base_rows) <= 10 else "tab20"]
-    colors = {n: palette(i % palette.N) for i, n in enumerate(base_rows)}
     variants = iter([(0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (3, 3)), (0, (8, 2, 1, 2))] * 4)
     for name, row in results["perplexity"].items():
         points = [(lv, row.get(str(lv))) for lv in lengths]
@@ -41,7 +38,7 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
             linestyle=next(variants) if extension else "-",
             marker="x" if extension else "o",
             markersize=4 if extension else 3,
-            color=colors.get(base, "black"),
+            color=encoding_color(base),
             linewidth=1.2 if extension else 1.8,
             label=name,
         )

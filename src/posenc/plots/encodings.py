@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from ..functional.absolute import sinusoidal_table
 from ..functional.relative import relative_positions
 from ..functional.rotary import rope_inv_freq
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-
-def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=120, layout="constrained")
+from .common import Picture, new_figure, rounded
+from .palette import encoding_color
 
 
-def sinusoidal_figure(length: int = 256, dim: int = 128, base: float = 10000.0) -> Figure:
+def sinusoidal_figure(length: int = 256, dim: int = 128, base: float = 10000.0) -> Picture:
     """Heatmap of ``PE[p, i]`` for ``p < length``, ``i < dim`` (Vaswani et al. 2017)."""
     table = sinusoidal_table(torch.arange(length), dim, base)  # (length, dim)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     im = ax.imshow(table.numpy(), aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
     ax.set(xlabel="dimension i", ylabel="position p", title=f"Sinusoidal encoding (dim={dim}, base={base:g})")
     fig.colorbar(im, ax=ax, label="PE[p, i]")
-    return fig
+    return Picture(fig, {"base": base, "table": rounded(table.tolist(), 5)})
 
 
 def rope_decay_bound(max_distance: int = 256, head_dim: int = 128, base: float = 10000.0) -> Tensor:
@@ -50,12 +38,14 @@ def rope_decay_bound(max_distance: int = 256, head_dim: int = 128, base: float =
 
 def rope_decay_figure(
     max_distance: int = 256, head_dim: int = 128, bases: tuple[float, ...] = (10000.0,)
-) -> Figure:
-    """The decay bound against relative distance, one line per base (RoFormer, Figure 2)."""
-    fig = _figure()
+) -> Picture:
+    """The decay bound against relative distance, one line per base (RoFormer, Figure 2), RoPE's colour."""
+    fig = new_figure()
     ax = fig.add_subplot()
-    for base in bases:
-        ax.plot(rope_decay_bound(max_distance, head_dim, base).numpy(), label=f"base={base:g}")
+    bounds = {f"{base:g}": rope_decay_bound(max_distance, head_dim, base) for base in bases}
+    for k, (base, bound) in enumerate(bounds.items()):
+        style = ("-", "--", ":", "-.")[k % 4]
+        ax.plot(bound.numpy(), style, color=encoding_color("rope"), label=f"base={base}")
     ax.set(
         xlabel="relative distance m - n",
         ylabel="relative upper bound  mean_j |S_j|",
@@ -63,13 +53,13 @@ def rope_decay_figure(
     )
     ax.grid(alpha=0.3)
     ax.legend()
-    return fig
+    return Picture(fig, {"head_dim": head_dim, "bound": {b: rounded(v.tolist()) for b, v in bounds.items()}})
 
 
-def relative_index_figure(length: int = 12, max_distance: int = 4) -> Figure:
+def relative_index_figure(length: int = 12, max_distance: int = 4) -> Picture:
     """The clipped relative-index matrix ``clip(j - i, k) + k`` of Shaw et al. 2018, annotated."""
     idx = relative_positions(length, length, max_distance) + max_distance  # (length, length)
-    fig = _figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.imshow(idx.numpy(), cmap="viridis", interpolation="nearest")
     for i in range(length):
@@ -88,4 +78,4 @@ def relative_index_figure(length: int = 12, max_distance: int = 4) -> Figure:
         ylabel="query i",
         title=f"clip(j - i, {max_distance}) + {max_distance}: rows of a^K, a^V",
     )
-    return fig
+    return Picture(fig, {"max_distance": max_distance, "index": idx.tolist()})

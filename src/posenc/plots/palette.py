@@ -1,0 +1,53 @@
+"""One colour per encoding (and per RoPE scaling), the same in every figure of the project.
+
+Colours are keyed by name through the registries (``posenc.available()``, ``posenc.rotary.available_scalings()``),
+so a name keeps its colour in every picture drawn by the same posenc; a row such as ``rope+yarn`` takes the colour
+of its base encoding.
+"""
+
+from __future__ import annotations
+
+from ..registry import available
+from ..rotary.scaling import available_scalings
+
+# tab10, then the light half of tab20: distinct for the first 20 names, then reused.
+_ENCODING_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)  # fmt: skip
+# Dark2, then Set1: scalings are drawn beside plain RoPE (black).
+_SCALING_COLORS = (
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
+    "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00",
+)  # fmt: skip
+#: Colour of plain RoPE (no scaling) and of names no registry knows.
+NEUTRAL = "#000000"
+
+
+def encoding_color(name: str) -> str:
+    """The colour of encoding ``name`` (hex); ``"rope+yarn"`` gets the colour of ``"rope"``.
+
+    Names that are not registered get :data:`NEUTRAL`.
+    """
+    base = name.split("+", 1)[0]
+    names = available()
+    if base not in names:
+        return NEUTRAL
+    return _ENCODING_COLORS[names.index(base) % len(_ENCODING_COLORS)]
+
+
+def scaling_color(rope_type: str) -> str:
+    """The colour of RoPE scaling ``rope_type`` (hex); ``"default"`` (no scaling) and unknown names are black."""
+    names = available_scalings()
+    if rope_type not in names:
+        return NEUTRAL
+    return _SCALING_COLORS[names.index(rope_type) % len(_SCALING_COLORS)]
+
+
+def shade(color: str, fraction: float) -> str:
+    """``color`` mixed with white: ``fraction`` 0 keeps it, 1 gives white (lines of one encoding's heads)."""
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    mixed = [round(c + (255 - c) * min(max(fraction, 0.0), 1.0)) for c in rgb]
+    return "#" + "".join(f"{c:02x}" for c in mixed)

@@ -1,0 +1,170 @@
+"""Every picture ``posenc plot`` draws, by name: a function of the :class:`PlotContext` returning a
+:class:`~posenc.plots.common.Picture` (the figure and its numbers).
+
+Encodings are found through the registry (``posenc.available()``, filtered by what ``posenc.build`` returns),
+never by a list of names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from ..base import PositionEncoding
+from ..registry import available, build
+from ..rotary import XPos
+from .attention import Measured, attention_distance_figure, attention_entropy_figure, attention_stats
+from .bias import bias_curves, bias_figure
+from .common import Picture
+from .encodings import relative_index_figure, rope_decay_figure, sinusoidal_figure
+from .rope_scaling import rope_scaling_figure
+from .run import TrainedRun
+from .xpos import xpos_figure
+
+
+@dataclass
+class PlotContext:
+    """What the pictures are drawn for.
+
+    Attributes:
+        dim: head dimension of the rotary and sinusoidal pictures (even).
+        heads: heads of the untrained bias encodings.
+        train_len: ``L``; curves by distance go to ``factor * L``.
+        factor: how far past ``L`` the pictures look (16 as in Press et al. 2022).
+        max_distance: clipping distance of the relative-index picture.
+        run: a loaded ``posenc compare`` run, for the trained pictures.
+        windows: held-out windows per length for the attention pictures.
+    """
+
+    dim: int = 128
+    heads: int = 8
+    train_len: int = 256
+    factor: int = 16
+    max_distance: int = 4
+    run: TrainedRun | None = None
+    windows: int = 1
+    _built: dict[str, PositionEncoding] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, value, least in (
+            ("dim", self.dim, 2),
+            ("heads", self.heads, 1),
+            ("length", self.train_len, 1),
+            ("factor", self.factor, 1),
+            ("max-distance", self.max_distance, 1),
+            ("windows", self.windows, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"--{name} must be an integer >= {least}, got {value!r}")
+        if self.dim % 2:
+            raise ValueError(f"--dim must be an even number >= 2, got {self.dim}")
+
+    @property
+    def longest(self) -> int:
+        return self.factor * self.train_len
+
+    def untrained(self) -> dict[str, PositionEncoding]:
+        """Every registered encoding as ``posenc.build`` makes it (seeded, so FIRE's weights are reproducible)."""
+        if not self._built:
+            torch.manual_seed(0)
+            heads = self.heads
+            self._built.update(
+                {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in available()}
+            )
+        return self._built
+
+    def trained(self) -> TrainedRun:
+        if self.run is None:
+            raise ValueError("this picture shows a trained model; give --run DIR (a `posenc compare` output)")
+        return self.run
+
+    @cached_property
+    def measured(self) -> Measured:
+        """Attention statistics of every trained model at ``L`` and the run's longest length."""
+        run = self.trained()
+        text = run.held_out_text()
+        lengths = sorted({run.train_len, run.lengths[-1]})
+        return {
+            name: {n: attention_stats(model, text, n, self.windows) for n in lengths}
+            for name, model in run.models.items()
+        }
+
+
+def _bias(ctx: PlotContext) -> Picture:
+    encs = {n: [e] for n, e in ctx.untrained().items() if e.family == "bias"}
+    title = f"Attention bias by distance at initialisation ({ctx.heads} heads; query at {ctx.longest - 1})"
+    return bias_figure(bias_curves(encs, ctx.longest), ctx.train_len, title)
+
+
+def _bias_trained(ctx: PlotContext) -> Picture:
+    run = ctx.trained()
+    layers = {n: m.layer_encodings() for n, m in run.models.items()}
+    encs = {n: ls for n, ls in layers.items() if ls and ls[0].family == "bias"}
+    if not encs:
+        raise ValueError(f"--run {run.folder} has no attention-bias encoding to draw")
+    longest = run.lengths[-1]
+    title = f"Trained attention bias by distance ({run.folder.name}; query at {longest - 1})"
+    return bias_figure(bias_curves(encs, longest - 1), run.train_len, title)
+
+
+def _xpos(ctx: PlotContext) -> Picture:
+    found = [(n, e) for n, e in ctx.untrained().items() if isinstance(e, XPos)]
+    if not found:
+        raise ValueError("no registered encoding is an xPos")
+    name, enc = found[0]
+    return xpos_figure(enc, ctx.longest, ctx.train_len, name)
+
+
+Drawer = Callable[[PlotContext], Picture]
+
+#: name -> (needs a compare run, drawer, what it shows). Output files are ``<name>.png`` and ``<name>.json``.
+PICTURES: dict[str, tuple[bool, Drawer, str]] = {
+    "sinusoidal": (False, lambda c: sinusoidal_figure(c.train_len, c.dim), "the sinusoidal table"),
+    "rope_decay": (
+        False,
+        lambda c: rope_decay_figure(c.train_len, c.dim, bases=(10000.0, 500000.0)),
+        "RoFormer's long-term decay bound",
+    ),
+    "relative_index": (
+        False,
+        lambda c: relative_index_figure(12, c.max_distance),
+        "Shaw's clipped relative indices",
+    ),
+    "bias": (False, _bias, "bias by distance and head of every bias encoding, untrained"),
+    "rope_scaling": (
+        False,
+        lambda c: rope_scaling_figure(c.dim, 10000.0, c.train_len, float(c.factor)),
+        "wavelength per dimension for every RoPE scaling",
+    ),
+    "xpos_decay": (False, _xpos, "xPos decay factor per dimension pair"),
+    "bias_trained": (True, _bias_trained, "bias by distance and head, trained (per layer)"),
+    "attention_distance": (
+        True,
+        lambda c: attention_distance_figure(c.measured, c.trained().train_len),
+        "mean attention weight against distance",
+    ),
+    "attention_entropy": (
+        True,
+        lambda c: attention_entropy_figure(c.measured, c.trained().train_len),
+        "attention entropy against position",
+    ),
+}
+
+
+def picture_names(with_run: bool) -> list[str]:
+    """The pictures drawn by default: the untrained ones, plus the trained ones with a run."""
+    return [name for name, (needs_run, _, _) in PICTURES.items() if with_run or not needs_run]
+
+
+def draw(name: str, ctx: PlotContext) -> Picture:
+    """Draw picture ``name``.
+
+    Raises:
+        ValueError: unknown name, or a trained picture without a run.
+    """
+    if name not in PICTURES:
+        raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
+    return PICTURES[name][1](ctx)

@@ -1,0 +1,75 @@
+"""The trained models of a ``posenc compare`` run folder, and held-out text to show them.
+
+A run folder holds ``config.json`` and ``checkpoints/<encoding>.pt`` (see :mod:`posenc.experiments.compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..experiments.checkpoints import load_model
+from ..experiments.data import load_corpus
+from ..models import TransformerLM
+from ..registry import available
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedRun:
+    """A compare run: its folder, configuration, ``L``, evaluation lengths and models by encoding name."""
+
+    folder: Path
+    config: dict[str, Any]
+    train_len: int
+    lengths: list[int]
+    models: dict[str, TransformerLM]
+
+    def held_out_text(self) -> Tensor:
+        """``(N,)`` uint8 validation bytes of the run's corpus (the standard library's when the run's text folder
+        is not on this machine)."""
+        data = self.config.get("data", {})
+        source = data.get("source") if isinstance(data, dict) else None
+        path = Path(source) if isinstance(source, str) and Path(source).exists() else None
+        if path is None and isinstance(source, str) and "standard library" not in source:
+            log.warning(
+                "the run's text %s is not here; showing the models the standard library instead", source
+            )
+        is_stdlib = path is None
+        corpus = load_corpus(
+            path,
+            max_train_bytes=1,  # only the held-out side is needed
+            max_val_bytes=self.config.get("max_val_bytes") if is_stdlib else None,
+            min_val_tokens=self.lengths[-1],
+        )
+        return corpus.val
+
+
+def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
+    """The checkpoints of the run in ``folder``, in ``posenc.available()`` order.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``config.json`` or no checkpoint.
+        ValueError: a checkpoint is not a posenc compare checkpoint.
+    """
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"--run {folder}: no config.json there; give a `posenc compare` output folder"
+        )
+    config = json.loads(cfg_path.read_text())
+    paths = {p.stem: p for p in sorted((folder / "checkpoints").glob("*.pt"))}
+    if not paths:
+        raise FileNotFoundError(f"--run {folder}: no checkpoints/*.pt; has the compare run trained anything?")
+    order = [n for n in available() if n in paths] + sorted(set(paths) - set(available()))
+    models = {name: load_model(paths[name], device)[0] for name in order}
+    train_len = int(config["train"]["train_len"])
+    lengths = [m * train_len for m in config.get("multiples", [1])]
+    return TrainedRun(folder, config, train_len, lengths, models)

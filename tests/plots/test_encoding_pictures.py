@@ -1,0 +1,121 @@
+"""The numbers behind each untrained picture equal what the encodings themselves compute."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import posenc
+from posenc.plots.bias import bias_by_distance
+from posenc.plots.pictures import PICTURES, PlotContext, draw
+from posenc.plots.rope_scaling import example_scalings, rope_scaling_figure, yarn_ramp
+from posenc.plots.xpos import xpos_decay, xpos_figure
+from posenc.rotary import RoPE, XPos, available_scalings
+
+CTX = dict(dim=16, heads=4, train_len=8, factor=4)
+
+
+def bias_names() -> list[str]:
+    return [n for n in posenc.available() if posenc.build(n, dim=64, heads=4).family == "bias"]
+
+
+@pytest.mark.parametrize("name", bias_names())
+def test_bias_curve_is_the_last_row_of_the_bias_matrix(name: str) -> None:
+    enc = posenc.build(name, dim=64, heads=4)
+    curve = bias_by_distance(enc, 40)  # (H, 41)
+    full = enc.bias(41, 41)  # (H, Q, K), a different call
+    for d in (0, 1, 7, 40):
+        torch.testing.assert_close(curve[:, d], full[:, 40, 40 - d].double())
+
+
+def test_alibi_curve_is_minus_slope_times_distance() -> None:
+    enc = posenc.ALiBi(8)
+    curve = bias_by_distance(enc, 100)
+    expected = -enc.slopes.double().reshape(8, 1) * torch.arange(101, dtype=torch.float64)
+    torch.testing.assert_close(curve, expected)
+
+
+def test_bias_picture_holds_every_bias_encoding_and_their_curves() -> None:
+    ctx = PlotContext(**CTX)
+    pic = draw("bias", ctx)
+    assert sorted(pic.data["bias"]) == sorted(bias_names())
+    for name, layers in pic.data["bias"].items():
+        expected = bias_by_distance(ctx.untrained()[name], ctx.longest)
+        torch.testing.assert_close(
+            torch.tensor(layers[0], dtype=torch.float64), expected, rtol=1e-6, atol=1e-9
+        )
+
+
+def angle_at_position_one(rope: RoPE, pair: int, length: int) -> float:
+    """The angle RoPE turns pair ``pair`` by between positions 0 and 1, read from ``rotate`` on a unit vector."""
+    q = torch.zeros(1, 1, length, rope.head_dim, dtype=torch.float64)
+    q[..., pair] = 1.0  # x of the pair (half layout: x at i, y at i + D/2)
+    out, _ = rope.rotate(q, q.clone(), torch.arange(length))
+    x, y = out[0, 0, 1, pair], out[0, 0, 1, pair + rope.head_dim // 2]
+    return math.atan2(float(y), float(x))
+
+
+def test_rope_scaling_picture_shows_every_scaling_with_the_frequencies_rope_rotates_by() -> None:
+    pic = rope_scaling_figure(16, 10000.0, 8, 4.0)
+    assert set(pic.data["scalings"]) == {"default", *available_scalings()}
+    scalings = example_scalings(8, 4.0, 16)
+    for kind, row in pic.data["scalings"].items():
+        rope = RoPE(16, scaling=scalings.get(kind))
+        for pair in (0, 3, 7):
+            theta = row["inv_freq"][pair]
+            assert angle_at_position_one(rope, pair, 32) == pytest.approx(theta, rel=1e-5)
+            assert row["wavelength"][pair] == pytest.approx(2 * math.pi / theta, rel=1e-6)
+        assert row["attention_factor"] == pytest.approx(rope.attention_scale)
+
+
+def test_yarn_ramp_is_shaded_where_yarn_interpolates_partly() -> None:
+    pic = rope_scaling_figure(64, 10000.0, 64, 16.0)
+    yarn = [k for k, s in example_scalings(64, 16.0, 64).items() if isinstance(s, posenc.YaRNScaling)]
+    assert yarn
+    for kind in yarn:
+        row = pic.data["scalings"][kind]
+        plain = torch.tensor(pic.data["scalings"]["default"]["inv_freq"], dtype=torch.float64)
+        ours = torch.tensor(row["inv_freq"], dtype=torch.float64)
+        lo, hi = row["ramp_pairs"]
+        assert 0 < lo <= hi < plain.numel() - 1
+        torch.testing.assert_close(ours[:lo], plain[:lo])  # kept
+        torch.testing.assert_close(ours[hi + 1 :], plain[hi + 1 :] / 16.0)  # interpolated
+        ramp = yarn_ramp(plain, ours, 16.0)
+        assert ((ramp[lo : hi + 1] > 0) & (ramp[lo : hi + 1] < 1)).all()
+
+
+def test_xpos_decay_is_the_product_of_the_scales_rotate_applies() -> None:
+    enc = XPos(16, scale_base=64.0)
+    decay = xpos_decay(enc, 50)  # (8, 51)
+    for pair in (0, 5, 7):
+        q = torch.zeros(1, 1, 51, 16)
+        q[..., pair] = 1.0
+        rq, rk = enc.rotate(q, q.clone())
+        # query at n, key at 0: the dot product's magnitude is |rq_n| * |rk_0|
+        norms = rq[0, 0].norm(dim=-1).double() * rk[0, 0, 0].norm().double()
+        torch.testing.assert_close(decay[pair], norms, rtol=1e-5, atol=0)
+    pic = xpos_figure(enc, 50, 8)
+    for k, pair in enumerate(pic.data["pairs"]):
+        torch.testing.assert_close(
+            torch.tensor(pic.data["decay"][k], dtype=torch.float64), decay[pair], rtol=1e-5, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("name", [n for n, (needs_run, _, _) in PICTURES.items() if not needs_run])
+def test_every_untrained_picture_saves_png_and_json(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    paths = draw(name, PlotContext(**CTX)).save(tmp_path, name)
+    assert paths[0].read_bytes().startswith(b"\x89PNG")
+    assert isinstance(json.loads(paths[1].read_text()), dict)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{name}.json",
+        f"{name}.png",
+    ]  # no temporaries left
+
+
+def test_trained_pictures_need_a_run() -> None:
+    with pytest.raises(ValueError, match="--run"):
+        draw("attention_distance", PlotContext(**CTX))

@@ -1,0 +1,42 @@
+"""One colour per encoding, the same in every figure."""
+
+from __future__ import annotations
+
+import posenc
+from posenc.plots.compare import perplexity_figure
+from posenc.plots.palette import NEUTRAL, encoding_color, scaling_color, shade
+from posenc.rotary import available_scalings
+
+
+def test_every_encoding_has_its_own_colour_and_extensions_share_their_base() -> None:
+    colours = [encoding_color(n) for n in posenc.available()]
+    assert len(set(colours)) == len(colours) and NEUTRAL not in colours
+    for name in posenc.available():
+        assert encoding_color(f"{name}+yarn") == encoding_color(name)
+    assert encoding_color("not-an-encoding") == NEUTRAL
+
+
+def test_every_scaling_has_its_own_colour() -> None:
+    colours = [scaling_color(s) for s in available_scalings()]
+    assert len(set(colours)) == len(colours) and NEUTRAL not in colours
+    assert scaling_color("default") == NEUTRAL
+
+
+def test_shade_mixes_with_white() -> None:
+    assert shade("#000000", 0.0) == "#000000" and shade("#000000", 1.0) == "#ffffff"
+    assert shade("#204060", 0.5) == "#90a0b0"
+
+
+def test_compare_figure_uses_the_palette() -> None:
+    import matplotlib.colors as mc
+
+    names = posenc.available()[:3]
+    results = {
+        "train_len": 8,
+        "eval_lengths": [8, 16],
+        "perplexity": {n: {"8": 2.0 + i, "16": 3.0 + i} for i, n in enumerate(names)},
+    }
+    ax = perplexity_figure(results).axes[0]
+    drawn = {line.get_label(): mc.to_hex(line.get_color()) for line in ax.get_lines()}
+    for n in names:
+        assert drawn[n] == encoding_color(n)
