@@ -196,7 +196,7 @@ def _setup(results: dict[str, Any]) -> str:
         f"Each model: decoder-only `TransformerLM`, {t['depth']} layers, dim {t['dim']}, {t['heads']} heads, bytes "
         f"as tokens; {t['steps']} AdamW steps of {t['batch_size']} generated examples of a random length up to "
         f"L = {results['train_len']} (peak lr {t['lr']}, cosine), loss on the answer bytes only; seeds {seeds}. "
-        f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: per length and depth; depths "
+        f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: split over the depths "
         f"{', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
         f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {v['world_size']} process(es), "
         f"{v['threads']} thread(s); wall time {results['wall_seconds']:.0f} s."

@@ -52,14 +52,14 @@ class TasksConfig:
     Attributes:
         train: model sizes and budget (its ``seed`` is replaced by each run seed).
         multiples: evaluation lengths as multiples of ``train.train_len``.
-        eval_examples: held-out examples per length (passkey: per length and depth).
+        eval_examples: held-out examples per length (passkey: split evenly over the depths, at least one each).
         depths: passkey depths evaluated.
         batch_tokens: evaluation examples per forward pass are ``max(1, batch_tokens // length)``.
     """
 
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            dim=64, depth=2, heads=4, train_len=32, batch_size=32, steps=300, lr=3e-3
+            dim=64, depth=2, heads=4, train_len=32, batch_size=32, steps=800, lr=3e-3
         )
     )
     multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -188,10 +188,12 @@ class TaskContext:
         return list(self.cfg.depths) if task.name == "passkey" else [None]
 
     def test_set(self, task: Task, length: int, depth: float | None) -> Tensor:
-        """``(eval_examples, length)`` held-out examples (the same for every seed and encoding)."""
+        """``(n, length)`` held-out examples (the same for every seed and encoding): ``eval_examples`` per length,
+        split evenly over the depth groups."""
         key = (task.name, length, depth)
         if key not in self._tests:
-            self._tests[key] = task.batch(length, self.cfg.eval_examples, split="test", seed=0, depth=depth)
+            n = max(1, self.cfg.eval_examples // len(self.groups(task)))
+            self._tests[key] = task.batch(length, n, split="test", seed=0, depth=depth)
         return self._tests[key]
 
 
