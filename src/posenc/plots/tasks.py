@@ -17,31 +17,21 @@ def accuracy_figure(results: dict[str, Any]) -> Figure:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    from .compare import extension_dashes, row_style
+
     train_len, lengths, tasks = results["train_len"], results["eval_lengths"], results["tasks"]
     fig = Figure(figsize=(4.2 * len(tasks) + 1.8, 4.2), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)[0]
     bases = list(results["encodings"])
     palette = matplotlib.colormaps["tab10" if len(bases) <= 10 else "tab20"]
     colors = {n: palette(i % palette.N) for i, n in enumerate(bases)}
-    dashes = [(0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (3, 3)), (0, (8, 2, 1, 2))]
     for ax, task in zip(axes, tasks, strict=True):
-        variants = iter(dashes * 4)
+        variants = extension_dashes()
         for row, values in results["accuracy"][task].items():
             points = [(lv, values.get(str(lv))) for lv in lengths]
             xs = [lv for lv, v in points if v is not None]
             ys = [100 * float(v) for _, v in points if v is not None]
-            base = row.split("+", 1)[0]
-            ext = row != base
-            ax.plot(
-                xs,
-                ys,
-                linestyle=next(variants) if ext else "-",
-                marker="x" if ext else "o",
-                markersize=4 if ext else 3,
-                color=colors.get(base, "black"),
-                linewidth=1.1 if ext else 1.8,
-                label=row,
-            )
+            ax.plot(xs, ys, label=row, **row_style(row, colors, variants))
         ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{lv // train_len}L\n{lv}" for lv in lengths])
