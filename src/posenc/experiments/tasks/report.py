@@ -114,11 +114,13 @@ def learned_note(results: dict[str, Any], task: str) -> str:
     )
 
 
-def mean_beyond(results: dict[str, Any], row: str) -> float | None:
-    """Mean accuracy over every task and every length beyond L for ``row`` (None if none measurable)."""
+def mean_beyond(results: dict[str, Any], row: str, tasks: list[str] | None = None) -> float | None:
+    """Mean accuracy over ``tasks`` (default all) and every length beyond L for ``row`` (None if none
+    measurable)."""
     values = [
         v
         for task in results["tasks"]
+        if tasks is None or task in tasks
         for k, v in results["accuracy"][task].get(row, {}).items()
         if int(k) > results["train_len"] and v is not None
     ]
@@ -171,14 +173,15 @@ def paper_comparison(results: dict[str, Any]) -> str:
         for row in rows.split(","):
             if not any(row in results["accuracy"][t] for t in results["tasks"]):
                 continue
-            tasks = ["passkey"] if paper.startswith("Mohtashami") else results["tasks"]
+            tasks = ["passkey"] if paper.startswith("Mohtashami") else list(results["tasks"])
             verdicts = [
                 f"{t} {verdict(results['accuracy'][t][row], results['eval_lengths'])}"
                 for t in tasks
                 if t in results["accuracy"] and row in results["accuracy"][t]
             ]
-            mean = mean_beyond(results, row)
-            here.append(f"**{row}**: {', '.join(verdicts)}; {_pct(mean)} %")
+            mean = mean_beyond(results, row, tasks)
+            shown = "n/a" if mean is None else f"{_pct(mean)} %"
+            here.append(f"**{row}**: {', '.join(verdicts)}; {shown}")
         lines.append(f"| {paper} | {finding} | {'<br>'.join(here) or 'none of its rows ran'} |")
     ranked = sorted(
         ((mean_beyond(results, r), r) for r in results["encodings"] if mean_beyond(results, r) is not None),

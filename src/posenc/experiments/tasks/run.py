@@ -79,7 +79,7 @@ class TasksConfig:
     @classmethod
     def quick(cls, **train_overrides: Any) -> TasksConfig:
         """A tiny configuration that runs in seconds (tests, smoke checks); nothing is learned well."""
-        train = TrainConfig(dim=32, depth=2, heads=2, train_len=16, batch_size=8, steps=20, lr=3e-3)
+        train = TrainConfig(dim=32, depth=2, heads=2, train_len=16, batch_size=8, steps=10, lr=3e-3)
         return cls(
             train=replace(train, **train_overrides), multiples=(1, 2, 4), eval_examples=4, depths=(0.0, 1.0)
         )
