@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from . import bench, compare, generate, plot
+from . import bench, compare, generate, plot, tasks
 
 #: The subcommands, in ``posenc --help`` order.
-SUBCOMMANDS = (bench, compare, generate, plot)
+SUBCOMMANDS = (bench, compare, generate, plot, tasks)
 
 
 def build_parser() -> argparse.ArgumentParser:

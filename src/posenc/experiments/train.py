@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -165,28 +166,45 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
+#: ``batches(step, world)``: this rank's rows of the global batch of ``step``, ``(B / W, S)`` long.
+BatchFn = Callable[[int, World], Tensor]
+#: ``loss(model, batch)``: the scalar training loss of a batch.
+LossFn = Callable[[nn.Module, Tensor], Tensor]
+
+
 def train_model(
     encoding: str,
-    tokens: Tensor,
+    tokens: Tensor | None,
     cfg: TrainConfig,
     *,
     device: torch.device | str = "cpu",
     world: World = SINGLE,
     progress: bool = True,
+    batches: BatchFn | None = None,
+    loss_fn: LossFn = lm_loss,
+    desc: str | None = None,
 ) -> TrainResult:
     """Train a :class:`TransformerLM` with ``encoding`` on ``tokens`` for ``cfg.steps`` steps.
 
     Args:
         encoding: a name from :func:`posenc.available`.
-        tokens: ``(N,)`` uint8 training bytes.
+        tokens: ``(N,)`` uint8 training bytes (windows drawn by :func:`sample_batch`); None with ``batches``.
         cfg: sizes and budget.
         device: where to train (this rank's device under DDP).
         world: the data-parallel ranks (see :func:`posenc.experiments.dist.setup_world`).
         progress: show a tqdm bar on stderr (rank 0 only).
+        batches: draws the batches instead of ``tokens`` (``posenc tasks``: generated examples).
+        loss_fn: the loss of a batch; default next-byte cross-entropy on every byte (:func:`lm_loss`).
+        desc: the progress bar's label (default ``train <encoding>``).
 
     Returns:
         The model (unwrapped, in eval mode), the per-step global mean losses and the wall time.
     """
+    if batches is None:
+        if tokens is None:
+            raise ValueError("train_model needs tokens or batches")
+        data = tokens
+        batches = lambda step, w: sample_batch(data, step, cfg, w)  # noqa: E731
     device = torch.device(device)
     start = time.perf_counter()
     model = build_model(encoding, cfg).to(device)
@@ -199,15 +217,15 @@ def train_model(
     losses: list[float] = []
     bar = tqdm(
         range(cfg.steps),
-        desc=f"train {encoding}",
+        desc=desc or f"train {encoding}",
         file=sys.stderr,
         disable=not (progress and world.is_main),
         leave=False,
         dynamic_ncols=True,
     )
     for step in bar:
-        batch = sample_batch(tokens, step, cfg, world).to(device)  # (B / W, L + 1)
-        loss = lm_loss(net, batch)
+        batch = batches(step, world).to(device)  # (B / W, S)
+        loss = loss_fn(net, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

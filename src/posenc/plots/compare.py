@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .common import new_figure
@@ -10,6 +11,25 @@ from .palette import encoding_color
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+def extension_dashes() -> Iterator[Any]:
+    """Dash patterns for the RoPE extension rows of one panel, in turn."""
+    return iter([(0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (3, 3)), (0, (8, 2, 1, 2))] * 4)
+
+
+def row_style(name: str, dashes: Iterator[Any]) -> dict[str, Any]:
+    """``ax.plot`` style of a row: solid with dots in the encoding's colour (:func:`encoding_color`), dashed with
+    crosses in that colour for ``<encoding>+<extension>``."""
+    base = name.split("+", 1)[0]
+    extension = name != base
+    return {
+        "linestyle": next(dashes) if extension else "-",
+        "marker": "x" if extension else "o",
+        "markersize": 4 if extension else 3,
+        "color": encoding_color(base),
+        "linewidth": 1.2 if extension else 1.8,
+    }
 
 
 def perplexity_figure(results: dict[str, Any]) -> Figure:
@@ -23,25 +43,14 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     train_len, lengths = results["train_len"], results["eval_lengths"]
     fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
-    variants = iter([(0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (3, 3)), (0, (8, 2, 1, 2))] * 4)
+    variants = extension_dashes()
     for name, row in results["perplexity"].items():
         points = [(lv, row.get(str(lv))) for lv in lengths]
         xs = [lv for lv, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
         ys = [float(v) for _, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
         if not xs:
             continue
-        base = name.split("+", 1)[0]
-        extension = name != base
-        ax.plot(
-            xs,
-            ys,
-            linestyle=next(variants) if extension else "-",
-            marker="x" if extension else "o",
-            markersize=4 if extension else 3,
-            color=encoding_color(base),
-            linewidth=1.2 if extension else 1.8,
-            label=name,
-        )
+        ax.plot(xs, ys, label=name, **row_style(name, variants))
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -51,7 +51,9 @@ def example_scalings(train_len: int, factor: float, rotary_dim: int) -> dict[str
     out: dict[str, RopeScaling] = {}
     for kind in available_scalings():
         if kind in as_compared:
-            out[kind] = as_compared[kind].extension(train_len, int(factor * train_len))
+            extended = as_compared[kind].extension(train_len, int(factor * train_len))
+            assert extended is not None  # rope_extensions() lists only methods with an extension
+            out[kind] = extended
             continue
         declared = {f.name for f in fields(classes[kind])}
         spec = {"rope_type": kind, **{k: v for k, v in pool.items() if k in declared}}

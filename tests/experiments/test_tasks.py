@@ -1,0 +1,163 @@
+"""``posenc tasks``: generators (deterministic, disjoint splits, checkable answers), exact-match scoring (an oracle
+scores 1), a tiny run end to end with resume and refusal, and one-line CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import posenc
+from posenc.cli import main
+from posenc.experiments.tasks import TASKS, Task, TasksConfig, accuracy, available_tasks, run_tasks
+from posenc.experiments.tasks.generators import is_test_example
+from posenc.experiments.tasks.report import verdict
+
+LENGTHS = [16, 33, 64, 200]
+
+
+class Oracle(nn.Module):
+    """Solves ``task`` from the prompt (``task.solve``) and puts all its logit mass on the right next byte;
+    with ``wrong`` it predicts the answer's first byte plus one instead."""
+
+    def __init__(self, task: Task, wrong: bool = False) -> None:
+        super().__init__()
+        self.task, self.wrong = task, wrong
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, 256)
+        b, s = tokens.shape
+        a = self.task.answer_length(s + 1)
+        out = torch.zeros(b, s, 256)
+        for i in range(b):
+            prompt = bytes(tokens[i, : s + 1 - a].tolist())
+            answer = bytearray(self.task.solve(prompt))
+            if self.wrong:
+                answer[0] = (answer[0] + 1) % 256
+            nxt = list(prompt + bytes(answer))[1:]
+            out[i, torch.arange(s), torch.tensor(nxt)] = 1.0
+        return out
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_generators_are_deterministic_and_exact_length(name: str) -> None:
+    task = TASKS[name]
+    for length in LENGTHS:
+        a = task.example(length, split="train", seed=3, index=7)
+        assert a == task.example(length, split="train", seed=3, index=7)
+        assert len(a) == length and a.isascii()
+        assert a != task.example(length, split="train", seed=3, index=8)
+        assert a != task.example(length, split="train", seed=4, index=7)
+    assert torch.equal(task.batch(20, 5, split="test", seed=0), task.batch(20, 5, split="test", seed=0))
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_train_and_test_never_overlap(name: str) -> None:
+    task = TASKS[name]
+    train = {task.example(16, split="train", seed=s, index=i) for s in range(2) for i in range(300)}
+    test = {task.example(16, split="test", seed=0, index=i) for i in range(100)}
+    assert not train & test
+    assert all(is_test_example(x) for x in test) and not any(is_test_example(x) for x in train)
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_answers_are_checkable(name: str) -> None:
+    task = TASKS[name]
+    for length in LENGTHS:
+        for index in range(20):
+            x = task.example(length, split="test", seed=0, index=index, depth=index % 5 / 4)
+            a = task.answer_length(length)
+            assert task.solve(x[:-a]) == x[-a:]
+
+
+def test_passkey_depth_places_the_key() -> None:
+    task = TASKS["passkey"]
+    first = task.example(100, split="train", seed=0, index=0, depth=0.0)
+    last = task.example(100, split="train", seed=0, index=0, depth=1.0)
+    assert first.index(b"#") == 0
+    assert last.index(b"#") == 100 - 1 - 5 - 5 - 1  # filler, then "#key", then "#key" at the end
+    with pytest.raises(ValueError, match="depth"):
+        task.example(40, split="train", seed=0, index=0, depth=1.5)
+    with pytest.raises(ValueError, match="length >= 12"):
+        task.example(11, split="train", seed=0, index=0)
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_oracle_scores_one_and_a_wrong_oracle_zero(name: str) -> None:
+    task = TASKS[name]
+    for length in (16, 48):
+        examples = task.batch(length, 6, split="test", seed=0)
+        a = task.answer_length(length)
+        assert accuracy(Oracle(task), examples, a, batch_tokens=64) == 1.0
+        assert accuracy(Oracle(task, wrong=True), examples, a) == 0.0
+
+
+def test_verdicts() -> None:
+    lengths = [8, 16, 32]
+    assert verdict({"8": 1.0, "16": 0.95, "32": 0.9}, lengths) == "holds"
+    assert verdict({"8": 1.0, "16": 0.95, "32": 0.1}, lengths) == "to 2L"
+    assert verdict({"8": 1.0, "16": 0.2, "32": 0.9}, lengths) == "fails"
+    assert verdict({"8": 0.3, "16": 0.3, "32": 0.3}, lengths) == "not learned"
+    assert verdict({"8": 1.0, "16": None, "32": None}, lengths) == "n/a beyond L"
+
+
+FAST = TasksConfig.quick(steps=4)
+NAMES = [n for n in ("none", "learned", "rope") if n in posenc.available()]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("tasks") / "run"
+    return out, run_tasks(FAST, encodings=NAMES, seeds=[0, 1], out=out, device="cpu", progress=False)
+
+
+def test_quick_run_writes_everything(first_run: tuple[Path, dict]) -> None:
+    out, results = first_run
+    for name in ("results.json", "report.md", "accuracy.png", "config.json", "passkey_rope.png"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "copy" / "rope-s1.pt").is_file()
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["eval_lengths"] == [16, 32, 64] and on_disk["tasks"] == available_tasks()
+    acc = on_disk["accuracy"]
+    assert acc["copy"]["learned"]["32"] is None and 0 <= acc["copy"]["learned"]["16"] <= 1
+    for method in on_disk["rope_extensions"]:
+        assert f"rope+{method}" in acc["assoc"]
+    assert set(on_disk["passkey_depth"]["none"]["64"]) == {"0", "1"}
+    report = (out / "report.md").read_text()
+    assert "## copy" in report and "Kazemnejad" in report and "Not learned at L" in report
+
+
+def test_rerun_trains_nothing_again(first_run: tuple[Path, dict]) -> None:
+    out, results = first_run
+    again = run_tasks(FAST, encodings=NAMES, seeds=[0, 1], out=out, device="cpu", progress=False)
+    assert len(again["resumed"]) == len(available_tasks()) * len(NAMES) * 2
+    assert again["accuracy"] == results["accuracy"] and again["train_seconds"] == results["train_seconds"]
+
+
+def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
+    out, _ = first_run
+    with pytest.raises(ValueError, match=r"different configuration \(train\.steps: 4 -> 5\).*new --out"):
+        run_tasks(TasksConfig.quick(steps=5), encodings=["none"], out=out, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "sort"], "unknown task 'sort'"),
+        (["--encodings", "nope"], "unknown encoding(s) nope"),
+        (["--seeds", "0,x"], "--seeds '0,x' must be comma-separated integers"),
+        (["--seeds", "1,1"], "seeds must be distinct"),
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--train-len", "8"], "task 'passkey' needs length >= 12, got 8"),
+        (["--device", "tpu9"], "--device 'tpu9'"),
+    ],
+)
+def test_cli_bad_input_is_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tasks", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("posenc tasks: error:") and message in err
+    assert not (tmp_path / "o").exists()
