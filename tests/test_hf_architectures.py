@@ -1,0 +1,163 @@
+"""posenc.hf.install_rope against transformers across architectures: tiny random models built from configs only.
+
+For each (architecture, scaling): model A is transformers built with the scaling in its config; model B has the
+same weights, built without (or with another) scaling, then ``install_rope(B, scaling)``. Logits (inside and
+past the original length) and greedy generation must be equal, or install_rope must refuse with a cause.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from posenc.hf import HFRotaryEmbedding, UnsupportedRotary, install_rope, rope_from_config  # noqa: E402
+
+MAX_POS = 32
+TINY: dict[str, Any] = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=128, max_position_embeddings=MAX_POS, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)  # fmt: skip
+_MOE: dict[str, Any] = dict(
+    num_local_experts=4, num_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+)  # fmt: skip
+_MLA: dict[str, Any] = dict(
+    kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_group=1,
+    topk_group=1, first_k_dense_replace=1, num_key_value_heads=4, **_MOE,
+)  # fmt: skip
+#: model type -> config overrides on top of TINY. Half layout unless said: interleaved (Cohere, GPT-J, CodeGen),
+#: R/2 columns (GPT-OSS), complex freqs_cis (Llama 4, DeepSeek-V2), YaRN mscale folded into attention (MLA).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "phi3": {},
+    "gemma": {"head_dim": 16},
+    "olmo2": {},
+    "granite": {},
+    "helium": {"head_dim": 16},
+    "stablelm": {"partial_rotary_factor": 0.25},
+    "gpt_neox": {"partial_rotary_factor": 0.5},
+    "gptj": {"rotary_dim": 8, "max_position_embeddings": 64},
+    "codegen": {"rotary_dim": 8, "max_position_embeddings": 64},
+    "cohere": {},
+    "gpt_oss": {"head_dim": 16, **_MOE},
+    "llama4_text": {"head_dim": 16, **_MOE, "interleave_moe_layer_step": 1},
+    "deepseek_v2": _MLA,
+    "deepseek_v3": _MLA,
+    "minicpm3": _MLA,
+}
+#: models whose config has no rope dict (only "none" has a transformers reference) or accepts only some types.
+ONLY: dict[str, tuple[str, ...]] = {"gptj": ("none",), "codegen": ("none",), "phi3": ("none", "longrope")}
+SCALINGS: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    "yarn_mscale": {  # DeepSeek-V3's form: attention factor 1 in the tables, mscale**2 in the softmax scale
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0,
+        "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1,
+    },  # fmt: skip
+    "llama3": {
+        "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 16, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    },  # fmt: skip
+    "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 16},
+}
+
+
+def _rope(model_type: str, scaling: dict[str, Any] | None) -> dict[str, Any]:
+    if ONLY.get(model_type) == ("none",):
+        return {}
+    params: dict[str, Any] = {"rope_theta": 10000.0, **(scaling or {"rope_type": "default"})}
+    partial = ARCHITECTURES[model_type].get("partial_rotary_factor")
+    if partial is not None:
+        params["partial_rotary_factor"] = partial
+    if params["rope_type"] == "longrope":  # one factor per rotated pair
+        half = rope_from_config(tiny_config(model_type, None)).rotary_dim // 2
+        params["short_factor"] = [1.0 + 0.05 * i for i in range(half)]
+        params["long_factor"] = [1.0 + 0.5 * i for i in range(half)]
+    return {"rope_parameters": params}
+
+
+def tiny_config(model_type: str, scaling: dict[str, Any] | None) -> Any:
+    cls = transformers.CONFIG_MAPPING[model_type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**{**TINY, **ARCHITECTURES[model_type], **_rope(model_type, scaling)})
+
+
+def tiny_model(model_type: str, scaling: dict[str, Any] | None, weights: dict[str, Any] | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    config = tiny_config(model_type, scaling)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
+def assert_same_model(ours: nn.Module, theirs: nn.Module) -> None:
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for length in (12, 40):  # inside and past the original length (dynamic, longrope and llama3 switch)
+            tokens = torch.randint(3, 128, (2, length), generator=gen)
+            torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, atol=1e-4, rtol=1e-4)
+        prompt = torch.randint(3, 128, (1, 10), generator=gen)
+        kwargs: dict[str, Any] = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
+        assert torch.equal(ours.generate(prompt, **kwargs), theirs.generate(prompt, **kwargs))
+
+
+CASES = [
+    pytest.param(arch, name, id=f"{arch}-{name}")
+    for arch in ARCHITECTURES
+    for name in ONLY.get(arch, tuple(SCALINGS))
+]
+
+
+@pytest.mark.parametrize(("arch", "name"), CASES)
+def test_install_equals_transformers_with_that_scaling(arch: str, name: str) -> None:
+    theirs = tiny_model(arch, SCALINGS[name])
+    ours = tiny_model(arch, None, theirs.state_dict())
+    install_rope(ours, _rope(arch, SCALINGS[name]).get("rope_parameters"))  # longrope's factors completed
+    assert isinstance(ours.get_submodule(_rotary_path(ours)), HFRotaryEmbedding)
+    assert_same_model(ours, theirs)
+
+
+MSCALE = ("deepseek_v2", "deepseek_v3", "minicpm3")
+
+
+@pytest.mark.parametrize("arch", MSCALE)
+@pytest.mark.parametrize("target", ["none", "linear", "yarn"])
+def test_switching_a_shipped_deepseek_yarn_undoes_its_mscale(arch: str, target: str) -> None:
+    shipped = tiny_model(arch, SCALINGS["yarn_mscale"])
+    theirs = tiny_model(arch, SCALINGS[target], shipped.state_dict())
+    install_rope(shipped, SCALINGS[target])
+    assert_same_model(shipped, theirs)
+    install_rope(shipped, SCALINGS["yarn_mscale"])  # and back: equal to the checkpoint as shipped
+    assert_same_model(shipped, tiny_model(arch, SCALINGS["yarn_mscale"], shipped.state_dict()))
+
+
+def _rotary_path(model: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if name.endswith("rotary_emb"))
+
+
+def test_refusals_name_their_cause() -> None:
+    model = tiny_model("llama", None)
+    model.config.head_dim = 8  # the config now misstates the rotated size
+    with pytest.raises(UnsupportedRotary, match=r"\[rotary-size\].*16 wide.*8 rotated dims") as err:
+        install_rope(model)
+    assert err.value.cause == "rotary-size"
+    model = tiny_model("gpt_oss", None)
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": 500.0}
+    with pytest.raises(UnsupportedRotary, match=r"\[table-values\].*base=500.0"):
+        install_rope(model)
+    model = tiny_model("llama", None)
+    model.model.rotary_emb.forward = lambda x, position_ids: x  # type: ignore[method-assign,assignment]
+    with pytest.raises(UnsupportedRotary, match=r"\[table-output\]"):
+        install_rope(model)
