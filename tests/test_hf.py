@@ -13,7 +13,7 @@ import posenc
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from posenc.hf import HFRotaryEmbedding, apply_rope, rope_from_config  # noqa: E402
+from posenc.hf import HFRotaryEmbedding, apply_rope, install_rope, rope_from_config  # noqa: E402
 
 MAX_POS = 32
 SCALINGS: dict[str, dict[str, Any]] = {
@@ -62,6 +62,15 @@ def plain() -> Any:
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(tokens).logits
+
+
+def test_apply_rope_is_install_rope() -> None:
+    model = LlamaForCausalLM(tiny_config()).eval()
+    assert (
+        apply_rope(model).scaling is None
+        and install_rope(model, {"rope_type": "linear", "factor": 2.0}).scaling
+    )
+    assert isinstance(model.model.rotary_emb, HFRotaryEmbedding) and model.model.rotary_emb.layout == "half"
 
 
 def test_no_scaling_leaves_logits_unchanged(plain: Any) -> None:
@@ -120,6 +129,37 @@ def test_rope_from_config_reads_theta_head_dim_and_partial() -> None:
     assert rope.base == 20000.0 and rope.scaling == posenc.YaRNScaling(2.0, 128)
 
 
+def test_rope_from_config_reads_every_place_a_rotary_size_or_base_lives() -> None:
+    class NeoX4:  # transformers 4.x GPT-NeoX: rotary_pct and rotary_emb_base, no rope_theta
+        model_type, hidden_size, num_attention_heads, rotary_pct, rotary_emb_base = (
+            "gpt_neox",
+            64,
+            2,
+            0.25,
+            5e4,
+        )
+        rope_scaling = None
+
+    rope = rope_from_config(NeoX4())
+    assert (rope.head_dim, rope.rotary_dim, rope.base, rope.interleaved) == (32, 8, 5e4, False)
+
+    class GPTJ:  # GPT-J and CodeGen: rotary_dim dims of each head, interleaved pairs, base 10000
+        model_type, hidden_size, num_attention_heads, rotary_dim = "gptj", 64, 4, 8
+
+    rope = rope_from_config(GPTJ())
+    assert (rope.head_dim, rope.rotary_dim, rope.base, rope.interleaved) == (16, 8, 1e4, True)
+    GPTJ.rotary_dim = 32
+    with pytest.raises(ValueError, match=r"\[rotary-size\] config.rotary_dim=32 does not fit head_dim=16"):
+        rope_from_config(GPTJ())
+    for model_type, interleaved in (("cohere", True), ("llama4_text", True), ("qwen2", False)):
+        config = tiny_config()
+        config.model_type = model_type
+        assert rope_from_config(config).interleaved is interleaved
+    config = tiny_config()
+    config.rope_interleave = True  # DeepSeek-V3 style
+    assert rope_from_config(config).interleaved
+
+
 def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
     config = tiny_config()
     config.rope_parameters = {"rope_type": "proportional", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
@@ -140,7 +180,7 @@ def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
         apply_rope(nn.Linear(2, 2))
     model = LlamaForCausalLM(tiny_config()).eval()
     model.config.rope_parameters = {"rope_type": "default", "rope_theta": 12345.0}  # config no longer matches
-    with pytest.raises(ValueError, match="cannot replace it faithfully"):
+    with pytest.raises(ValueError, match=r"\[table-values\].*base=12345.0"):
         apply_rope(model)
     with pytest.raises(ValueError, match="beta_fast"):
         apply_rope(

@@ -61,11 +61,19 @@ SCALINGS: dict[str, dict[str, Any] | None] = {
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
     "yarn_mscale": {  # DeepSeek-V3's form: attention factor 1 in the tables, mscale**2 in the softmax scale
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0,
-        "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1,
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "beta_fast": 32,
+        "beta_slow": 1,
     },  # fmt: skip
     "llama3": {
-        "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 16, "low_freq_factor": 1.0,
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "original_max_position_embeddings": 16,
+        "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
     },  # fmt: skip
     "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 16},
@@ -93,7 +101,9 @@ def tiny_config(model_type: str, scaling: dict[str, Any] | None) -> Any:
         return cls(**{**TINY, **ARCHITECTURES[model_type], **_rope(model_type, scaling)})
 
 
-def tiny_model(model_type: str, scaling: dict[str, Any] | None, weights: dict[str, Any] | None = None) -> nn.Module:
+def tiny_model(
+    model_type: str, scaling: dict[str, Any] | None, weights: dict[str, Any] | None = None
+) -> nn.Module:
     torch.manual_seed(0)
     config = tiny_config(model_type, scaling)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()

@@ -50,7 +50,9 @@ class HFRotaryEmbedding(nn.Module):
         return self.rope.attention_scale
 
     def forward(self, x: Tensor, position_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        cos, sin = self.rope.cos_sin(position_ids.shape[-1], position_ids, x.device)  # (1|B, 1, S, R/2) float32
+        cos, sin = self.rope.cos_sin(
+            position_ids.shape[-1], position_ids, x.device
+        )  # (1|B, 1, S, R/2) float32
         if cos.dim() == 4:
             cos, sin = cos.squeeze(-3), sin.squeeze(-3)  # (1|B, S, R/2)
         if self.layout == "complex":
@@ -76,7 +78,9 @@ def _tables(out: object) -> list[Tensor] | None:
 
 
 def _max_error(got: list[Tensor], want: list[Tensor]) -> float:
-    if len(got) != len(want) or any(a.shape != b.shape or a.is_complex() != b.is_complex() for a, b in zip(got, want)):
+    if len(got) != len(want) or any(
+        a.shape != b.shape or a.is_complex() != b.is_complex() for a, b in zip(got, want, strict=False)
+    ):
         return float("inf")
     return max((a - b.to(a.dtype)).abs().max().item() for a, b in zip(got, want, strict=True))
 

@@ -83,7 +83,8 @@ def rotary_size(config: Any, params: Mapping[str, Any] | None = None) -> int:
     if explicit is not None:
         if not 0 < int(explicit) <= dim:
             raise UnsupportedRotary(
-                "rotary-size", f"config.rotary_dim={explicit} does not fit head_dim={dim}; expected 0 < rotary_dim <= {dim}"
+                "rotary-size",
+                f"config.rotary_dim={explicit} does not fit head_dim={dim}; expected 0 < rotary_dim <= {dim}",
             )
         return int(explicit)
     for value in (
@@ -125,7 +126,9 @@ def scaling_from_config(config: Any, scaling: RopeScaling | Mapping[str, Any] | 
         elif max_pos is not None:
             params.setdefault("original_max_position_embeddings", max_pos)
     if kind == "dynamic" and max_pos is not None:
-        params["original_max_position_embeddings"] = max_pos  # transformers scales from max_position_embeddings
+        params["original_max_position_embeddings"] = (
+            max_pos  # transformers scales from max_position_embeddings
+        )
     if kind in ("yarn", "longrope") and "factor" not in params and max_pos is not None:
         original = params.get("original_max_position_embeddings")
         if original:

@@ -105,7 +105,9 @@ def folded_attributes(
     old = _build_on_meta(model, config)
     new = _build_on_meta(model, with_rope(config, params))
     old_shapes, new_shapes = _tensor_shapes(old, rotary_paths), _tensor_shapes(new, rotary_paths)
-    resized = sorted(k for k in old_shapes.keys() | new_shapes.keys() if old_shapes.get(k) != new_shapes.get(k))
+    resized = sorted(
+        k for k in old_shapes.keys() | new_shapes.keys() if old_shapes.get(k) != new_shapes.get(k)
+    )
     if resized:
         raise UnsupportedRotary(
             "folded-tensor",

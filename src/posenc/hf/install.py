@@ -27,11 +27,14 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         for name, child in parent.named_children():
             path = f"{parent_name}.{name}".lstrip(".")
             if isinstance(child, HFRotaryEmbedding) or type(child).__name__.endswith("RotaryEmbedding"):
-                (slots if name == "rotary_emb" else others).append((path, parent, name))  # type: ignore[arg-type]
+                if name == "rotary_emb":
+                    slots.append((path, parent, name))
+                else:
+                    others.append(path)
     if others:
         raise UnsupportedRotary(
             "several-rotary-modules",
-            f"this model has rotary modules other than rotary_emb ({[p for p, _, _ in others]}), e.g. separate "
+            f"this model has rotary modules other than rotary_emb ({others}), e.g. separate "
             "local and global RoPEs; posenc.hf supports models with one RoPE",
         )
     if not slots:
@@ -95,7 +98,9 @@ def install_rope(
         else:
             layouts.add(match_layout(module, current.to(device), device))
     if len(layouts) != 1:
-        raise UnsupportedRotary("several-rotary-modules", f"rotary_emb modules with different layouts: {layouts}")
+        raise UnsupportedRotary(
+            "several-rotary-modules", f"rotary_emb modules with different layouts: {layouts}"
+        )
     layout, order = layouts.pop()
     new_scaling = scaling_from_config(config, scaling)
     rope = RoPE(
