@@ -171,3 +171,26 @@ def test_refusals_name_their_cause() -> None:
     model.model.rotary_emb.forward = lambda x, position_ids: x  # type: ignore[method-assign,assignment]
     with pytest.raises(UnsupportedRotary, match=r"\[table-output\]"):
         install_rope(model)
+
+
+def _fuyu(rope: dict[str, Any] | None, weights: dict[str, Any] | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    params = {"rope_theta": 1e4, "partial_rotary_factor": 0.5, **(rope or {"rope_type": "default"})}
+    text = {**TINY, "head_dim": 16, "rope_parameters": params}
+    model = transformers.FuyuForCausalLM(transformers.FuyuConfig(text_config=text, vocab_size=128)).eval()
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
+@pytest.mark.parametrize("name", ["linear", "yarn_mscale"])
+def test_composite_model_reads_the_rotary_modules_own_config(name: str) -> None:
+    """Fuyu keeps the RoPE in config.text_config (a Persimmon, partial rotary): read and rebuilt from there."""
+    theirs = _fuyu(SCALINGS[name])
+    ours = _fuyu(None, theirs.state_dict())
+    install_rope(ours, SCALINGS[name])
+    tokens = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(input_ids=tokens).logits, theirs(input_ids=tokens).logits, atol=1e-4, rtol=1e-4
+        )

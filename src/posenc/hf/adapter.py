@@ -14,7 +14,7 @@ The attention factor (YaRN / LongRoPE temperature) is folded into the tables, as
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,9 @@ class HFRotaryEmbedding(nn.Module):
         if order not in ("cos_sin", "sin_cos"):
             raise ValueError(f"order must be 'cos_sin' or 'sin_cos', got {order!r}")
         self.rope, self.layout, self.order = rope, layout, order
+        self.config: Any = (
+            None  # the transformers config the replaced module was built from (set by install_rope)
+        )
 
     @property
     def attention_scaling(self) -> float:

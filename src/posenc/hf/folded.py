@@ -32,13 +32,36 @@ _PLAIN = (bool, int, float, str, tuple, type(None))
 _RUNTIME_KEYS = ("rope_parameters", "rope_scaling", "rope_theta")
 
 
-def with_rope(config: Any, params: Mapping[str, Any] | None) -> Any:
-    """A deep copy of ``config`` whose RoPE dict is ``params`` (``rope_parameters`` in 5.x, ``rope_scaling`` in 4.x)."""
-    new = copy.deepcopy(config)
+def _path_to(root: Any, target: Any, depth: int = 2) -> list[str] | None:
+    """Attribute names leading from config ``root`` to sub-config ``target`` (``["text_config"]``), or None."""
+    if root is target:
+        return []
+    if depth == 0:
+        return None
+    for key, value in vars(root).items():
+        if hasattr(value, "to_dict") and not isinstance(value, type):
+            rest = _path_to(value, target, depth - 1)
+            if rest is not None:
+                return [key, *rest]
+    return None
+
+
+def with_rope(root: Any, config: Any, params: Mapping[str, Any] | None) -> Any:
+    """A deep copy of ``root`` whose (sub-)config ``config`` has RoPE dict ``params`` (``rope_parameters`` in 5.x,
+    ``rope_scaling`` in 4.x)."""
+    path = _path_to(root, config)
+    if path is None:
+        raise UnsupportedRotary(
+            "model-build", "the rotary module's config is not the model's config nor one of its sub-configs"
+        )
+    new = copy.deepcopy(root)
+    target = new
+    for key in path:
+        target = getattr(target, key)
     if getattr(config, "rope_parameters", None) is not None:
-        new.rope_parameters = dict(params or {"rope_type": "default"})
+        target.rope_parameters = dict(params or {"rope_type": "default"})
     else:
-        new.rope_scaling = None if params is None else dict(params)
+        target.rope_scaling = None if params is None else dict(params)
     return new
 
 
@@ -91,19 +114,20 @@ def _runtime_readers(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
 
 
 def folded_attributes(
-    model: nn.Module, config: Any, params: Mapping[str, Any] | None, rotary_paths: tuple[str, ...]
+    model: nn.Module, root: Any, config: Any, params: Mapping[str, Any] | None, rotary_paths: tuple[str, ...]
 ) -> tuple[set[Attribute], dict[Attribute, Any]]:
     """``(changed, values)``: the plain attributes outside ``rotary_paths`` that transformers sets differently
-    when ``model``'s class is built with rope dict ``params`` instead of ``config``'s, and the value of every
-    plain attribute in the build with ``params``.
+    when ``model``'s class is built from ``root`` (its config) with rope dict ``params`` in ``config`` (``root``
+    or a sub-config such as ``root.text_config``) instead of the one there, and the value of every plain
+    attribute in the build with ``params``.
 
     Raises:
         UnsupportedRotary: ``model-build`` (the class cannot be rebuilt from its config on the meta device),
             ``folded-tensor`` (a parameter or buffer changes shape with the rope parameters) or
             ``runtime-config`` (a module's forward reads rope parameters from the config).
     """
-    old = _build_on_meta(model, config)
-    new = _build_on_meta(model, with_rope(config, params))
+    old = _build_on_meta(model, root)
+    new = _build_on_meta(model, with_rope(root, config, params))
     old_shapes, new_shapes = _tensor_shapes(old, rotary_paths), _tensor_shapes(new, rotary_paths)
     resized = sorted(
         k for k in old_shapes.keys() | new_shapes.keys() if old_shapes.get(k) != new_shapes.get(k)

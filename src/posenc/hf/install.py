@@ -46,6 +46,12 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return slots
 
 
+def rope_config(rotary: nn.Module, root: Any) -> Any:
+    """The config ``rotary`` was built from: its own ``config`` (a composite model's text config), else ``root``."""
+    own = getattr(rotary, "config", None)
+    return own if own is not None and hasattr(own, "to_dict") else root
+
+
 def _new_parameters(config: Any, scaling: RopeScaling | None) -> dict[str, Any] | None:
     """The rope dict transformers would hold for ``scaling``: 5.x keeps the base (and partial factor) in it."""
     if getattr(config, "rope_parameters", None) is None:
@@ -84,10 +90,11 @@ def install_rope(
         UnsupportedRotary (a ValueError; ``.cause`` says which): the model cannot be made equal; nothing changed.
         ValueError: a bad scaling.
     """
-    config = getattr(model, "config", None)
-    if config is None:
+    root = getattr(model, "config", None)
+    if root is None:
         raise TypeError(f"install_rope needs a transformers model with a .config, got {type(model).__name__}")
     slots = rotary_slots(model)
+    config = rope_config(getattr(slots[0][1], slots[0][2]), root)
     current = rope_from_config(config, **options)
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
     layouts = set()
@@ -111,8 +118,9 @@ def install_rope(
         scaling=new_scaling,
         **{k: v for k, v in options.items() if k != "interleaved"},
     ).to(device)
-    updates = _attribute_updates(model, config, new_scaling, tuple(path for path, _, _ in slots))
+    updates = _attribute_updates(model, root, config, new_scaling, tuple(path for path, _, _ in slots))
     adapter = HFRotaryEmbedding(rope, layout, order)
+    adapter.config = config  # what the rotary module was built from, for the next install
     for _, parent, name in slots:
         setattr(parent, name, adapter)
     modules = dict(model.named_modules())
@@ -123,7 +131,7 @@ def install_rope(
 
 
 def _attribute_updates(
-    model: nn.Module, config: Any, scaling: RopeScaling | None, rotary_paths: tuple[str, ...]
+    model: nn.Module, root: Any, config: Any, scaling: RopeScaling | None, rotary_paths: tuple[str, ...]
 ) -> dict[Attribute, Any]:
     """Rope-dependent attributes to set for ``scaling``, including those a previous install set (to undo them)."""
     touched: set[Attribute] = getattr(model, _TOUCHED, set())
@@ -131,7 +139,7 @@ def _attribute_updates(
         return {}  # nothing in the config for a model to read (GPT-J, CodeGen)
     if scaling_from_config(config, rope_parameters(config) or None) == scaling and not touched:
         return {}  # the model already is what its config says
-    changed, values = folded_attributes(model, config, _new_parameters(config, scaling), rotary_paths)
+    changed, values = folded_attributes(model, root, config, _new_parameters(config, scaling), rotary_paths)
     return {key: values.get(key) for key in changed | touched}
 
 
