@@ -7,6 +7,7 @@ past the original length) and greedy generation must be equal, or install_rope m
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -79,12 +80,28 @@ SCALINGS: dict[str, dict[str, Any] | None] = {
     "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 16},
 }
 
+#: more architectures, generic tiny overrides (MLA ones fold YaRN's mscale into attention); fewer scalings each.
+_MLA_TYPES = ("axk1", "axk2", "deepseek_v32", "glm4_moe_lite", "glm_moe_dsa", "sarvam_mla", "youtu")
+_GENERIC_TYPES = (
+    "afmoe apertus apertus1p5_text arcee aria_text bitnet cohere2 cohere2_moe cwm diffllama doge ernie4_5 "
+    "ernie4_5_moe exaone exaone4 exaone_moe flex_olmo flint gemma2 glm glm4 glm4_moe gpt_neox_japanese granitemoe "
+    "granitemoeshared hrm_text hunyuan_v1_dense hunyuan_v1_moe hy_v3 hy_v4 hyperclovax internlm3 iquestcoder jais2 "
+    "jetmoe kolibri1 lara_mini lfm2 minimax minimax_m2 ministral mixtral nanochat nemotron olmo olmo_hybrid olmoe "
+    "persimmon phi qwen2_moe qwen3_moe sarvam_moe seed_oss smollm3 solar_open starcoder2 vaultgemma"
+).split()
+BREADTH: dict[str, dict[str, Any]] = {
+    **{t: {"head_dim": 16, **_MOE} for t in _GENERIC_TYPES},
+    **{t: _MLA for t in _MLA_TYPES},
+}
+#: POSENC_HF_FULL=1 runs every scaling on them too (about 2 minutes on 2 CPU cores; the README's table).
+BREADTH_SCALINGS = tuple(SCALINGS) if os.environ.get("POSENC_HF_FULL") else ("none", "yarn_mscale")
+
 
 def _rope(model_type: str, scaling: dict[str, Any] | None) -> dict[str, Any]:
     if ONLY.get(model_type) == ("none",):
         return {}
     params: dict[str, Any] = {"rope_theta": 10000.0, **(scaling or {"rope_type": "default"})}
-    partial = ARCHITECTURES[model_type].get("partial_rotary_factor")
+    partial = _overrides(model_type).get("partial_rotary_factor")
     if partial is not None:
         params["partial_rotary_factor"] = partial
     if params["rope_type"] == "longrope":  # one factor per rotated pair
@@ -94,11 +111,15 @@ def _rope(model_type: str, scaling: dict[str, Any] | None) -> dict[str, Any]:
     return {"rope_parameters": params}
 
 
+def _overrides(model_type: str) -> dict[str, Any]:
+    return ARCHITECTURES[model_type] if model_type in ARCHITECTURES else BREADTH[model_type]
+
+
 def tiny_config(model_type: str, scaling: dict[str, Any] | None) -> Any:
     cls = transformers.CONFIG_MAPPING[model_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cls(**{**TINY, **ARCHITECTURES[model_type], **_rope(model_type, scaling)})
+        return cls(**{**TINY, **_overrides(model_type), **_rope(model_type, scaling)})
 
 
 def tiny_model(
@@ -127,7 +148,7 @@ CASES = [
     pytest.param(arch, name, id=f"{arch}-{name}")
     for arch in ARCHITECTURES
     for name in ONLY.get(arch, tuple(SCALINGS))
-]
+] + [pytest.param(arch, name, id=f"{arch}-{name}") for arch in BREADTH for name in BREADTH_SCALINGS]
 
 
 @pytest.mark.parametrize(("arch", "name"), CASES)
