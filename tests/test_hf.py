@@ -16,24 +16,15 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from posenc.hf import HFRotaryEmbedding, apply_rope, install_rope, rope_from_config  # noqa: E402
 
 MAX_POS = 32
+#: lengths transformers fills from the config (the full scaling matrix is in test_hf_architectures.py).
 SCALINGS: dict[str, dict[str, Any]] = {
-    "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
     "yarn_default_lengths": {"rope_type": "yarn", "factor": 4.0},
-    "llama3": {
+    "llama3_default_lengths": {
         "rope_type": "llama3",
         "factor": 8.0,
-        "original_max_position_embeddings": 16,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
-    },
-    "longrope": {
-        "rope_type": "longrope",
-        "factor": 4.0,
-        "original_max_position_embeddings": 16,
-        "short_factor": [1.0 + 0.05 * i for i in range(8)],
-        "long_factor": [1.0 + 0.5 * i for i in range(8)],
     },
 }
 

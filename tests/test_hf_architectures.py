@@ -93,6 +93,8 @@ BREADTH: dict[str, dict[str, Any]] = {
     **{t: {"head_dim": 16, **_MOE} for t in _GENERIC_TYPES},
     **{t: _MLA for t in _MLA_TYPES},
 }
+#: architectures install_rope refuses (see test_refusals_of_real_architectures_name_their_cause).
+REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}, "granite_swa": {"head_dim": 16}}
 #: POSENC_HF_FULL=1 runs every scaling on them too (about 2 minutes on 2 CPU cores; the README's table).
 BREADTH_SCALINGS = tuple(SCALINGS) if os.environ.get("POSENC_HF_FULL") else ("none", "yarn_mscale")
 
@@ -112,7 +114,7 @@ def _rope(model_type: str, scaling: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _overrides(model_type: str) -> dict[str, Any]:
-    return ARCHITECTURES[model_type] if model_type in ARCHITECTURES else BREADTH[model_type]
+    return {**REFUSED, **BREADTH, **ARCHITECTURES}[model_type]
 
 
 def tiny_config(model_type: str, scaling: dict[str, Any] | None) -> Any:
@@ -215,3 +217,12 @@ def test_composite_model_reads_the_rotary_modules_own_config(name: str) -> None:
         torch.testing.assert_close(
             ours(input_ids=tokens).logits, theirs(input_ids=tokens).logits, atol=1e-4, rtol=1e-4
         )
+
+
+def test_refusals_of_real_architectures_name_their_cause() -> None:
+    """Ministral 3 reads rope_parameters in its attention's forward (Llama-4 query scaling); Granite-SWA has a
+    second rotary module. Both would be silent mismatches if swapped: each is refused with its cause."""
+    with pytest.raises(UnsupportedRotary, match=r"\[runtime-config\] Ministral3Attention"):
+        install_rope(tiny_model("ministral3", None), SCALINGS["yarn"])
+    with pytest.raises(UnsupportedRotary, match=r"\[several-rotary-modules\].*rotary_embs"):
+        install_rope(tiny_model("granite_swa", None))
