@@ -165,6 +165,11 @@ def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
     }
     with pytest.raises(ValueError, match="per layer type"):
         rope_from_config(config)
+    config.rope_parameters["full_attention"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}
+    rope = rope_from_config(config, layer_type="full_attention")
+    assert rope.base == 1e6 and rope.scaling == posenc.LinearScaling(2.0)
+    with pytest.raises(ValueError, match="got layer_type='global'"):
+        rope_from_config(config, layer_type="global")
     with pytest.raises(ValueError, match="no `rotary_emb`"):
         apply_rope(_WithConfig(tiny_config()))
     with pytest.raises(TypeError, match="config"):

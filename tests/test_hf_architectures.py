@@ -92,6 +92,8 @@ _GENERIC_TYPES = (
 BREADTH: dict[str, dict[str, Any]] = {
     **{t: {"head_dim": 16, **_MOE} for t in _GENERIC_TYPES},
     **{t: _MLA for t in _MLA_TYPES},
+    "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    "dots1": {"head_dim": 16, **_MOE, "n_shared_experts": 1, "first_k_dense_replace": 1},
 }
 #: architectures install_rope refuses (see test_refusals_of_real_architectures_name_their_cause).
 REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}, "granite_swa": {"head_dim": 16}}
@@ -226,3 +228,45 @@ def test_refusals_of_real_architectures_name_their_cause() -> None:
         install_rope(tiny_model("ministral3", None), SCALINGS["yarn"])
     with pytest.raises(UnsupportedRotary, match=r"\[several-rotary-modules\].*rotary_embs"):
         install_rope(tiny_model("granite_swa", None))
+
+
+#: one RoPE per layer type (rope_parameters keyed by "sliding_attention" / "full_attention").
+_LAYERED: dict[str, Any] = {
+    "head_dim": 16,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "sliding_window": 8,
+}
+PER_LAYER_TYPE: dict[str, dict[str, Any]] = {
+    t: {**_LAYERED, **_MOE}
+    for t in ("gemma3_text", "olmo3", "laguna", "mellum", "modernbert-decoder", "lfm3")
+}
+
+
+def _layered(
+    model_type: str, scaling: dict[str, Any] | None, weights: dict[str, Any] | None = None
+) -> nn.Module:
+    torch.manual_seed(0)
+    rope = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        "full_attention": {"rope_theta": 1e5, **(scaling or {"rope_type": "default"})},
+    }
+    config = transformers.CONFIG_MAPPING[model_type](
+        **{**TINY, **PER_LAYER_TYPE[model_type], "rope_parameters": rope}
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
+@pytest.mark.parametrize("arch", PER_LAYER_TYPE)
+@pytest.mark.parametrize("name", ["none", "linear", "dynamic", "yarn_mscale", "llama3"])
+def test_one_rope_per_layer_type(arch: str, name: str) -> None:
+    theirs = _layered(arch, SCALINGS[name])
+    ours = _layered(arch, SCALINGS["yarn"], theirs.state_dict())  # ships a scaling: undone on the way
+    ropes = install_rope(ours, {"full_attention": SCALINGS[name]})
+    assert isinstance(ropes, dict) and sorted(ropes) == ["full_attention", "sliding_attention"]
+    assert ropes["sliding_attention"].scaling is None and ropes["sliding_attention"].base == 1e4
+    assert_same_model(ours, theirs)
+    with pytest.raises(UnsupportedRotary, match=r"\[per-layer-type\].*dict keyed by layer type"):
+        install_rope(ours, SCALINGS["linear"])

@@ -14,6 +14,7 @@ The attention factor (YaRN / LongRoPE temperature) is folded into the tables, as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, cast
 
 import torch
@@ -71,6 +72,20 @@ class HFRotaryEmbedding(nn.Module):
         return f"layout={self.layout}, order={self.order}"
 
 
+class HFLayerTypeRotaryEmbedding(nn.Module):
+    """One :class:`HFRotaryEmbedding` per layer type behind ``forward(x, position_ids, layer_type)``, the interface
+    of transformers' rotary modules for configs with one RoPE per layer type (Gemma 3, OLMo 3)."""
+
+    def __init__(self, by_type: Mapping[str, HFRotaryEmbedding]) -> None:
+        super().__init__()
+        self.by_type = nn.ModuleDict(dict(by_type))
+        self.layer_types = sorted(by_type)  # as transformers' module (LFM3 reads it)
+        self.config: Any = None
+
+    def forward(self, x: Tensor, position_ids: Tensor, layer_type: str) -> Tensor | tuple[Tensor, Tensor]:
+        return cast(HFRotaryEmbedding, self.by_type[layer_type])(x, position_ids)
+
+
 def _tables(out: object) -> list[Tensor] | None:
     """The tensors of a rotary module's output: one complex table or a (cos, sin) pair; None otherwise."""
     if isinstance(out, Tensor) and out.is_complex():
@@ -88,21 +103,23 @@ def _max_error(got: list[Tensor], want: list[Tensor]) -> float:
     return max((a - b.to(a.dtype)).abs().max().item() for a, b in zip(got, want, strict=True))
 
 
-def match_layout(original: nn.Module, rope: RoPE, device: torch.device) -> tuple[Layout, Order]:
-    """The table layout in which ``rope`` reproduces ``original``'s output (positions 0..7).
+def match_layout(
+    original: nn.Module, rope: RoPE, device: torch.device, layer_type: str | None = None
+) -> tuple[Layout, Order]:
+    """The table layout in which ``rope`` reproduces ``original``'s output (positions 0..7; for ``layer_type``).
 
     Raises:
         UnsupportedRotary: with cause ``table-output`` (neither a (cos, sin) pair nor a complex table),
             ``rotary-size`` (the table width matches no layout of ``rope.rotary_dim``) or ``table-values``
             (the width fits but the values differ: the base or scaling was read differently).
     """
-    name = type(original).__name__
+    name = type(original).__name__ + ("" if layer_type is None else f" ({layer_type})")
     buffer = getattr(original, "inv_freq", None)
     dtype = buffer.dtype if isinstance(buffer, Tensor) and buffer.is_floating_point() else torch.float32
     x = torch.zeros(1, 8, 1, device=device)
     pos = torch.arange(8, device=device).unsqueeze(0)  # (1, 8)
     with torch.no_grad():
-        want = _tables(original(x, pos))
+        want = _tables(original(x, pos) if layer_type is None else original(x, pos, layer_type))
     if want is None:
         raise UnsupportedRotary(
             "table-output",

@@ -30,19 +30,31 @@ _INTERLEAVED_MODEL_TYPES = frozenset(
 )
 
 
-def rope_parameters(config: Any) -> dict[str, Any]:
-    """The flat RoPE dict of ``config`` (transformers 5 ``rope_parameters`` or 4.x ``rope_scaling``), or ``{}``."""
+def layer_types(config: Any) -> list[str] | None:
+    """The layer types of a config with one RoPE per layer type (Gemma 3, OLMo 3: ``rope_parameters =
+    {"full_attention": {...}, "sliding_attention": {...}}``) that have a RoPE; None for one RoPE per model."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return sorted(k for k, v in params.items() if isinstance(v, Mapping)) or None
+
+
+def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """The flat RoPE dict of ``config`` (transformers 5 ``rope_parameters`` or 4.x ``rope_scaling``), or ``{}``;
+    for a config with one RoPE per layer type, the one of ``layer_type``."""
     params = getattr(config, "rope_parameters", None)
     if params is None:
         params = getattr(config, "rope_scaling", None)
     params = dict(params or {})
-    nested = sorted(k for k, v in params.items() if isinstance(v, Mapping))
-    if nested:
-        raise UnsupportedRotary(
-            "per-layer-type",
-            f"this config has a different RoPE per layer type ({nested}); posenc.hf handles one RoPE per model. "
-            "Build each with posenc.RoPE(..., scaling=config.rope_parameters[layer_type])",
-        )
+    types = layer_types(config)
+    if types is not None:
+        if layer_type not in types:
+            raise UnsupportedRotary(
+                "per-layer-type",
+                f"this config has a different RoPE per layer type ({types}); got layer_type={layer_type!r}. "
+                "Pass layer_type= to rope_from_config, and a dict keyed by layer type to install_rope",
+            )
+        params = dict(params[layer_type])
+    elif layer_type is not None:
+        raise ValueError(f"layer_type={layer_type!r} given, but this config has one RoPE for every layer")
     if params.get("mrope_section") is not None:
         raise UnsupportedRotary(
             "multimodal",
@@ -53,7 +65,12 @@ def rope_parameters(config: Any) -> dict[str, Any]:
 
 def head_dim(config: Any) -> int:
     """``config.head_dim``, else ``hidden_size // num_attention_heads``."""
-    size = getattr(config, "head_dim", None)
+    try:
+        size = getattr(config, "head_dim", None)
+    except Exception as err:  # noqa: BLE001 -- transformers raises its own error for per-layer head sizes
+        raise UnsupportedRotary(
+            "per-layer-type", f"head_dim differs between layers in this config ({type(err).__name__}: {err})"
+        ) from err
     if size:
         return int(size)
     hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
@@ -136,7 +153,7 @@ def scaling_from_config(config: Any, scaling: RopeScaling | Mapping[str, Any] | 
     return parse_scaling(params)
 
 
-def rope_from_config(config: Any, **options: Any) -> RoPE:
+def rope_from_config(config: Any, layer_type: str | None = None, **options: Any) -> RoPE:
     """The :class:`posenc.RoPE` that a transformers config describes.
 
     Reads ``head_dim`` (or ``hidden_size / num_attention_heads``), the base and the rotated size from every place
@@ -146,12 +163,13 @@ def rope_from_config(config: Any, **options: Any) -> RoPE:
 
     Args:
         config: a transformers ``PretrainedConfig`` (or any object with the same attributes).
+        layer_type: for configs with one RoPE per layer type (Gemma 3: "full_attention", "sliding_attention").
         **options: more :class:`posenc.RoPE` options (``cache_len``, ``interleaved`` to override the layout).
 
     Raises:
         ValueError: a ``rope_type`` posenc does not implement, per-layer-type or multimodal RoPE, or missing sizes.
     """
-    params = rope_parameters(config)
+    params = rope_parameters(config, layer_type)
     options.setdefault("interleaved", is_interleaved(config))
     scaling = scaling_from_config(config, params) if params else None
     return RoPE(

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..rotary.rope import RoPE
 from ..rotary.scaling import RopeScaling
-from .adapter import HFRotaryEmbedding, match_layout
-from .config import ROPE_KEYS, rope_from_config, rope_parameters, scaling_from_config
+from .adapter import HFLayerTypeRotaryEmbedding, HFRotaryEmbedding, Layout, Order, match_layout
+from .config import ROPE_KEYS, layer_types, rope_from_config, rope_parameters, scaling_from_config
 from .errors import UnsupportedRotary
 from .folded import Attribute, folded_attributes
 
@@ -24,6 +24,8 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     slots: list[tuple[str, nn.Module, str]] = []
     others: list[str] = []
     for parent_name, parent in model.named_modules():
+        if any(parent_name == p or parent_name.startswith(p + ".") for p, _, _ in slots):
+            continue  # inside a rotary module (posenc's per-layer-type adapter holds one per type)
         for name, child in parent.named_children():
             path = f"{parent_name}.{name}".lstrip(".")
             if isinstance(child, HFRotaryEmbedding) or type(child).__name__.endswith("RotaryEmbedding"):
@@ -52,18 +54,46 @@ def rope_config(rotary: nn.Module, root: Any) -> Any:
     return own if own is not None and hasattr(own, "to_dict") else root
 
 
-def _new_parameters(config: Any, scaling: RopeScaling | None) -> dict[str, Any] | None:
-    """The rope dict transformers would hold for ``scaling``: 5.x keeps the base (and partial factor) in it."""
+Scaling = RopeScaling | Mapping[str, Any] | None
+
+
+def _per_type(scaling: Scaling | Mapping[str, Scaling], types: list[str] | None) -> dict[str | None, Scaling]:
+    """``{layer type: scaling}`` (``{None: scaling}`` for one RoPE per model); missing layer types get None."""
+    if types is None:
+        return {None: cast(Scaling, scaling)}
+    if not isinstance(scaling, Mapping) or ("rope_type" in scaling or "type" in scaling):
+        if scaling is None:
+            return dict.fromkeys(types)
+        raise UnsupportedRotary(
+            "per-layer-type",
+            f"this model has one RoPE per layer type ({types}); pass a dict keyed by layer type, e.g. "
+            f"{{{types[0]!r}: {{'rope_type': 'yarn', 'factor': 4.0}}}} (layer types left out get plain RoPE)",
+        )
+    unknown = sorted(set(scaling) - set(types))
+    if unknown:
+        raise ValueError(f"scaling has layer types {unknown} that this model does not have; it has {types}")
+    return {t: cast(Scaling, scaling.get(t)) for t in types}
+
+
+def _new_parameters(config: Any, scalings: Mapping[str | None, RopeScaling | None]) -> dict[str, Any] | None:
+    """The rope dict transformers would hold for ``scalings``: 5.x keeps the base (and partial factor) in it."""
     if getattr(config, "rope_parameters", None) is None:
+        scaling = scalings[None]
         return None if scaling is None else scaling.to_dict()
-    old = rope_parameters(config)
-    kept = {k: old[k] for k in ROPE_KEYS if k in old}
-    return {**kept, **({"rope_type": "default"} if scaling is None else scaling.to_dict())}
+
+    def one(layer_type: str | None) -> dict[str, Any]:
+        old, scaling = rope_parameters(config, layer_type), scalings[layer_type]
+        kept = {k: old[k] for k in ROPE_KEYS if k in old}
+        return {**kept, **({"rope_type": "default"} if scaling is None else scaling.to_dict())}
+
+    if None in scalings:
+        return one(None)
+    return {**config.rope_parameters, **{t: one(t) for t in scalings if t is not None}}
 
 
 def install_rope(
-    model: nn.Module, scaling: RopeScaling | Mapping[str, Any] | None = None, **options: Any
-) -> RoPE:
+    model: nn.Module, scaling: Scaling | Mapping[str, Scaling] = None, **options: Any
+) -> RoPE | dict[str, RoPE]:
     """Switch a loaded transformers model to a posenc RoPE with ``scaling``, in place.
 
     The new RoPE keeps the model's base, ``head_dim`` and rotated size; ``scaling`` replaces whatever scaling the
@@ -79,11 +109,13 @@ def install_rope(
 
     Args:
         model: e.g. ``LlamaForCausalLM``, ``GPTNeoXForCausalLM``, ``DeepseekV3ForCausalLM``.
-        scaling: a :class:`posenc.RopeScaling`, a transformers-style dict, or None.
+        scaling: a :class:`posenc.RopeScaling`, a transformers-style dict, or None. For a model with one RoPE per
+            layer type (Gemma 3, OLMo 3): a dict ``{layer_type: scaling}``; layer types left out get plain RoPE.
         **options: more :class:`posenc.RoPE` options (``cache_len``).
 
     Returns:
-        The installed :class:`posenc.RoPE` (one module, shared by every replaced ``rotary_emb``).
+        The installed :class:`posenc.RoPE` (one module, shared by every replaced ``rotary_emb``), or
+        ``{layer_type: RoPE}`` for a model with one RoPE per layer type.
 
     Raises:
         TypeError: ``model`` has no ``config``.
@@ -95,31 +127,26 @@ def install_rope(
         raise TypeError(f"install_rope needs a transformers model with a .config, got {type(model).__name__}")
     slots = rotary_slots(model)
     config = rope_config(getattr(slots[0][1], slots[0][2]), root)
-    current = rope_from_config(config, **options)
+    types = layer_types(config)
+    wanted = _per_type(scaling, types)
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
-    layouts = set()
-    for _, parent, name in slots:
-        module = getattr(parent, name)
-        if isinstance(module, HFRotaryEmbedding):  # already posenc: its layout was checked when installed
-            layouts.add((module.layout, module.order))
-        else:
-            layouts.add(match_layout(module, current.to(device), device))
-    if len(layouts) != 1:
-        raise UnsupportedRotary(
-            "several-rotary-modules", f"rotary_emb modules with different layouts: {layouts}"
-        )
-    layout, order = layouts.pop()
-    new_scaling = scaling_from_config(config, scaling)
-    rope = RoPE(
-        current.head_dim,
-        base=current.base,
-        rotary_dim=current.rotary_dim,
-        interleaved=current.interleaved,
-        scaling=new_scaling,
-        **{k: v for k, v in options.items() if k != "interleaved"},
-    ).to(device)
-    updates = _attribute_updates(model, root, config, new_scaling, tuple(path for path, _, _ in slots))
-    adapter = HFRotaryEmbedding(rope, layout, order)
+    ropes: dict[str | None, RoPE] = {}
+    adapters: dict[str | None, HFRotaryEmbedding] = {}
+    for key in wanted:
+        current = rope_from_config(config, layer_type=key, **options)
+        layout, order = _layout(slots, current.to(device), device, key)
+        ropes[key] = RoPE(
+            current.head_dim,
+            base=current.base,
+            rotary_dim=current.rotary_dim,
+            interleaved=current.interleaved,
+            scaling=scaling_from_config(config, wanted[key]),
+            **{k: v for k, v in options.items() if k != "interleaved"},
+        ).to(device)
+        adapters[key] = HFRotaryEmbedding(ropes[key], layout, order)
+    new = {key: rope.scaling for key, rope in ropes.items()}
+    updates = _attribute_updates(model, root, config, new, tuple(path for path, _, _ in slots))
+    adapter = adapters[None] if types is None else HFLayerTypeRotaryEmbedding(cast(dict[str, Any], adapters))
     adapter.config = config  # what the rotary module was built from, for the next install
     for _, parent, name in slots:
         setattr(parent, name, adapter)
@@ -127,24 +154,49 @@ def install_rope(
     for (path, key), value in updates.items():
         setattr(modules[path], key, value)
     object.__setattr__(model, _TOUCHED, set(updates))  # a plain attribute, not a submodule or buffer
-    return rope
+    return ropes[None] if types is None else {str(k): v for k, v in ropes.items()}
+
+
+def _layout(
+    slots: list[tuple[str, nn.Module, str]], rope: RoPE, device: torch.device, layer_type: str | None
+) -> tuple[Layout, Order]:
+    """The one table layout of every rotary module in ``slots`` (for ``layer_type``)."""
+    layouts = set()
+    for _, parent, name in slots:
+        module = getattr(parent, name)
+        if isinstance(module, HFLayerTypeRotaryEmbedding):
+            module = module.by_type[str(layer_type)]
+        if isinstance(module, HFRotaryEmbedding):  # already posenc: its layout was checked when installed
+            layouts.add((module.layout, module.order))
+        else:
+            layouts.add(match_layout(module, rope, device, layer_type))
+    if len(layouts) != 1:
+        raise UnsupportedRotary(
+            "several-rotary-modules", f"rotary_emb modules with different layouts: {layouts}"
+        )
+    return layouts.pop()
 
 
 def _attribute_updates(
-    model: nn.Module, root: Any, config: Any, scaling: RopeScaling | None, rotary_paths: tuple[str, ...]
+    model: nn.Module,
+    root: Any,
+    config: Any,
+    scalings: Mapping[str | None, RopeScaling | None],
+    rotary_paths: tuple[str, ...],
 ) -> dict[Attribute, Any]:
-    """Rope-dependent attributes to set for ``scaling``, including those a previous install set (to undo them)."""
+    """Rope-dependent attributes to set for ``scalings``, including those a previous install set (to undo them)."""
     touched: set[Attribute] = getattr(model, _TOUCHED, set())
     if getattr(config, "rope_parameters", None) is None and not hasattr(config, "rope_scaling"):
         return {}  # nothing in the config for a model to read (GPT-J, CodeGen)
-    if scaling_from_config(config, rope_parameters(config) or None) == scaling and not touched:
+    as_built = {k: scaling_from_config(config, rope_parameters(config, k) or None) for k in scalings}
+    if as_built == dict(scalings) and not touched:
         return {}  # the model already is what its config says
-    changed, values = folded_attributes(model, root, config, _new_parameters(config, scaling), rotary_paths)
+    changed, values = folded_attributes(model, root, config, _new_parameters(config, scalings), rotary_paths)
     return {key: values.get(key) for key in changed | touched}
 
 
 def apply_rope(
-    model: nn.Module, scaling: RopeScaling | Mapping[str, Any] | None = None, **options: Any
-) -> RoPE:
+    model: nn.Module, scaling: Scaling | Mapping[str, Scaling] = None, **options: Any
+) -> RoPE | dict[str, RoPE]:
     """Alias of :func:`install_rope` (the older name; ``posenc.functional.apply_rope`` rotates tensors)."""
     return install_rope(model, scaling, **options)
