@@ -139,6 +139,9 @@ def test_rope_from_config_reads_every_place_a_rotary_size_or_base_lives() -> Non
 
     rope = rope_from_config(GPTJ())
     assert (rope.head_dim, rope.rotary_dim, rope.base, rope.interleaved) == (16, 8, 1e4, True)
+    config = tiny_config()
+    config.rotary_dim = 4  # next to a 5.x rope_parameters, which holds the rotated size (MiniMax-M3 keeps both)
+    assert rope_from_config(config).rotary_dim == 16
     GPTJ.rotary_dim = 32
     with pytest.raises(ValueError, match=r"\[rotary-size\] config.rotary_dim=32 does not fit head_dim=16"):
         rope_from_config(GPTJ())

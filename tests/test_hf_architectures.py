@@ -87,7 +87,7 @@ _GENERIC_TYPES = (
     "ernie4_5_moe exaone exaone4 exaone_moe flex_olmo flint gemma2 glm glm4 glm4_moe gpt_neox_japanese granitemoe "
     "granitemoeshared hrm_text hunyuan_v1_dense hunyuan_v1_moe hy_v3 hy_v4 hyperclovax internlm3 iquestcoder jais2 "
     "jetmoe kolibri1 lara_mini lfm2 minimax minimax_m2 ministral mixtral nanochat nemotron olmo olmo_hybrid olmoe "
-    "persimmon phi qwen2_moe qwen3_moe sarvam_moe seed_oss smollm3 solar_open starcoder2 vaultgemma"
+    "persimmon phi qwen2_moe qwen3_moe sarvam_moe seed_oss smollm3 solar_open starcoder2 vaultgemma minimax_m3_vl_text"
 ).split()
 BREADTH: dict[str, dict[str, Any]] = {
     **{t: {"head_dim": 16, **_MOE} for t in _GENERIC_TYPES},

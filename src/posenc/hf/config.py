@@ -4,8 +4,9 @@ Rotary sizes and bases live in several places depending on the architecture and 
 
 * base: ``rope_parameters["rope_theta"]`` (5.x), ``config.rope_theta`` (4.x), ``config.rotary_emb_base``
   (GPT-NeoX in 4.x), else 10000;
-* rotated size: ``config.rotary_dim`` (GPT-J, CodeGen: a number of dims), ``partial_rotary_factor`` in
-  ``rope_parameters`` (5.x) or on the config (4.x), ``config.rotary_pct`` (GPT-NeoX in 4.x), else the whole head;
+* rotated size: ``config.rotary_dim`` (GPT-J, CodeGen: a number of dims; ignored next to a 5.x
+  ``rope_parameters``, which holds the size as ``partial_rotary_factor``), ``partial_rotary_factor`` on the
+  config (4.x), ``config.rotary_pct`` (GPT-NeoX in 4.x), else the whole head;
 * scaling: ``rope_parameters`` (5.x) or ``rope_scaling`` (4.x), with ``rope_type`` or the legacy ``type``.
 """
 
@@ -96,7 +97,10 @@ def rotary_size(config: Any, params: Mapping[str, Any] | None = None) -> int:
     """The number of rotated dims ``R`` of each head (``rotary_dim``, a partial factor, or the whole head)."""
     params = rope_parameters(config) if params is None else params
     dim = head_dim(config)
-    explicit = getattr(config, "rotary_dim", None)
+    # transformers 5 moves every rotated size into rope_parameters["partial_rotary_factor"]; a config that still
+    # has a rotary_dim next to rope_parameters (MiniMax-M3) does not rotate by it. GPT-J and CodeGen have no
+    # rope_parameters and rotate config.rotary_dim dims.
+    explicit = getattr(config, "rotary_dim", None) if getattr(config, "rope_parameters", None) is None else None
     if explicit is not None:
         if not 0 < int(explicit) <= dim:
             raise UnsupportedRotary(
