@@ -13,7 +13,7 @@ import posenc
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from posenc.hf import HFRotaryEmbedding, apply_rope, install_rope, rope_from_config  # noqa: E402
+from posenc.hf import HFRotaryEmbedding, UnsupportedRotary, apply_rope, install_rope, rope_from_config  # noqa: E402
 
 MAX_POS = 32
 #: lengths transformers fills from the config (the full scaling matrix is in test_hf_architectures.py).
@@ -140,7 +140,9 @@ def test_rope_from_config_reads_every_place_a_rotary_size_or_base_lives() -> Non
     rope = rope_from_config(GPTJ())
     assert (rope.head_dim, rope.rotary_dim, rope.base, rope.interleaved) == (16, 8, 1e4, True)
     config = tiny_config()
-    config.rotary_dim = 4  # next to a 5.x rope_parameters, which holds the rotated size (MiniMax-M3 keeps both)
+    config.rotary_dim = (
+        4  # next to a 5.x rope_parameters, which holds the rotated size (MiniMax-M3 keeps both)
+    )
     assert rope_from_config(config).rotary_dim == 16
     GPTJ.rotary_dim = 32
     with pytest.raises(ValueError, match=r"\[rotary-size\] config.rotary_dim=32 does not fit head_dim=16"):
@@ -193,3 +195,38 @@ class _WithConfig(nn.Module):
         super().__init__()
         self.config = config
         self.proj = nn.Linear(2, 2)
+
+
+class _NeedsMore(LlamaForCausalLM):  # cannot be rebuilt from its config alone
+    def __init__(self, config: Any, extra: int) -> None:
+        super().__init__(config)
+
+
+class _SizedByRope(LlamaForCausalLM):  # a buffer whose shape depends on the rope parameters
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.register_buffer("table", torch.zeros(int(config.rope_parameters.get("factor", 1))))
+
+
+class _Temperature(LlamaForCausalLM):  # a number derived from the rope parameters outside the rotary module
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.temperature = float(config.rope_parameters.get("factor", 1.0)) ** 0.5
+
+
+def test_rope_dependent_state_outside_the_rotary_module_is_set_or_refused() -> None:
+    yarn = {"rope_type": "yarn", "factor": 4.0}
+    model = _Temperature(tiny_config()).eval()
+    install_rope(model, yarn)
+    assert model.temperature == 2.0  # what transformers would build with that rope configuration
+    install_rope(model, None)
+    assert model.temperature == 1.0  # and undone
+    for model, cause in (
+        (_NeedsMore(tiny_config(), 1), "model-build"),
+        (_SizedByRope(tiny_config()), "folded-tensor"),
+    ):
+        before = model.model.rotary_emb
+        with pytest.raises(UnsupportedRotary, match=rf"\[{cause}\]"):
+            install_rope(model, yarn)
+        assert model.model.rotary_emb is before  # refused before anything changed
+        install_rope(model, None)  # the config's own RoPE needs no rebuild
