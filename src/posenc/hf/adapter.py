@@ -118,8 +118,13 @@ def match_layout(
     dtype = buffer.dtype if isinstance(buffer, Tensor) and buffer.is_floating_point() else torch.float32
     x = torch.zeros(1, 8, 1, device=device)
     pos = torch.arange(8, device=device).unsqueeze(0)  # (1, 8)
-    with torch.no_grad():
-        want = _tables(original(x, pos) if layer_type is None else original(x, pos, layer_type))
+    try:
+        with torch.no_grad():
+            want = _tables(original(x, pos) if layer_type is None else original(x, pos, layer_type))
+    except Exception as err:  # noqa: BLE001 -- a module posenc cannot call cannot be vouched for
+        raise UnsupportedRotary(
+            "table-output", f"calling {name}(x, position_ids) failed ({type(err).__name__}: {err})"
+        ) from err
     if want is None:
         raise UnsupportedRotary(
             "table-output",

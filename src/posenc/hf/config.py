@@ -35,7 +35,11 @@ def layer_types(config: Any) -> list[str] | None:
     """The layer types of a config with one RoPE per layer type (Gemma 3, OLMo 3: ``rope_parameters =
     {"full_attention": {...}, "sliding_attention": {...}}``) that have a RoPE; None for one RoPE per model."""
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return sorted(k for k, v in params.items() if isinstance(v, Mapping)) or None
+    types = [k for k, v in params.items() if isinstance(v, Mapping)]
+    used = getattr(config, "layer_types", None)
+    if types and isinstance(used, list | tuple):  # transformers builds tables only for the types layers use
+        types = [t for t in types if t in used] or types
+    return sorted(types) or None
 
 
 def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
@@ -100,7 +104,9 @@ def rotary_size(config: Any, params: Mapping[str, Any] | None = None) -> int:
     # transformers 5 moves every rotated size into rope_parameters["partial_rotary_factor"]; a config that still
     # has a rotary_dim next to rope_parameters (MiniMax-M3) does not rotate by it. GPT-J and CodeGen have no
     # rope_parameters and rotate config.rotary_dim dims.
-    explicit = getattr(config, "rotary_dim", None) if getattr(config, "rope_parameters", None) is None else None
+    explicit = (
+        getattr(config, "rotary_dim", None) if getattr(config, "rope_parameters", None) is None else None
+    )
     if explicit is not None:
         if not 0 < int(explicit) <= dim:
             raise UnsupportedRotary(
@@ -114,7 +120,14 @@ def rotary_size(config: Any, params: Mapping[str, Any] | None = None) -> int:
         getattr(config, "rotary_pct", None),
     ):
         if value is not None:
-            return int(dim * float(value))
+            size = int(dim * float(value))
+            if not 0 < size <= dim or size % 2:
+                raise UnsupportedRotary(
+                    "rotary-size",
+                    f"partial rotary factor {value} of head_dim {dim} gives {size} rotated dims; expected an even "
+                    f"number in 1..{dim}: the config's sizes do not describe one RoPE per head",
+                )
+            return size
     return dim
 
 
