@@ -93,10 +93,12 @@ BREADTH: dict[str, dict[str, Any]] = {
     **{t: {"head_dim": 16, **_MOE} for t in _GENERIC_TYPES},
     **{t: _MLA for t in _MLA_TYPES},
     "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    "granite_swa": {"head_dim": 16, "layer_rope_theta": [1e4, 5e5]},  # rotary_embs: one module per base
+    "granitemoe_swa": {"head_dim": 16, "layer_rope_theta": [1e4, 5e5], **_MOE},
     "dots1": {"head_dim": 16, **_MOE, "n_shared_experts": 1, "first_k_dense_replace": 1},
 }
 #: architectures install_rope refuses (see test_refusals_of_real_architectures_name_their_cause).
-REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}, "granite_swa": {"head_dim": 16}}
+REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}}
 #: POSENC_HF_FULL=1 runs every scaling on them too (about 2 minutes on 2 CPU cores; the README's table).
 BREADTH_SCALINGS = tuple(SCALINGS) if os.environ.get("POSENC_HF_FULL") else ("none", "yarn_mscale")
 
@@ -222,12 +224,14 @@ def test_composite_model_reads_the_rotary_modules_own_config(name: str) -> None:
 
 
 def test_refusals_of_real_architectures_name_their_cause() -> None:
-    """Ministral 3 reads rope_parameters in its attention's forward (Llama-4 query scaling); Granite-SWA has a
-    second rotary module. Both would be silent mismatches if swapped: each is refused with its cause."""
+    """Ministral 3 reads rope_parameters in its attention's forward (Llama-4 query scaling); a rotary module
+    outside rotary_emb / rotary_embs is used in ways posenc does not know. Both are refused with their cause."""
     with pytest.raises(UnsupportedRotary, match=r"\[runtime-config\] Ministral3Attention"):
         install_rope(tiny_model("ministral3", None), SCALINGS["yarn"])
-    with pytest.raises(UnsupportedRotary, match=r"\[several-rotary-modules\].*rotary_embs"):
-        install_rope(tiny_model("granite_swa", None))
+    model = tiny_model("llama", None)
+    model.model.layers[0].local_rope = type(model.model.rotary_emb)(model.config)
+    with pytest.raises(UnsupportedRotary, match=r"\[several-rotary-modules\].*layers.0.local_rope"):
+        install_rope(model)
 
 
 #: one RoPE per layer type (rope_parameters keyed by "sliding_attention" / "full_attention").

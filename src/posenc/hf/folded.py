@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,10 +30,15 @@ log = logging.getLogger(__name__)
 
 Attribute = tuple[str, str]  # (module path, attribute name)
 _PLAIN = (bool, int, float, str, tuple, type(None))
-_RUNTIME_KEYS = ("rope_parameters", "rope_scaling", "rope_theta")
+_RUNTIME_KEYS = ("rope_parameters", "rope_scaling")
+#: runtime reads that install_rope never changes: the base and rotated size, and whether a layer type has a RoPE.
+_HARMLESS_READS = re.compile(
+    r"""rope_parameters(\[[^\]]+\])?(\[["'](rope_theta|partial_rotary_factor)["']\]|\.get\(["'](rope_theta|partial_rotary_factor)["'][^)]*\))"""
+    r"|rope_parameters\[\w+\] is (not )?None"
+)
 
 
-def _path_to(root: Any, target: Any, depth: int = 2) -> list[str] | None:
+def path_to(root: Any, target: Any, depth: int = 2) -> list[str] | None:
     """Attribute names leading from config ``root`` to sub-config ``target`` (``["text_config"]``), or None."""
     if root is target:
         return []
@@ -40,7 +46,7 @@ def _path_to(root: Any, target: Any, depth: int = 2) -> list[str] | None:
         return None
     for key, value in vars(root).items():
         if hasattr(value, "to_dict") and not isinstance(value, type):
-            rest = _path_to(value, target, depth - 1)
+            rest = path_to(value, target, depth - 1)
             if rest is not None:
                 return [key, *rest]
     return None
@@ -49,7 +55,7 @@ def _path_to(root: Any, target: Any, depth: int = 2) -> list[str] | None:
 def with_rope(root: Any, config: Any, params: Mapping[str, Any] | None) -> Any:
     """A deep copy of ``root`` whose (sub-)config ``config`` has RoPE dict ``params`` (``rope_parameters`` in 5.x,
     ``rope_scaling`` in 4.x)."""
-    path = _path_to(root, config)
+    path = path_to(root, config)
     if path is None:
         raise UnsupportedRotary(
             "model-build", "the rotary module's config is not the model's config nor one of its sub-configs"
@@ -96,7 +102,7 @@ def _build_on_meta(model: nn.Module, config: Any) -> nn.Module:
 
 
 def _runtime_readers(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
-    """Classes (outside the rotary modules) whose ``forward`` source mentions rope parameters."""
+    """Classes (outside the rotary modules) whose ``forward`` source reads rope parameters that can change."""
     found: set[str] = set()
     for path, module in model.named_modules():
         if any(path == s or path.startswith(s + ".") for s in skip):
@@ -108,6 +114,7 @@ def _runtime_readers(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
             source = inspect.getsource(cls.forward)
         except (OSError, TypeError):
             continue
+        source = _HARMLESS_READS.sub("", source)
         if any(key in source for key in _RUNTIME_KEYS):
             found.add(cls.__name__)
     return sorted(found)

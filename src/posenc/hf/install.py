@@ -13,14 +13,15 @@ from ..rotary.scaling import RopeScaling
 from .adapter import HFLayerTypeRotaryEmbedding, HFRotaryEmbedding, Layout, Order, match_layout
 from .config import ROPE_KEYS, layer_types, rope_from_config, rope_parameters, scaling_from_config
 from .errors import UnsupportedRotary
-from .folded import Attribute, folded_attributes
+from .folded import Attribute, folded_attributes, path_to
 
 #: name of the model attribute where install_rope remembers the attributes it set (to undo them later).
 _TOUCHED = "_posenc_rope_attributes"
 
 
 def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """Every ``(path, parent, "rotary_emb")`` holding a rotary embedding; raise on any other rotary module."""
+    """Every ``(path, parent, name)`` holding a rotary embedding: ``rotary_emb`` modules and the items of
+    ``rotary_embs`` lists (Granite-SWA: one per base); raise on any other rotary module."""
     slots: list[tuple[str, nn.Module, str]] = []
     others: list[str] = []
     for parent_name, parent in model.named_modules():
@@ -29,15 +30,17 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         for name, child in parent.named_children():
             path = f"{parent_name}.{name}".lstrip(".")
             if isinstance(child, HFRotaryEmbedding) or type(child).__name__.endswith("RotaryEmbedding"):
-                if name == "rotary_emb":
+                if name == "rotary_emb" or (
+                    isinstance(parent, nn.ModuleList) and parent_name.endswith("rotary_embs")
+                ):
                     slots.append((path, parent, name))
                 else:
                     others.append(path)
     if others:
         raise UnsupportedRotary(
             "several-rotary-modules",
-            f"this model has rotary modules other than rotary_emb ({others}), e.g. separate "
-            "local and global RoPEs; posenc.hf supports models with one RoPE",
+            f"this model has rotary modules other than rotary_emb and rotary_embs[i] ({others}); posenc.hf "
+            "does not know how the model uses them",
         )
     if not slots:
         raise UnsupportedRotary(
@@ -126,10 +129,38 @@ def install_rope(
     if root is None:
         raise TypeError(f"install_rope needs a transformers model with a .config, got {type(model).__name__}")
     slots = rotary_slots(model)
-    config = rope_config(getattr(slots[0][1], slots[0][2]), root)
+    groups: dict[int, tuple[Any, list[tuple[str, nn.Module, str]]]] = {}
+    for slot in slots:  # rotary modules built from the same config share one posenc module
+        config = rope_config(getattr(slot[1], slot[2]), root)
+        groups.setdefault(id(config), (config, []))[1].append(slot)
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    plans = [_plan(config, group, scaling, device, options) for config, group in groups.values()]
+    new = [(config, {key: rope.scaling for key, rope in ropes.items()}) for config, ropes, _ in plans]
+    updates = _attribute_updates(model, root, new, tuple(path for path, _, _ in slots))
+    for config, _, adapter in plans:
+        adapter.config = (
+            config  # what the rotary module was built from, for the next install (Granite-SWA reads it)
+        )
+        for _, parent, name in groups[id(config)][1]:
+            setattr(parent, name, adapter)
+    modules = dict(model.named_modules())
+    for (path, key), value in updates.items():
+        setattr(modules[path], key, value)
+    object.__setattr__(model, _TOUCHED, set(updates))  # a plain attribute, not a submodule or buffer
+    ropes = plans[0][1]
+    return ropes[None] if None in ropes else {str(k): v for k, v in ropes.items()}
+
+
+def _plan(
+    config: Any,
+    slots: list[tuple[str, nn.Module, str]],
+    scaling: Scaling | Mapping[str, Scaling],
+    device: torch.device,
+    options: Mapping[str, Any],
+) -> tuple[Any, dict[str | None, RoPE], HFRotaryEmbedding | HFLayerTypeRotaryEmbedding]:
+    """The new RoPEs and the adapter for the rotary modules ``slots`` built from ``config`` (checked first)."""
     types = layer_types(config)
     wanted = _per_type(scaling, types)
-    device = next((t.device for t in model.parameters()), torch.device("cpu"))
     ropes: dict[str | None, RoPE] = {}
     adapters: dict[str | None, HFRotaryEmbedding] = {}
     for key in wanted:
@@ -144,17 +175,8 @@ def install_rope(
             **{k: v for k, v in options.items() if k != "interleaved"},
         ).to(device)
         adapters[key] = HFRotaryEmbedding(ropes[key], layout, order)
-    new = {key: rope.scaling for key, rope in ropes.items()}
-    updates = _attribute_updates(model, root, config, new, tuple(path for path, _, _ in slots))
     adapter = adapters[None] if types is None else HFLayerTypeRotaryEmbedding(cast(dict[str, Any], adapters))
-    adapter.config = config  # what the rotary module was built from, for the next install
-    for _, parent, name in slots:
-        setattr(parent, name, adapter)
-    modules = dict(model.named_modules())
-    for (path, key), value in updates.items():
-        setattr(modules[path], key, value)
-    object.__setattr__(model, _TOUCHED, set(updates))  # a plain attribute, not a submodule or buffer
-    return ropes[None] if types is None else {str(k): v for k, v in ropes.items()}
+    return config, ropes, adapter
 
 
 def _layout(
@@ -180,17 +202,25 @@ def _layout(
 def _attribute_updates(
     model: nn.Module,
     root: Any,
-    config: Any,
-    scalings: Mapping[str | None, RopeScaling | None],
+    new: list[tuple[Any, dict[str | None, RopeScaling | None]]],
     rotary_paths: tuple[str, ...],
 ) -> dict[Attribute, Any]:
-    """Rope-dependent attributes to set for ``scalings``, including those a previous install set (to undo them)."""
+    """Rope-dependent attributes to set for the ``(config, {layer type: scaling})`` pairs ``new``, including those
+    a previous install set (to undo them)."""
     touched: set[Attribute] = getattr(model, _TOUCHED, set())
-    if getattr(config, "rope_parameters", None) is None and not hasattr(config, "rope_scaling"):
+    readable = [
+        (c, s)
+        for c, s in new
+        if getattr(c, "rope_parameters", None) is not None or hasattr(c, "rope_scaling")
+    ]
+    if not readable:
         return {}  # nothing in the config for a model to read (GPT-J, CodeGen)
-    as_built = {k: scaling_from_config(config, rope_parameters(config, k) or None) for k in scalings}
-    if as_built == dict(scalings) and not touched:
+    as_built = all(
+        {k: scaling_from_config(c, rope_parameters(c, k) or None) for k in s} == s for c, s in readable
+    )
+    if as_built and not touched:
         return {}  # the model already is what its config says
+    config, scalings = next(((c, s) for c, s in readable if path_to(root, c) is not None), readable[0])
     changed, values = folded_attributes(model, root, config, _new_parameters(config, scalings), rotary_paths)
     return {key: values.get(key) for key in changed | touched}
 
