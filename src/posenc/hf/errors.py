@@ -7,7 +7,7 @@ CAUSES: dict[str, str] = {
     "per-layer-type": "a different RoPE per layer type (e.g. local and global attention)",
     "multimodal": "multimodal RoPE (mrope_section): 3-D positions",
     "no-rotary-module": "no rotary_emb module to replace",
-    "several-rotary-modules": "rotary modules besides rotary_emb",
+    "several-rotary-modules": "rotary modules besides rotary_emb and rotary_embs[i], or with different layouts",
     "table-output": "the rotary module returns something other than (cos, sin) tables or a complex freqs_cis",
     "rotary-size": "the rotary table's width does not match the rotated size read from the config",
     "table-values": "the rotary table's values differ from the RoPE the config describes",
