@@ -13,27 +13,18 @@ import posenc
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from posenc.hf import HFRotaryEmbedding, apply_rope, rope_from_config  # noqa: E402
+from posenc.hf import HFRotaryEmbedding, UnsupportedRotary, apply_rope, install_rope, rope_from_config  # noqa: E402
 
 MAX_POS = 32
+#: lengths transformers fills from the config (the full scaling matrix is in test_hf_architectures.py).
 SCALINGS: dict[str, dict[str, Any]] = {
-    "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
     "yarn_default_lengths": {"rope_type": "yarn", "factor": 4.0},
-    "llama3": {
+    "llama3_default_lengths": {
         "rope_type": "llama3",
         "factor": 8.0,
-        "original_max_position_embeddings": 16,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
-    },
-    "longrope": {
-        "rope_type": "longrope",
-        "factor": 4.0,
-        "original_max_position_embeddings": 16,
-        "short_factor": [1.0 + 0.05 * i for i in range(8)],
-        "long_factor": [1.0 + 0.5 * i for i in range(8)],
     },
 }
 
@@ -62,6 +53,15 @@ def plain() -> Any:
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(tokens).logits
+
+
+def test_apply_rope_is_install_rope() -> None:
+    model = LlamaForCausalLM(tiny_config()).eval()
+    assert (
+        apply_rope(model).scaling is None
+        and install_rope(model, {"rope_type": "linear", "factor": 2.0}).scaling
+    )
+    assert isinstance(model.model.rotary_emb, HFRotaryEmbedding) and model.model.rotary_emb.layout == "half"
 
 
 def test_no_scaling_leaves_logits_unchanged(plain: Any) -> None:
@@ -120,6 +120,42 @@ def test_rope_from_config_reads_theta_head_dim_and_partial() -> None:
     assert rope.base == 20000.0 and rope.scaling == posenc.YaRNScaling(2.0, 128)
 
 
+def test_rope_from_config_reads_every_place_a_rotary_size_or_base_lives() -> None:
+    class NeoX4:  # transformers 4.x GPT-NeoX: rotary_pct and rotary_emb_base, no rope_theta
+        model_type, hidden_size, num_attention_heads, rotary_pct, rotary_emb_base = (
+            "gpt_neox",
+            64,
+            2,
+            0.25,
+            5e4,
+        )
+        rope_scaling = None
+
+    rope = rope_from_config(NeoX4())
+    assert (rope.head_dim, rope.rotary_dim, rope.base, rope.interleaved) == (32, 8, 5e4, False)
+
+    class GPTJ:  # GPT-J and CodeGen: rotary_dim dims of each head, interleaved pairs, base 10000
+        model_type, hidden_size, num_attention_heads, rotary_dim = "gptj", 64, 4, 8
+
+    rope = rope_from_config(GPTJ())
+    assert (rope.head_dim, rope.rotary_dim, rope.base, rope.interleaved) == (16, 8, 1e4, True)
+    config = tiny_config()
+    config.rotary_dim = (
+        4  # next to a 5.x rope_parameters, which holds the rotated size (MiniMax-M3 keeps both)
+    )
+    assert rope_from_config(config).rotary_dim == 16
+    GPTJ.rotary_dim = 32
+    with pytest.raises(ValueError, match=r"\[rotary-size\] config.rotary_dim=32 does not fit head_dim=16"):
+        rope_from_config(GPTJ())
+    for model_type, interleaved in (("cohere", True), ("llama4_text", True), ("qwen2", False)):
+        config = tiny_config()
+        config.model_type = model_type
+        assert rope_from_config(config).interleaved is interleaved
+    config = tiny_config()
+    config.rope_interleave = True  # DeepSeek-V3 style
+    assert rope_from_config(config).interleaved
+
+
 def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
     config = tiny_config()
     config.rope_parameters = {"rope_type": "proportional", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
@@ -134,13 +170,18 @@ def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
     }
     with pytest.raises(ValueError, match="per layer type"):
         rope_from_config(config)
+    config.rope_parameters["full_attention"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}
+    rope = rope_from_config(config, layer_type="full_attention")
+    assert rope.base == 1e6 and rope.scaling == posenc.LinearScaling(2.0)
+    with pytest.raises(ValueError, match="got layer_type='global'"):
+        rope_from_config(config, layer_type="global")
     with pytest.raises(ValueError, match="no `rotary_emb`"):
         apply_rope(_WithConfig(tiny_config()))
     with pytest.raises(TypeError, match="config"):
         apply_rope(nn.Linear(2, 2))
     model = LlamaForCausalLM(tiny_config()).eval()
     model.config.rope_parameters = {"rope_type": "default", "rope_theta": 12345.0}  # config no longer matches
-    with pytest.raises(ValueError, match="cannot replace it faithfully"):
+    with pytest.raises(ValueError, match=r"\[table-values\].*base=12345.0"):
         apply_rope(model)
     with pytest.raises(ValueError, match="beta_fast"):
         apply_rope(
@@ -154,3 +195,38 @@ class _WithConfig(nn.Module):
         super().__init__()
         self.config = config
         self.proj = nn.Linear(2, 2)
+
+
+class _NeedsMore(LlamaForCausalLM):  # cannot be rebuilt from its config alone
+    def __init__(self, config: Any, extra: int) -> None:
+        super().__init__(config)
+
+
+class _SizedByRope(LlamaForCausalLM):  # a buffer whose shape depends on the rope parameters
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.register_buffer("table", torch.zeros(int(config.rope_parameters.get("factor", 1))))
+
+
+class _Temperature(LlamaForCausalLM):  # a number derived from the rope parameters outside the rotary module
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.temperature = float(config.rope_parameters.get("factor", 1.0)) ** 0.5
+
+
+def test_rope_dependent_state_outside_the_rotary_module_is_set_or_refused() -> None:
+    yarn = {"rope_type": "yarn", "factor": 4.0}
+    model = _Temperature(tiny_config()).eval()
+    install_rope(model, yarn)
+    assert model.temperature == 2.0  # what transformers would build with that rope configuration
+    install_rope(model, None)
+    assert model.temperature == 1.0  # and undone
+    for model, cause in (
+        (_NeedsMore(tiny_config(), 1), "model-build"),
+        (_SizedByRope(tiny_config()), "folded-tensor"),
+    ):
+        before = model.model.rotary_emb
+        with pytest.raises(UnsupportedRotary, match=rf"\[{cause}\]"):
+            install_rope(model, yarn)
+        assert model.model.rotary_emb is before  # refused before anything changed
+        install_rope(model, None)  # the config's own RoPE needs no rebuild

@@ -1,0 +1,165 @@
+"""A posenc :class:`RoPE` behind transformers' rotary-embedding interface, in each table layout transformers uses.
+
+Layouts of the ``(B, S, ·)`` tables a transformers rotary module returns for ``R`` rotated dims:
+
+* ``"half"``: ``(cos, sin)``, each ``R`` wide, the two halves repeated (``cat((f, f))``; Llama, Mistral, Qwen,
+  GPT-NeoX, Phi, DeepSeek-V3 ...);
+* ``"interleaved"``: ``(cos, sin)``, each ``R`` wide, every column repeated (``repeat_interleave(f, 2)``; Cohere);
+* ``"compact"``: ``(cos, sin)``, each ``R/2`` wide, un-duplicated (GPT-OSS); ``order="sin_cos"`` returns
+  ``(sin, cos)`` (GPT-J, CodeGen);
+* ``"complex"``: one complex ``freqs_cis = (cos + i sin)``, ``R/2`` wide (Llama 4, DeepSeek-V2).
+
+The attention factor (YaRN / LongRoPE temperature) is folded into the tables, as transformers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+from ..rotary.rope import RoPE
+from .errors import UnsupportedRotary
+
+Layout = Literal["half", "interleaved", "compact", "complex"]
+Order = Literal["cos_sin", "sin_cos"]
+LAYOUTS: tuple[Layout, ...] = ("half", "interleaved", "compact", "complex")
+
+
+class HFRotaryEmbedding(nn.Module):
+    """``forward(x, position_ids)`` with ``x: (B, S, ...)``, ``position_ids: (B, S)`` returns the tables of
+    ``rope`` in ``layout`` (see the module docstring): ``(cos, sin)`` in ``x``'s dtype, or a complex64 table.
+
+    Args:
+        rope: the posenc RoPE (its ``interleaved`` flag is the pairing of q and k, not the table layout).
+        layout: "half", "interleaved", "compact" or "complex".
+        order: "cos_sin" (all but GPT-J and CodeGen) or "sin_cos".
+    """
+
+    def __init__(self, rope: RoPE, layout: Layout = "half", order: Order = "cos_sin") -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if order not in ("cos_sin", "sin_cos"):
+            raise ValueError(f"order must be 'cos_sin' or 'sin_cos', got {order!r}")
+        self.rope, self.layout, self.order = rope, layout, order
+        self.config: Any = (
+            None  # the transformers config the replaced module was built from (set by install_rope)
+        )
+
+    @property
+    def attention_scaling(self) -> float:
+        return self.rope.attention_scale
+
+    def forward(self, x: Tensor, position_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        cos, sin = self.rope.cos_sin(
+            position_ids.shape[-1], position_ids, x.device
+        )  # (1|B, 1, S, R/2) float32
+        if cos.dim() == 4:
+            cos, sin = cos.squeeze(-3), sin.squeeze(-3)  # (1|B, S, R/2)
+        if self.layout == "complex":
+            return torch.complex(cos, sin)
+        if self.layout == "half":
+            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        elif self.layout == "interleaved":
+            cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+        pair = (cos.to(x.dtype), sin.to(x.dtype))
+        return pair if self.order == "cos_sin" else (pair[1], pair[0])
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout}, order={self.order}"
+
+
+class HFLayerTypeRotaryEmbedding(nn.Module):
+    """One :class:`HFRotaryEmbedding` per layer type behind ``forward(x, position_ids, layer_type)``, the interface
+    of transformers' rotary modules for configs with one RoPE per layer type (Gemma 3, OLMo 3)."""
+
+    def __init__(self, by_type: Mapping[str, HFRotaryEmbedding]) -> None:
+        super().__init__()
+        self.by_type = nn.ModuleDict(dict(by_type))
+        self.layer_types = sorted(by_type)  # as transformers' module (LFM3 reads it)
+        self.config: Any = None
+
+    def forward(self, x: Tensor, position_ids: Tensor, layer_type: str) -> Tensor | tuple[Tensor, Tensor]:
+        return cast(HFRotaryEmbedding, self.by_type[layer_type])(x, position_ids)
+
+
+def _tables(out: object) -> list[Tensor] | None:
+    """The tensors of a rotary module's output: one complex table or a (cos, sin) pair; None otherwise."""
+    if isinstance(out, Tensor) and out.is_complex():
+        return [out]
+    if isinstance(out, tuple | list) and len(out) == 2 and all(isinstance(t, Tensor) for t in out):
+        return list(cast(tuple[Tensor, Tensor], tuple(out)))
+    return None
+
+
+def _max_error(got: list[Tensor], want: list[Tensor]) -> float:
+    if len(got) != len(want) or any(
+        a.shape != b.shape or a.is_complex() != b.is_complex() for a, b in zip(got, want, strict=False)
+    ):
+        return float("inf")
+    return max((a - b.to(a.dtype)).abs().max().item() for a, b in zip(got, want, strict=True))
+
+
+def match_layout(
+    original: nn.Module, rope: RoPE, device: torch.device, layer_type: str | None = None
+) -> tuple[Layout, Order]:
+    """The table layout in which ``rope`` reproduces ``original``'s output (positions 0..7; for ``layer_type``).
+
+    Raises:
+        UnsupportedRotary: with cause ``table-output`` (neither a (cos, sin) pair nor a complex table),
+            ``rotary-size`` (the table width matches no layout of ``rope.rotary_dim``) or ``table-values``
+            (the width fits but the values differ: the base or scaling was read differently).
+    """
+    name = type(original).__name__ + ("" if layer_type is None else f" ({layer_type})")
+    buffer = getattr(original, "inv_freq", None)
+    dtype = buffer.dtype if isinstance(buffer, Tensor) and buffer.is_floating_point() else torch.float32
+    x = torch.zeros(1, 8, 1, device=device)
+    pos = torch.arange(8, device=device).unsqueeze(0)  # (1, 8)
+    try:
+        with torch.no_grad():
+            want = _tables(original(x, pos) if layer_type is None else original(x, pos, layer_type))
+    except Exception as err:  # noqa: BLE001 -- a module posenc cannot call cannot be vouched for
+        raise UnsupportedRotary(
+            "table-output", f"calling {name}(x, position_ids) failed ({type(err).__name__}: {err})"
+        ) from err
+    if want is None:
+        raise UnsupportedRotary(
+            "table-output",
+            f"{name}(x, position_ids) returns neither a (cos, sin) pair nor one complex freqs_cis table; "
+            "posenc.hf swaps rotary modules with those outputs only",
+        )
+    tol = max(1e-5, 64 * torch.finfo(dtype).eps)
+    rotary = rope.rotary_dim
+    candidates: list[tuple[Layout, Order]] = (
+        [("complex", "cos_sin")]
+        if len(want) == 1
+        else [(lay, order) for lay in LAYOUTS[:3] for order in ("cos_sin", "sin_cos")]  # type: ignore[misc]
+    )
+    errors: dict[tuple[Layout, Order], float] = {}
+    for layout, order in candidates:
+        with torch.no_grad():
+            got = _tables(HFRotaryEmbedding(rope, layout, order)(x, pos))
+        assert got is not None
+        errors[(layout, order)] = _max_error(got, want)
+        if errors[(layout, order)] <= tol:
+            return layout, order
+    width = want[0].shape[-1]
+    fits = {"complex": rotary // 2, "compact": rotary // 2, "half": rotary, "interleaved": rotary}
+    if all(width != fits[layout] for layout, _ in candidates):
+        kind = "complex freqs_cis" if len(want) == 1 else "(cos, sin)"
+        raise UnsupportedRotary(
+            "rotary-size",
+            f"{name} returns a {kind} table {width} wide, but the config gives {rotary} rotated dims of head_dim "
+            f"{rope.head_dim} (expected {rotary} or {rotary // 2} wide): the rotated size is stored somewhere "
+            "posenc.hf does not read, or the model derives it differently",
+        )
+    best = min(errors.values())
+    raise UnsupportedRotary(
+        "table-values",
+        f"{name}'s table has the width of a RoPE with {rotary} rotated dims, but its values differ from "
+        f"posenc.RoPE(base={rope.base}, rotary_dim={rotary}, scaling={rope.scaling}) by {best:.3g} in every layout "
+        "(half, interleaved, R/2, complex): the config's base or scaling does not describe what the module computes",
+    )

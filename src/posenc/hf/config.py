@@ -1,0 +1,198 @@
+"""The :class:`posenc.RoPE` a transformers config describes, for transformers 4.x and 5.x configs.
+
+Rotary sizes and bases live in several places depending on the architecture and the transformers version:
+
+* base: ``rope_parameters["rope_theta"]`` (5.x), ``config.rope_theta`` (4.x), ``config.rotary_emb_base``
+  (GPT-NeoX in 4.x), else 10000;
+* rotated size: ``config.rotary_dim`` (GPT-J, CodeGen: a number of dims; ignored next to a 5.x
+  ``rope_parameters``, which holds the size as ``partial_rotary_factor``), ``partial_rotary_factor`` on the
+  config (4.x), ``config.rotary_pct`` (GPT-NeoX in 4.x), else the whole head;
+* scaling: ``rope_parameters`` (5.x) or ``rope_scaling`` (4.x), with ``rope_type`` or the legacy ``type``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..rotary.rope import RoPE
+from ..rotary.scaling import RopeScaling, parse_scaling
+from .errors import UnsupportedRotary
+
+#: rope types whose original length transformers defaults to ``max_position_embeddings``.
+_NEEDS_ORIGINAL = ("yarn", "llama3", "longrope")
+#: keys of ``rope_parameters`` that describe the RoPE itself rather than its scaling.
+ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
+#: model types whose attention pairs ``(x[2i], x[2i+1])`` (transformers' ``rotate_every_two``, a complex view
+#: of consecutive pairs, or an interleaved cos/sin table). DeepSeek-V3-style configs say it with
+#: ``rope_interleave``. :func:`posenc.hf.install_rope` reads the table layout from the module itself.
+_INTERLEAVED_MODEL_TYPES = frozenset(
+    {"gptj", "codegen", "cohere", "cohere2", "cohere2_moe", "blt", "llama4", "llama4_text", "deepseek_v2"}
+)
+
+
+def layer_types(config: Any) -> list[str] | None:
+    """The layer types of a config with one RoPE per layer type (Gemma 3, OLMo 3: ``rope_parameters =
+    {"full_attention": {...}, "sliding_attention": {...}}``) that have a RoPE; None for one RoPE per model."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    types = [k for k, v in params.items() if isinstance(v, Mapping)]
+    used = getattr(config, "layer_types", None)
+    if types and isinstance(used, list | tuple):  # transformers builds tables only for the types layers use
+        types = [t for t in types if t in used] or types
+    return sorted(types) or None
+
+
+def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """The flat RoPE dict of ``config`` (transformers 5 ``rope_parameters`` or 4.x ``rope_scaling``), or ``{}``;
+    for a config with one RoPE per layer type, the one of ``layer_type``."""
+    params = getattr(config, "rope_parameters", None)
+    if params is None:
+        params = getattr(config, "rope_scaling", None)
+    params = dict(params or {})
+    types = layer_types(config)
+    if types is not None:
+        if layer_type not in types:
+            raise UnsupportedRotary(
+                "per-layer-type",
+                f"this config has a different RoPE per layer type ({types}); got layer_type={layer_type!r}. "
+                "Pass layer_type= to rope_from_config, and a dict keyed by layer type to install_rope",
+            )
+        params = dict(params[layer_type])
+    elif layer_type is not None:
+        raise ValueError(f"layer_type={layer_type!r} given, but this config has one RoPE for every layer")
+    if params.get("mrope_section") is not None:
+        raise UnsupportedRotary(
+            "multimodal",
+            "multimodal RoPE (mrope_section) rotates 3-D positions; posenc.hf supports 1-D RoPE only",
+        )
+    return params
+
+
+def head_dim(config: Any) -> int:
+    """``config.head_dim``, else ``hidden_size // num_attention_heads``."""
+    try:
+        size = getattr(config, "head_dim", None)
+    except Exception as err:  # noqa: BLE001 -- transformers raises its own error for per-layer head sizes
+        raise UnsupportedRotary(
+            "per-layer-type", f"head_dim differs between layers in this config ({type(err).__name__}: {err})"
+        ) from err
+    if size:
+        return int(size)
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if not hidden or not heads:
+        raise ValueError("config needs head_dim, or hidden_size and num_attention_heads, to size the RoPE")
+    return int(hidden) // int(heads)
+
+
+def rope_base(config: Any, params: Mapping[str, Any] | None = None) -> float:
+    """The frequency base: ``rope_theta`` (in ``rope_parameters`` or on the config), ``rotary_emb_base``, 10000."""
+    params = rope_parameters(config) if params is None else params
+    for value in (
+        params.get("rope_theta"),
+        getattr(config, "rope_theta", None),
+        getattr(config, "rotary_emb_base", None),
+    ):
+        if value is not None:
+            return float(value)
+    return 10000.0
+
+
+def rotary_size(config: Any, params: Mapping[str, Any] | None = None) -> int:
+    """The number of rotated dims ``R`` of each head (``rotary_dim``, a partial factor, or the whole head)."""
+    params = rope_parameters(config) if params is None else params
+    dim = head_dim(config)
+    # transformers 5 moves every rotated size into rope_parameters["partial_rotary_factor"]; a config that still
+    # has a rotary_dim next to rope_parameters (MiniMax-M3) does not rotate by it. GPT-J and CodeGen have no
+    # rope_parameters and rotate config.rotary_dim dims.
+    explicit = (
+        getattr(config, "rotary_dim", None) if getattr(config, "rope_parameters", None) is None else None
+    )
+    if explicit is not None:
+        if not 0 < int(explicit) <= dim:
+            raise UnsupportedRotary(
+                "rotary-size",
+                f"config.rotary_dim={explicit} does not fit head_dim={dim}; expected 0 < rotary_dim <= {dim}",
+            )
+        return int(explicit)
+    for value in (
+        params.get("partial_rotary_factor"),
+        getattr(config, "partial_rotary_factor", None),
+        getattr(config, "rotary_pct", None),
+    ):
+        if value is not None:
+            size = int(dim * float(value))
+            if not 0 < size <= dim or size % 2:
+                raise UnsupportedRotary(
+                    "rotary-size",
+                    f"partial rotary factor {value} of head_dim {dim} gives {size} rotated dims; expected an even "
+                    f"number in 1..{dim}: the config's sizes do not describe one RoPE per head",
+                )
+            return size
+    return dim
+
+
+def is_interleaved(config: Any) -> bool:
+    """Whether the architecture rotates consecutive pairs ``(x[2i], x[2i+1])``."""
+    return bool(getattr(config, "rope_interleave", False)) or (
+        getattr(config, "model_type", None) in _INTERLEAVED_MODEL_TYPES
+    )
+
+
+def scaling_from_config(config: Any, scaling: RopeScaling | Mapping[str, Any] | None) -> RopeScaling | None:
+    """``scaling`` (a dict in transformers' format, or a posenc object) completed as transformers would.
+
+    For a dict, missing lengths come from the config exactly as transformers fills them: YaRN, Llama 3 and
+    LongRoPE take ``original_max_position_embeddings`` from the config (``config.original_max_position_embeddings``
+    first, as Phi-3 stores it, else ``max_position_embeddings``); dynamic NTK uses ``max_position_embeddings``;
+    YaRN and LongRoPE without ``factor`` use ``max_position_embeddings / original_max_position_embeddings``.
+    """
+    if scaling is None or isinstance(scaling, RopeScaling):
+        return scaling
+    if not isinstance(scaling, Mapping):
+        return parse_scaling(scaling)  # raises the TypeError
+    params = {k: v for k, v in scaling.items() if v is not None and k not in ROPE_KEYS}
+    kind = params.get("rope_type", params.get("type", "default"))
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if kind in _NEEDS_ORIGINAL:
+        stored = getattr(config, "original_max_position_embeddings", None)
+        if stored is not None:
+            params["original_max_position_embeddings"] = stored
+        elif max_pos is not None:
+            params.setdefault("original_max_position_embeddings", max_pos)
+    if kind == "dynamic" and max_pos is not None:
+        params["original_max_position_embeddings"] = (
+            max_pos  # transformers scales from max_position_embeddings
+        )
+    if kind in ("yarn", "longrope") and "factor" not in params and max_pos is not None:
+        original = params.get("original_max_position_embeddings")
+        if original:
+            params["factor"] = max_pos / original
+    return parse_scaling(params)
+
+
+def rope_from_config(config: Any, layer_type: str | None = None, **options: Any) -> RoPE:
+    """The :class:`posenc.RoPE` that a transformers config describes.
+
+    Reads ``head_dim`` (or ``hidden_size / num_attention_heads``), the base and the rotated size from every place
+    transformers 4.x and 5.x keep them (see the module docstring), the scaling from ``rope_parameters`` /
+    ``rope_scaling``, and the pair layout (interleaved for GPT-J, CodeGen, Cohere, Llama 4, DeepSeek-V2 and
+    configs with ``rope_interleave=True``; half, as Llama, otherwise).
+
+    Args:
+        config: a transformers ``PretrainedConfig`` (or any object with the same attributes).
+        layer_type: for configs with one RoPE per layer type (Gemma 3: "full_attention", "sliding_attention").
+        **options: more :class:`posenc.RoPE` options (``cache_len``, ``interleaved`` to override the layout).
+
+    Raises:
+        ValueError: a ``rope_type`` posenc does not implement, per-layer-type or multimodal RoPE, or missing sizes.
+    """
+    params = rope_parameters(config, layer_type)
+    options.setdefault("interleaved", is_interleaved(config))
+    scaling = scaling_from_config(config, params) if params else None
+    return RoPE(
+        head_dim(config),
+        base=rope_base(config, params),
+        rotary_dim=rotary_size(config, params),
+        scaling=scaling,
+        **options,
+    )
