@@ -16,3 +16,10 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_dynamo() -> None:
+    """Each test file starts with empty dynamo caches: compiles of the same code (Attention.forward) in earlier
+    files of this worker must not use up its recompile limit, where ``fullgraph=True`` turns that into an error."""
+    torch._dynamo.reset()
