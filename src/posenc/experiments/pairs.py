@@ -191,6 +191,8 @@ def evaluate_missing(name: str, model: TransformerLM, run: EncodingRun, ctx: Run
     """Measure every row of ``name`` that ``run`` lacks (in place); return the rows measured."""
     rows = row_names(name, supports_rope_extension(model))
     missing = [r for r in rows if r not in run.perplexity]
+    if not missing:
+        return []
     start = time.perf_counter()
     kwargs: dict[str, Any] = {
         "device": ctx.device,
