@@ -181,17 +181,39 @@ def lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel for all parameters) where torch has it for ``device``, else multi-tensor."""
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only; ``fused`` (one kernel for all parameters; default: where torch has it
+    for ``device``), else multi-tensor; ``fused=False`` is torch's default implementation (the reference)."""
     params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if fused is False:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused, foreach=None if fused else True
     )
+
+
+def make_step(
+    net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float
+) -> Callable[[Tensor], Tensor]:
+    """One optimiser step on a batch ``(B, L + 1)``: loss, backward, clip, update; returns the detached loss
+    (never read here, so the host does not wait for the step). ``net`` may be ``model`` compiled or under DDP."""
+
+    def step(batch: Tensor) -> Tensor:
+        loss = lm_loss(net, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        opt.step()
+        return loss.detach()
+
+    return step
 
 
 def _sync(device: torch.device) -> None:
@@ -237,7 +259,8 @@ def train_model(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = cast(nn.Module, torch.compile(net))  # an OptimizedModule
-    opt = _optimizer(model, cfg, device)
+    opt = make_optimizer(model, cfg, device)
+    train_step = make_step(net, model, opt, cfg.grad_clip)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     step_losses = torch.zeros(cfg.steps, device=device)  # on device: no host sync per step
     marks = set(probe_steps(cfg.steps, 0 if probe is None else probe_points))
@@ -255,13 +278,8 @@ def train_model(
     for step in bar:
         t0 = time.perf_counter()
         batch = sample_batch(tokens, step, cfg, world).to(device)  # (B / W, L + 1)
-        loss = lm_loss(net, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-        opt.step()
+        step_losses[step] = train_step(batch)
         sched.step()
-        step_losses[step] = loss.detach()
         if step == 0:
             _sync(device)
             first = time.perf_counter() - t0
