@@ -124,6 +124,7 @@ def test_cli_records_every_knob(
         (["--warmup", "1.5"], "warmup"),
         (["--heads", "5"], "divisible"),
         (["--eval-bytes", "0"], "--eval-bytes"),
+        (["--threads", "0"], "--threads"),
     ],
 )
 def test_cli_knob_errors(

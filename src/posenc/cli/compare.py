@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="torch.compile the training step (pays on long runs; default: the preset's choice)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: every core this process may use, shared among torchrun's ranks); on a busy "
+        "machine 1 can be several times faster. Another count may change the last bits of the numbers",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -116,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
-    if "OMP_NUM_THREADS" not in os.environ:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(_threads())
     cfg = config_from_args(args)
     names = None if args.encodings is None else [n.strip() for n in args.encodings.split(",") if n.strip()]
