@@ -138,7 +138,7 @@ def test_seeds_syntax_and_presets() -> None:
     assert parse_seeds("3") == (0, 1, 2) and parse_seeds("0,4,7") == (0, 4, 7) and parse_seeds("5,") == (5,)
     assert preset("demo") == CompareConfig()
     long, gpu = preset("cpu-long"), preset("gpu")
-    assert long.seeds == gpu.seeds == (0, 1, 2) and gpu.train.compile and not preset("demo").train.compile
+    assert gpu.seeds == (0, 1, 2) and gpu.train.compile and not preset("demo").train.compile
     assert (
         long.train.steps * long.train.batch_size
         > 2 * CompareConfig().train.steps * CompareConfig().train.batch_size

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--preset",
         type=str,
         default="demo",
-        help="demo (default: ~10 min on 2 CPU cores), cpu-long (4x the tokens, 3 seeds), gpu (larger model, "
+        help="demo (default: ~10 min on 2 CPU cores), cpu-long (4x the steps, ~30 min), gpu (larger model, "
         "3 seeds, compiled); the flags below override its values",
     )
     p.add_argument("--seeds", type=str, default=None, help="a count (3 = seeds 0,1,2) or a list (0,4,7)")

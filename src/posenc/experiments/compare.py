@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,8 @@ def settings(cfg: CompareConfig, n_tokens: int) -> dict[str, Any]:
         "curve_points": cfg.curve_points,
         "curve_bytes": cfg.curve_bytes,
         "tokens_per_run": t.steps * t.batch_size * t.train_len,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 

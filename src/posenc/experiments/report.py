@@ -361,6 +361,12 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
     if figure:
         lines.append(f"![validation perplexity during training]({figure})")
     pct = round(STILL_IMPROVING * 100)
+    knobs = results.get("settings", {})
+    if knobs.get("curve_points"):
+        lines.append(
+            f"Validation perplexity at L and 4L, measured {knobs['curve_points']} times per run on "
+            f"{knobs['curve_bytes']:,} held-out bytes (whole windows of 4L)."
+        )
     if improving:
         names = ", ".join(f"**{n}** (-{d * 100:.1f} %)" for n, d in improving.items())
         lines.append(
