@@ -76,6 +76,8 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    from matplotlib.ticker import FormatStrFormatter
+
     runs = results.get("runs", {})
     names = [n for n in results["encodings"] if any(r.get("curve") for r in runs.get(n, {}).values())]
     if not names:
@@ -94,6 +96,8 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
             label = name if style == "-" else None
             ax.plot(curves[0]["steps"][: len(ys)], ys, style, color=palette(i % palette.N), label=label)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set(
         xlabel="training step",
         ylabel="validation perplexity per byte (log)",
