@@ -18,7 +18,8 @@ from posenc.experiments.compare import (
     eval_token_count,
     run_compare,
 )
-from posenc.experiments.report import claims, paper_comparison, verdict, worst_ratio, write_report
+from posenc.experiments.report import claims, paper_comparison, write_report
+from posenc.experiments.verdicts import verdict, worst_ratio
 
 FAST = CompareConfig.quick(steps=8)
 NAMES = ["none", "learned", "rope", "alibi"]  # one per behaviour: n/a past L, extension rows, bias

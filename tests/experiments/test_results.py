@@ -8,8 +8,9 @@ import statistics
 from hypothesis import given
 from hypothesis import strategies as st
 
-from posenc.experiments.report import ranking, spread_verdict, still_improving, table, write_report
+from posenc.experiments.report import ranking, table, write_report
 from posenc.experiments.results import aggregate, improvement, mean_std, merge_runs, separated
+from posenc.experiments.verdicts import spread_verdict, still_improving
 
 META = {"train_len": 8, "eval_lengths": [8, 16, 32]}
 

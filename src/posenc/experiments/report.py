@@ -15,116 +15,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .results import num, separated
-
-#: Worst ``ppl(Lv) / ppl(L)`` over ``Lv > L`` that still counts as holding up.
-HOLDS_UP = 1.10
-#: Beyond this ratio a row "breaks".
-BREAKS = 2.0
-
-#: Press et al. 2022, Table 2 (WikiText-103, L = 512): perplexity at L and at 8512 tokens (16.6 L).
-PAPER: dict[str, tuple[str, float, float]] = {
-    "sinusoidal": ("Sinusoidal", 20.05, 305.65),
-    "rope": ("Rotary", 20.07, 54.98),
-    "t5": ("T5 bias", 19.65, 43.08),
-    "alibi": ("ALiBi", 19.73, 18.34),
-}
-#: An encoding whose validation perplexity at L fell by more than this over the last tenth of training is
-#: marked "still improving".
-STILL_IMPROVING = 0.03
-
-#: The issue's x-transformers measurement (4 layers, dim 128, 400 steps, L = 128, stdlib bytes): rotary at L, 8L.
-XTRANSFORMERS_ROTARY = (6.25, 10.55)
+from .paper import paper_comparison
+from .results import separated
+from .verdicts import (
+    BREAKS,
+    HOLDS_UP,
+    STILL_IMPROVING,
+    fmt,
+    pm,
+    ratio_stat,
+    seed_count,
+    spread_verdict,
+    stat,
+    still_improving,
+    verdict,
+)
 
 Row = dict[str, Any]
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if not math.isfinite(value):
-        return "inf"
-    return f"{value:.2f}" if value < 1000 else f"{value:.3g}"
-
-
-def worst_ratio(row: dict[str, Any], train_len: int) -> float | None:
-    """Largest ``ppl(Lv) / ppl(L)`` over measured ``Lv > L``; None when no longer length was measurable."""
-    base = num(row.get(str(train_len)))
-    longer = [num(v) for k, v in row.items() if int(k) > train_len]
-    measured = [v for v in longer if v is not None]
-    if base is None or not measured:
-        return None
-    if not math.isfinite(base):
-        return math.inf
-    return max(measured) / base
-
-
-def verdict(ratio: float | None) -> str:
-    """ "holds up", "degrades", "breaks" or "n/a" (see the module docstring)."""
-    if ratio is None:
-        return "n/a"
-    shown = round(ratio, 2)  # judged as printed, so a "1.10x" never reads "degrades"
-    if shown <= HOLDS_UP:
-        return "holds up"
-    return "degrades" if shown <= BREAKS else "breaks"
-
-
-def _longest_ratio(row: dict[str, Any], train_len: int, lengths: list[int]) -> float | None:
-    base, last = num(row.get(str(train_len))), num(row.get(str(lengths[-1])))
-    if base is None or last is None or not math.isfinite(base):
-        return None
-    return last / base
-
-
-Stat = tuple[float | None, float | None]
-
-
-def stat(results: dict[str, Any], row: str, length: int) -> Stat:
-    """``(mean, std)`` of ``row``'s perplexity at ``length`` (std None with one seed or old results)."""
-    std = results.get("perplexity_std", {}).get(row, {}).get(str(length))
-    return num(results["perplexity"][row].get(str(length))), num(std)
-
-
-def ratio_stat(results: dict[str, Any], row: str, key: str = "worst") -> Stat:
-    """``(mean, std)`` over seeds of ``row``'s ``"worst"`` (over ``Lv > L``) or ``"longest"`` ratio to ``ppl(L)``;
-    from the mean row for results without per-seed ratios."""
-    per_seed = results.get("ratio", {}).get(row)
-    if per_seed is not None:
-        mean, std = per_seed[f"{key}_mean_std"]
-        return num(mean), num(std)
-    train_len, lengths, values = results["train_len"], results["eval_lengths"], results["perplexity"][row]
-    value = worst_ratio(values, train_len) if key == "worst" else _longest_ratio(values, train_len, lengths)
-    return value, None
-
-
-def _pm(value: Stat, suffix: str = "") -> str:
-    mean, std = value
-    if mean is None or not math.isfinite(mean) or std is None:
-        return _fmt(mean) + (suffix if mean is not None and math.isfinite(mean) else "")
-    return f"{_fmt(mean)}{suffix} ± {std:.2f}"
-
-
-def spread_verdict(value: Stat) -> str:
-    """:func:`verdict` of the mean, naming the other verdicts that mean +- std reaches."""
-    mean, std = value
-    v = verdict(mean)
-    if mean is None or std is None or not math.isfinite(mean):
-        return v
-    others = [w for w in (verdict(mean - std), verdict(mean + std)) if w != v]
-    return f"{v} (within the spread of {others[0]})" if others else v
-
-
-def seed_count(results: dict[str, Any]) -> int:
-    """Most seeds of any encoding (1 for old results)."""
-    per = results.get("seeds_per_encoding", {})
-    return max((len(v) for v in per.values()), default=1)
-
-
-def still_improving(results: dict[str, Any]) -> dict[str, float]:
-    """Encodings whose validation perplexity at L fell more than :data:`STILL_IMPROVING` in the last tenth of
-    training (mean over seeds), with that drop."""
-    drops = results.get("last_tenth_improvement", {})
-    return {n: d for n, d in drops.items() if d is not None and d > STILL_IMPROVING}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -139,14 +46,14 @@ def table(results: dict[str, Any]) -> str:
         "|---" * (len(lengths) + 4) + "|",
     ]
     for name in results["perplexity"]:
-        cells = [_pm(stat(results, name, lv)) for lv in lengths]
+        cells = [pm(stat(results, name, lv)) for lv in lengths]
         base = name.split("+", 1)[0]
         mark = " †" if name in improving else ""
         n = len(seeds.get(base, [0]))
         lines.append(
             f"| {name}{mark} | {n} | "
             + " | ".join(cells)
-            + f" | {_pm(ratio_stat(results, name, 'longest'), 'x')} | {spread_verdict(ratio_stat(results, name))} |"
+            + f" | {pm(ratio_stat(results, name, 'longest'), 'x')} | {spread_verdict(ratio_stat(results, name))} |"
         )
     return "\n".join(lines)
 
@@ -159,12 +66,12 @@ def ranking(results: dict[str, Any], length: int, rows: list[str]) -> str:
         return "none measured"
     finite.sort(key=lambda rs: rs[1][0] or 0.0)
     (best, best_s), rest = finite[0], finite[1:]
-    head = f"**{best}** ({_pm(best_s)})"
+    head = f"**{best}** ({pm(best_s)})"
     if not rest:
         return head
     if best_s[1] is None:
-        return f"{head}; one seed, so no spread to tell it from {rest[0][0]} ({_pm(rest[0][1])})"
-    tied = [f"{r} ({_pm(s)})" for r, s in rest if not separated(best_s, s)]
+        return f"{head}; one seed, so no spread to tell it from {rest[0][0]} ({pm(rest[0][1])})"
+    tied = [f"{r} ({pm(s)})" for r, s in rest if not separated(best_s, s)]
     if tied:
         return f"{head}, but not by more than the spread over {', '.join(tied)}"
     return f"{head}, ahead of every other row by more than the spread"
@@ -177,7 +84,7 @@ def _claim(results: dict[str, Any], name: str, claim: str, extra: str = "") -> s
     ratio = ratio_stat(results, name)
     v = verdict(ratio[0])
     change = (
-        f"{_pm(stat(results, name, train_len))} at L -> {_pm(stat(results, name, lengths[-1]))} at "
+        f"{pm(stat(results, name, train_len))} at L -> {pm(stat(results, name, lengths[-1]))} at "
         f"{lengths[-1] // train_len}L"
     )
     if v == "holds up":
@@ -190,15 +97,7 @@ def _claim(results: dict[str, Any], name: str, claim: str, extra: str = "") -> s
         answer = "**not testable here**"
     if spread_verdict(ratio) != v:
         answer += f" ({spread_verdict(ratio).split(' (', 1)[1]}"
-    return (
-        f"- *{claim}*: {answer}: {name} went {change} (worst {_pm(ratio, 'x')} of its L perplexity).{extra}"
-    )
-
-
-def _ratio_text(ratio: float | None) -> str:
-    if ratio is None:
-        return "n/a"
-    return "inf" if not math.isfinite(ratio) else f"{ratio:.2f}x"
+    return f"- *{claim}*: {answer}: {name} went {change} (worst {pm(ratio, 'x')} of its L perplexity).{extra}"
 
 
 def _also(results: dict[str, Any], name: str, what: str) -> str:
@@ -208,8 +107,8 @@ def _also(results: dict[str, Any], name: str, what: str) -> str:
     train_len, last = results["train_len"], results["eval_lengths"][-1]
     ratio = ratio_stat(results, name)
     return (
-        f" {what}, {spread_verdict(ratio)} ({_pm(stat(results, name, train_len))} -> "
-        f"{_pm(stat(results, name, last))}, worst {_pm(ratio, 'x')})."
+        f" {what}, {spread_verdict(ratio)} ({pm(stat(results, name, train_len))} -> "
+        f"{pm(stat(results, name, last))}, worst {pm(ratio, 'x')})."
     )
 
 
@@ -241,83 +140,6 @@ def claims(results: dict[str, Any]) -> str:
     )
     del train_len
     return "\n".join(out)
-
-
-def _order(keys: list[str], value: dict[str, float]) -> list[str]:
-    return sorted(keys, key=lambda k: value[k])
-
-
-def paper_comparison(results: dict[str, Any]) -> str:
-    """Our ratios beside Press et al. 2022 Table 2, whether the orderings agree, which of our gaps exceed the
-    spread, and in how many seeds the paper's order holds."""
-    train_len, lengths = results["train_len"], results["eval_lengths"]
-    mult = lengths[-1] // train_len
-    lines = [
-        f"| encoding | paper L=512 | paper 16.6L | paper ratio | here L={train_len} | here {mult}L | here ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    ours: dict[str, Stat] = {}
-    for key, (label, p_l, p_long) in PAPER.items():
-        here_l: Stat = (None, None)
-        here_long: Stat = (None, None)
-        ratio: Stat = (None, None)
-        if key in results["perplexity"]:
-            here_l, here_long = stat(results, key, train_len), stat(results, key, lengths[-1])
-            ratio = ratio_stat(results, key, "longest")
-        if ratio[0] is not None:
-            ours[key] = ratio
-        lines.append(
-            f"| {label} ({key}) | {p_l:.2f} | {p_long:.2f} | {p_long / p_l:.2f}x | {_pm(here_l)} | "
-            f"{_pm(here_long)} | {_pm(ratio, 'x')} |"
-        )
-    paper_order = sorted(PAPER, key=lambda k: PAPER[k][2] / PAPER[k][1])
-    shared = [k for k in paper_order if k in ours]
-    means = {k: ours[k][0] or 0.0 for k in shared}
-    here_order = _order(shared, means)
-    if len(shared) < 2:
-        verdict_line = "Too few of the paper's encodings were run to compare orderings."
-    elif here_order == shared:
-        verdict_line = (
-            f"Ordered by how much perplexity grows from L to the longest length, this run agrees with the paper: "
-            f"{' < '.join(here_order)}."
-        )
-    else:
-        verdict_line = (
-            f"Ordered by growth from L to the longest length, the paper has {' < '.join(shared)}; this run has "
-            f"{' < '.join(here_order)}."
-        )
-    if len(shared) >= 2:
-        verdict_line += " " + _order_spread(results, here_order, ours, shared)
-    xl, x8 = XTRANSFORMERS_ROTARY
-    x_line = f"For reference, x-transformers' rotary model (4 layers, dim 128, 400 steps, L=128, stdlib bytes) went {xl} -> {x8} at 8L ({x8 / xl:.2f}x)"
-    if "rope" in results["perplexity"] and 8 * train_len in lengths:
-        at_l, at_8l = stat(results, "rope", train_len), stat(results, "rope", 8 * train_len)
-        ratio8 = None if at_l[0] is None or at_8l[0] is None else at_8l[0] / at_l[0]
-        x_line += f"; posenc's rope here went {_pm(at_l)} -> {_pm(at_8l)} at 8L ({_ratio_text(ratio8)})"
-    return "\n".join(lines) + "\n\n" + verdict_line + "\n\n" + x_line + "."
-
-
-def _order_spread(results: dict[str, Any], here: list[str], ours: dict[str, Stat], paper: list[str]) -> str:
-    """Which adjacent gaps of our order exceed the spread, and in how many seeds the paper's order holds."""
-    if any(ours[k][1] is None for k in here):
-        return "With one seed there is no spread to tell whether these gaps are real."
-    pairs = list(zip(here, here[1:], strict=False))
-    within = [f"{a} ~ {b}" for a, b in pairs if not separated(ours[a], ours[b])]
-    text = (
-        "Every adjacent gap exceeds the spread over seeds."
-        if not within
-        else f"Gaps within the spread over seeds (not a ranking): {', '.join(within)}."
-    )
-    per_seed = {
-        k: dict(zip(results["ratio"][k]["seeds"], results["ratio"][k]["longest"], strict=True)) for k in here
-    }
-    common = sorted(set.intersection(*(set(v) for v in per_seed.values())))
-    holds = 0
-    for seed in common:
-        values = {k: per_seed[k][seed] for k in here}
-        if all(v is not None for v in values.values()):
-            holds += _order(paper, {k: float(v) for k, v in values.items() if v is not None}) == paper
-    return text + f" The paper's order holds in {holds} of {len(common)} seeds."
 
 
 def _setup(results: dict[str, Any]) -> str:
@@ -389,7 +211,7 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
     if len(finite) >= 2:
         lo, hi = min(finite, key=lambda nv: nv[1]), max(finite, key=lambda nv: nv[1])
         lines.append(
-            f"At L the encodings span {_fmt(lo[1])} ({lo[0]}) to {_fmt(hi[1])} ({hi[0]}), {hi[1] / lo[1]:.2f}x; "
+            f"At L the encodings span {fmt(lo[1])} ({lo[0]}) to {fmt(hi[1])} ({hi[0]}), {hi[1] / lo[1]:.2f}x; "
             "in Press et al. 2022, trained to convergence, they sit within 2 % at L."
         )
     return "\n\n".join(lines)

@@ -75,7 +75,6 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
     from matplotlib.ticker import FormatStrFormatter
 
     runs = results.get("runs", {})
