@@ -96,6 +96,12 @@ def test_report_claims_only_beyond_the_spread() -> None:
     res["perplexity_std"]["rope"]["8"] = res["perplexity_std"]["alibi"]["8"] = 0.01
     assert "ahead of every other row by more than the spread" in ranking(res, 8, ["rope", "alibi"])
     assert "one seed, so no spread" in ranking(res, 8, ["learned", "alibi"])
+    res["perplexity"]["learned"]["8"] = 6.0
+    assert ranking(res, 8, ["rope", "alibi", "learned"]) == (
+        "**alibi** (5.10 ± 0.01), ahead of every other row with seeds by more than the spread; one seed, "
+        "no spread to compare with: learned (6.00)"
+    )
+    res["perplexity"]["learned"]["8"] = 4.0
     assert spread_verdict((1.08, 0.05)) == "holds up (within the spread of degrades)"
     assert spread_verdict((1.5, 0.05)) == "degrades" and spread_verdict((1.5, None)) == "degrades"
     assert set(still_improving(res)) == {"rope"}

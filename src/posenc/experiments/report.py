@@ -71,10 +71,16 @@ def ranking(results: dict[str, Any], length: int, rows: list[str]) -> str:
         return head
     if best_s[1] is None:
         return f"{head}; one seed, so no spread to tell it from {rest[0][0]} ({pm(rest[0][1])})"
-    tied = [f"{r} ({pm(s)})" for r, s in rest if not separated(best_s, s)]
-    if tied:
-        return f"{head}, but not by more than the spread over {', '.join(tied)}"
-    return f"{head}, ahead of every other row by more than the spread"
+    tied = [f"{r} ({pm(s)})" for r, s in rest if separated(best_s, s) is False]
+    unknown = [f"{r} ({pm(s)})" for r, s in rest if separated(best_s, s) is None]
+    text = (
+        f"{head}, but not by more than the spread over {', '.join(tied)}"
+        if tied
+        else f"{head}, ahead of every other row with seeds by more than the spread"
+        if unknown
+        else f"{head}, ahead of every other row by more than the spread"
+    )
+    return text + (f"; one seed, no spread to compare with: {', '.join(unknown)}" if unknown else "")
 
 
 def _claim(results: dict[str, Any], name: str, claim: str, extra: str = "") -> str:
