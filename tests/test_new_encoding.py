@@ -98,4 +98,4 @@ def test_accepted_by_compare(
     args = ["compare", "--quick", "--steps", "2", "--no-progress", "--data", str(data)]
     code = main([*args, "--encodings", NAME, "--out", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
-    assert (tmp_path / "out" / "checkpoints" / f"{NAME}.pt").exists()
+    assert (tmp_path / "out" / "checkpoints" / NAME / "seed0.pt").exists()

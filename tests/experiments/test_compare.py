@@ -18,7 +18,8 @@ from posenc.experiments.compare import (
     eval_token_count,
     run_compare,
 )
-from posenc.experiments.report import claims, paper_comparison, verdict, worst_ratio, write_report
+from posenc.experiments.report import claims, paper_comparison, write_report
+from posenc.experiments.verdicts import verdict, worst_ratio
 
 FAST = CompareConfig.quick(steps=8)
 NAMES = ["none", "learned", "rope", "alibi"]  # one per behaviour: n/a past L, extension rows, bias
@@ -36,10 +37,10 @@ def test_quick_run_writes_everything(first_run: tuple[Path, dict]) -> None:
     for name in ("results.json", "report.md", "perplexity.png", "config.json"):
         assert (out / name).is_file(), name
     for name in NAMES:
-        assert (out / "checkpoints" / f"{name}.pt").is_file()
+        assert (out / "checkpoints" / name / "seed0.pt").is_file()
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["train_len"] == 16 and on_disk["eval_lengths"] == [16, 32, 64, 128, 256]
-    assert on_disk["seed"] == 0 and on_disk["versions"]["torch"] == torch.__version__
+    assert on_disk["seeds"] == [0] and on_disk["versions"]["torch"] == torch.__version__
     assert set(on_disk["perplexity"]) >= set(NAMES)
     assert on_disk["perplexity"]["learned"]["32"] is None and on_disk["perplexity"]["learned"]["16"] > 1
     for method in on_disk["rope_extensions"]:
@@ -52,7 +53,7 @@ def test_rerun_resumes_without_retraining(first_run: tuple[Path, dict], tiny_cor
     out, results = first_run
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
     again = run_compare(cfg, encodings=NAMES, out=out, progress=False)
-    assert again["resumed"] == NAMES
+    assert again["this_run"]["resumed"] == [f"{n}/0" for n in NAMES]
     assert again["perplexity"] == results["perplexity"]
     assert again["train_seconds"] == results["train_seconds"]
 
@@ -69,10 +70,10 @@ def test_checkpoint_of_another_config_is_refused(
 ) -> None:
     src, _ = first_run
     out = tmp_path / "copy"
-    (out / "checkpoints").mkdir(parents=True)
-    ckpt = torch.load(src / "checkpoints" / "none.pt", weights_only=True)
+    (out / "checkpoints" / "none").mkdir(parents=True)
+    ckpt = torch.load(src / "checkpoints" / "none" / "seed0.pt", weights_only=True)
     ckpt["config"]["train"]["lr"] = 1.0
-    torch.save(ckpt, out / "checkpoints" / "none.pt")
+    torch.save(ckpt, out / "checkpoints" / "none" / "seed0.pt")
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
     with pytest.raises(ValueError, match=r"train\.lr: 1\.0 -> 0\.003"):
         run_compare(cfg, encodings=["none"], out=out, progress=False)
@@ -130,6 +131,8 @@ def test_default_encodings_follow_the_documented_order() -> None:
 def test_eval_token_count_and_differences() -> None:
     assert eval_token_count(10_000, 256, 4) == 1024
     assert eval_token_count(600, 256, 4) == 512
+    assert eval_token_count(10_000, 256, 4, eval_bytes=3000) == 2816  # whole windows of the longest length
+    assert eval_token_count(10_000, 256, 4, eval_bytes=10) == 256  # at least one
     assert config_differences({"a": {"b": 1}, "c": 2}, {"a": {"b": 3}, "c": 2}) == ["a.b: 1 -> 3"]
 
 

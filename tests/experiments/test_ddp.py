@@ -31,8 +31,8 @@ def test_two_ranks_match_one_process(tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = CompareConfig(**{**CompareConfig.quick(steps=STEPS).__dict__, "data": str(tiny_corpus)})
     single = run_compare(cfg, encodings=["rope"], out=tmp_path / "single", device="cpu", progress=False)
 
-    ddp_ckpt = torch.load(out / "checkpoints" / "rope.pt", weights_only=True)
-    one_ckpt = torch.load(tmp_path / "single" / "checkpoints" / "rope.pt", weights_only=True)
+    ddp_ckpt = torch.load(out / "checkpoints" / "rope" / "seed0.pt", weights_only=True)
+    one_ckpt = torch.load(tmp_path / "single" / "checkpoints" / "rope" / "seed0.pt", weights_only=True)
     torch.testing.assert_close(
         torch.tensor(ddp_ckpt["losses"]), torch.tensor(one_ckpt["losses"]), rtol=1e-4, atol=1e-5
     )

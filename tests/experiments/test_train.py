@@ -13,6 +13,7 @@ from posenc.experiments.train import (
     batch_starts,
     build_model,
     lr_factor,
+    probe_steps,
     sample_batch,
     train_model,
 )
@@ -104,3 +105,32 @@ def test_embeddings_are_scaled_as_in_fairseq() -> None:
     with torch.no_grad():
         scaled(tokens)
     torch.testing.assert_close(seen[0], scaled.embed.weight[tokens] * TINY.dim**0.5)
+
+
+def test_probe_measures_in_eval_mode_without_changing_training() -> None:
+    tokens = _tokens()
+    seen: list[tuple[bool, bool]] = []
+
+    def probe(model: torch.nn.Module) -> dict[str, float | None]:
+        seen.append((model.training, torch.is_grad_enabled()))
+        return {"8": float(len(seen))}
+
+    plain = train_model("rope", tokens, TINY, progress=False)
+    probed = train_model("rope", tokens, TINY, progress=False, probe=probe, probe_points=3)
+    assert probed.losses == plain.losses  # probing neither trains nor draws random numbers
+    assert probed.curve == {"steps": probe_steps(TINY.steps, 3), "8": [1.0, 2.0, 3.0, 4.0][: len(seen)]}
+    assert seen and all(not training and not grad for training, grad in seen)
+    assert plain.curve == {} and plain.tokens_per_second > 0
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_the_eager_step() -> None:
+    tokens = _tokens()
+    cfg = TrainConfig(**{**TINY.to_dict(), "steps": 3})
+    eager = train_model("none", tokens, cfg, progress=False)
+    compiled = train_model("none", tokens, TrainConfig(**{**cfg.to_dict(), "compile": True}), progress=False)
+    torch.testing.assert_close(
+        torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-5
+    )
+    for name, value in eager.model.state_dict().items():
+        torch.testing.assert_close(compiled.model.state_dict()[name], value, rtol=1e-3, atol=1e-4, msg=name)

@@ -7,7 +7,7 @@ of JSON-safe values (names, shapes, medians in ms, ratios to a baseline measured
 
 from __future__ import annotations
 
-from . import attention, decode, rope  # noqa: E402, F401  (each registers its suites)
+from . import attention, decode, rope, train  # noqa: E402, F401  (each registers its suites)
 from .suites import SUITES, Row, Suite, register_suite
 
 __all__ = ["SUITES", "Row", "Suite", "register_suite"]

@@ -9,7 +9,12 @@ import argparse
 import contextlib
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..experiments.presets import CompareConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="train short, test long: perplexity of every encoding at L, 2L, 4L, 8L, 16L",
         description=(
             "Train one small byte-level LM per encoding on the same data and budget at length L, then evaluate "
-            "perplexity on held-out text at L..16L (Press et al. 2022). Writes results.json, report.md, "
-            "perplexity.png and a checkpoint per encoding; rerun with the same --out to resume."
+            "perplexity on held-out text at L..16L (Press et al. 2022), per seed. Writes results.json, report.md, "
+            "perplexity.png, curves.png and a checkpoint per (encoding, seed); rerun with the same --out to "
+            "resume, to add seeds or to add encodings (results.json keeps every earlier record)."
         ),
     )
     p.add_argument(
@@ -31,9 +37,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--encodings", type=str, default=None, help="comma-separated names (default: all registered)"
     )
+    p.add_argument(
+        "--preset",
+        type=str,
+        default="demo",
+        help="demo (default: ~10 min on 2 CPU cores), cpu-long (4x the steps, ~30 min), gpu (larger model, "
+        "3 seeds, compiled); the flags below override its values",
+    )
+    p.add_argument("--seeds", type=str, default=None, help="a count (3 = seeds 0,1,2) or a list (0,4,7)")
+    p.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N,)")
     p.add_argument("--train-len", type=int, default=None, help="training length L in bytes (default 128)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per encoding (default 400)")
-    p.add_argument("--seed", type=int, default=None, help="seed for weights and batches (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model")
+    p.add_argument("--dim", type=int, default=None, help="model width")
+    p.add_argument("--depth", type=int, default=None, help="layers")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (must divide --dim)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (global, over all ranks)")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="fraction of the steps spent warming up, in [0, 1)"
+    )
+    p.add_argument(
+        "--eval-bytes",
+        type=int,
+        default=None,
+        help="held-out bytes scored at every length (whole windows of 16L)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training step (pays on long runs; default: the preset's choice)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: every core this process may use, shared among torchrun's ranks); on a busy "
+        "machine 1 can be several times faster. Another count may change the last bits of the numbers",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,29 +89,58 @@ def _kept(args: argparse.Namespace) -> str:
     )
 
 
-def _threads() -> int:
+def cpu_threads() -> int:
     """CPU threads per process: the cores this process may use, shared among torchrun's local ranks."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """The preset (or ``--quick``) with every given flag applied."""
+    from ..experiments.presets import parse_seeds, preset
+
+    if args.seeds is not None and args.seed is not None:
+        raise ValueError("give --seeds or --seed, not both")
+    cfg = preset("quick" if args.quick else args.preset)
+    cfg = cfg.with_train(
+        train_len=args.train_len,
+        steps=args.steps,
+        dim=args.dim,
+        depth=args.depth,
+        heads=args.heads,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_fraction=args.warmup,
+        compile=args.compile,
+    )
+    changes: dict[str, Any] = {}
+    if args.seeds is not None:
+        changes["seeds"] = parse_seeds(args.seeds)
+    elif args.seed is not None:
+        changes["seeds"] = (args.seed,)
+    if args.data is not None:
+        changes["data"] = args.data
+    if args.eval_bytes is not None:
+        changes["eval_bytes"] = args.eval_bytes
+    return replace(cfg, **changes) if changes else cfg
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..experiments.checkpoints import check_out_dir, run_lock
-    from ..experiments.compare import CompareConfig, run_compare
+    from ..experiments.compare import run_compare
     from ..experiments.dist import resolve_device
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(_threads())
-    cfg = CompareConfig.quick() if args.quick else CompareConfig()
-    cfg = cfg.with_train(train_len=args.train_len, steps=args.steps, seed=args.seed)
-    if args.data is not None:
-        from dataclasses import replace
-
-        cfg = replace(cfg, data=args.data)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(cpu_threads())
+    cfg = config_from_args(args)
     names = None if args.encodings is None else [n.strip() for n in args.encodings.split(",") if n.strip()]
     check_out_dir(args.out)
     resolve_device(args.device)  # a bad --device is refused before the folder is touched
@@ -83,5 +153,5 @@ def run(args: argparse.Namespace) -> int:
         from ..experiments.report import table
 
         print(table(results))
-        print(f"\nwrote {args.out / 'results.json'}, {args.out / 'report.md'}, {args.out / 'perplexity.png'}")
+        print(f"\nwrote {args.out / 'results.json'}, {args.out / 'report.md'} and figures under {args.out}")
     return 0

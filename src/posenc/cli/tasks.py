@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.tasks.experiment import run_tasks
     from ..experiments.tasks.report import task_table
     from ..experiments.tasks.run import TasksConfig
-    from .compare import _threads
+    from .compare import cpu_threads
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if not rank0:  # under torchrun only rank 0 reports
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(_threads())
+        torch.set_num_threads(cpu_threads())
     cfg = TasksConfig.quick() if args.quick else TasksConfig()
     cfg = cfg.with_train(train_len=args.train_len, steps=args.steps)
     results = run_tasks(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -234,3 +235,14 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Any, dic
     model = build_model(str(ckpt["encoding"]), TrainConfig(**train))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def json_safe(obj: Any) -> Any:
+    """Non-finite floats become the string "inf" (strict JSON has no infinity)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf"
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -3,6 +3,11 @@ training length, which of the seed document's claims the data supports, and the 
 
 Verdicts compare each row's worst perplexity beyond ``L`` with its own perplexity at ``L``:
 "holds up" within :data:`HOLDS_UP` (10 %), "degrades" up to :data:`BREAKS` (2x), "breaks" beyond.
+
+With several seeds every number is a mean over seeds with its standard deviation, a verdict whose mean +- std
+crosses a threshold says so, and a ranking ("best", an ordering) is claimed only where the gap exceeds the
+combined spread (:func:`posenc.experiments.results.separated`); the report says which gaps do not. Results of
+the one-seed layout (no ``runs``) are read as one seed.
 """
 
 from __future__ import annotations
@@ -10,101 +15,84 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: Worst ``ppl(Lv) / ppl(L)`` over ``Lv > L`` that still counts as holding up.
-HOLDS_UP = 1.10
-#: Beyond this ratio a row "breaks".
-BREAKS = 2.0
-
-#: Press et al. 2022, Table 2 (WikiText-103, L = 512): perplexity at L and at 8512 tokens (16.6 L).
-PAPER: dict[str, tuple[str, float, float]] = {
-    "sinusoidal": ("Sinusoidal", 20.05, 305.65),
-    "rope": ("Rotary", 20.07, 54.98),
-    "t5": ("T5 bias", 19.65, 43.08),
-    "alibi": ("ALiBi", 19.73, 18.34),
-}
-#: The issue's x-transformers measurement (4 layers, dim 128, 400 steps, L = 128, stdlib bytes): rotary at L, 8L.
-XTRANSFORMERS_ROTARY = (6.25, 10.55)
+from .paper import paper_comparison
+from .results import separated
+from .verdicts import (
+    BREAKS,
+    HOLDS_UP,
+    STILL_IMPROVING,
+    fmt,
+    pm,
+    ratio_stat,
+    seed_count,
+    spread_verdict,
+    stat,
+    still_improving,
+    verdict,
+)
 
 Row = dict[str, Any]
 
 
-def _num(value: Any) -> float | None:
-    """A perplexity from results (float, None for n/a, or "inf" as written to JSON)."""
-    if value is None:
-        return None
-    return math.inf if value == "inf" else float(value)
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if not math.isfinite(value):
-        return "inf"
-    return f"{value:.2f}" if value < 1000 else f"{value:.3g}"
-
-
-def worst_ratio(row: dict[str, Any], train_len: int) -> float | None:
-    """Largest ``ppl(Lv) / ppl(L)`` over measured ``Lv > L``; None when no longer length was measurable."""
-    base = _num(row.get(str(train_len)))
-    longer = [_num(v) for k, v in row.items() if int(k) > train_len]
-    measured = [v for v in longer if v is not None]
-    if base is None or not measured:
-        return None
-    if not math.isfinite(base):
-        return math.inf
-    return max(measured) / base
-
-
-def verdict(ratio: float | None) -> str:
-    """ "holds up", "degrades", "breaks" or "n/a" (see the module docstring)."""
-    if ratio is None:
-        return "n/a"
-    shown = round(ratio, 2)  # judged as printed, so a "1.10x" never reads "degrades"
-    if shown <= HOLDS_UP:
-        return "holds up"
-    return "degrades" if shown <= BREAKS else "breaks"
-
-
-def _longest_ratio(row: dict[str, Any], train_len: int, lengths: list[int]) -> float | None:
-    base, last = _num(row.get(str(train_len))), _num(row.get(str(lengths[-1])))
-    if base is None or last is None or not math.isfinite(base):
-        return None
-    return last / base
-
-
 def table(results: dict[str, Any]) -> str:
-    """The markdown table: perplexity per row per length, ratio at the longest length, verdict."""
+    """The markdown table: perplexity (mean ± std over seeds) per row per length, ratio at the longest length,
+    verdict; a dagger marks encodings still improving at the end of training."""
     train_len, lengths = results["train_len"], results["eval_lengths"]
     heads = [f"{lv // train_len}L = {lv}" if lv != train_len else f"L = {lv}" for lv in lengths]
+    improving = still_improving(results)
+    seeds = results.get("seeds_per_encoding", {})
     lines = [
-        "| encoding | " + " | ".join(heads) + f" | {lengths[-1] // train_len}L / L | verdict |",
-        "|---" * (len(lengths) + 3) + "|",
+        "| encoding | seeds | " + " | ".join(heads) + f" | {lengths[-1] // train_len}L / L | verdict |",
+        "|---" * (len(lengths) + 4) + "|",
     ]
-    for name, row in results["perplexity"].items():
-        cells = [_fmt(_num(row.get(str(lv)))) for lv in lengths]
-        ratio = _longest_ratio(row, train_len, lengths)
-        ratio_s = "n/a" if ratio is None else ("inf" if not math.isfinite(ratio) else f"{ratio:.2f}x")
+    for name in results["perplexity"]:
+        cells = [pm(stat(results, name, lv)) for lv in lengths]
+        base = name.split("+", 1)[0]
+        mark = " †" if name in improving else ""
+        n = len(seeds.get(base, [0]))
         lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {ratio_s} | {verdict(worst_ratio(row, train_len))} |"
+            f"| {name}{mark} | {n} | "
+            + " | ".join(cells)
+            + f" | {pm(ratio_stat(results, name, 'longest'), 'x')} | {spread_verdict(ratio_stat(results, name))} |"
         )
     return "\n".join(lines)
 
 
-def _best(results: dict[str, Any], length: int, rows: list[str]) -> tuple[str, float] | None:
-    scored = [(n, _num(results["perplexity"][n].get(str(length)))) for n in rows]
-    finite = [(n, v) for n, v in scored if v is not None and math.isfinite(v)]
-    return min(finite, key=lambda nv: nv[1]) if finite else None
+def ranking(results: dict[str, Any], length: int, rows: list[str]) -> str:
+    """Which row is best at ``length``, and whether it beats the others by more than the spread."""
+    scored = [(r, stat(results, r, length)) for r in rows]
+    finite = [(r, s) for r, s in scored if s[0] is not None and math.isfinite(s[0])]
+    if not finite:
+        return "none measured"
+    finite.sort(key=lambda rs: rs[1][0] or 0.0)
+    (best, best_s), rest = finite[0], finite[1:]
+    head = f"**{best}** ({pm(best_s)})"
+    if not rest:
+        return head
+    if best_s[1] is None:
+        return f"{head}; one seed, so no spread to tell it from {rest[0][0]} ({pm(rest[0][1])})"
+    tied = [f"{r} ({pm(s)})" for r, s in rest if separated(best_s, s) is False]
+    unknown = [f"{r} ({pm(s)})" for r, s in rest if separated(best_s, s) is None]
+    text = (
+        f"{head}, but not by more than the spread over {', '.join(tied)}"
+        if tied
+        else f"{head}, ahead of every other row with seeds by more than the spread"
+        if unknown
+        else f"{head}, ahead of every other row by more than the spread"
+    )
+    return text + (f"; one seed, no spread to compare with: {', '.join(unknown)}" if unknown else "")
 
 
 def _claim(results: dict[str, Any], name: str, claim: str, extra: str = "") -> str:
     train_len, lengths = results["train_len"], results["eval_lengths"]
-    row = results["perplexity"].get(name)
-    if row is None:
+    if name not in results["perplexity"]:
         return f"- *{claim}*: not tested ({name} was not in this run)."
-    ratio = worst_ratio(row, train_len)
-    v = verdict(ratio)
-    base, last = _num(row.get(str(train_len))), _num(row.get(str(lengths[-1])))
-    change = f"{_fmt(base)} at L -> {_fmt(last)} at {lengths[-1] // train_len}L"
+    ratio = ratio_stat(results, name)
+    v = verdict(ratio[0])
+    change = (
+        f"{pm(stat(results, name, train_len))} at L -> {pm(stat(results, name, lengths[-1]))} at "
+        f"{lengths[-1] // train_len}L"
+    )
     if v == "holds up":
         answer = "**supported**"
     elif v == "degrades":
@@ -113,25 +101,20 @@ def _claim(results: dict[str, Any], name: str, claim: str, extra: str = "") -> s
         answer = "**not supported**"
     else:
         answer = "**not testable here**"
-    return f"- *{claim}*: {answer}: {name} went {change} (worst {_ratio_text(ratio)} of its L perplexity).{extra}"
-
-
-def _ratio_text(ratio: float | None) -> str:
-    if ratio is None:
-        return "n/a"
-    return "inf" if not math.isfinite(ratio) else f"{ratio:.2f}x"
+    if spread_verdict(ratio) != v:
+        answer += f" ({spread_verdict(ratio).split(' (', 1)[1]}"
+    return f"- *{claim}*: {answer}: {name} went {change} (worst {pm(ratio, 'x')} of its L perplexity).{extra}"
 
 
 def _also(results: dict[str, Any], name: str, what: str) -> str:
     """A sentence on a related row: its verdict and its L -> longest change, or "" when it was not run."""
-    row = results["perplexity"].get(name)
-    if row is None:
+    if name not in results["perplexity"]:
         return ""
     train_len, last = results["train_len"], results["eval_lengths"][-1]
-    ratio = worst_ratio(row, train_len)
+    ratio = ratio_stat(results, name)
     return (
-        f" {what}, {verdict(ratio)} ({_fmt(_num(row.get(str(train_len))))} -> {_fmt(_num(row.get(str(last))))}, "
-        f"worst {_ratio_text(ratio)})."
+        f" {what}, {spread_verdict(ratio)} ({pm(stat(results, name, train_len))} -> "
+        f"{pm(stat(results, name, last))}, worst {pm(ratio, 'x')})."
     )
 
 
@@ -148,11 +131,10 @@ def claims(results: dict[str, Any]) -> str:
         )
     )
     ext = [r for r in results["perplexity"] if r.startswith("rope+")]
-    best_ext = _best(results, lengths[-1], ext) if ext else None
     ext_note = (
-        f" With inference-time extension the best at {lengths[-1] // train_len}L was {best_ext[0]} "
-        f"({_fmt(best_ext[1])}), without retraining."
-        if best_ext
+        f" With inference-time extension (no retraining) the best at {lengths[-1] // train_len}L was "
+        f"{ranking(results, lengths[-1], ext)}."
+        if ext
         else ""
     )
     ext_note += _also(results, "xpos", "xPos, RoPE with an exponential decay")
@@ -166,93 +148,97 @@ def claims(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def paper_comparison(results: dict[str, Any]) -> str:
-    """Our ratios beside Press et al. 2022 Table 2, and whether the orderings agree."""
-    train_len, lengths = results["train_len"], results["eval_lengths"]
-    mult = lengths[-1] // train_len
-    lines = [
-        f"| encoding | paper L=512 | paper 16.6L | paper ratio | here L={train_len} | here {mult}L | here ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    ours: dict[str, float] = {}
-    for key, (label, p_l, p_long) in PAPER.items():
-        row = results["perplexity"].get(key)
-        here_l = here_long = ratio = None
-        if row is not None:
-            here_l, here_long = _num(row.get(str(train_len))), _num(row.get(str(lengths[-1])))
-            ratio = _longest_ratio(row, train_len, lengths)
-        if ratio is not None:
-            ours[key] = ratio
-        lines.append(
-            f"| {label} ({key}) | {p_l:.2f} | {p_long:.2f} | {p_long / p_l:.2f}x | {_fmt(here_l)} | "
-            f"{_fmt(here_long)} | {_ratio_text(ratio)} |"
-        )
-    paper_order = sorted(PAPER, key=lambda k: PAPER[k][2] / PAPER[k][1])
-    shared = [k for k in paper_order if k in ours]
-    here_order = sorted(shared, key=lambda k: ours[k])
-    if len(shared) < 2:
-        verdict_line = "Too few of the paper's encodings were run to compare orderings."
-    elif here_order == shared:
-        verdict_line = (
-            f"Ordered by how much perplexity grows from L to the longest length, this run agrees with the paper: "
-            f"{' < '.join(here_order)}."
-        )
-    else:
-        verdict_line = (
-            f"Ordered by growth from L to the longest length, the paper has {' < '.join(shared)}; this run has "
-            f"{' < '.join(here_order)}."
-        )
-    xl, x8 = XTRANSFORMERS_ROTARY
-    rope = results["perplexity"].get("rope")
-    x_line = f"For reference, x-transformers' rotary model (4 layers, dim 128, 400 steps, L=128, stdlib bytes) went {xl} -> {x8} at 8L ({x8 / xl:.2f}x)"
-    if rope is not None and str(8 * train_len) in rope:
-        at_l, at_8l = _num(rope[str(train_len)]), _num(rope[str(8 * train_len)])
-        ratio8 = None if at_l is None or at_8l is None else at_8l / at_l
-        x_line += f"; posenc's rope here went {_fmt(at_l)} -> {_fmt(at_8l)} at 8L ({_ratio_text(ratio8)})"
-    return "\n".join(lines) + "\n\n" + verdict_line + "\n\n" + x_line + "."
-
-
 def _setup(results: dict[str, Any]) -> str:
     cfg = results["config"]
     t, d = cfg["train"], cfg["data"]
     v = results["versions"]
+    knobs = results.get("settings", {})
+    seeds = results.get("seeds", [t.get("seed", 0)])
     scaled = " (embeddings scaled by sqrt(dim), as in fairseq)" if t.get("scale_embeddings") else ""
+    rate = [r for r in results.get("tokens_per_second", {}).values() if r]
+    speed = (
+        f" Training ran at {statistics_median(rate):,.0f} tokens/s (median over encodings; "
+        f"{'compiled' if t.get('compile') else 'eager'} step, fused AdamW, losses read once per run)."
+        if rate
+        else ""
+    )
     return (
-        f"Each model: decoder-only `TransformerLM`, {t['depth']} layers, dim {t['dim']}, {t['heads']} heads, "
-        f"bytes as tokens{scaled}; {t['steps']} AdamW steps of {t['batch_size']} x {t['train_len']} bytes "
-        f"(peak lr {t['lr']}, cosine), seed {t['seed']}. Data: {d['source']}, split {d['split']} "
+        f"Preset `{knobs.get('preset', 'demo')}`. Each model: decoder-only `TransformerLM`, {t['depth']} layers, "
+        f"dim {t['dim']}, {t['heads']} heads, bytes as tokens{scaled}; {t['steps']} AdamW steps of "
+        f"{t['batch_size']} x {t['train_len']} bytes (peak lr {t['lr']}, warmup "
+        f"{t.get('warmup_fraction', 0.1):g} of the steps, cosine), seeds {', '.join(map(str, seeds))}. "
+        f"Data: {d['source']}, split {d['split']} "
         f"({d['train_bytes']:,} training / {d['val_bytes']:,} validation bytes). Evaluation: the same "
         f"{results['eval_tokens']:,} held-out bytes at every length, cut into non-overlapping windows "
-        f"(Press et al. 2022); perplexity is per byte. torch {v['torch']}, {v['device']}, "
-        f"{v['world_size']} process(es), {v['threads']} thread(s); wall time {results['wall_seconds']:.0f} s."
+        f"(Press et al. 2022); perplexity is per byte. torch {v['torch']}, {v['device']}"
+        f"{' (' + v['gpu'] + ')' if 'gpu' in v else ''}, {v['world_size']} process(es), {v['threads']} thread(s); "
+        f"wall time of the last invocation {results['wall_seconds']:.0f} s.{speed}"
     )
 
 
-def write_report(results: dict[str, Any], figure: str | None = "perplexity.png") -> str:
-    """The whole ``report.md``."""
+def statistics_median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def curves_section(results: dict[str, Any], figure: str | None) -> str:
+    """Which encodings were still learning when training stopped, and what that means for their verdicts."""
+    improving = still_improving(results)
+    lines = []
+    if figure:
+        lines.append(f"![validation perplexity during training]({figure})")
+    pct = round(STILL_IMPROVING * 100)
+    knobs = results.get("settings", {})
+    if knobs.get("curve_points"):
+        lines.append(
+            f"Validation perplexity at L and 4L, measured {knobs['curve_points']} times per run on "
+            f"{knobs['curve_bytes']:,} held-out bytes (whole windows of 4L)."
+        )
+    if improving:
+        names = ", ".join(f"**{n}** (-{d * 100:.1f} %)" for n, d in improving.items())
+        lines.append(
+            f"Still improving (†: validation perplexity at L fell by more than {pct} % over the last tenth of "
+            f"training, mean over seeds): {names}. These models are undertrained: their perplexity at L is not "
+            "where it would settle, so their ratio to L mixes extrapolation with learning still under way, and "
+            "their verdict may change with more `--steps` (or `--preset cpu-long`)."
+        )
+    elif results.get("last_tenth_improvement"):
+        lines.append(
+            f"No encoding's validation perplexity at L fell by more than {pct} % over the last tenth of "
+            "training: the verdicts compare models near the end of their learning at this budget."
+        )
+    at_l = [
+        (n, stat(results, n, results["train_len"])[0])
+        for n in results["encodings"]
+        if n in results["perplexity"]
+    ]
+    finite = [(n, v) for n, v in at_l if v is not None and math.isfinite(v)]
+    if len(finite) >= 2:
+        lo, hi = min(finite, key=lambda nv: nv[1]), max(finite, key=lambda nv: nv[1])
+        lines.append(
+            f"At L the encodings span {fmt(lo[1])} ({lo[0]}) to {fmt(hi[1])} ({hi[0]}), {hi[1] / lo[1]:.2f}x; "
+            "in Press et al. 2022, trained to convergence, they sit within 2 % at L."
+        )
+    return "\n\n".join(lines)
+
+
+def write_report(results: dict[str, Any], figures: dict[str, str] | None = None) -> str:
+    """The whole ``report.md``; ``figures`` maps "perplexity" and "curves" to the image files written."""
+    figures = {"perplexity": "perplexity.png"} if figures is None else figures
     train_len, lengths = results["train_len"], results["eval_lengths"]
     names = results["encodings"]
     mult = lengths[-1] // train_len
-    held = [
-        n for n, row in results["perplexity"].items() if verdict(worst_ratio(row, train_len)) == "holds up"
-    ]
-    best_l, best_long = (
-        _best(results, train_len, names),
-        _best(results, lengths[-1], list(results["perplexity"])),
-    )
-    summary = []
-    if best_l:
-        summary.append(f"Best at the training length L={train_len}: **{best_l[0]}** ({_fmt(best_l[1])}).")
-    if best_long:
-        summary.append(f"Best at {mult}L={lengths[-1]}: **{best_long[0]}** ({_fmt(best_long[1])}).")
-    summary.append(
-        f"Holding up to {mult}L (within {round((HOLDS_UP - 1) * 100)} % of their L perplexity): "
+    held = [n for n in results["perplexity"] if verdict(ratio_stat(results, n)[0]) == "holds up"]
+    summary = [
+        f"Best at the training length L={train_len}: {ranking(results, train_len, names)}.",
+        f"Best at {mult}L={lengths[-1]}: {ranking(results, lengths[-1], list(results['perplexity']))}.",
+        f"Holding up to {mult}L (mean within {round((HOLDS_UP - 1) * 100)} % of their L perplexity): "
         + (", ".join(f"**{n}**" for n in held) if held else "none")
-        + "."
-    )
-    learned = results["perplexity"].get("learned")
+        + ".",
+    ]
     notes = []
-    if learned is not None:
+    if "learned" in results["perplexity"]:
         notes.append(
             f"`learned` has a table of exactly L={train_len} positions (all that training reaches), so it has no "
             "embedding for longer inputs: n/a, as for the paper's learned baselines."
@@ -262,9 +248,13 @@ def write_report(results: dict[str, Any], figure: str | None = "perplexity.png")
             "`rope+<method>` rows are the trained `rope` model evaluated with inference-time context extension, "
             "factor = evaluation length / L (dynamic NTK: its fixed factor 2, it adapts to the length itself)."
         )
+    n_seeds = seed_count(results)
     notes.append(
-        "One seed, a tiny model and a short budget: differences of a few percent may not survive another "
-        "`--seed`; the large ratios are the signal."
+        "One seed, a tiny model and a short budget: differences of a few percent may not survive another seed "
+        "(`--seeds 3`); the large ratios are the signal."
+        if n_seeds == 1
+        else f"Numbers are mean ± sample standard deviation over up to {n_seeds} seeds (column `seeds`); a "
+        "ranking is claimed only where the gap exceeds the combined spread, sqrt(std_a² + std_b²)."
     )
     parts = [
         "# posenc compare: train short, test long",
@@ -273,10 +263,11 @@ def write_report(results: dict[str, Any], figure: str | None = "perplexity.png")
         table(results),
         " ".join(summary),
         "Verdicts: worst perplexity beyond L relative to L: holds up <= "
-        f"{HOLDS_UP:.2f}x, degrades <= {BREAKS:.0f}x, breaks beyond.",
+        f"{HOLDS_UP:.2f}x, degrades <= {BREAKS:.0f}x, breaks beyond; † still improving (see below).",
     ]
-    if figure:
-        parts.append(f"![perplexity against evaluation length]({figure})")
+    if figures.get("perplexity"):
+        parts.append(f"![perplexity against evaluation length]({figures['perplexity']})")
+    parts += ["## Learning curves", curves_section(results, figures.get("curves"))]
     parts += [
         "## The seed document's claims",
         claims(results),

@@ -14,8 +14,8 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from .dist import SINGLE, World
 log = logging.getLogger(__name__)
 #: Seeds are below this (batch ``t`` seeds a generator with ``seed * 1_000_003 + t``, which must fit 64 bits).
 MAX_SEED = 2**32
+
+#: The progress bar shows the loss every this many steps (one host sync each).
+LOG_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class TrainConfig:
         seed: seeds the initial weights and the batches.
         scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Vaswani et al. 2017; fairseq, hence
             Press et al. 2022). Without it a fixed sinusoidal table swamps the small tied embeddings.
+        compile: run the model's forward and backward through ``torch.compile`` (worth its compile time only
+            for long runs; see ``posenc bench --suite train``).
     """
 
     dim: int = 128
@@ -64,6 +69,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     scale_embeddings: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
@@ -89,14 +95,39 @@ class TrainConfig:
         return asdict(self)
 
 
+#: Measures a model during training (e.g. validation perplexity at L and 4L): ``model -> {key: value}``.
+Probe = Callable[[TransformerLM], dict[str, float | None]]
+
+
 @dataclass
 class TrainResult:
-    """A trained model and how it got there: ``losses[t]`` is the mean training loss of step ``t``
-    (nats per byte, over the global batch)."""
+    """A trained model and how it got there.
+
+    Attributes:
+        losses: ``losses[t]`` is the mean training loss of step ``t`` (nats per byte, over the global batch).
+        seconds: wall time of the whole call (building, compiling, training, probing).
+        curve: ``{"steps": [...], key: [...]}``: the probe's values after each of ``steps`` steps (empty without
+            a probe).
+        tokens_per_second: training tokens (all ranks) per second of steady stepping: the first step (where
+            ``torch.compile`` compiles) and the probes are left out.
+        first_step_seconds: the first step's wall time (with ``compile``, mostly compilation).
+    """
 
     model: TransformerLM
     losses: list[float]
     seconds: float
+    curve: dict[str, list[Any]] = field(default_factory=dict)
+    tokens_per_second: float = 0.0
+    first_step_seconds: float = 0.0
+
+
+def probe_steps(steps: int, points: int) -> list[int]:
+    """After how many steps a learning curve is measured: ``points`` evenly spaced marks (the last is ``steps``),
+    plus the mark at 90 % so that the last tenth of training can be judged. Empty for ``points <= 0``."""
+    if points <= 0:
+        return []
+    marks = {max(1, round(steps * i / points)) for i in range(1, points + 1)}
+    return sorted(marks | {max(1, int(steps * 0.9))})
 
 
 def encoding_options(encoding: str, cfg: TrainConfig) -> dict[str, Any]:
@@ -157,13 +188,48 @@ def lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only; ``fused`` (one kernel for all parameters; default: where torch has it
+    for ``device``), else multi-tensor; ``fused=False`` is torch's default implementation (the reference)."""
     params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    if fused is False:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused, foreach=None if fused else True
+    )
+
+
+def make_step(
+    net: nn.Module,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    grad_clip: float,
+    loss_fn: Callable[[nn.Module, Tensor], Tensor] = lm_loss,
+) -> Callable[[Tensor], Tensor]:
+    """One optimiser step on a batch ``(B, L + 1)``: loss, backward, clip, update; returns the detached loss
+    (never read here, so the host does not wait for the step). ``net`` may be ``model`` compiled or under DDP."""
+
+    def step(batch: Tensor) -> Tensor:
+        loss = loss_fn(net, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 #: ``batches(step, world)``: this rank's rows of the global batch of ``step``, ``(B / W, S)`` long.
@@ -183,6 +249,8 @@ def train_model(
     batches: BatchFn | None = None,
     loss_fn: LossFn = lm_loss,
     desc: str | None = None,
+    probe: Probe | None = None,
+    probe_points: int = 20,
 ) -> TrainResult:
     """Train a :class:`TransformerLM` with ``encoding`` on ``tokens`` for ``cfg.steps`` steps.
 
@@ -196,9 +264,14 @@ def train_model(
         batches: draws the batches instead of ``tokens`` (``posenc tasks``: generated examples).
         loss_fn: the loss of a batch; default next-byte cross-entropy on every byte (:func:`lm_loss`).
         desc: the progress bar's label (default ``train <encoding>``).
+        probe: measured ``probe_points`` times during training (:func:`probe_steps`) -> ``TrainResult.curve``.
+
+    Losses stay on the device during training and are read once at the end (the progress bar reads one every
+    :data:`LOG_EVERY` steps), so the host never waits for a step to finish.
 
     Returns:
-        The model (unwrapped, in eval mode), the per-step global mean losses and the wall time.
+        The model (unwrapped, in eval mode), the per-step global mean losses, the wall time, the curve and the
+        steady throughput.
     """
     if batches is None:
         if tokens is None:
@@ -212,9 +285,14 @@ def train_model(
     net: nn.Module = model
     if world.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = _optimizer(model, cfg)
+    if cfg.compile:
+        net = cast(nn.Module, torch.compile(net))  # an OptimizedModule
+    opt = make_optimizer(model, cfg, device)
+    train_step = make_step(net, model, opt, cfg.grad_clip, loss_fn)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    losses: list[float] = []
+    step_losses = torch.zeros(cfg.steps, device=device)  # on device: no host sync per step
+    marks = set(probe_steps(cfg.steps, 0 if probe is None else probe_points))
+    curve: dict[str, list[Any]] = {"steps": []} if marks else {}
     bar = tqdm(
         range(cfg.steps),
         desc=desc or f"train {encoding}",
@@ -223,19 +301,41 @@ def train_model(
         leave=False,
         dynamic_ncols=True,
     )
+    first = aside = 0.0
+    loop_start = time.perf_counter()
     for step in bar:
+        t0 = time.perf_counter()
         batch = batches(step, world).to(device)  # (B / W, S)
-        loss = loss_fn(net, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        step_losses[step] = train_step(batch)
         sched.step()
-        losses.append(float(world.sum(loss.detach()) / world.size))
-        if step % 10 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if step == 0:
+            _sync(device)
+            first = time.perf_counter() - t0
+        if step + 1 in marks and probe is not None:
+            t1 = time.perf_counter()
+            _probe(model, probe, step + 1, curve)
+            aside += time.perf_counter() - t1
+        if (step % LOG_EVERY == 0 or step == cfg.steps - 1) and not bar.disable:
+            bar.set_postfix(loss=f"{float(step_losses[step]):.3f}")
     bar.close()
+    _sync(device)
+    losses = (world.sum(step_losses) / world.size).tolist()  # the one read of the losses
+    seconds = time.perf_counter() - start
+    steady = time.perf_counter() - loop_start - first - aside
     if not all(math.isfinite(x) for x in losses):
         log.warning("training %s produced a non-finite loss; its perplexities will be inf", encoding)
     model.eval()
-    return TrainResult(model, losses, time.perf_counter() - start)
+    tokens_done = (cfg.steps - 1) * cfg.batch_size * cfg.train_len
+    rate = tokens_done / steady if cfg.steps > 1 and steady > 0 else 0.0
+    return TrainResult(model, losses, seconds, curve, rate, first)
+
+
+def _probe(model: TransformerLM, probe: Probe, step: int, curve: dict[str, list[Any]]) -> None:
+    """Append ``probe(model)`` (in eval mode, no gradients) at ``step`` to ``curve``."""
+    model.eval()
+    with torch.no_grad():
+        values = probe(model)
+    model.train()
+    curve["steps"].append(step)
+    for key, value in values.items():
+        curve.setdefault(key, []).append(value)

@@ -1,4 +1,5 @@
-"""The figure of ``posenc compare``: perplexity against evaluation length, one line per encoding."""
+"""The figures of ``posenc compare``: perplexity against evaluation length (error bars: std over seeds), and
+validation perplexity during training (learning curves)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     """Perplexity (log y) against evaluation length (log2 x) for every row of ``results["perplexity"]``.
 
     Colours come from :func:`posenc.plots.palette.encoding_color` (the same in every figure); RoPE
-    context-extension rows are dashed in RoPE's colour; n/a and infinite values are left out; a dotted line marks ``L``.
+    context-extension rows are dashed in RoPE's colour; n/a and infinite values are left out; a dotted line marks
+    ``L``; error bars are the standard deviation over seeds where ``results["perplexity_std"]`` has one.
     """
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -45,12 +47,16 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     ax = fig.add_subplot()
     variants = extension_dashes()
     for name, row in results["perplexity"].items():
-        points = [(lv, row.get(str(lv))) for lv in lengths]
-        xs = [lv for lv, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
-        ys = [float(v) for _, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
-        if not xs:
+        spread = results.get("perplexity_std", {}).get(name, {})
+        points = [(lv, row.get(str(lv)), spread.get(str(lv))) for lv in lengths]
+        kept = [(lv, float(v), e) for lv, v, e in points if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not kept:
             continue
-        ax.plot(xs, ys, label=name, **row_style(name, variants))
+        xs, ys = [lv for lv, _, _ in kept], [v for _, v, _ in kept]
+        errs = [e if isinstance(e, (int, float)) else 0.0 for _, _, e in kept]
+        ax.errorbar(
+            xs, ys, yerr=errs if any(errs) else None, capsize=2, label=name, **row_style(name, variants)
+        )
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -65,4 +71,43 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
+    return fig
+
+
+def curves_figure(results: dict[str, Any]) -> Figure | None:
+    """Validation perplexity (log y) against training step, at L (solid) and 4L (dashed), one colour per
+    encoding, the mean over seeds of ``results["runs"][encoding][seed]["curve"]``; None without curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
+
+    runs = results.get("runs", {})
+    names = [n for n in results["encodings"] if any(r.get("curve") for r in runs.get(n, {}).values())]
+    if not names:
+        return None
+    train_len = results["train_len"]
+    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    for i, name in enumerate(names):
+        curves = [r["curve"] for r in runs[name].values() if r.get("curve")]
+        for key, style in ((str(train_len), "-"), (str(4 * train_len), "--")):
+            rows = [[v for v in c.get(key, []) if v is not None] for c in curves]
+            if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+                continue
+            ys = [sum(float(v) for v in col) / len(col) for col in zip(*rows, strict=True)]
+            label = name if style == "-" else None
+            ax.plot(curves[0]["steps"][: len(ys)], ys, style, color=palette(i % palette.N), label=label)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.set(
+        xlabel="training step",
+        ylabel="validation perplexity per byte (log)",
+        title=f"Learning curves: at L = {train_len} (solid) and 4L (dashed), mean over seeds",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
     return fig

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ... import available
-from ..checkpoints import save_figure, write_text
-from ..compare import _json_safe, check_encodings
+from ..checkpoints import json_safe, save_figure, write_text
+from ..compare import check_encodings
 from ..dist import rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
 from .generators import available_tasks, get_task
@@ -161,7 +161,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
     from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
     figures: list[str] = []
     try:
         from ...plots.tasks import accuracy_figure, passkey_figure

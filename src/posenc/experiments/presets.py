@@ -1,0 +1,149 @@
+"""What defines a ``posenc compare`` run (:class:`CompareConfig`), its named presets and the ``--seeds`` syntax.
+
+Presets (``--preset``; every value can still be overridden by its own flag):
+
+* ``demo`` (the default, ``make demo``): the 4-layer dim-128 model, a budget that runs every registered encoding
+  on 2 CPU cores in under 10 minutes.
+* ``cpu-long``: the same model trained 4x longer (4x the tokens; one seed of every encoding in about 30 minutes
+  on 2 idle cores, an estimate from the demo's time per step; add seeds later with ``--seeds 3``, which
+  trains only the new ones).
+* ``gpu``: a 6-layer dim-256 model, batch 64, 3 seeds, compiled (aimed at 10 encodings x 3 seeds in about 20
+  minutes on one H100-class GPU; not yet timed there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .evaluate import MULTIPLES
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything that defines a comparison besides which encodings take part.
+
+    Attributes:
+        train: model sizes and budget; its ``seed`` is replaced by each of ``seeds``.
+        seeds: one model per (encoding, seed); results show the mean and standard deviation over seeds.
+        multiples: evaluation lengths as multiples of ``train.train_len``.
+        eval_windows: windows of the longest evaluation length scored when ``eval_bytes`` is None.
+        eval_bytes: bytes scored at every length, rounded down to whole windows of the longest length (at least
+            one), or None for ``eval_windows`` windows.
+        curve_points: times per training run that validation perplexity is measured at L and 4L (0: no curve).
+        curve_bytes: bytes scored for each curve point, in whole windows of 4L (at least one).
+        data: a text file or folder, or None for the standard library.
+        max_train_bytes, max_val_bytes: caps on the text read (whole files; see ``load_corpus``).
+        preset: the preset these values started from (recorded, not used).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: tuple[int, ...] = (0,)
+    multiples: tuple[int, ...] = MULTIPLES
+    eval_windows: int = 4
+    eval_bytes: int | None = None
+    curve_points: int = 20
+    curve_bytes: int = 2048
+    data: str | None = None
+    max_train_bytes: int | None = 8_000_000
+    max_val_bytes: int | None = 1_000_000
+    preset: str = "demo"
+
+    def __post_init__(self) -> None:
+        if (
+            not self.multiples
+            or min(self.multiples) < 1
+            or list(self.multiples) != sorted(set(self.multiples))
+        ):
+            raise ValueError(f"multiples must be increasing positive integers, got {self.multiples}")
+        if self.eval_windows < 1:
+            raise ValueError(f"eval_windows must be >= 1, got {self.eval_windows}")
+        if self.eval_bytes is not None and self.eval_bytes < 1:
+            raise ValueError(f"--eval-bytes must be a positive number of bytes, got {self.eval_bytes}")
+        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct non-negative integers, got {list(self.seeds)}")
+        if self.curve_points < 0 or self.curve_bytes < 1:
+            raise ValueError(
+                f"curve_points must be >= 0 and curve_bytes >= 1, got {self.curve_points}, {self.curve_bytes}"
+            )
+
+    @classmethod
+    def quick(cls, **train_overrides: Any) -> CompareConfig:
+        """A tiny configuration that runs in seconds (for tests and smoke checks)."""
+        train = TrainConfig(dim=32, depth=2, heads=2, train_len=16, batch_size=8, steps=30, lr=3e-3)
+        return cls(
+            train=replace(train, **train_overrides),
+            eval_windows=2,
+            curve_points=4,
+            curve_bytes=128,
+            max_train_bytes=200_000,
+            max_val_bytes=20_000,
+            preset="quick",
+        )
+
+    def with_train(self, **overrides: Any) -> CompareConfig:
+        """A copy with some :class:`TrainConfig` fields replaced (``None`` values are ignored)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, train=replace(self.train, **given)) if given else self
+
+    def for_seed(self, seed: int) -> TrainConfig:
+        """The training configuration of one seed."""
+        return replace(self.train, seed=seed)
+
+
+def _demo() -> CompareConfig:
+    return CompareConfig()
+
+
+def _cpu_long() -> CompareConfig:
+    return CompareConfig(train=TrainConfig(steps=1600), curve_points=32, preset="cpu-long")
+
+
+def _gpu() -> CompareConfig:
+    train = TrainConfig(
+        dim=256, depth=6, heads=8, batch_size=64, steps=2000, lr=1e-3, compile=True, warmup_fraction=0.05
+    )
+    return CompareConfig(
+        train=train,
+        seeds=(0, 1, 2),
+        eval_windows=16,
+        curve_points=40,
+        curve_bytes=8192,
+        max_train_bytes=32_000_000,
+        max_val_bytes=2_000_000,
+        preset="gpu",
+    )
+
+
+#: The named starting points of ``posenc compare --preset``.
+PRESETS = {"demo": _demo, "cpu-long": _cpu_long, "gpu": _gpu}
+
+
+def preset(name: str) -> CompareConfig:
+    """The :class:`CompareConfig` of a preset (``demo``, ``cpu-long``, ``gpu``, or ``quick`` for smoke runs)."""
+    if name == "quick":
+        return CompareConfig.quick()
+    if name not in PRESETS:
+        raise ValueError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds``: ``"3"`` means seeds 0, 1, 2; ``"0,4,7"`` (any comma) lists them.
+
+    Raises:
+        ValueError: not integers, a count below 1, negative or repeated seeds.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts if p]
+    except ValueError:
+        raise ValueError(f"--seeds takes a count (3) or a comma list (0,1,2), got {text!r}") from None
+    if "," not in text:
+        if len(values) != 1 or values[0] < 1:
+            raise ValueError(f"--seeds N needs a count N >= 1 (or a list like 0,1,2), got {text!r}")
+        return tuple(range(values[0]))
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"--seeds list must hold distinct non-negative integers, got {text!r}")
+    return tuple(values)

@@ -1,0 +1,30 @@
+"""The training-throughput suite, and the fast step it times against the step it replaced."""
+
+from __future__ import annotations
+
+import torch
+
+from posenc.bench import SUITES
+from posenc.bench.train import _before
+from posenc.experiments.train import TrainConfig, build_model, make_optimizer, make_step, sample_batch
+
+TINY = TrainConfig(dim=16, depth=1, heads=2, train_len=8, batch_size=4, steps=5)
+
+
+def test_fused_step_matches_the_step_it_replaced() -> None:
+    tokens = torch.randint(0, 256, (500,), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    ref, fast = build_model("rope", TINY).train(), build_model("rope", TINY).train()
+    before = _before(ref, TINY)
+    after = make_step(fast, fast, make_optimizer(fast, TINY, torch.device("cpu")), TINY.grad_clip)
+    for step in range(TINY.steps):
+        batch = sample_batch(tokens, step, TINY)
+        assert float(after(batch)) == float(before(batch))  # type: ignore[arg-type]
+    for (name, a), b in zip(ref.state_dict().items(), fast.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_quick_suite_rows() -> None:
+    rows = SUITES.get("train")(True, "cpu")
+    assert {r["step"] for r in rows} == {"eager (before)", "fused"}
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    assert [r["ratio"] for r in rows if r["step"] == "eager (before)"] == [1.0, 1.0]
