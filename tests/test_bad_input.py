@@ -325,10 +325,10 @@ def test_cli_corrupt_checkpoint_named(
     n_tokens = eval_token_count(corpus.val.numel(), lengths[-1], cfg.eval_windows)
     out = tmp_path / "run"
     check_run_folder(out, fingerprint(cfg, corpus, n_tokens), write=True)
-    (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "none.pt").write_bytes(b"PK\x03\x04 truncated")
+    (out / "checkpoints" / "none").mkdir(parents=True)
+    (out / "checkpoints" / "none" / "seed0.pt").write_bytes(b"PK\x03\x04 truncated")
     err = one_line_error(capsys, quick_compare_args(out, text_file))
-    assert "checkpoints/none.pt" in err and "delete it and rerun to retrain" in err
+    assert "checkpoints/none/seed0.pt" in err and "delete it and rerun to retrain" in err
 
 
 def test_cli_ctrl_c(

@@ -38,7 +38,7 @@ def test_trained_bias_is_each_layers_bias(plotted: tuple[Path, Path]) -> None:
     run, out = plotted
     data = json.loads((out / "bias_trained.json").read_text())
     assert list(data["bias"]) == ["alibi"]  # learned is not a bias encoding
-    model, _ = load_model(run / "checkpoints" / "alibi.pt")
+    model, _ = load_model(run / "checkpoints" / "alibi" / "seed0.pt")
     longest = 16 * data["train_len"]
     for layer, curve in enumerate(data["bias"]["alibi"]):
         expected = bias_by_distance(model.blocks[layer].attn.position, longest - 1)

@@ -29,6 +29,8 @@ def changed(name: str, value: object, other_data: str) -> object:
         return 1
     if name == "data":
         return other_data
+    if name == "eval_bytes" and value is None:
+        return 64
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -41,17 +43,19 @@ def changed(name: str, value: object, other_data: str) -> object:
 def all_changes(cfg: CompareConfig, other_data: str) -> list[tuple[str, CompareConfig]]:
     out = []
     for f in fields(TrainConfig):
+        if f.name == "seed":  # seeds pick (encoding, seed) pairs: another seed is a new pair, not a refusal
+            continue
         value = changed(f.name, getattr(cfg.train, f.name), other_data)
         out.append((f.name, replace(cfg, train=replace(cfg.train, **{f.name: value}))))
     for f in fields(CompareConfig):
-        if f.name != "train":
+        if f.name not in ("train", "seeds", "preset"):  # preset: only the name of the values compared here
             out.append((f.name, replace(cfg, **{f.name: changed(f.name, getattr(cfg, f.name), other_data)})))
     return out
 
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> None:
-    def stop(name: str, ctx: object) -> None:
+    def stop(*args: object) -> None:
         raise Started
 
     monkeypatch.setattr(compare, "run_encoding", stop)
@@ -65,9 +69,10 @@ def test_every_field_makes_a_resume_refuse(started: None, tmp_path: Path, tiny_c
         with pytest.raises(Started):
             compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)
     changes = all_changes(base, str(other))
-    assert {n for n, _ in changes} >= {"multiples", "seed", "train_len", "data", "eval_windows"}
+    assert {n for n, _ in changes} >= {"multiples", "train_len", "data", "eval_windows", "eval_bytes"}
     for name, cfg in changes:
         with pytest.raises(ValueError, match="different configuration") as info:
             compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)
-        key = {"data": "data.", "eval_windows": "eval_tokens"}.get(name, name)
+        key = {"data": "data.", "eval_windows": "eval_tokens", "eval_bytes": "eval_tokens"}.get(name, name)
+        key = "curve." if name.startswith("curve_") else key
         assert key in str(info.value), (name, str(info.value))

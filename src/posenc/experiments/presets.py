@@ -63,6 +63,10 @@ class CompareConfig:
             raise ValueError(f"--eval-bytes must be a positive number of bytes, got {self.eval_bytes}")
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct non-negative integers, got {list(self.seeds)}")
+        for seed in self.seeds:
+            self.for_seed(
+                seed
+            )  # TrainConfig refuses seeds it cannot use (>= 2**32), before any file is written
         if self.curve_points < 0 or self.curve_bytes < 1:
             raise ValueError(
                 f"curve_points must be >= 0 and curve_bytes >= 1, got {self.curve_points}, {self.curve_bytes}"

@@ -54,9 +54,10 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
             continue
         xs, ys = [lv for lv, _, _ in kept], [v for _, v, _ in kept]
         errs = [e if isinstance(e, (int, float)) else 0.0 for _, _, e in kept]
-        ax.errorbar(
-            xs, ys, yerr=errs if any(errs) else None, capsize=2, label=name, **row_style(name, variants)
-        )
+        if any(errs):
+            ax.errorbar(xs, ys, yerr=errs, capsize=2, label=name, **row_style(name, variants))
+        else:
+            ax.plot(xs, ys, label=name, **row_style(name, variants))
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -1,6 +1,6 @@
 """The trained models of a ``posenc compare`` run folder, and held-out text to show them.
 
-A run folder holds ``config.json`` and ``checkpoints/<encoding>.pt`` (see :mod:`posenc.experiments.compare`).
+A run folder holds ``config.json`` and ``checkpoints/<encoding>/seed<k>.pt`` (the lowest seed is shown) (see :mod:`posenc.experiments.compare`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,20 @@ class TrainedRun:
         return corpus.val
 
 
+def first_seed_checkpoints(folder: Path) -> dict[str, Path]:
+    """Encoding name -> the checkpoint of its lowest seed (``<encoding>/seed<k>.pt``; a folder from before seeds,
+    ``<encoding>.pt``, is read too)."""
+    found: dict[str, tuple[int, Path]] = {}
+    for path in folder.glob("*/seed*.pt"):
+        seed = path.stem.removeprefix("seed")
+        if seed.isdigit() and (path.parent.name not in found or int(seed) < found[path.parent.name][0]):
+            found[path.parent.name] = (int(seed), path)
+    out = {name: path for name, (_, path) in found.items()}
+    for path in folder.glob("*.pt"):
+        out.setdefault(path.stem, path)
+    return dict(sorted(out.items()))
+
+
 def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
     """The checkpoints of the run in ``folder``, in ``posenc.available()`` order.
 
@@ -65,9 +79,11 @@ def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
             f"--run {folder}: no config.json there; give a `posenc compare` output folder"
         )
     config = json.loads(cfg_path.read_text())
-    paths = {p.stem: p for p in sorted((folder / "checkpoints").glob("*.pt"))}
+    paths = first_seed_checkpoints(folder / "checkpoints")
     if not paths:
-        raise FileNotFoundError(f"--run {folder}: no checkpoints/*.pt; has the compare run trained anything?")
+        raise FileNotFoundError(
+            f"--run {folder}: no checkpoints/<encoding>/seed<k>.pt; has the compare run trained anything?"
+        )
     order = [n for n in available() if n in paths] + sorted(set(paths) - set(available()))
     models = {name: load_model(paths[name], device)[0] for name in order}
     train_len = int(config["train"]["train_len"])
