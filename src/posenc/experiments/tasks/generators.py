@@ -25,11 +25,14 @@ from __future__ import annotations
 import random
 import string
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from ...registry import Registry
 
 #: An example is a test example iff ``crc32(bytes) % TEST_MODULUS == 0`` (1 in 16), else a training example.
 TEST_MODULUS = 16
@@ -45,7 +48,7 @@ def is_test_example(example: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(ABC):
     """A task: how to draw an example of a given length and how to answer a prompt (the checker).
 
     Subclasses set ``name``, ``min_length`` and implement :meth:`_draw`, :meth:`answer_length` and :meth:`solve`.
@@ -55,16 +58,17 @@ class Task:
     #: Shortest length with at least one unit of content.
     min_length: ClassVar[int] = 1
 
+    @abstractmethod
     def answer_length(self, length: int) -> int:
         """Bytes of the answer in an example of ``length`` bytes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def solve(self, prompt: bytes) -> bytes:
         """The answer to ``prompt`` (an example without its answer), computed from the prompt alone."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _draw(self, rng: random.Random, length: int, depth: float | None) -> str:
-        raise NotImplementedError
+        """The example's text (answer last), exactly ``length`` characters."""
 
     def check_length(self, length: int) -> None:
         if length < self.min_length:
@@ -190,12 +194,16 @@ class Assoc(Task):
 
 
 #: The tasks by name (one instance each).
-TASKS: dict[str, Task] = {t.name: t for t in (Passkey(), Copy(), Assoc())}
+TASKS: Registry[Task] = Registry("task")
+for _task in (Passkey(), Copy(), Assoc()):
+    TASKS.add(_task.name, _task)
+#: The standard order of the tasks (easiest first), for tables and figures.
+ORDER: tuple[str, ...] = (Passkey.name, Copy.name, Assoc.name)
 
 
 def available_tasks() -> list[str]:
     """Names of the tasks, in their standard order."""
-    return list(TASKS)
+    return [n for n in ORDER if n in TASKS] + [n for n in TASKS.names() if n not in ORDER]
 
 
 def get_task(name: str) -> Task:
@@ -204,6 +212,4 @@ def get_task(name: str) -> Task:
     Raises:
         ValueError: no such task.
     """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS.get(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -35,7 +36,7 @@ def _length(owner: str, name: str, value: object) -> None:
 
 
 @dataclass(frozen=True)
-class RopeScaling:
+class RopeScaling(ABC):
     """Base of the scaling dataclasses. ``rope_type`` names the method (transformers' names where it has one)."""
 
     rope_type: ClassVar[str] = ""
@@ -50,10 +51,10 @@ class RopeScaling:
     def __post_init__(self) -> None:
         self.validate()
 
+    @abstractmethod
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
         """The rule: ``(R/2,)`` frequencies in the phase dtype for ``rotary_dim``, ``base`` and length ``seq_len``
         (``max(position) + 1`` of the call, an int or a 0-d tensor; None for the construction-time value)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no inv_freq rule")
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> RopeScaling | None:
@@ -62,7 +63,10 @@ class RopeScaling:
         return None
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        """Raise ``ValueError``/``TypeError`` on missing or out-of-range parameters (``rotary_dim`` when known)."""
+        """Raise ``ValueError``/``TypeError`` on missing or out-of-range parameters (``rotary_dim`` when known).
+
+        The base accepts everything; methods with parameters override it."""
+        return None
 
     def attention_factor_value(self) -> float:
         """Factor folded into cos and sin (1 unless the method sets a temperature)."""
