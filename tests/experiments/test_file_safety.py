@@ -99,3 +99,16 @@ def test_binary_data_file_refused_and_odd_names_read(tmp_path: Path) -> None:
     (Path(os.fsdecode(bytes(folder) + b"/caf\xe9.txt"))).write_text("latin-1 name " * 50)
     corpus = load_corpus(folder)
     assert corpus.train_files + corpus.val_files == 13
+
+
+def test_a_damaged_checkpoint_field_is_one_named_error(tmp_path: Path) -> None:
+    from posenc.experiments.checkpoints import reading_checkpoint
+
+    path = tmp_path / "seed0.pt"
+    with pytest.raises(
+        ValueError, match=r"seed0\.pt is damaged \(KeyError: 'losses'\); delete it and rerun to retrain rope"
+    ):
+        with reading_checkpoint(path, "retrain rope seed 0"):
+            {"state_dict": {}}["losses"]  # noqa: B018
+    with reading_checkpoint(path, "retrain rope seed 0"):  # a sound checkpoint passes through
+        assert {"losses": [1.0]}["losses"] == [1.0]

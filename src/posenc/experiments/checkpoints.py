@@ -216,6 +216,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+@contextlib.contextmanager
+def reading_checkpoint(path: Path, what: str) -> Iterator[None]:
+    """Around reading a loaded checkpoint's fields: a missing or malformed field becomes one ``ValueError``
+    naming the file and what deleting it does (``what``: e.g. "retrain rope seed 0")."""
+    try:
+        yield
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}); delete it and rerun to {what} "
+            "(the other checkpoints are kept)"
+        ) from None
+
+
 def save_checkpoint(path: Path, **fields: Any) -> None:
     """Save ``fields`` (``encoding``, ``config``, ``state_dict`` ...) with the format version, atomically."""
     save_torch({"format": CHECKPOINT_FORMAT, **fields}, path)

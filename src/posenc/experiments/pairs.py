@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..models import TransformerLM
-from .checkpoints import config_differences, load_checkpoint, refusal, save_checkpoint
+from .checkpoints import config_differences, load_checkpoint, reading_checkpoint, refusal, save_checkpoint
 from .data import Corpus
 from .dist import World
 from .evaluate import (
@@ -136,7 +136,7 @@ def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enco
             ctx.out, diffs or [f"checkpoint {path.name}: not a posenc compare checkpoint of {name!r}"]
         )
     model = build_model(name, ctx.cfg.for_seed(seed))
-    try:
+    with reading_checkpoint(path, f"retrain {name} seed {seed}"):
         model.load_state_dict(ckpt["state_dict"])
         run = EncodingRun(
             list(ckpt["losses"]),
@@ -148,11 +148,6 @@ def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enco
             tokens_per_second=float(ckpt.get("tokens_per_second", 0.0)),
             first_step_seconds=float(ckpt.get("first_step_seconds", 0.0)),
         )
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}); delete it and rerun to retrain "
-            f"{name} seed {seed} (the other checkpoints are kept)"
-        ) from None
     model.to(ctx.device).eval()
     log.info("%s seed %d: loaded %s (trained %.0f s)", name, seed, path, run.train_seconds)
     return model, run

@@ -29,6 +29,7 @@ from ..checkpoints import (
     config_differences,
     json_roundtrip,
     load_checkpoint,
+    reading_checkpoint,
     refusal,
     save_checkpoint,
 )
@@ -271,15 +272,16 @@ def load_model_run(
             ctx.out, diffs or [f"{path} is not the checkpoint of {task.name}/{encoding}/seed {seed}"]
         )
     model = build_model(encoding, replace(ctx.cfg.train, seed=seed))
-    model.load_state_dict(ckpt["state_dict"])
+    with reading_checkpoint(path, f"retrain {task.name}/{encoding} seed {seed}"):
+        model.load_state_dict(ckpt["state_dict"])
+        run = ModelRun(
+            list(ckpt["losses"]),
+            float(ckpt["train_seconds"]),
+            float(ckpt["eval_seconds"]),
+            dict(ckpt["cells"]),
+            resumed=True,
+        )
     model.to(ctx.device).eval()
-    run = ModelRun(
-        list(ckpt["losses"]),
-        float(ckpt["train_seconds"]),
-        float(ckpt["eval_seconds"]),
-        dict(ckpt["cells"]),
-        resumed=True,
-    )
     return model, run
 
 
