@@ -111,12 +111,16 @@ def check_positions(owner: str, positions: Tensor | None, seq_len: int, batch: i
 ROPE_MAX_POSITION = 2**31
 
 
-def check_position_range(positions: Tensor | None, seq_len: int, owner: str = "RoPE") -> None:
+def check_position_range(
+    positions: Tensor | None, seq_len: int, owner: str = "RoPE", span: tuple[int, int] | None = None
+) -> None:
     """Refuse positions with ``|p| > ROPE_MAX_POSITION``, without a device sync on the per-token path.
 
     Default positions ``0 .. seq_len-1`` are checked on the host; explicit positions only when the check costs
     no device synchronization: they live on the CPU, or their dtype cannot hold such values (int32 and
     narrower). int64 positions on an accelerator, and positions under ``torch.compile``, are not checked.
+    ``span``: the positions' ``(min, max)`` when the caller already has it on the host
+    (:func:`posenc.functional.tables.host_span`).
     """
     limit = ROPE_MAX_POSITION
     if positions is None:
@@ -125,13 +129,16 @@ def check_position_range(positions: Tensor | None, seq_len: int, owner: str = "R
         return
     if positions.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
         return  # |p| <= 2^31 by the dtype
-    if positions.device.type != "cpu" or positions.numel() == 0 or torch.compiler.is_compiling():
-        return
-    span = int(positions.abs().max())
-    if span > limit:
+    if span is None:
+        if positions.device.type != "cpu" or positions.numel() == 0 or torch.compiler.is_compiling():
+            return
+        lo, hi = torch.aminmax(positions)
+        span = int(lo), int(hi)
+    far = max(-span[0], span[1])
+    if far > limit:
         raise ValueError(
-            f"{owner}: position {span} is too far from 0: angles are computed in float64 and stay within 2e-7 "
-            f"of exact only for |position| <= 2**31; use smaller positions (attention depends only on "
+            f"{owner}: position {far if far == span[1] else -far} is too far from 0: angles are computed in "
+            f"float64 and stay within 2e-7 of exact only for |position| <= 2**31; use smaller positions (attention depends only on "
             f"differences, so subtracting a common offset changes nothing)"
         )
 

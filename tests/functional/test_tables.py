@@ -14,7 +14,7 @@ from posenc.functional.rotary import (
     rope_cos_sin,
     rope_full_tables,
 )
-from posenc.rotary import xpos as xpos_mod
+from posenc.rotary import rope as rope_mod
 from posenc.rotary.xpos import xpos_cos_sin
 
 CACHE = 64
@@ -24,6 +24,9 @@ CASES = {
     "mixed": torch.tensor([[3, 64, 10**6]]),
     "per_row": torch.tensor([[0, 1, 2], [61, 62, 63], [63, 64, 65]]),
     "negative": torch.tensor([[-3, 0, 7]]),
+    "one_position": torch.tensor([[7, 7, 7]]),
+    "decode_step": torch.tensor([[63]]),
+    "decode_step_outside": torch.tensor([[64]]),
 }
 
 
@@ -31,8 +34,8 @@ CASES = {
 def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each test with the CPU host check and with the sync-free gather-and-select path."""
     if request.param == "gather_select":
-        monkeypatch.setattr(tables_mod, "host_in_range", lambda positions, length: None)
-        monkeypatch.setattr(xpos_mod, "host_in_range", lambda positions, length: None)
+        monkeypatch.setattr(tables_mod, "host_span", lambda positions: None)
+        monkeypatch.setattr(rope_mod, "host_span", lambda positions: None)
     return str(request.param)
 
 
@@ -42,9 +45,9 @@ def test_rope_lookup_equals_exact(strategy: str, case: str, interleaved: bool) -
     torch.manual_seed(0)
     rope = posenc.RoPE(16, cache_len=CACHE, interleaved=interleaved)
     pos = CASES[case]
-    b = pos.shape[0]
-    q, k = torch.randn(b, 4, 3, 16), torch.randn(b, 2, 3, 16)
-    cos, sin = rope.cos_sin(3, pos, q.device)
+    b, n = pos.shape
+    q, k = torch.randn(b, 4, n, 16), torch.randn(b, 2, n, 16)
+    cos, sin = rope.cos_sin(n, pos, q.device)
     want = rope_cos_sin(pos, rope.inv_freq)
     torch.testing.assert_close(cos, want[0].unsqueeze(1), atol=0, rtol=0)  # the same float32 values
     torch.testing.assert_close(sin, want[1].unsqueeze(1), atol=0, rtol=0)
@@ -72,8 +75,8 @@ def test_xpos_lookup_equals_exact(strategy: str, case: str) -> None:
     torch.manual_seed(0)
     xp = posenc.XPos(16, cache_len=CACHE)
     pos = CASES[case].clamp(max=30_000)  # xPos represents |position| <= 35,694 in float32
-    b = pos.shape[0]
-    q, k = torch.randn(b, 4, 3, 16), torch.randn(b, 4, 3, 16)
+    b, n = pos.shape
+    q, k = torch.randn(b, 4, n, 16), torch.randn(b, 4, n, 16)
     got_q, got_k = xp(q, k, pos)
     cq, sq, ck, sk = (t.unsqueeze(1) for t in xpos_cos_sin(pos, xp.inv_freq, xp.zeta, xp.scale_base))
     assert torch.equal(got_q, apply_rope(q, cq, sq)) and torch.equal(got_k, apply_rope(k, ck, sk))
@@ -83,7 +86,7 @@ def test_xpos_lookup_equals_exact(strategy: str, case: str) -> None:
 def test_sinusoidal_lookup_equals_exact(strategy: str, case: str) -> None:
     enc = posenc.Sinusoidal(12, cache_len=CACHE)
     pos = CASES[case]
-    x = torch.zeros(pos.shape[0], 3, 12)
+    x = torch.zeros(pos.shape[0], pos.shape[1], 12)
     want = posenc.functional.sinusoidal_table(pos.double(), 12, dtype=torch.float64)  # float64 formula
     torch.testing.assert_close(enc(x, pos), want.float(), atol=1e-7, rtol=0)
 

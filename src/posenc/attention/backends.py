@@ -64,7 +64,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     mask: Tensor | None = keep
     if bias is not None:
         bias = bias.to(q.dtype)
-        mask = bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+        mask = bias if keep is None else torch.where(keep, bias, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=ctx.dropout_p, enable_gqa=gqa)
     if keep is not None:  # rows with no visible key: 0, as in the math path
         out = torch.where(keep.any(dim=-1, keepdim=True), out, 0.0)

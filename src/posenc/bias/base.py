@@ -58,7 +58,11 @@ class BiasEncoding(PositionEncoding, ABC):
         # backward costs more than the per-pair gather's and no atomics serialize, so per pair. GPU: per distance
         # only while learning (the atomics it avoids); inference keeps the per-pair path, which needs no host
         # sync to find out whether the positions are consecutive.
+        # One query (a decode step): Q + K - 1 distances save nothing over K pairs, and finding out whether the
+        # positions are consecutive costs more than the formula, so per pair.
         cpu = q_pos.device.type == "cpu"
+        if q_pos.shape[-1] == 1:
+            return self.pairwise_reference(q_pos, k_pos)
         if (cpu and not torch.is_grad_enabled()) or (not cpu and self._learning()):
             fast = self.pairwise_by_distance(q_pos, k_pos)
             if fast is not None:

@@ -10,7 +10,8 @@ values, and deciding which case holds must not stall an accelerator.
 
 * **host check (eager, CPU positions)**: ``aminmax`` of the positions and a comparison on the host. On
   CPU there is no device queue to drain, so this is not a sync; it costs one tiny reduction (about 2 µs),
-  far less than the float64 phase math it saves. In range: a plain gather. Out of range: the exact path.
+  far less than the float64 phase math it saves. In range: a plain gather (a view of one row when all
+  positions are equal, as in a decode step). Out of range: the exact path.
 * **gather-and-select (tracing, accelerators, meta)**: gather at ``positions.clamp(0, length-1)`` and
   ``torch.where(inside, gathered, exact)``. Data-independent control flow: no sync, no graph break, no
   recompilation when the position values change; under ``torch.compile`` inductor fuses the gather, the
@@ -31,19 +32,41 @@ from torch import Tensor
 Exact = Callable[[Tensor], Sequence[Tensor]]
 
 
-def host_in_range(positions: Tensor, length: int) -> bool | None:
-    """True/False when ``0 <= positions < length`` can be decided on the host for free, else None.
+Span = tuple[int, int]
 
-    Decided only for CPU tensors in eager mode (no device to sync with); None under tracing, on
-    accelerators, on the meta device and for empty tensors.
+
+def host_span(positions: Tensor | None) -> Span | None:
+    """``(min, max)`` of ``positions`` as Python ints when that is free to know on the host, else None.
+
+    Decided only for non-empty CPU tensors in eager mode (no device queue to wait for): one ``aminmax`` and
+    one ``tolist``. None under tracing, on accelerators, on the meta device and for empty tensors. Computed
+    once per call and shared by every check that needs it (range limits, table lookups).
     """
-    if torch.compiler.is_compiling() or positions.device.type != "cpu" or positions.numel() == 0:
+    if (
+        positions is None
+        or torch.compiler.is_compiling()
+        or positions.device.type != "cpu"
+        or positions.numel() == 0
+    ):
         return None
     lo, hi = torch.aminmax(positions)
-    return lo.item() >= 0 and hi.item() < length
+    return int(lo), int(hi)
 
 
-def rows_at(positions: Tensor, length: int, tables: Sequence[Tensor], exact: Exact) -> list[Tensor]:
+def host_in_range(positions: Tensor, length: int, span: Span | None = None) -> bool | None:
+    """True/False when ``0 <= positions < length`` can be decided on the host for free (see
+    :func:`host_span`; pass ``span`` if already known), else None."""
+    span = host_span(positions) if span is None else span
+    return None if span is None else span[0] >= 0 and span[1] < length
+
+
+def rows_at(
+    positions: Tensor,
+    length: int,
+    tables: Sequence[Tensor],
+    exact: Exact,
+    span: Span | None = None,
+) -> list[Tensor]:
     """Rows of ``tables`` at ``positions``, or what ``exact(positions)`` gives where a row is missing.
 
     Args:
@@ -51,13 +74,17 @@ def rows_at(positions: Tensor, length: int, tables: Sequence[Tensor], exact: Exa
         length: rows the tables hold (positions ``0 .. length-1``); 0 means no table.
         tables: ``(length, *F)`` tensors, row ``p`` equal to ``exact`` at position ``p``.
         exact: positions ``(..., S)`` -> one ``(..., S, *F)`` tensor per table, any positions.
+        span: :func:`host_span` of ``positions`` if the caller already has it.
 
     Returns:
         one ``(..., S, *F)`` tensor per table, in the tables' dtype.
     """
     if length <= 0 or positions.device.type == "meta" or tables[0].device != positions.device:
         return [e.to(t.dtype) for e, t in zip(exact(positions), tables, strict=True)]
-    inside = host_in_range(positions, length)
+    span = host_span(positions) if span is None else span
+    inside = host_in_range(positions, length, span)
+    if inside is True and span is not None and span[0] == span[1]:  # one position (a decode step): a view
+        return [t[span[0]].expand(positions.shape + t.shape[1:]) for t in tables]
     if inside is True:
         return [t[positions] for t in tables]
     if inside is False:
@@ -71,4 +98,4 @@ def rows_at(positions: Tensor, length: int, tables: Sequence[Tensor], exact: Exa
     return out
 
 
-__all__ = ["host_in_range", "rows_at"]
+__all__ = ["Span", "host_in_range", "host_span", "rows_at"]

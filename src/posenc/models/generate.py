@@ -13,8 +13,9 @@ are hidden from attention by the mask.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,10 +39,27 @@ class _Decoder:
         self.caches = [StaticKVCache(max_len) for _ in model.blocks]
         self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)  # False: padding slots
         self.step: Step = self._step
+        self.compiled = bool(compile)
         if compile:
             backend = "inductor" if compile is True else str(compile)
             mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
             self.step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+
+    @contextlib.contextmanager
+    def trusted(self) -> Iterator[None]:
+        """Within one ``generate`` call, after its first compiled step: skip dynamo's guard evaluation.
+
+        Checking the guards of the compiled step (every parameter, buffer and attribute the model reads) costs
+        about 0.4 ms per token on a CPU, a fifth of the step. The first step of each call evaluates them all
+        (and recompiles if the model changed since the last call); the later steps of the same call run the
+        same decoder on the same model with inputs of the same shapes, dtypes and devices, which is exactly
+        the condition under which ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` is safe.
+        """
+        if not self.compiled:
+            yield
+            return
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            yield
 
     def _step(self, token: Tensor, pos: Tensor) -> Tensor:
         """``token, pos: (B, 1)`` -> next-token logits ``(B, V)``; writes the token's keys at the next slot."""
@@ -169,10 +187,12 @@ def generate(
     pos = positions[:, -1:] + 1  # (B, 1) position of the token fed next
     done = None if eos is None else nxt == eos
     out = [nxt]
-    for _ in range(max_new_tokens - 1):
+    guarded = contextlib.nullcontext()
+    for i in range(max_new_tokens - 1):
         if done is not None and bool(done.all()):
             break
-        logits = dec.step(nxt.unsqueeze(-1), pos)  # (B, V)
+        with guarded if i == 0 else dec.trusted():  # guards checked on the call's first step only
+            logits = dec.step(nxt.unsqueeze(-1), pos)  # (B, V)
         nxt = pick(logits, temperature, top_k)
         if done is not None and eos is not None:
             nxt = torch.where(done, eos, nxt)

@@ -16,7 +16,7 @@ from ..functional.rotary import (
     rope_full_tables,
     rope_inv_freq,
 )
-from ..functional.tables import rows_at
+from ..functional.tables import Span, host_span, rows_at
 from ..kernels import AUTO_COMPILED_MIN_NUMEL, check_impl, rope_qk
 from ..validation import (
     check_bool,
@@ -142,12 +142,18 @@ class RoPE(PositionEncoding):
         return self._tables(seq_len, positions, device, full=False)
 
     def _tables(
-        self, seq_len: int, positions: Tensor | None, device: torch.device, full: bool
+        self,
+        seq_len: int,
+        positions: Tensor | None,
+        device: torch.device,
+        full: bool,
+        span: Span | None = None,
     ) -> tuple[Tensor, Tensor]:
         """cos/sin (``full=False``, ``(.., R/2)``) or cos_full/sin_rot (``full=True``, ``(.., R)``) at ``positions``.
 
         Inside the table (and for scalings whose frequencies do not depend on the length) rows are read by
-        index via :func:`rows_at`; elsewhere they are computed exactly from ``inv_freq`` in float64.
+        index via :func:`rows_at`; elsewhere they are computed exactly from ``inv_freq`` in float64. ``span``:
+        the positions' :func:`host_span`, when the caller has it.
         """
         cached: tuple[Tensor, ...] = (self.rot_table,) if full else (self.cos_cached, self.sin_cached)
         if positions is None:
@@ -170,7 +176,7 @@ class RoPE(PositionEncoding):
         if self.scaling is not None and self.scaling.length_dependent:
             tables = list(exact(positions))
         else:
-            tables = rows_at(positions, self.cache_len, cached, exact)
+            tables = rows_at(positions, self.cache_len, cached, exact, span)
         if full:
             cos, sin = tables[0].unbind(-2)
             return cos, sin
@@ -192,12 +198,26 @@ class RoPE(PositionEncoding):
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_rotatable("RoPE", self.head_dim, q, k)
         check_positions("RoPE", positions, q.shape[-2], q.shape[0])
-        check_position_range(positions, q.shape[-2])
+        span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
+        check_position_range(positions, q.shape[-2], span=span)
         if self._full_width(q, k):
-            cos_full, sin_rot = self._tables(q.shape[-2], positions, q.device, full=True)
+            row = self._one_row(span, q.device)
+            if row is not None:  # every position the same (a decode step): the table row, broadcast
+                cos_full, sin_rot = row.unbind(0)  # (R,) each
+            else:
+                cos_full, sin_rot = self._tables(q.shape[-2], positions, q.device, full=True, span=span)
             return _rotate_full(q, k, cos_full, sin_rot, self.interleaved)
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
         return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
+
+    def _one_row(self, span: Span | None, device: torch.device) -> Tensor | None:
+        """``rot_table``'s row ``(2, R)`` when all positions are one position ``p`` known on the host, inside the
+        table and with frequencies that do not depend on the length; else None (then :meth:`_tables` decides)."""
+        if span is None or span[0] != span[1] or not 0 <= span[0] < self.cache_len:
+            return None
+        if (self.scaling is not None and self.scaling.length_dependent) or self.rot_table.device != device:
+            return None
+        return self.rot_table[span[0]]
 
     def _full_width(self, q: Tensor, k: Tensor) -> bool:
         """Whether ``auto`` rotates with the full-width tables: all dims rotated, and either tracing (inductor

@@ -23,8 +23,16 @@ import torch
 from torch import Tensor
 
 from ..base import PositionEncoding
-from ..functional.rotary import apply_rope, check_rotary_dim, phase_dtype, rope_cos_sin, rope_inv_freq
-from ..functional.tables import host_in_range, rows_at
+from ..functional.rotary import (
+    apply_rope,
+    apply_rope_full,
+    check_rotary_dim,
+    phase_dtype,
+    rope_cos_sin,
+    rope_full_tables,
+    rope_inv_freq,
+)
+from ..functional.tables import host_in_range, host_span, rows_at
 from ..validation import check_bool, check_float, check_int, check_positions, check_rotatable
 
 
@@ -87,6 +95,7 @@ class XPos(PositionEncoding):
     sin_q: Tensor
     cos_k: Tensor
     sin_k: Tensor
+    rot_table: Tensor
 
     def __init__(
         self,
@@ -125,12 +134,22 @@ class XPos(PositionEncoding):
         self.register_derived()
 
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
-        """``inv_freq``, ``zeta`` ``(D/2,)`` and float32 ``(cache_len, D/2)`` tables for default positions."""
+        """``inv_freq``, ``zeta`` ``(D/2,)``, float32 ``(cache_len, D/2)`` tables, and ``rot_table (cache_len, 4, D)``:
+        their full-width forms (:func:`rope_full_tables`) for queries then keys, read as one row per decode step."""
         inv_freq = rope_inv_freq(self.head_dim, self.base, device=device)
         zeta = xpos_zeta(self.head_dim, self.gamma, device)
         pos = torch.arange(self.cache_len, device=device)
         cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
-        return {"inv_freq": inv_freq, "zeta": zeta, "cos_q": cq, "sin_q": sq, "cos_k": ck, "sin_k": sk}
+        full = (*rope_full_tables(cq, sq, self.interleaved), *rope_full_tables(ck, sk, self.interleaved))
+        return {
+            "inv_freq": inv_freq,
+            "zeta": zeta,
+            "cos_q": cq,
+            "sin_q": sq,
+            "cos_k": ck,
+            "sin_k": sk,
+            "rot_table": torch.stack(full, dim=-2),
+        }
 
     def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
         """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay normal ``dtype`` numbers."""
@@ -172,13 +191,20 @@ class XPos(PositionEncoding):
                 self._check_range(torch.tensor([0, seq - 1]), q.dtype)  # raises with the full message
         else:
             pos = torch.arange(seq, device=q.device) if positions is None else positions.to(q.device)
-            if pos.dim() == 2:  # (B, S) -> (B, 1, S): tables come out (B, 1, S, P), broadcast over heads
-                pos = pos.unsqueeze(1)
-            in_table = bool(self.cache_len) and host_in_range(pos, self.cache_len) is True
+            span = host_span(pos)  # (min, max) on the host, eager CPU only
+            in_table = bool(self.cache_len) and host_in_range(pos, self.cache_len, span) is True
             if not (in_table and self._span_fits(self.cache_len, q.dtype)):
                 self._check_range(pos, q.dtype)
+            elif span is not None and span[0] == span[1] and self.rot_table.device == q.device:
+                # one position (a decode step): its full-width row, broadcast; bitwise the apply_rope result
+                cqf, sqr, ckf, skr = self.rot_table[span[0]].unbind(0)  # (D,) each
+                return apply_rope_full(q, cqf, sqr, self.interleaved), apply_rope_full(
+                    k, ckf, skr, self.interleaved
+                )
+            if pos.dim() == 2:  # (B, S) -> (B, 1, S): tables come out (B, 1, S, P), broadcast over heads
+                pos = pos.unsqueeze(1)
             tables = (self.cos_q, self.sin_q, self.cos_k, self.sin_k)
-            cq, sq, ck, sk = rows_at(pos, self.cache_len, tables, self._exact)
+            cq, sq, ck, sk = rows_at(pos, self.cache_len, tables, self._exact, span)
         return apply_rope(q, cq, sq, self.interleaved), apply_rope(k, ck, sk, self.interleaved)
 
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
