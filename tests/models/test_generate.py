@@ -55,6 +55,26 @@ def test_compiled_step_gives_the_eager_tokens_with_one_graph(name: str) -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def test_compiled_generate_sees_changes_made_between_calls() -> None:
+    """Guards are skipped only within a call, after its first step: a model changed between two calls (new
+    weights, another encoding) decodes like eager, never with the stale compiled step."""
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    model.generate(tokens, 6, temperature=0, compile="aot_eager")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # in place: same tensors, new values
+    assert torch.equal(
+        model.generate(tokens, 6, temperature=0, compile="aot_eager"), _greedy_full(model, tokens, 6)
+    )
+    before = _greedy_full(model, tokens, 6)
+    with model.positions_replaced(lambda p: posenc.NoPE()):
+        want = _greedy_full(model, tokens, 6)
+        assert not torch.equal(want, before)  # the change shows in the tokens
+        assert torch.equal(model.generate(tokens, 6, temperature=0, compile="aot_eager"), want)
+
+
 def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     model = _model("rope")
     calls: list[int] = []
