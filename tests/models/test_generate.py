@@ -62,9 +62,10 @@ def test_compiled_generate_sees_changes_made_between_calls() -> None:
     tokens = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(3))
     torch._dynamo.reset()
     model.generate(tokens, 6, temperature=0, compile="aot_eager")
+    g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(1.5)  # in place: same tensors, new values
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)  # in place: same tensors, new values
     assert torch.equal(
         model.generate(tokens, 6, temperature=0, compile="aot_eager"), _greedy_full(model, tokens, 6)
     )
