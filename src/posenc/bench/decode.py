@@ -5,20 +5,22 @@ Three groups, each with its baseline timed round-robin in the same run:
 * ``rope call``: ``posenc.RoPE(128)(q, k, positions)`` at a decode shape (q ``(1, 32, 1, 128)``, k
   ``(1, 8, 1, 128)``, position 1000) against transformers' ``apply_rotary_pos_emb`` given its cos/sin, and
   a copy of q and k (the floor). Goal: ``<= 1.5x`` transformers on CPU.
-* ``decode step``: one eager decode step of a 4-layer, dim-256 :class:`TransformerLM` after 256 cached
-  tokens, per encoding, as :func:`posenc.models.generate.generate` runs it. Goal: ``rope/none <= 1.05``,
-  every encoding ``<= 1.15x none``.
+* ``decode step``: one decode step of a 4-layer, dim-256 :class:`TransformerLM` after 256 cached tokens, per
+  encoding, as :func:`posenc.models.generate.generate` runs it, eager and compiled (each against ``none`` in
+  the same mode). Goal: ``rope/none <= 1.05``, every encoding ``<= 1.15x none``.
 * ``generate``: tokens/s of greedy ``generate`` eager and compiled (the compiled tokens are checked equal to
   the eager ones first), ratio compiled/eager (goal ``>= 2``), and transformers' ``LlamaForCausalLM`` of the
   same size with a static cache as the anchor. Compiling costs tens of seconds per encoding on a small CPU,
-  so ``--quick`` compiles only the encodings of families ``none`` and ``rotary``.
+  so ``--quick`` compiles only the encodings of families ``none`` and ``rotary``; each model's step is
+  compiled once and serves both groups.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
@@ -74,8 +76,15 @@ def _model(name: str, device: str) -> TransformerLM:
     return TransformerLM(name, dim=DIM, depth=DEPTH, heads=HEADS).to(device).eval()
 
 
+def _compiles(name: str, quick: bool) -> bool:
+    """Whether the compiled rows are timed for this encoding (all of them unless ``quick``)."""
+    return not quick or posenc.encoding_class(name).family in ("none", "rotary")
+
+
 def _step_fn(model: TransformerLM, device: str, compile: bool | str = False) -> Callable[[], object]:
-    """One decode step after ``CACHED`` tokens, rewound before each call (so it can repeat)."""
+    """One decode step after ``CACHED`` tokens, rewound before each call (so it can repeat). Compiled, it runs as
+    the later steps of a ``generate`` call do: guards checked once (here, at the prefill's first step), then
+    trusted."""
     dec = _decoder(model, 1, CACHED + 1, torch.device(device), compile)
     tokens = torch.randint(0, 256, (1, CACHED), device=device)
     positions = torch.arange(CACHED, device=device).unsqueeze(0)
@@ -87,52 +96,76 @@ def _step_fn(model: TransformerLM, device: str, compile: bool | str = False) -> 
         for c in dec.caches:
             assert c.index is not None
             c.index.fill_(CACHED)
-        with torch.no_grad():
+        with torch.no_grad(), dec.trusted():
             return dec.step(tok, pos)
 
+    with torch.no_grad():
+        dec.step(tok, pos)  # compiles (and checks the guards) outside the trusted stance
     return step
 
 
-def _decode_steps(device: str, quick: bool) -> list[Row]:
-    fns = {name: _step_fn(_model(name, device), device) for name in posenc.available()}
+def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
+    fns = {name: _step_fn(model, device) for name, model in models.items()}
     times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
-    base = times["none"]
-    return [
-        {"group": "decode step", "name": name, "ms": t / 5 * 1e3, "x none": t / base}
-        for name, t in times.items()
-    ]
-
-
-def _tokens_per_s(fn: Callable[[], Tensor], n: int, device: str) -> tuple[float, Tensor]:
-    fn()  # warm-up (compilation)
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return n / (time.perf_counter() - start), out
-
-
-def _generate(device: str, quick: bool) -> list[Row]:
-    n = 32 if quick else 128
-    prompt = torch.randint(0, 256, (1, 16), device=device)
+    compiled = {name: _step_fn(m, device, True) for name, m in models.items() if _compiles(name, quick)}
+    ctimes = time_round_robin(_batched(compiled, 5), device, repeats=5 if quick else 20)
     rows: list[Row] = []
-    for name in posenc.available():
-        model = _model(name, device)
-        eager, want = _tokens_per_s(partial(model.generate, prompt, n, temperature=0), n, device)
-        row: Row = {"group": "generate", "name": name, "eager tok/s": eager}
-        if not quick or posenc.encoding_class(name).family in ("none", "rotary"):
-            compiled, got = _tokens_per_s(
-                partial(model.generate, prompt, n, temperature=0, compile=True), n, device
+    for name, t in times.items():
+        row: Row = {"group": "decode step", "name": name, "ms": t / 5 * 1e3, "x none": t / times["none"]}
+        if name in ctimes:
+            row.update(
+                {"compiled ms": ctimes[name] / 5 * 1e3, "compiled x none": ctimes[name] / ctimes["none"]}
             )
-            if not torch.equal(got, want):
-                raise RuntimeError(f"decode bench: compiled generate of {name} gave other tokens than eager")
-            row.update({"compiled tok/s": compiled, "compiled / eager": compiled / eager})
         rows.append(row)
-    rows.extend(_llama_anchor(prompt, n, device))
     return rows
 
 
-def _llama_anchor(prompt: Tensor, n: int, device: str) -> list[Row]:
+def _tokens_per_s(
+    fns: dict[str, Callable[[], Tensor]], n: int, device: str, repeats: int
+) -> dict[str, float]:
+    """Tokens/s of each ``generate`` call (``n`` new tokens), median over ``repeats`` round-robin rounds (so the
+    rows share the machine's load) after one warm-up call each (compilation). Every call must give the first
+    call's tokens: a compiled path that decodes differently is an error, not a figure."""
+    want = None
+    for name, fn in fns.items():
+        got = fn()
+        if want is None:
+            want = got
+        elif not torch.equal(got, want):
+            raise RuntimeError(f"decode bench: {name} generate gave other tokens than {next(iter(fns))}")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: n / statistics.median(ts) for name, ts in times.items()}
+
+
+def _generate(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
+    n = 32 if quick else 128
+    prompt = torch.randint(0, 256, (1, 16), device=device)
+    rows: list[Row] = []
+    for name, model in models.items():
+        # the decode-step group's cache length, so the compiled step is the one compiled there
+        run = partial(model.generate, prompt, n, temperature=0, max_len=CACHED + 1)
+        fns = {"eager": run}
+        if _compiles(name, quick):
+            fns["compiled"] = partial(run, compile=True)
+        tps = _tokens_per_s(fns, n, device, repeats=1 if quick else 5)
+        row: Row = {"group": "generate", "name": name, "eager tok/s": tps["eager"]}
+        if "compiled" in tps:
+            row.update(
+                {"compiled tok/s": tps["compiled"], "compiled / eager": tps["compiled"] / tps["eager"]}
+            )
+        rows.append(row)
+    rows.extend(_llama_anchor(prompt, n, device, repeats=1 if quick else 5))
+    return rows
+
+
+def _llama_anchor(prompt: Tensor, n: int, device: str, repeats: int) -> list[Row]:
     """transformers' LlamaForCausalLM of the same size, greedy, static cache (and the default one)."""
     if importlib.util.find_spec("transformers") is None:
         return [{"group": "generate", "name": "transformers Llama", "eager tok/s": "not installed"}]
@@ -149,15 +182,16 @@ def _llama_anchor(prompt: Tensor, n: int, device: str) -> list[Row]:
     torch.manual_seed(0)
     llama = LlamaForCausalLM(config).to(device).eval()  # type: ignore[arg-type]
     common = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False}
-    rows: list[Row] = []
-    for cache in ("dynamic", "static"):
-        extra = {"cache_implementation": "static"} if cache == "static" else {}
-        tps, _ = _tokens_per_s(partial(llama.generate, prompt, **common, **extra), n, device)  # type: ignore[operator]
-        rows.append({"group": "generate", "name": f"transformers Llama ({cache} cache)", "eager tok/s": tps})
-    return rows
+    fns = {
+        f"transformers Llama ({cache} cache)": partial(llama.generate, prompt, **common, **extra)  # type: ignore[operator]
+        for cache, extra in (("dynamic", {}), ("static", {"cache_implementation": "static"}))
+    }
+    tps = _tokens_per_s(fns, n, device, repeats)
+    return [{"group": "generate", "name": name, "eager tok/s": t} for name, t in tps.items()]
 
 
 @register_suite("decode")
 def decode_suite(quick: bool, device: str) -> list[Row]:
     """Rows of the three groups above."""
-    return _rope_call(device, quick) + _decode_steps(device, quick) + _generate(device, quick)
+    models = {name: _model(name, device) for name in posenc.available()}
+    return _rope_call(device, quick) + _decode_steps(models, device, quick) + _generate(models, device, quick)
