@@ -121,7 +121,7 @@ def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) ->
 
 
 def _tokens_per_s(
-    fns: dict[str, Callable[[], Tensor]], n: int, device: str, repeats: int
+    fns: Mapping[str, Callable[[], Tensor]], n: int, device: str, repeats: int
 ) -> dict[str, float]:
     """Tokens/s of each ``generate`` call (``n`` new tokens), median over ``repeats`` round-robin rounds (so the
     rows share the machine's load) after one warm-up call each (compilation). Every call must give the first
