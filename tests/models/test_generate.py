@@ -76,6 +76,18 @@ def test_compiled_generate_sees_changes_made_between_calls() -> None:
         assert torch.equal(model.generate(tokens, 6, temperature=0, compile="aot_eager"), want)
 
 
+def test_compiled_generate_serves_more_models_than_the_recompile_limit() -> None:
+    """Each decoder compiles its own step: more models than dynamo's recompile limit (8) in one process work."""
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    models = []  # all alive at once, as in a benchmark of every encoding
+    for seed in range(torch._dynamo.config.recompile_limit + 2):
+        torch.manual_seed(seed)
+        model = TransformerLM("rope", dim=16, depth=1, heads=2).eval()
+        models.append(model)
+        got = model.generate(tokens, 3, temperature=0, compile="eager")
+        assert torch.equal(got, model.generate(tokens, 3, temperature=0))
+
+
 def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     model = _model("rope")
     calls: list[int] = []

@@ -65,8 +65,8 @@ class FIRE(BiasEncoding):
 
     def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers."""
-        c, threshold = self.tables()[:2]
-        x = fire_input(c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps)  # (1|B, Q, K)
+        threshold = self.threshold_scale * self.init_threshold  # as in tables(), without the MLP's views
+        x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps)  # (1|B, Q, K)
         hidden = torch.relu(self.hidden(x.unsqueeze(-1).to(self.hidden.weight.dtype)))  # (1|B, Q, K, width)
         return self.out(hidden).permute(0, 3, 1, 2).float()  # (1|B, H, Q, K)
 

@@ -14,6 +14,7 @@ are hidden from attention by the mask.
 from __future__ import annotations
 
 import contextlib
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,9 @@ class _Decoder:
         if compile:
             backend = "inductor" if compile is True else str(compile)
             mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
-            self.step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+            self.step = torch.compile(
+                _own_code(self._step), fullgraph=True, dynamic=False, backend=backend, mode=mode
+            )
 
     @contextlib.contextmanager
     def trusted(self) -> Iterator[None]:
@@ -74,6 +77,19 @@ class _Decoder:
         self.valid[:, : tokens.shape[1]] = prompt_mask
         keep = self.caches[0].keep_mask(self.valid, tokens.shape[1])  # (B, 1, S, max_len)
         return self.model(tokens, positions=positions, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
+
+
+def _own_code(method: Step) -> Step:
+    """``method`` bound to its own copy of its code object.
+
+    Dynamo keeps compiled graphs per code object, at most ``recompile_limit`` (8) of them, and every decoder
+    (another model, batch or cache length) needs its own graph of ``_step``: with one shared code object the
+    ninth decoder in a process would fail to compile (``fullgraph=True`` turns the limit into an error). A
+    copy per decoder gives each its own cache, freed with the decoder.
+    """
+    func = method.__func__  # type: ignore[attr-defined]
+    clone = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__)
+    return types.MethodType(clone, method.__self__)  # type: ignore[attr-defined,return-value]
 
 
 _DECODERS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple[Any, ...], _Decoder]] = (
