@@ -69,17 +69,44 @@ if HAS_TRITON:
         cs_off = rows * cs_stride_s + p[None, :]
         c = tl.load(cos_ptr + cs_off, mask=mask, other=0.0).to(tl.float32)
         sn = tl.load(sin_ptr + cs_off, mask=mask, other=0.0).to(tl.float32)
+        rotate_loaded(
+            x_ptr + rows * x_stride_s,
+            o_ptr + rows * o_stride_s,
+            c,
+            sn,
+            row_ok,
+            P,
+            D,
+            BLOCK_P,
+            BLOCK_REST,
+            INTERLEAVED,
+        )
+
+    @triton.jit
+    def rotate_loaded(
+        x_row: tl.tensor,
+        o_row: tl.tensor,
+        c: tl.tensor,
+        sn: tl.tensor,
+        row_ok: tl.tensor,
+        P: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_REST: tl.constexpr,
+        INTERLEAVED: tl.constexpr,
+    ) -> None:
+        """Rotate rows ``x_row (BLOCK_S, 1)`` (pointers) into ``o_row`` by float32 ``c``, ``sn (BLOCK_S, BLOCK_P)``."""
+        p = tl.arange(0, BLOCK_P)
+        mask = row_ok & (p < P)[None, :]
         if INTERLEAVED:
             i1 = 2 * p
             i2 = 2 * p + 1
         else:
             i1 = p
             i2 = p + P
-        x_row = x_ptr + rows * x_stride_s
-        o_row = o_ptr + rows * o_stride_s
         x1 = tl.load(x_row + i1[None, :], mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(x_row + i2[None, :], mask=mask, other=0.0).to(tl.float32)
-        out_ty = o_ptr.dtype.element_ty
+        out_ty = o_row.dtype.element_ty
         tl.store(o_row + i1[None, :], (x1 * c - x2 * sn).to(out_ty), mask=mask)
         tl.store(o_row + i2[None, :], (x1 * sn + x2 * c).to(out_ty), mask=mask)
         if BLOCK_REST > 0:  # partial rotary: dims R..D-1 pass through

@@ -17,7 +17,7 @@ from ..functional.rotary import (
     rope_inv_freq,
 )
 from ..functional.tables import Span, host_span, rows_at
-from ..kernels import AUTO_COMPILED_MIN_NUMEL, check_impl, rope_qk
+from ..kernels import AUTO_COMPILED_MIN_NUMEL, FALLBACK, check_impl, has_triton, rope_qk
 from ..validation import (
     check_bool,
     check_float,
@@ -207,8 +207,45 @@ class RoPE(PositionEncoding):
             else:
                 cos_full, sin_rot = self._tables(q.shape[-2], positions, q.device, full=True, span=span)
             return _rotate_full(q, k, cos_full, sin_rot, self.interleaved)
+        if positions is not None and self._at_kernel(q, k):
+            return self._rotate_at(q, k, positions)
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
         return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
+
+    def _at_kernel(self, q: Tensor, k: Tensor) -> bool:
+        """Whether explicit positions go to the one-launch Triton kernel that looks the rows up itself
+        (:mod:`posenc.kernels.triton_rope_at`): ``impl="triton"`` always, ``auto`` on CUDA with triton; never
+        while tracing or for length-dependent scalings (their frequencies follow the positions)."""
+        if self.impl not in ("auto", "triton") or torch.compiler.is_compiling():
+            return False
+        if torch._C._are_functorch_transforms_active() or self.cos_cached.device != q.device:
+            return False
+        if self.scaling is not None and self.scaling.length_dependent:
+            return False
+        if self.impl == "triton":
+            return True
+        same = q.dim() == k.dim() == 4 and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:]
+        usable = q.device.type == "cuda" and has_triton() and FALLBACK.usable("triton (positions)")
+        return (
+            usable and same and q.dtype == k.dtype and q.dtype != torch.float64
+        )  # the kernel computes in float32
+
+    def _rotate_at(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        from ..kernels.triton_rope_at import rope_qk_at  # imports triton only here
+
+        pos = positions.to(q.device).view(1, -1) if positions.dim() == 1 else positions.to(q.device)
+        tables = (self.cos_cached, self.sin_cached, self.inv_freq)
+
+        def fused() -> tuple[Tensor, Tensor]:
+            return rope_qk_at(q, k, pos, tables, self.attention_scale, self.interleaved)
+
+        def slow() -> tuple[Tensor, Tensor]:
+            cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
+            return rope_qk(q, k, cos, sin, self.interleaved, impl="reference")
+
+        if self.impl == "auto":  # a kernel that cannot run here: the reference, for good
+            return FALLBACK.run("triton (positions)", fused, slow, "the reference")
+        return fused()
 
     def _one_row(self, span: Span | None, device: torch.device) -> Tensor | None:
         """``rot_table``'s row ``(2, R)`` when all positions are one position ``p`` known on the host, inside the
