@@ -114,6 +114,18 @@ if HAS_TRITON:
             rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED)
 
 
+_CONSTANTS: dict[tuple[torch.device, float], Tensor] = {}
+
+
+def _constants(device: torch.device, scale: float) -> Tensor:
+    """``[pi, 2 pi, scale]`` as a float64 tensor on ``device``, made once: a new one per call would be a host
+    to device copy per decode step."""
+    key = (device, float(scale))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor([math.pi, 2.0 * math.pi, scale], dtype=torch.float64, device=device)
+    return _CONSTANTS[key]
+
+
 def rope_qk_at_triton(
     q: Tensor,
     k: Tensor,
@@ -161,7 +173,7 @@ def rope_qk_at_triton(
     if q.numel() + k.numel() == 0:
         return oq, ok
     pos = positions.contiguous()
-    consts = torch.tensor([math.pi, 2.0 * math.pi, scale], dtype=torch.float64, device=q.device)
+    consts = _constants(q.device, scale)
     block_p = triton.next_power_of_2(pairs)
     rest = dim - 2 * pairs
     block_s = min(triton.next_power_of_2(seq_len), max(1, 1024 // block_p))
