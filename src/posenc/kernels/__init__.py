@@ -13,6 +13,10 @@ impl            what runs
 ``auto``        the fastest correct one for the tensors, see :func:`choose_impl`
 ==============  =====================================================================================
 
+Calls with explicit positions on CUDA (decoding) skip the cos/sin lookup in tensor ops altogether:
+:mod:`posenc.kernels.triton_rope_at` reads the table rows (or computes exact ones past the table) inside the
+same launch that rotates, see ``posenc.RoPE``.
+
 The fast paths share one autograd rule: the backward of a rotation is the inverse rotation, i.e. the same
 kernel applied to the gradients with ``-sin``. Under ``torch.compile``, ``torch.export``, functorch transforms
 and on the meta device every impl traces the reference math (inductor fuses it there anyway), so compiled
