@@ -44,3 +44,27 @@ def test_learned_parameters_get_gradients_and_errors() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     with pytest.raises(ValueError, match="width"):
         posenc.FIRE(2, width=0)
+
+
+def test_unbound_score_mod_equals_the_formula_values_and_gradients() -> None:
+    """The accelerator-learning score_mod (each weight its own tensor, read once) is the same function of the
+    same parameters: equal bias and equal parameter gradients, evaluated here elementwise on CPU."""
+    torch.manual_seed(0)
+    enc = posenc.FIRE(3, width=4, init_threshold=6.0)
+    q_pos, k_pos = torch.tensor([[0, 3, 9, 20]]), torch.tensor([[0, 3, 9, 20, 21, 40]])
+    b, h = torch.zeros(1, 1, 1, dtype=torch.long), torch.arange(3).view(-1, 1, 1)
+    qi, ki = torch.arange(4).view(1, -1, 1), torch.arange(6).view(1, 1, -1)
+    score = torch.zeros(3, 4, 6)
+    ref_mod = super(posenc.FIRE, enc).score_mod(torch.zeros(1, 3, 4, 1), q_pos, k_pos)
+    assert ref_mod is not None
+    ref = ref_mod(score, b, h, qi, ki)
+    got = enc.score_mod_unbound(q_pos, k_pos)(score, b, h, qi, ki)
+    torch.testing.assert_close(got, ref)
+    weights = torch.randn_like(ref)
+    params = list(enc.parameters())
+    for g, w in zip(
+        torch.autograd.grad((got * weights).sum(), params),
+        torch.autograd.grad((ref * weights).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(g, w)

@@ -7,9 +7,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..base import ScoreMod
 from ..functional.bias import fire_input, fire_mlp_unrolled
 from ..validation import check_float, check_int
-from .base import BiasEncoding
+from .base import BiasEncoding, position_reader
 
 
 class FIRE(BiasEncoding):
@@ -69,6 +70,36 @@ class FIRE(BiasEncoding):
         x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps)  # (1|B, Q, K)
         hidden = torch.relu(self.hidden(x.unsqueeze(-1).to(self.hidden.weight.dtype)))  # (1|B, Q, K, width)
         return self.out(hidden).permute(0, 3, 1, 2).float()  # (1|B, H, Q, K)
+
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+        """The per-score formula; while learning on an accelerator, :meth:`score_mod_unbound` (FlexAttention's
+        backward refuses a ``score_mod`` that indexes one tensor needing gradients more than once)."""
+        if self._learning() and q.device.type != "cpu":
+            self._check_heads(q)
+            return self.score_mod_unbound(q_pos, k_pos)
+        return super().score_mod(q, q_pos, k_pos)
+
+    def score_mod_unbound(self, q_pos: Tensor, k_pos: Tensor) -> ScoreMod:
+        """The formula with every weight a tensor of its own, each read once per score.
+
+        The unrolled MLP reads ``w1[u]``, ``b1[u]``, ``w2[h, u]`` for every hidden unit ``u``: many indexing
+        operations on the same parameter. Here ``w1``, ``b1`` are unbound into 0-d tensors (read without
+        indexing) and ``w2`` into ``(H,)`` columns (each indexed once, by head); gradients flow back through
+        the unbinding to the parameters. Values equal :meth:`formula`.
+        """
+        c, threshold, w1, b1, w2, b2 = self.tables()
+        w1s, b1s = [t.clone() for t in w1.unbind(0)], [t.clone() for t in b1.unbind(0)]  # 0-d each
+        w2s, b2c = [t.clone() for t in w2.unbind(1)], b2.clone()  # (H,) each
+        q_at, k_at, eps = position_reader(q_pos), position_reader(k_pos), self.eps
+
+        def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            x = fire_input(c, threshold, q_at(b, q_idx), k_at(b, kv_idx), eps)
+            out = b2c[h].to(torch.float32)
+            for w1u, b1u, w2u in zip(w1s, b1s, w2s, strict=True):
+                out = out + w2u[h] * torch.relu(w1u * x + b1u)
+            return score + out
+
+        return mod
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, width={self.width}, init_threshold={self.init_threshold}"
