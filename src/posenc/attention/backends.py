@@ -39,7 +39,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
         logits = logits + bias.to(acc)
     keep = full_keep(q, k, ctx)
     if keep is not None:
-        logits = logits.masked_fill(~keep, float("-inf"))
+        logits = torch.where(keep, logits, float("-inf"))
     probs = logits.softmax(dim=-1)
     if keep is not None:
         probs = torch.where(keep.any(dim=-1, keepdim=True), probs, 0.0)  # fully masked rows -> 0, not NaN
