@@ -6,10 +6,7 @@ target (PTX, no GPU needed) where triton's CUDA backend is installed.
 
 from __future__ import annotations
 
-import importlib
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
@@ -21,38 +18,16 @@ from posenc.kernels import rope_qk
 pytest.importorskip("triton")
 
 
-@contextmanager
-def _built(interpret: bool) -> Iterator[ModuleType]:
-    """The kernel module rebuilt with ``TRITON_INTERPRET`` as asked (triton reads it when a kernel is
-    decorated); afterwards the variable is restored and the module rebuilt again."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    if interpret:
-        os.environ["TRITON_INTERPRET"] = "1"
-    else:
-        os.environ.pop("TRITON_INTERPRET", None)
-    import posenc.kernels.triton_rope as mod
-
-    try:
-        yield importlib.reload(mod)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-        importlib.reload(mod)
+@pytest.fixture
+def interpreted(triton_interpreted: tuple[ModuleType, ModuleType]) -> Iterator[ModuleType]:
+    mod = triton_interpreted[0]
+    assert mod.interpreting() and mod.runs_on(torch.device("cpu"))
+    yield mod
 
 
 @pytest.fixture
-def interpreted() -> Iterator[ModuleType]:
-    with _built(interpret=True) as mod:
-        assert mod.interpreting() and mod.runs_on(torch.device("cpu"))
-        yield mod
-
-
-@pytest.fixture
-def for_gpu() -> Iterator[ModuleType]:
-    with _built(interpret=False) as mod:
-        yield mod
+def for_gpu(triton_for_gpu: tuple[ModuleType, ModuleType]) -> Iterator[ModuleType]:
+    yield triton_for_gpu[0]
 
 
 def _tables(positions: torch.Tensor, rot: int, per_batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,25 +98,12 @@ def test_cpu_without_interpreter_raises(for_gpu: ModuleType) -> None:
 
 
 @pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
-def test_kernel_compiles_for_gpu(for_gpu: ModuleType, interleaved: bool, pairs: int, block_rest: int) -> None:
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource, compile
-    except ImportError:
-        pytest.skip("this triton has no ahead-of-time compile API")
-    kernel = for_gpu._rope_qk_kernel
+def test_kernel_compiles_for_gpu(
+    for_gpu: ModuleType, compile_sm90: Callable[..., str], interleaved: bool, pairs: int, block_rest: int
+) -> None:
     constants = {
         "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved
     }  # fmt: skip
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update({name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")})
-    signature.update({"cos_ptr": "*fp32", "sin_ptr": "*fp32"})
-    signature.update({name: "constexpr" for name in constants})
-    source = ASTSource(kernel, signature, {(kernel.arg_names.index(n),): v for n, v in constants.items()})
-    try:
-        compiled = compile(source, target=GPUTarget("cuda", 90, 32))
-    except RuntimeError as err:  # no CUDA toolchain bundled with this triton build
-        if "ptxas" in str(err).lower():
-            pytest.skip(str(err))
-        raise
-    assert "ld.global" in compiled.asm["ptx"]
+    pointers = {name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
+    pointers.update({"cos_ptr": "*fp32", "sin_ptr": "*fp32"})
+    assert "ld.global" in compile_sm90(for_gpu._rope_qk_kernel, pointers, constants)

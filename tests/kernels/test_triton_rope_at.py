@@ -3,9 +3,7 @@ Triton's interpreter; one more test compiles it for an sm_90 target (PTX, no GPU
 
 from __future__ import annotations
 
-import importlib
-import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -18,27 +16,13 @@ pytest.importorskip("triton")
 
 
 @pytest.fixture
-def at_module(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
-    """The kernel modules rebuilt with ``TRITON_INTERPRET`` set as the test asks (default: interpreted)."""
-    interpret = getattr(request, "param", True)
-    saved = os.environ.get("TRITON_INTERPRET")
-    if interpret:
-        os.environ["TRITON_INTERPRET"] = "1"
-    else:
-        os.environ.pop("TRITON_INTERPRET", None)
-    import posenc.kernels.triton_rope as base
-    import posenc.kernels.triton_rope_at as mod
+def at_module(triton_interpreted: tuple[ModuleType, ModuleType]) -> ModuleType:
+    return triton_interpreted[1]
 
-    try:
-        importlib.reload(base)
-        yield importlib.reload(mod)
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-        importlib.reload(base)
-        importlib.reload(mod)
+
+@pytest.fixture
+def at_for_gpu(triton_for_gpu: tuple[ModuleType, ModuleType]) -> ModuleType:
+    return triton_for_gpu[1]
 
 
 POSITIONS = {
@@ -133,34 +117,17 @@ def test_bad_shapes_raise(at_module: ModuleType) -> None:
         at_module.rope_qk_at_triton(q, k[..., :4], torch.zeros(1, 3, dtype=torch.long), tables, 1.0, False)
 
 
-@pytest.mark.parametrize("at_module", [False], indirect=True)
 @pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
 def test_kernel_compiles_for_gpu(
-    at_module: ModuleType, interleaved: bool, pairs: int, block_rest: int
+    at_for_gpu: ModuleType, compile_sm90: Callable[..., str], interleaved: bool, pairs: int, block_rest: int
 ) -> None:
     """The float64 fallback (fmod, cos, sin from libdevice) and the branch compile for sm_90."""
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource, compile
-    except ImportError:
-        pytest.skip("this triton has no ahead-of-time compile API")
-    kernel = at_module._rope_qk_at_kernel
     constants = {
         "P": pairs, "D": 128, "BLOCK_S": 1, "BLOCK_P": pairs, "BLOCK_REST": block_rest,
         "INTERLEAVED": interleaved, "INVERSE": False,
     }  # fmt: skip
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update({name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")})
-    signature.update(
-        {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "freq_ptr": "*fp64", "const_ptr": "*fp64"}
-    )
-    signature.update({name: "constexpr" for name in constants})
-    source = ASTSource(kernel, signature, {(kernel.arg_names.index(n),): v for n, v in constants.items()})
-    try:
-        compiled = compile(source, target=GPUTarget("cuda", 90, 32))
-    except RuntimeError as err:  # no CUDA toolchain bundled with this triton build
-        if "ptxas" in str(err).lower():
-            pytest.skip(str(err))
-        raise
-    ptx = compiled.asm["ptx"]
+    pointers = {name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
+    pointers.update({"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "freq_ptr": "*fp64"})
+    pointers["const_ptr"] = "*fp64"
+    ptx = compile_sm90(at_for_gpu._rope_qk_at_kernel, pointers, constants)
     assert "ld.global" in ptx and "f64" in ptx
