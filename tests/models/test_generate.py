@@ -77,15 +77,21 @@ def test_compiled_generate_sees_changes_made_between_calls() -> None:
 
 
 def test_compiled_decoders_of_several_models_stay_apart() -> None:
-    """Each decoder compiles its own copy of the step, so its later steps (guards skipped) can only run its own
-    graph: with one code object shared by every decoder, models used in turn picked up each other's graphs or
-    recompiled until dynamo's limit (8) raised under ``fullgraph=True``."""
+    """Each decoder compiles its own copy of the step's code. Dynamo keeps graphs per code object: shared by
+    every decoder, the graphs of all models piled up on one code object (measured: one per encoding) until the
+    ninth hit dynamo's recompile limit, which ``fullgraph=True`` turns into an error (the full decode bench of
+    all 10 encodings did). Models alive together and used in turn give their eager tokens."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from posenc.models.generate import _Decoder
+
     models = [_model(name) for name in posenc.available()]  # alive together, as in a benchmark
     tokens = torch.tensor([[5, 6, 7]])
     want = [model.generate(tokens, 4, temperature=0) for model in models]
     for _ in range(2):
         for model, expected in zip(models, want, strict=True):
             assert torch.equal(model.generate(tokens, 4, temperature=0, compile="eager"), expected)
+    assert _debug_get_cache_entry_list(_Decoder._step.__code__) == []  # nothing on the shared code object
 
 
 def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
