@@ -232,6 +232,8 @@ def rope_qk_at(
     The same result as looking the rows up with :func:`posenc.functional.tables.rows_at` and rotating with
     :func:`posenc.functional.apply_rope`; see the module docstring for the shapes.
     """
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):  # decoding: no autograd node
+        return rope_qk_at_triton(q, k, positions, tables, scale, interleaved)
     return RotateQKAt.apply(q, k, positions, tables, scale, interleaved, False)  # type: ignore[no-any-return]
 
 
