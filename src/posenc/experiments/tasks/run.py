@@ -60,7 +60,7 @@ class TasksConfig:
 
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            dim=64, depth=2, heads=4, train_len=32, batch_size=32, steps=800, lr=3e-3
+            dim=128, depth=2, heads=4, train_len=16, batch_size=32, steps=1000, lr=1e-3
         )
     )
     multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
