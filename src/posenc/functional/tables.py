@@ -39,7 +39,7 @@ def host_span(positions: Tensor | None) -> Span | None:
     """``(min, max)`` of ``positions`` as Python ints when that is free to know on the host, else None.
 
     Decided only for non-empty CPU tensors in eager mode (no device queue to wait for): one ``aminmax`` and
-    one ``tolist``. None under tracing, on accelerators, on the meta device and for empty tensors. Computed
+    two reads of its 0-d results. None under tracing, on accelerators, on the meta device and for empty tensors. Computed
     once per call and shared by every check that needs it (range limits, table lookups).
     """
     if (
