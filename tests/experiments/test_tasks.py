@@ -13,7 +13,7 @@ from torch import Tensor, nn
 import posenc
 from posenc.cli import main
 from posenc.experiments.tasks import TASKS, Task, TasksConfig, accuracy, available_tasks, run_tasks
-from posenc.experiments.tasks.generators import is_test_example
+from posenc.experiments.tasks.generators import COPY_SYMBOLS, is_test_example
 from posenc.experiments.tasks.report import verdict
 
 LENGTHS = [16, 33, 64, 200]
@@ -72,6 +72,16 @@ def test_answers_are_checkable(name: str) -> None:
             assert task.solve(x[:-a]) == x[-a:]
 
 
+def test_copy_strings_repeat_no_symbol_up_to_the_alphabet() -> None:
+    task = TASKS.get("copy")
+    for length in (16, 64, 185):
+        for i in range(20):
+            s = task.example(length, split="train", seed=3, index=i)[-task.answer_length(length) :]
+            assert len(set(s)) == len(s) == (length - 1) // 2 and b">" not in s and b"." not in s
+    long = task.example(1001, split="test", seed=0, index=0)[-500:]
+    assert len(set(long)) == len(COPY_SYMBOLS) and all(long.count(c) <= 6 for c in set(long))
+
+
 def test_passkey_depth_places_the_key() -> None:
     task = TASKS["passkey"]
     first = task.example(100, split="train", seed=0, index=0, depth=0.0)
@@ -110,7 +120,7 @@ NAMES = [n for n in ("none", "learned", "rope") if n in posenc.available()]
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("tasks") / "run"
-    return out, run_tasks(FAST, encodings=NAMES, seeds=[0, 1], out=out, device="cpu", progress=False)
+    return out, run_tasks(FAST, encodings=NAMES, seeds=[0, 1], out=out, device="cpu", progress=False, jobs=1)
 
 
 def test_quick_run_writes_everything(first_run: tuple[Path, dict]) -> None:
@@ -131,7 +141,7 @@ def test_quick_run_writes_everything(first_run: tuple[Path, dict]) -> None:
 
 def test_rerun_trains_nothing_again(first_run: tuple[Path, dict]) -> None:
     out, results = first_run
-    again = run_tasks(FAST, encodings=NAMES, seeds=[0, 1], out=out, device="cpu", progress=False)
+    again = run_tasks(FAST, encodings=NAMES, seeds=[0, 1], out=out, device="cpu", progress=False, jobs=2)
     assert len(again["resumed"]) == len(available_tasks()) * len(NAMES) * 2
     assert again["accuracy"] == results["accuracy"] and again["train_seconds"] == results["train_seconds"]
 
@@ -152,6 +162,7 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (["--train-len", "8"], "task 'passkey' needs length >= 12, got 8"),
         (["--device", "tpu9"], "--device 'tpu9'"),
+        (["--jobs", "0"], "jobs must be a positive integer, got 0"),
     ],
 )
 def test_cli_bad_input_is_one_line(

@@ -27,11 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--encodings", type=str, default=None, help="comma-separated names (default: all registered)"
     )
-    p.add_argument("--train-len", type=int, default=None, help="training length L in bytes (default 32)")
+    p.add_argument("--train-len", type=int, default=None, help="training length L in bytes (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model")
     p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (default 0)")
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models trained at once, each in its own process on its share of the cores (default: one per CPU "
+        "core on a CPU, 1 on a GPU or under torchrun)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         progress=not args.no_progress,
+        jobs=args.jobs,
     )
     if rank0:
         for task in results["tasks"]:

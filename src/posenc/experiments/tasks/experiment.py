@@ -15,6 +15,7 @@ from ..checkpoints import json_safe, save_figure, write_text
 from ..compare import check_encodings
 from ..dist import rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
+from ..pool import auto_workers, available_cores, check_workers, map_jobs
 from .generators import available_tasks, get_task
 from .run import ModelRun, TaskContext, TasksConfig, check_config, run_one
 
@@ -74,6 +75,7 @@ def run_tasks(
     out: str | Path = "runs/tasks",
     device: str | torch.device = "auto",
     progress: bool = True,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every (task, encoding, seed) and write the files under ``out`` (rank 0).
 
@@ -85,13 +87,15 @@ def run_tasks(
         out: output folder.
         device: "auto", "cpu", "cuda", ...; under torchrun each rank uses ``cuda:<local_rank>``.
         progress: tqdm bars on stderr.
+        jobs: models trained at once in worker processes, each with its share of the cores (see
+            :mod:`posenc.experiments.pool`); default one per CPU core, 1 on an accelerator or under torchrun.
 
     Returns:
         The contents of ``results.json``.
 
     Raises:
-        ValueError: unknown tasks or encodings, bad seeds, a length a task cannot take, or ``out`` holding a run
-            with another configuration.
+        ValueError: unknown tasks or encodings, bad seeds, bad ``jobs``, a length a task cannot take, or ``out``
+            holding a run with another configuration.
     """
     start = time.perf_counter()
     cfg = TasksConfig() if cfg is None else cfg
@@ -104,7 +108,19 @@ def run_tasks(
     base = resolve_device(device)
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
+    keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
+    workers = (
+        auto_workers(ctx.device, len(keys), distributed=world.distributed)
+        if jobs is None
+        else check_workers(jobs, ctx.device, distributed=world.distributed)
+    )
     check_config(ctx)
+    if workers > 1:
+        calls = [(t, enc, seed, cfg, str(ctx.out), str(ctx.device)) for t, enc, seed in keys]
+        done = map_jobs(_pooled_run, calls, workers=workers, progress=progress, desc="tasks x encodings")
+        model_runs = dict(zip(keys, done, strict=True))
+    else:
+        model_runs = {key: run_one(get_task(key[0]), key[1], key[2], ctx) for key in keys}
     results: dict[str, Any] = {
         "train_len": cfg.train.train_len,
         "eval_lengths": cfg.lengths,
@@ -125,10 +141,9 @@ def run_tasks(
         "resumed": [],
     }
     for task_name in task_names:
-        task = get_task(task_name)
         acc: dict[str, Any] = {}
         for enc in names:
-            runs = {seed: run_one(task, enc, seed, ctx) for seed in seed_list}
+            runs = {seed: model_runs[(task_name, enc, seed)] for seed in seed_list}
             summary = summarize(runs, cfg.lengths)
             acc.update(summary["accuracy"])
             results["accuracy_by_seed"].setdefault(task_name, {}).update(summary["by_seed"])
@@ -147,12 +162,19 @@ def run_tasks(
     results |= {
         "config": cfg.fingerprint(),
         "versions": versions(ctx.device, world),
+        "jobs": workers,
+        "threads_per_model": max(1, available_cores() // workers) if workers > 1 else torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - start,
     }
     if world.is_main:
         write_outputs(results, ctx.out)
     world.barrier()
     return results
+
+
+def _pooled_run(task: str, encoding: str, seed: int, cfg: TasksConfig, out: str, device: str) -> ModelRun:
+    """:func:`run_one` in a worker process (a context of its own; no progress bars, no process group)."""
+    return run_one(get_task(task), encoding, seed, TaskContext(cfg, Path(out), torch.device(device)))
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> list[str]:

@@ -6,8 +6,9 @@ test length generalization with exact answers:
 
 * ``passkey``: a 5-digit key hidden at a chosen depth in random filler, asked for at the end (Mohtashami & Jaggi
   2023, "Landmark Attention", section 4.2; the "needle in a haystack" of YaRN and Position Interpolation).
-* ``copy``: a random string, then the same string (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
-  Length Generalization in Transformers"; Ruoss et al. 2023, "Randomized Positional Encodings").
+* ``copy``: a random string of distinct symbols, then the same string (Kazemnejad et al. 2023, "The Impact of
+  Positional Encoding on Length Generalization in Transformers"; Ruoss et al. 2023, "Randomized Positional
+  Encodings").
 * ``assoc``: key-value pairs, then one key; the answer is its value (associative recall, Ba et al. 2016; the
   "retrieval" tasks of Kazemnejad et al. 2023).
 
@@ -38,6 +39,8 @@ from ...registry import Registry
 TEST_MODULUS = 16
 LETTERS = string.ascii_lowercase
 DIGITS = string.digits
+#: The 92 symbols of ``copy``: printable ASCII without space and the task's own marks ``.`` and ``>``.
+COPY_SYMBOLS = "".join(c for c in string.digits + string.ascii_letters + string.punctuation if c not in ".>")
 #: The 676 two-letter keys of ``assoc``.
 KEYS = [a + b for a in LETTERS for b in LETTERS]
 
@@ -134,8 +137,17 @@ class Passkey(Task):
 
 @dataclass(frozen=True)
 class Copy(Task):
-    """``pad + s + ">" + s`` for a random lowercase string ``s`` of ``(length - 1) // 2`` bytes (pad: one "."
-    when the length is even)."""
+    """``pad + s + ">" + s`` for a random string ``s`` of ``(length - 1) // 2`` bytes (pad: one "." when the length
+    is even).
+
+    ``s`` is a random arrangement of :data:`COPY_SYMBOLS` (92 symbols), so no symbol repeats in a string of up to
+    92 bytes (every length up to 185); a longer string continues with fresh arrangements. With repeats, the byte
+    after a repeated symbol depends on which occurrence is meant: a model must track its place in the string
+    instead of following content. Measured with lowercase letters (26: a repeat in 58 % of the strings at
+    L = 16), small models copied 82-100 % of the strings without a repeat and 48-87 % of the others, so accuracy
+    at L measured the repeats, not positions; with distinct symbols, failures past L are failures to reach the
+    string, which is what the task is for.
+    """
 
     name: ClassVar[str] = "copy"
     min_length: ClassVar[int] = 3
@@ -148,7 +160,10 @@ class Copy(Task):
 
     def _draw(self, rng: random.Random, length: int, depth: float | None) -> str:
         m = self.answer_length(length)
-        s = "".join(rng.choices(LETTERS, k=m))
+        s = ""
+        while len(s) < m:
+            s += "".join(rng.sample(COPY_SYMBOLS, len(COPY_SYMBOLS)))
+        s = s[:m]
         return "." * (length - 2 * m - 1) + s + ">" + s
 
 

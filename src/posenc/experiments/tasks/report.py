@@ -201,9 +201,17 @@ def _setup(results: dict[str, Any]) -> str:
         f"L = {results['train_len']} (peak lr {t['lr']}, cosine), loss on the answer bytes only; seeds {seeds}. "
         f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: split over the depths "
         f"{', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
-        f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {v['world_size']} process(es), "
-        f"{v['threads']} thread(s); wall time {results['wall_seconds']:.0f} s."
+        f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {_workers(results)}; wall time "
+        f"{results['wall_seconds']:.0f} s."
     )
+
+
+def _workers(results: dict[str, Any]) -> str:
+    """How the models were trained: side by side (``jobs``), by torchrun's ranks, or one after another."""
+    v, jobs = results["versions"], results.get("jobs", 1)
+    if jobs > 1:
+        return f"{jobs} models at a time, {results.get('threads_per_model', 1)} thread(s) each"
+    return f"{v['world_size']} process(es), {v['threads']} thread(s)"
 
 
 def write_report(results: dict[str, Any], figures: list[str] | None = None) -> str:

@@ -41,7 +41,7 @@ from .generators import Task
 log = logging.getLogger(__name__)
 
 #: Version of the generators and scoring; part of the fingerprint so old runs are not mixed with new ones.
-TASKS_FORMAT = 1
+TASKS_FORMAT = 2
 #: Passkey depths evaluated (fractions of the filler before the key; Mohtashami & Jaggi 2023 vary it too).
 DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -60,7 +60,7 @@ class TasksConfig:
 
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            dim=128, depth=2, heads=4, train_len=16, batch_size=32, steps=1000, lr=1e-3
+            dim=64, depth=3, heads=4, train_len=16, batch_size=32, steps=2000, lr=3e-3
         )
     )
     multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
