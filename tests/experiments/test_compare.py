@@ -97,6 +97,8 @@ def test_cli_on_the_default_stdlib_corpus(tmp_path: Path, capsys: pytest.Capture
         (["--data", "/does/not/exist"], "does not exist"),
         (["--encodings", "rope,nonsense"], "unknown encoding"),
         (["--device", "warp-drive"], "not a device"),
+        (["--jobs", "0"], "jobs must be a positive integer, got 0"),
+        (["--jobs", "2", "--threads", "1"], "--threads sets the threads of one process and --jobs 2"),
     ],
 )
 def test_cli_errors(

@@ -3,14 +3,30 @@ failures raised, bad ``jobs`` refused with a clear message."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from posenc.experiments import pool
+from posenc.experiments.compare import CompareConfig, run_compare
 from posenc.experiments.pool import auto_workers, check_workers, map_jobs
 from posenc.experiments.tasks import TasksConfig, run_tasks
+
+
+def test_compare_side_by_side_equals_one_after_another(tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = CompareConfig(
+        **{**CompareConfig.quick(steps=6).__dict__, "data": str(tiny_corpus), "seeds": (0, 1)}
+    )
+    pooled, serial = side_by_side_and_alone(run_compare, tmp_path, cfg=cfg, encodings=["rope", "alibi"])
+    for name in ("rope", "alibi"):
+        for seed in ("0", "1"):
+            a, b = pooled["runs"][name][seed], serial["runs"][name][seed]
+            assert a["perplexity"] == b["perplexity"] and a["final_train_loss"] == b["final_train_loss"]
+    assert pooled["settings"]["jobs"] == 2 and pooled["settings"]["threads"] == 1
+    assert "2 models at a time, 1 thread(s) each" in (tmp_path / "pooled" / "report.md").read_text()
 
 
 def square_and_threads(x: int) -> tuple[int, int]:
@@ -53,18 +69,29 @@ def test_workers_default_and_validation() -> None:
         check_workers(2, cpu, distributed=True)
 
 
-def test_tasks_side_by_side_equal_one_after_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two workers of one thread each train the same models as this process does alone with one thread."""
-    cfg = TasksConfig.quick(steps=6)
-    kw = {"tasks": ["copy", "assoc"], "encodings": ["rope", "none"], "device": "cpu", "progress": False}
-    monkeypatch.setattr(pool, "available_cores", lambda: 2)  # one thread per worker on any machine
-    pooled = run_tasks(cfg, out=tmp_path / "pooled", jobs=2, **kw)  # type: ignore[arg-type]
+def side_by_side_and_alone(run: Callable[..., dict], tmp_path: Path, **kw: Any) -> tuple[dict, dict]:
+    """``run`` with two workers of one thread each, then here alone with one thread."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pool, "available_cores", lambda: 2)  # one thread per worker on any machine
+        pooled = run(out=tmp_path / "pooled", jobs=2, device="cpu", progress=False, **kw)
     threads = torch.get_num_threads()  # the CLI's tests set it to the cores
-    torch.set_num_threads(1)  # as each of the two workers on 2 cores
+    torch.set_num_threads(1)
     try:
-        serial = run_tasks(cfg, out=tmp_path / "serial", jobs=1, **kw)  # type: ignore[arg-type]
+        serial = run(out=tmp_path / "serial", jobs=1, device="cpu", progress=False, **kw)
     finally:
         torch.set_num_threads(threads)
+    return pooled, serial
+
+
+def test_tasks_side_by_side_equal_one_after_another(tmp_path: Path) -> None:
+    """Two workers of one thread each train the same models as this process does alone with one thread."""
+    pooled, serial = side_by_side_and_alone(
+        run_tasks,
+        tmp_path,
+        cfg=TasksConfig.quick(steps=6),
+        tasks=["copy", "assoc"],
+        encodings=["rope", "none"],
+    )
     for key in ("accuracy", "accuracy_by_seed", "final_train_loss"):
         assert pooled[key] == serial[key], key
     assert sorted(p.name for p in (tmp_path / "pooled" / "checkpoints" / "copy").iterdir()) == [

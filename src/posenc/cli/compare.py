@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--preset",
         type=str,
         default="demo",
-        help="demo (default: ~10 min on 2 CPU cores), cpu-long (4x the steps, ~30 min), gpu (larger model, "
+        help="demo (default: ~10 min on 2 CPU cores), cpu-long (3.5x the steps, ~30 min), gpu (larger model, "
         "3 seeds, compiled); the flags below override its values",
     )
     p.add_argument("--seeds", type=str, default=None, help="a count (3 = seeds 0,1,2) or a list (0,4,7)")
@@ -74,6 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="CPU threads (default: every core this process may use, shared among torchrun's ranks); on a busy "
         "machine 1 can be several times faster. Another count may change the last bits of the numbers",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models trained at once, each in its own process on its share of the cores (default: one per CPU "
+        "core on a CPU, 1 with --threads, on a GPU or under torchrun)",
     )
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
@@ -134,9 +141,16 @@ def run(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
+    jobs = args.jobs
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if jobs is not None and jobs > 1:
+            raise ValueError(
+                f"--threads sets the threads of one process and --jobs {jobs} gives each model cores / {jobs}; "
+                "give one of them"
+            )
+        jobs = 1
         torch.set_num_threads(args.threads)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cpu_threads())
@@ -147,7 +161,12 @@ def run(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its rank 0
     with run_lock(args.out) if main_rank else contextlib.nullcontext():
         results = run_compare(
-            cfg, encodings=names, out=args.out, device=args.device, progress=not args.no_progress
+            cfg,
+            encodings=names,
+            out=args.out,
+            device=args.device,
+            progress=not args.no_progress,
+            jobs=jobs,
         )
     if int(os.environ.get("RANK", "0")) == 0:
         from ..experiments.report import table

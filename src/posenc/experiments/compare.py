@@ -39,7 +39,8 @@ from .checkpoints import (
 from .data import Corpus, load_corpus
 from .dist import World, rank_device, resolve_device, setup_world, versions
 from .evaluate import eval_lengths, rope_extensions
-from .pairs import RunContext, eval_token_count, run_encoding
+from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
+from .pool import auto_workers, available_cores, check_workers, map_jobs
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
 
@@ -102,6 +103,7 @@ def run_compare(
     out: str | Path = "runs/compare",
     device: str | torch.device = "auto",
     progress: bool = True,
+    jobs: int | None = 1,
 ) -> dict[str, Any]:
     """Run (or resume, or extend) the comparison and write its files under ``out`` (rank 0).
 
@@ -111,12 +113,17 @@ def run_compare(
         out: output folder. Records of encodings and seeds already in its ``results.json`` are kept.
         device: "auto", "cpu", "cuda", ...; under torchrun each rank uses ``cuda:<local_rank>``.
         progress: tqdm bars on stderr.
+        jobs: models trained at once in worker processes, each with its share of the cores (see
+            :mod:`posenc.experiments.pool`); None: one per CPU core, 1 on an accelerator or under torchrun (the
+            CLI's default). Workers are fresh interpreters: an encoding registered at run time is known there
+            only if registering it is part of importing a module (not under ``if __name__ == "__main__"``).
 
     Returns:
         The contents of ``results.json`` (see :func:`posenc.experiments.results.aggregate`).
 
     Raises:
-        ValueError: unknown encodings, bad data, or ``out`` holding a run with another configuration.
+        ValueError: unknown encodings, bad data, bad ``jobs``, or ``out`` holding a run with another
+            configuration.
     """
     start = time.perf_counter()
     check_out_dir(Path(out))  # before any work
@@ -125,6 +132,12 @@ def run_compare(
     base_device = resolve_device(device)
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
+    keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
+    workers = (
+        auto_workers(dev, len(keys), distributed=world.distributed)
+        if jobs is None
+        else check_workers(jobs, dev, distributed=world.distributed)
+    )
     train_len = cfg.train.train_len
     lengths = eval_lengths(train_len, cfg.multiples)
     is_default = cfg.data is None
@@ -140,7 +153,14 @@ def run_compare(
     out = Path(out)
     check_config(out, fp, world)
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
-    runs = {s: {n: run_encoding(n, s, ctx) for n in names} for s in cfg.seeds}  # seed by seed
+    if workers > 1:
+        calls = [(n, s, corpus, cfg, fp, n_tokens, str(out), str(dev)) for n, s in keys]
+        done = map_jobs(_pooled_encoding, calls, workers=workers, progress=progress, desc="encodings")
+    else:
+        done = [run_encoding(n, s, ctx) for n, s in keys]
+    runs: dict[int, dict[str, EncodingRun]] = {}
+    for (n, s), run in zip(keys, done, strict=True):
+        runs.setdefault(s, {})[n] = run
     new = {n: {str(s): runs[s][n].record() for s in cfg.seeds} for n in names}
     meta = {
         "train_len": train_len,
@@ -148,7 +168,7 @@ def run_compare(
         "eval_tokens": n_tokens,
         "rope_extensions": sorted(rope_extensions()),
         "config": fp,
-        "settings": settings(cfg, n_tokens),
+        "settings": settings(cfg, n_tokens, workers),
         "this_run": {
             "encodings": names,
             "seeds": list(cfg.seeds),
@@ -164,8 +184,23 @@ def run_compare(
     return results
 
 
-def settings(cfg: CompareConfig, n_tokens: int) -> dict[str, Any]:
-    """Every knob of the run, flat, as the report prints it."""
+def _pooled_encoding(
+    name: str,
+    seed: int,
+    corpus: Corpus,
+    cfg: CompareConfig,
+    fp: dict[str, Any],
+    n_tokens: int,
+    out: str,
+    device: str,
+) -> EncodingRun:
+    """:func:`run_encoding` in a worker process (no progress bars, no process group)."""
+    ctx = RunContext(corpus, cfg, fp, n_tokens, Path(out), torch.device(device), World(), False)
+    return run_encoding(name, seed, ctx)
+
+
+def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1) -> dict[str, Any]:
+    """Every knob of the run, flat, as the report prints it (``threads``: per model)."""
     t = cfg.train
     return {
         "preset": cfg.preset,
@@ -183,7 +218,8 @@ def settings(cfg: CompareConfig, n_tokens: int) -> dict[str, Any]:
         "curve_points": cfg.curve_points,
         "curve_bytes": cfg.curve_bytes,
         "tokens_per_run": t.steps * t.batch_size * t.train_len,
-        "threads": torch.get_num_threads(),
+        "jobs": jobs,
+        "threads": max(1, available_cores() // jobs) if jobs > 1 else torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 

@@ -69,7 +69,9 @@ def paper_comparison(results: dict[str, Any]) -> str:
     if "rope" in results["perplexity"] and 8 * train_len in lengths:
         at_l, at_8l = stat(results, "rope", train_len), stat(results, "rope", 8 * train_len)
         ratio8 = None if at_l[0] is None or at_8l[0] is None else at_8l[0] / at_l[0]
-        x_line += f"; posenc's rope here went {pm(at_l)} -> {pm(at_8l)} at 8L ({ratio_text(ratio8)})"
+        steps = results.get("settings", {}).get("steps")
+        budget = f" ({steps} steps)" if steps is not None else ""
+        x_line += f"; posenc's rope here{budget} went {pm(at_l)} -> {pm(at_8l)} at 8L ({ratio_text(ratio8)})"
     return "\n".join(lines) + "\n\n" + verdict_line + "\n\n" + x_line + "."
 
 

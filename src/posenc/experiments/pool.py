@@ -51,6 +51,13 @@ def check_workers(workers: int, device: torch.device, *, distributed: bool = Fal
     return workers
 
 
+def describe_workers(jobs: int, threads_per_model: int, world_size: int, threads: int) -> str:
+    """How a run's models were trained, for a report: side by side, by torchrun's ranks, or one after another."""
+    if jobs > 1:
+        return f"{jobs} models at a time, {threads_per_model} thread(s) each"
+    return f"{world_size} process(es), {threads} thread(s)"
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from .paper import paper_comparison
+from .pool import describe_workers
 from .results import separated
 from .verdicts import (
     BREAKS,
@@ -157,11 +158,12 @@ def _setup(results: dict[str, Any]) -> str:
     scaled = " (embeddings scaled by sqrt(dim), as in fairseq)" if t.get("scale_embeddings") else ""
     rate = [r for r in results.get("tokens_per_second", {}).values() if r]
     speed = (
-        f" Training ran at {statistics_median(rate):,.0f} tokens/s (median over encodings; "
+        f" Training ran at {statistics_median(rate):,.0f} tokens/s per model (median over encodings; "
         f"{'compiled' if t.get('compile') else 'eager'} step, fused AdamW, losses read once per run)."
         if rate
         else ""
     )
+    workers = describe_workers(knobs.get("jobs", 1), knobs.get("threads", 1), v["world_size"], v["threads"])
     return (
         f"Preset `{knobs.get('preset', 'demo')}`. Each model: decoder-only `TransformerLM`, {t['depth']} layers, "
         f"dim {t['dim']}, {t['heads']} heads, bytes as tokens{scaled}; {t['steps']} AdamW steps of "
@@ -171,7 +173,7 @@ def _setup(results: dict[str, Any]) -> str:
         f"({d['train_bytes']:,} training / {d['val_bytes']:,} validation bytes). Evaluation: the same "
         f"{results['eval_tokens']:,} held-out bytes at every length, cut into non-overlapping windows "
         f"(Press et al. 2022); perplexity is per byte. torch {v['torch']}, {v['device']}"
-        f"{' (' + v['gpu'] + ')' if 'gpu' in v else ''}, {v['world_size']} process(es), {v['threads']} thread(s); "
+        f"{' (' + v['gpu'] + ')' if 'gpu' in v else ''}, {workers}; "
         f"wall time of the last invocation {results['wall_seconds']:.0f} s.{speed}"
     )
 

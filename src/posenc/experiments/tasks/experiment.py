@@ -75,7 +75,7 @@ def run_tasks(
     out: str | Path = "runs/tasks",
     device: str | torch.device = "auto",
     progress: bool = True,
-    jobs: int | None = None,
+    jobs: int | None = 1,
 ) -> dict[str, Any]:
     """Run (or resume) every (task, encoding, seed) and write the files under ``out`` (rank 0).
 
@@ -88,7 +88,9 @@ def run_tasks(
         device: "auto", "cpu", "cuda", ...; under torchrun each rank uses ``cuda:<local_rank>``.
         progress: tqdm bars on stderr.
         jobs: models trained at once in worker processes, each with its share of the cores (see
-            :mod:`posenc.experiments.pool`); default one per CPU core, 1 on an accelerator or under torchrun.
+            :mod:`posenc.experiments.pool`); None: one per CPU core, 1 on an accelerator or under torchrun (the
+            CLI's default). Workers are fresh interpreters: an encoding registered at run time is known there
+            only if registering it is part of importing a module (not under ``if __name__ == "__main__"``).
 
     Returns:
         The contents of ``results.json``.

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..pool import describe_workers
+
 #: Share of its own accuracy at L a row must keep at a longer length to "hold" there.
 KEEP = 0.9
 #: Accuracy at L below which a row counts as not having learned the task.
@@ -195,23 +197,18 @@ def _setup(results: dict[str, Any]) -> str:
     cfg, v = results["config"], results["versions"]
     t = cfg["train"]
     seeds = ", ".join(str(s) for s in results["seeds"])
+    workers = describe_workers(
+        results.get("jobs", 1), results.get("threads_per_model", 1), v["world_size"], v["threads"]
+    )
     return (
         f"Each model: decoder-only `TransformerLM`, {t['depth']} layers, dim {t['dim']}, {t['heads']} heads, bytes "
         f"as tokens; {t['steps']} AdamW steps of {t['batch_size']} generated examples of a random length up to "
         f"L = {results['train_len']} (peak lr {t['lr']}, cosine), loss on the answer bytes only; seeds {seeds}. "
         f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: split over the depths "
         f"{', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
-        f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {_workers(results)}; wall time "
+        f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {workers}; wall time "
         f"{results['wall_seconds']:.0f} s."
     )
-
-
-def _workers(results: dict[str, Any]) -> str:
-    """How the models were trained: side by side (``jobs``), by torchrun's ranks, or one after another."""
-    v, jobs = results["versions"], results.get("jobs", 1)
-    if jobs > 1:
-        return f"{jobs} models at a time, {results.get('threads_per_model', 1)} thread(s) each"
-    return f"{v['world_size']} process(es), {v['threads']} thread(s)"
 
 
 def write_report(results: dict[str, Any], figures: list[str] | None = None) -> str:
