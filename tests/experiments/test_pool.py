@@ -3,6 +3,13 @@ failures raised, bad ``jobs`` refused with a clear message."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +58,38 @@ def test_one_worker_runs_here() -> None:
 def test_a_failure_is_raised() -> None:
     with pytest.raises(ValueError, match="three is refused, got 3"):
         map_jobs(fail_on_three, [(i,) for i in range(5)], workers=2, threads=1)
+
+
+def sleep_then_touch(path: str) -> None:
+    time.sleep(20)
+    Path(path).touch()
+
+
+def test_ctrl_c_terminates_the_workers(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to this process; the workers ignore it) stops the run at once: the workers are terminated,
+    not waited for, so the calls in flight never finish."""
+    marks = [tmp_path / f"done{i}" for i in range(2)]
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        map_jobs(sleep_then_touch, [(str(m),) for m in marks], workers=2, threads=1)
+    assert not multiprocessing.active_children()
+    assert not any(m.exists() for m in marks)
+
+
+def test_ctrl_c_on_the_cli_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while two workers train: exit 130, one line,
+    no warning about semaphores a terminated worker left behind."""
+    cmd = [sys.executable, "-m", "posenc", "tasks", "--out", str(tmp_path / "o"), "--no-progress"]
+    cmd += ["--tasks", "copy", "--encodings", "rope,none", "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(8)  # the workers are training by now
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = f"the checkpoints of finished models are kept in {tmp_path / 'o' / 'checkpoints'}"
+    assert err.strip().splitlines() == [
+        f"posenc tasks: interrupted; {kept}; rerun the same command to resume"
+    ]
 
 
 def test_workers_default_and_validation() -> None:

@@ -40,7 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "core on a CPU, 1 on a GPU or under torchrun)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=_kept)
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted run keeps (``posenc`` prints it after Ctrl-C)."""
+    return (
+        f"the checkpoints of finished models are kept in {args.out / 'checkpoints'}; "
+        "rerun the same command to resume"
+    )
 
 
 def _names(text: str | None, what: str) -> list[str] | None:

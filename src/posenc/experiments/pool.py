@@ -14,9 +14,10 @@ model trained with 2 threads may differ from one trained with 1 in the last bits
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any, TypeVar
 
@@ -59,7 +60,19 @@ def describe_workers(jobs: int, threads_per_model: int, world_size: int, threads
 
 
 def _init_worker(threads: int) -> None:
+    """A worker: ``threads`` intra-op threads; Ctrl-C is the parent's to handle (it terminates the workers).
+
+    tqdm's default lock is a multiprocessing semaphore, which a terminated worker would leave registered with
+    the resource tracker (a warning at exit); a worker's bars are off, so a thread lock serves.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
+
+
+def _indexed(job: tuple[int, Callable[..., Any], tuple[Any, ...]]) -> tuple[int, Any]:
+    index, fn, args = job
+    return index, fn(*args)
 
 
 def map_jobs(
@@ -83,33 +96,32 @@ def map_jobs(
         desc: the bar's label.
 
     Raises:
-        Whatever a call raises (the first failure, after the calls already running have finished).
+        Whatever a call raises, as soon as it does; the other workers are terminated (as on Ctrl-C, which the
+        workers ignore and this process handles). Work already saved by a call (checkpoints written by
+        rename) is kept.
     """
     if workers <= 1 or len(calls) <= 1:
         return [fn(*args) for args in calls]
     workers = min(workers, len(calls))
     per = threads if threads is not None else max(1, available_cores() // workers)
     results: list[Any] = [None] * len(calls)
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(per,)
-    ) as pool:
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
-        bar = tqdm(
-            total=len(calls),
-            desc=desc,
-            file=sys.stderr,
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        try:
-            for done in as_completed(futures):
-                results[futures[done]] = done.result()
-                bar.update()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            bar.close()
+    bar = tqdm(
+        total=len(calls), desc=desc, file=sys.stderr, disable=not progress, leave=False, dynamic_ncols=True
+    )
+    pool = None
+    try:
+        pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per,))
+        jobs = [(i, fn, args) for i, args in enumerate(calls)]
+        for index, result in pool.imap_unordered(_indexed, jobs):
+            results[index] = result
+            bar.update()
+        pool.close()
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    finally:
+        if pool is not None:
+            pool.join()
+        bar.close()
     return results
