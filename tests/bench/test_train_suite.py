@@ -28,3 +28,11 @@ def test_quick_suite_rows() -> None:
     assert {r["step"] for r in rows} == {"eager (before)", "fused"}
     assert all(r["tokens_per_s"] > 0 for r in rows)
     assert [r["ratio"] for r in rows if r["step"] == "eager (before)"] == [1.0, 1.0]
+
+
+def test_side_by_side_row_counts_every_worker() -> None:
+    """Two one-thread workers timed from one start give one time per step (1 / the sum of their rates)."""
+    from posenc.bench.train import _side_by_side
+
+    seconds = _side_by_side("rope", TINY, workers=2, steps=5, lead=6.0)
+    assert 0 < seconds < 1.0

@@ -8,6 +8,10 @@ batch 8 x 128 bytes) per call, timed round-robin in one process so the rows shar
 * ``fused``: fused AdamW, multi-tensor clipping, the loss left on the device (today's default step);
 * ``compiled``: the same with ``torch.compile`` of the model (not with ``--quick``: compiling takes tens of
   seconds on a CPU, reported as ``compile_s``).
+* ``fused, N at a time``: on a CPU with N > 1 cores (not with ``--quick``), N worker processes of one thread
+  each run the fused step together, as ``posenc compare --jobs N`` trains; from one common start each times
+  its own steps, and the row's time per step is the one that gives their summed throughput (so ``ratio`` and
+  ``tokens_per_s`` compare with the one-process rows).
 
 ``ratio`` is each row's time per step over the ``eager (before)`` row's; ``tokens_per_s`` counts the batch.
 """
@@ -20,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..experiments.pool import available_cores, map_jobs
 from ..experiments.train import TrainConfig, build_model, lm_loss, make_optimizer, make_step, sample_batch
 from .runner import synchronize, time_round_robin
 from .suites import Row, register_suite
@@ -58,9 +63,36 @@ def _steps(
     return steps
 
 
+def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int) -> float:
+    """In a worker: the fused step's seconds per step over ``steps`` steps, begun at wall time ``start_at``
+    (after a warm-up), so that every worker's timing window is the same."""
+    model = build_model(encoding, cfg).train()
+    step = make_step(model, model, make_optimizer(model, cfg, torch.device("cpu")), cfg.grad_clip)
+    tokens = torch.randint(0, 256, (100_000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    batch = sample_batch(tokens, 0, cfg)
+    for _ in range(3):
+        step(batch)
+    time.sleep(max(0.0, start_at - time.time()))
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step(batch)
+    return (time.perf_counter() - begin) / steps
+
+
+def _side_by_side(encoding: str, cfg: TrainConfig, workers: int, steps: int = 40, lead: float = 15.0) -> float:
+    """Seconds per step of ``workers`` one-thread processes together: 1 / (sum of their steps per second).
+    ``lead``: seconds from now to the common start, past every worker's start-up (spawn, imports) and warm-up."""
+    start_at = time.time() + lead
+    per_worker = map_jobs(
+        _timed_steps, [(encoding, cfg, start_at, steps)] * workers, workers=workers, threads=1
+    )
+    return 1.0 / sum(1.0 / s for s in per_worker)
+
+
 @register_suite("train")
 def train_suite(quick: bool, device: str) -> list[Row]:
-    """Seconds per training step of the compare model, eager before #13 vs fused vs compiled.
+    """Seconds per training step of the compare model, eager before #13 vs fused vs compiled, and on a CPU the
+    fused step in one process per core.
 
     Args:
         quick: a 1-layer dim-32 model, 3 rounds, no compiled row (for tests).
@@ -84,6 +116,9 @@ def train_suite(quick: bool, device: str) -> list[Row]:
             compile_s = time.perf_counter() - start
         fns = {name: (lambda fn=fn: fn(batch)) for name, fn in steps.items()}
         medians = time_round_robin(fns, device, repeats=3 if quick else 15, warmup=1 if quick else 3)
+        workers = available_cores()
+        if device == "cpu" and workers > 1 and not quick:
+            medians[f"fused, {workers} at a time (1 thread each)"] = _side_by_side(encoding, cfg, workers)
         base = next(iter(medians.values()))
         for name, seconds in medians.items():
             row: Row = {
