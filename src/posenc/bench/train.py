@@ -79,7 +79,9 @@ def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int) -
     return (time.perf_counter() - begin) / steps
 
 
-def _side_by_side(encoding: str, cfg: TrainConfig, workers: int, steps: int = 40, lead: float = 15.0) -> float:
+def _side_by_side(
+    encoding: str, cfg: TrainConfig, workers: int, steps: int = 40, lead: float = 15.0
+) -> float:
     """Seconds per step of ``workers`` one-thread processes together: 1 / (sum of their steps per second).
     ``lead``: seconds from now to the common start, past every worker's start-up (spawn, imports) and warm-up."""
     start_at = time.time() + lead
