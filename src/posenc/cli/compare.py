@@ -98,8 +98,9 @@ def _kept(args: argparse.Namespace) -> str:
 
 def cpu_threads() -> int:
     """CPU threads per process: the cores this process may use, shared among torchrun's local ranks."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    from ..experiments.pool import available_cores
+
+    return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
