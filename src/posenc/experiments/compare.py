@@ -40,7 +40,7 @@ from .data import Corpus, load_corpus
 from .dist import World, rank_device, resolve_device, setup_world, versions
 from .evaluate import eval_lengths, rope_extensions
 from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
-from .pool import auto_workers, available_cores, check_workers, map_jobs
+from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
 
@@ -133,11 +133,7 @@ def run_compare(
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
     keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
-    workers = (
-        auto_workers(dev, len(keys), distributed=world.distributed)
-        if jobs is None
-        else check_workers(jobs, dev, distributed=world.distributed)
-    )
+    workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)
     train_len = cfg.train.train_len
     lengths = eval_lengths(train_len, cfg.multiples)
     is_default = cfg.data is None
@@ -219,7 +215,7 @@ def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1) -> dict[str, Any]
         "curve_bytes": cfg.curve_bytes,
         "tokens_per_run": t.steps * t.batch_size * t.train_len,
         "jobs": jobs,
-        "threads": max(1, available_cores() // jobs) if jobs > 1 else torch.get_num_threads(),
+        "threads": threads_per_model(jobs),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 

@@ -52,6 +52,20 @@ def check_workers(workers: int, device: torch.device, *, distributed: bool = Fal
     return workers
 
 
+def resolve_workers(jobs: int | None, device: torch.device, count: int, *, distributed: bool = False) -> int:
+    """The workers of a run of ``count`` models: :func:`auto_workers` for ``jobs=None``, else ``jobs`` checked
+    by :func:`check_workers`."""
+    if jobs is None:
+        return auto_workers(device, count, distributed=distributed)
+    return check_workers(jobs, device, distributed=distributed)
+
+
+def threads_per_model(workers: int) -> int:
+    """Intra-op threads each model gets: the cores divided among the workers (at least 1), or this process's
+    threads when the models run here one after another."""
+    return max(1, available_cores() // workers) if workers > 1 else torch.get_num_threads()
+
+
 def describe_workers(jobs: int, threads_per_model: int, world_size: int, threads: int) -> str:
     """How a run's models were trained, for a report: side by side, by torchrun's ranks, or one after another."""
     if jobs > 1:
@@ -103,7 +117,7 @@ def map_jobs(
     if workers <= 1 or len(calls) <= 1:
         return [fn(*args) for args in calls]
     workers = min(workers, len(calls))
-    per = threads if threads is not None else max(1, available_cores() // workers)
+    per = threads if threads is not None else threads_per_model(workers)
     results: list[Any] = [None] * len(calls)
     bar = tqdm(
         total=len(calls), desc=desc, file=sys.stderr, disable=not progress, leave=False, dynamic_ncols=True

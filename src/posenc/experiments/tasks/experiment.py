@@ -15,7 +15,7 @@ from ..checkpoints import json_safe, save_figure, write_text
 from ..compare import check_encodings
 from ..dist import rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
-from ..pool import auto_workers, available_cores, check_workers, map_jobs
+from ..pool import map_jobs, resolve_workers, threads_per_model
 from .generators import available_tasks, get_task
 from .run import ModelRun, TaskContext, TasksConfig, check_config, run_one
 
@@ -111,11 +111,7 @@ def run_tasks(
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
-    workers = (
-        auto_workers(ctx.device, len(keys), distributed=world.distributed)
-        if jobs is None
-        else check_workers(jobs, ctx.device, distributed=world.distributed)
-    )
+    workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
     check_config(ctx)
     if workers > 1:
         calls = [(t, enc, seed, cfg, str(ctx.out), str(ctx.device)) for t, enc, seed in keys]
@@ -165,7 +161,7 @@ def run_tasks(
         "config": cfg.fingerprint(),
         "versions": versions(ctx.device, world),
         "jobs": workers,
-        "threads_per_model": max(1, available_cores() // workers) if workers > 1 else torch.get_num_threads(),
+        "threads_per_model": threads_per_model(workers),
         "wall_seconds": time.perf_counter() - start,
     }
     if world.is_main:
