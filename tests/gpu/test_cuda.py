@@ -2,7 +2,8 @@
 
 Skipped where CUDA is absent, so ``make test`` stays green on CPU. Run on the GPU machine with its own torch:
 kernels in fp32/bf16/fp16, every encoding through every backend against ``math`` forward and backward
-(learned-bias gradients included), KV-cache decoding equal to the full forward, and ``posenc bench --quick``.
+(learned-bias gradients included), KV-cache decoding equal to the full forward, compiled ``generate`` replayed as
+a CUDA graph with the eager tokens, and ``posenc bench --quick``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,25 @@ def test_kv_cache_decoding_equals_full_forward(name: str) -> None:
         steps = [model(tokens[:, :8], caches=caches)]
         steps += [model(tokens[:, i : i + 1], caches=caches) for i in range(8, 40)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["none", "rope", "alibi", "t5"])
+def test_compiled_generate_replays_a_cuda_graph_and_gives_the_eager_tokens(name: str) -> None:
+    """Issue #10: ``compile=True`` on CUDA compiles the step with ``mode="reduce-overhead"``; inductor must not
+    skip CUDA graphs (its ``cudagraph_skips`` counter stays put), and greedy tokens equal the eager ones."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = TransformerLM(name, dim=64, depth=2, heads=4).to(CUDA).eval()
+    prompt = torch.randint(0, 256, (2, 12), device=CUDA)
+    want = model.generate(prompt, 16, temperature=0)
+    skips = counters["inductor"]["cudagraph_skips"]
+    got = model.generate(prompt, 16, temperature=0, compile=True)
+    again = model.generate(prompt, 16, temperature=0, compile=True)  # replays the recorded graph
+    assert counters["inductor"]["cudagraph_skips"] == skips, (
+        "inductor skipped CUDA graphs for the decode step"
+    )
+    assert torch.equal(got, want) and torch.equal(again, want)
 
 
 def test_bench_quick_completes(tmp_path: Path) -> None:

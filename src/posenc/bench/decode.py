@@ -13,6 +13,9 @@ Three groups, each with its baseline timed round-robin in the same run:
   same size with a static cache as the anchor. Compiling costs tens of seconds per encoding on a small CPU,
   so ``--quick`` compiles only the encodings of families ``none`` and ``rotary``; each model's step is
   compiled once and serves both groups.
+
+On CUDA the compiled step runs with ``mode="reduce-overhead"``; the ``cuda graph`` column says whether inductor
+turned it into a CUDA graph (it counts the graphs it skips).
 """
 
 from __future__ import annotations
@@ -104,10 +107,22 @@ def _step_fn(model: TransformerLM, device: str, compile: bool | str = False) -> 
     return step
 
 
+def _cudagraph_skips() -> int:
+    """Inductor's count of compiled graphs it did not turn into CUDA graphs (see ``cudagraph_utils``)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
     fns = {name: _step_fn(model, device) for name, model in models.items()}
     times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
-    compiled = {name: _step_fn(m, device, True) for name, m in models.items() if _compiles(name, quick)}
+    compiled, graphed = {}, {}
+    for name, m in models.items():
+        if _compiles(name, quick):
+            skips = _cudagraph_skips()
+            compiled[name] = _step_fn(m, device, True)
+            graphed[name] = _cudagraph_skips() == skips
     ctimes = time_round_robin(_batched(compiled, 5), device, repeats=5 if quick else 20)
     rows: list[Row] = []
     for name, t in times.items():
@@ -116,6 +131,8 @@ def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) ->
             row.update(
                 {"compiled ms": ctimes[name] / 5 * 1e3, "compiled x none": ctimes[name] / ctimes["none"]}
             )
+            if device.startswith("cuda"):  # compiled with mode="reduce-overhead": replayed as a CUDA graph?
+                row["cuda graph"] = "yes" if graphed[name] else "no (inductor skipped it)"
         rows.append(row)
     return rows
 
