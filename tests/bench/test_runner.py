@@ -1,10 +1,17 @@
-"""One failing bench case never takes the run down: it becomes a row with status "error" and its reason."""
+"""One failing bench case never takes the run down: it becomes a row with status "error" and its reason; what
+finished before a failure, Ctrl-C or a kill is kept (the report is written as rows arrive)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from posenc.bench import SUITES
 from posenc.bench.runner import time_round_robin
+from posenc.cli import main
 from posenc.cli.bench import run_suite
 
 
@@ -31,3 +38,49 @@ def test_a_failing_suite_is_one_error_row(caplog: pytest.LogCaptureFixture) -> N
 
     rows = run_suite("broken", suite, True, "cpu")
     assert rows == [{"suite": "broken", "status": "error", "note": "MemoryError: too big"}]
+
+
+def test_a_suite_that_fails_midway_keeps_the_rows_it_gave() -> None:
+    def suite(quick: bool, device: str) -> Iterator[dict[str, object]]:
+        yield {"name": "first", "median_ms": 1.0}
+        raise RuntimeError("second group failed")
+
+    seen: list[dict[str, object]] = []
+    rows = run_suite("half", suite, True, "cpu", on_row=seen.append)
+    assert (
+        rows
+        == seen
+        == [
+            {"name": "first", "median_ms": 1.0},
+            {"suite": "half", "status": "error", "note": "RuntimeError: second group failed"},
+        ]
+    )
+
+
+@pytest.fixture
+def interrupted_suite() -> Iterator[str]:
+    """A registered suite that gives one row, then is interrupted (Ctrl-C, or a ``timeout`` killing the run)."""
+
+    def suite(quick: bool, device: str) -> Iterator[dict[str, object]]:
+        yield {"name": "finished group", "median_ms": 2.0}
+        raise KeyboardInterrupt
+
+    SUITES.add("interrupted-test", suite)
+    yield "interrupted-test"
+    SUITES.remove("interrupted-test")
+
+
+def test_bench_writes_each_row_as_it_arrives(
+    interrupted_suite: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What finished before Ctrl-C (or a kill) is on disk; the CLI says so in one line and exits 130."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--suite", interrupted_suite, "--device", "cpu", "--out", str(out)]) == 130
+    report = json.loads((out / "bench.json").read_text())
+    assert report["suites"] == {interrupted_suite: [{"name": "finished group", "median_ms": 2.0}]}
+    assert "finished group" in (out / "bench.md").read_text()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1]
+        == f"posenc bench: interrupted; the rows finished so far are in {out / 'bench.json'} and {out / 'bench.md'}"
+    )

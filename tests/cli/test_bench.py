@@ -70,3 +70,17 @@ def test_rope_rows(report: tuple[dict[str, Any], Path]) -> None:
 def test_unknown_suite_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--quick", "--suite", "nope"]) == 2
     assert "unknown suite" in capsys.readouterr().err
+
+
+def test_attention_rows_train_every_bias_encoding(report: tuple[dict[str, Any], Path]) -> None:
+    """Issue #9's training goals have rows: forward+backward of each bias encoding (learned parameters
+    included) against causal SDPA's; on CPU through ``sdpa`` only (FlexAttention has no CPU backward)."""
+    import posenc
+
+    rows = [r for r in report[0]["suites"]["attention"] if r.get("pass") == "forward+backward"]
+    by = {(r["encoding"], r["backend"]): r for r in rows}
+    assert by[("none", "sdpa")]["status"] == "ok" and by[("none", "sdpa")]["ratio"] == 1
+    for name in posenc.available(family="bias"):
+        assert by[(name, "sdpa")]["status"] == "ok", by[(name, "sdpa")]
+        assert by[(name, "flex")]["status"] == "skipped"
+        assert "no backward on CPU" in by[(name, "flex")]["note"]

@@ -1,8 +1,12 @@
-"""Attention with a positional bias, inference: ``flex`` and ``sdpa`` against plain causal SDPA.
+"""Attention with a positional bias: ``flex`` and ``sdpa`` against plain causal SDPA, forward and training.
 
-Batch 1, 8 heads, head_dim 64, causal, under ``torch.inference_mode``. Each group of rows (one sequence length)
-is timed round-robin with plain causal ``scaled_dot_product_attention`` without any bias (the baseline)
-measured in the same rounds; ``ratio`` is time divided by the baseline's. ``peak_mb`` is the memory allocated
+Batch 1, 8 heads, head_dim 64, causal. Each group of rows (one sequence length, one ``pass``) is timed
+round-robin with plain causal ``scaled_dot_product_attention`` without any bias (the baseline) measured in the
+same rounds; ``ratio`` is time divided by the baseline's. ``pass``: ``forward`` runs under
+``torch.inference_mode``; ``forward+backward`` takes the gradients of q, k, v and the encoding's learned
+parameters (T5's table, Kerple's ``r1, r2``, FIRE's MLP) for one output gradient, against the baseline's
+gradients of q, k, v (issue #9's training goals; FlexAttention has no CPU backward, so those rows are skipped
+on CPU). ``peak_mb`` is the memory allocated
 during one call above what was live before it (CUDA: the allocator's peak; CPU: the running sum of the
 profiler's allocation events), so the baseline's own figure is about its output.
 
@@ -37,7 +41,11 @@ log = logging.getLogger(__name__)
 
 HEADS, HEAD_DIM, SHAW_DISTANCE = 8, 64, 16
 
-SIZES = {"cuda": (1024, 4096, 16384), "cpu": (1024, 4096)}
+#: forward lengths: issue #9's goal lengths on CUDA (each new length compiles FlexAttention again)
+SIZES = {"cuda": (4096, 16384), "cpu": (1024, 4096)}
+#: forward+backward at issue #9's goal lengths on CUDA; one length on CPU, where only ``sdpa`` can train
+TRAIN_SIZES = {"cuda": (4096, 16384), "cpu": (1024,)}
+QUICK_TRAIN_SIZES = (128,)
 SHAW_SIZES = {"cuda": (1024, 2048, 4096), "cpu": (1024, 2048)}
 QUICK_SIZES, QUICK_SHAW_SIZES = (256,), (128,)
 MEMORY_BUDGET = {"cuda": 40 * 2**30, "cpu": 6 * 2**30}
@@ -95,9 +103,21 @@ def _call(backend: str, enc: PositionEncoding, q: Tensor, k: Tensor, v: Tensor) 
     return lambda: fn(q, k, v, ctx)
 
 
-def _materialized_bytes(backend: str, n: int, elem: int) -> int:
-    """Rough peak of the n x n tensors a case builds: the bias and its masked copy for ``sdpa``."""
-    return 3 * HEADS * n * n * elem if backend == "sdpa" else 0
+def _materialized_bytes(backend: str, n: int, elem: int, train: bool = False) -> int:
+    """Rough peak of the n x n tensors a case builds: the bias and its masked copy for ``sdpa`` (and, training,
+    their gradients and what the backward keeps)."""
+    return (6 if train else 3) * HEADS * n * n * elem if backend == "sdpa" else 0
+
+
+def _train_call(
+    backend: str, enc: PositionEncoding, q: Tensor, k: Tensor, v: Tensor, grad: Tensor
+) -> Callable[[], object]:
+    """One forward+backward: gradients of q, k, v and every learned parameter of ``enc``."""
+    pos = torch.arange(q.shape[-2], device=q.device)[None]
+    ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True, training=True)
+    fn = BACKENDS[backend]
+    inputs = (q, k, v, *(p for p in enc.parameters() if p.requires_grad))
+    return lambda: torch.autograd.grad(fn(q, k, v, ctx), inputs, grad)
 
 
 def _rows(
@@ -134,9 +154,10 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
         BASELINE: lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     }
     skipped: dict[str, str] = {}
-    meta: dict[str, Row] = {BASELINE: {"n": n, "encoding": "none", "backend": "sdpa"}}
+    fwd = "forward"
+    meta: dict[str, Row] = {BASELINE: {"pass": fwd, "n": n, "encoding": "none", "backend": "sdpa"}}
     # FlexAttention's own cost, no bias: the floor for every flex row below
-    meta["none flex"] = {"n": n, "encoding": "none", "backend": "flex"}
+    meta["none flex"] = {"pass": fwd, "n": n, "encoding": "none", "backend": "flex"}
     if quick:
         skipped["none flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
     else:
@@ -145,7 +166,7 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
         enc = build(name, heads=HEADS).to(device)
         for backend in ("flex", "sdpa"):
             key = f"{name} {backend}"
-            meta[key] = {"n": n, "encoding": name, "backend": backend}
+            meta[key] = {"pass": fwd, "n": n, "encoding": name, "backend": backend}
             need = _materialized_bytes(backend, n, q.element_size())
             if quick and backend == "flex" and name != "alibi":
                 skipped[key] = "skipped: --quick compiles FlexAttention for ALiBi only"
@@ -154,6 +175,37 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
             else:
                 group[key] = _call(backend, enc, q, k, v)
     log.info("attention: bias encodings at n=%d", n)
+    return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
+
+
+def _train_group(n: int, device: str, quick: bool) -> list[Row]:
+    """forward+backward of every bias encoding through ``flex`` and ``sdpa`` against causal SDPA's."""
+    q, k, v = (t.requires_grad_() for t in _qkv(n, device))
+    grad = torch.randn_like(q)
+    budget = MEMORY_BUDGET[_kind(device)]
+    group: dict[str, Callable[[], object]] = {
+        BASELINE: lambda: torch.autograd.grad(
+            F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v), grad
+        )
+    }
+    skipped: dict[str, str] = {}
+    train = "forward+backward"
+    meta: dict[str, Row] = {BASELINE: {"pass": train, "n": n, "encoding": "none", "backend": "sdpa"}}
+    for name in available(family="bias"):
+        enc = build(name, heads=HEADS).to(device)
+        for backend in ("flex", "sdpa"):
+            key = f"{name} {backend}"
+            meta[key] = {"pass": train, "n": n, "encoding": name, "backend": backend}
+            need = _materialized_bytes(backend, n, q.element_size(), train=True)
+            if backend == "flex" and _kind(device) == "cpu":
+                skipped[key] = f"skipped: FlexAttention has no backward on CPU (torch {torch.__version__})"
+            elif quick and backend == "flex" and name != "alibi":
+                skipped[key] = "skipped: --quick compiles FlexAttention for ALiBi only"
+            elif need > budget:
+                skipped[key] = f"skipped: needs ~{need / 2**30:.0f} GiB of n x n tensors"
+            else:
+                group[key] = _train_call(backend, enc, q, k, v, grad)
+    log.info("attention: bias encodings at n=%d, forward+backward", n)
     return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
 
 
@@ -178,11 +230,22 @@ def _shaw_group(n: int, device: str, quick: bool) -> list[Row]:
     if quick:
         del group["shaw keys only, posenc flex"]
         skipped["shaw keys only, posenc flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
+    fwd = "forward"
     meta: dict[str, Row] = {
-        seed: {"n": n, "encoding": "shaw", "backend": "seed einsum"},
-        "shaw posenc math": {"n": n, "encoding": "shaw", "backend": "math"},
-        "shaw keys only, posenc flex": {"n": n, "encoding": "shaw, keys only", "backend": "flex"},
-        "shaw keys only, posenc sdpa": {"n": n, "encoding": "shaw, keys only", "backend": "sdpa"},
+        seed: {"pass": fwd, "n": n, "encoding": "shaw", "backend": "seed einsum"},
+        "shaw posenc math": {"pass": fwd, "n": n, "encoding": "shaw", "backend": "math"},
+        "shaw keys only, posenc flex": {
+            "pass": fwd,
+            "n": n,
+            "encoding": "shaw, keys only",
+            "backend": "flex",
+        },
+        "shaw keys only, posenc sdpa": {
+            "pass": fwd,
+            "n": n,
+            "encoding": "shaw, keys only",
+            "backend": "sdpa",
+        },
     }
     base = seed if seed in group else "shaw posenc math"
     log.info("attention: Shaw at n=%d", n)
@@ -193,18 +256,26 @@ def _shaw_group(n: int, device: str, quick: bool) -> list[Row]:
 
 
 @register_suite("attention")
-def attention_suite(quick: bool, device: str) -> list[Row]:
-    """Bias encodings through ``flex`` / ``sdpa`` and Shaw through posenc vs the seed's formula, inference.
+def attention_suite(quick: bool, device: str) -> Iterator[Row]:
+    """Bias encodings through ``flex`` / ``sdpa`` (forward, then forward+backward) and Shaw through posenc vs
+    the seed's formula (forward), group by group (``posenc bench`` writes each group as it finishes).
 
-    Returns:
-        One row per (n, encoding, backend) with ``median_ms``, ``ratio`` (to plain causal SDPA for bias rows, to
-        the seed's formula for Shaw rows) and ``peak_mb``, or ``status`` "skipped" and a ``note``.
+    Yields:
+        One row per (pass, n, encoding, backend) with ``median_ms``, ``ratio`` (to plain causal SDPA for bias
+        rows, to the seed's formula for Shaw rows) and ``peak_mb``, or ``status`` "skipped"/"error" and a ``note``.
     """
     kind = _kind(device)
-    rows: list[Row] = []
-    with torch.inference_mode():
-        for n in QUICK_SIZES if quick else SIZES[kind]:
-            rows.extend(_bias_group(n, device, quick))
-        for n in QUICK_SHAW_SIZES if quick else SHAW_SIZES[kind]:
-            rows.extend(_shaw_group(n, device, quick))
-    return rows
+    sizes, train_sizes = (QUICK_SIZES, QUICK_TRAIN_SIZES) if quick else (SIZES[kind], TRAIN_SIZES[kind])
+    for n in sorted(set(sizes) | set(train_sizes)):  # both passes at one length before the next length
+        if n in sizes:
+            with (
+                torch.inference_mode()
+            ):  # left before yielding: the caller's code between rows runs outside it
+                rows = _bias_group(n, device, quick)
+            yield from rows
+        if n in train_sizes:
+            yield from _train_group(n, device, quick)
+    for n in QUICK_SHAW_SIZES if quick else SHAW_SIZES[kind]:
+        with torch.inference_mode():
+            rows = _shaw_group(n, device, quick)
+        yield from rows

@@ -4,26 +4,42 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 
 def run_suite(
-    name: str, suite: Callable[[bool, str], list[dict[str, Any]]], quick: bool, device: str
+    name: str,
+    suite: Callable[[bool, str], Iterable[dict[str, Any]]],
+    quick: bool,
+    device: str,
+    on_row: Callable[[dict[str, Any]], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """The suite's rows; a suite that raises becomes one row with status "error", and the next suite runs."""
+    """The suite's rows. A suite that raises keeps the rows it gave so far and ends with one row of status
+    "error"; the next suite runs. ``on_row`` gets each row as it arrives (the CLI rewrites the report there)."""
     from ..bench.runner import error_note
 
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     try:
-        return suite(quick, device)
+        for row in suite(quick, device):
+            add(row)
     except Exception as err:  # noqa: BLE001 - reported in the table, the other suites still run
         logging.getLogger(__name__).warning("bench: suite %s failed: %s", name, err)
         status, _, note = error_note(err).partition(": ")
-        return [{"suite": name, "status": status, "note": note}]
+        add({"suite": name, "status": status, "note": note})
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the suites; with ``--out``, the report is rewritten as rows arrive (atomically), so a run stopped by
+    Ctrl-C or a ``timeout`` leaves every finished group on disk."""
     from ..bench import SUITES
     from ..bench.runner import environment, markdown_report, write_report
     from ..experiments.checkpoints import check_out_dir
@@ -34,15 +50,31 @@ def run(args: argparse.Namespace) -> int:
     names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
     suites = {n: SUITES.get(n) for n in names}
     device = str(resolve_device(args.device or "auto"))  # a name torch knows, with data (not meta)
-    report = {
-        "environment": environment(device, args.quick),
-        "suites": {name: run_suite(name, suites[name], args.quick, device) for name in names},
-    }
+    report: dict[str, Any] = {"environment": environment(device, args.quick), "suites": {}}
+
+    for name in names:
+        rows: list[dict[str, Any]] = []
+        report["suites"][name] = rows
+
+        def add(row: dict[str, Any], rows: list[dict[str, Any]] = rows) -> None:
+            rows.append(row)
+            if args.out is not None:
+                write_report(report, args.out)
+                args.written = args.out  # what Ctrl-C keeps (see _kept)
+
+        run_suite(name, suites[name], args.quick, device, on_row=add)
     print(markdown_report(report))
     if args.out is not None:
-        json_path, md_path = write_report(report, args.out)
-        print(f"wrote {json_path} and {md_path}")
+        print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 0
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted bench keeps (``posenc`` prints it after Ctrl-C)."""
+    out = getattr(args, "written", None)
+    if out is None:
+        return "no rows written" + ("" if args.out is not None else " (no --out)")
+    return f"the rows finished so far are in {out / 'bench.json'} and {out / 'bench.md'}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,4 +92,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--suite", action="append", default=None, metavar="NAME", help="run only this suite (repeatable)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted=_kept)
