@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 
 import torch
@@ -208,7 +208,9 @@ def _llama_anchor(prompt: Tensor, n: int, device: str, repeats: int) -> list[Row
 
 
 @register_suite("decode")
-def decode_suite(quick: bool, device: str) -> list[Row]:
-    """Rows of the three groups above."""
+def decode_suite(quick: bool, device: str) -> Iterator[Row]:
+    """Rows of the three groups above, group by group."""
+    yield from _rope_call(device, quick)
     models = {name: _model(name, device) for name in posenc.available()}
-    return _rope_call(device, quick) + _decode_steps(models, device, quick) + _generate(models, device, quick)
+    yield from _decode_steps(models, device, quick)
+    yield from _generate(models, device, quick)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -139,20 +139,18 @@ def _group(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, qu
 
 
 @register_suite("rope")
-def rope_suite(quick: bool, device: str) -> list[Row]:
+def rope_suite(quick: bool, device: str) -> Iterator[Row]:
     """RoPE forward and backward on q and k, float32 and bfloat16, posenc vs copy floor vs peers.
 
     Args:
         quick: tiny shapes, 3 repeats, no ``torch.compile`` peer (for tests).
         device: ``"cpu"`` or ``"cuda"``.
 
-    Returns:
+    Yields:
         One row per (pass, dtype, shape, impl) with ``median_ms`` and ``ratio`` (to the copy), or
-        ``status`` "missing"/"skipped" and a ``note``.
+        ``status`` "missing"/"skipped" and a ``note``; group by group (one dtype and shape each).
     """
     torch.manual_seed(0)
-    rows: list[Row] = []
     for dtype in DTYPES:
         for shape in QUICK_SHAPES if quick else SHAPES:
-            rows.extend(_group(shape, dtype, device, quick))
-    return rows
+            yield from _group(shape, dtype, device, quick)
