@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= runs/compare
 
-.PHONY: install demo test lint types unit clean gpu-check
+.PHONY: install demo test lint types unit clean gpu-check gpu-wheels
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: install lint types unit
 # wanted figures run first, and each bench writes its report as rows arrive, so a step cut short keeps what it
 # finished.
 GPU_OUT ?= runs/gpu
+# Here, before a device call: the peers' wheels for the GPU machine's Python 3.12 (carry: [".whl"]).
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform any -d .whl liger-kernel rotary-embedding-torch
 gpu-check:
 	mkdir -p $(GPU_OUT)
 	site=$$(mktemp -d); \
