@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= runs/compare
 
-.PHONY: install demo test lint types unit clean gpu-check gpu-wheels
+.PHONY: install demo test test-oldest lint types unit clean gpu-check gpu-wheels
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ unit:
 
 test: install lint types unit
 
+# The oldest torch posenc supports (pyproject's torch>=; the GPU machine's): the unit tests on it, in a venv
+# of its own (its PyPI wheel brings CUDA libraries, ~4.6 GB; the tests run on the CPU). Run by CI after `test`.
+OLDEST_TORCH ?= torch==2.11.0
+test-oldest:
+	$(MAKE) install unit VENV=.venv-oldest TORCH=$(OLDEST_TORCH)
+
 # The GPU tier and the GPU benchmark, on a machine with CUDA, using that machine's own torch (no venv, no
 # registry): peer wheels brought in .whl/ (see ../shared/gpu/README.md). Results under $(GPU_OUT).
 # Sized for one device call (10 minutes at most): every step has its own timeout (525 s in all), the most
@@ -57,4 +63,4 @@ gpu-check:
 	done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .venv-oldest runs .pytest_cache .mypy_cache .hypothesis
