@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,21 @@ def sleep_then_touch(path: str) -> None:
     Path(path).touch()
 
 
-def test_ctrl_c_terminates_the_workers(tmp_path: Path) -> None:
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, as in a terminal, even when this process was started with SIGINT
+    ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python keeps it)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def _sigint_default() -> None:
+    """For a child process: SIGINT back to its default, so Python installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_terminates_the_workers(tmp_path: Path, sigint_raises: None) -> None:
     """Ctrl-C (SIGINT to this process; the workers ignore it) stops the run at once: the workers are terminated,
     not waited for, so the calls in flight never finish."""
     marks = [tmp_path / f"done{i}" for i in range(2)]
@@ -81,7 +95,9 @@ def test_ctrl_c_on_the_cli_is_one_line(tmp_path: Path) -> None:
     no warning about semaphores a terminated worker left behind."""
     cmd = [sys.executable, "-m", "posenc", "tasks", "--out", str(tmp_path / "o"), "--no-progress"]
     cmd += ["--tasks", "copy", "--encodings", "rope,none", "--jobs", "2"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_sigint_default
+    )
     time.sleep(8)  # the workers are training by now
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
