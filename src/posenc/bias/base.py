@@ -116,7 +116,9 @@ class BiasEncoding(PositionEncoding, ABC):
             fast = self.score_mod_by_distance(q_pos, k_pos)
             if fast is not None:
                 return fast
-        tables, formula = self.tables(), self.formula
+        # contiguous: FlexAttention's traced backward silently drops the gradient of a captured tensor that is a
+        # strided view (T5's transposed table; reproduced on CPU in tests/attention/test_flex_backward_trace.py)
+        tables, formula = tuple(t.contiguous() for t in self.tables()), self.formula
         q_at, k_at = position_reader(q_pos), position_reader(k_pos)
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -130,6 +132,7 @@ class BiasEncoding(PositionEncoding, ABC):
         if starts is None:
             return None
         vec = self.distance_vector(self.tables(), q_pos.shape[-1], k_pos.shape[-1], *starts)  # (H, Q + K - 1)
+        vec = vec.contiguous()  # a strided view would get no gradient (see score_mod)
         shift = q_pos.shape[-1] - 1
 
         def by_distance(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:

@@ -80,23 +80,33 @@ class FIRE(BiasEncoding):
         return super().score_mod(q, q_pos, k_pos)
 
     def score_mod_unbound(self, q_pos: Tensor, k_pos: Tensor) -> ScoreMod:
-        """The formula with every weight a tensor of its own, each read once per score.
+        """The formula with every learned number a ``(H,)`` tensor of its own, each indexed once per score, by head.
 
-        The unrolled MLP reads ``w1[u]``, ``b1[u]``, ``w2[h, u]`` for every hidden unit ``u``: many indexing
-        operations on the same parameter. Here ``w1``, ``b1`` are unbound into 0-d tensors (read without
-        indexing) and ``w2`` into ``(H,)`` columns (each indexed once, by head); gradients flow back through
-        the unbinding to the parameters. Values equal :meth:`formula`.
+        FlexAttention's backward takes the gradient of a captured tensor only when the ``score_mod`` reads it
+        through one indexing operation: the unrolled MLP reads ``w1[u]``, ``b1[u]``, ``w2[h, u]`` for every
+        hidden unit ``u`` (many indexings of one parameter: refused on the GPU), and a 0-d tensor read without
+        indexing (``c``, the threshold) fails to trace. Here each weight column and each scalar is copied to
+        heads (``c`` twice: numerator and denominator) and read as ``t[h]``; gradients flow back through the
+        copies to the parameters. Values equal :meth:`formula`. Every such tensor receives one atomic add per
+        score into ``H`` addresses, so this is correct rather than fast (FIRE's bias depends on the query
+        position too, so no per-distance vector can stand in for it).
         """
         c, threshold, w1, b1, w2, b2 = self.tables()
-        w1s, b1s = [t.clone() for t in w1.unbind(0)], [t.clone() for t in b1.unbind(0)]  # 0-d each
+        heads = self.heads
+
+        def per_head(t: Tensor) -> Tensor:
+            return t.reshape(()).expand(heads).clone()  # (H,), contiguous
+
+        c_num, c_den, thr = per_head(c), per_head(c), per_head(threshold)
+        w1s, b1s = [per_head(t) for t in w1.unbind(0)], [per_head(t) for t in b1.unbind(0)]  # (H,) each
         w2s, b2c = [t.clone() for t in w2.unbind(1)], b2.clone()  # (H,) each
         q_at, k_at, eps = position_reader(q_pos), position_reader(k_pos), self.eps
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            x = fire_input(c, threshold, q_at(b, q_idx), k_at(b, kv_idx), eps)
+            x = fire_input(c_num[h], thr[h], q_at(b, q_idx), k_at(b, kv_idx), eps, c_norm=c_den[h])
             out = b2c[h].to(torch.float32)
             for w1u, b1u, w2u in zip(w1s, b1s, w2s, strict=True):
-                out = out + w2u[h] * torch.relu(w1u * x + b1u)
+                out = out + w2u[h] * torch.relu(w1u[h] * x + b1u[h])
             return score + out
 
         return mod

@@ -137,19 +137,30 @@ def kerple_bias(r1: Tensor, r2: Tensor, q_pos: Tensor, k_pos: Tensor, kind: str 
     raise ValueError(f"Kerple kind must be 'log' or 'power', got {kind!r}")
 
 
-def fire_input(c: Tensor, threshold: Tensor, q_pos: Tensor, k_pos: Tensor, eps: float = 1e-6) -> Tensor:
+def fire_input(
+    c: Tensor,
+    threshold: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    eps: float = 1e-6,
+    c_norm: Tensor | None = None,
+) -> Tensor:
     """FIRE's normalized distance ``psi(|i - j|) / psi(max(i, L))`` with ``psi(x) = log(|c| x + 1)``.
 
     The paper defines it for causal attention (``j <= i``); keys after the query use ``|i - j|``, as the
     paper's reference code does. ``eps`` keeps the denominator positive at ``i = L = 0``.
 
     Args:
-        c: 0-dim learnable scale; threshold: 0-dim ``L`` (its absolute value is used).
+        c: learnable scale (0-dim, or broadcastable against the positions); threshold: ``L`` (its absolute
+            value is used), likewise.
         q_pos, k_pos: broadcastable positions.
+        c_norm: the same ``c`` for the denominator, read through a tensor of its own (a FlexAttention
+            ``score_mod`` reads each captured tensor that needs gradients once); None: ``c``.
     """
-    c = c.to(torch.float32).abs()
+    c_norm = c if c_norm is None else c_norm
+    c, c_norm = c.to(torch.float32).abs(), c_norm.to(torch.float32).abs()
     i = q_pos.to(torch.float32)
-    norm = torch.log1p(c * torch.maximum(i, threshold.to(torch.float32).abs())) + eps
+    norm = torch.log1p(c_norm * torch.maximum(i, threshold.to(torch.float32).abs())) + eps
     return torch.log1p(c * distance(q_pos, k_pos)) / norm
 
 
