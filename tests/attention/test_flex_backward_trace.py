@@ -22,6 +22,7 @@ import torch.nn.attention.flex_attention as flex_module
 from torch import Tensor
 
 import posenc
+import posenc.attention.flex as posenc_flex
 from posenc.attention import BACKENDS, AttentionInputs
 from posenc.base import ScoreMod
 from posenc.bias import FIRE, BiasEncoding
@@ -88,4 +89,49 @@ def test_every_learning_score_mod_traces_with_the_math_gradients(
         for pname, g, w in zip(names, got, want, strict=True):
             assert g is not None, f"{label}: no gradient for {pname} (dropped by the traced backward)"
             scale = w.abs().max().clamp_min(1.0)
-            torch.testing.assert_close(g / scale, w / scale, atol=2e-5, rtol=2e-5, msg=f"{label}: {pname}")
+            torch.testing.assert_close(
+                g / scale, w / scale, atol=2e-5, rtol=2e-5, msg=lambda m, at=f"{label}, {pname}": f"{at}: {m}"
+            )
+
+
+@pytest.fixture
+def flex_backend_traced(traced_flex: Callable[..., Tensor]) -> Iterator[None]:
+    """posenc's ``flex`` backend (block mask, kernel options, score_mod choice) on the traced function above,
+    with its refusal of CPU training lifted."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(posenc_flex._compiled, "cpu", traced_flex)
+        mp.setattr(posenc_flex, "needs_grad", lambda q, position: False)
+        yield
+
+
+TRAINABLE = [(name, {}) for name in posenc.available(family="bias")] + [("shaw", {"values": False})]
+
+
+@pytest.mark.parametrize(("name", "options"), TRAINABLE, ids=[n for n, _ in TRAINABLE])
+def test_the_flex_backend_trains_like_math(
+    name: str, options: dict[str, object], flex_backend_traced: None
+) -> None:
+    """The whole backend, causal, as training calls it: output and every gradient equal ``math``'s."""
+    torch.manual_seed(0)
+    enc = posenc.build(name, heads=HEADS, head_dim=D, **options)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    n = 256  # two 128-blocks: the block mask has a full, a partial and an empty block
+    pos = torch.arange(n)[None]
+    q, k, v = (torch.randn(1, HEADS, n, D, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(1, HEADS, n, D)
+    wrt = [q, k, v, *enc.parameters()]
+    ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True, training=True)
+    want_out = BACKENDS["math"](q, k, v, ctx)
+    want = torch.autograd.grad(want_out, wrt, grad_out)
+    out = BACKENDS["flex"](q, k, v, ctx)
+    torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-5)
+    got = torch.autograd.grad(out, wrt, grad_out, allow_unused=True)
+    names = ["q", "k", "v", *(n for n, _ in enc.named_parameters())]
+    for pname, g, w in zip(names, got, want, strict=True):
+        assert g is not None, f"no gradient for {pname}"
+        scale = w.abs().max().clamp_min(1.0)  # a scalar's gradient sums n^2 terms: float32 order differs
+        torch.testing.assert_close(
+            g / scale, w / scale, atol=1e-4, rtol=1e-4, msg=lambda m, at=pname: f"{at}: {m}"
+        )

@@ -72,9 +72,9 @@ class FIRE(BiasEncoding):
         return self.out(hidden).permute(0, 3, 1, 2).float()  # (1|B, H, Q, K)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
-        """The per-score formula; while learning on an accelerator, :meth:`score_mod_unbound` (FlexAttention's
-        backward refuses a ``score_mod`` that indexes one tensor needing gradients more than once)."""
-        if self._learning() and q.device.type != "cpu":
+        """The per-score formula; while learning, :meth:`score_mod_unbound` (FlexAttention's backward refuses a
+        ``score_mod`` that indexes one tensor needing gradients more than once, or reads a 0-d one unindexed)."""
+        if self._learning():
             self._check_heads(q)
             return self.score_mod_unbound(q_pos, k_pos)
         return super().score_mod(q, q_pos, k_pos)
