@@ -49,6 +49,9 @@ def host_span(positions: Tensor | None) -> Span | None:
         or positions.numel() == 0
     ):
         return None
+    if positions.numel() == 1:  # a decode step: one read, no reduction
+        p = int(positions.reshape(()))
+        return p, p
     lo, hi = torch.aminmax(positions)
     return int(lo), int(hi)
 
