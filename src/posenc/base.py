@@ -12,6 +12,7 @@ hook                      called where                                family
 ``score_bias``            added to the logits (materialized)          bias, Shaw's key term
 ``score_mod``             the same bias as a FlexAttention score_mod  bias (lean backend)
 ``value_term``            added to the attention output               Shaw's value term
+``value_rows``            the value term as rows added to v (Q = 1)   Shaw's value term
 ========================  ==========================================  ===========================
 
 Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of every query and key
@@ -120,6 +121,15 @@ class PositionEncoding(nn.Module):
 
     def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         """Term added to the attention output. ``probs: (B, H, Q, K)`` -> ``(B, H, Q, D)`` or None."""
+        return None
+
+    def value_rows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """The value term of one query as rows added to the values, or None.
+
+        For ``Q == 1``: ``(1|B, 1|H, K, D)`` rows with ``value_term(probs) == probs @ rows``, so a backend that
+        never sees the weights (``sdpa``) can attend over ``v + rows`` instead (a decode step). None when the
+        encoding has no value term or ``Q != 1``. ``q_pos: (1|B, 1)``, ``k_pos: (1|B, K)``.
+        """
         return None
 
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:

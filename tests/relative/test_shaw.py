@@ -83,6 +83,58 @@ def test_shaw_in_attention_with_values_uses_math_and_sdpa_refuses() -> None:
     torch.testing.assert_close(key_only(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
+@given(st.integers(1, 12), st.integers(0, 4), st.booleans(), st.booleans())
+def test_value_rows_give_the_value_term_of_one_query(
+    k_len: int, max_distance: int, per_head: bool, rows: bool
+) -> None:
+    """``value_term(probs) == probs @ value_rows`` for a single query, shared or per-row positions."""
+    torch.manual_seed(0)
+    heads, d = 3, 4
+    enc = posenc.ShawRelative(d, max_distance, heads=heads if per_head else None).double()
+    batch = 2 if rows else 1
+    k_pos = torch.arange(k_len).expand(batch, -1) + torch.arange(batch)[:, None] * 5  # (1|B, K)
+    q_pos = k_pos[:, -1:]  # (1|B, 1): the newest key's position
+    probs = torch.rand(2, heads, 1, k_len, dtype=torch.float64).softmax(-1)
+    want = enc.value_term(probs, q_pos, k_pos)
+    value_rows = enc.value_rows(q_pos, k_pos)
+    assert want is not None and value_rows is not None
+    torch.testing.assert_close(probs @ value_rows, want)
+    assert enc.value_rows(default_positions(2, q_pos.device), k_pos) is None  # two queries: no rows
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_a_decode_step_runs_through_sdpa_and_equals_math(per_head: bool, kv_heads: int) -> None:
+    """One new token after a cache: ``auto`` takes ``sdpa`` with the value rows folded into ``v``; output and
+    the tables' gradients equal ``math``'s. Two new tokens still need ``math`` (sdpa refuses them)."""
+    torch.manual_seed(0)
+    enc = posenc.ShawRelative(8, 3, heads=4 if per_head else None)
+    attn = {b: posenc.Attention(32, 4, kv_heads=kv_heads, position=enc, backend=b) for b in ("auto", "math")}
+    attn["math"].load_state_dict(attn["auto"].state_dict())
+    x = torch.randn(2, 9, 32)
+    outs, grads = {}, {}
+    for name, a in attn.items():
+        cache = posenc.KVCache()
+        with torch.no_grad():
+            a(x[:, :8], cache=cache)
+        outs[name] = a(x[:, 8:], cache=cache)  # one query over 9 keys
+        enc.zero_grad()
+        outs[name].square().sum().backward()
+        assert enc.value_table is not None and enc.value_table.grad is not None
+        grads[name] = (enc.key_table.grad.clone(), enc.value_table.grad.clone())
+    torch.testing.assert_close(outs["auto"], outs["math"], atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads["auto"], grads["math"], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    from posenc.attention.backends import choose_backend, sdpa_attention
+
+    q_pos = torch.tensor([[8]])
+    ctx = AttentionInputs(enc, q_pos, torch.arange(9)[None], None, True)
+    assert choose_backend("auto", torch.zeros(2, 4, 1, 8), ctx) is sdpa_attention
+    sdpa = posenc.Attention(32, 4, kv_heads=kv_heads, position=enc, backend="sdpa")
+    with pytest.raises(ValueError, match="attention weights"):
+        sdpa(x[:, :2])
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="max_distance"):
         posenc.ShawRelative(8, -1)

@@ -68,7 +68,10 @@ class FIRE(BiasEncoding):
         """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers."""
         threshold = self.threshold_scale * self.init_threshold  # as in tables(), without the MLP's views
         x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps)  # (1|B, Q, K)
-        hidden = torch.relu(self.hidden(x.unsqueeze(-1).to(self.hidden.weight.dtype)))  # (1|B, Q, K, width)
+        w1 = self.hidden.weight[:, 0]  # (width,): Linear(1, width) is an outer product, not a K=1 GEMM
+        hidden = torch.relu(
+            torch.addcmul(self.hidden.bias, x.unsqueeze(-1).to(w1.dtype), w1)
+        )  # (1|B, Q, K, width)
         return self.out(hidden).permute(0, 3, 1, 2).float()  # (1|B, H, Q, K)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:

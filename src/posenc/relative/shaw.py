@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, ScoreMod
@@ -80,6 +81,15 @@ class ShawRelative(PositionEncoding):
         if self.value_table is None:
             return None
         return shaw_value_term(probs, self.value_table, self.index(q_pos, k_pos))
+
+    def value_rows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """For one query: ``a^V[clip(j - i, k) + k]`` of every key ``j``, ``(1|B, T, K, D)`` (``T``: 1 or heads)."""
+        if self.value_table is None or q_pos.shape[-1] != 1:
+            return None
+        idx = self.index(q_pos, k_pos)[:, 0]  # (1|B, K)
+        if self.value_table.shape[0] == 1:  # one table for every head: a row lookup
+            return F.embedding(idx, self.value_table[0]).unsqueeze(1)  # (1|B, 1, K, D)
+        return self.value_table[:, idx].transpose(0, 1)  # (H, 1|B, K, D) -> (1|B, H, K, D)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
