@@ -107,20 +107,28 @@ def flex_backend_traced(traced_flex: Callable[..., Tensor]) -> Iterator[None]:
 TRAINABLE = [(name, {}) for name in posenc.available(family="bias")] + [("shaw", {"values": False})]
 
 
+@pytest.mark.parametrize(("positions", "kv_heads"), [("consecutive", HEADS), ("per row", HEADS // 2)])
 @pytest.mark.parametrize(("name", "options"), TRAINABLE, ids=[n for n, _ in TRAINABLE])
 def test_the_flex_backend_trains_like_math(
-    name: str, options: dict[str, object], flex_backend_traced: None
+    name: str, options: dict[str, object], positions: str, kv_heads: int, flex_backend_traced: None
 ) -> None:
-    """The whole backend, causal, as training calls it: output and every gradient equal ``math``'s."""
+    """The whole backend, causal, as training calls it (also per-row positions with grouped kv heads): output
+    and every gradient equal ``math``'s."""
     torch.manual_seed(0)
     enc = posenc.build(name, heads=HEADS, head_dim=D, **options)
     with torch.no_grad():
         for p in enc.parameters():
             p.add_(0.1 * torch.randn_like(p))
     n = 256  # two 128-blocks: the block mask has a full, a partial and an empty block
-    pos = torch.arange(n)[None]
-    q, k, v = (torch.randn(1, HEADS, n, D, requires_grad=True) for _ in range(3))
-    grad_out = torch.randn(1, HEADS, n, D)
+    pos = (
+        torch.arange(n)[None]
+        if positions == "consecutive"
+        else torch.stack((torch.arange(n), torch.arange(n) * 3 + 7))
+    )
+    b = pos.shape[0]
+    q = torch.randn(b, HEADS, n, D, requires_grad=True)
+    k, v = (torch.randn(b, kv_heads, n, D, requires_grad=True) for _ in range(2))
+    grad_out = torch.randn(b, HEADS, n, D)
     wrt = [q, k, v, *enc.parameters()]
     ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True, training=True)
     want_out = BACKENDS["math"](q, k, v, ctx)
