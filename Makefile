@@ -40,16 +40,17 @@ OLDEST_TORCH ?= torch==2.11.0
 test-oldest:
 	$(MAKE) install unit VENV=.venv-oldest TORCH=$(OLDEST_TORCH)
 
+# Here, before a device call: the peers' wheels for the GPU machine's Python 3.12 (carry: [".whl"]).
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform any -d .whl liger-kernel rotary-embedding-torch
+
 # The GPU tier and the GPU benchmark, on a machine with CUDA, using that machine's own torch (no venv, no
 # registry): peer wheels brought in .whl/ (see ../shared/gpu/README.md). Results under $(GPU_OUT).
 # Sized for one device call (10 minutes at most): every step has its own timeout (525 s in all), the most
 # wanted figures run first, and each bench writes its report as rows arrive, so a step cut short keeps what it
 # finished.
 GPU_OUT ?= runs/gpu
-# Here, before a device call: the peers' wheels for the GPU machine's Python 3.12 (carry: [".whl"]).
-gpu-wheels:
-	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux2014_x86_64 --platform any -d .whl liger-kernel rotary-embedding-torch
 gpu-check:
 	mkdir -p $(GPU_OUT)
 	site=$$(mktemp -d); \

@@ -109,6 +109,18 @@ def _materialized_bytes(backend: str, n: int, elem: int, train: bool = False) ->
     return (6 if train else 3) * HEADS * n * n * elem if backend == "sdpa" else 0
 
 
+def _skip_reason(name: str, backend: str, n: int, q: Tensor, quick: bool, train: bool) -> str | None:
+    """Why a bias row is not timed (the row's status and note), or None to time it."""
+    if train and backend == "flex" and q.device.type == "cpu":
+        return f"skipped: FlexAttention has no backward on CPU (torch {torch.__version__})"
+    if quick and backend == "flex" and name != "alibi":
+        return "skipped: --quick compiles FlexAttention for ALiBi only"
+    need = _materialized_bytes(backend, n, q.element_size(), train=train)
+    if need > MEMORY_BUDGET[_kind(str(q.device))]:
+        return f"skipped: needs ~{need / 2**30:.0f} GiB of n x n tensors"
+    return None
+
+
 def _train_call(
     backend: str, enc: PositionEncoding, q: Tensor, k: Tensor, v: Tensor, grad: Tensor
 ) -> Callable[[], object]:
@@ -149,7 +161,6 @@ def _rows(
 
 def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
     q, k, v = _qkv(n, device)
-    budget = MEMORY_BUDGET[_kind(device)]
     group: dict[str, Callable[[], object]] = {
         BASELINE: lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     }
@@ -167,11 +178,9 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
         for backend in ("flex", "sdpa"):
             key = f"{name} {backend}"
             meta[key] = {"pass": fwd, "n": n, "encoding": name, "backend": backend}
-            need = _materialized_bytes(backend, n, q.element_size())
-            if quick and backend == "flex" and name != "alibi":
-                skipped[key] = "skipped: --quick compiles FlexAttention for ALiBi only"
-            elif need > budget:
-                skipped[key] = f"skipped: needs ~{need / 2**30:.0f} GiB of n x n tensors"
+            reason = _skip_reason(name, backend, n, q, quick, train=False)
+            if reason is not None:
+                skipped[key] = reason
             else:
                 group[key] = _call(backend, enc, q, k, v)
     log.info("attention: bias encodings at n=%d", n)
@@ -182,7 +191,6 @@ def _train_group(n: int, device: str, quick: bool) -> list[Row]:
     """forward+backward of every bias encoding through ``flex`` and ``sdpa`` against causal SDPA's."""
     q, k, v = (t.requires_grad_() for t in _qkv(n, device))
     grad = torch.randn_like(q)
-    budget = MEMORY_BUDGET[_kind(device)]
     group: dict[str, Callable[[], object]] = {
         BASELINE: lambda: torch.autograd.grad(
             F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v), grad
@@ -196,13 +204,9 @@ def _train_group(n: int, device: str, quick: bool) -> list[Row]:
         for backend in ("flex", "sdpa"):
             key = f"{name} {backend}"
             meta[key] = {"pass": train, "n": n, "encoding": name, "backend": backend}
-            need = _materialized_bytes(backend, n, q.element_size(), train=True)
-            if backend == "flex" and _kind(device) == "cpu":
-                skipped[key] = f"skipped: FlexAttention has no backward on CPU (torch {torch.__version__})"
-            elif quick and backend == "flex" and name != "alibi":
-                skipped[key] = "skipped: --quick compiles FlexAttention for ALiBi only"
-            elif need > budget:
-                skipped[key] = f"skipped: needs ~{need / 2**30:.0f} GiB of n x n tensors"
+            reason = _skip_reason(name, backend, n, q, quick, train=True)
+            if reason is not None:
+                skipped[key] = reason
             else:
                 group[key] = _train_call(backend, enc, q, k, v, grad)
     log.info("attention: bias encodings at n=%d, forward+backward", n)
