@@ -84,7 +84,7 @@ def check_rotatable(owner: str, head_dim: int, q: Tensor, k: Tensor) -> None:
             raise ValueError(f"{owner}: {label} must be (..., seq, head_dim), got shape {tuple(t.shape)}")
     if q.shape[-1] != head_dim or k.shape[-1] != head_dim:
         raise ValueError(f"{owner} built for head_dim={head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}")
-    if q.device != k.device:
+    if not (q.is_cpu and k.is_cpu) and q.device != k.device:  # (is_cpu: no device objects on the hot path)
         raise ValueError(f"{owner}: q is on {q.device} but k on {k.device}; put them on one device")
 
 
@@ -130,7 +130,7 @@ def check_position_range(
     if positions.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
         return  # |p| <= 2^31 by the dtype
     if span is None:
-        if positions.device.type != "cpu" or positions.numel() == 0 or torch.compiler.is_compiling():
+        if not positions.is_cpu or positions.numel() == 0 or torch.compiler.is_compiling():
             return
         lo, hi = torch.aminmax(positions)
         span = int(lo), int(hi)

@@ -9,10 +9,10 @@ import posenc
 from posenc.functional import tables as tables_mod
 from posenc.functional.rotary import (
     apply_rope,
-    apply_rope_full,
+    apply_rope_pairs,
     apply_rope_reference,
     rope_cos_sin,
-    rope_full_tables,
+    rope_pair_tables,
 )
 from posenc.rotary import rope as rope_mod
 from posenc.rotary.xpos import xpos_cos_sin
@@ -51,7 +51,7 @@ def test_rope_lookup_equals_exact(strategy: str, case: str, interleaved: bool) -
     want = rope_cos_sin(pos, rope.inv_freq)
     torch.testing.assert_close(cos, want[0].unsqueeze(1), atol=0, rtol=0)  # the same float32 values
     torch.testing.assert_close(sin, want[1].unsqueeze(1), atol=0, rtol=0)
-    q2, k2 = rope(q, k, pos)  # full-width decode path (small, CPU)
+    q2, k2 = rope(q, k, pos)  # pair-matrix decode path (small, CPU)
     angles = (pos.double().unsqueeze(-1) * rope.inv_freq).unsqueeze(1)  # (B, 1, S, P) float64
     torch.testing.assert_close(q2, apply_rope_reference(q, angles, interleaved), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(k2, apply_rope_reference(k, angles, interleaved), atol=1e-5, rtol=1e-5)
@@ -59,15 +59,20 @@ def test_rope_lookup_equals_exact(strategy: str, case: str, interleaved: bool) -
     assert torch.equal(k2, apply_rope(k, cos, sin, interleaved))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("interleaved", [False, True])
-def test_apply_rope_full_is_bitwise_apply_rope(interleaved: bool) -> None:
+def test_apply_rope_pairs_is_bitwise_apply_rope(interleaved: bool, dtype: torch.dtype) -> None:
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 5, 8, dtype=torch.bfloat16)
+    x = torch.randn(2, 3, 5, 8).mul(torch.logspace(-3, 3, 8)).to(dtype)  # magnitudes far apart
+    x[0, 0, 0] = 0.0  # signed zeros and exact cancellations stay as apply_rope gives them
     cos, sin = rope_cos_sin(torch.arange(5) * 37, posenc.functional.rope_inv_freq(8))
+    m = rope_pair_tables(cos, sin, interleaved)  # (5, 2, 2, 4) or (5, 4, 2, 2)
+    want = apply_rope(x, cos, sin, interleaved)
+    assert torch.equal(apply_rope_pairs(x, m, interleaved), want)
     assert torch.equal(
-        apply_rope_full(x, *rope_full_tables(cos, sin, interleaved), interleaved),
-        apply_rope(x, cos, sin, interleaved),
-    )
+        apply_rope_pairs(x[:, :, 2:3], m[2], interleaved), want[:, :, 2:3]
+    )  # one row, broadcast
+    assert apply_rope_pairs(x, m, interleaved).dtype == dtype
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -109,3 +114,31 @@ def test_rope_lookup_under_compile_does_not_recompile() -> None:
         want = rope.rotate(q, k, pos)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert len(counts) == 1
+
+
+@pytest.mark.parametrize("name", ["rope", "xpos"])
+def test_decode_rows_follow_the_tables(name: str) -> None:
+    """The per-row views a decode step reads are rebuilt with the tables (moves, meta construction) and start
+    empty in copies and pickles; every decode call equals the reference at that position."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    cls = posenc.RoPE if name == "rope" else posenc.XPos
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16)
+    pos = torch.tensor([[9]])
+    enc = cls(16, cache_len=CACHE)
+    want = enc.rotate(q, k, pos)  # builds the row views
+    with torch.device("meta"):
+        on_meta = cls(16, cache_len=CACHE)
+    on_meta.to_empty(device="cpu")  # garbage tables, then rebuilt by _apply
+    buf = io.BytesIO()
+    torch.save(enc, buf)
+    buf.seek(0)
+    moved = enc.double().float()
+    assert moved._rows._of is None  # cleared when the tables were rebuilt: no old table kept alive
+    copies = [on_meta, copy.deepcopy(enc), torch.load(buf, weights_only=False), moved]
+    for other in copies:
+        got = other.rotate(q, k, pos)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert copy.deepcopy(enc)._rows._rows == ()  # a copy does not carry the views

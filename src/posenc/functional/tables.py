@@ -25,6 +25,7 @@ tables were built by the same exact function (tested in ``tests/functional/test_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,16 +43,13 @@ def host_span(positions: Tensor | None) -> Span | None:
     two reads of its 0-d results. None under tracing, on accelerators, on the meta device and for empty tensors. Computed
     once per call and shared by every check that needs it (range limits, table lookups).
     """
-    if (
-        positions is None
-        or torch.compiler.is_compiling()
-        or positions.device.type != "cpu"
-        or positions.numel() == 0
-    ):
+    if positions is None or not positions.is_cpu or positions.numel() == 0 or torch.compiler.is_compiling():
         return None
-    if positions.numel() == 1:  # a decode step: one read, no reduction
-        p = int(positions.reshape(()))
-        return p, p
+    if positions.numel() == 1:  # a decode step: one read, no reduction (tolist: the cheapest read there is)
+        p = positions.tolist()
+        while isinstance(p, list):
+            p = p[0]
+        return int(p), int(p)
     lo, hi = torch.aminmax(positions)
     return int(lo), int(hi)
 
@@ -61,6 +59,39 @@ def host_in_range(positions: Tensor, length: int, span: Span | None = None) -> b
     :func:`host_span`; pass ``span`` if already known), else None."""
     span = host_span(positions) if span is None else span
     return None if span is None else span[0] >= 0 and span[1] < length
+
+
+class RowViews:
+    """Every row of a table as a ready view, so a decode step takes its row with a tuple lookup.
+
+    Indexing a tensor (``table[p]``) is a C++ call of about a microsecond, several inside a model whose weights
+    have just streamed through the caches; a decode step does it once per layer. The views are built on the
+    first lookup (``table.unbind(0)``, one view object per row, no copy) and rebuilt when another table
+    object is passed; the owner calls :meth:`clear` when its table is rebuilt, so no old table is kept.
+    Copies and pickles start empty.
+
+    ``nested``: also split each row along its first dimension (a tuple of views per position).
+    """
+
+    def __init__(self, nested: bool = False) -> None:
+        self.nested = nested
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the table and its views."""
+        self._of: Tensor | None = None
+        self._rows: tuple[Any, ...] = ()
+
+    def __call__(self, table: Tensor, index: int) -> Any:
+        """Row ``index`` of ``table`` (``0 <= index < len(table)``): a view, or a tuple of views if nested."""
+        if self._of is not table:
+            rows = table.unbind(0)
+            self._rows = tuple(r.unbind(0) for r in rows) if self.nested else rows
+            self._of = table
+        return self._rows[index]
+
+    def __reduce__(self) -> tuple[type[RowViews], tuple[bool]]:
+        return (RowViews, (self.nested,))
 
 
 def rows_at(
@@ -101,4 +132,4 @@ def rows_at(
     return out
 
 
-__all__ = ["Span", "host_in_range", "host_span", "rows_at"]
+__all__ = ["RowViews", "Span", "host_in_range", "host_span", "rows_at"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -10,13 +10,14 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from ..functional.rotary import (
-    apply_rope_full,
+    apply_rope_pairs,
     check_rotary_dim,
     rope_cos_sin,
-    rope_full_tables,
     rope_inv_freq,
+    rope_pair_tables,
+    rotate_pairs,
 )
-from ..functional.tables import Span, host_span, rows_at
+from ..functional.tables import RowViews, Span, host_span, rows_at
 from ..kernels import AUTO_COMPILED_MIN_NUMEL, FALLBACK, check_impl, has_triton, rope_qk
 from ..validation import (
     check_bool,
@@ -50,10 +51,10 @@ class RoPE(PositionEncoding):
         impl: how the rotation runs: "auto" (fastest correct path for the device and dtype), "reference"
             (always :func:`posenc.functional.apply_rope`), "compiled" or "triton"; see ``posenc.kernels``.
 
-    Small calls (a decode step) on CPU and under ``torch.compile`` rotate with full-width tables
-    (:func:`posenc.functional.rotary.apply_rope_full`, bitwise equal to the reference, fewer passes); the
-    table ``rot_table (cache_len, 2, R)`` (``cos_full`` and ``sin_rot`` of each position, read in one gather)
-    doubles the precomputed memory for that.
+    Small calls (a decode step) on CPU and under ``torch.compile`` rotate with each pair's rotation matrix
+    (:func:`posenc.functional.rotary.apply_rope_pairs`, bitwise equal to the reference, two passes); the
+    table ``pair_table (cache_len, 2, 2, R/2)`` (``(cache_len, R/2, 2, 2)`` interleaved; each position's
+    matrices, read in one gather) doubles the precomputed memory for that.
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
     module; the rotation runs in float32 and returns the input dtype. Positions must satisfy
@@ -71,7 +72,7 @@ class RoPE(PositionEncoding):
     inv_freq: Tensor
     cos_cached: Tensor
     sin_cached: Tensor
-    rot_table: Tensor
+    pair_table: Tensor
 
     def __init__(
         self,
@@ -96,7 +97,13 @@ class RoPE(PositionEncoding):
             self.scaling.validate(rotary_dim)
         self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
         self.interleaved, self.cache_len = interleaved, cache_len
+        self._rows = RowViews()  # pair_table's rows, for a decode step
         self.register_derived()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoPE:  # type: ignore[override]
+        self._rows.clear()  # the tables are rebuilt
+        super()._apply(fn, recurse)
+        return self
 
     # -- phase tables: derived state, rebuilt (never cast) whenever the module moves -----------------
     def compute_inv_freq(self, device: torch.device) -> Tensor:
@@ -112,12 +119,12 @@ class RoPE(PositionEncoding):
 
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
         """``inv_freq (R/2,)`` in the phase dtype, float32 ``cos_cached``/``sin_cached (cache_len, R/2)`` and
-        ``rot_table (cache_len, 2, R)``: their full-width forms ``cos_full``, ``sin_rot`` (:func:`rope_full_tables`)."""
+        ``pair_table (cache_len, 2, 2, R/2)``: each position's pair rotations (:func:`rope_pair_tables`)."""
         inv_freq = self.compute_inv_freq(device)
         pos = torch.arange(self.cache_len, device=device)
         cos, sin = rope_cos_sin(pos, inv_freq, scale=self.attention_scale)
-        rot_table = torch.stack(rope_full_tables(cos, sin, self.interleaved), dim=-2)
-        return {"inv_freq": inv_freq, "cos_cached": cos, "sin_cached": sin, "rot_table": rot_table}
+        pairs = rope_pair_tables(cos, sin, self.interleaved)
+        return {"inv_freq": inv_freq, "cos_cached": cos, "sin_cached": sin, "pair_table": pairs}
 
     def with_scaling(self, scaling: RopeScaling | Mapping[str, Any] | None) -> RoPE:
         """A RoPE like this one (head_dim, base, rotary_dim, layout, cache, impl, device) with ``scaling`` instead.
@@ -139,7 +146,8 @@ class RoPE(PositionEncoding):
     # -- math ------------------------------------------------------------------------------------------
     def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
-        return self._tables(seq_len, positions, device, full=False)
+        cos, sin = self._tables(seq_len, positions, device, full=False)
+        return cos, sin
 
     def _tables(
         self,
@@ -148,20 +156,18 @@ class RoPE(PositionEncoding):
         device: torch.device,
         full: bool,
         span: Span | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """cos/sin (``full=False``, ``(.., R/2)``) or cos_full/sin_rot (``full=True``, ``(.., R)``) at ``positions``.
+    ) -> tuple[Tensor, ...]:
+        """cos/sin (``full=False``, ``(.., R/2)`` each) or the pair matrices (``full=True``, one ``(.., 2, 2, R/2)``,
+        :func:`rope_pair_tables`) at ``positions``.
 
         Inside the table (and for scalings whose frequencies do not depend on the length) rows are read by
         index via :func:`rows_at`; elsewhere they are computed exactly from ``inv_freq`` in float64. ``span``:
         the positions' :func:`host_span`, when the caller has it.
         """
-        cached: tuple[Tensor, ...] = (self.rot_table,) if full else (self.cos_cached, self.sin_cached)
+        cached: tuple[Tensor, ...] = (self.pair_table,) if full else (self.cos_cached, self.sin_cached)
         if positions is None:
             if seq_len <= self._static_len() and cached[0].device == device:
-                if full:
-                    cos, sin = cached[0][:seq_len].unbind(-2)
-                    return cos, sin
-                return cached[0][:seq_len], cached[1][:seq_len]
+                return tuple(t[:seq_len] for t in cached)
             positions = torch.arange(seq_len, device=device)
         positions = positions.to(device)
         if positions.dim() == 2:  # (B, S) -> (B, 1, S): tables come out (B, 1, S, .), broadcast over heads
@@ -169,18 +175,11 @@ class RoPE(PositionEncoding):
 
         def exact(pos: Tensor) -> tuple[Tensor, ...]:
             cos, sin = rope_cos_sin(pos, self.inv_freq_for(pos), scale=self.attention_scale)
-            if full:
-                return (torch.stack(rope_full_tables(cos, sin, self.interleaved), dim=-2),)
-            return cos, sin
+            return (rope_pair_tables(cos, sin, self.interleaved),) if full else (cos, sin)
 
         if self.scaling is not None and self.scaling.length_dependent:
-            tables = list(exact(positions))
-        else:
-            tables = rows_at(positions, self.cache_len, cached, exact, span)
-        if full:
-            cos, sin = tables[0].unbind(-2)
-            return cos, sin
-        return tables[0], tables[1]
+            return exact(positions)
+        return tuple(rows_at(positions, self.cache_len, cached, exact, span))
 
     def _static_len(self) -> int:
         """Lengths up to this one may use the cached tables."""
@@ -201,12 +200,11 @@ class RoPE(PositionEncoding):
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
         check_position_range(positions, q.shape[-2], span=span)
         if self._full_width(q, k):
-            row = self._one_row(span, q.device)
-            if row is not None:  # every position the same (a decode step): the table row, broadcast
-                cos_full, sin_rot = row.unbind(0)  # (R,) each
-            else:
-                cos_full, sin_rot = self._tables(q.shape[-2], positions, q.device, full=True, span=span)
-            return _rotate_full(q, k, cos_full, sin_rot, self.interleaved)
+            row = self._one_row(span, q)  # every position the same (a decode step): one row, broadcast
+            m = row if row is not None else self._tables(q.shape[-2], positions, q.device, True, span)[0]
+            if q.dtype == k.dtype == m.dtype:  # float32: nothing to convert, the bare arithmetic
+                return rotate_pairs(q, m, self.interleaved), rotate_pairs(k, m, self.interleaved)
+            return apply_rope_pairs(q, m, self.interleaved), apply_rope_pairs(k, m, self.interleaved)
         if positions is not None and self._at_kernel(q, k):
             return self._rotate_at(q, k, positions)
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
@@ -246,23 +244,27 @@ class RoPE(PositionEncoding):
             return FALLBACK.run("triton (positions)", fused, slow, "the reference")
         return fused()
 
-    def _one_row(self, span: Span | None, device: torch.device) -> Tensor | None:
-        """``rot_table``'s row ``(2, R)`` when all positions are one position ``p`` known on the host, inside the
-        table and with frequencies that do not depend on the length; else None (then :meth:`_tables` decides)."""
+    def _one_row(self, span: Span | None, q: Tensor) -> Tensor | None:
+        """``pair_table``'s row ``(2, 2, R/2)`` when all positions are one position ``p`` known on the host, inside the
+        table and with frequencies that do not depend on the length, and the table is on ``q``'s device; else
+        None (then :meth:`_tables` decides)."""
         if span is None or span[0] != span[1] or not 0 <= span[0] < self.cache_len:
             return None
-        if (self.scaling is not None and self.scaling.length_dependent) or self.rot_table.device != device:
+        if self.scaling is not None and self.scaling.length_dependent:
             return None
-        return self.rot_table[span[0]]
+        table = self.pair_table
+        if not (table.is_cpu and q.is_cpu) and table.device != q.device:
+            return None
+        return self._rows(table, span[0])  # type: ignore[no-any-return]
 
     def _full_width(self, q: Tensor, k: Tensor) -> bool:
-        """Whether ``auto`` rotates with the full-width tables: all dims rotated, and either tracing (inductor
+        """Whether ``auto`` rotates with the pair tables: all dims rotated, and either tracing (inductor
         fuses either form) or a call too small for a fused kernel off CUDA (eager launches dominate)."""
         if self.impl != "auto" or self.rotary_dim != self.head_dim:
             return False
         if torch.compiler.is_compiling():
             return True
-        return q.device.type != "cuda" and q.numel() + k.numel() < AUTO_COMPILED_MIN_NUMEL
+        return not q.is_cuda and q.numel() + k.numel() < AUTO_COMPILED_MIN_NUMEL
 
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """Rotate ``q: (B, H, S, D)`` and ``k: (B, Hkv, S, D)`` at ``positions`` (default ``0..S-1``)."""
@@ -273,15 +275,3 @@ class RoPE(PositionEncoding):
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
             f"interleaved={self.interleaved}" + ("" if self.scaling is None else f", scaling={self.scaling}")
         )
-
-
-def _rotate_full(
-    q: Tensor, k: Tensor, cos_full: Tensor, sin_rot: Tensor, interleaved: bool
-) -> tuple[Tensor, Tensor]:
-    """q and k through :func:`apply_rope_full`, as one tensor when they share batch, length and dtype."""
-    if q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and q.dtype == k.dtype:
-        both = apply_rope_full(torch.cat((q, k), dim=1), cos_full, sin_rot, interleaved)  # (B, H+Hkv, S, D)
-        return both[:, : q.shape[1]], both[:, q.shape[1] :]
-    return apply_rope_full(q, cos_full, sin_rot, interleaved), apply_rope_full(
-        k, cos_full, sin_rot, interleaved
-    )

@@ -17,6 +17,7 @@ eager mode (the check is skipped under ``torch.compile``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -25,14 +26,14 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..functional.rotary import (
     apply_rope,
-    apply_rope_full,
+    apply_rope_pairs,
     check_rotary_dim,
     phase_dtype,
     rope_cos_sin,
-    rope_full_tables,
     rope_inv_freq,
+    rope_pair_tables,
 )
-from ..functional.tables import host_in_range, host_span, rows_at
+from ..functional.tables import RowViews, host_in_range, host_span, rows_at
 from ..validation import check_bool, check_float, check_int, check_positions, check_rotatable
 
 
@@ -95,7 +96,7 @@ class XPos(PositionEncoding):
     sin_q: Tensor
     cos_k: Tensor
     sin_k: Tensor
-    rot_table: Tensor
+    pair_table: Tensor
 
     def __init__(
         self,
@@ -131,16 +132,23 @@ class XPos(PositionEncoding):
         # cache only positions whose scales stay finite in float32 (a far centre leaves nothing to cache)
         fits = max(abs(center), abs(cache_len - 1 - center)) <= self.max_offset(torch.float32)
         self.cache_len = cache_len if fits else 0
+        self._rows = RowViews(nested=True)  # pair_table's (query, key) rows, for a decode step
         self.register_derived()
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> XPos:  # type: ignore[override]
+        self._rows.clear()  # the tables are rebuilt
+        super()._apply(fn, recurse)
+        return self
+
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
-        """``inv_freq``, ``zeta`` ``(D/2,)``, float32 ``(cache_len, D/2)`` tables, and ``rot_table (cache_len, 4, D)``:
-        their full-width forms (:func:`rope_full_tables`) for queries then keys, read as one row per decode step."""
+        """``inv_freq``, ``zeta`` ``(D/2,)``, float32 ``(cache_len, D/2)`` tables, and ``pair_table``
+        ``(cache_len, 2, ...)``: each position's pair matrices (:func:`rope_pair_tables`) for queries then keys,
+        read as one row per decode step."""
         inv_freq = rope_inv_freq(self.head_dim, self.base, device=device)
         zeta = xpos_zeta(self.head_dim, self.gamma, device)
         pos = torch.arange(self.cache_len, device=device)
         cq, sq, ck, sk = xpos_cos_sin(pos, inv_freq, zeta, self.scale_base, self.center)
-        full = (*rope_full_tables(cq, sq, self.interleaved), *rope_full_tables(ck, sk, self.interleaved))
+        pairs = (rope_pair_tables(cq, sq, self.interleaved), rope_pair_tables(ck, sk, self.interleaved))
         return {
             "inv_freq": inv_freq,
             "zeta": zeta,
@@ -148,7 +156,7 @@ class XPos(PositionEncoding):
             "sin_q": sq,
             "cos_k": ck,
             "sin_k": sk,
-            "rot_table": torch.stack(full, dim=-2),
+            "pair_table": torch.stack(pairs, dim=1),
         }
 
     def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
@@ -195,12 +203,10 @@ class XPos(PositionEncoding):
             in_table = bool(self.cache_len) and host_in_range(pos, self.cache_len, span) is True
             if not (in_table and self._span_fits(self.cache_len, q.dtype)):
                 self._check_range(pos, q.dtype)
-            elif span is not None and span[0] == span[1] and self.rot_table.device == q.device:
-                # one position (a decode step): its full-width row, broadcast; bitwise the apply_rope result
-                cqf, sqr, ckf, skr = self.rot_table[span[0]].unbind(0)  # (D,) each
-                return apply_rope_full(q, cqf, sqr, self.interleaved), apply_rope_full(
-                    k, ckf, skr, self.interleaved
-                )
+            elif span is not None and span[0] == span[1] and self.pair_table.is_cpu and q.is_cpu:
+                # one position (a decode step): its pair matrices, broadcast; bitwise the apply_rope result
+                mq, mk = self._rows(self.pair_table, span[0])  # (2, 2, D/2) each ((D/2, 2, 2) interleaved)
+                return apply_rope_pairs(q, mq, self.interleaved), apply_rope_pairs(k, mk, self.interleaved)
             if pos.dim() == 2:  # (B, S) -> (B, 1, S): tables come out (B, 1, S, P), broadcast over heads
                 pos = pos.unsqueeze(1)
             tables = (self.cos_q, self.sin_q, self.cos_k, self.sin_k)
