@@ -140,3 +140,12 @@ def test_bad_arguments() -> None:
         posenc.ShawRelative(8, -1)
     with pytest.raises(ValueError, match="heads"):
         posenc.ShawRelative(8, 2, heads=0)
+
+
+def test_shaw_one_query_index_equals_the_general_one() -> None:
+    shaw = posenc.build("shaw", head_dim=8, max_distance=3)
+    q_pos, k_pos = torch.tensor([[9], [2]]), torch.arange(12).expand(2, -1)
+    general = torch.cat([shaw.index(q_pos[i : i + 1], k_pos[i : i + 1, :]) for i in range(2)])
+    want = (k_pos[:, None, :] - q_pos[:, :, None]).clamp(-3, 3) + 3  # (B, 1, K)
+    assert torch.equal(general, want)
+    assert torch.equal(shaw._one_query_index(q_pos, k_pos), want[:, 0])

@@ -60,9 +60,9 @@ class BiasEncoding(PositionEncoding, ABC):
         # sync to find out whether the positions are consecutive.
         # One query (a decode step): Q + K - 1 distances save nothing over K pairs, and finding out whether the
         # positions are consecutive costs more than the formula, so per pair.
-        cpu = q_pos.device.type == "cpu"
         if q_pos.shape[-1] == 1:
             return self.pairwise_reference(q_pos, k_pos)
+        cpu = q_pos.is_cpu
         if (cpu and not torch.is_grad_enabled()) or (not cpu and self._learning()):
             fast = self.pairwise_by_distance(q_pos, k_pos)
             if fast is not None:
@@ -84,8 +84,21 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def pairwise_reference(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, H, Q, K)``: the formula evaluated at every (query, key) pair (any positions)."""
-        head = torch.arange(self.heads, device=q_pos.device).view(-1, 1, 1)  # (H, 1, 1)
-        return self.formula(self.tables(), head, q_pos[:, None, :, None], k_pos[:, None, None, :])
+        return self.formula(
+            self.tables(), self._head_index(q_pos), q_pos[:, None, :, None], k_pos[:, None, None, :]
+        )
+
+    def _head_index(self, like: Tensor) -> Tensor:
+        """``arange(H)`` as ``(H, 1, 1)`` on ``like``'s device; on CPU one tensor kept for every call (a decode step
+        would otherwise build it per layer and token). Built outside inference mode, so autograd may save it."""
+        if not like.is_cpu:
+            return torch.arange(self.heads, device=like.device).view(-1, 1, 1)
+        cached = self.__dict__.get("_cpu_heads")
+        if cached is None:
+            with torch.inference_mode(False):
+                cached = torch.arange(self.heads).view(-1, 1, 1)  # (H, 1, 1)
+            self.__dict__["_cpu_heads"] = cached
+        return cached  # type: ignore[no-any-return]
 
     def distance_vector(
         self, tables: tuple[Tensor, ...], q_len: int, k_len: int, q_start: Tensor, k_start: Tensor

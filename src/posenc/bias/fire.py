@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import ScoreMod
@@ -69,10 +70,11 @@ class FIRE(BiasEncoding):
         threshold = self.threshold_scale * self.init_threshold  # as in tables(), without the MLP's views
         x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps)  # (1|B, Q, K)
         w1 = self.hidden.weight[:, 0]  # (width,): Linear(1, width) is an outer product, not a K=1 GEMM
-        hidden = torch.relu(
-            torch.addcmul(self.hidden.bias, x.unsqueeze(-1).to(w1.dtype), w1)
-        )  # (1|B, Q, K, width)
-        return self.out(hidden).permute(0, 3, 1, 2).float()  # (1|B, H, Q, K)
+        x = x.unsqueeze(-1)  # (1|B, Q, K, 1)
+        hidden = torch.relu(torch.addcmul(self.hidden.bias, x if x.dtype == w1.dtype else x.to(w1.dtype), w1))
+        out = F.linear(hidden, self.out.weight, self.out.bias)  # (1|B, Q, K, H)
+        out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
+        return out if out.dtype == torch.float32 else out.float()
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
         """The per-score formula; while learning, :meth:`score_mod_unbound` (FlexAttention's backward refuses a

@@ -157,11 +157,16 @@ def fire_input(
         c_norm: the same ``c`` for the denominator, read through a tensor of its own (a FlexAttention
             ``score_mod`` reads each captured tensor that needs gradients once); None: ``c``.
     """
-    c_norm = c if c_norm is None else c_norm
-    c, c_norm = c.to(torch.float32).abs(), c_norm.to(torch.float32).abs()
-    i = q_pos.to(torch.float32)
-    norm = torch.log1p(c_norm * torch.maximum(i, threshold.to(torch.float32).abs())) + eps
-    return torch.log1p(c * distance(q_pos, k_pos)) / norm
+    c = _float32(c).abs()
+    c_norm = c if c_norm is None else _float32(c_norm).abs()
+    # integer positions meet float32 tensors in maximum and the product: promoted to float32, as .to would
+    norm = torch.log1p(c_norm * torch.maximum(q_pos, _float32(threshold).abs())) + eps
+    return torch.log1p(c * (q_pos - k_pos).abs()) / norm
+
+
+def _float32(t: Tensor) -> Tensor:
+    """``t`` in float32, without a call when it already is (a decode step runs this per layer and token)."""
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 
 def fire_mlp_unrolled(x: Tensor, head: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:

@@ -60,7 +60,14 @@ class ShawRelative(PositionEncoding):
 
     def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
+        if q_pos.shape[-1] == 1:  # one query (a decode step): the same values in fewer calls
+            return self._one_query_index(q_pos, k_pos).unsqueeze(-2)
         return relative_from_positions(q_pos, k_pos, self.max_distance) + self.max_distance
+
+    def _one_query_index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """:meth:`index` for ``q_pos: (1|B, 1)`` without the query dimension: ``(1|B, K)``."""
+        m = self.max_distance
+        return (k_pos - q_pos).clamp_(-m, m).add_(m)  # integer positions: no autograd, in place is free
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos)) * self.head_dim**-0.5
@@ -86,7 +93,7 @@ class ShawRelative(PositionEncoding):
         """For one query: ``a^V[clip(j - i, k) + k]`` of every key ``j``, ``(1|B, T, K, D)`` (``T``: 1 or heads)."""
         if self.value_table is None or q_pos.shape[-1] != 1:
             return None
-        idx = self.index(q_pos, k_pos)[:, 0]  # (1|B, K)
+        idx = self._one_query_index(q_pos, k_pos)  # (1|B, K)
         if self.value_table.shape[0] == 1:  # one table for every head: a row lookup
             return F.embedding(idx, self.value_table[0]).unsqueeze(1)  # (1|B, 1, K, D)
         return self.value_table[:, idx].transpose(0, 1)  # (H, 1|B, K, D) -> (1|B, H, K, D)
