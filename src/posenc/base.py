@@ -12,7 +12,7 @@ hook                      called where                                family
 ``score_bias``            added to the logits (materialized)          bias, Shaw's key term
 ``score_mod``             the same bias as a FlexAttention score_mod  bias (lean backend)
 ``value_term``            added to the attention output               Shaw's value term
-``value_rows``            the value term as rows added to v (Q = 1)   Shaw's value term
+``kv_rows``               both terms as rows added to k, v (Q = 1)    Shaw's key and value terms
 ========================  ==========================================  ===========================
 
 Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of every query and key
@@ -123,14 +123,17 @@ class PositionEncoding(nn.Module):
         """Term added to the attention output. ``probs: (B, H, Q, K)`` -> ``(B, H, Q, D)`` or None."""
         return None
 
-    def value_rows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
-        """The value term of one query as rows added to the values, or None.
+    def kv_rows(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """For one query: rows added to the keys and to the values that carry the encoding's terms.
 
-        For ``Q == 1``: ``(1|B, 1|H, K, D)`` rows with ``value_term(probs) == probs @ rows``, so a backend that
-        never sees the weights (``sdpa``) can attend over ``v + rows`` instead (a decode step). None when the
-        encoding has no value term or ``Q != 1``. ``q_pos: (1|B, 1)``, ``k_pos: (1|B, K)``.
+        For ``Q == 1``, ``(key_rows, value_rows)``, each ``(1|B, 1|H, K, D)`` or None: ``q . (k_j + key_rows_j)
+        / sqrt(D)`` is the logit with :meth:`score_bias` included (key rows, when given, stand for the whole
+        ``score_bias``), and ``probs @ (v + value_rows)`` the output with :meth:`value_term` included. A backend
+        that takes neither a bias nor the weights (``sdpa``) then runs the encoding as plain attention (a
+        decode step). ``(None, None)`` when the encoding has neither or ``Q != 1``. ``q_pos: (1|B, 1)``,
+        ``k_pos: (1|B, K)``.
         """
-        return None
+        return None, None
 
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
         """The additive logit bias ``(heads, q_len, k_len)`` for queries at ``offset...`` and keys at ``0...``.

@@ -84,10 +84,11 @@ def test_shaw_in_attention_with_values_uses_math_and_sdpa_refuses() -> None:
 
 
 @given(st.integers(1, 12), st.integers(0, 4), st.booleans(), st.booleans())
-def test_value_rows_give_the_value_term_of_one_query(
+def test_kv_rows_give_both_terms_of_one_query(
     k_len: int, max_distance: int, per_head: bool, rows: bool
 ) -> None:
-    """``value_term(probs) == probs @ value_rows`` for a single query, shared or per-row positions."""
+    """For a single query (shared or per-row positions): ``q . key_rows / sqrt(D) == score_bias`` minus the
+    content part, and ``value_term(probs) == probs @ value_rows``."""
     torch.manual_seed(0)
     heads, d = 3, 4
     enc = posenc.ShawRelative(d, max_distance, heads=heads if per_head else None).double()
@@ -95,36 +96,49 @@ def test_value_rows_give_the_value_term_of_one_query(
     k_pos = torch.arange(k_len).expand(batch, -1) + torch.arange(batch)[:, None] * 5  # (1|B, K)
     q_pos = k_pos[:, -1:]  # (1|B, 1): the newest key's position
     probs = torch.rand(2, heads, 1, k_len, dtype=torch.float64).softmax(-1)
-    want = enc.value_term(probs, q_pos, k_pos)
-    value_rows = enc.value_rows(q_pos, k_pos)
-    assert want is not None and value_rows is not None
-    torch.testing.assert_close(probs @ value_rows, want)
-    assert enc.value_rows(default_positions(2, q_pos.device), k_pos) is None  # two queries: no rows
+    q = torch.randn(2, heads, 1, d, dtype=torch.float64)
+    key_rows, value_rows = enc.kv_rows(q_pos, k_pos)
+    want_v, want_k = enc.value_term(probs, q_pos, k_pos), enc.score_bias(q, q_pos, k_pos)
+    assert want_v is not None and want_k is not None and value_rows is not None and key_rows is not None
+    torch.testing.assert_close(probs @ value_rows, want_v)
+    torch.testing.assert_close(q @ key_rows.transpose(-1, -2) * d**-0.5, want_k)  # (B, H, 1, K)
+    assert enc.kv_rows(default_positions(2, q_pos.device), k_pos) == (None, None)  # two queries: no rows
+    key_only = posenc.ShawRelative(d, max_distance, values=False)
+    assert key_only.kv_rows(q_pos, k_pos)[1] is None
 
 
+@pytest.mark.parametrize("values", [True, False])
 @pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_a_decode_step_runs_through_sdpa_and_equals_math(per_head: bool, kv_heads: int) -> None:
-    """One new token after a cache: ``auto`` takes ``sdpa`` with the value rows folded into ``v``; output and
-    the tables' gradients equal ``math``'s. Two new tokens still need ``math`` (sdpa refuses them)."""
+def test_a_decode_step_runs_through_sdpa_and_equals_math(per_head: bool, kv_heads: int, values: bool) -> None:
+    """One new token after a cache (shared and per-row positions): ``auto`` takes ``sdpa`` with the key and
+    value rows folded into ``k`` and ``v``; output and the tables' gradients equal ``math``'s. Two new tokens
+    still need ``math`` (sdpa refuses them)."""
     torch.manual_seed(0)
-    enc = posenc.ShawRelative(8, 3, heads=4 if per_head else None)
+    enc = posenc.ShawRelative(8, 3, heads=4 if per_head else None, values=values)
     attn = {b: posenc.Attention(32, 4, kv_heads=kv_heads, position=enc, backend=b) for b in ("auto", "math")}
     attn["math"].load_state_dict(attn["auto"].state_dict())
     x = torch.randn(2, 9, 32)
+    per_row = torch.stack((torch.arange(9), torch.arange(9) + 5))  # (B, 9): rows at other offsets
     outs, grads = {}, {}
     for name, a in attn.items():
-        cache = posenc.KVCache()
-        with torch.no_grad():
-            a(x[:, :8], cache=cache)
-        outs[name] = a(x[:, 8:], cache=cache)  # one query over 9 keys
-        enc.zero_grad()
-        outs[name].square().sum().backward()
-        assert enc.value_table is not None and enc.value_table.grad is not None
-        grads[name] = (enc.key_table.grad.clone(), enc.value_table.grad.clone())
-    torch.testing.assert_close(outs["auto"], outs["math"], atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads["auto"], grads["math"], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        for key, pos in (("shared", None), ("per_row", per_row)):
+            cache = posenc.KVCache()
+            with torch.no_grad():
+                a(x[:, :8], cache=cache, positions=None if pos is None else pos[:, :8])
+            out = a(x[:, 8:], cache=cache, positions=None if pos is None else pos[:, 8:])  # one query, 9 keys
+            enc.zero_grad()
+            out.square().sum().backward()
+            tables = [t for t in (enc.key_table, enc.value_table) if t is not None]
+            assert all(t.grad is not None for t in tables)
+            outs[name, key] = out
+            grads[name, key] = [t.grad.clone() for t in tables if t.grad is not None]
+    for key in ("shared", "per_row"):
+        torch.testing.assert_close(outs["auto", key], outs["math", key], atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads["auto", key], grads["math", key], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if not values:
+        return
     from posenc.attention.backends import choose_backend, sdpa_attention
 
     q_pos = torch.tensor([[8]])

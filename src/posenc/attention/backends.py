@@ -53,22 +53,26 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """``scaled_dot_product_attention``; a bias (if any) and the masks go in as one float ``attn_mask``.
 
-    An encoding whose value term needs the weights (Shaw's) runs here only for one query (a decode step):
-    its :meth:`~posenc.PositionEncoding.value_rows` are added to ``v``, which gives ``probs @ v + value_term``.
+    For one query (a decode step), an encoding's :meth:`~posenc.PositionEncoding.kv_rows` are added to ``k``
+    and ``v`` instead of a bias and a value term; an encoding whose value term needs the weights (Shaw's)
+    runs here only that way.
     """
     check_inputs(q, k, v, ctx)
-    if ctx.position.needs_probs:
-        rows = ctx.position.value_rows(ctx.q_pos, ctx.k_pos) if q.shape[-2] == 1 else None
-        if rows is None:
-            raise ValueError(
-                f"{type(ctx.position).__name__} needs the attention weights (except for one query); "
-                "use backend='math'"
-            )
-        if rows.shape[1] not in (1, v.shape[1]):  # per-head rows over shared kv heads (GQA)
-            k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
-        v = v + rows.to(v.dtype)  # (B, H|G, K, D)
+    key_rows, value_rows = ctx.position.kv_rows(ctx.q_pos, ctx.k_pos) if q.shape[-2] == 1 else (None, None)
+    if ctx.position.needs_probs and value_rows is None:
+        raise ValueError(
+            f"{type(ctx.position).__name__} needs the attention weights (except for one query); "
+            "use backend='math'"
+        )
+    rows = [r for r in (key_rows, value_rows) if r is not None]
+    if any(r.shape[1] not in (1, k.shape[1]) for r in rows):  # per-head rows over shared kv heads (GQA)
+        k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+    if key_rows is not None:
+        k = k + key_rows.to(k.dtype)  # (B, H|G, K, D): q . (k + a^K) holds the key term
+    if value_rows is not None:
+        v = v + value_rows.to(v.dtype)  # (B, H|G, K, D): probs @ (v + a^V) holds the value term
     gqa = k.shape[1] != q.shape[1]
-    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+    bias = None if key_rows is not None else ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
     if bias is None and ctx.keep is None and (not ctx.causal or q.shape[-2] == k.shape[-2]):
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=ctx.dropout_p, is_causal=ctx.causal, enable_gqa=gqa
@@ -103,7 +107,7 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
     ``auto``, in order:
 
     1. ``math`` when the encoding needs the attention weights (Shaw's value term), except for one query when
-       it gives :meth:`~posenc.PositionEncoding.value_rows` (a decode step): then ``sdpa``;
+       it gives :meth:`~posenc.PositionEncoding.kv_rows` (a decode step): then ``sdpa``;
     2. ``flex`` when the encoding has a ``score_mod`` (bias encodings, Shaw's key term), there is no dropout,
        ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
        gradient is needed (torch 2.13's FlexAttention has no CPU backward); if FlexAttention cannot run on
@@ -112,14 +116,14 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
     """
     if BACKENDS.check(name) == "auto":
         if ctx.position.needs_probs:
-            return sdpa_attention if q.shape[-2] == 1 and has_value_rows(ctx.position) else math_attention
+            return sdpa_attention if q.shape[-2] == 1 and has_kv_rows(ctx.position) else math_attention
         return flex_or_sdpa if _flex_pays(q, ctx) and FALLBACK.usable("flex") else sdpa_attention
     return BACKENDS.get(name)
 
 
-def has_value_rows(position: PositionEncoding) -> bool:
-    """Whether ``position`` overrides :meth:`~posenc.PositionEncoding.value_rows`."""
-    return type(position).value_rows is not PositionEncoding.value_rows
+def has_kv_rows(position: PositionEncoding) -> bool:
+    """Whether ``position`` overrides :meth:`~posenc.PositionEncoding.kv_rows`."""
+    return type(position).kv_rows is not PositionEncoding.kv_rows
 
 
 def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:

@@ -89,14 +89,22 @@ class ShawRelative(PositionEncoding):
             return None
         return shaw_value_term(probs, self.value_table, self.index(q_pos, k_pos))
 
-    def value_rows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
-        """For one query: ``a^V[clip(j - i, k) + k]`` of every key ``j``, ``(1|B, T, K, D)`` (``T``: 1 or heads)."""
-        if self.value_table is None or q_pos.shape[-1] != 1:
-            return None
+    def kv_rows(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """For one query: ``a^K`` and ``a^V`` at ``clip(j - i, k) + k`` of every key ``j``, ``(1|B, T, K, D)`` each
+        (``T``: 1 or heads). ``q . (k_j + a^K_j) / sqrt(D)`` is Shaw's logit ``e_ij`` (eq. 4) and ``sum_j p_j
+        (v_j + a^V_j)`` his output (eq. 3), so one query needs no bias and no weights."""
+        if q_pos.shape[-1] != 1:
+            return None, None
         idx = self._one_query_index(q_pos, k_pos)  # (1|B, K)
-        if self.value_table.shape[0] == 1:  # one table for every head: a row lookup
-            return F.embedding(idx, self.value_table[0]).unsqueeze(1)  # (1|B, 1, K, D)
-        return self.value_table[:, idx].transpose(0, 1)  # (H, 1|B, K, D) -> (1|B, H, K, D)
+        values = None if self.value_table is None else _rows_at(self.value_table, idx)
+        return _rows_at(self.key_table, idx), values
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
+
+
+def _rows_at(table: Tensor, idx: Tensor) -> Tensor:
+    """Rows of a ``(T, W, D)`` table at ``idx: (1|B, K)``: ``(1|B, T, K, D)``."""
+    if table.shape[0] == 1:  # one table for every head: a row lookup
+        return F.embedding(idx, table[0]).unsqueeze(1)  # (1|B, 1, K, D)
+    return table[:, idx].transpose(0, 1)  # (T, 1|B, K, D) -> (1|B, T, K, D)

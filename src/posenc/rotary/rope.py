@@ -199,7 +199,7 @@ class RoPE(PositionEncoding):
         check_positions("RoPE", positions, q.shape[-2], q.shape[0])
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
         check_position_range(positions, q.shape[-2], span=span)
-        if self._full_width(q, k):
+        if self._by_pairs(q, k):
             row = self._one_row(span, q)  # every position the same (a decode step): one row, broadcast
             m = row if row is not None else self._tables(q.shape[-2], positions, q.device, True, span)[0]
             if q.dtype == k.dtype == m.dtype:  # float32: nothing to convert, the bare arithmetic
@@ -257,7 +257,7 @@ class RoPE(PositionEncoding):
             return None
         return self._rows(table, span[0])  # type: ignore[no-any-return]
 
-    def _full_width(self, q: Tensor, k: Tensor) -> bool:
+    def _by_pairs(self, q: Tensor, k: Tensor) -> bool:
         """Whether ``auto`` rotates with the pair tables: all dims rotated, and either tracing (inductor
         fuses either form) or a call too small for a fused kernel off CUDA (eager launches dominate)."""
         if self.impl != "auto" or self.rotary_dim != self.head_dim:
