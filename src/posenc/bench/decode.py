@@ -93,7 +93,10 @@ def _step_fn(model: TransformerLM, device: str, compile: bool | str = False) -> 
     positions = torch.arange(CACHED, device=device).unsqueeze(0)
     with torch.no_grad():
         dec.prefill(tokens, positions, torch.ones_like(tokens, dtype=torch.bool))
-    tok, pos = tokens[:, -1:], positions[:, -1:] + 1
+    tok = tokens[:, -1:].clone(
+        memory_format=torch.contiguous_format
+    )  # strides as generate feeds it (guarded)
+    pos = positions[:, -1:] + 1
 
     def step() -> object:
         for c in dec.caches:
