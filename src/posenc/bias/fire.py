@@ -68,10 +68,13 @@ class FIRE(BiasEncoding):
     def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers."""
         threshold = self.threshold_scale * self.init_threshold  # as in tables(), without the MLP's views
-        x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps)  # (1|B, Q, K)
+        if q_pos.shape[-1] == 1:  # one query (a decode step): (1|B, 1) broadcasts against (1|B, K) as it is
+            x = fire_input(self.c, threshold, q_pos, k_pos, self.eps)[:, None, :, None]  # (1|B, 1, K, 1)
+        else:
+            x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps).unsqueeze(-1)
         w1 = self.hidden.weight[:, 0]  # (width,): Linear(1, width) is an outer product, not a K=1 GEMM
-        x = x.unsqueeze(-1)  # (1|B, Q, K, 1)
-        hidden = torch.relu(torch.addcmul(self.hidden.bias, x if x.dtype == w1.dtype else x.to(w1.dtype), w1))
+        x = x if x.dtype == w1.dtype else x.to(w1.dtype)  # (1|B, Q, K, 1)
+        hidden = torch.addcmul(self.hidden.bias, x, w1).relu_()  # (1|B, Q, K, width)
         out = F.linear(hidden, self.out.weight, self.out.bias)  # (1|B, Q, K, H)
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
         return out if out.dtype == torch.float32 else out.float()
