@@ -136,9 +136,9 @@ def test_decode_rows_follow_the_tables(name: str) -> None:
     torch.save(enc, buf)
     buf.seek(0)
     moved = enc.double().float()
-    assert moved._rows._of is None  # cleared when the tables were rebuilt: no old table kept alive
+    assert moved._rows._state[0] is None  # cleared when the tables were rebuilt: no old table kept alive
     copies = [on_meta, copy.deepcopy(enc), torch.load(buf, weights_only=False), moved]
     for other in copies:
         got = other.rotate(q, k, pos)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert copy.deepcopy(enc)._rows._rows == ()  # a copy does not carry the views
+    assert copy.deepcopy(enc)._rows._state == (None, ())  # a copy does not carry the views

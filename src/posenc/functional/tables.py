@@ -79,16 +79,16 @@ class RowViews:
 
     def clear(self) -> None:
         """Forget the table and its views."""
-        self._of: Tensor | None = None
-        self._rows: tuple[Any, ...] = ()
+        self._state: tuple[Tensor | None, tuple[Any, ...]] = (None, ())  # (table, its rows), swapped as one
 
     def __call__(self, table: Tensor, index: int) -> Any:
         """Row ``index`` of ``table`` (``0 <= index < len(table)``): a view, or a tuple of views if nested."""
-        if self._of is not table:
+        state = self._state  # read once: another thread may swap it, never half of it
+        if state[0] is not table:
             rows = table.unbind(0)
-            self._rows = tuple(r.unbind(0) for r in rows) if self.nested else rows
-            self._of = table
-        return self._rows[index]
+            state = (table, tuple(r.unbind(0) for r in rows) if self.nested else rows)
+            self._state = state
+        return state[1][index]
 
     def __reduce__(self) -> tuple[type[RowViews], tuple[bool]]:
         return (RowViews, (self.nested,))
