@@ -166,12 +166,13 @@ def apply_rope_pairs(x: Tensor, m: Tensor, interleaved: bool = False) -> Tensor:
             f"pair tables cover {2 * m.shape[-3 if interleaved else -1]} dims but x has {x.shape[-1]}"
         )
     dt = _compute_dtype(x)
-    out = rotate_pairs(x if x.dtype == dt else x.to(dt), m if m.dtype == dt else m.to(dt), interleaved)
+    out = pair_matvec(x if x.dtype == dt else x.to(dt), m if m.dtype == dt else m.to(dt), interleaved)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-def rotate_pairs(x: Tensor, m: Tensor, interleaved: bool) -> Tensor:
-    """The arithmetic of :func:`apply_rope_pairs`, unchecked: ``x`` and ``m`` of one dtype, shapes that fit."""
+def pair_matvec(x: Tensor, m: Tensor, interleaved: bool) -> Tensor:
+    """Each pair of ``x`` times its 2x2 matrix in ``m`` (a product, then a sum over the pair's members): the
+    arithmetic of :func:`apply_rope_pairs`, unchecked (``x`` and ``m`` of one dtype, shapes that fit)."""
     if interleaved:
         out = (x.unflatten(-1, (x.shape[-1] // 2, 1, 2)) * m).sum(-1)  # (..., S, P, 2, 2) -> (..., S, P, 2)
     else:

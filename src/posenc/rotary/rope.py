@@ -12,10 +12,10 @@ from ..base import PositionEncoding
 from ..functional.rotary import (
     apply_rope_pairs,
     check_rotary_dim,
+    pair_matvec,
     rope_cos_sin,
     rope_inv_freq,
     rope_pair_tables,
-    rotate_pairs,
 )
 from ..functional.tables import RowViews, Span, host_span, rows_at
 from ..kernels import AUTO_COMPILED_MIN_NUMEL, FALLBACK, check_impl, has_triton, rope_qk
@@ -203,7 +203,7 @@ class RoPE(PositionEncoding):
             row = self._one_row(span, q)  # every position the same (a decode step): one row, broadcast
             m = row if row is not None else self._tables(q.shape[-2], positions, q.device, True, span)[0]
             if q.dtype == k.dtype == m.dtype:  # float32: nothing to convert, the bare arithmetic
-                return rotate_pairs(q, m, self.interleaved), rotate_pairs(k, m, self.interleaved)
+                return pair_matvec(q, m, self.interleaved), pair_matvec(k, m, self.interleaved)
             return apply_rope_pairs(q, m, self.interleaved), apply_rope_pairs(k, m, self.interleaved)
         if positions is not None and self._at_kernel(q, k):
             return self._rotate_at(q, k, positions)
