@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import posenc
 from posenc.functional import tables as tables_mod
@@ -142,3 +144,25 @@ def test_decode_rows_follow_the_tables(name: str) -> None:
         got = other.rotate(q, k, pos)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert copy.deepcopy(enc)._rows._state == (None, ())  # a copy does not carry the views
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.sampled_from([2, 4, 8, 16]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+)
+def test_pair_rotation_is_bitwise_apply_rope_for_any_shape(
+    b: int, h: int, s: int, d: int, interleaved: bool, per_row: bool, dtype: torch.dtype
+) -> None:
+    """Any batch, heads, length and head_dim; positions shared ``(S,)`` or per row ``(B, 1, S)``."""
+    gen = torch.Generator().manual_seed(b * 1000 + h * 100 + s * 10 + d)
+    x = torch.randn(b, h, s, d, generator=gen).to(dtype)
+    pos = torch.randint(-50, 10**6, (b, 1, s) if per_row else (s,), generator=gen)
+    cos, sin = rope_cos_sin(pos, posenc.functional.rope_inv_freq(d))
+    got = apply_rope_pairs(x, rope_pair_tables(cos, sin, interleaved), interleaved)
+    assert torch.equal(got, apply_rope(x, cos, sin, interleaved))
