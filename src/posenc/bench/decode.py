@@ -7,7 +7,8 @@ Three groups, each with its baseline timed round-robin in the same run:
   a copy of q and k (the floor). Goal: ``<= 1.5x`` transformers on CPU.
 * ``decode step``: one decode step of a 4-layer, dim-256 :class:`TransformerLM` after 256 cached tokens, per
   encoding, as :func:`posenc.models.generate.generate` runs it, eager and compiled (each against ``none`` in
-  the same mode). Goal: ``rope/none <= 1.05``, every encoding ``<= 1.15x none``.
+  the same mode, all models in turns), and eager against ``none`` with the two alone in the turns
+  (``x none (paired)``). Goal: ``rope/none <= 1.05``, every encoding ``<= 1.15x none``.
 * ``generate``: tokens/s of greedy ``generate`` eager and compiled (the compiled tokens are checked equal to
   the eager ones first), ratio compiled/eager (goal ``>= 2``), and transformers' ``LlamaForCausalLM`` of the
   same size with a static cache as the anchor. Compiling costs tens of seconds per encoding on a small CPU,
@@ -110,6 +111,15 @@ def _step_fn(model: TransformerLM, device: str, compile: bool | str = False) -> 
     return step
 
 
+def _paired_ratio(fns: Mapping[str, Callable[[], object]], name: str, device: str, quick: bool) -> float:
+    """``name``'s eager step over ``none``'s, the two alone in the rounds (two steps each per turn): the other
+    models' turns do not evict their weights between them, so this is the steadier of the two figures."""
+    pair = time_round_robin(
+        _batched({"none": fns["none"], name: fns[name]}, 2), device, repeats=5 if quick else 150
+    )
+    return pair[name] / pair["none"]
+
+
 def _cudagraph_skips() -> int:
     """Inductor's count of compiled graphs it did not turn into CUDA graphs (see ``cudagraph_utils``)."""
     from torch._dynamo.utils import counters
@@ -120,6 +130,7 @@ def _cudagraph_skips() -> int:
 def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
     fns = {name: _step_fn(model, device) for name, model in models.items()}
     times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
+    paired = {name: _paired_ratio(fns, name, device, quick) for name in fns if name != "none"}
     compiled, graphed = {}, {}
     for name, m in models.items():
         if _compiles(name, quick):
@@ -130,6 +141,7 @@ def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) ->
     rows: list[Row] = []
     for name, t in times.items():
         row: Row = {"group": "decode step", "name": name, "ms": t / 5 * 1e3, "x none": t / times["none"]}
+        row["x none (paired)"] = paired.get(name, 1.0)
         if name in ctimes:
             row.update(
                 {"compiled ms": ctimes[name] / 5 * 1e3, "compiled x none": ctimes[name] / ctimes["none"]}
