@@ -11,9 +11,11 @@ import posenc
 from posenc.functional import tables as tables_mod
 from posenc.functional.rotary import (
     apply_rope,
+    apply_rope_full,
     apply_rope_pairs,
     apply_rope_reference,
     rope_cos_sin,
+    rope_full_tables,
     rope_pair_tables,
 )
 from posenc.rotary import rope as rope_mod
@@ -156,7 +158,7 @@ def test_decode_rows_follow_the_tables(name: str) -> None:
     st.booleans(),
     st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
 )
-def test_pair_rotation_is_bitwise_apply_rope_for_any_shape(
+def test_pair_and_full_rotations_are_bitwise_apply_rope_for_any_shape(
     b: int, h: int, s: int, d: int, interleaved: bool, per_row: bool, dtype: torch.dtype
 ) -> None:
     """Any batch, heads, length and head_dim; positions shared ``(S,)`` or per row ``(B, 1, S)``."""
@@ -164,5 +166,6 @@ def test_pair_rotation_is_bitwise_apply_rope_for_any_shape(
     x = torch.randn(b, h, s, d, generator=gen).to(dtype)
     pos = torch.randint(-50, 10**6, (b, 1, s) if per_row else (s,), generator=gen)
     cos, sin = rope_cos_sin(pos, posenc.functional.rope_inv_freq(d))
-    got = apply_rope_pairs(x, rope_pair_tables(cos, sin, interleaved), interleaved)
-    assert torch.equal(got, apply_rope(x, cos, sin, interleaved))
+    want = apply_rope(x, cos, sin, interleaved)
+    assert torch.equal(apply_rope_pairs(x, rope_pair_tables(cos, sin, interleaved), interleaved), want)
+    assert torch.equal(apply_rope_full(x, *rope_full_tables(cos, sin, interleaved), interleaved), want)

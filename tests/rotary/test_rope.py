@@ -111,3 +111,22 @@ def test_compiled_attention_with_rope_has_no_graph_breaks() -> None:
     x = torch.randn(2, 6, 32)
     compiled = torch.compile(attn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), attn(x))
+
+
+def test_each_small_cpu_call_takes_its_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One position (a decode step) rotates with the pair matrices; more positions in eager mode with
+    full-width rows (the pair form's sum is a reduction kernel there: about twice the time forward and
+    backward at a training shape). Both bitwise equal to apply_rope (tests/functional/test_tables.py)."""
+    from posenc.rotary import rope as rope_mod
+
+    calls: list[str] = []
+    real_pairs, real_full = rope_mod.pair_matvec, rope_mod.apply_rope_full
+    monkeypatch.setattr(rope_mod, "pair_matvec", lambda *a: calls.append("pairs") or real_pairs(*a))
+    monkeypatch.setattr(rope_mod, "apply_rope_full", lambda *a: calls.append("full") or real_full(*a))
+    rope = posenc.RoPE(16)
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+    rope(q, k, torch.tensor([[7]]))
+    assert calls == ["pairs", "pairs"]
+    calls.clear()
+    rope(torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16))
+    assert calls == ["full"]  # q and k as one tensor

@@ -132,6 +132,43 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
     return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
 
 
+def rope_full_tables(cos: Tensor, sin: Tensor, interleaved: bool = False) -> tuple[Tensor, Tensor]:
+    """Full-width tables for :func:`apply_rope_full`: ``(..., P)`` cos/sin -> ``(..., R)`` ``cos_full``, ``sin_rot``.
+
+    ``cos_full`` holds each pair's cosine on both members; ``sin_rot`` its sine with the sign of the rotation
+    folded in (``-sin`` on the first member, ``+sin`` on the second), in the pair layout of ``interleaved``.
+    """
+    if interleaved:
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def apply_rope_full(x: Tensor, cos_full: Tensor, sin_rot: Tensor, interleaved: bool = False) -> Tensor:
+    """:func:`apply_rope` for ``R = D`` in four elementwise passes: ``x * cos_full + swap(x) * sin_rot``.
+
+    ``swap`` exchanges the members of each pair (a roll by ``P`` for the half layout, a flip of each pair for
+    the interleaved one). Every output element is the same IEEE sum of the same two products as in
+    :func:`apply_rope` (``a*c - b*s == a*c + b*(-s)`` exactly), so the results are bitwise equal. In eager
+    mode on more than one position it is the fastest of the three forms (forward and backward: the pair
+    form's sum over a dimension of two is a slow reduction there).
+
+    Args:
+        x: ``(..., S, D)``; cos_full, sin_rot: ``(..., S, D)`` broadcastable, from :func:`rope_full_tables`.
+    """
+    if cos_full.shape[-1] != x.shape[-1]:
+        raise ValueError(f"full-width tables cover {cos_full.shape[-1]} dims but x has {x.shape[-1]}")
+    dt = _compute_dtype(x)
+    xr = x if x.dtype == dt else x.to(dt)
+    if cos_full.dtype != dt:
+        cos_full, sin_rot = cos_full.to(dt), sin_rot.to(dt)
+    if interleaved:
+        swapped = xr.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    else:
+        swapped = xr.roll(x.shape[-1] // 2, dims=-1)  # (x2, x1)
+    out = xr * cos_full + swapped * sin_rot
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
 def rope_pair_tables(cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
     """Each pair's rotation matrix ``[[cos, -sin], [sin, cos]]``, laid out for :func:`apply_rope_pairs`.
 
@@ -153,8 +190,9 @@ def apply_rope_pairs(x: Tensor, m: Tensor, interleaved: bool = False) -> Tensor:
 
     Every output element is the same IEEE sum of the same two products as in :func:`apply_rope`
     (``a*c - b*s == a*c + b*(-s)`` exactly, and a sum of two terms is one addition), so the results are
-    bitwise equal; only the number of kernel launches drops (two instead of six), which is what a one-token
-    decode step pays for.
+    bitwise equal; only the number of calls drops (two instead of six), which is what a one-token decode
+    step pays for, and under ``torch.compile`` inductor makes one plain loop of it. In eager mode on many
+    positions :func:`apply_rope_full` is faster (the sum here is a reduction kernel).
 
     Args:
         x: ``(..., S, D)``.

@@ -10,10 +10,12 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from ..functional.rotary import (
+    apply_rope_full,
     apply_rope_pairs,
     check_rotary_dim,
     pair_matvec,
     rope_cos_sin,
+    rope_full_tables,
     rope_inv_freq,
     rope_pair_tables,
 )
@@ -51,10 +53,12 @@ class RoPE(PositionEncoding):
         impl: how the rotation runs: "auto" (fastest correct path for the device and dtype), "reference"
             (always :func:`posenc.functional.apply_rope`), "compiled" or "triton"; see ``posenc.kernels``.
 
-    Small calls (a decode step) on CPU and under ``torch.compile`` rotate with each pair's rotation matrix
-    (:func:`posenc.functional.rotary.apply_rope_pairs`, bitwise equal to the reference, two passes); the
-    table ``pair_table (cache_len, 2, 2, R/2)`` (``(cache_len, R/2, 2, 2)`` interleaved; each position's
-    matrices, read in one gather) doubles the precomputed memory for that.
+    Small calls on CPU and calls under ``torch.compile`` rotate in fewer passes than the reference, bitwise
+    equal to it: one position (a decode step) and traced code with each pair's rotation matrix
+    (:func:`posenc.functional.rotary.apply_rope_pairs`: two calls; the table ``pair_table (cache_len, 2, 2,
+    R/2)``, ``(cache_len, R/2, 2, 2)`` interleaved, doubles the precomputed memory), more positions with
+    full-width rows (:func:`posenc.functional.rotary.apply_rope_full`: four passes, the fastest eager form
+    forward and backward).
 
     Phase math is float64 (angles, then cos/sin), stored as float32 whatever ``.to(dtype)`` is applied to the
     module; the rotation runs in float32 and returns the input dtype. Positions must satisfy
@@ -146,7 +150,7 @@ class RoPE(PositionEncoding):
     # -- math ------------------------------------------------------------------------------------------
     def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
         """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
-        cos, sin = self._tables(seq_len, positions, device, full=False)
+        cos, sin = self._tables(seq_len, positions, device, pairs=False)
         return cos, sin
 
     def _tables(
@@ -154,17 +158,17 @@ class RoPE(PositionEncoding):
         seq_len: int,
         positions: Tensor | None,
         device: torch.device,
-        full: bool,
+        pairs: bool,
         span: Span | None = None,
     ) -> tuple[Tensor, ...]:
-        """cos/sin (``full=False``, ``(.., R/2)`` each) or the pair matrices (``full=True``, one ``(.., 2, 2, R/2)``,
+        """cos/sin (``pairs=False``, ``(.., R/2)`` each) or the pair matrices (``pairs=True``, one ``(.., 2, 2, R/2)``,
         :func:`rope_pair_tables`) at ``positions``.
 
         Inside the table (and for scalings whose frequencies do not depend on the length) rows are read by
         index via :func:`rows_at`; elsewhere they are computed exactly from ``inv_freq`` in float64. ``span``:
         the positions' :func:`host_span`, when the caller has it.
         """
-        cached: tuple[Tensor, ...] = (self.pair_table,) if full else (self.cos_cached, self.sin_cached)
+        cached: tuple[Tensor, ...] = (self.pair_table,) if pairs else (self.cos_cached, self.sin_cached)
         if positions is None:
             if seq_len <= self._static_len() and cached[0].device == device:
                 return tuple(t[:seq_len] for t in cached)
@@ -175,7 +179,7 @@ class RoPE(PositionEncoding):
 
         def exact(pos: Tensor) -> tuple[Tensor, ...]:
             cos, sin = rope_cos_sin(pos, self.inv_freq_for(pos), scale=self.attention_scale)
-            return (rope_pair_tables(cos, sin, self.interleaved),) if full else (cos, sin)
+            return (rope_pair_tables(cos, sin, self.interleaved),) if pairs else (cos, sin)
 
         if self.scaling is not None and self.scaling.length_dependent:
             return exact(positions)
@@ -199,12 +203,15 @@ class RoPE(PositionEncoding):
         check_positions("RoPE", positions, q.shape[-2], q.shape[0])
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
         check_position_range(positions, q.shape[-2], span=span)
-        if self._by_pairs(q, k):
+        if self._small_or_traced(q, k):
             row = self._one_row(span, q)  # every position the same (a decode step): one row, broadcast
-            m = row if row is not None else self._tables(q.shape[-2], positions, q.device, True, span)[0]
-            if q.dtype == k.dtype == m.dtype:  # float32: nothing to convert, the bare arithmetic
-                return pair_matvec(q, m, self.interleaved), pair_matvec(k, m, self.interleaved)
-            return apply_rope_pairs(q, m, self.interleaved), apply_rope_pairs(k, m, self.interleaved)
+            if row is not None and q.dtype == k.dtype == row.dtype:  # float32: the bare arithmetic
+                return pair_matvec(q, row, self.interleaved), pair_matvec(k, row, self.interleaved)
+            if row is not None or torch.compiler.is_compiling():
+                m = row if row is not None else self._tables(q.shape[-2], positions, q.device, True, span)[0]
+                return apply_rope_pairs(q, m, self.interleaved), apply_rope_pairs(k, m, self.interleaved)
+            cos, sin = self._tables(q.shape[-2], positions, q.device, False, span)  # (.., S, R/2)
+            return _rotate_full(q, k, *rope_full_tables(cos, sin, self.interleaved), self.interleaved)
         if positions is not None and self._at_kernel(q, k):
             return self._rotate_at(q, k, positions)
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
@@ -257,9 +264,9 @@ class RoPE(PositionEncoding):
             return None
         return self._rows(table, span[0])  # type: ignore[no-any-return]
 
-    def _by_pairs(self, q: Tensor, k: Tensor) -> bool:
-        """Whether ``auto`` rotates with the pair tables: all dims rotated, and either tracing (inductor
-        fuses either form) or a call too small for a fused kernel off CUDA (eager launches dominate)."""
+    def _small_or_traced(self, q: Tensor, k: Tensor) -> bool:
+        """Whether ``auto`` rotates in fewer passes than the reference (see the class docstring): all dims
+        rotated, and either tracing or a call too small for a fused kernel off CUDA (eager calls dominate)."""
         if self.impl != "auto" or self.rotary_dim != self.head_dim:
             return False
         if torch.compiler.is_compiling():
@@ -275,3 +282,15 @@ class RoPE(PositionEncoding):
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
             f"interleaved={self.interleaved}" + ("" if self.scaling is None else f", scaling={self.scaling}")
         )
+
+
+def _rotate_full(
+    q: Tensor, k: Tensor, cos_full: Tensor, sin_rot: Tensor, interleaved: bool
+) -> tuple[Tensor, Tensor]:
+    """q and k through :func:`apply_rope_full`, as one tensor when they share batch, length and dtype."""
+    if q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and q.dtype == k.dtype:
+        both = apply_rope_full(torch.cat((q, k), dim=1), cos_full, sin_rot, interleaved)  # (B, H+Hkv, S, D)
+        return both[:, : q.shape[1]], both[:, q.shape[1] :]
+    return apply_rope_full(q, cos_full, sin_rot, interleaved), apply_rope_full(
+        k, cos_full, sin_rot, interleaved
+    )
