@@ -159,6 +159,30 @@ def _rows(
     return rows
 
 
+def _add_bias_cases(
+    group: dict[str, Callable[[], object]],
+    skipped: dict[str, str],
+    meta: dict[str, Row],
+    q: Tensor,
+    quick: bool,
+    train: bool,
+    call: Callable[[str, PositionEncoding], Callable[[], object]],
+) -> None:
+    """Every bias encoding through ``flex`` and ``sdpa`` at ``n = q.shape[-2]``: the timed ``call(backend,
+    encoding)`` into ``group``, or the reason it is skipped (:func:`_skip_reason`) into ``skipped``."""
+    n, passes = q.shape[-2], "forward+backward" if train else "forward"
+    for name in available(family="bias"):
+        enc = build(name, heads=HEADS).to(q.device)
+        for backend in ("flex", "sdpa"):
+            key = f"{name} {backend}"
+            meta[key] = {"pass": passes, "n": n, "encoding": name, "backend": backend}
+            reason = _skip_reason(name, backend, n, q, quick, train=train)
+            if reason is not None:
+                skipped[key] = reason
+            else:
+                group[key] = call(backend, enc)
+
+
 def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
     q, k, v = _qkv(n, device)
     group: dict[str, Callable[[], object]] = {
@@ -173,16 +197,7 @@ def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
         skipped["none flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
     else:
         group["none flex"] = _call("flex", build("none"), q, k, v)
-    for name in available(family="bias"):
-        enc = build(name, heads=HEADS).to(device)
-        for backend in ("flex", "sdpa"):
-            key = f"{name} {backend}"
-            meta[key] = {"pass": fwd, "n": n, "encoding": name, "backend": backend}
-            reason = _skip_reason(name, backend, n, q, quick, train=False)
-            if reason is not None:
-                skipped[key] = reason
-            else:
-                group[key] = _call(backend, enc, q, k, v)
+    _add_bias_cases(group, skipped, meta, q, quick, False, lambda backend, enc: _call(backend, enc, q, k, v))
     log.info("attention: bias encodings at n=%d", n)
     return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
 
@@ -199,16 +214,11 @@ def _train_group(n: int, device: str, quick: bool) -> list[Row]:
     skipped: dict[str, str] = {}
     train = "forward+backward"
     meta: dict[str, Row] = {BASELINE: {"pass": train, "n": n, "encoding": "none", "backend": "sdpa"}}
-    for name in available(family="bias"):
-        enc = build(name, heads=HEADS).to(device)
-        for backend in ("flex", "sdpa"):
-            key = f"{name} {backend}"
-            meta[key] = {"pass": train, "n": n, "encoding": name, "backend": backend}
-            reason = _skip_reason(name, backend, n, q, quick, train=True)
-            if reason is not None:
-                skipped[key] = reason
-            else:
-                group[key] = _train_call(backend, enc, q, k, v, grad)
+
+    def train_call(backend: str, enc: PositionEncoding) -> Callable[[], object]:
+        return _train_call(backend, enc, q, k, v, grad)
+
+    _add_bias_cases(group, skipped, meta, q, quick, True, train_call)
     log.info("attention: bias encodings at n=%d, forward+backward", n)
     return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
 
