@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .functional.tables import RowViews
 from .registry import ENCODINGS, Sizes
 
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -172,6 +173,9 @@ class PositionEncoding(nn.Module):
             if device is not None:
                 for name, value in self.derived_buffers(device).items():
                     setattr(self, name, value)
+        for value in vars(self).values():  # views of the old tables: dropped, so nothing keeps those alive
+            if isinstance(value, RowViews):
+                value.clear()
         return self
 
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:

@@ -94,9 +94,8 @@ def _step_fn(model: TransformerLM, device: str, compile: bool | str = False) -> 
     positions = torch.arange(CACHED, device=device).unsqueeze(0)
     with torch.no_grad():
         dec.prefill(tokens, positions, torch.ones_like(tokens, dtype=torch.bool))
-    tok = tokens[:, -1:].clone(
-        memory_format=torch.contiguous_format
-    )  # strides as generate feeds it (guarded)
+    # the token with the strides generate feeds (dynamo guards them): a slice of `tokens` would recompile
+    tok = tokens[:, -1:].clone(memory_format=torch.contiguous_format)
     pos = positions[:, -1:] + 1
 
     def step() -> object:

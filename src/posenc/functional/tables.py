@@ -67,7 +67,8 @@ class RowViews:
     Indexing a tensor (``table[p]``) is a C++ call of about a microsecond, several inside a model whose weights
     have just streamed through the caches; a decode step does it once per layer. The views are built on the
     first lookup (``table.unbind(0)``, one view object per row, no copy) and rebuilt when another table
-    object is passed; the owner calls :meth:`clear` when its table is rebuilt, so no old table is kept.
+    object is passed; :class:`posenc.PositionEncoding` clears every ``RowViews`` attribute when the module moves
+    (its tables are rebuilt then), so no old table is kept.
     Copies and pickles start empty.
 
     ``nested``: also split each row along its first dimension (a tuple of views per position).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -56,7 +56,7 @@ class RoPE(PositionEncoding):
     Small calls on CPU and calls under ``torch.compile`` rotate in fewer passes than the reference, bitwise
     equal to it: one position (a decode step) and traced code with each pair's rotation matrix
     (:func:`posenc.functional.rotary.apply_rope_pairs`: two calls; the table ``pair_table (cache_len, 2, 2,
-    R/2)``, ``(cache_len, R/2, 2, 2)`` interleaved, doubles the precomputed memory), more positions with
+    R/2)``, ``(cache_len, R/2, 2, 2)`` interleaved, twice the memory of cos and sin), more positions with
     full-width rows (:func:`posenc.functional.rotary.apply_rope_full`: four passes, the fastest eager form
     forward and backward).
 
@@ -103,11 +103,6 @@ class RoPE(PositionEncoding):
         self.interleaved, self.cache_len = interleaved, cache_len
         self._rows = RowViews()  # pair_table's rows, for a decode step
         self.register_derived()
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoPE:  # type: ignore[override]
-        self._rows.clear()  # the tables are rebuilt
-        super()._apply(fn, recurse)
-        return self
 
     # -- phase tables: derived state, rebuilt (never cast) whenever the module moves -----------------
     def compute_inv_freq(self, device: torch.device) -> Tensor:

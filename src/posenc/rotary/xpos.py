@@ -17,7 +17,6 @@ eager mode (the check is skipped under ``torch.compile``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -134,11 +133,6 @@ class XPos(PositionEncoding):
         self.cache_len = cache_len if fits else 0
         self._rows = RowViews(nested=True)  # pair_table's (query, key) rows, for a decode step
         self.register_derived()
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> XPos:  # type: ignore[override]
-        self._rows.clear()  # the tables are rebuilt
-        super()._apply(fn, recurse)
-        return self
 
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
         """``inv_freq``, ``zeta`` ``(D/2,)``, float32 ``(cache_len, D/2)`` tables, and ``pair_table``
