@@ -55,6 +55,25 @@ def test_compiled_step_gives_the_eager_tokens_with_one_graph(name: str) -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def test_inductor_step_on_cpu_runs_from_cpp_and_gives_the_eager_tokens() -> None:
+    """``compile=True`` on a CPU: inductor with ``cpp_wrapper`` (the step's kernels called from C++), the same
+    tokens as eager, and a second call reuses the graph. The one inductor compile of this file (seconds)."""
+    from posenc.models.generate import _decoder, _tuning
+
+    assert _tuning("inductor", torch.device("cpu")) == {"options": {"cpp_wrapper": True}}
+    assert _tuning("inductor", torch.device("cuda")) == {"mode": "reduce-overhead"}
+    assert _tuning("aot_eager", torch.device("cuda")) == {}
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    got = model.generate(tokens, 5, temperature=0, compile=True)
+    assert torch.equal(got, model.generate(tokens, 5, temperature=0))
+    assert torch.equal(got, model.generate(tokens, 5, temperature=0, compile=True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert _decoder(model, 1, 9, tokens.device, True).compiled
+
+
 def test_compiled_generate_sees_changes_made_between_calls() -> None:
     """Guards are skipped only within a call, after its first step: a model changed between two calls (new
     weights, another encoding) decodes like eager, never with the stale compiled step."""
