@@ -159,6 +159,17 @@ def test_causal_block_mask_equals_create_block_mask(q_len: int, k_len: int) -> N
     assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)  # type: ignore[arg-type]
 
 
+def test_cached_causal_mask_first_built_in_inference_mode_serves_training() -> None:
+    """The per-shape cache outlives inference mode: a mask of inference tensors (from a benchmark or a
+    ``generate`` under ``torch.inference_mode``) made a later training step fail to save it for backward."""
+    with torch.inference_mode():
+        first = build_block_mask(77, 77, True, None, torch.device("cpu"))
+    again = build_block_mask(77, 77, True, None, torch.device("cpu"))
+    assert first is again is not None
+    tensors = [t for t in again.as_tuple() if isinstance(t, torch.Tensor)]
+    assert tensors and not any(t.is_inference() for t in tensors)
+
+
 def test_auto_rule() -> None:
     alibi, t5, rope = posenc.ALiBi(4), posenc.T5Bias(4), posenc.RoPE(8)
     shaw = posenc.build("shaw", dim=32, heads=4)

@@ -169,7 +169,10 @@ def build_block_mask(
 
 @functools.lru_cache(maxsize=64)
 def _cached_causal_mask(q_len: int, k_len: int, device: torch.device) -> BlockMask:
-    return _block_mask(q_len, k_len, True, None, device)
+    """Built outside inference mode even when first asked for inside it: a mask made of inference tensors, cached
+    and then met by a training step, cannot be saved for backward (autograd refuses inference tensors)."""
+    with torch.inference_mode(False):
+        return _block_mask(q_len, k_len, True, None, device)
 
 
 def _block_mask(q_len: int, k_len: int, causal: bool, keep: Tensor | None, device: torch.device) -> BlockMask:
