@@ -29,6 +29,8 @@ def changed(name: str, value: object, other_data: str) -> object:
         return 1
     if name == "data":
         return other_data
+    if name == "precision":
+        return "bf16" if value == "fp32" else "fp32"
     if name == "eval_bytes" and value is None:
         return 64
     if isinstance(value, bool):

@@ -15,7 +15,7 @@ import torch
 from posenc.cli import main
 from posenc.experiments.compare import CompareConfig, run_compare
 from posenc.experiments.presets import PRESETS, parse_seeds, preset
-from posenc.experiments.train import probe_steps
+from posenc.experiments.train import probe_steps, resolve_precision
 
 FAST = CompareConfig.quick(steps=8)
 
@@ -100,6 +100,7 @@ def test_cli_records_every_knob(
         "compare", "--quick", "--steps", "4", "--encodings", "none", "--data", str(tiny_corpus),
         "--out", str(out), "--no-progress", "--dim", "24", "--depth", "1", "--heads", "3",
         "--batch-size", "4", "--lr", "0.01", "--warmup", "0.25", "--eval-bytes", "600", "--seeds", "0,3",
+        "--precision", "auto",
     ]  # fmt: skip
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
@@ -108,6 +109,8 @@ def test_cli_records_every_knob(
     assert (knobs["lr"], knobs["warmup_fraction"], knobs["warmup_steps"]) == (0.01, 0.25, 1)
     assert knobs["eval_bytes"] == 512 == res["eval_tokens"]  # whole windows of 16L = 256
     assert res["seeds"] == [0, 3] and knobs["preset"] == "quick"
+    chosen = resolve_precision("auto", torch.device("cpu"))  # recorded as chosen, never "auto"
+    assert knobs["precision"] == chosen == res["config"]["train"]["precision"]
     report = (out / "report.md").read_text()
     assert "1 layers, dim 24, 3 heads" in report and "seeds 0, 3" in report and "peak lr 0.01" in report
     assert re.search(r"\| none( †)? \| 2 \|", capsys.readouterr().out)
@@ -125,6 +128,7 @@ def test_cli_records_every_knob(
         (["--heads", "5"], "divisible"),
         (["--eval-bytes", "0"], "--eval-bytes"),
         (["--threads", "0"], "--threads"),
+        (["--precision", "fp16"], "precision must be one of auto, fp32, bf16, got 'fp16'"),
     ],
 )
 def test_cli_knob_errors(

@@ -8,6 +8,9 @@ batch 8 x 128 bytes) per call, timed round-robin in one process so the rows shar
 * ``fused``: fused AdamW, multi-tensor clipping, the loss left on the device (today's default step);
 * ``compiled``: the same with ``torch.compile`` of the model (not with ``--quick``: compiling takes tens of
   seconds on a CPU, reported as ``compile_s``).
+* ``..., bf16``: the same steps in mixed precision (``posenc compare --precision bf16``: bfloat16 products under
+  autocast, attention on a CPU in float32, float32 weights and optimizer), where the device computes in
+  bfloat16 natively (:func:`posenc.experiments.train.native_bf16`).
 * ``fused, N at a time``: on a CPU with N > 1 cores (not with ``--quick``), N worker processes of one thread
   each run the fused step together, as ``posenc compare --jobs N`` trains; from one common start each times
   its own steps, and the row's time per step is the one that gives their summed throughput (so ``ratio`` and
@@ -20,12 +23,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from ..experiments.pool import available_cores, map_jobs
-from ..experiments.train import TrainConfig, build_model, lm_loss, make_optimizer, make_step, sample_batch
+from ..experiments.train import (
+    TrainConfig,
+    autocast_loss,
+    build_model,
+    lm_loss,
+    make_optimizer,
+    make_step,
+    native_bf16,
+    sample_batch,
+)
 from .runner import synchronize, time_round_robin
 from .suites import Row, register_suite
 
@@ -51,23 +64,31 @@ def _steps(
 ) -> dict[str, Callable[[Tensor], object]]:
     dev = torch.device(device)
     steps: dict[str, Callable[[Tensor], object]] = {}
-    before = build_model(encoding, cfg).to(dev).train()
     if dev.type == "cpu":
-        steps["eager (before)"] = _before(before, cfg)
-    fused = build_model(encoding, cfg).to(dev).train()
-    steps["fused"] = make_step(fused, fused, make_optimizer(fused, cfg, dev), cfg.grad_clip)
-    if not quick:
-        compiled = build_model(encoding, cfg).to(dev).train()
-        net = torch.compile(compiled)
-        steps["compiled"] = make_step(net, compiled, make_optimizer(compiled, cfg, dev), cfg.grad_clip)  # type: ignore[arg-type]
+        steps["eager (before)"] = _before(build_model(encoding, cfg).to(dev).train(), cfg)
+    mixed = ("fp32", "bf16") if native_bf16(dev) else ("fp32",)
+    for compiled in (False, True) if not quick else (False,):
+        for precision in mixed:
+            name = ("compiled" if compiled else "fused") + (", bf16" if precision == "bf16" else "")
+            steps[name] = _step(encoding, cfg, dev, compiled, precision)
     return steps
 
 
-def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int) -> float:
+def _step(
+    encoding: str, cfg: TrainConfig, dev: torch.device, compiled: bool, precision: str
+) -> Callable[[Tensor], object]:
+    """Today's step (fused AdamW, multi-tensor clipping, loss left on the device), compiled or not, in float32
+    or mixed precision (``posenc compare``'s ``--precision``)."""
+    model = build_model(encoding, cfg).to(dev).train()
+    net = cast(nn.Module, torch.compile(model)) if compiled else model
+    loss = autocast_loss(lm_loss, precision, dev)
+    return make_step(net, model, make_optimizer(model, cfg, dev), cfg.grad_clip, loss)
+
+
+def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int, precision: str) -> float:
     """In a worker: the fused step's seconds per step over ``steps`` steps, begun at wall time ``start_at``
     (after a warm-up), so that every worker's timing window is the same."""
-    model = build_model(encoding, cfg).train()
-    step = make_step(model, model, make_optimizer(model, cfg, torch.device("cpu")), cfg.grad_clip)
+    step = _step(encoding, cfg, torch.device("cpu"), False, precision)
     tokens = torch.randint(0, 256, (100_000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     batch = sample_batch(tokens, 0, cfg)
     for _ in range(3):
@@ -80,21 +101,21 @@ def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int) -
 
 
 def _side_by_side(
-    encoding: str, cfg: TrainConfig, workers: int, steps: int = 40, lead: float = 15.0
+    encoding: str, cfg: TrainConfig, workers: int, precision: str, steps: int = 40, lead: float = 15.0
 ) -> float:
     """Seconds per step of ``workers`` one-thread processes together: 1 / (sum of their steps per second).
     ``lead``: seconds from now to the common start, past every worker's start-up (spawn, imports) and warm-up."""
     start_at = time.time() + lead
     per_worker = map_jobs(
-        _timed_steps, [(encoding, cfg, start_at, steps)] * workers, workers=workers, threads=1
+        _timed_steps, [(encoding, cfg, start_at, steps, precision)] * workers, workers=workers, threads=1
     )
     return 1.0 / sum(1.0 / s for s in per_worker)
 
 
 @register_suite("train")
 def train_suite(quick: bool, device: str) -> list[Row]:
-    """Seconds per training step of the compare model, eager before #13 vs fused vs compiled, and on a CPU the
-    fused step in one process per core.
+    """Seconds per training step of the compare model, eager before #13 vs fused vs compiled (each in float32
+    and, where native, mixed precision), and on a CPU the fused step in one process per core.
 
     Args:
         quick: a 1-layer dim-32 model, 3 rounds, no compiled row (for tests).
@@ -110,17 +131,21 @@ def train_suite(quick: bool, device: str) -> list[Row]:
     rows: list[Row] = []
     for encoding in ENCODINGS:
         steps = _steps(encoding, cfg, device, quick)
-        compile_s = None
-        if "compiled" in steps:
+        compile_s = {}
+        for name in [n for n in steps if n.startswith("compiled")]:
             start = time.perf_counter()
-            steps["compiled"](batch)
+            steps[name](batch)
             synchronize(device)
-            compile_s = time.perf_counter() - start
+            compile_s[name] = time.perf_counter() - start
         fns = {name: (lambda fn=fn: fn(batch)) for name, fn in steps.items()}
         medians = time_round_robin(fns, device, repeats=3 if quick else 15, warmup=1 if quick else 3)
         workers = available_cores()
         if device == "cpu" and workers > 1 and not quick:
-            medians[f"fused, {workers} at a time (1 thread each)"] = _side_by_side(encoding, cfg, workers)
+            for precision in ("fp32", "bf16") if native_bf16(torch.device(device)) else ("fp32",):
+                name = "fused" + (", bf16" if precision == "bf16" else "")
+                medians[f"{name}, {workers} at a time (1 thread each)"] = _side_by_side(
+                    encoding, cfg, workers, precision
+                )
         base = next(iter(medians.values()))
         for name, seconds in medians.items():
             row: Row = {
@@ -131,7 +156,7 @@ def train_suite(quick: bool, device: str) -> list[Row]:
                 "tokens_per_s": round(cfg.batch_size * cfg.train_len / seconds),
                 "ratio": round(seconds / base, 3),
             }
-            if name == "compiled" and compile_s is not None:
-                row["compile_s"] = round(compile_s, 1)
+            if name in compile_s:
+                row["compile_s"] = round(compile_s[name], 1)
             rows.append(row)
     return rows

@@ -69,6 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="torch.compile the training step (pays on long runs; default: the preset's choice)",
     )
     p.add_argument(
+        "--precision",
+        type=str,
+        default=None,
+        help="bf16: mixed precision (bfloat16 matrix products under autocast, float32 weights and optimizer); "
+        "auto (the presets' choice): bf16 where the device computes in bfloat16 natively, else fp32",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -120,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         lr=args.lr,
         warmup_fraction=args.warmup,
         compile=args.compile,
+        precision=args.precision,
     )
     changes: dict[str, Any] = {}
     if args.seeds is not None:

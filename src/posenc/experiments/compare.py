@@ -43,6 +43,7 @@ from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
 from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
+from .train import resolve_precision
 
 __all__ = ["CompareConfig", "config_differences", "eval_token_count", "run_compare"]
 
@@ -132,6 +133,7 @@ def run_compare(
     base_device = resolve_device(device)
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
+    cfg = cfg.with_train(precision=resolve_precision(cfg.train.precision, dev))  # recorded as chosen
     keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
     workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)
     train_len = cfg.train.train_len
@@ -210,6 +212,7 @@ def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1) -> dict[str, Any]
         "warmup_fraction": t.warmup_fraction,
         "warmup_steps": t.warmup,
         "compile": t.compile,
+        "precision": t.precision,
         "eval_bytes": n_tokens,
         "curve_points": cfg.curve_points,
         "curve_bytes": cfg.curve_bytes,

@@ -42,7 +42,7 @@ class CompareConfig:
         preset: the preset these values started from (recorded, not used).
     """
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=DEMO_STEPS))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=DEMO_STEPS, precision="auto"))
     seeds: tuple[int, ...] = (0,)
     multiples: tuple[int, ...] = MULTIPLES
     eval_windows: int = 4
@@ -105,12 +105,20 @@ def _demo() -> CompareConfig:
 
 
 def _cpu_long() -> CompareConfig:
-    return CompareConfig(train=TrainConfig(steps=2800), curve_points=32, preset="cpu-long")
+    return CompareConfig(train=TrainConfig(steps=2800, precision="auto"), curve_points=32, preset="cpu-long")
 
 
 def _gpu() -> CompareConfig:
     train = TrainConfig(
-        dim=256, depth=6, heads=8, batch_size=64, steps=2000, lr=1e-3, compile=True, warmup_fraction=0.05
+        dim=256,
+        depth=6,
+        heads=8,
+        batch_size=64,
+        steps=2000,
+        lr=1e-3,
+        compile=True,
+        warmup_fraction=0.05,
+        precision="auto",
     )
     return CompareConfig(
         train=train,

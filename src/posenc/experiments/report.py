@@ -149,6 +149,10 @@ def claims(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _precision(name: str) -> str:
+    return "mixed precision (bfloat16 products, float32 weights)" if name == "bf16" else "float32"
+
+
 def _setup(results: dict[str, Any]) -> str:
     cfg = results["config"]
     t, d = cfg["train"], cfg["data"]
@@ -159,7 +163,8 @@ def _setup(results: dict[str, Any]) -> str:
     rate = [r for r in results.get("tokens_per_second", {}).values() if r]
     speed = (
         f" Training ran at {statistics_median(rate):,.0f} tokens/s per model (median over encodings; "
-        f"{'compiled' if t.get('compile') else 'eager'} step, fused AdamW, losses read once per run)."
+        f"{'compiled' if t.get('compile') else 'eager'} step, {_precision(t.get('precision', 'fp32'))}, fused "
+        "AdamW, losses read once per run)."
         if rate
         else ""
     )

@@ -35,6 +35,41 @@ MAX_SEED = 2**32
 #: The progress bar shows the loss every this many steps (one host sync each).
 LOG_EVERY = 50
 
+#: Values of ``TrainConfig.precision``.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (a CPU with AVX-512 BF16 or AMX, through oneDNN;
+    a CUDA device of compute capability 8.0 or more); elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` where :func:`native_bf16`, else ``"fp32"``; other values unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def autocast_loss(loss_fn: LossFn, precision: str, device: torch.device) -> LossFn:
+    """``loss_fn`` with its forward under ``torch.autocast(bfloat16)`` for ``precision == "bf16"`` (the backward
+    runs outside, as autocast recommends); ``loss_fn`` itself for ``"fp32"``."""
+    if precision == "fp32":
+        return loss_fn
+    if precision != "bf16":
+        raise ValueError(f"precision must be fp32 or bf16 here (resolve 'auto' first), got {precision!r}")
+
+    def mixed(net: nn.Module, batch: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return loss_fn(net, batch)
+
+    return mixed
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -54,6 +89,10 @@ class TrainConfig:
             Press et al. 2022). Without it a fixed sinusoidal table swamps the small tied embeddings.
         compile: run the model's forward and backward through ``torch.compile`` (worth its compile time only
             for long runs; see ``posenc bench --suite train``).
+        precision: ``"fp32"``; ``"bf16"``: mixed precision, the forward under ``torch.autocast`` in bfloat16
+            (float32 weights, optimizer and loss; on a CPU, attention in float32, see
+            :mod:`posenc.attention.backends`); ``"auto"``: ``bf16`` where the device computes in bfloat16
+            natively, else ``fp32`` (:func:`resolve_precision`; ``posenc compare`` records the choice).
     """
 
     dim: int = 128
@@ -70,6 +109,7 @@ class TrainConfig:
     seed: int = 0
     scale_embeddings: bool = True
     compile: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
@@ -77,6 +117,8 @@ class TrainConfig:
         for name in ("lr", "warmup_fraction", "min_lr_ratio", "weight_decay", "grad_clip"):
             check_float(name, getattr(self, name), at_least=0)
         check_bool("scale_embeddings", self.scale_embeddings)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= check_int("seed", self.seed) < MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         if self.dim % self.heads:
@@ -288,6 +330,7 @@ def train_model(
     if cfg.compile:
         net = cast(nn.Module, torch.compile(net))  # an OptimizedModule
     opt = make_optimizer(model, cfg, device)
+    loss_fn = autocast_loss(loss_fn, resolve_precision(cfg.precision, device), device)
     train_step = make_step(net, model, opt, cfg.grad_clip, loss_fn)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     step_losses = torch.zeros(cfg.steps, device=device)  # on device: no host sync per step
