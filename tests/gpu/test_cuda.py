@@ -139,3 +139,19 @@ def test_compiled_generate_replays_a_cuda_graph_and_gives_the_eager_tokens(name:
 def test_bench_quick_completes(tmp_path: Path) -> None:
     assert main(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize("name", ["rope", "alibi", "t5", "shaw"])
+def test_mixed_precision_training_steps_run(name: str) -> None:
+    """``--preset gpu`` trains under bf16 autocast (``precision="auto"`` on a bf16-capable card): a few steps of
+    one encoding per path (rotary; a fixed and a learned bias through ``flex`` with its backward; Shaw through
+    ``math``) give finite losses and float32 weights. Four, not ten: each flex backward compiles."""
+    from posenc.experiments.train import TrainConfig, native_bf16, train_model
+
+    if not native_bf16(torch.device(CUDA)):
+        pytest.skip("this card has no native bfloat16")
+    cfg = TrainConfig(dim=64, depth=2, heads=4, train_len=64, batch_size=4, steps=3, precision="auto")
+    tokens = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    result = train_model(name, tokens, cfg, device=CUDA, progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
