@@ -12,7 +12,7 @@ batch 8 x 128 bytes) per call, timed round-robin in one process so the rows shar
   autocast, attention on a CPU in float32, float32 weights and optimizer), where the device computes in
   bfloat16 natively (:func:`posenc.experiments.train.native_bf16`).
 * ``fused, N at a time``: on a CPU with N > 1 cores (not with ``--quick``), N worker processes of one thread
-  each run the fused step together, as ``posenc compare --jobs N`` trains; from one common start each times
+  each run the fused step together (and, where bf16 is native, the fused and the compiled bf16 steps), as ``posenc compare --jobs N`` trains; from one common start each times
   its own steps, and the row's time per step is the one that gives their summed throughput (so ``ratio`` and
   ``tokens_per_s`` compare with the one-process rows).
 
@@ -85,10 +85,12 @@ def _step(
     return make_step(net, model, make_optimizer(model, cfg, dev), cfg.grad_clip, loss)
 
 
-def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int, precision: str) -> float:
-    """In a worker: the fused step's seconds per step over ``steps`` steps, begun at wall time ``start_at``
-    (after a warm-up), so that every worker's timing window is the same."""
-    step = _step(encoding, cfg, torch.device("cpu"), False, precision)
+def _timed_steps(
+    encoding: str, cfg: TrainConfig, start_at: float, steps: int, precision: str, compiled: bool
+) -> float:
+    """In a worker: the step's seconds per step over ``steps`` steps, begun at wall time ``start_at`` (after a
+    warm-up, which compiles a compiled step), so that every worker's timing window is the same."""
+    step = _step(encoding, cfg, torch.device("cpu"), compiled, precision)
     tokens = torch.randint(0, 256, (100_000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     batch = sample_batch(tokens, 0, cfg)
     for _ in range(3):
@@ -101,13 +103,23 @@ def _timed_steps(encoding: str, cfg: TrainConfig, start_at: float, steps: int, p
 
 
 def _side_by_side(
-    encoding: str, cfg: TrainConfig, workers: int, precision: str, steps: int = 40, lead: float = 15.0
+    encoding: str,
+    cfg: TrainConfig,
+    workers: int,
+    precision: str,
+    compiled: bool = False,
+    steps: int = 40,
+    lead: float = 15.0,
 ) -> float:
     """Seconds per step of ``workers`` one-thread processes together: 1 / (sum of their steps per second).
-    ``lead``: seconds from now to the common start, past every worker's start-up (spawn, imports) and warm-up."""
+    ``lead``: seconds from now to the common start, past every worker's start-up (spawn, imports) and warm-up
+    (compilation included)."""
     start_at = time.time() + lead
     per_worker = map_jobs(
-        _timed_steps, [(encoding, cfg, start_at, steps, precision)] * workers, workers=workers, threads=1
+        _timed_steps,
+        [(encoding, cfg, start_at, steps, precision, compiled)] * workers,
+        workers=workers,
+        threads=1,
     )
     return 1.0 / sum(1.0 / s for s in per_worker)
 
@@ -141,10 +153,14 @@ def train_suite(quick: bool, device: str) -> list[Row]:
         medians = time_round_robin(fns, device, repeats=3 if quick else 15, warmup=1 if quick else 3)
         workers = available_cores()
         if device == "cpu" and workers > 1 and not quick:
-            for precision in ("fp32", "bf16") if native_bf16(torch.device(device)) else ("fp32",):
-                name = "fused" + (", bf16" if precision == "bf16" else "")
+            mixed = native_bf16(torch.device(device))
+            for precision, compiled in (
+                ("fp32", False),
+                *((("bf16", False), ("bf16", True)) if mixed else ()),
+            ):
+                name = ("compiled" if compiled else "fused") + (", bf16" if precision == "bf16" else "")
                 medians[f"{name}, {workers} at a time (1 thread each)"] = _side_by_side(
-                    encoding, cfg, workers, precision
+                    encoding, cfg, workers, precision, compiled, lead=60.0 if compiled else 15.0
                 )
         base = next(iter(medians.values()))
         for name, seconds in medians.items():
