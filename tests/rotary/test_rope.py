@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from hypothesis import given
@@ -130,3 +132,34 @@ def test_each_small_cpu_call_takes_its_form(monkeypatch: pytest.MonkeyPatch) -> 
     calls.clear()
     rope(torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16))
     assert calls == ["full"]  # q and k as one tensor
+
+
+@pytest.mark.parametrize(("interleaved", "per_row"), [(False, False), (True, True)])
+def test_inductor_rotates_in_a_vectorizable_form_equal_to_eager(interleaved: bool, per_row: bool) -> None:
+    """Under ``torch.compile`` RoPE rotates in the forms inductor's CPU backend vectorizes (the reference's
+    halves; full-width rows interleaved), not the pair form (scalar loops there): the same values and
+    gradients as eager, with positions implicit or per row."""
+    from posenc.rotary import rope as rope_mod
+
+    rope = posenc.RoPE(16, interleaved=interleaved)
+    q0, k0 = torch.randn(2, 4, 12, 16), torch.randn(2, 2, 12, 16)
+    pos = torch.arange(12).expand(2, -1) + torch.tensor([[0], [5]]) if per_row else None
+    traced: list[bool] = []
+    real = rope_mod._rotate_traced
+    compiled = torch.compile(rope, fullgraph=True)
+
+    def spy(*args: Any) -> Any:
+        traced.append(True)
+        return real(*args)
+
+    grads = []
+    for fn in (rope, compiled):
+        q, k = q0.clone().requires_grad_(True), k0.clone().requires_grad_(True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rope_mod, "_rotate_traced", spy)
+            rq, rk = fn(q, k, pos)
+        (rq.square().sum() + rk.sum()).backward()
+        grads.append((rq.detach(), rk.detach(), q.grad, k.grad))
+    assert traced == [True]  # the compiled call only
+    for eager, comp in zip(*grads, strict=True):
+        torch.testing.assert_close(comp, eager, atol=1e-6, rtol=1e-6)

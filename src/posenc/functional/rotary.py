@@ -191,8 +191,9 @@ def apply_rope_pairs(x: Tensor, m: Tensor, interleaved: bool = False) -> Tensor:
     Every output element is the same IEEE sum of the same two products as in :func:`apply_rope`
     (``a*c - b*s == a*c + b*(-s)`` exactly, and a sum of two terms is one addition), so the results are
     bitwise equal; only the number of calls drops (two instead of six), which is what a one-token decode
-    step pays for, and under ``torch.compile`` inductor makes one plain loop of it. In eager mode on many
-    positions :func:`apply_rope_full` is faster (the sum here is a reduction kernel).
+    step pays for. In eager mode on many positions :func:`apply_rope_full` is faster (the sum here is a
+    reduction kernel), and so is :func:`apply_rope` under ``torch.compile``: inductor's CPU backend turns the
+    sum over a dimension of two into scalar loops.
 
     Args:
         x: ``(..., S, D)``.
