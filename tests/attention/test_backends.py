@@ -192,6 +192,48 @@ def test_auto_rule() -> None:
     assert BACKENDS["flex"] is flex_attention_backend
 
 
+def test_auto_rule_compiled_cpu_mixed_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traced on a CPU under bf16 autocast, ``auto`` attends with ``math`` (inductor fuses it, both products in
+    bf16) for encodings without a bias and short sequences; everything else as in eager mode."""
+    pos = torch.arange(2048)[None]
+
+    def pick(enc: posenc.PositionEncoding, n: int = 128, dtype: torch.dtype = torch.bfloat16) -> object:
+        q = torch.randn(1, 4, n, 8, dtype=dtype, requires_grad=True)
+        ctx = AttentionInputs(enc, pos[:, :n], pos[:, :n], None, causal=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return choose_backend("auto", q, ctx)
+
+    rope, none, alibi = posenc.RoPE(8), posenc.build("none"), posenc.ALiBi(4)
+    assert pick(rope) is sdpa_attention  # eager: float32 flash attention is faster unfused
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert pick(rope) is math_attention and pick(none) is math_attention
+    assert pick(alibi) is sdpa_attention  # a bias: measured slower through math
+    assert pick(rope, n=1024) is sdpa_attention  # 1M scores per head: not materialized
+    assert pick(rope, dtype=torch.float32) is sdpa_attention  # float32 training: SDPA as before
+
+
+def test_compiled_mixed_precision_lm_matches_eager_within_bf16() -> None:
+    """The compiled bf16 forward (math attention, products in bf16) stays within bfloat16 rounding of the
+    eager one (sdpa in float32), and its gradients point the same way."""
+    torch.manual_seed(0)
+    model = posenc.models.TransformerLM("rope", dim=32, depth=2, heads=4).train()
+    tokens = torch.randint(0, 256, (2, 33))
+
+    def loss_of(net: torch.nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    eager_loss, eager_grads = loss_of(model)
+    comp_loss, comp_grads = loss_of(torch.compile(model, fullgraph=True))
+    torch.testing.assert_close(comp_loss, eager_loss, atol=2e-2, rtol=0)
+    flat = [torch.cat([g.flatten() for g in gs]) for gs in (eager_grads, comp_grads)]
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99
+
+
 def test_auto_falls_back_to_sdpa_when_flex_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object) -> torch.Tensor:
         raise RuntimeError("no C++ compiler")

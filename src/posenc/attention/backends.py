@@ -130,11 +130,19 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
        gradient is needed (torch 2.13's FlexAttention has no CPU backward); if FlexAttention cannot run on
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
-    3. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
+    3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) for an encoding
+       without a bias (rotary, absolute, none) and ``Q * K < FLEX_MIN_SCORES``: inductor fuses the mask and
+       softmax and autocast runs both products in bfloat16, as flash kernels on a GPU do; the compiled bf16
+       training step of the compare model measured 49.2 ms against 54.8 through ``sdpa`` in float32 (rope,
+       one thread, 2-core AMD EPYC, torch 2.13). Not in eager mode (unfused, slower than ``sdpa``), nor for
+       bias encodings (ALiBi measured slower: 58.3 against 55.5 ms);
+    4. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
     """
     if BACKENDS.check(name) == "auto":
         if ctx.position.needs_probs:
             return sdpa_attention if q.shape[-2] == 1 and has_kv_rows(ctx.position) else math_attention
+        if _compiled_cpu_mixed(q, ctx):
+            return math_attention
         return flex_or_sdpa if _flex_pays(q, ctx) and FALLBACK.usable("flex") else sdpa_attention
     return BACKENDS.get(name)
 
@@ -154,6 +162,14 @@ def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tenso
         lambda: flex_attention_backend(q, k, v, ctx),
         lambda: sdpa_attention(q, k, v, ctx),
         slow_name="sdpa",
+    )
+
+
+def _compiled_cpu_mixed(q: Tensor, ctx: AttentionInputs) -> bool:
+    """Rule 3 of ``auto`` in :func:`choose_backend`."""
+    small = q.shape[-2] * ctx.k_pos.shape[-1] < FLEX_MIN_SCORES
+    return (
+        torch.compiler.is_compiling() and _cpu_autocast_low(q) and small and not supports_flex(ctx.position)
     )
 
 
