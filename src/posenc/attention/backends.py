@@ -130,12 +130,12 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
        gradient is needed (torch 2.13's FlexAttention has no CPU backward); if FlexAttention cannot run on
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
-    3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) for an encoding
-       without a bias (rotary, absolute, none) and ``Q * K < FLEX_MIN_SCORES``: inductor fuses the mask and
-       softmax and autocast runs both products in bfloat16, as flash kernels on a GPU do; the compiled bf16
-       training step of the compare model measured 49.2 ms against 54.8 through ``sdpa`` in float32 (rope,
-       one thread, 2-core AMD EPYC, torch 2.13). Not in eager mode (unfused, slower than ``sdpa``), nor for
-       bias encodings (ALiBi measured slower: 58.3 against 55.5 ms);
+    3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) while
+       ``Q * K < FLEX_MIN_SCORES``: inductor fuses the bias, mask and softmax, and autocast runs both products in
+       bfloat16, as flash kernels on a GPU do. The compiled bf16 training step of the compare model (one
+       thread, 2-core AMD EPYC, torch 2.13), ms through ``sdpa`` in float32 -> ``math``: rope 54.8 -> 49.2,
+       alibi 55.8 -> 48.9, kerple 53.5 -> 51.0, t5 57.7 -> 52.8, fire 61.6 -> 56.4. Not in eager mode (unfused,
+       slower than ``sdpa``);
     4. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
     """
     if BACKENDS.check(name) == "auto":
@@ -168,9 +168,7 @@ def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tenso
 def _compiled_cpu_mixed(q: Tensor, ctx: AttentionInputs) -> bool:
     """Rule 3 of ``auto`` in :func:`choose_backend`."""
     small = q.shape[-2] * ctx.k_pos.shape[-1] < FLEX_MIN_SCORES
-    return (
-        torch.compiler.is_compiling() and _cpu_autocast_low(q) and small and not supports_flex(ctx.position)
-    )
+    return torch.compiler.is_compiling() and _cpu_autocast_low(q) and small
 
 
 def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
