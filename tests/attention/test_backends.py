@@ -212,9 +212,22 @@ def test_auto_rule_compiled_cpu_mixed_precision(monkeypatch: pytest.MonkeyPatch)
     assert pick(rope, dtype=torch.float32) is sdpa_attention  # float32 training: SDPA as before
 
 
-def test_compiled_mixed_precision_lm_matches_eager_within_bf16() -> None:
+def test_compiled_mixed_precision_lm_matches_eager_within_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled bf16 forward (math attention, products in bf16) stays within bfloat16 rounding of the
     eager one (sdpa in float32), and its gradients point the same way."""
+    used: list[str] = []
+    real_math, real_sdpa = backends.math_attention, backends.sdpa_attention
+
+    def math_spy(*args: Any) -> torch.Tensor:
+        used.append("math")
+        return real_math(*args)
+
+    def sdpa_spy(*args: Any) -> torch.Tensor:
+        used.append("sdpa")
+        return real_sdpa(*args)
+
+    monkeypatch.setattr(backends, "math_attention", math_spy)
+    monkeypatch.setattr(backends, "sdpa_attention", sdpa_spy)
     torch.manual_seed(0)
     model = posenc.models.TransformerLM("rope", dim=32, depth=2, heads=4).train()
     tokens = torch.randint(0, 256, (2, 33))
@@ -228,7 +241,10 @@ def test_compiled_mixed_precision_lm_matches_eager_within_bf16() -> None:
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     eager_loss, eager_grads = loss_of(model)
+    assert set(used) == {"sdpa"}  # eager: float32 SDPA
+    seen = len(used)
     comp_loss, comp_grads = loss_of(torch.compile(model, fullgraph=True))
+    assert used[seen:] == ["math", "math"]  # the compiled forward took rule 3, once per layer
     torch.testing.assert_close(comp_loss, eager_loss, atol=2e-2, rtol=0)
     flat = [torch.cat([g.flatten() for g in gs]) for gs in (eager_grads, comp_grads)]
     assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99

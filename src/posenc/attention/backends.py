@@ -132,10 +132,10 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
     3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) while
        ``Q * K < FLEX_MIN_SCORES``: inductor fuses the bias, mask and softmax, and autocast runs both products in
-       bfloat16, as flash kernels on a GPU do. The compiled bf16 training step of the compare model (one
-       thread, 2-core AMD EPYC, torch 2.13), ms through ``sdpa`` in float32 -> ``math``: rope 54.8 -> 49.2,
-       alibi 55.8 -> 48.9, kerple 53.5 -> 51.0, t5 57.7 -> 52.8, fire 61.6 -> 56.4. Not in eager mode (unfused,
-       slower than ``sdpa``);
+       bfloat16, as flash kernels on a GPU do. Compiled bf16 training step of the compare model, ``math`` over
+       ``sdpa`` in float32 (``benchmarks/compiled_attention.py``, one thread, 2-core AMD EPYC, torch 2.13, three
+       runs): rope 0.86-0.88, alibi 0.91-0.92, t5 0.95-0.96, fire 0.96-0.97, kerple 0.97-1.01. Not in eager
+       mode (unfused, slower than ``sdpa``);
     4. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
     """
     if BACKENDS.check(name) == "auto":
