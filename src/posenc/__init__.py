@@ -24,12 +24,14 @@ from .rotary import (
     XPos,
     YaRNScaling,
 )
+from .session import DecodeSession
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALiBi",
     "Attention",
+    "DecodeSession",
     "DynamicNTKScaling",
     "FIRE",
     "KVCache",

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .functional.tables import RowViews
 from .registry import ENCODINGS, Sizes
+from .session import SessionMemo
 
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 E = TypeVar("E", bound="PositionEncoding")
@@ -174,7 +175,7 @@ class PositionEncoding(nn.Module):
                 for name, value in self.derived_buffers(device).items():
                     setattr(self, name, value)
         for value in vars(self).values():  # views of the old tables: dropped, so nothing keeps those alive
-            if isinstance(value, RowViews):
+            if isinstance(value, (RowViews, SessionMemo)):
                 value.clear()
         return self
 

@@ -163,3 +163,51 @@ def test_inductor_rotates_in_a_vectorizable_form_equal_to_eager(interleaved: boo
     assert traced == [True]  # the compiled call only
     for eager, comp in zip(*grads, strict=True):
         torch.testing.assert_close(comp, eager, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["rope", "rope_interleaved", "xpos"])
+@pytest.mark.parametrize("position", [0, 5, 63])
+def test_decode_step_shortcut_is_bitwise_the_general_path(
+    encoding: str, position: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An eager CPU decode step skips the step-by-step checks (``decode_position``): the same values, bitwise,
+    as the general path that makes them; outside the table the shortcut declines."""
+    from posenc.rotary import rope as rope_mod
+    from posenc.rotary import xpos as xpos_mod
+
+    enc: posenc.PositionEncoding = (
+        posenc.XPos(16, cache_len=64)
+        if encoding == "xpos"
+        else posenc.RoPE(16, interleaved=encoding == "rope_interleaved", cache_len=64)
+    )
+    q, k = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 1, 16)
+    pos = torch.tensor([[position]])
+    fast = enc.rotate(q, k, pos)
+    for mod in (rope_mod, xpos_mod):
+        monkeypatch.setattr(mod, "decode_position", lambda *a: None)
+    slow = enc.rotate(q, k, pos)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
+def test_decode_position_declines_what_the_general_path_must_check() -> None:
+    from posenc.functional.tables import decode_position
+
+    table = torch.zeros(8, 2, 2, 4)
+    q, k, p = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8), torch.tensor([[3]])
+    assert decode_position(q, k, p, table, 8) == 3
+    declined = {
+        "bf16 q": (q.bfloat16(), k, p, 8),
+        "two positions": (q, k, torch.tensor([[3, 4]]), 8),
+        "bool position": (q, k, torch.tensor([[True]]), 8),
+        "float position": (q, k, torch.tensor([[3.0]]), 8),
+        "past the table": (q, k, torch.tensor([[8]]), 8),
+        "negative": (q, k, torch.tensor([[-1]]), 8),
+        "two queries": (torch.randn(1, 2, 2, 8), k, p, 8),
+        "other head_dim": (q, k, p, 4),
+        "no positions": (q, k, None, 8),
+        "3-d positions": (q, k, torch.tensor([[[3]]]), 8),
+    }
+    for label, (qq, kk, pp, d) in declined.items():
+        assert decode_position(qq, kk, pp, table, d) is None, label
+    with pytest.raises(TypeError, match="integer"):
+        posenc.RoPE(8)(q, k, torch.tensor([[True]]))  # declined, then refused by the general path

@@ -6,7 +6,8 @@ Three groups, each with its baseline timed round-robin in the same run:
   ``(1, 8, 1, 128)``, position 1000) against transformers' ``apply_rotary_pos_emb`` given its cos/sin, and
   a copy of q and k (the floor). Goal: ``<= 1.5x`` transformers on CPU.
 * ``decode step``: one decode step of a 4-layer, dim-256 :class:`TransformerLM` after 256 cached tokens, per
-  encoding, as :func:`posenc.models.generate.generate` runs it, eager and compiled (each against ``none`` in
+  encoding, as :func:`posenc.models.generate.generate` runs it (eager steps inside one
+  :class:`posenc.DecodeSession`, as generate's loop), eager and compiled (each against ``none`` in
   the same mode, all models in turns), and eager against ``none`` with the two alone in the turns
   (``x none (paired)``). Goal: ``rope/none <= 1.05``, every encoding ``<= 1.15x none``.
 * ``generate``: tokens/s of greedy ``generate`` eager and compiled (the compiled tokens are checked equal to
@@ -34,6 +35,7 @@ import posenc
 
 from ..models import TransformerLM
 from ..models.generate import _decoder
+from ..session import DecodeSession
 from .runner import synchronize, time_round_robin
 from .suites import Row, register_suite
 
@@ -128,8 +130,9 @@ def _cudagraph_skips() -> int:
 
 def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
     fns = {name: _step_fn(model, device) for name, model in models.items()}
-    times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
-    paired = {name: _paired_ratio(fns, name, device, quick) for name in fns if name != "none"}
+    with DecodeSession(CACHED + 1):  # as generate's loop runs its steps (tables kept for the session)
+        times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
+        paired = {name: _paired_ratio(fns, name, device, quick) for name in fns if name != "none"}
     compiled, graphed = {}, {}
     for name, m in models.items():
         if _compiles(name, quick):

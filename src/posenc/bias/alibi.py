@@ -41,3 +41,7 @@ class ALiBi(BiasEncoding):
 
     def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         return alibi_bias(tables[0][head], q_pos, k_pos)
+
+    def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
+        """ALiBi depends on the distance only (its training paths stay per pair: no parameters, no atomics)."""
+        return self.every_distance(slots, device)

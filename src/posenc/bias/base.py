@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import PositionEncoding, ScoreMod
+from ..functional.tables import host_span
+from ..session import DecodeSession, SessionMemo, current_session
 from ..validation import check_int
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
@@ -43,6 +46,7 @@ class BiasEncoding(PositionEncoding, ABC):
     def __init__(self, heads: int) -> None:
         super().__init__()
         self.heads = check_int("heads", heads, at_least=1, owner=type(self).__name__)
+        self._session_memo = SessionMemo()  # (distance vector, query limit) of the open decode session
 
     @abstractmethod
     def tables(self) -> tuple[Tensor, ...]:
@@ -61,13 +65,62 @@ class BiasEncoding(PositionEncoding, ABC):
         # One query (a decode step): Q + K - 1 distances save nothing over K pairs, and finding out whether the
         # positions are consecutive costs more than the formula, so per pair.
         if q_pos.shape[-1] == 1:
-            return self.pairwise_reference(q_pos, k_pos)
+            fast = self.pairwise_in_session(q_pos, k_pos)
+            return self.pairwise_reference(q_pos, k_pos) if fast is None else fast
         cpu = q_pos.is_cpu
         if (cpu and not torch.is_grad_enabled()) or (not cpu and self._learning()):
             fast = self.pairwise_by_distance(q_pos, k_pos)
             if fast is not None:
                 return fast
         return self.pairwise_reference(q_pos, k_pos)
+
+    def pairwise_in_session(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """``(1|B, H, 1, K)`` for one query, read by index from the open :class:`posenc.DecodeSession`'s
+        per-distance vector (:meth:`session_vector`, built on the session's first step); None where that does
+        not apply: no session, grad mode on, tracing, or :meth:`session_vector` gives None.
+
+        Five small calls per layer and token instead of the formula's dozen; the values are the formula's at
+        each distance (within float32 rounding of the per-pair path). Positions must lie in ``[0, slots)``
+        (the session's promise): then every distance ``k - q`` indexes the vector, and on a CPU an index
+        outside it raises rather than reading another distance's bias.
+        """
+        if torch.compiler.is_compiling() or torch.is_grad_enabled():  # (dynamo cannot trace a ContextVar)
+            return None
+        session = current_session()
+        if session is None:
+            return None
+        memo = self._session_memo.get(session)
+        if memo is None:
+            memo = self._session_table(session, q_pos.device)
+            self._session_memo.put(session, memo)
+        vec, limit = memo
+        if vec is None or vec.device != q_pos.device:
+            return None
+        if limit is not None:  # the vector holds only for queries up to `limit`, checked on the host
+            span = host_span(q_pos)
+            if span is None or span[1] > limit:
+                return None
+        idx = (k_pos - q_pos).add_(session.slots - 1)  # (1|B, K): distance k - q, as an index into vec
+        return F.embedding(idx, vec).permute(0, 2, 1).unsqueeze(2)  # (1|B, K, H) -> (1|B, H, 1, K)
+
+    def _session_table(self, session: DecodeSession, device: torch.device) -> tuple[Tensor | None, Any]:
+        found = self.session_vector(session.slots, device)
+        if found is None:
+            return None, None
+        vec, limit = found
+        return vec.t().contiguous(), limit  # (2n - 1, H): one row per distance, as F.embedding reads it
+
+    def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
+        """``(vec, limit)``: the bias at every distance ``k - q`` of ``-(slots-1) .. slots-1`` as ``(H, 2 slots - 1)``
+        float32, valid for queries at positions up to ``limit`` (None: any); None when the bias is not a
+        function of the distance (the default unless :attr:`by_distance`)."""
+        return self.every_distance(slots, device) if self.by_distance else None
+
+    def every_distance(self, slots: int, device: torch.device) -> tuple[Tensor, None]:
+        """:meth:`distance_vector` at distances ``-(slots-1) .. slots-1`` (for any query), as :meth:`session_vector`
+        gives it."""
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        return self.distance_vector(self.tables(), slots, slots, zero, zero), None
 
     def _learning(self) -> bool:
         """Whether autograd will want gradients of this encoding's parameters."""

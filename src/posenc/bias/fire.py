@@ -67,8 +67,14 @@ class FIRE(BiasEncoding):
 
     def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers."""
+        if q_pos.shape[-1] == 1:  # one query (a decode step): from the session's vector where it holds
+            fast = self.pairwise_in_session(q_pos, k_pos)
+            return self._mlp_bias(q_pos, k_pos, True) if fast is None else fast
+        return self._mlp_bias(q_pos, k_pos, False)
+
+    def _mlp_bias(self, q_pos: Tensor, k_pos: Tensor, one_query: bool) -> Tensor:
         threshold = self.threshold_scale * self.init_threshold  # as in tables(), without the MLP's views
-        if q_pos.shape[-1] == 1:  # one query (a decode step): (1|B, 1) broadcasts against (1|B, K) as it is
+        if one_query:  # (1|B, 1) broadcasts against (1|B, K) as it is
             x = fire_input(self.c, threshold, q_pos, k_pos, self.eps)[:, None, :, None]  # (1|B, 1, K, 1)
         else:
             x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps).unsqueeze(-1)
@@ -78,6 +84,18 @@ class FIRE(BiasEncoding):
         out = F.linear(hidden, self.out.weight, self.out.bias)  # (1|B, Q, K, H)
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
         return out if out.dtype == torch.float32 else out.float()
+
+    def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
+        """For queries at positions up to the threshold ``|L|`` the denominator ``psi(max(i, L))`` is ``psi(L)``,
+        so the bias is a function of the distance: the one-query path at query 0 and keys ``-(slots-1) ..
+        slots-1`` gives it. CPU only (the limit is checked on the host)."""
+        if device.type != "cpu":
+            return None
+        dist = torch.arange(-(slots - 1), slots, device=device).unsqueeze(0)  # (1, 2 slots - 1)
+        vec = self._mlp_bias(
+            torch.zeros(1, 1, dtype=torch.long, device=device), dist, True
+        )  # (1, H, 1, 2s-1)
+        return vec[0, :, 0], float((self.threshold_scale * self.init_threshold).abs())
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
         """The per-score formula; while learning, :meth:`score_mod_unbound` (FlexAttention's backward refuses a

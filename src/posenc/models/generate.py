@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..attention.static_cache import StaticKVCache
+from ..session import DecodeSession
 
 if TYPE_CHECKING:
     from .lm import TransformerLM
@@ -223,17 +224,18 @@ def generate(
     done = None if eos is None else nxt == eos
     out = [nxt]
     guarded = contextlib.nullcontext()
-    for i in range(max_new_tokens - 1):
-        if done is not None and bool(done.all()):
-            break
-        with guarded if i == 0 else dec.trusted():  # guards checked on the call's first step only
-            logits = dec.step(nxt.unsqueeze(-1), pos)  # (B, V)
-        nxt = pick(logits, temperature, top_k)
-        if done is not None and eos is not None:
-            nxt = torch.where(done, eos, nxt)
-            done = done | (nxt == eos)
-        out.append(nxt)
-        pos = pos + 1
+    with DecodeSession(slots):  # parameters fixed, positions below `slots`: encodings may keep tables
+        for i in range(max_new_tokens - 1):
+            if done is not None and bool(done.all()):
+                break
+            with guarded if i == 0 else dec.trusted():  # guards checked on the call's first step only
+                logits = dec.step(nxt.unsqueeze(-1), pos)  # (B, V)
+            nxt = pick(logits, temperature, top_k)
+            if done is not None and eos is not None:
+                nxt = torch.where(done, eos, nxt)
+                done = done | (nxt == eos)
+            out.append(nxt)
+            pos = pos + 1
     return torch.cat((tokens, torch.stack(out, dim=-1)), dim=-1)
 
 

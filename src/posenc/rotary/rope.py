@@ -20,7 +20,7 @@ from ..functional.rotary import (
     rope_inv_freq,
     rope_pair_tables,
 )
-from ..functional.tables import RowViews, Span, host_span, rows_at
+from ..functional.tables import RowViews, Span, decode_position, host_span, rows_at
 from ..kernels import AUTO_COMPILED_MIN_NUMEL, FALLBACK, check_impl, has_triton, rope_qk
 from ..validation import (
     check_bool,
@@ -195,6 +195,9 @@ class RoPE(PositionEncoding):
         return scaled_inv_freq(self.scaling, self.rotary_dim, self.base, seq_len, self.inv_freq.device)[0]
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        row = self._decode_row(q, k, positions)
+        if row is not None:  # a decode step: every check passed at once, the row read by index
+            return pair_matvec(q, row, self.interleaved), pair_matvec(k, row, self.interleaved)
         check_rotatable("RoPE", self.head_dim, q, k)
         check_positions("RoPE", positions, q.shape[-2], q.shape[0])
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
@@ -213,6 +216,22 @@ class RoPE(PositionEncoding):
             return self._rotate_at(q, k, positions)
         cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
         return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
+
+    def _decode_row(self, q: Tensor, k: Tensor, positions: Tensor | None) -> Tensor | None:
+        """``pair_table``'s row ``(2, 2, R/2)`` for the commonest eager call, a decode step on a CPU
+        (:func:`decode_position`), with ``impl="auto"``, every dim rotated, frequencies independent of the
+        length and a call too small for a fused kernel; else None. Those conditions imply the checks and
+        choices :meth:`rotate` makes step by step for that call: the same row, the same arithmetic, bitwise."""
+        if self.impl != "auto" or self.rotary_dim != self.head_dim:
+            return None
+        if self.scaling is not None and self.scaling.length_dependent:
+            return None
+        table = self._buffers["pair_table"]  # (not nn.Module.__getattr__: 0.7 us, the most of any one step)
+        assert table is not None
+        p = decode_position(q, k, positions, table, self.head_dim)
+        if p is None or q.numel() + k.numel() >= AUTO_COMPILED_MIN_NUMEL:
+            return None
+        return self._rows(table, p)  # type: ignore[no-any-return]
 
     def _at_kernel(self, q: Tensor, k: Tensor) -> bool:
         """Whether explicit positions go to the one-launch Triton kernel that looks the rows up itself

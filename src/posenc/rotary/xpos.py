@@ -27,12 +27,13 @@ from ..functional.rotary import (
     apply_rope,
     apply_rope_pairs,
     check_rotary_dim,
+    pair_matvec,
     phase_dtype,
     rope_cos_sin,
     rope_inv_freq,
     rope_pair_tables,
 )
-from ..functional.tables import RowViews, host_in_range, host_span, rows_at
+from ..functional.tables import RowViews, decode_position, host_in_range, host_span, rows_at
 from ..validation import check_bool, check_float, check_int, check_positions, check_rotatable
 
 
@@ -184,6 +185,12 @@ class XPos(PositionEncoding):
         return not dtype.is_floating_point or span <= self.max_offset(dtype)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        table = self._buffers["pair_table"]  # (not nn.Module.__getattr__, see RoPE._decode_row)
+        assert table is not None
+        p = decode_position(q, k, positions, table, self.head_dim)
+        if p is not None:  # a CPU decode step inside the table (float32 scales fit there): the general path's
+            mq, mk = self._rows(table, p)  # one-position branch below without its checks, bitwise the same
+            return pair_matvec(q, mq, self.interleaved), pair_matvec(k, mk, self.interleaved)
         check_rotatable("XPos", self.head_dim, q, k)
         check_positions("XPos", positions, q.shape[-2], q.shape[0])
         seq = q.shape[-2]

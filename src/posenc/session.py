@@ -1,0 +1,94 @@
+"""Decode sessions: what a decode loop promises the encodings, and the per-session tables that buys.
+
+A decode step evaluates every layer's positional bias for one query against every cached key, once per layer
+and token. For an encoding whose bias depends on the distance ``k - q`` only (ALiBi, T5, Kerple; FIRE below its
+threshold) that is the same handful of values every step, recomputed from the parameters in a dozen small
+calls: in a 4-layer dim-256 model on a CPU, 8-19 % of the whole step. Keyed on the parameters themselves such
+a table would go stale without notice (a write through ``.data`` bumps no version counter), so it lives only as
+long as a :class:`DecodeSession`, inside which the caller promises that nothing it depends on changes.
+
+:func:`posenc.models.generate.generate` opens one around its decode loop; a hand-written loop may do the same::
+
+    with posenc.DecodeSession(slots=cache.max_len), torch.no_grad():
+        for t in range(n):
+            logits = model(tokens[:, -1:], positions=pos, caches=caches)
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from typing import Any
+
+from torch import Tensor
+
+from .validation import check_int
+
+
+class DecodeSession:
+    """A decode loop's promise, for as long as the ``with`` block runs.
+
+    Inside it the caller promises that (1) no parameter or buffer of the model changes, (2) no gradient is
+    wanted (the session is ignored while grad mode is on), and (3) every query and key position lies in
+    ``[0, slots)``. Encodings may then build tables from their parameters once and read them by index every
+    step (see :meth:`posenc.bias.base.BiasEncoding.pairwise`); the tables are dropped with the session, so a
+    change made between two sessions (an optimizer step, ``load_state_dict``, a write through ``.data``) is
+    always seen. A position outside ``[0, slots)`` raises ``IndexError`` on a CPU rather than reading a wrong
+    row. Sessions nest (the innermost one counts) and are per thread and per asyncio task.
+
+    Args:
+        slots: the key slots of the loop's caches (``max_len``): positions stay below it.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = check_int("slots", slots, at_least=1, owner="DecodeSession")
+        self._token: Token[DecodeSession | None] | None = None
+
+    def __enter__(self) -> DecodeSession:
+        if self._token is not None:
+            raise RuntimeError("DecodeSession: this session is already open; open a new one to nest")
+        self._token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _CURRENT.reset(self._token)
+        self._token = None
+
+    def __repr__(self) -> str:
+        return f"DecodeSession(slots={self.slots})"
+
+
+_CURRENT: ContextVar[DecodeSession | None] = ContextVar("posenc_decode_session", default=None)
+
+
+def current_session() -> DecodeSession | None:
+    """The innermost open :class:`DecodeSession` of this thread / task, or None."""
+    return _CURRENT.get()
+
+
+class SessionMemo:
+    """One value kept for one session: ``get(session)`` gives what ``put(session, value)`` stored, for that
+    session object only. Copies and pickles start empty (a session never outlives its process), and
+    :class:`posenc.PositionEncoding` clears it when the module moves."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the value."""
+        self._state: tuple[DecodeSession | None, Any] = (None, None)
+
+    def get(self, session: DecodeSession) -> Any:
+        """The value stored for ``session``, or None."""
+        owner, value = self._state  # read once: another thread may swap it, never half of it
+        return value if owner is session else None
+
+    def put(self, session: DecodeSession, value: Tensor | tuple[Any, ...]) -> None:
+        """Keep ``value`` for ``session`` (replacing any other session's)."""
+        self._state = (session, value)
+
+    def __reduce__(self) -> tuple[type[SessionMemo], tuple[()]]:
+        return (SessionMemo, ())
+
+
+__all__ = ["DecodeSession", "SessionMemo", "current_session"]

@@ -1,0 +1,136 @@
+"""DecodeSession: per-session bias tables read by index equal the formula, and never outlive the session."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import pickle
+
+import pytest
+import torch
+
+import posenc
+import posenc.models.generate as generate_mod
+from posenc.bias.base import BiasEncoding
+from posenc.models import TransformerLM
+
+SESSION_BIASES = ["alibi", "t5", "kerple", "fire"]
+
+
+def _bias(name: str) -> BiasEncoding:
+    torch.manual_seed(0)
+    options = {"init_threshold": 40.0} if name == "fire" else {}
+    enc = posenc.build(name, heads=4, **options)
+    assert isinstance(enc, BiasEncoding)
+    with torch.no_grad():  # learned tables away from their zero / uniform start
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return enc
+
+
+def _decode_positions(batch: int, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decode step as generate makes it: per-row query positions, keys of the written slots then zeros."""
+    q_pos = torch.tensor([[slots - 3 - 5 * b] for b in range(batch)])  # (B, 1)
+    k_pos = torch.arange(slots).expand(batch, -1) - torch.arange(batch)[:, None] * 5  # left padding
+    k_pos = k_pos.clamp(min=0) * (torch.arange(slots) <= slots - 3)  # unwritten slots hold 0
+    return q_pos, k_pos
+
+
+@pytest.mark.parametrize("name", SESSION_BIASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_session_bias_equals_the_formula(name: str, batch: int) -> None:
+    enc = _bias(name)
+    q_pos, k_pos = _decode_positions(batch, slots=24)
+    with torch.no_grad():
+        want = enc.pairwise_reference(q_pos, k_pos)
+        outside = enc.pairwise(q_pos, k_pos)
+        with posenc.DecodeSession(24):
+            assert enc.pairwise_in_session(q_pos, k_pos) is not None  # the session's path ran
+            got = enc.pairwise(q_pos, k_pos)
+    assert got.shape == want.shape == (batch, 4, 1, 24)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    if name != "fire":  # the formula at the same integer distances: the same float operations
+        assert torch.equal(got, outside)
+
+
+def test_fire_past_its_threshold_leaves_the_session() -> None:
+    """Beyond |L| FIRE's denominator depends on the query: no per-distance vector, the formula instead."""
+    fire = _bias("fire")
+    limit = float((fire.threshold_scale * fire.init_threshold).abs())
+    k_pos = torch.arange(64)[None]
+    with torch.no_grad(), posenc.DecodeSession(64):
+        below = torch.tensor([[int(limit)]])
+        above = torch.tensor([[int(limit) + 1]])
+        assert fire.pairwise_in_session(below, k_pos) is not None
+        assert fire.pairwise_in_session(above, k_pos) is None
+        torch.testing.assert_close(fire.pairwise(above, k_pos), fire.pairwise_reference(above, k_pos))
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_generate_gives_the_same_tokens_without_the_session(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = TransformerLM(name, dim=32, depth=2, heads=2).eval()
+    tokens = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[0, :2] = False
+    with_session = model.generate(tokens, 12, temperature=0, prompt_mask=mask)
+    monkeypatch.setattr(generate_mod, "DecodeSession", lambda slots: contextlib.nullcontext())
+    assert torch.equal(model.generate(tokens, 12, temperature=0, prompt_mask=mask), with_session)
+
+
+def test_a_parameter_changed_between_sessions_is_seen() -> None:
+    """Even through ``.data`` (no version bump): the table is the session's, never keyed on the parameter."""
+    enc = _bias("t5")
+    q_pos, k_pos = _decode_positions(1, slots=16)
+    with torch.no_grad():
+        with posenc.DecodeSession(16):
+            first = enc.pairwise(q_pos, k_pos)
+        enc.embedding.weight.data.mul_(2.0)  # type: ignore[union-attr]
+        with posenc.DecodeSession(16):
+            second = enc.pairwise(q_pos, k_pos)
+    torch.testing.assert_close(second, 2 * first)
+
+
+def test_the_session_is_ignored_while_recording_gradients() -> None:
+    enc = _bias("kerple")
+    q_pos, k_pos = _decode_positions(1, slots=16)
+    with posenc.DecodeSession(16):
+        assert enc.pairwise_in_session(q_pos, k_pos) is None
+        out = enc.pairwise(q_pos, k_pos)
+    out.sum().backward()
+    assert enc.r1.grad is not None
+
+
+def test_positions_outside_the_slots_raise_not_misread() -> None:
+    enc = _bias("alibi")
+    with torch.no_grad(), posenc.DecodeSession(8), pytest.raises(IndexError):
+        enc.pairwise(torch.tensor([[12]]), torch.arange(8)[None])  # k - q = -12: past the vector's start
+
+
+def test_memo_starts_empty_in_copies_and_moves() -> None:
+    enc = _bias("t5")
+    q_pos, k_pos = _decode_positions(1, slots=16)
+    session = posenc.DecodeSession(16)
+    with torch.no_grad(), session:
+        enc.pairwise(q_pos, k_pos)
+        assert enc._session_memo.get(session) is not None
+        for other in (copy.deepcopy(enc), pickle.loads(pickle.dumps(enc))):
+            assert other._session_memo.get(session) is None
+        enc.to(torch.float64)
+        assert enc._session_memo.get(session) is None
+
+
+def test_session_arguments_and_reuse() -> None:
+    with pytest.raises(ValueError, match="slots"):
+        posenc.DecodeSession(0)
+    session = posenc.DecodeSession(4)
+    with session:
+        assert posenc.session.current_session() is session
+        with pytest.raises(RuntimeError, match="already open"), session:
+            pass
+        with posenc.DecodeSession(8) as inner:
+            assert posenc.session.current_session() is inner
+        assert posenc.session.current_session() is session
+    assert posenc.session.current_session() is None
