@@ -8,6 +8,8 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import posenc
 import posenc.models.generate as generate_mod
@@ -51,6 +53,28 @@ def test_session_bias_equals_the_formula(name: str, batch: int) -> None:
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     if name != "fire":  # the formula at the same integer distances: the same float operations
         assert torch.equal(got, outside)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(SESSION_BIASES),
+    st.integers(1, 3),
+    st.integers(1, 40),
+    st.data(),
+)
+def test_session_bias_equals_the_formula_at_any_positions_below_the_slots(
+    name: str, batch: int, slots: int, data: st.DataObject
+) -> None:
+    """Any batch, slot count and positions in ``[0, slots)`` (per row, keys in any order)."""
+    enc = _bias(name)
+    q_pos = torch.tensor(data.draw(st.lists(st.integers(0, slots - 1), min_size=batch, max_size=batch)))
+    keys = data.draw(st.lists(st.integers(0, slots - 1), min_size=slots, max_size=slots))
+    q_pos, k_pos = q_pos[:, None], torch.tensor(keys).expand(batch, -1)  # (B, 1), (B, K)
+    with torch.no_grad():
+        want = enc.pairwise_reference(q_pos, k_pos)
+        with posenc.DecodeSession(slots):
+            got = enc.pairwise(q_pos, k_pos)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
 def test_fire_past_its_threshold_leaves_the_session() -> None:
