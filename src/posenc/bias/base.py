@@ -94,7 +94,7 @@ class BiasEncoding(PositionEncoding, ABC):
             memo = self._session_table(session, q_pos.device)
             self._session_memo.put(session, memo)
         vec, limit = memo
-        if vec is None or vec.device != q_pos.device:
+        if vec is None or (not (vec.is_cpu and q_pos.is_cpu) and vec.device != q_pos.device):
             return None
         if limit is not None:  # the vector holds only for queries up to `limit`, checked on the host
             span = host_span(q_pos)
