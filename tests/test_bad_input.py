@@ -98,6 +98,12 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
         ["1 or 2"],
     ),
     ("rope position 2**40", rope_call(positions=torch.arange(5) + 2**40), ValueError, ["2**31"]),
+    (
+        "rope 0-d position of a decode step",
+        lambda: posenc.RoPE(16)(torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16), torch.tensor(3)),
+        ValueError,
+        ["positions", "got ()"],
+    ),
     ("rope q, k on two devices", rope_call(k=q4.to("meta")), ValueError, ["device"]),
     (
         "xpos bool positions",

@@ -97,9 +97,10 @@ def check_positions(owner: str, positions: Tensor | None, seq_len: int, batch: i
         raise TypeError(f"{owner}: positions must be an integer tensor, got {type(positions).__name__}")
     if positions.dtype == torch.bool or positions.dtype.is_floating_point or positions.dtype.is_complex:
         raise TypeError(f"{owner}: positions must be an integer tensor, got {positions.dtype}")
-    rows_ok = positions.dim() == 1 or batch is None or positions.shape[0] in (1, batch)
-    if positions.dim() not in (1, 2) or positions.shape[-1] != seq_len or not rows_ok:
-        want = "batch" if batch is None else f"1 or {batch}"
+    dims_ok = positions.dim() in (1, 2)  # (first: a 0-d tensor has no shape[-1] to compare)
+    rows_ok = dims_ok and (positions.dim() == 1 or batch is None or positions.shape[0] in (1, batch))
+    if not dims_ok or positions.shape[-1] != seq_len or not rows_ok:
+        want = "batch" if batch is None else "1" if batch == 1 else f"1 or {batch}"
         raise ValueError(
             f"{owner}: positions must be (seq,) or ({want}, seq) with seq={seq_len}, got {tuple(positions.shape)}"
         )

@@ -206,8 +206,11 @@ def test_decode_position_declines_what_the_general_path_must_check() -> None:
         "other head_dim": (q, k, p, 4),
         "no positions": (q, k, None, 8),
         "3-d positions": (q, k, torch.tensor([[[3]]]), 8),
+        "0-d position": (q, k, torch.tensor(3), 8),
     }
     for label, (qq, kk, pp, d) in declined.items():
         assert decode_position(qq, kk, pp, table, d) is None, label
     with pytest.raises(TypeError, match="integer"):
         posenc.RoPE(8)(q, k, torch.tensor([[True]]))  # declined, then refused by the general path
+    with pytest.raises(ValueError, match="positions"):
+        posenc.RoPE(8)(q, k, torch.tensor(3))

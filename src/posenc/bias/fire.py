@@ -95,7 +95,8 @@ class FIRE(BiasEncoding):
         vec = self._mlp_bias(
             torch.zeros(1, 1, dtype=torch.long, device=device), dist, True
         )  # (1, H, 1, 2s-1)
-        return vec[0, :, 0], float((self.threshold_scale * self.init_threshold).abs())
+        threshold = (self.threshold_scale * self.init_threshold).float().abs()  # as fire_input compares it
+        return vec[0, :, 0], float(threshold)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
         """The per-score formula; while learning, :meth:`score_mod_unbound` (FlexAttention's backward refuses a

@@ -75,7 +75,12 @@ def decode_position(
     if type(q) is not Tensor or type(k) is not Tensor or type(positions) is not Tensor:
         return None  # (exact types: subclasses and None go the general way)
     dtype, qs, ks = table.dtype, q.shape, k.shape
-    if q.dtype is not dtype or k.dtype is not dtype or positions.numel() != 1 or positions.dim() > 2:
+    if (
+        q.dtype is not dtype
+        or k.dtype is not dtype
+        or positions.numel() != 1
+        or positions.dim() not in (1, 2)
+    ):
         return None
     if positions.dtype not in _INTEGER_DTYPES or len(qs) < 2 or len(ks) < 2:
         return None
