@@ -9,7 +9,7 @@ long as a :class:`DecodeSession`, inside which the caller promises that nothing 
 
 :func:`posenc.models.generate.generate` opens one around its decode loop; a hand-written loop may do the same::
 
-    with posenc.DecodeSession(slots=cache.max_len), torch.no_grad():
+    with posenc.DecodeSession(slots=max_len), torch.no_grad():  # every position below max_len
         for t in range(n):
             logits = model(tokens[:, -1:], positions=pos, caches=caches)
 """
