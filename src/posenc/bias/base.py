@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,9 @@ class BiasEncoding(PositionEncoding, ABC):
         idx = (k_pos - q_pos).add_(session.slots - 1)  # (1|B, K): distance k - q, as an index into vec
         return F.embedding(idx, vec).permute(0, 2, 1).unsqueeze(2)  # (1|B, K, H) -> (1|B, H, 1, K)
 
-    def _session_table(self, session: DecodeSession, device: torch.device) -> tuple[Tensor | None, Any]:
+    def _session_table(
+        self, session: DecodeSession, device: torch.device
+    ) -> tuple[Tensor | None, float | None]:
         found = self.session_vector(session.slots, device)
         if found is None:
             return None, None
