@@ -49,3 +49,11 @@ def test_generate_bad_arguments_exit_with_one_line(
     assert "--scaling must be one of" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", "missing.pt", "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    for device, says in (("bogus", "is not a device name"), ("meta", "holds no data")):
+        assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", "x", "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1
+    # a cache beyond the machine's memory: one line, not a process killed partway
+    assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", "x", "--tokens", str(10**12)]) == 2
+    err = capsys.readouterr().err
+    assert "GiB, more than the" in err and err.count("\n") == 1

@@ -7,6 +7,7 @@ import torch
 
 import posenc
 from posenc.models import TransformerLM
+from posenc.models import generate as gen
 
 
 def _model(name: str) -> TransformerLM:
@@ -128,7 +129,35 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
         model.generate(tokens, 5, prompt_mask=torch.tensor([[True, True, False, True]]))
     with pytest.raises(ValueError, match="vocabulary"):
         model.generate(tokens + 300, 5)
+    with pytest.raises(ValueError, match="temperature must be a finite number, got inf"):
+        model.generate(tokens, 5, temperature=float("inf"))
+    for eos in (256, -1, True, 2.0):  # a row would never stop, or stop at a token the caller did not name
+        with pytest.raises(ValueError, match=r"eos must be a token id in \[0, 256\)"):
+            model.generate(tokens, 5, eos=eos)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_len must be an integer, got the bool True"):
+        model.generate(tokens, 5, max_len=True)
+    with pytest.raises(TypeError, match="max_len must be an integer, got 10.0"):
+        model.generate(tokens, 5, max_len=10.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="compile must be a bool or a torch.compile backend name"):
+        model.generate(tokens, 5, compile=1)  # type: ignore[arg-type]
     assert calls == []
+
+
+def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _model("rope")
+    tokens = torch.zeros(2, 4, dtype=torch.long)
+    need = gen.memory_needed(model, 2, 4, 4 + 60)
+    block = model.blocks[0].attn
+    per_slot = len(model.blocks) * 2 * (2 * block.kv_heads * block.head_dim * 4 + block.heads * 4 * 4)
+    assert need == per_slot * 64  # keys, values and the prefill's scores of every layer
+    monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"a cache of 64 slots \(batch 2, 2 layers\) needs about"):
+        model.generate(tokens, 60)
+    assert gen._DECODERS.get(model) is None  # refused before a decoder (and its caches) existed
+    monkeypatch.setattr(gen, "device_memory", lambda device: need)
+    assert model.generate(tokens, 60, temperature=0).shape == (2, 64)
 
 
 def test_sampling_top_k_1_is_greedy_and_eos_stops() -> None:

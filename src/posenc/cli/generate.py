@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
     p.add_argument("--scaling", type=str, default=None, help="RoPE context extension at inference, e.g. yarn")
     p.add_argument("--compile", action="store_true", help="compile the decode step (torch.compile)")
-    p.add_argument("--device", type=str, default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.set_defaults(func=run)
 
 
@@ -25,17 +25,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..experiments.checkpoints import load_model
+    from ..experiments.dist import resolve_device
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be a positive number of bytes, got {args.tokens}")
     prompt = args.prompt.encode("utf-8")
     if not prompt:
         raise ValueError("--prompt must not be empty")
+    device = resolve_device(args.device)
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
-    model, ckpt = load_model(args.checkpoint, args.device)
+    model, ckpt = load_model(args.checkpoint, device)
     torch.manual_seed(args.seed)
-    tokens = torch.tensor([list(prompt)], dtype=torch.long, device=args.device)
+    tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device)
     options = {"temperature": args.temperature, "top_k": args.top_k, "compile": args.compile}
     if args.scaling is None:
         out = model.generate(tokens, args.tokens, **options)

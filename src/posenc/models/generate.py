@@ -14,6 +14,7 @@ are hidden from attention by the mask.
 from __future__ import annotations
 
 import contextlib
+import os
 import types
 import weakref
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from ..attention.static_cache import StaticKVCache
 from ..session import DecodeSession
+from ..validation import check_float, check_int
 
 if TYPE_CHECKING:
     from .lm import TransformerLM
@@ -145,6 +147,8 @@ def _check(
     max_new_tokens: int,
     temperature: float,
     top_k: int | None,
+    eos: int | None,
+    compile: bool | str,
     prompt_mask: Tensor | None,
     max_len: int | None,
 ) -> tuple[Tensor, int]:
@@ -156,11 +160,18 @@ def _check(
         raise ValueError("tokens must hold at least one prompt token per row, got seq=0")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    check_float("temperature", temperature, at_least=0, owner="generate")  # finite: 0 = greedy
     vocab = model.head.out_features
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k):
+    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if eos is not None and not (isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < vocab):
+        raise ValueError(
+            f"eos must be a token id in [0, {vocab}) (the model's vocabulary) or None, got {eos!r}"
+        )
+    if max_len is not None:
+        check_int("max_len", max_len, at_least=1, owner="generate")
+    if not isinstance(compile, (bool, str)):
+        raise TypeError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
         raise ValueError(f"tokens must lie in [0, {vocab}) (the model's vocabulary)")
     mask = torch.ones_like(tokens, dtype=torch.bool) if prompt_mask is None else prompt_mask
@@ -180,6 +191,42 @@ def _check(
             f"tokens, but max_len={max_len}; raise max_len or ask for fewer tokens"
         )
     return mask.to(tokens.device), need if max_len is None else max_len
+
+
+def memory_needed(model: TransformerLM, batch: int, prompt: int, slots: int) -> int:
+    """Bytes ``generate`` allocates that grow with the cache: every layer's keys and values ``(B, Hkv, slots, D)``
+    and the prefill's scores ``(B, H, S, slots)`` (float32 at most)."""
+    item = next(model.parameters()).element_size()
+    need = 0
+    for attn in model.attention_layers():
+        need += 2 * batch * attn.kv_heads * slots * attn.head_dim * item  # keys and values
+        need += batch * attn.heads * prompt * slots * 4  # one layer's prefill scores at a time, bounded above
+    return need
+
+
+def device_memory(device: torch.device) -> int | None:
+    """The device's total memory in bytes (CUDA: the card's; CPU: physical memory), None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system, or the name is unknown there
+            return None
+    return None
+
+
+def check_memory(model: TransformerLM, batch: int, prompt: int, slots: int, device: torch.device) -> None:
+    """Refuse, before any allocation, a cache larger than the device's whole memory (a CPU process would be
+    killed by the system partway, with no message, rather than get an error)."""
+    total = device_memory(device)
+    need = memory_needed(model, batch, prompt, slots)
+    if total is not None and need > total:
+        raise ValueError(
+            f"generate: a cache of {slots} slots (batch {batch}, {len(model.blocks)} layers) needs about "
+            f"{need / 2**30:.1f} GiB, more than the {total / 2**30:.1f} GiB this {device.type} device has; "
+            "ask for fewer tokens or a smaller max_len"
+        )
 
 
 @torch.no_grad()
@@ -208,13 +255,16 @@ def generate(
         compile: True compiles the decode step with inductor (once per batch/length/dtype/device); a string
             names another ``torch.compile`` backend (``"eager"``, ``"aot_eager"`` for quick checks).
         prompt_mask: ``(B, S)`` bool, True on real tokens and False on the left padding; None = no padding.
-        max_len: cache slots per layer (default ``S + max_new_tokens``); too few raises ``ValueError`` before
-            any work is done.
+        max_len: cache slots per layer (default ``S + max_new_tokens``); too few, or a cache larger than the
+            device's memory, raises ``ValueError`` before any work is done.
 
     Returns:
         ``(B, S + n)`` int64: the prompt followed by the ``n <= max_new_tokens`` new tokens.
     """
-    mask, slots = _check(model, tokens, max_new_tokens, temperature, top_k, prompt_mask, max_len)
+    mask, slots = _check(
+        model, tokens, max_new_tokens, temperature, top_k, eos, compile, prompt_mask, max_len
+    )
+    check_memory(model, tokens.shape[0], tokens.shape[1], slots, tokens.device)
     tokens = tokens.long()
     b, s = tokens.shape
     dec = _decoder(model, b, slots, tokens.device, compile)
