@@ -24,6 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is torch failing to allocate (CPU allocator or ``torch.OutOfMemoryError`` on a GPU)."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -32,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as err:  # expected failures: one line, no traceback
         print(f"posenc {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if not out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"posenc {args.command}: error: out of memory ({first}); ask for less (batch, sizes, lengths)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         kept = getattr(args, "interrupted", None)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--preset",
         type=str,
-        default="demo",
+        default=None,
         help="demo (default: ~10 min on 2 CPU cores), cpu-long (3.5x the steps, ~30 min), gpu (larger model, "
         "3 seeds, compiled); the flags below override its values",
     )
@@ -116,7 +116,9 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
 
     if args.seeds is not None and args.seed is not None:
         raise ValueError("give --seeds or --seed, not both")
-    cfg = preset("quick" if args.quick else args.preset)
+    if args.quick and args.preset is not None:
+        raise ValueError(f"--quick is a preset of its own; give --quick or --preset {args.preset}, not both")
+    cfg = preset("quick" if args.quick else args.preset or "demo")
     cfg = cfg.with_train(
         train_len=args.train_len,
         steps=args.steps,
