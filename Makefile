@@ -57,8 +57,8 @@ gpu-check:
 	if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --target "$$site" .whl/*.whl; fi; \
 	export PYTHONPATH=$$PWD/src:$$site PYTHONUNBUFFERED=1; \
 	python3 -c "import torch, sys; print(torch.__version__, torch.cuda.get_device_name(0))" | tee $(GPU_OUT)/device.txt; \
-	timeout 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/gpu 2>&1 | tee $(GPU_OUT)/gpu-tests.txt; \
-	for step in "attention 220" "rope 90" "decode 60 --quick"; do set -- $$step; \
+	timeout 140 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/gpu 2>&1 | tee $(GPU_OUT)/gpu-tests.txt; \
+	for step in "attention 210" "rope 115" "decode 60 --quick"; do set -- $$step; \
 	  timeout $$2 python3 -m posenc bench --device cuda --suite $$1 $$3 --out $(GPU_OUT)/bench-$$1 2>&1 \
 	    | tee $(GPU_OUT)/bench-$$1.txt; \
 	done

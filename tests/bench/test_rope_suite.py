@@ -21,7 +21,9 @@ def test_missing_peers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         importlib.util,
         "find_spec",
         lambda name, *a: (
-            None if name in ("transformers", "rotary_embedding_torch", "flash_attn") else real(name, *a)
+            None
+            if name in ("transformers", "rotary_embedding_torch", "flash_attn", "liger_kernel")
+            else real(name, *a)
         ),
     )
     peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
@@ -30,6 +32,7 @@ def test_missing_peers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         "transformers compiled",
         "rotary-embedding-torch",
         "flash-attn rotary",
+        "liger",
     }
     assert all(isinstance(v, str) and v.startswith("missing:") for v in peers.values())
 
@@ -46,3 +49,25 @@ def test_installed_peers_agree_with_posenc() -> None:
     assert callable(hf)
     want = RoPE(8)(q, q)
     torch.testing.assert_close(hf(q, q)[0], want[0], atol=1e-5, rtol=1e-5)
+
+
+def test_liger_is_timed_in_its_own_layout_and_agrees_with_posenc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liger rotates ``(B, H, S, D)`` views of ``(B, S, H, D)`` tensors in place; the suite hands it such copies,
+    made before timing, forward and backward (run on CPU in Triton's interpreter where liger-kernel is installed)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read by triton when liger's kernels are first defined
+    pytest.importorskip("liger_kernel")
+    pytest.importorskip("triton")
+    from posenc.bench.rope import _backward, _inputs, liger_rotation
+    from posenc.rotary.rope import RoPE
+
+    q, k = torch.randn(2, 4, 16, 32), torch.randn(2, 2, 16, 32)  # grouped-query keys
+    cos, sin = RoPE(32).cos_sin(16, None, q.device)
+    fn = liger_rotation(q, cos, sin)
+    qa, ka = _inputs(fn, q, k)
+    assert qa.transpose(1, 2).is_contiguous() and torch.equal(qa, q)
+    want = RoPE(32)(q, k)
+    got = fn(qa, ka)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    dq, dk = _backward(fn, q, k)()
+    assert dq.shape == q.shape and dk.shape == k.shape

@@ -5,8 +5,11 @@ Every figure is a median over repeats, timed round-robin with a ``clone`` of q a
 memory-bound op that reads q and k once and writes them once) measured in the same rounds; ``ratio`` is time
 divided by that copy. Backward rows time ``torch.autograd.grad`` of the outputs with respect to q and k, against
 the same copy. Peers: transformers' Llama ``apply_rotary_pos_emb`` (eager and under ``torch.compile``),
-rotary-embedding-torch and, on CUDA, flash-attn's Triton rotary; a peer that is not installed is reported as
-missing, never replaced.
+rotary-embedding-torch and, on CUDA, flash-attn's Triton rotary and Liger's (``liger-kernel``); a peer that is
+not installed is reported as missing, never replaced.
+
+Shapes: on CUDA the three of issue #9 (one with grouped-query keys, 32 query heads and 8 key heads); on a CPU two
+smaller ones, whose figures the README keeps.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ log = logging.getLogger(__name__)
 QK = tuple[Tensor, Tensor]
 RopeFn = Callable[[Tensor, Tensor], QK]
 
-SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 32, 4096, 128), (8, 8, 1024, 64))
-QUICK_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 4, 128, 64), (2, 2, 64, 32))
+#: ``(B, H, S, D, key heads)``: q is ``(B, H, S, D)``, k ``(B, key heads, S, D)``.
+Shape = tuple[int, int, int, int, int]
+CUDA_SHAPES: tuple[Shape, ...] = ((1, 32, 4096, 128, 32), (8, 32, 4096, 128, 8), (4, 16, 8192, 64, 16))
+CPU_SHAPES: tuple[Shape, ...] = ((1, 32, 4096, 128, 32), (8, 8, 1024, 64, 8))
+QUICK_SHAPES: tuple[Shape, ...] = ((1, 4, 128, 64, 4), (2, 4, 64, 32, 2))
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 FLOOR = "copy (floor)"
 
@@ -77,26 +83,64 @@ def _peers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn
             return rot_a, apply_rotary_emb(b.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
 
         out["flash-attn rotary"] = flash
+    out["liger"] = _liger(q, cos, sin)
     return out
+
+
+def _liger(q: Tensor, cos: Tensor, sin: Tensor) -> RopeFn | str:
+    """Liger's Triton RoPE (``liger_rotary_pos_emb``), CUDA only; see :func:`liger_rotation`."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "missing: liger-kernel is not installed"
+    if q.device.type != "cuda":
+        return "skipped: Liger's Triton kernels run on CUDA only"
+    return liger_rotation(q, cos, sin)
+
+
+def liger_rotation(q: Tensor, cos: Tensor, sin: Tensor) -> RopeFn:
+    """Liger's rotation, to be given q and k in the layout it works in: ``(B, H, S, D)`` views of ``(B, S, H, D)``
+    tensors, as a Llama attention hands them over (given a contiguous ``(B, H, S, D)`` tensor it first copies
+    it). Its ``prepare(q, k)`` makes such inputs once, outside the timed region. It rotates its inputs in place."""
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    cos_l = torch.cat((cos, cos), dim=-1)[None].to(q.dtype)  # (1, S, D), as LlamaRotaryEmbedding returns
+    sin_l = torch.cat((sin, sin), dim=-1)[None].to(q.dtype)
+
+    def liger(a: Tensor, b: Tensor) -> QK:
+        return liger_rotary_pos_emb(a, b, cos_l, sin_l)  # type: ignore[no-any-return]
+
+    liger.prepare = _natural_layout  # type: ignore[attr-defined]
+    return liger
+
+
+def _natural_layout(q: Tensor, k: Tensor) -> QK:
+    """Copies of q and k, ``(B, H, S, D)`` views of ``(B, S, H, D)`` tensors."""
+    return q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _inputs(fn: RopeFn, q: Tensor, k: Tensor) -> QK:
+    """q and k as ``fn`` takes them (its ``prepare`` if it has one: a layout of its own, made before timing)."""
+    prepare = getattr(fn, "prepare", None)
+    return (q, k) if prepare is None else prepare(q, k)  # type: ignore[no-any-return]
 
 
 def _forward(fn: RopeFn, q: Tensor, k: Tensor) -> Callable[[], object]:
     """A closure that runs ``fn`` at (q, k) once."""
+    q, k = _inputs(fn, q, k)
     return lambda: fn(q, k)
 
 
 def _backward(fn: RopeFn, q: Tensor, k: Tensor) -> Callable[[], object]:
     """A closure that runs the backward of ``fn`` at (q, k) once (the graph is built once, kept)."""
-    qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
+    qg, kg = (t.detach().requires_grad_() for t in _inputs(fn, q, k))
     oq, ok = fn(qg, kg)
     gq, gk = torch.randn_like(oq), torch.randn_like(ok)
     return lambda: torch.autograd.grad((oq, ok), (qg, kg), (gq, gk), retain_graph=True)
 
 
-def _group(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, quick: bool) -> list[Row]:
-    b, h, s, d = shape
+def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> list[Row]:
+    b, h, s, d, hk = shape
     q = torch.randn(b, h, s, d, device=device, dtype=dtype)
-    k = torch.randn(b, h, s, d, device=device, dtype=dtype)
+    k = torch.randn(b, hk, s, d, device=device, dtype=dtype)
     cos, sin = RoPE(d).to(device).cos_sin(s, None, torch.device(device))
     kernel = choose_impl(q, k, cos, sin)
     fns: dict[str, RopeFn | str] = {
@@ -119,7 +163,8 @@ def _group(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, qu
             row: Row = {
                 "pass": pass_,
                 "dtype": str(dtype).removeprefix("torch."),
-                "shape": list(shape),
+                "shape": list(shape[:4]),
+                "k_heads": hk,
                 "impl": name,
                 "kernel": kernel if name == "posenc" else None,
                 "status": "ok",
@@ -151,6 +196,7 @@ def rope_suite(quick: bool, device: str) -> Iterator[Row]:
         ``status`` "missing"/"skipped" and a ``note``; group by group (one dtype and shape each).
     """
     torch.manual_seed(0)
-    for dtype in DTYPES:
-        for shape in QUICK_SHAPES if quick else SHAPES:
+    shapes = QUICK_SHAPES if quick else CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES
+    for shape in shapes:  # the issue's first shape first, both dtypes: a run cut short keeps the most wanted
+        for dtype in DTYPES:
             yield from _group(shape, dtype, device, quick)
