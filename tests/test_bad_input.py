@@ -138,6 +138,12 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
         ["(batch, seq, 64)"],
     ),
     (
+        "attention x integer",
+        lambda: posenc.Attention(64, 4)(torch.zeros(2, 5, 64, dtype=torch.long)),
+        TypeError,
+        ["floating-point", "torch.int64"],
+    ),
+    (
         "apply_rope int x",
         lambda: posenc.functional.apply_rope(
             torch.ones(1, 4, dtype=torch.long), torch.ones(1, 2), torch.ones(1, 2)

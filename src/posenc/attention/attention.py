@@ -84,6 +84,8 @@ class Attention(nn.Module):
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"Attention: x must be a floating-point tensor (hidden states), got {x.dtype}")
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
