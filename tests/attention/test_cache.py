@@ -82,3 +82,32 @@ def test_reset_then_decode_equals_a_fresh_cache(max_len: int | None) -> None:
         expected = [attn(new[:, i : i + 1], cache=fresh) for i in range(4)]
     assert len(used) == len(fresh) == 4
     torch.testing.assert_close(torch.cat(after_reset, 1), torch.cat(expected, 1), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("max_len", [None, 8])
+def test_keys_that_cannot_join_the_cache_are_refused_and_an_emptied_cache_takes_any(
+    max_len: int | None,
+) -> None:
+    """Another layer's keys (heads, head size), another batch, dtype or device: a clear error, not torch.cat's or a
+    silent cast into the preallocated room. After ``reset`` the cache starts over with the new keys' kind."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    four = posenc.Attention(32, 4, position=posenc.build("rope", dim=32, heads=4)).eval()
+    two = posenc.Attention(32, 2, position=posenc.build("rope", dim=32, heads=2)).eval()
+    x = torch.randn(1, 3, 32)
+    with torch.no_grad():
+        for cache in (posenc.KVCache(max_len=max_len), StaticKVCache(8)):
+            positions = torch.arange(3)[None]
+            four(x, cache=cache, positions=positions)
+            with pytest.raises(ValueError, match="cache holds keys of 4 heads x 8 dims, got 2 x 16"):
+                two(x[:, :1], cache=cache, positions=positions[:, :1] + 3)
+            with pytest.raises(ValueError, match="cache holds batch 1, got new keys with batch 2"):
+                four(x[:, :1].expand(2, -1, -1), cache=cache, positions=positions[:, :1] + 3)
+            if isinstance(cache, StaticKVCache):
+                continue
+            with pytest.raises(ValueError, match="cache holds torch.float32 keys on cpu, got torch.float64"):
+                four.double()(x[:, :1].double(), cache=cache)
+            cache.reset()  # emptied: the float64 model's keys start it over, equal to a fresh cache's
+            want = four(x.double())
+            assert torch.equal(four(x.double(), cache=cache), want)
+            four.float()

@@ -36,8 +36,8 @@ class KVCache:
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Append and return all keys ``(B, Hkv, K, D)``, values and key positions ``(1|B, K)``."""
-        if self.k is not None and k.shape[0] != self.k.shape[0]:
-            raise ValueError(f"cache holds batch {self.k.shape[0]}, got new keys with batch {k.shape[0]}")
+        if self.k is not None and self._len > 0:  # an emptied cache takes any keys (see _write)
+            check_same_stream(self.k, k)
         if self.max_len is None:
             return self._concat(k, v, positions)
         return self._write(k, v, positions)
@@ -63,6 +63,13 @@ class KVCache:
                 f"KVCache(max_len={self.max_len}) holds {start} tokens and cannot take {k.shape[-2]} more; "
                 "create it with a larger max_len (or max_len=None to grow)"
             )
+        if (
+            start == 0
+            and self.k is not None
+            and self.v is not None
+            and not _same_stream(self.k, k, self.v, v)
+        ):
+            self.k = self.v = self.positions = None  # reset, then other keys: room of their own shape
         if self.k is None or self.v is None or self.positions is None:
             b, g, _, d = k.shape
             self.k = k.new_empty(b, g, self.max_len, d)  # (B, Hkv, max_len, D)
@@ -79,3 +86,31 @@ class KVCache:
         self._len = 0
         if self.max_len is None:
             self.k = self.v = self.positions = None
+
+
+def check_same_stream(held: Tensor, new: Tensor) -> None:
+    """Refuse new keys ``(B, Hkv, S, D)`` that cannot join the cached ``held`` ones: another batch, head count,
+    head size, dtype or device (a cache belongs to one attention layer of one running generation)."""
+    if new.shape[0] != held.shape[0]:
+        raise ValueError(f"cache holds batch {held.shape[0]}, got new keys with batch {new.shape[0]}")
+    if new.shape[1] != held.shape[1] or new.shape[-1] != held.shape[-1]:
+        raise ValueError(
+            f"cache holds keys of {held.shape[1]} heads x {held.shape[-1]} dims, got {new.shape[1]} x "
+            f"{new.shape[-1]}: use one cache per attention layer"
+        )
+    if new.dtype != held.dtype or new.device != held.device:
+        raise ValueError(
+            f"cache holds {held.dtype} keys on {held.device}, got {new.dtype} on {new.device}: a model moved or "
+            "cast after its cache was filled needs a new cache"
+        )
+
+
+def _same_stream(k0: Tensor, k: Tensor, v0: Tensor, v: Tensor) -> bool:
+    """Whether preallocated ``k0, v0: (B, Hkv, max_len, D)`` can hold new ``k, v`` as they are."""
+    return all(
+        old.shape[:2] == new.shape[:2]
+        and old.shape[-1] == new.shape[-1]
+        and old.dtype == new.dtype
+        and old.device == new.device
+        for old, new in ((k0, k), (v0, v))
+    )

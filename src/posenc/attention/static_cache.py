@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cache import KVCache
+from .cache import KVCache, check_same_stream
 
 
 class StaticKVCache(KVCache):
@@ -46,8 +46,8 @@ class StaticKVCache(KVCache):
             self.index = torch.zeros((), dtype=torch.long, device=k.device)
             for t in (self.k, self.v, self.positions, self.index):  # fixed addresses: CUDA graphs replay them
                 torch._dynamo.mark_static_address(t)
-        elif k.shape[0] != self.k.shape[0]:
-            raise ValueError(f"cache holds batch {self.k.shape[0]}, got new keys with batch {k.shape[0]}")
+        else:
+            check_same_stream(self.k, k)
         slots = self.index + torch.arange(k.shape[-2], device=k.device)  # (S,)
         self.k.index_copy_(2, slots, k)
         self.v.index_copy_(2, slots, v)
