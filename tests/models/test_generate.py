@@ -150,8 +150,8 @@ def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
     tokens = torch.zeros(2, 4, dtype=torch.long)
     need = gen.memory_needed(model, 2, 4, 4 + 60)
     block = model.blocks[0].attn
-    per_slot = len(model.blocks) * 2 * (2 * block.kv_heads * block.head_dim * 4 + block.heads * 4 * 4)
-    assert need == per_slot * 64  # keys, values and the prefill's scores of every layer
+    per_slot = len(model.blocks) * 2 * 2 * block.kv_heads * block.head_dim * 4 + 2 * block.heads * 4 * 4
+    assert need == per_slot * 64  # keys and values of every layer, one layer's prefill scores
     monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
     with pytest.raises(ValueError, match=r"a cache of 64 slots \(batch 2, 2 layers\) needs about"):
         model.generate(tokens, 60)

@@ -195,13 +195,12 @@ def _check(
 
 def memory_needed(model: TransformerLM, batch: int, prompt: int, slots: int) -> int:
     """Bytes ``generate`` allocates that grow with the cache: every layer's keys and values ``(B, Hkv, slots, D)``
-    and the prefill's scores ``(B, H, S, slots)`` (float32 at most)."""
+    and one layer's prefill scores ``(B, H, S, slots)`` at a time (float32 at most)."""
     item = next(model.parameters()).element_size()
-    need = 0
-    for attn in model.attention_layers():
-        need += 2 * batch * attn.kv_heads * slots * attn.head_dim * item  # keys and values
-        need += batch * attn.heads * prompt * slots * 4  # one layer's prefill scores at a time, bounded above
-    return need
+    layers = model.attention_layers()
+    cache = sum(2 * batch * a.kv_heads * slots * a.head_dim * item for a in layers)  # keys and values
+    scores = max(batch * a.heads * prompt * slots * 4 for a in layers)
+    return cache + scores
 
 
 def device_memory(device: torch.device) -> int | None:
