@@ -153,3 +153,46 @@ def test_tasks_side_by_side_equal_one_after_another(tmp_path: Path) -> None:
         "none-s0.pt",
         "rope-s0.pt",
     ]
+
+
+WORKERS_STARTING = """
+import sys, time
+from posenc.experiments.pool import map_jobs
+
+def slow(x):
+    time.sleep(60)
+    return x
+
+if __name__ == "__main__":
+    print("starting the pool", file=sys.stderr, flush=True)
+    try:
+        map_jobs(slow, [(1,), (2,)], workers=2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists the workers through Linux's /proc")
+def test_ctrl_c_while_the_workers_start_is_no_traceback(tmp_path: Path) -> None:
+    """SIGINT to the process group while the spawned workers still import torch (their initializer, which
+    ignores it, has not run yet): the workers start with SIGINT ignored, so only the parent reports. Before, each
+    worker printed a KeyboardInterrupt traceback (seen in CI on a loaded machine)."""
+    script = tmp_path / "starting.py"
+    script.write_text(WORKERS_STARTING)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_sigint_default,
+    )
+    assert proc.stderr is not None and "starting the pool" in proc.stderr.readline()
+    time.sleep(0.3)  # the workers exist and are importing torch
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    for pid in children.read_text().split():  # the workers alone first: no race with the parent's terminate()
+        os.kill(int(pid), signal.SIGINT)
+    time.sleep(2)  # a worker that did not ignore it has printed its traceback by now
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["interrupted"], err

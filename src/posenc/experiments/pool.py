@@ -13,11 +13,12 @@ model trained with 2 threads may differ from one trained with 1 in the last bits
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import get_context
 from typing import Any, TypeVar
 
@@ -84,6 +85,25 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _sigint_inherited_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while the workers are started, so they start with it ignored.
+
+    A spawned worker imports torch before its initializer runs (seconds on a loaded machine); a Ctrl-C in that
+    window (SIGINT to the whole process group) printed a ``KeyboardInterrupt`` traceback from each worker. An
+    ignored signal stays ignored across ``exec`` and Python keeps it so, so the workers never see it; the
+    parent's own handler is back as soon as the processes exist (well before they are ready).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _indexed(job: tuple[int, Callable[..., Any], tuple[Any, ...]]) -> tuple[int, Any]:
     index, fn, args = job
     return index, fn(*args)
@@ -124,7 +144,8 @@ def map_jobs(
     )
     pool = None
     try:
-        pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per,))
+        with _sigint_inherited_ignored():
+            pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per,))
         jobs = [(i, fn, args) for i, args in enumerate(calls)]
         for index, result in pool.imap_unordered(_indexed, jobs):
             results[index] = result
