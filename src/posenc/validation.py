@@ -106,6 +106,15 @@ def check_positions(owner: str, positions: Tensor | None, seq_len: int, batch: i
         )
 
 
+def as_index_positions(positions: Tensor | None) -> Tensor | None:
+    """Checked positions in a dtype tensor indexing reads as positions: int64 and int32 as they are, other
+    integer dtypes as int64 (a uint8 index is a boolean mask to torch, int16 and unsigned ones are refused by
+    it or by ``aminmax``)."""
+    if positions is None or positions.dtype in (torch.int64, torch.int32):
+        return positions
+    return positions.long()
+
+
 #: RoPE's angles ``m * theta`` are float64 products: their error grows like ``|m| * 2^-53``. Up to this bound
 #: the float32 cos/sin tables are within 2e-7 of the exact values (measured: 3e-8 up to 10^8, 1.4e-7 at 2^31);
 #: beyond it the error grows (1e-6 at 10^10, 1e-4 at 10^12, 6e-2 at 10^15), so positions there are refused.
@@ -150,6 +159,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_position_range",
+    "as_index_positions",
     "check_positions",
     "check_rotatable",
 ]

@@ -214,3 +214,17 @@ def test_decode_position_declines_what_the_general_path_must_check() -> None:
         posenc.RoPE(8)(q, k, torch.tensor([[True]]))  # declined, then refused by the general path
     with pytest.raises(ValueError, match="positions"):
         posenc.RoPE(8)(q, k, torch.tensor(3))
+
+
+@pytest.mark.parametrize("cache_len", [6, 2048])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16, torch.uint32])
+def test_every_integer_position_dtype_means_the_same_positions(cache_len: int, dtype: torch.dtype) -> None:
+    """A uint8 index is a boolean mask to torch: uint8 positions once read the table as a mask (a silently wrong
+    rotation at cache_len 6, an IndexError at 2048); int16 and unsigned ones were refused by indexing or
+    ``aminmax``. RoPE and xPos now read every integer dtype as the positions it holds."""
+    q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 4, 6, 8)
+    positions = torch.tensor([5, 4, 3, 2, 1, 1])
+    for enc in (posenc.RoPE(8, cache_len=cache_len), posenc.build("xpos", head_dim=8, cache_len=cache_len)):
+        want = enc.rotate(q, k, positions)
+        got = enc.rotate(q, k, positions.to(dtype))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

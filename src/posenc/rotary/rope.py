@@ -23,6 +23,7 @@ from ..functional.rotary import (
 from ..functional.tables import RowViews, Span, decode_position, host_span, rows_at
 from ..kernels import AUTO_COMPILED_MIN_NUMEL, FALLBACK, check_impl, has_triton, rope_qk
 from ..validation import (
+    as_index_positions,
     check_bool,
     check_float,
     check_int,
@@ -200,6 +201,7 @@ class RoPE(PositionEncoding):
             return pair_matvec(q, row, self.interleaved), pair_matvec(k, row, self.interleaved)
         check_rotatable("RoPE", self.head_dim, q, k)
         check_positions("RoPE", positions, q.shape[-2], q.shape[0])
+        positions = as_index_positions(positions)
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
         check_position_range(positions, q.shape[-2], span=span)
         if self._small_or_traced(q, k):

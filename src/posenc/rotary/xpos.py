@@ -34,7 +34,14 @@ from ..functional.rotary import (
     rope_pair_tables,
 )
 from ..functional.tables import RowViews, decode_position, host_in_range, host_span, rows_at
-from ..validation import check_bool, check_float, check_int, check_positions, check_rotatable
+from ..validation import (
+    as_index_positions,
+    check_bool,
+    check_float,
+    check_int,
+    check_positions,
+    check_rotatable,
+)
 
 
 def xpos_zeta(head_dim: int, gamma: float, device: torch.device | None = None) -> Tensor:
@@ -193,6 +200,7 @@ class XPos(PositionEncoding):
             return pair_matvec(q, mq, self.interleaved), pair_matvec(k, mk, self.interleaved)
         check_rotatable("XPos", self.head_dim, q, k)
         check_positions("XPos", positions, q.shape[-2], q.shape[0])
+        positions = as_index_positions(positions)
         seq = q.shape[-2]
         if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
             cq, sq, ck, sk = self.cos_q[:seq], self.sin_q[:seq], self.cos_k[:seq], self.sin_k[:seq]
