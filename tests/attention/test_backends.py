@@ -304,3 +304,20 @@ def test_flex_kernel_options_shrink_until_the_kernel_fits(monkeypatch: pytest.Mo
 
     with pytest.raises(RuntimeError, match="index out of bounds"):
         flex_module.run_fitted(broken, ("other",))
+
+
+@pytest.mark.parametrize("name", ["none", "alibi", "rope"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_flex_with_no_query_or_no_key_gives_the_empty_or_zero_output(name: str, causal: bool) -> None:
+    """An empty sequence through ``flex`` (no new token, or nothing cached and nothing new) killed the process
+    with SIGFPE inside the compiled kernel; now it returns what ``math`` returns."""
+    attn = posenc.Attention(
+        16, 4, position=posenc.build(name, dim=16, heads=4), backend="flex", causal=causal
+    ).eval()
+    empty = torch.randn(2, 0, 16)
+    with torch.no_grad():
+        assert attn(empty).shape == (2, 0, 16)
+        assert attn(empty, mask=torch.ones(2, 0, dtype=torch.bool)).shape == (2, 0, 16)
+        cache = posenc.KVCache()
+        attn(torch.randn(2, 3, 16), cache=cache)
+        assert attn(empty, cache=cache).shape == (2, 0, 16)

@@ -217,7 +217,9 @@ def test_decode_position_declines_what_the_general_path_must_check() -> None:
 
 
 @pytest.mark.parametrize("cache_len", [6, 2048])
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16, torch.uint32])
+@pytest.mark.parametrize(
+    "dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16, torch.uint32]
+)
 def test_every_integer_position_dtype_means_the_same_positions(cache_len: int, dtype: torch.dtype) -> None:
     """A uint8 index is a boolean mask to torch: uint8 positions once read the table as a mask (a silently wrong
     rotation at cache_len 6, an IndexError at 2048); int16 and unsigned ones were refused by indexing or

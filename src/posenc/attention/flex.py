@@ -86,6 +86,8 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
             "FlexAttention has no backward on CPU in this torch; use backend='sdpa' (or 'auto') to train, "
             "or run under torch.no_grad()"
         )
+    if q.shape[-2] == 0 or k.shape[-2] == 0:  # no score at all (the compiled kernel divides by zero blocks)
+        return q.new_zeros(q.shape[:-1] + v.shape[-1:])  # (B, H, Q, Dv): no key visible gives 0, as in math
     score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos)
     if score_mod is None:
         bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
