@@ -158,3 +158,27 @@ def test_session_arguments_and_reuse() -> None:
             assert posenc.session.current_session() is inner
         assert posenc.session.current_session() is session
     assert posenc.session.current_session() is None
+
+
+@pytest.mark.parametrize("name", ["t5", "kerple", "alibi"])
+def test_one_session_object_reopened_sees_a_change_and_keeps_no_table_after_its_block(name: str) -> None:
+    """Tables are keyed on one ``with`` block, not on the session object: a session reused after a parameter
+    change once returned the old table (wrong logits in a hand-written loop), and every table outlived its block
+    (a (2 slots - 1, H) tensor per layer after generate)."""
+    enc = posenc.build(name, heads=4)
+    q, k = torch.tensor([[5]]), torch.arange(8)[None]
+    session = posenc.DecodeSession(8)
+    with torch.no_grad():
+        with session:
+            before = enc.pairwise(q, k).clone()
+            assert enc._session_memo.get(session) is not None  # built and kept inside the block
+        assert enc._session_memo._state == (None, None)  # dropped with the block
+        for p in enc.parameters():
+            p.data.add_(0.5)
+        with session:
+            after = enc.pairwise(q, k)
+        formula = enc.pairwise(q, k)  # outside any session
+    assert torch.equal(after, formula)
+    assert name == "alibi" or not torch.equal(after, before)  # ALiBi has no parameters to change
+    with pytest.raises(RuntimeError, match="__exit__ without __enter__"):
+        posenc.DecodeSession(4).__exit__(None, None, None)

@@ -30,9 +30,9 @@ class DecodeSession:
     Inside it the caller promises that (1) no parameter or buffer of the model changes, (2) no gradient is
     wanted (the session is ignored while grad mode is on), and (3) every query and key position lies in
     ``[0, slots)``. Encodings may then build tables from their parameters once and read them by index every
-    step (see :meth:`posenc.bias.base.BiasEncoding.pairwise`); the tables are dropped with the session, so a
-    change made between two sessions (an optimizer step, ``load_state_dict``, a write through ``.data``) is
-    always seen. A position outside ``[0, slots)`` raises ``IndexError`` on a CPU rather than reading a wrong
+    step (see :meth:`posenc.bias.base.BiasEncoding.pairwise`); the tables are dropped when the ``with`` block
+    ends, so a change made between two sessions, or between two ``with`` blocks of one session object (an
+    optimizer step, ``load_state_dict``, a write through ``.data``), is always seen. A position outside ``[0, slots)`` raises ``IndexError`` on a CPU rather than reading a wrong
     row. Sessions nest (the innermost one counts) and are per thread and per asyncio task.
 
     Args:
@@ -42,17 +42,25 @@ class DecodeSession:
     def __init__(self, slots: int) -> None:
         self.slots = check_int("slots", slots, at_least=1, owner="DecodeSession")
         self._token: Token[DecodeSession | None] | None = None
+        self._opening: object | None = None  # new at each __enter__: what the memos are keyed on
+        self._memos: list[SessionMemo] = []  # those holding a table of this opening, emptied at __exit__
 
     def __enter__(self) -> DecodeSession:
         if self._token is not None:
             raise RuntimeError("DecodeSession: this session is already open; open a new one to nest")
         self._token = _CURRENT.set(self)
+        self._opening = object()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._token is not None
+        if self._token is None:
+            raise RuntimeError(
+                "DecodeSession: __exit__ without __enter__ (use it as `with DecodeSession(n):`)"
+            )
         _CURRENT.reset(self._token)
-        self._token = None
+        for memo in self._memos:
+            memo.drop(self._opening)
+        self._token, self._opening, self._memos = None, None, []
 
     def __repr__(self) -> str:
         return f"DecodeSession(slots={self.slots})"
@@ -67,25 +75,35 @@ def current_session() -> DecodeSession | None:
 
 
 class SessionMemo:
-    """One value kept for one session: ``get(session)`` gives what ``put(session, value)`` stored, for that
-    session object only. Copies and pickles start empty (a session never outlives its process), and
-    :class:`posenc.PositionEncoding` clears it when the module moves."""
+    """One value kept for one open session: ``get(session)`` gives what ``put(session, value)`` stored, within
+    the same ``with`` block of that session object only; the value is dropped when the block ends. Copies and
+    pickles start empty (a session never outlives its process), and :class:`posenc.PositionEncoding` clears it
+    when the module moves."""
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
         """Forget the value."""
-        self._state: tuple[DecodeSession | None, Any] = (None, None)
+        self._state: tuple[object | None, Any] = (None, None)
 
     def get(self, session: DecodeSession) -> Any:
-        """The value stored for ``session``, or None."""
+        """The value stored for ``session``'s current ``with`` block, or None."""
         owner, value = self._state  # read once: another thread may swap it, never half of it
-        return value if owner is session else None
+        return value if owner is not None and owner is session._opening else None
 
     def put(self, session: DecodeSession, value: Tensor | tuple[Any, ...]) -> None:
-        """Keep ``value`` for ``session`` (replacing any other session's)."""
-        self._state = (session, value)
+        """Keep ``value`` for ``session``'s current ``with`` block (replacing any other's); nothing if it is not
+        open."""
+        if session._opening is None:
+            return
+        self._state = (session._opening, value)
+        session._memos.append(self)
+
+    def drop(self, opening: object) -> None:
+        """Forget the value if it belongs to ``opening`` (a session's ``with`` block that ends)."""
+        if self._state[0] is opening:
+            self.clear()
 
     def __reduce__(self) -> tuple[type[SessionMemo], tuple[()]]:
         return (SessionMemo, ())
