@@ -160,6 +160,31 @@ def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
     assert model.generate(tokens, 60, temperature=0).shape == (2, 64)
 
 
+def test_positions_past_the_encoding_limit_are_refused_before_any_work() -> None:
+    """A learned table or xPos's scale range ends somewhere: generate refused it only when a step got there
+    (after the prefill and many steps; compiled, an inductor index error, or for xPos NaN logits read as
+    token 0)."""
+    for name, options, limit in (("learned", {"max_len": 10}, 10), ("xpos", {"scale_base": 1}, 70)):
+        model = TransformerLM(name, dim=32, depth=2, heads=2, position_options=options).eval()
+        assert model.max_length == limit
+        calls: list[int] = []
+        model.register_forward_hook(lambda *_, seen=calls: seen.append(1))
+        tokens = torch.zeros(1, 6, dtype=torch.long)
+        with pytest.raises(ValueError, match=f"positions below {limit} only"):
+            model.generate(tokens, limit - 5)
+        assert calls == []
+        assert model.generate(tokens, limit - 6, temperature=0).shape == (1, limit)
+
+
+def test_a_tiny_temperature_samples_the_argmax() -> None:
+    """logits / 1e-45 overflowed to inf and softmax gave NaN, which multinomial refused after the prefill."""
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (2, 5))
+    greedy = model.generate(tokens, 4, temperature=0)
+    for temperature in (1e-45, 1e-300, 5e-324):
+        assert torch.equal(model.generate(tokens, 4, temperature=temperature), greedy)
+
+
 def test_sampling_top_k_1_is_greedy_and_eos_stops() -> None:
     model = _model("rope")
     tokens = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(4))
@@ -168,3 +193,19 @@ def test_sampling_top_k_1_is_greedy_and_eos_stops() -> None:
     eos = int(greedy[0, 4])  # row 0's first new token
     out = model.generate(tokens, 6, temperature=0, eos=eos)
     assert (out[0, 4:] == eos).all()
+
+
+def test_autocast_and_inference_mode_calls_mix_with_plain_ones() -> None:
+    """A decoder's caches hold one dtype and one kind of tensor: a call under autocast (bf16 keys) or
+    inference_mode (inference tensors) and a plain call each get their own, in either order (both used to raise
+    in the second call)."""
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (1, 5))
+    plain = model.generate(tokens, 4, temperature=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.generate(tokens, 4, temperature=0)
+    with torch.inference_mode():
+        assert torch.equal(model.generate(tokens, 4, temperature=0), plain)
+    assert torch.equal(model.generate(tokens, 4, temperature=0), plain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.generate(tokens, 4, temperature=0), mixed)

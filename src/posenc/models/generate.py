@@ -122,7 +122,11 @@ _DECODERS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple[Any, ...], _Decod
 def _decoder(
     model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
 ) -> _Decoder:
-    key = (batch, max_len, device, next(model.parameters()).dtype, compile)
+    # the dtype the keys are computed in: the parameters', or autocast's (a decoder's caches hold one dtype)
+    autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
+    # under inference_mode the caches are inference tensors, which a later plain call may not write
+    inference = torch.is_inference_mode_enabled()
+    key = (batch, max_len, device, next(model.parameters()).dtype, autocast, inference, compile)
     table = _DECODERS.setdefault(model, {})
     if key not in table:
         table[key] = _Decoder(model, batch, max_len, device, compile)
@@ -134,7 +138,8 @@ def pick(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
     ``softmax(logits / temperature)`` restricted to the ``top_k`` largest (all if None)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.double()  # float64 and the largest at 0: a tiny temperature gives 0 and -inf, never NaN
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -185,6 +190,12 @@ def _check(
             "prompt_mask must be left padding: per row, False (padding) then True (tokens) to the end"
         )
     need = tokens.shape[1] + max_new_tokens
+    limit = model.max_length
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"the model takes positions below {limit} only (its encoding's limit), but prompt {tokens.shape[1]} + "
+            f"max_new_tokens {max_new_tokens} = {need} tokens; ask for fewer tokens"
+        )
     if max_len is not None and need > max_len:
         raise ValueError(
             f"the cache would overflow: prompt {tokens.shape[1]} + max_new_tokens {max_new_tokens} = {need} "

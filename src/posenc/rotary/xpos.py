@@ -161,6 +161,13 @@ class XPos(PositionEncoding):
             "pair_table": torch.stack(pairs, dim=1),
         }
 
+    @property
+    def max_length(self) -> int | None:
+        """Positions ``0 .. n-1`` stay within :meth:`max_offset` (float32, the tables' dtype) of ``center`` up to
+        ``n = center + max_offset + 1`` (35,697 for the defaults); 0 when position 0 is already too far."""
+        limit = self.max_offset(torch.float32)
+        return 0 if abs(self.center) > limit else max(0, int(self.center) + limit + 1)
+
     def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
         """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay normal ``dtype`` numbers."""
         info = torch.finfo(dtype)
