@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,48 @@ def test_out_of_memory_is_one_line_and_other_runtime_errors_propagate(
 def test_quick_and_a_preset_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--quick", "--preset", "gpu"]) == 2
     assert "give --quick or --preset gpu, not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["compare", "--quick", "--out", ""], "argument --out: an empty path"),
+        (["compare", "--quick", "--data", "", "--out", "OUT"], "--data is an empty path"),
+        (["tasks", "--quick", "--out", " "], "argument --out: an empty path"),
+        (["generate", "--checkpoint", "", "--prompt", "x"], "argument --checkpoint: an empty path"),
+        (["compare", "--quick", "--jobs", "0", "--out", "OUT"], "jobs must be a positive integer, got 0"),
+    ],
+)
+def test_empty_paths_and_bad_jobs_are_refused_before_the_folder_exists(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty path silently meant the current folder (outputs written there, or every file in it read as
+    training data); --jobs 0 was refused only after the lock had created --out."""
+    out = tmp_path / "out"
+    argv = [str(out) if a == "OUT" else a for a in argv]
+    with contextlib.suppress(SystemExit):  # argparse's own refusals exit 2
+        assert main(argv) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("config.json", "[]", "config.json is not a run configuration (not a JSON object)"),
+        ("config.json", '{"train": 5}', "its 'train' is not an object"),
+        ("config.json", "not json", "config.json is not a readable run configuration"),
+        ("results.json", "not json", "results.json is not a readable results file"),
+        ("results.json", '{"runs": 5}', "results.json is not a results file"),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_before_any_training(
+    name: str, text: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged config.json was a traceback or a JSON message naming no file; a damaged results.json failed only
+    after every model had trained."""
+    (tmp_path / name).write_text(text)
+    assert main(["compare", "--quick", "--jobs", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+    assert not (tmp_path / "checkpoints").exists()

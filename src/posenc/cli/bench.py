@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
+
+from .paths import path_arg
 
 
 def run_suite(
@@ -86,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (under a minute)")
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="write DIR/bench.json and DIR/bench.md"
+        "--out", type=path_arg, default=None, metavar="DIR", help="write DIR/bench.json and DIR/bench.md"
     )
     parser.add_argument(
         "--suite", action="append", default=None, metavar="NAME", help="run only this suite (repeatable)"

@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .paths import path_arg
+
 if TYPE_CHECKING:
     from ..experiments.presets import CompareConfig
 
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument(
-        "--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)"
+        "--out", type=path_arg, default=Path("runs/compare"), help="output folder (default runs/compare)"
     )
     p.add_argument(
         "--data", type=str, default=None, help="a text file or folder (default: the Python stdlib)"
@@ -116,6 +118,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
 
     if args.seeds is not None and args.seed is not None:
         raise ValueError("give --seeds or --seed, not both")
+    if args.data is not None and not args.data.strip():
+        raise ValueError("--data is an empty path (it would read the current folder); name a file or folder")
     if args.quick and args.preset is not None:
         raise ValueError(f"--quick is a preset of its own; give --quick or --preset {args.preset}, not both")
     cfg = preset("quick" if args.quick else args.preset or "demo")
@@ -149,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import run_compare
     from ..experiments.dist import resolve_device
+    from ..experiments.pool import check_workers
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
@@ -168,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     names = None if args.encodings is None else [n.strip() for n in args.encodings.split(",") if n.strip()]
     check_out_dir(args.out)
-    resolve_device(args.device)  # a bad --device is refused before the folder is touched
+    device = resolve_device(args.device)  # a bad --device is refused before the folder is touched
+    if jobs is not None:  # so is a bad --jobs
+        check_workers(jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its rank 0
     with run_lock(args.out) if main_rank else contextlib.nullcontext():
         results = run_compare(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from .paths import path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("generate", help="continue a prompt with a trained checkpoint (bytes in, bytes out)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .pt written by posenc compare")
+    p.add_argument("--checkpoint", type=path_arg, required=True, help="a .pt written by posenc compare")
     p.add_argument("--prompt", type=str, required=True, help="text to continue (encoded as UTF-8 bytes)")
     p.add_argument("--tokens", type=int, default=200, help="bytes to generate (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")

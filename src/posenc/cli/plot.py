@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .paths import path_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -13,9 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="draw every encoding (bias by distance, RoPE scalings, xPos decay, ...) and, with --run, what "
         "training made of them; each picture as <name>.png plus its numbers as <name>.json",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/plots"), help="output folder (default runs/plots)")
     p.add_argument(
-        "--run", type=Path, default=None, help="a `posenc compare` output folder: trained pictures"
+        "--out", type=path_arg, default=Path("runs/plots"), help="output folder (default runs/plots)"
+    )
+    p.add_argument(
+        "--run", type=path_arg, default=None, help="a `posenc compare` output folder: trained pictures"
     )
     p.add_argument(
         "--only",

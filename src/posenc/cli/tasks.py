@@ -10,6 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from .paths import path_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -22,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "heatmap per encoding and a checkpoint per model; rerun with the same --out to resume."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("runs/tasks"), help="output folder (default runs/tasks)")
+    p.add_argument(
+        "--out", type=path_arg, default=Path("runs/tasks"), help="output folder (default runs/tasks)"
+    )
     p.add_argument("--tasks", type=str, default=None, help="comma-separated tasks (default: all)")
     p.add_argument(
         "--encodings", type=str, default=None, help="comma-separated names (default: all registered)"

@@ -178,15 +178,20 @@ def check_run_folder(out: Path, fp: dict[str, Any], *, write: bool) -> None:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    return read_json_object(path, "run configuration")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a run's ``config.json`` or ``results.json``), or a ``ValueError`` naming it."""
     try:
         old = json.loads(path.read_bytes())
     except (ValueError, OSError) as err:
         raise ValueError(
-            f"{path} is not a readable run configuration ({type(err).__name__}); restore it, or delete "
+            f"{path} is not a readable {what} ({type(err).__name__}); restore it, or delete "
             f"{path.parent} (or pass a new --out) to start over"
         ) from None
     if not isinstance(old, dict):
-        raise ValueError(f"{path} is not a run configuration (not a JSON object); restore it or delete it")
+        raise ValueError(f"{path} is not a {what} (not a JSON object); restore it or delete it")
     return old
 
 

@@ -33,6 +33,7 @@ from .checkpoints import (
     config_differences,
     json_roundtrip,
     json_safe,
+    read_json_object,
     save_figure,
     write_text,
 )
@@ -87,7 +88,12 @@ def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
     """Refuse a changed configuration, or a folder of the one-seed layout; on a fresh ``out`` rank 0 writes
     ``config.json``."""
     old = out / "config.json"
-    if old.is_file() and "seed" in json.loads(old.read_text()).get("train", {}):
+    train = read_json_object(old, "run configuration").get("train", {}) if old.is_file() else {}
+    if not isinstance(train, dict):
+        raise ValueError(
+            f"{old} is not a run configuration (its 'train' is not an object); restore it or delete it"
+        )
+    if "seed" in train:
         raise ValueError(
             f"{out} holds a one-seed run of an older posenc compare (checkpoints/<encoding>.pt); its "
             "results.json and report.md stay readable, but it cannot be resumed or extended with --seeds. "
@@ -150,6 +156,7 @@ def run_compare(
     fp = fingerprint(cfg, corpus, n_tokens)
     out = Path(out)
     check_config(out, fp, world)
+    _old_runs(out)  # a damaged results.json is refused now, not after the training
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
     if workers > 1:
         calls = [(n, s, corpus, cfg, fp, n_tokens, str(out), str(dev)) for n, s in keys]
@@ -228,8 +235,12 @@ def _old_runs(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
     path = out / "results.json"
     if not path.is_file():
         return {}
-    old = json.loads(path.read_text())
-    return dict(old.get("runs", {}))
+    runs = read_json_object(path, "results file").get("runs", {})
+    if not isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs.values()):
+        raise ValueError(
+            f"{path} is not a results file (its 'runs' is not an object of objects); restore or delete it"
+        )
+    return dict(runs)
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:

@@ -86,8 +86,9 @@ def _init_worker(threads: int) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_inherited_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process while the workers are started, so they start with it ignored.
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block: while the workers are started (so they start with it
+    ignored) and while they are terminated (a second Ctrl-C would leave them half-terminated).
 
     A spawned worker imports torch before its initializer runs (seconds on a loaded machine); a Ctrl-C in that
     window (SIGINT to the whole process group) printed a ``KeyboardInterrupt`` traceback from each worker. An
@@ -144,7 +145,7 @@ def map_jobs(
     )
     pool = None
     try:
-        with _sigint_inherited_ignored():
+        with _sigint_ignored():
             pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per,))
         jobs = [(i, fn, args) for i, args in enumerate(calls)]
         for index, result in pool.imap_unordered(_indexed, jobs):
@@ -152,8 +153,11 @@ def map_jobs(
             bar.update()
         pool.close()
     except BaseException:
-        if pool is not None:
-            pool.terminate()
+        if pool is not None:  # a second Ctrl-C must not cut terminate() short: join() would then wait forever
+            with _sigint_ignored():
+                pool.terminate()
+                pool.join()
+            pool = None
         raise
     finally:
         if pool is not None:
