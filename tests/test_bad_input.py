@@ -138,6 +138,34 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
         ["(batch, seq, 64)"],
     ),
     (
+        "sinusoidal x integer",
+        lambda: posenc.Sinusoidal(4)(torch.zeros(1, 3, 4, dtype=torch.long)),
+        TypeError,
+        ["Sinusoidal", "floating-point", "torch.int64"],
+    ),
+    (
+        "learned x wrong dim",
+        lambda: posenc.build("learned", dim=4)(torch.randn(1, 3, 5)),
+        ValueError,
+        ["LearnedAbsolute", "(..., seq, 4)", "(1, 3, 5)"],
+    ),
+    (
+        "shaw head_dim mismatch (math)",
+        lambda: posenc.Attention(16, 4, position=posenc.ShawRelative(8, 3), backend="math")(
+            torch.randn(1, 5, 16)
+        ),
+        ValueError,
+        ["head_dim=8", "of 4"],
+    ),
+    (
+        "shaw head_dim mismatch (one query, sdpa)",
+        lambda: posenc.Attention(16, 4, position=posenc.ShawRelative(8, 3), backend="sdpa")(
+            torch.randn(1, 1, 16)
+        ),
+        ValueError,
+        ["rows of 8 dims", "head_dim 4"],
+    ),
+    (
         "attention x integer",
         lambda: posenc.Attention(64, 4)(torch.zeros(2, 5, 64, dtype=torch.long)),
         TypeError,

@@ -106,6 +106,15 @@ def check_positions(owner: str, positions: Tensor | None, seq_len: int, batch: i
         )
 
 
+def check_hidden(owner: str, x: object, dim: int) -> None:
+    """Hidden states an absolute encoding adds to: a floating-point tensor ``(..., S, dim)``."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{owner}: x must be a floating-point tensor (..., seq, {dim}), got {got}")
+    if x.dim() < 2 or x.shape[-1] != dim:
+        raise ValueError(f"{owner}: x must be (..., seq, {dim}), got {tuple(x.shape)}")
+
+
 def as_index_positions(positions: Tensor | None) -> Tensor | None:
     """Checked positions in a dtype tensor indexing reads as positions: int64 and int32 as they are, other
     integer dtypes as int64 (a uint8 index is a boolean mask to torch, int16 and unsigned ones are refused by
@@ -160,6 +169,7 @@ __all__ = [
     "check_int",
     "check_position_range",
     "as_index_positions",
+    "check_hidden",
     "check_positions",
     "check_rotatable",
 ]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
-from ..validation import check_int
+from ..validation import check_hidden, check_int
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -39,6 +39,7 @@ class LearnedAbsolute(PositionEncoding):
         return self.max_len
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        check_hidden("LearnedAbsolute", x, self.dim)
         seq = x.shape[-2]
         if positions is None and seq > self.max_len:
             raise ValueError(
@@ -46,7 +47,12 @@ class LearnedAbsolute(PositionEncoding):
                 "use a larger max_len or an encoding that extrapolates"
             )
         pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
-        if positions is not None and not torch.compiler.is_compiling():
+        if (
+            positions is not None
+            and pos.numel()
+            and pos.device.type != "meta"
+            and not torch.compiler.is_compiling()
+        ):
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_len:
                 raise ValueError(

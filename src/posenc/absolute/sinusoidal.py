@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..base import PositionEncoding, as_positions
 from ..functional.absolute import sinusoidal_table
 from ..functional.tables import rows_at
-from ..validation import check_float, check_int
+from ..validation import check_float, check_hidden, check_int
 
 
 class Sinusoidal(PositionEncoding):
@@ -48,8 +48,7 @@ class Sinusoidal(PositionEncoding):
         return {"table": sinusoidal_table(torch.arange(self.cache_len, device=device), self.dim, self.base)}
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"expected last dim {self.dim}, got {x.shape[-1]}")
+        check_hidden("Sinusoidal", x, self.dim)
         seq = x.shape[-2]
         if positions is None and seq <= self.cache_len:
             pe = self.table[:seq].to(x.dtype)  # (S, dim)

@@ -68,6 +68,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
             "use backend='math'"
         )
     rows = [r for r in (key_rows, value_rows) if r is not None]
+    if any(r.shape[-1] != k.shape[-1] for r in rows):
+        raise ValueError(
+            f"{type(ctx.position).__name__} gives rows of {rows[0].shape[-1]} dims for keys of head_dim "
+            f"{k.shape[-1]}; build it for head_dim={k.shape[-1]}"
+        )
     if any(r.shape[1] not in (1, k.shape[1]) for r in rows):  # per-head rows over shared kv heads (GQA)
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if key_rows is not None:

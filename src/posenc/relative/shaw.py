@@ -69,12 +69,18 @@ class ShawRelative(PositionEncoding):
         m = self.max_distance
         return (k_pos - q_pos).clamp_(-m, m).add_(m)  # integer positions: no autograd, in place is free
 
+    def _check_head_dim(self, head_dim: int) -> None:
+        if head_dim != self.head_dim:
+            raise ValueError(f"ShawRelative built for head_dim={self.head_dim}, got queries of {head_dim}")
+
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        self._check_head_dim(q.shape[-1])
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos)) * self.head_dim**-0.5
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
+        self._check_head_dim(q.shape[-1])
         scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
         q_at, k_at, m = position_reader(q_pos), position_reader(k_pos), self.max_distance
 
