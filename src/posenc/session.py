@@ -32,8 +32,9 @@ class DecodeSession:
     ``[0, slots)``. Encodings may then build tables from their parameters once and read them by index every
     step (see :meth:`posenc.bias.base.BiasEncoding.pairwise`); the tables are dropped when the ``with`` block
     ends, so a change made between two sessions, or between two ``with`` blocks of one session object (an
-    optimizer step, ``load_state_dict``, a write through ``.data``), is always seen. A position outside ``[0, slots)`` raises ``IndexError`` on a CPU rather than reading a wrong
-    row. Sessions nest (the innermost one counts) and are per thread and per asyncio task.
+    optimizer step, ``load_state_dict``, a write through ``.data``), is always seen. A position outside
+    ``[0, slots)`` raises ``IndexError`` on a CPU rather than reading a wrong row. Sessions nest (the innermost
+    one counts) and are per thread and per asyncio task.
 
     Args:
         slots: the key slots of the loop's caches (``max_len``): positions stay below it.

@@ -116,9 +116,9 @@ def check_hidden(owner: str, x: object, dim: int) -> None:
 
 
 def as_index_positions(positions: Tensor | None) -> Tensor | None:
-    """Checked positions in a dtype tensor indexing reads as positions: int64 and int32 as they are, other
-    integer dtypes as int64 (a uint8 index is a boolean mask to torch, int16 and unsigned ones are refused by
-    it or by ``aminmax``)."""
+    """Checked integer positions in a dtype that tensor indexing reads as positions: int64 and int32 as they are,
+    others as int64 (torch takes a uint8 index as a boolean mask, and refuses int16 and unsigned ones in
+    indexing or ``aminmax``)."""
     if positions is None or positions.dtype in (torch.int64, torch.int32):
         return positions
     return positions.long()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 from collections.abc import Callable
@@ -70,8 +69,11 @@ def test_empty_paths_and_bad_jobs_are_refused_before_the_folder_exists(
     training data); --jobs 0 was refused only after the lock had created --out."""
     out = tmp_path / "out"
     argv = [str(out) if a == "OUT" else a for a in argv]
-    with contextlib.suppress(SystemExit):  # argparse's own refusals exit 2
-        assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals (a bad --out type) exit through SystemExit
+        code = exit_.code  # type: ignore[assignment]
+    assert code == 2
     assert says in capsys.readouterr().err
     assert not out.exists()
 

@@ -64,12 +64,10 @@ class KVCache:
                 "create it with a larger max_len (or max_len=None to grow)"
             )
         if (
-            start == 0
-            and self.k is not None
-            and self.v is not None
-            and not _same_stream(self.k, k, self.v, v)
-        ):
-            self.k = self.v = self.positions = None  # reset, then other keys: room of their own shape
+            start == 0 and self.k is not None and self.v is not None
+        ):  # emptied: other keys get room of their own
+            if stream_mismatch(self.k, k) is not None or stream_mismatch(self.v, v) is not None:
+                self.k = self.v = self.positions = None
         if self.k is None or self.v is None or self.positions is None:
             b, g, _, d = k.shape
             self.k = k.new_empty(b, g, self.max_len, d)  # (B, Hkv, max_len, D)
@@ -89,28 +87,25 @@ class KVCache:
 
 
 def check_same_stream(held: Tensor, new: Tensor) -> None:
-    """Refuse new keys ``(B, Hkv, S, D)`` that cannot join the cached ``held`` ones: another batch, head count,
-    head size, dtype or device (a cache belongs to one attention layer of one running generation)."""
+    """Refuse new keys ``(B, Hkv, S, D)`` that cannot join the cached ``held`` ones (see :func:`stream_mismatch`)."""
+    reason = stream_mismatch(held, new)
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def stream_mismatch(held: Tensor, new: Tensor) -> str | None:
+    """Why new keys or values ``(B, Hkv, S, D)`` cannot join the cached ``held`` ones, or None: another batch,
+    head count, head size, dtype or device (a cache belongs to one attention layer of one running generation)."""
     if new.shape[0] != held.shape[0]:
-        raise ValueError(f"cache holds batch {held.shape[0]}, got new keys with batch {new.shape[0]}")
+        return f"cache holds batch {held.shape[0]}, got new keys with batch {new.shape[0]}"
     if new.shape[1] != held.shape[1] or new.shape[-1] != held.shape[-1]:
-        raise ValueError(
+        return (
             f"cache holds keys of {held.shape[1]} heads x {held.shape[-1]} dims, got {new.shape[1]} x "
             f"{new.shape[-1]}: use one cache per attention layer"
         )
     if new.dtype != held.dtype or new.device != held.device:
-        raise ValueError(
+        return (
             f"cache holds {held.dtype} keys on {held.device}, got {new.dtype} on {new.device}: a model moved or "
             "cast after its cache was filled needs a new cache"
         )
-
-
-def _same_stream(k0: Tensor, k: Tensor, v0: Tensor, v: Tensor) -> bool:
-    """Whether preallocated ``k0, v0: (B, Hkv, max_len, D)`` can hold new ``k, v`` as they are."""
-    return all(
-        old.shape[:2] == new.shape[:2]
-        and old.shape[-1] == new.shape[-1]
-        and old.dtype == new.dtype
-        and old.device == new.device
-        for old, new in ((k0, k), (v0, v))
-    )
+    return None
