@@ -78,6 +78,10 @@ def test_bad_configurations_raise() -> None:
         attn(torch.randn(1, 3, 32), mask=torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="positions"):
         attn(torch.randn(1, 3, 32), positions=torch.arange(4))
+    with pytest.raises(TypeError, match="x is torch.bfloat16 but the projections are torch.float32"):
+        attn(torch.randn(1, 3, 32, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the products: allowed
+        assert attn(torch.randn(1, 3, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 def test_dropout_only_in_training() -> None:

@@ -3,6 +3,7 @@ Ainslie et al. 2023 for GQA)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
@@ -86,6 +87,12 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"Attention: x must be a floating-point tensor (hidden states), got {x.dtype}")
+        weight = self.q_proj.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"Attention: x is {x.dtype} but the projections are {weight.dtype}; convert one to the other "
+                "(module.to(dtype)) or run under torch.autocast"
+            )
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
