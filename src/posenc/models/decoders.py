@@ -30,7 +30,7 @@ class _Decoder:
         self, model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
     ):
         self.model, self.max_len = model, max_len
-        self.caches = [StaticKVCache(max_len) for _ in model.blocks]
+        self.caches = [StaticKVCache(max_len, checked=False) for _ in model.blocks]  # generate checks max_len
         self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)  # False: padding slots
         self.step: Step = self._step
         self.compiled = bool(compile)
