@@ -71,8 +71,9 @@ def check_bool(name: str, value: object, *, owner: str | None = None) -> bool:
 
 
 def check_rotatable(owner: str, head_dim: int, q: Tensor, k: Tensor) -> None:
-    """Queries and keys a rotation accepts: floating-point (not integer, bool or complex), last dim ``head_dim``,
-    on one device."""
+    """Queries and keys a rotation accepts: floating-point (not integer, bool or complex) ``q: (B, H, S, D)`` and
+    ``k: (B', Hkv, S, D)`` with ``D == head_dim`` and the same ``S``, on one device. Shapes only (Python ints):
+    no device sync, nothing that breaks a ``fullgraph`` trace."""
     for label, t in (("q", q), ("k", k)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{owner}: {label} must be a tensor, got {type(t).__name__}")
@@ -80,23 +81,44 @@ def check_rotatable(owner: str, head_dim: int, q: Tensor, k: Tensor) -> None:
             raise TypeError(
                 f"{owner}: {label} must be a floating-point tensor (float32, bfloat16, ...), got {t.dtype}"
             )
-        if t.dim() < 2:
-            raise ValueError(f"{owner}: {label} must be (..., seq, head_dim), got shape {tuple(t.shape)}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{owner}: {label} must be (batch, heads, seq, head_dim), 4 dims, got shape {tuple(t.shape)}"
+            )
     if q.shape[-1] != head_dim or k.shape[-1] != head_dim:
         raise ValueError(f"{owner} built for head_dim={head_dim}, got q {q.shape[-1]} and k {k.shape[-1]}")
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"{owner}: q and k must hold the same number of tokens (seq, dim 2) to rotate at the same positions, "
+            f"got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
     if not (q.is_cpu and k.is_cpu) and q.device != k.device:  # (is_cpu: no device objects on the hot path)
         raise ValueError(f"{owner}: q is on {q.device} but k on {k.device}; put them on one device")
 
 
-def check_positions(owner: str, positions: Tensor | None, seq_len: int, batch: int | None = None) -> None:
+def check_positions(
+    owner: str,
+    positions: Tensor | None,
+    seq_len: int,
+    batch: int | None = None,
+    key_batch: int | None = None,
+) -> None:
     """Explicit positions a rotation accepts: an integer tensor ``(S,)`` or ``(1|B, S)`` with ``S == seq_len``
-    and ``B == batch`` (bool positions are refused: True would silently mean position 1)."""
+    and ``B == batch`` (bool positions are refused: True would silently mean position 1). ``key_batch``: the
+    keys' batch when it differs from the queries' ``batch``; rows of positions must then be 1 (more would
+    broadcast one of them to the other's batch)."""
     if positions is None:
         return
     if not isinstance(positions, Tensor):
         raise TypeError(f"{owner}: positions must be an integer tensor, got {type(positions).__name__}")
     if positions.dtype == torch.bool or positions.dtype.is_floating_point or positions.dtype.is_complex:
         raise TypeError(f"{owner}: positions must be an integer tensor, got {positions.dtype}")
+    if key_batch is not None and batch is not None and key_batch != batch:
+        if positions.dim() == 2 and positions.shape[0] != 1:
+            raise ValueError(
+                f"{owner}: q has batch {batch} and k batch {key_batch}, so positions must be (seq,) or (1, seq), "
+                f"got {tuple(positions.shape)}"
+            )
     dims_ok = positions.dim() in (1, 2)  # (first: a 0-d tensor has no shape[-1] to compare)
     rows_ok = dims_ok and (positions.dim() == 1 or batch is None or positions.shape[0] in (1, batch))
     if not dims_ok or positions.shape[-1] != seq_len or not rows_ok:

@@ -111,3 +111,48 @@ def test_keys_that_cannot_join_the_cache_are_refused_and_an_emptied_cache_takes_
             want = four(x.double())
             assert torch.equal(four(x.double(), cache=cache), want)
             four.float()
+
+
+def test_static_cache_refuses_writes_past_its_end_with_the_slots_asked_for() -> None:
+    """Past ``max_len`` ``index_copy_`` raised a bare IndexError (on CUDA: a device assert)."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    k, pos = torch.randn(1, 2, 3, 8), torch.arange(3)[None]
+    cache = StaticKVCache(4)
+    cache.update(k, k, pos)
+    with pytest.raises(
+        ValueError, match=r"StaticKVCache\(max_len=4\) holds 3 tokens and cannot take 2 more \(slots 3..4"
+    ):
+        cache.update(k[:, :, :2], k[:, :, :2], pos[:, :2] + 3)
+    assert cache.index is not None and int(cache.index) == 3  # the refused write left no trace
+    cache.update(k[:, :, :1], k[:, :, :1], pos[:, :1] + 3)  # the last slot still fits
+    with pytest.raises(ValueError, match=r"max_len=4\) cannot take 5 tokens at once \(slots 0..4"):
+        StaticKVCache(4).update(torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.arange(5)[None])
+    with pytest.raises(TypeError, match="checked must be True or False"):
+        StaticKVCache(4, checked=1)  # type: ignore[arg-type]
+
+
+def test_an_emptied_static_cache_takes_other_keys_like_kvcache() -> None:
+    """After ``reset`` :class:`KVCache` starts over with any keys; the static cache refused every other batch,
+    head count, head size, dtype or device until it was thrown away. Keys of the same kind still reuse its
+    memory (CUDA graphs replay fixed addresses)."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    k, pos = torch.randn(1, 2, 3, 8), torch.arange(3)[None]
+    cache = StaticKVCache(4)
+    cache.update(k, k, pos)
+    with pytest.raises(ValueError, match="cache holds torch.float32 keys on cpu, got torch.float64"):
+        cache.update(k[:, :, :1].double(), k[:, :, :1].double(), pos[:, :1] + 3)  # still filled: refused
+    for other in (torch.randn(2, 2, 3, 8), torch.randn(1, 4, 3, 16), k.double(), k):
+        cache.reset()
+        keys, values, positions = cache.update(other, other, pos.int())
+        assert (
+            keys.shape == (other.shape[0], other.shape[1], 4, other.shape[-1]) and keys.dtype == other.dtype
+        )
+        assert torch.equal(keys[:, :, :3], other) and torch.equal(values[:, :, :3], other)
+        assert torch.equal(positions[:, :3], pos.expand(other.shape[0], -1))
+    assert cache.k is not None
+    address = cache.k.data_ptr()
+    cache.reset()
+    cache.update(k, k, pos)  # the same kind as the last keys: the same memory
+    assert cache.k.data_ptr() == address

@@ -8,6 +8,7 @@ import torch
 import posenc
 from posenc.models import TransformerLM
 from posenc.models import generate as gen
+from posenc.models.decoders import kept_decoders
 
 
 def _model(name: str) -> TransformerLM:
@@ -59,7 +60,7 @@ def test_compiled_step_gives_the_eager_tokens_with_one_graph(name: str) -> None:
 def test_inductor_step_on_cpu_runs_from_cpp_and_gives_the_eager_tokens() -> None:
     """``compile=True`` on a CPU: inductor with ``cpp_wrapper`` (the step's kernels called from C++), the same
     tokens as eager, and a second call reuses the graph. The one inductor compile of this file (seconds)."""
-    from posenc.models.generate import _decoder, _tuning
+    from posenc.models.decoders import _decoder, _tuning
 
     assert _tuning("inductor", torch.device("cpu")) == {"options": {"cpp_wrapper": True}}
     assert _tuning("inductor", torch.device("cuda")) == {"mode": "reduce-overhead"}
@@ -103,7 +104,7 @@ def test_compiled_decoders_of_several_models_stay_apart() -> None:
     all 10 encodings did). Models alive together and used in turn give their eager tokens."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    from posenc.models.generate import _Decoder
+    from posenc.models.decoders import _Decoder
 
     models = [_model(name) for name in posenc.available()]  # alive together, as in a benchmark
     tokens = torch.tensor([[5, 6, 7]])
@@ -140,6 +141,13 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
         model.generate(tokens, 5, max_len=10.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="compile must be a bool or a torch.compile backend name"):
         model.generate(tokens, 5, compile=1)  # type: ignore[arg-type]
+    for bad in (tokens.bool(), tokens.float()):  # bool ids were read as 0 and 1
+        with pytest.raises(TypeError, match=f"tokens must be an integer tensor .*got {bad.dtype}"):
+            model.generate(bad, 5)
+    with pytest.raises(TypeError, match="tokens must be an integer tensor .*got list"):
+        model.generate([[1, 2]], 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"tokens must hold at least one prompt \(row\), got batch=0"):
+        model.generate(tokens[:0], 5)  # was a raw RuntimeError from min() of an empty tensor
     assert calls == []
 
 
@@ -155,7 +163,7 @@ def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
     monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
     with pytest.raises(ValueError, match=r"a cache of 64 slots \(batch 2, 2 layers\) needs about"):
         model.generate(tokens, 60)
-    assert gen._DECODERS.get(model) is None  # refused before a decoder (and its caches) existed
+    assert kept_decoders(model) == []  # refused before a decoder (and its caches) existed
     monkeypatch.setattr(gen, "device_memory", lambda device: need)
     assert model.generate(tokens, 60, temperature=0).shape == (2, 64)
 
@@ -209,3 +217,86 @@ def test_autocast_and_inference_mode_calls_mix_with_plain_ones() -> None:
     assert torch.equal(model.generate(tokens, 4, temperature=0), plain)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model.generate(tokens, 4, temperature=0), mixed)
+
+
+def test_decoders_live_with_the_model_and_stay_few() -> None:
+    """A module-level map kept every model that ever called generate alive (its decoders refer to it), with
+    one decoder and its caches per (batch, length) ever used. Now they sit on the model (not in its state_dict,
+    not copied or pickled), the least recently used dropped past KEEP_DECODERS, and go with the model."""
+    import copy
+    import gc
+    import pickle
+    import weakref
+
+    from posenc.models.decoders import KEEP_DECODERS
+
+    for compile in (False, "eager"):
+        model = _model("rope")
+        for batch in (1, 2, 3):
+            for prompt in (2, 3, 4):
+                tokens = torch.randint(0, 256, (batch, prompt))
+                model.generate(tokens, 3, temperature=0, compile=compile)
+                assert 1 <= len(kept_decoders(model)) <= KEEP_DECODERS
+        assert len(kept_decoders(model)) == KEEP_DECODERS
+        assert kept_decoders(model)[-1].valid.shape == (3, 7)  # the latest call's decoder is kept
+        assert not any("decoder" in name for name in model.state_dict())
+        twin = copy.deepcopy(model)
+        assert kept_decoders(twin) == [] and kept_decoders(pickle.loads(pickle.dumps(model))) == []
+        tokens = torch.randint(0, 256, (2, 4))
+        assert torch.equal(twin.generate(tokens, 3, temperature=0), model.generate(tokens, 3, temperature=0))
+        shallow = copy.copy(model)  # shares the table object: its first call gets a table of its own
+        shallow.generate(tokens, 3, temperature=0)
+        assert all(dec.model is shallow for dec in kept_decoders(shallow))
+        assert all(dec.model is model for dec in kept_decoders(model))
+        ref, cache = weakref.ref(model), weakref.ref(kept_decoders(model)[0].caches[0].k)
+        del model, twin, shallow
+        gc.collect()
+        assert ref() is None and cache() is None
+
+
+def test_threads_generating_on_one_model_take_turns() -> None:
+    """Two threads on one model shared its decoder's caches: one's prefill reset the other's write position
+    partway (an IndexError past the cache, or wrong tokens). Calls on one model now run one at a time."""
+    import threading
+
+    model = _model("rope")
+    prompts = [torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    want = [_greedy_full(model, p, 24) for p in prompts]
+    errors: list[BaseException] = []
+    wrong: list[int] = []
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            for _ in range(4):
+                if not torch.equal(model.generate(prompts[i], 24, temperature=0), want[i]):
+                    wrong.append(i)
+        except BaseException as e:  # reported below, from the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and wrong == []
+
+
+def test_generate_called_from_inside_its_own_call_raises() -> None:
+    """A hook that calls generate on the same model would share the running call's caches (or, with a plain
+    lock, wait for itself forever)."""
+    model = _model("rope")
+    tokens = torch.zeros(1, 3, dtype=torch.long)
+    seen: list[BaseException] = []
+
+    def hook(*_: object) -> None:
+        if not seen:
+            with pytest.raises(RuntimeError, match="from inside its own generate call") as info:
+                model.generate(tokens, 2)
+            seen.append(info.value)
+
+    model.register_forward_hook(hook)
+    model.generate(tokens, 2)
+    assert len(seen) == 1
+    assert model.generate(tokens, 2).shape == (1, 5)  # the lock was released

@@ -230,3 +230,51 @@ def test_every_integer_position_dtype_means_the_same_positions(cache_len: int, d
         want = enc.rotate(q, k, positions)
         got = enc.rotate(q, k, positions.to(dtype))
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+_Q = torch.randn(2, 4, 5, 16)  # (B, H, S, D)
+
+#: (id, (q, k, positions), words of the message); were torch's broadcast errors, or results of another shape
+ROTATE_SHAPE_CASES = [
+    ("3-d q", (_Q[0], _Q, None), ["q must be (batch, heads, seq, head_dim)", "(4, 5, 16)"]),
+    ("3-d k", (_Q, _Q[0], torch.arange(5)), ["k must be (batch, heads, seq, head_dim)", "(4, 5, 16)"]),
+    ("2-d q, k, (1, S) positions", (_Q[0, 0], _Q[0, 0], torch.arange(5)[None]), ["q must be", "(5, 16)"]),
+    ("q and k of other lengths", (_Q, _Q[:, :, :4], None), ["same number of tokens", "(2, 4, 4, 16)"]),
+    # a one-token decode step with two keys: both keys were rotated to the query's position
+    (
+        "one query, two keys",
+        (_Q[:1, :, :1], _Q[:1, :, :2], torch.tensor([3])),
+        ["same number", "(1, 4, 2, 16)"],
+    ),
+    # a k of batch 1 came back with batch 2
+    ("per-row positions, k of batch 1", (_Q, _Q[:1], torch.arange(10).view(2, 5)), ["k batch 1", "(1, seq)"]),
+    ("positions of another length", (_Q, _Q, torch.arange(4)), ["positions must be", "seq=5", "(4,)"]),
+]
+
+
+@pytest.mark.parametrize("encoding", ["rope", "xpos", "rope reference", "rope partial"])
+@pytest.mark.parametrize(
+    ("args", "words"), [c[1:] for c in ROTATE_SHAPE_CASES], ids=[c[0] for c in ROTATE_SHAPE_CASES]
+)
+def test_rotate_names_the_shape_it_expected(
+    encoding: str, args: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], words: list[str]
+) -> None:
+    enc = {
+        "rope": lambda: posenc.RoPE(16),
+        "xpos": lambda: posenc.XPos(16),
+        "rope reference": lambda: posenc.RoPE(16, impl="reference"),
+        "rope partial": lambda: posenc.RoPE(16, rotary_dim=8),
+    }[encoding]()
+    with pytest.raises(ValueError) as info:
+        enc.rotate(*args)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_rotate_shape_checks_trace_without_breaks() -> None:
+    """The checks read shapes only: a fullgraph trace of a decode step and of a prefill still compiles."""
+    for enc in (posenc.RoPE(16), posenc.XPos(16)):
+        compiled = torch.compile(enc.rotate, fullgraph=True, backend="eager")
+        for q, pos in ((_Q, None), (_Q[:, :, :1], torch.tensor([[3], [4]]))):
+            for got, want in zip(compiled(q, q, pos), enc.rotate(q, q, pos), strict=True):
+                torch.testing.assert_close(got, want)

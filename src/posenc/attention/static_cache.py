@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cache import KVCache, check_same_stream
+from ..validation import check_bool
+from .cache import KVCache, check_same_stream, stream_mismatch
 
 
 class StaticKVCache(KVCache):
@@ -24,13 +25,29 @@ class StaticKVCache(KVCache):
 
     :func:`posenc.models.generate.generate` does both.
 
+    Writing past ``max_len`` raises ``ValueError``: a chunk longer than the cache always; a write past the end of
+    a partly filled cache in eager mode when ``checked`` (default), at the cost of reading the write position on
+    the host (a device sync on CUDA) per update. ``checked=False`` skips that read, for callers that know their
+    writes fit (``generate`` checks the cache length before any work); under ``torch.compile`` it is skipped
+    too (the compiled step then fails in torch's index check, or a CUDA device assert).
+
+    After :meth:`reset` the cache takes keys of another batch, head count, head size, dtype or device by
+    allocating anew, as :class:`posenc.KVCache` does; keys of the same kind reuse the memory (same addresses,
+    as a CUDA graph needs).
+
+    Args:
+        max_len: key slots.
+        checked: refuse eager writes past ``max_len`` with a clear error (see above).
+
     Shapes: ``k, v: (B, Hkv, max_len, D)``, ``positions: (B, max_len)``, ``index: ()`` long.
     """
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self, max_len: int, *, checked: bool = True) -> None:
         super().__init__(max_len)
         self.max_len: int = max_len
+        self.checked = check_bool("checked", checked, owner="StaticKVCache")
         self.index: Tensor | None = None  # next slot to write, on the cache's device
+        self._empty = True  # nothing written since construction or reset: other keys may start it over
 
     def __len__(self) -> int:
         """Key slots handed to attention (always ``max_len``; the filled count lives on the device)."""
@@ -38,6 +55,17 @@ class StaticKVCache(KVCache):
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Write ``k, v: (B, Hkv, S, D)`` at slots ``index .. index+S-1``; return every slot and position."""
+        new = k.shape[-2]
+        if new > self.max_len:
+            raise ValueError(
+                f"StaticKVCache(max_len={self.max_len}) cannot take {new} tokens at once (slots 0..{new - 1} "
+                "requested); create it with a larger max_len"
+            )
+        if self._empty and self.k is not None and self.v is not None:
+            if stream_mismatch(self.k, k) is not None or stream_mismatch(self.v, v) is not None:
+                self.k = self.v = self.positions = self.index = (
+                    None  # emptied: other keys get room of their own
+                )
         if self.k is None or self.v is None or self.positions is None or self.index is None:
             b, g, _, d = k.shape
             self.k = k.new_zeros(b, g, self.max_len, d)
@@ -48,12 +76,27 @@ class StaticKVCache(KVCache):
                 torch._dynamo.mark_static_address(t)
         else:
             check_same_stream(self.k, k)
-        slots = self.index + torch.arange(k.shape[-2], device=k.device)  # (S,)
+            if self.checked and not torch.compiler.is_compiling():
+                self._check_room(new)
+        if self._empty:
+            self._empty = False
+        slots = self.index + torch.arange(new, device=k.device)  # (S,)
         self.k.index_copy_(2, slots, k)
         self.v.index_copy_(2, slots, v)
-        self.positions.index_copy_(1, slots, positions.expand(self.positions.shape[0], -1))
-        self.index.add_(k.shape[-2])
+        rows = positions.to(self.positions.dtype).expand(self.positions.shape[0], -1)
+        self.positions.index_copy_(1, slots, rows)
+        self.index.add_(new)
         return self.k, self.v, self.positions
+
+    def _check_room(self, new: int) -> None:
+        """Refuse ``new`` tokens past ``max_len`` (reads the write position on the host)."""
+        assert self.index is not None
+        start = int(self.index)
+        if start + new > self.max_len:
+            raise ValueError(
+                f"StaticKVCache(max_len={self.max_len}) holds {start} tokens and cannot take {new} more (slots "
+                f"{start}..{start + new - 1} requested); create it with a larger max_len, or reset() it"
+            )
 
     def keep_mask(self, valid: Tensor, q_len: int) -> Tensor:
         """``(B, 1, Q, max_len)`` bool for the next ``Q`` tokens: slot ``j`` visible to new token ``i`` when it
@@ -65,6 +108,7 @@ class StaticKVCache(KVCache):
         return valid[:, None, None, :] & written  # (B, 1, Q, max_len)
 
     def reset(self) -> None:
-        """Forget every token; the memory is kept."""
+        """Forget every token; the memory is kept (and reused by keys of the same kind)."""
+        self._empty = True
         if self.index is not None:
             self.index.zero_()

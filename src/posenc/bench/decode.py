@@ -34,7 +34,7 @@ from torch import Tensor
 import posenc
 
 from ..models import TransformerLM
-from ..models.generate import _decoder
+from ..models.decoders import _decoder
 from ..session import DecodeSession
 from .runner import synchronize, time_round_robin
 from .suites import Row, register_suite

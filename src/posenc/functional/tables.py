@@ -64,7 +64,7 @@ def decode_position(
     """The position ``p`` of an eager CPU decode step whose rows a rotary encoding may read from ``table``
     ``(length, ...)`` by index, or None.
 
-    Such a step: plain float ``q (.., 1, head_dim)`` and ``k (.., 1, head_dim)`` of ``table``'s dtype, one
+    Such a step: plain float ``q (B, H, 1, head_dim)`` and ``k (B', Hkv, 1, head_dim)`` of ``table``'s dtype, one
     integer position ``0 <= p < length``, everything on the CPU, not tracing. Those conditions imply every
     check the encoding's general path makes for that call (argument types, shapes, position shape and range),
     so the caller may skip them. Checking them at once is the point: a decode step rotates once per layer and
@@ -82,7 +82,7 @@ def decode_position(
         or positions.dim() not in (1, 2)
     ):
         return None
-    if positions.dtype not in _INTEGER_DTYPES or len(qs) < 2 or len(ks) < 2:
+    if positions.dtype not in _INTEGER_DTYPES or len(qs) != 4 or len(ks) != 4:
         return None
     if qs[-2] != 1 or ks[-2] != 1 or qs[-1] != head_dim or ks[-1] != head_dim:
         return None

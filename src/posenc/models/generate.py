@@ -15,122 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import types
-import weakref
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ..attention.static_cache import StaticKVCache
 from ..session import DecodeSession
 from ..validation import check_float, check_int
+from .decoders import _Decoder, _decoder, _decoders
 
 if TYPE_CHECKING:
     from .lm import TransformerLM
-
-Step = Callable[[Tensor, Tensor], Tensor]
-
-
-class _Decoder:
-    """Caches, padding mask and (compiled) step of one model for one (batch, max_len, dtype, device)."""
-
-    def __init__(
-        self, model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
-    ):
-        self.model, self.max_len = model, max_len
-        self.caches = [StaticKVCache(max_len) for _ in model.blocks]
-        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)  # False: padding slots
-        self.step: Step = self._step
-        self.compiled = bool(compile)
-        if compile:
-            backend = "inductor" if compile is True else str(compile)
-            self.step = torch.compile(
-                _own_code(self._step),
-                fullgraph=True,
-                dynamic=False,
-                backend=backend,
-                **_tuning(backend, device),
-            )
-
-    @contextlib.contextmanager
-    def trusted(self) -> Iterator[None]:
-        """Within one ``generate`` call, after its first compiled step: skip dynamo's guard evaluation.
-
-        Checking the guards of the compiled step (every parameter, buffer and attribute the model reads) costs
-        about 0.4 ms per token on a CPU, a fifth of the step. The first step of each call evaluates them all
-        (and recompiles if the model changed since the last call); the later steps of the same call run the
-        same decoder on the same model with inputs of the same shapes, dtypes and devices, which is exactly
-        the condition under which ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` is safe.
-        """
-        if not self.compiled:
-            yield
-            return
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            yield
-
-    def _step(self, token: Tensor, pos: Tensor) -> Tensor:
-        """``token, pos: (B, 1)`` -> next-token logits ``(B, V)``; writes the token's keys at the next slot."""
-        keep = self.caches[0].keep_mask(self.valid, 1)  # (B, 1, 1, max_len)
-        return self.model(token, positions=pos, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
-
-    def prefill(self, tokens: Tensor, positions: Tensor, prompt_mask: Tensor) -> Tensor:
-        """Reset, run the prompt ``(B, S)`` through the model (eager) and return the last logits ``(B, V)``."""
-        for c in self.caches:
-            c.reset()
-        self.valid.fill_(True)
-        self.valid[:, : tokens.shape[1]] = prompt_mask
-        keep = self.caches[0].keep_mask(self.valid, tokens.shape[1])  # (B, 1, S, max_len)
-        return self.model(tokens, positions=positions, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
-
-
-def _tuning(backend: str, device: torch.device) -> dict[str, Any]:
-    """How inductor compiles the decode step: on CUDA ``mode="reduce-overhead"`` (replayed as a CUDA graph); on a
-    CPU ``cpp_wrapper`` (the compiled graph calls its kernels from C++, not from Python).
-
-    A decode step is a few dozen small kernels around memory-bound matrix-vector products, so the Python code
-    that calls them is a large part of it: with ``cpp_wrapper`` a compiled step of the decode bench's model
-    takes 13-27 % less (``generate``, 128 tokens, 2-core CPU), for a longer first compile (about 10-15 s
-    instead of 1-4 s, C++ code). Other backends take no options.
-    """
-    if backend != "inductor":
-        return {}
-    if device.type == "cuda":
-        return {"mode": "reduce-overhead"}
-    return {"options": {"cpp_wrapper": True}} if device.type == "cpu" else {}
-
-
-def _own_code(method: Step) -> Step:
-    """``method`` bound to its own copy of its code object.
-
-    Dynamo keeps compiled graphs per code object, at most ``recompile_limit`` (8) of them, and every decoder
-    (another model, batch or cache length) needs its own graph of ``_step``: with one shared code object the
-    ninth decoder in a process would fail to compile (``fullgraph=True`` turns the limit into an error). A
-    copy per decoder gives each its own cache, freed with the decoder.
-    """
-    func = method.__func__  # type: ignore[attr-defined]
-    clone = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__)
-    return types.MethodType(clone, method.__self__)  # type: ignore[attr-defined,return-value]
-
-
-_DECODERS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple[Any, ...], _Decoder]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _decoder(
-    model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
-) -> _Decoder:
-    # the dtype the keys are computed in: the parameters', or autocast's (a decoder's caches hold one dtype)
-    autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
-    # under inference_mode the caches are inference tensors, which a later plain call may not write
-    inference = torch.is_inference_mode_enabled()
-    key = (batch, max_len, device, next(model.parameters()).dtype, autocast, inference, compile)
-    table = _DECODERS.setdefault(model, {})
-    if key not in table:
-        table[key] = _Decoder(model, batch, max_len, device, compile)
-    return table[key]
 
 
 def pick(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
@@ -158,9 +53,16 @@ def _check(
     max_len: int | None,
 ) -> tuple[Tensor, int]:
     """Validate everything before any work; return the prompt mask and the cache length."""
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
-        got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens must be an integer tensor (batch, seq), got {got}")
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be an integer tensor (batch, seq), got {type(tokens).__name__}")
+    if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+        raise TypeError(f"tokens must be an integer tensor (batch, seq) of token ids, got {tokens.dtype}")
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be an integer tensor (batch, seq), got shape {tuple(tokens.shape)}")
+    if tokens.shape[0] == 0:
+        raise ValueError(
+            f"tokens must hold at least one prompt (row), got batch=0 (shape {tuple(tokens.shape)})"
+        )
     if tokens.shape[1] == 0:
         raise ValueError("tokens must hold at least one prompt token per row, got seq=0")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -254,6 +156,10 @@ def generate(
 ) -> Tensor:
     """Continue ``tokens`` by ``max_new_tokens`` tokens. Call ``model.eval()`` first (dropout is not touched).
 
+    The caches and compiled step are kept on the model for the next call: those of the
+    ``posenc.models.decoders.KEEP_DECODERS`` most recently used batch/length/dtype/device combinations, freed
+    with the model. Calls on one model from several threads run one after the other.
+
     Args:
         model: a :class:`posenc.models.TransformerLM` (any registered encoding).
         tokens: ``(B, S)`` prompt token ids, left-padded when rows differ in length.
@@ -270,14 +176,32 @@ def generate(
 
     Returns:
         ``(B, S + n)`` int64: the prompt followed by the ``n <= max_new_tokens`` new tokens.
+
+    Raises:
+        TypeError: ``tokens`` not an integer tensor (float, bool, complex), or an argument of another type.
+        ValueError: ``tokens`` not ``(B, S)`` with ``B, S >= 1`` or outside the vocabulary, or another bad
+            value; all before any work.
     """
     mask, slots = _check(
         model, tokens, max_new_tokens, temperature, top_k, eos, compile, prompt_mask, max_len
     )
     check_memory(model, tokens.shape[0], tokens.shape[1], slots, tokens.device)
-    tokens = tokens.long()
-    b, s = tokens.shape
-    dec = _decoder(model, b, slots, tokens.device, compile)
+    with _decoders(model).held():  # one call per model at a time: its decoders' caches are shared state
+        dec = _decoder(model, tokens.shape[0], slots, tokens.device, compile)
+        return _decode(dec, tokens.long(), mask, max_new_tokens, temperature, top_k, eos, slots)
+
+
+def _decode(
+    dec: _Decoder,
+    tokens: Tensor,
+    mask: Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    eos: int | None,
+    slots: int,
+) -> Tensor:
+    """:func:`generate`'s prefill and decode loop on ``dec``, checked arguments (``tokens: (B, S)`` int64)."""
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): real tokens count from 0
     nxt = pick(dec.prefill(tokens, positions, mask), temperature, top_k)  # (B,)
     pos = positions[:, -1:] + 1  # (B, 1) position of the token fed next

@@ -68,7 +68,8 @@ class RoPE(PositionEncoding):
     float64 product's error grows like ``|p| * 2**-53`` beyond (1e-4 at 1e12). Larger positions raise
     ``ValueError`` where checking costs no device sync (default, CPU or int32 positions).
 
-    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``.
+    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``; other ranks, q and k
+    of different lengths or positions of another shape raise ``ValueError`` (shapes only: no sync).
     """
 
     name: ClassVar[str | None] = "rope"
@@ -200,7 +201,7 @@ class RoPE(PositionEncoding):
         if row is not None:  # a decode step: every check passed at once, the row read by index
             return pair_matvec(q, row, self.interleaved), pair_matvec(k, row, self.interleaved)
         check_rotatable("RoPE", self.head_dim, q, k)
-        check_positions("RoPE", positions, q.shape[-2], q.shape[0])
+        check_positions("RoPE", positions, q.shape[-2], q.shape[0], k.shape[0])
         positions = as_index_positions(positions)
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
         check_position_range(positions, q.shape[-2], span=span)

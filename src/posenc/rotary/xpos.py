@@ -85,7 +85,8 @@ class XPos(PositionEncoding):
         center: the position whose scale is 1; logits do not depend on it, the representable window
             ``|position - center| <= max_offset(dtype)`` does.
 
-    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)``. The scaled phase
+    Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``positions: (S,)`` or ``(B, S)`` (others raise
+    ``ValueError``, as in :class:`posenc.RoPE`). The scaled phase
     tables for positions ``0 .. cache_len-1`` are precomputed (float64 math, stored float32, rebuilt never cast
     when the module moves) and read by index for explicit positions inside them (decoding); positions outside
     are computed exactly per call (:func:`posenc.functional.tables.rows_at`). The range check against
@@ -206,7 +207,7 @@ class XPos(PositionEncoding):
             mq, mk = self._rows(table, p)  # one-position branch below without its checks, bitwise the same
             return pair_matvec(q, mq, self.interleaved), pair_matvec(k, mk, self.interleaved)
         check_rotatable("XPos", self.head_dim, q, k)
-        check_positions("XPos", positions, q.shape[-2], q.shape[0])
+        check_positions("XPos", positions, q.shape[-2], q.shape[0], k.shape[0])
         positions = as_index_positions(positions)
         seq = q.shape[-2]
         if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
