@@ -201,6 +201,27 @@ def test_formulas_refuse_a_base_whose_log_is_zero_and_an_overflowing_ntk_base() 
         posenc.RoPE(8, rotary_dim=4, scaling=posenc.NTKScaling(1e200))
 
 
+def test_yarn_ramp_logs_and_extension_ratios_stay_finite() -> None:
+    # the ramp takes ln(L0 / (2 pi beta)): was "math domain error" and an OverflowError from floor(inf)
+    with pytest.raises(
+        ValueError, match=r"YaRN scaling: beta_fast=1e\+308 with original_max_position_embeddings=64"
+    ):
+        posenc.YaRNScaling(4.0, 64, beta_fast=1e308)
+    with pytest.raises(ValueError, match=r"YaRN scaling: beta_slow=1e-320 .* out of the float range"):
+        posenc.YaRNScaling(4.0, 64, beta_slow=1e-320)
+    # extension(train_len, eval_len) divides by train_len: was ZeroDivisionError
+    for cls in (posenc.LinearScaling, posenc.NTKScaling, posenc.YaRNScaling):
+        with pytest.raises(
+            ValueError, match=rf"{cls.label} extension: train_len must be an integer >= 1 .*got 0"
+        ):
+            cls.extension(0, 64)
+        with pytest.raises(
+            TypeError, match=r"extension: eval_len must be an integer >= 1 .*got the bool True"
+        ):
+            cls.extension(64, True)  # type: ignore[arg-type]
+    assert posenc.YaRNScaling.extension(64, 256) == posenc.YaRNScaling(4.0, 64)
+
+
 def _config(head_dim: int, rope: dict[str, Any], **extra: Any) -> Any:
     return types.SimpleNamespace(
         head_dim=head_dim,

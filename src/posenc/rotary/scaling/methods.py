@@ -40,8 +40,10 @@ _MSCALE = Bound(
 )
 
 
-def _stretch(train_len: int, eval_len: int) -> float:
-    return max(1.0, eval_len / train_len)
+def _stretch(owner: str, train_len: int, eval_len: int) -> float:
+    """The factor that stretches ``train_len`` to ``eval_len`` (at least 1), both checked as lengths."""
+    train = check_param(f"{owner} extension", "train_len", train_len, LENGTH)
+    return max(1.0, check_param(f"{owner} extension", "eval_len", eval_len, LENGTH) / train)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class LinearScaling(RopeScaling):
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> LinearScaling:
-        return cls(_stretch(train_len, eval_len))
+        return cls(_stretch(cls.label, train_len, eval_len))
 
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
         return rope_inv_freq(rotary_dim, base, device=device) / self.factor
@@ -76,7 +78,7 @@ class NTKScaling(RopeScaling):
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> NTKScaling:
-        return cls(_stretch(train_len, eval_len))
+        return cls(_stretch(cls.label, train_len, eval_len))
 
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
         exponent = rotary_dim / (rotary_dim - 2)
@@ -173,6 +175,17 @@ class YaRNScaling(RopeScaling):
                 f"{owner}: beta_fast ({self.beta_fast}) must be >= beta_slow ({self.beta_slow}); beta_fast counts "
                 "the rotations above which frequencies are kept, beta_slow those below which they are interpolated"
             )
+        for name in ("beta_fast", "beta_slow"):  # the ramp takes ln(L0 / (2 pi beta)): finite and > 0 only
+            try:
+                ratio = self.original_max_position_embeddings / (getattr(self, name) * 2 * math.pi)
+            except OverflowError:
+                ratio = math.inf
+            if not (math.isfinite(ratio) and ratio > 0):
+                raise ValueError(
+                    f"{owner}: {name}={getattr(self, name)} with original_max_position_embeddings="
+                    f"{self.original_max_position_embeddings} puts ln(L0 / (2 pi {name})) out of the float range; "
+                    f"{name} counts rotations over L0 (32 and 1 by default)"
+                )
         if not isinstance(self.truncate, bool):
             raise TypeError(f"{owner}: truncate must be a bool, got {self.truncate!r}")
 
@@ -185,7 +198,7 @@ class YaRNScaling(RopeScaling):
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> YaRNScaling:
-        return cls(_stretch(train_len, eval_len), train_len)
+        return cls(_stretch(cls.label, train_len, eval_len), train_len)
 
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
         def correction_dim(
