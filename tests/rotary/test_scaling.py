@@ -232,7 +232,7 @@ def test_meta_device() -> None:
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [
-        ({"rope_type": "linear", "factor": 0.5}, ValueError, "factor must be >= 1"),
+        ({"rope_type": "linear", "factor": 0.5}, ValueError, "factor must be a finite number >= 1"),
         ({"rope_type": "linear"}, ValueError, r"needs \['factor'\]"),
         (
             {

@@ -16,9 +16,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..rotary.rope import RoPE
-from ..rotary.scaling import RopeScaling, parse_scaling
+from ..rotary.scaling import LENGTH, SCALINGS, Bound, RopeScaling, check_param, parse_scaling
 from .errors import UnsupportedRotary
 
+#: the kind of number ``partial_rotary_factor`` / ``rotary_pct`` and ``rotary_dim`` are; the sizes they give are
+#: checked against the head next (an :class:`UnsupportedRotary` "rotary-size").
+_SHARE = Bound(note="the rotated share of the head")
+_ROTARY_DIM = Bound(integer=True, note="a number of rotated dims")
 #: rope types whose original length transformers defaults to ``max_position_embeddings``.
 _NEEDS_ORIGINAL = ("yarn", "llama3", "longrope")
 #: keys of ``rope_parameters`` that describe the RoPE itself rather than its scaling.
@@ -87,13 +91,15 @@ def head_dim(config: Any) -> int:
 def rope_base(config: Any, params: Mapping[str, Any] | None = None) -> float:
     """The frequency base: ``rope_theta`` (in ``rope_parameters`` or on the config), ``rotary_emb_base``, 10000."""
     params = rope_parameters(config) if params is None else params
-    for value in (
-        params.get("rope_theta"),
-        getattr(config, "rope_theta", None),
-        getattr(config, "rotary_emb_base", None),
+    for name, value in (
+        ("rope_parameters['rope_theta']", params.get("rope_theta")),
+        ("rope_theta", getattr(config, "rope_theta", None)),
+        ("rotary_emb_base", getattr(config, "rotary_emb_base", None)),
     ):
         if value is not None:
-            return float(value)
+            return float(
+                check_param("transformers config", name, value, Bound(above=1.0, note="the RoPE base"))
+            )
     return 10000.0
 
 
@@ -108,19 +114,20 @@ def rotary_size(config: Any, params: Mapping[str, Any] | None = None) -> int:
         getattr(config, "rotary_dim", None) if getattr(config, "rope_parameters", None) is None else None
     )
     if explicit is not None:
-        if not 0 < int(explicit) <= dim:
+        explicit = check_param("transformers config", "rotary_dim", explicit, _ROTARY_DIM)
+        if not 0 < explicit <= dim:
             raise UnsupportedRotary(
                 "rotary-size",
                 f"config.rotary_dim={explicit} does not fit head_dim={dim}; expected 0 < rotary_dim <= {dim}",
             )
         return int(explicit)
-    for value in (
-        params.get("partial_rotary_factor"),
-        getattr(config, "partial_rotary_factor", None),
-        getattr(config, "rotary_pct", None),
+    for name, value in (
+        ("rope_parameters['partial_rotary_factor']", params.get("partial_rotary_factor")),
+        ("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)),
+        ("rotary_pct", getattr(config, "rotary_pct", None)),
     ):
         if value is not None:
-            size = int(dim * float(value))
+            size = int(dim * check_param("transformers config", name, value, _SHARE))
             if not 0 < size <= dim or size % 2:
                 raise UnsupportedRotary(
                     "rotary-size",
@@ -153,6 +160,8 @@ def scaling_from_config(config: Any, scaling: RopeScaling | Mapping[str, Any] | 
     params = {k: v for k, v in scaling.items() if v is not None and k not in ROPE_KEYS}
     kind = params.get("rope_type", params.get("type", "default"))
     max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos is not None and kind in (*_NEEDS_ORIGINAL, "dynamic"):  # a length the scaling is built from
+        max_pos = check_param("transformers config", "max_position_embeddings", max_pos, LENGTH)
     if kind in _NEEDS_ORIGINAL:
         stored = getattr(config, "original_max_position_embeddings", None)
         if stored is not None:
@@ -165,8 +174,11 @@ def scaling_from_config(config: Any, scaling: RopeScaling | Mapping[str, Any] | 
         )
     if kind in ("yarn", "longrope") and "factor" not in params and max_pos is not None:
         original = params.get("original_max_position_embeddings")
-        if original:
-            params["factor"] = max_pos / original
+        if original is not None:  # checked before it divides
+            label = SCALINGS.get(kind).label
+            params["factor"] = max_pos / check_param(
+                label, "original_max_position_embeddings", original, LENGTH
+            )
     return parse_scaling(params)
 
 

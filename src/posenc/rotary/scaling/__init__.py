@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...functional.rotary import rope_inv_freq
-from .base import SCALINGS, RopeScaling
+from ...functional.rotary import check_rotary_dim, rope_inv_freq
+from ...validation import check_float
+from .base import FACTOR, LENGTH, POSITIVE, SCALINGS, Bound, RopeScaling, check_param
 from .methods import (
     DYNAMIC_FACTOR,
     DynamicNTKScaling,
@@ -54,7 +55,11 @@ from .methods import (
 
 __all__ = [
     "DYNAMIC_FACTOR",
+    "FACTOR",
+    "LENGTH",
+    "POSITIVE",
     "SCALINGS",
+    "Bound",
     "DynamicNTKScaling",
     "Llama3Scaling",
     "LinearScaling",
@@ -63,6 +68,7 @@ __all__ = [
     "RopeScaling",
     "YaRNScaling",
     "available_scalings",
+    "check_param",
     "extension_scalings",
     "parse_scaling",
     "scaled_inv_freq",
@@ -98,12 +104,15 @@ def scaled_inv_freq(
         return rope_inv_freq(rotary_dim, base, device=dev), 1.0
     if not isinstance(scaling, RopeScaling):
         raise TypeError(f"scaling must be a posenc RopeScaling or None, got {type(scaling).__name__}")
+    check_rotary_dim(rotary_dim)
+    base = check_float("base", base, above=1, owner="scaled_inv_freq")  # the scalings divide by ln(base)
     scaling.validate(rotary_dim)
-    return scaling.inv_freq(rotary_dim, float(base), seq_len, dev), scaling.attention_factor_value()
+    return scaling.inv_freq(rotary_dim, base, seq_len, dev), scaling.attention_factor_value()
 
 
 #: Keys of a transformers ``rope_parameters`` dict that describe the RoPE itself, not its scaling.
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
+_PARTIAL = Bound(above=0.0, at_most=1.0, note="the rotated share of the head")
 
 
 def parse_scaling(
@@ -170,11 +179,15 @@ def _check_rope_keys(
     params: dict[str, Any], base: float | None, head_dim: int | None, rotary_dim: int | None
 ) -> None:
     theta = params.pop(_ROPE_KEYS[0], None)
-    if theta is not None and base is not None and float(theta) != float(base):
+    if theta is not None:
+        theta = check_param("scaling dict", "rope_theta", theta, Bound(above=1.0, note="the RoPE base"))
+    if theta is not None and base is not None and theta != float(base):
         raise ValueError(
             f"scaling dict says rope_theta={theta} but the RoPE has base={base}; pass base={theta}"
         )
     partial = params.pop(_ROPE_KEYS[1], None)
+    if partial is not None:
+        partial = check_param("scaling dict", "partial_rotary_factor", partial, _PARTIAL)
     if partial is not None and head_dim is not None and rotary_dim is not None:
         if int(head_dim * partial) != rotary_dim:
             raise ValueError(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,20 +22,64 @@ SeqLen = int | Tensor | None
 SCALINGS: Registry[type[RopeScaling]] = Registry("rope_type", extra=("default",))
 
 
-def _number(
-    owner: str, name: str, value: object, *, at_least: float | None = None, above: float | None = None
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{owner}: {name} must be a finite number, got {value!r}")
-    if at_least is not None and value < at_least:
-        raise ValueError(f"{owner}: {name} must be >= {at_least}, got {value}")
-    if above is not None and value <= above:
-        raise ValueError(f"{owner}: {name} must be > {above}, got {value}")
+class Bound(NamedTuple):
+    """What a numeric scaling parameter accepts: a finite number (or an integer) within the given bounds."""
+
+    above: float | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    integer: bool = False
+    note: str = ""
+
+    def accepts(self) -> str:
+        """The accepted values in words, e.g. ``"a finite number >= 1 (the extension ratio)"``."""
+        text = "an integer" if self.integer else "a finite number"
+        if self.above is not None:
+            text += f" > {self.above:g}"
+        if self.at_least is not None:
+            text += f" >= {self.at_least:g}"
+        if self.at_most is not None:
+            lower = self.above is not None or self.at_least is not None
+            text += f"{' and' if lower else ''} <= {self.at_most:g}"
+        return f"{text} ({self.note})" if self.note else text
 
 
-def _length(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive integer (a number of positions), got {value!r}")
+#: ``factor`` of the methods that stretch the context (transformers warns below 1; posenc refuses).
+FACTOR = Bound(at_least=1.0, note="the context extension ratio")
+POSITIVE = Bound(above=0.0)
+LENGTH = Bound(at_least=1, integer=True, note="a number of positions")
+
+
+def check_param(owner: str, name: str, value: object, bound: Bound) -> float | int:
+    """``value`` as an ``int`` (``bound.integer``) or ``float`` if ``bound`` accepts it.
+
+    Raises:
+        TypeError: not a real number (a string such as ``"4"``, None, a list), a bool, or a non-integer where an
+            integer goes; the message names ``owner`` and ``name``, says what was got and what is accepted.
+        ValueError: NaN, infinity, or out of the bound (same message shape).
+    """
+    what = f"{owner}: {name} must be {bound.accepts()}"
+    if isinstance(value, bool):
+        raise TypeError(f"{what}, got the bool {value!r}")
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}, got {value!r} ({type(value).__name__})")
+    out: float | int
+    if bound.integer:
+        try:
+            out = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"{what}, got {value!r} ({type(value).__name__})") from None
+    else:
+        out = float(value)
+        if not math.isfinite(out):
+            raise ValueError(f"{what}, got {out}")
+    if (
+        (bound.above is not None and not out > bound.above)
+        or (bound.at_least is not None and not out >= bound.at_least)
+        or (bound.at_most is not None and not out <= bound.at_most)
+    ):
+        raise ValueError(f"{what}, got {out!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -40,6 +87,11 @@ class RopeScaling(ABC):
     """Base of the scaling dataclasses. ``rope_type`` names the method (transformers' names where it has one)."""
 
     rope_type: ClassVar[str] = ""
+    #: The method's name in error messages ("YaRN scaling").
+    label: ClassVar[str] = "RoPE scaling"
+    #: What each numeric parameter accepts: :meth:`__post_init__` checks every one with :func:`check_param` (the
+    #: one validator of every method's numbers) and stores it normalized; one whose default is None may be None.
+    bounds: ClassVar[Mapping[str, Bound]] = {}
     #: True when the frequencies depend on the current length (then see :attr:`static_length`).
     length_dependent: ClassVar[bool] = False
 
@@ -49,6 +101,12 @@ class RopeScaling(ABC):
             SCALINGS.add(cls.rope_type, cls)
 
     def __post_init__(self) -> None:
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, bound in self.bounds.items():
+            value = getattr(self, name)
+            if value is None and defaults[name] is None:
+                continue
+            object.__setattr__(self, name, check_param(self.label, name, value, bound))
         self.validate()
 
     @abstractmethod
@@ -63,9 +121,8 @@ class RopeScaling(ABC):
         return None
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        """Raise ``ValueError``/``TypeError`` on missing or out-of-range parameters (``rotary_dim`` when known).
-
-        The base accepts everything; methods with parameters override it."""
+        """Raise ``ValueError``/``TypeError`` on parameters that do not fit together or with ``rotary_dim`` (when
+        known). Each parameter on its own is checked on construction (:attr:`bounds`); methods override this."""
         return None
 
     def attention_factor_value(self) -> float:
@@ -105,7 +162,3 @@ def _exponents(rotary_dim: int, device: torch.device) -> Tensor:
 def _longer_than(seq_len: int | Tensor, limit: int, device: torch.device) -> Tensor:
     """0-d bool tensor ``seq_len > limit`` (traceable when ``seq_len`` is a tensor)."""
     return torch.as_tensor(seq_len, device=device) > limit
-
-
-def _factor(owner: str, value: object) -> None:
-    _number(owner, "factor", value, at_least=1.0)

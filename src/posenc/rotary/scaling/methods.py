@@ -5,6 +5,7 @@ used to stretch a trained model at inference time, its configuration for that (:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,15 +14,17 @@ from torch import Tensor
 
 from ...functional.rotary import rope_inv_freq
 from .base import (
+    FACTOR,
+    LENGTH,
+    POSITIVE,
+    Bound,
     RopeScaling,
     SeqLen,
     _check_ntk_dim,
     _exponents,
-    _factor,
-    _length,
     _longer_than,
-    _number,
     _yarn_mscale,
+    check_param,
 )
 
 #: Dynamic NTK adapts its frequencies to each input by itself; as an inference-time extension it gets one fixed
@@ -29,8 +32,18 @@ from .base import (
 DYNAMIC_FACTOR = 2.0
 
 
-def _stretch(train_len: int, eval_len: int) -> float:
-    return max(1.0, eval_len / train_len)
+#: YaRN's ``mscale`` and ``mscale_all_dim``: the temperature ``0.1 * mscale * ln(factor) + 1`` is then >= 1, so
+#: DeepSeek's ratio of two is finite and positive (a negative one reaches 0 or below); 0 means unset (transformers
+#: uses the ratio only when both are non-zero).
+_MSCALE = Bound(
+    at_least=0.0, note="0 means unset, as in transformers; a negative one can take the temperature to 0"
+)
+
+
+def _stretch(owner: str, train_len: int, eval_len: int) -> float:
+    """The factor that stretches ``train_len`` to ``eval_len`` (at least 1), both checked as lengths."""
+    train = check_param(f"{owner} extension", "train_len", train_len, LENGTH)
+    return max(1.0, check_param(f"{owner} extension", "eval_len", eval_len, LENGTH) / train)
 
 
 @dataclass(frozen=True)
@@ -39,13 +52,12 @@ class LinearScaling(RopeScaling):
 
     factor: float
     rope_type: ClassVar[str] = "linear"
-
-    def validate(self, rotary_dim: int | None = None) -> None:
-        _factor("linear scaling", self.factor)
+    label: ClassVar[str] = "linear scaling"
+    bounds: ClassVar[Mapping[str, Bound]] = {"factor": FACTOR}
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> LinearScaling:
-        return cls(_stretch(train_len, eval_len))
+        return cls(_stretch(cls.label, train_len, eval_len))
 
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
         return rope_inv_freq(rotary_dim, base, device=device) / self.factor
@@ -58,17 +70,28 @@ class NTKScaling(RopeScaling):
 
     factor: float
     rope_type: ClassVar[str] = "ntk"
+    label: ClassVar[str] = "NTK scaling"
+    bounds: ClassVar[Mapping[str, Bound]] = {"factor": FACTOR}
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        _factor("NTK scaling", self.factor)
-        _check_ntk_dim("NTK scaling", rotary_dim)
+        _check_ntk_dim(self.label, rotary_dim)
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> NTKScaling:
-        return cls(_stretch(train_len, eval_len))
+        return cls(_stretch(cls.label, train_len, eval_len))
 
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
-        return rope_inv_freq(rotary_dim, base * self.factor ** (rotary_dim / (rotary_dim - 2)), device=device)
+        exponent = rotary_dim / (rotary_dim - 2)
+        try:
+            scaled = base * self.factor**exponent
+        except OverflowError:
+            scaled = math.inf
+        if not math.isfinite(scaled):
+            raise ValueError(
+                f"{self.label}: factor {self.factor} takes the base {base} * factor^{exponent:g} past the float "
+                "range; the factor must be far smaller"
+            )
+        return rope_inv_freq(rotary_dim, scaled, device=device)
 
 
 @dataclass(frozen=True)
@@ -78,19 +101,21 @@ class DynamicNTKScaling(RopeScaling):
     ``base * (factor * L / L0 - (factor - 1))^(R/(R-2))`` for ``L > L0``; no scaling up to ``L0 =
     original_max_position_embeddings`` (transformers reads ``config.max_position_embeddings`` for ``L0``).
     With a KV cache, keys keep the frequencies of the step that rotated them (as in transformers).
+
+    ``L`` is one number per call: in a batch, the frequencies follow the longest row (the largest position of
+    every row), as transformers' ``dynamic_rope_update`` does, so a left-padded short row is rotated with the
+    long row's frequencies; decode rows separately for row-exact results.
     """
 
     factor: float
     original_max_position_embeddings: int
     rope_type: ClassVar[str] = "dynamic"
+    label: ClassVar[str] = "dynamic NTK scaling"
+    bounds: ClassVar[Mapping[str, Bound]] = {"factor": FACTOR, "original_max_position_embeddings": LENGTH}
     length_dependent: ClassVar[bool] = True
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        _factor("dynamic NTK scaling", self.factor)
-        _length(
-            "dynamic NTK scaling", "original_max_position_embeddings", self.original_max_position_embeddings
-        )
-        _check_ntk_dim("dynamic NTK scaling", rotary_dim)
+        _check_ntk_dim(self.label, rotary_dim)
 
     @property
     def static_length(self) -> int | None:
@@ -132,23 +157,35 @@ class YaRNScaling(RopeScaling):
     mscale_all_dim: float | None = None
     truncate: bool = True
     rope_type: ClassVar[str] = "yarn"
+    label: ClassVar[str] = "YaRN scaling"
+    bounds: ClassVar[Mapping[str, Bound]] = {
+        "factor": FACTOR,
+        "original_max_position_embeddings": LENGTH,
+        "beta_fast": POSITIVE,
+        "beta_slow": POSITIVE,
+        "attention_factor": POSITIVE,
+        "mscale": _MSCALE,
+        "mscale_all_dim": _MSCALE,
+    }
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        owner = "YaRN scaling"
-        _factor(owner, self.factor)
-        _length(owner, "original_max_position_embeddings", self.original_max_position_embeddings)
-        _number(owner, "beta_slow", self.beta_slow, above=0.0)
-        _number(owner, "beta_fast", self.beta_fast, above=0.0)
+        owner = self.label
         if self.beta_fast < self.beta_slow:
             raise ValueError(
                 f"{owner}: beta_fast ({self.beta_fast}) must be >= beta_slow ({self.beta_slow}); beta_fast counts "
                 "the rotations above which frequencies are kept, beta_slow those below which they are interpolated"
             )
-        if self.attention_factor is not None:
-            _number(owner, "attention_factor", self.attention_factor, above=0.0)
-        for name in ("mscale", "mscale_all_dim"):
-            if getattr(self, name) is not None:
-                _number(owner, name, getattr(self, name))
+        for name in ("beta_fast", "beta_slow"):  # the ramp takes ln(L0 / (2 pi beta)): finite and > 0 only
+            try:
+                ratio = self.original_max_position_embeddings / (getattr(self, name) * 2 * math.pi)
+            except OverflowError:
+                ratio = math.inf
+            if not (math.isfinite(ratio) and ratio > 0):
+                raise ValueError(
+                    f"{owner}: {name}={getattr(self, name)} with original_max_position_embeddings="
+                    f"{self.original_max_position_embeddings} puts ln(L0 / (2 pi {name})) out of the float range; "
+                    f"{name} counts rotations over L0 (32 and 1 by default)"
+                )
         if not isinstance(self.truncate, bool):
             raise TypeError(f"{owner}: truncate must be a bool, got {self.truncate!r}")
 
@@ -161,7 +198,7 @@ class YaRNScaling(RopeScaling):
 
     @classmethod
     def extension(cls, train_len: int, eval_len: int) -> YaRNScaling:
-        return cls(_stretch(train_len, eval_len), train_len)
+        return cls(_stretch(cls.label, train_len, eval_len), train_len)
 
     def inv_freq(self, rotary_dim: int, base: float, seq_len: SeqLen, device: torch.device) -> Tensor:
         def correction_dim(
@@ -196,16 +233,18 @@ class Llama3Scaling(RopeScaling):
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     rope_type: ClassVar[str] = "llama3"
+    label: ClassVar[str] = "Llama 3 scaling"
+    bounds: ClassVar[Mapping[str, Bound]] = {
+        "factor": FACTOR,
+        "original_max_position_embeddings": LENGTH,
+        "low_freq_factor": POSITIVE,
+        "high_freq_factor": POSITIVE,
+    }
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        owner = "Llama 3 scaling"
-        _factor(owner, self.factor)
-        _length(owner, "original_max_position_embeddings", self.original_max_position_embeddings)
-        _number(owner, "low_freq_factor", self.low_freq_factor, above=0.0)
-        _number(owner, "high_freq_factor", self.high_freq_factor, above=0.0)
         if self.high_freq_factor <= self.low_freq_factor:
             raise ValueError(
-                f"{owner}: high_freq_factor ({self.high_freq_factor}) must be > low_freq_factor "
+                f"{self.label}: high_freq_factor ({self.high_freq_factor}) must be > low_freq_factor "
                 f"({self.low_freq_factor})"
             )
 
@@ -227,7 +266,12 @@ class LongRoPEScaling(RopeScaling):
     ``sqrt(1 + ln(factor) / ln(L0))`` (1 when ``factor <= 1``).
 
     ``factor`` is the extension ratio ``max_position_embeddings / original_max_position_embeddings``; give it or
-    ``attention_factor``. Both lists have ``rotary_dim / 2`` entries.
+    ``attention_factor`` (deriving the temperature from ``factor > 1`` needs ``L0 >= 2``). Both lists have
+    ``rotary_dim / 2`` entries.
+
+    The short/long switch is one per call: in a batch, the frequencies follow the longest row (the largest
+    position of every row), as transformers' ``dynamic_rope_update`` does, so a short row batched with a long
+    one takes the long factors; decode rows separately for row-exact results.
     """
 
     short_factor: tuple[float, ...]
@@ -236,23 +280,29 @@ class LongRoPEScaling(RopeScaling):
     factor: float | None = None
     attention_factor: float | None = None
     rope_type: ClassVar[str] = "longrope"
+    label: ClassVar[str] = "LongRoPE scaling"
+    bounds: ClassVar[Mapping[str, Bound]] = {
+        "original_max_position_embeddings": LENGTH,
+        "factor": POSITIVE,
+        "attention_factor": POSITIVE,
+    }
     length_dependent: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for name in ("short_factor", "long_factor"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise TypeError(f"LongRoPE scaling: {name} must be a list of numbers, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
+                raise TypeError(
+                    f"{self.label}: {name} must be a list of finite numbers > 0 (one per frequency), got {value!r}"
+                )
+            entries = tuple(check_param(self.label, f"{name}[{i}]", v, POSITIVE) for i, v in enumerate(value))
+            object.__setattr__(self, name, entries)
         super().__post_init__()
 
     def validate(self, rotary_dim: int | None = None) -> None:
-        owner = "LongRoPE scaling"
-        _length(owner, "original_max_position_embeddings", self.original_max_position_embeddings)
+        owner = self.label
         for name in ("short_factor", "long_factor"):
             values = getattr(self, name)
-            for v in values:
-                _number(owner, f"every entry of {name}", v, above=0.0)
             if rotary_dim is not None and len(values) != rotary_dim // 2:
                 raise ValueError(
                     f"{owner}: {name} must have rotary_dim/2 = {rotary_dim // 2} entries (one per frequency), "
@@ -263,10 +313,13 @@ class LongRoPEScaling(RopeScaling):
                 f"{owner}: give factor (max_position_embeddings / original_max_position_embeddings) or "
                 "attention_factor; posenc.hf.rope_from_config derives factor from a transformers config"
             )
-        if self.factor is not None:
-            _number(owner, "factor", self.factor, above=0.0)
-        if self.attention_factor is not None:
-            _number(owner, "attention_factor", self.attention_factor, above=0.0)
+        if self.attention_factor is None and self.factor is not None and self.factor > 1.0:
+            if self.original_max_position_embeddings < 2:  # the temperature divides by ln(L0)
+                raise ValueError(
+                    f"{owner}: original_max_position_embeddings must be >= 2 when the temperature comes from factor "
+                    f"(sqrt(1 + ln(factor) / ln(L0)) divides by ln(L0), 0 at L0 = 1), got "
+                    f"{self.original_max_position_embeddings}; give attention_factor, or the real original length"
+                )
 
     def attention_factor_value(self) -> float:
         if self.attention_factor is not None:
