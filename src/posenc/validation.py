@@ -34,6 +34,38 @@ def check_int(name: str, value: object, *, at_least: int | None = None, owner: s
     return out
 
 
+#: The seeds ``torch.manual_seed`` accepts, inclusive (a negative one is taken modulo 2**64).
+TORCH_SEEDS: tuple[int, int] = (-(2**63), 2**64 - 1)
+
+
+def check_seed(
+    name: str,
+    value: object,
+    *,
+    low: int = TORCH_SEEDS[0],
+    high: int = TORCH_SEEDS[1],
+    owner: str | None = None,
+) -> int:
+    """``value`` as an ``int`` seed in ``[low, high]`` (default: what ``torch.manual_seed`` accepts; training
+    takes ``[0, 2**32)``), refused with a message naming the range instead of torch's overflow error."""
+    out = check_int(name, value, owner=owner)
+    if not low <= out <= high:
+        raise ValueError(
+            f"{_label(owner, name)} must be an integer in [{_bound(low)}, {_bound(high)}], got {out}"
+        )
+    return out
+
+
+def _bound(n: int) -> str:
+    """``n`` as a power of two where it is one of the seed limits (``2**32 - 1``, ``-2**63``), else in digits."""
+    for k in (32, 63, 64):
+        if n == 2**k - 1:
+            return f"2**{k} - 1"
+        if n == -(2**k):
+            return f"-2**{k}"
+    return str(n)
+
+
 def check_float(
     name: str,
     value: object,

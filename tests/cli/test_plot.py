@@ -44,6 +44,16 @@ def test_only_draws_the_named_pictures(tmp_path: Path) -> None:
         (["--only", "nope"], "--only got nope; choose from"),
         (["--only", "attention_distance"], "needs --run DIR"),
         (["--run", "/nonexistent/run"], "no config.json there"),
+        (["--length", "100000000"], "--length 100000000 is too large to plot"),
+        (["--length", "100000000", "--run", "/nonexistent/run"], "--length takes at most"),
+        (["--length", "100000000", "--only", "sinusoidal"], "the sinusoidal picture would need about"),
+        (
+            ["--factor", str(10**20), "--only", "bias"],
+            f"--factor {10**20}, --dim 128 and --heads 8 are too large",
+        ),
+        (["--dim", "100000"], "--dim must be at most 4096 for a picture, got 100000"),
+        (["--heads", "100000"], "--heads must be at most 256 for a picture, got 100000"),
+        (["--max-distance", str(10**23)], "--max-distance must be at most 1048576 for a picture"),
     ],
 )
 def test_bad_arguments_give_one_line(
@@ -67,3 +77,32 @@ def test_rope_decay_bound_starts_at_its_maximum_and_decays() -> None:
     bound = rope_decay_bound(256, head_dim=128)
     assert abs(bound[0].item() - (64 + 1) / 2) < 1e-9  # |S_j| = j at distance 0, mean over j = 1..64
     assert bound[200:].mean() < 0.4 * bound[0]
+
+
+def test_length_beyond_this_machines_memory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import posenc.models.generate
+
+    monkeypatch.setattr(posenc.models.generate, "device_memory", lambda device: 2**30)  # a 1 GiB machine
+    argv = ["plot", "--out", str(tmp_path / "o"), "--only", "bias"]
+    assert main([*argv, "--length", "8192"]) == 2  # about 0.7 GiB, more than half of it
+    err = capsys.readouterr().err
+    assert "more than the 0.5 GiB a picture may use here" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    assert main([*argv, "--length", "64"]) == 0
+
+
+def test_attention_windows_are_run_one_at_a_time() -> None:
+    """Memory of the --run pictures does not grow with --windows: one (1, H, N, N) score tensor at a time."""
+    import torch
+
+    from posenc.experiments.train import TrainConfig, build_model
+    from posenc.plots.attention import attention_stats
+
+    model = build_model("alibi", TrainConfig(dim=16, depth=1, heads=2, train_len=8))
+    batches: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    text = torch.randint(0, 256, (100,), dtype=torch.uint8)
+    stats = attention_stats(model, text, 8, windows=5)
+    assert batches == [1] * 5 and stats is not None and stats[0].rows == 5 * 2

@@ -120,6 +120,12 @@ def test_cli_records_every_knob(
     ("argv", "message"),
     [
         (["--seeds", "0"], "count N >= 1"),
+        (["--seeds", "99999999999999999999999"], "count N >= 1 and <= 1000"),
+        (["--seeds", "5000000000"], "count N >= 1 and <= 1000"),
+        (["--seeds", f"0,{2**32}"], "--seeds must be an integer in [0, 2**32 - 1], got 4294967296"),
+        (["--seeds", "0,99999999999999999999999"], "--seeds must be an integer in [0, 2**32 - 1]"),
+        (["--seed", "99999999999999999999999"], "--seed must be an integer in [0, 2**32 - 1]"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**32 - 1], got -1"),
         (["--seeds", "1,1"], "distinct"),
         (["--seeds", "x"], "count (3) or a comma list"),
         (["--seeds", "2", "--seed", "1"], "not both"),
@@ -135,7 +141,8 @@ def test_cli_knob_errors(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["compare", "--out", str(tmp_path / "x"), "--no-progress", *argv])
-    assert code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_seeds_syntax_and_presets() -> None:

@@ -4,6 +4,7 @@ scores 1), a tiny run end to end with resume and refusal, and one-line CLI error
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 import posenc
 from posenc.cli import main
+from posenc.experiments.checkpoints import run_lock
 from posenc.experiments.tasks import TASKS, Task, TasksConfig, accuracy, available_tasks, run_tasks
 from posenc.experiments.tasks.generators import COPY_SYMBOLS, is_test_example
 from posenc.experiments.tasks.report import verdict
@@ -171,4 +173,102 @@ def test_cli_bad_input_is_one_line(
     assert main(["tasks", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("posenc tasks: error:") and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def _copy_of(first_run: tuple[Path, dict], tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(first_run[0], out)
+    return out
+
+
+def test_rerun_with_a_subset_keeps_every_other_record(first_run: tuple[Path, dict], tmp_path: Path) -> None:
+    out, before = _copy_of(first_run, tmp_path), first_run[1]
+    again = run_tasks(
+        FAST, tasks=["copy"], encodings=["none"], seeds=[2], out=out, device="cpu", progress=False
+    )
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["tasks"] == available_tasks() and on_disk["encodings"] == before["encodings"]
+    assert on_disk["seeds"] == [0, 1, 2] and on_disk["this_run"]["seeds"] == [2]
+    assert set(on_disk["runs"]["copy"]["none"]) == {"0", "1", "2"}
+    assert set(on_disk["runs"]["copy"]["rope"]) == {"0", "1"}
+    for task in ("passkey", "assoc"):  # untouched: exactly as before
+        assert on_disk["accuracy"][task] == json.loads(json.dumps(before["accuracy"][task]))
+    assert on_disk["accuracy"]["copy"]["rope"] == before["accuracy"]["copy"]["rope"]
+    assert set(on_disk["accuracy_by_seed"]["copy"]["none"]) == {"0", "1", "2"}
+    assert again["accuracy"] == on_disk["accuracy"]
+    report = (out / "report.md").read_text()
+    assert "## passkey" in report and "## assoc" in report
+
+
+def test_rerun_replaces_the_records_it_reruns(first_run: tuple[Path, dict], tmp_path: Path) -> None:
+    out = _copy_of(first_run, tmp_path)
+    path = out / "results.json"
+    data = json.loads(path.read_text())
+    data["runs"]["copy"]["none"]["0"]["cells"]["none"]["16"] = {"all": 0.123}  # a stale record
+    path.write_text(json.dumps(data))
+    again = run_tasks(
+        FAST, tasks=["copy"], encodings=["none"], seeds=[0], out=out, device="cpu", progress=False
+    )
+    assert again["resumed"] == ["copy/none/s0"]
+    assert again["runs"]["copy"]["none"]["0"]["cells"]["none"]["16"] != {"all": 0.123}
+    assert set(again["runs"]["copy"]["none"]) == {"0", "1"}
+
+
+def test_damaged_results_file_is_refused_before_training(
+    first_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out = _copy_of(first_run, tmp_path)
+    (out / "results.json").write_text('{"runs": ')
+    with pytest.raises(ValueError, match=r"results\.json is not a readable results file"):
+        run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[5], out=out, device="cpu", progress=False)
+    (out / "results.json").write_text('{"runs": {"copy": []}}')
+    with pytest.raises(ValueError, match=r"results\.json is not a posenc tasks results file"):
+        run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[5], out=out, device="cpu", progress=False)
+    assert not (out / "checkpoints" / "copy" / "none-s5.pt").exists()
+
+
+def test_cli_damaged_results_file_is_one_line_naming_it(
+    first_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _copy_of(first_run, tmp_path)
+    (out / "results.json").write_bytes(b"\xff\x00")
+    argv = ["tasks", "--quick", "--steps", "4", "--out", str(out), "--tasks", "copy", "--encodings", "none"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'results.json'} is not a readable results file" in err
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_cli_out_that_cannot_be_a_folder_is_one_line(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "sub"
+    argv = ["tasks", "--quick", "--out", str(out), "--tasks", "copy", "--encodings", "none", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("posenc tasks: error: --out") and "is a file" in err
+    assert "Errno" not in err
+
+
+def test_cli_second_run_into_one_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    argv = ["tasks", "--quick", "--steps", "1", "--out", str(out), "--tasks", "copy", "--encodings", "none"]
+    with run_lock(out):  # another run holds the folder
+        assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another posenc run is writing to --out" in err
+    assert not (out / "config.json").exists()
+
+
+@pytest.mark.parametrize("seeds", ["99999999999999999999999", "0,-1", str(2**32)])
+def test_cli_seeds_out_of_range_are_one_line(
+    seeds: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tasks", "--quick", "--out", str(tmp_path / "o"), "--seeds", seeds]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seeds" in err and "2**32" in err
     assert not (tmp_path / "o").exists()

@@ -115,6 +115,8 @@ def cpu_threads() -> int:
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """The preset (or ``--quick``) with every given flag applied."""
     from ..experiments.presets import parse_seeds, preset
+    from ..experiments.train import MAX_SEED
+    from ..validation import check_seed
 
     if args.seeds is not None and args.seed is not None:
         raise ValueError("give --seeds or --seed, not both")
@@ -139,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     if args.seeds is not None:
         changes["seeds"] = parse_seeds(args.seeds)
     elif args.seed is not None:
-        changes["seeds"] = (args.seed,)
+        changes["seeds"] = (check_seed("--seed", args.seed, low=0, high=MAX_SEED - 1),)
     if args.data is not None:
         changes["data"] = args.data
     if args.eval_bytes is not None:

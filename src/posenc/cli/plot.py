@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .paths import path_arg
+
+if TYPE_CHECKING:
+    from ..plots.pictures import PlotContext
+    from ..plots.run import TrainedRun
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,16 +33,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="NAME",
         help="draw only these pictures (repeat or comma-separate); default all that apply",
     )
-    p.add_argument("--dim", type=int, default=128, help="head_dim of the rotary and sinusoidal pictures")
-    p.add_argument("--heads", type=int, default=8, help="heads of the untrained bias encodings (default 8)")
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=128,
+        help="head_dim of the rotary and sinusoidal pictures (default 128, at most 4096)",
+    )
+    p.add_argument(
+        "--heads",
+        type=int,
+        default=8,
+        help="heads of the untrained bias encodings (default 8, at most 256)",
+    )
     p.add_argument(
         "--length",
         type=int,
         default=None,
-        help="the training length L the pictures are drawn for (default 256, or the run's L with --run)",
+        help="the training length L the pictures are drawn for (default 256, or the run's L with --run); refused when "
+        "a picture would need more than 4 GiB (bias draws heads x factor x L numbers per bias encoding) or half "
+        "this machine's memory",
     )
     p.add_argument("--factor", type=int, default=16, help="curves by distance reach factor * L (default 16)")
-    p.add_argument("--max-distance", type=int, default=4, help="clipping distance for the index matrix")
+    p.add_argument(
+        "--max-distance",
+        type=int,
+        default=4,
+        help="clipping distance for the index matrix (default 4, at most 2**20)",
+    )
     p.add_argument(
         "--windows",
         type=int,
@@ -47,9 +69,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+def context(args: argparse.Namespace, length: int, trained_run: TrainedRun | None = None) -> PlotContext:
+    """The :class:`PlotContext` of the arguments, drawn for ``length``."""
+    from ..plots.pictures import PlotContext
+
+    return PlotContext(
+        dim=args.dim,
+        heads=args.heads,
+        train_len=length,
+        factor=args.factor,
+        max_distance=args.max_distance,
+        run=trained_run,
+        windows=args.windows,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiments.checkpoints import check_out_dir
-    from ..plots.pictures import PICTURES, PlotContext, draw, picture_names
+    from ..plots.pictures import PICTURES, check_sizes, draw, picture_names
     from ..plots.run import load_run
 
     check_out_dir(args.out)
@@ -66,19 +103,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--only {', '.join(trained)} needs --run DIR (a `posenc compare` output folder)"
             )
+    if args.length is not None:  # sizes are refused before a run's models are loaded
+        check_sizes(names, context(args, args.length))
     trained_run = load_run(args.run) if args.run is not None else None
     length = args.length
     if length is None:
         length = trained_run.train_len if trained_run is not None else 256
-    ctx = PlotContext(
-        dim=args.dim,
-        heads=args.heads,
-        train_len=length,
-        factor=args.factor,
-        max_distance=args.max_distance,
-        run=trained_run,
-        windows=args.windows,
-    )
+    ctx = context(args, length, trained_run)
+    check_sizes(names, ctx)
     for name in names:
         start = time.perf_counter()
         paths = draw(name, ctx).save(args.out, name)

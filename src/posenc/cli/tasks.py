@@ -6,6 +6,7 @@ Also runs data-parallel: ``torchrun --nproc_per_node N -m posenc tasks ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Train one small byte-level LM per (task, encoding, seed) on generated examples up to length L, then "
             "measure exact-match accuracy on held-out examples at L, 2L, 4L, 8L, 16L (Kazemnejad et al. 2023; "
             "Ruoss et al. 2023; Mohtashami & Jaggi 2023). Writes results.json, report.md, accuracy.png, a passkey "
-            "heatmap per encoding and a checkpoint per model; rerun with the same --out to resume."
+            "heatmap per encoding and a checkpoint per model; rerun with the same --out to resume, or to add tasks, "
+            "encodings or seeds (results.json keeps every earlier record)."
         ),
     )
     p.add_argument(
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--train-len", type=int, default=None, help="training length L in bytes (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model")
-    p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (default 0)")
+    p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds in [0, 2**32) (default 0)")
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument(
@@ -67,16 +69,22 @@ def _names(text: str | None, what: str) -> list[str] | None:
 def _seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
+    from ..experiments.tasks.experiment import check_seeds
+
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+    return check_seeds(seeds, "--seeds")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..experiments.tasks.experiment import run_tasks
+    from ..experiments.checkpoints import check_out_dir, run_lock
+    from ..experiments.dist import resolve_device
+    from ..experiments.pool import check_workers
+    from ..experiments.tasks.experiment import check_request, run_tasks
     from ..experiments.tasks.report import task_table
     from ..experiments.tasks.run import TasksConfig
     from .compare import cpu_threads
@@ -92,16 +100,26 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cpu_threads())
     cfg = TasksConfig.quick() if args.quick else TasksConfig()
     cfg = cfg.with_train(train_len=args.train_len, steps=args.steps)
-    results = run_tasks(
-        cfg,
-        tasks=_names(args.tasks, "tasks"),
-        encodings=_names(args.encodings, "encodings"),
-        seeds=_seeds(args.seeds),
-        out=args.out,
-        device=args.device,
-        progress=not args.no_progress,
-        jobs=args.jobs,
-    )
+    tasks, encodings = _names(args.tasks, "tasks"), _names(args.encodings, "encodings")
+    seeds = _seeds(args.seeds)
+    check_request(
+        cfg, tasks, encodings, seeds
+    )  # bad names, seeds or lengths: refused before --out is touched
+    check_out_dir(args.out)
+    device = resolve_device(args.device)  # so are a bad --device and --jobs
+    if args.jobs is not None:
+        check_workers(args.jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    with run_lock(args.out) if rank0 else contextlib.nullcontext():  # one lock per run, taken by its rank 0
+        results = run_tasks(
+            cfg,
+            tasks=tasks,
+            encodings=encodings,
+            seeds=seeds,
+            out=args.out,
+            device=args.device,
+            progress=not args.no_progress,
+            jobs=args.jobs,
+        )
     if rank0:
         for task in results["tasks"]:
             print(f"\n{task} (exact-match accuracy, %)\n{task_table(results, task)}")

@@ -17,8 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..validation import check_seed
 from .evaluate import MULTIPLES
-from .train import TrainConfig
+from .train import MAX_SEED, TrainConfig
+
+#: The most seeds ``--seeds N`` may ask for (each is one more model per encoding).
+MAX_SEED_COUNT = 1000
 
 #: Steps of the ``demo`` preset (the default): three times the first version's 400, paid for by training two
 #: models at a time on two cores (:mod:`posenc.experiments.pool`) and by bfloat16 products (``precision="auto"``).
@@ -68,10 +72,8 @@ class CompareConfig:
             raise ValueError(f"--eval-bytes must be a positive number of bytes, got {self.eval_bytes}")
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct non-negative integers, got {list(self.seeds)}")
-        for seed in self.seeds:
-            self.for_seed(
-                seed
-            )  # TrainConfig refuses seeds it cannot use (>= 2**32), before any file is written
+        for seed in self.seeds:  # the seeds training takes, refused before any file is written
+            check_seed("--seeds", seed, low=0, high=MAX_SEED - 1)
         if self.curve_points < 0 or self.curve_bytes < 1:
             raise ValueError(
                 f"curve_points must be >= 0 and curve_bytes >= 1, got {self.curve_points}, {self.curve_bytes}"
@@ -150,7 +152,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     """``--seeds``: ``"3"`` means seeds 0, 1, 2; ``"0,4,7"`` (any comma) lists them.
 
     Raises:
-        ValueError: not integers, a count below 1, negative or repeated seeds.
+        ValueError: not integers, a count below 1 or above :data:`MAX_SEED_COUNT`, seeds outside what training
+            takes (``[0, 2**32)``) or repeated seeds.
     """
     parts = [p.strip() for p in text.split(",")]
     try:
@@ -158,9 +161,11 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"--seeds takes a count (3) or a comma list (0,1,2), got {text!r}") from None
     if "," not in text:
-        if len(values) != 1 or values[0] < 1:
-            raise ValueError(f"--seeds N needs a count N >= 1 (or a list like 0,1,2), got {text!r}")
+        if len(values) != 1 or not 1 <= values[0] <= MAX_SEED_COUNT:
+            raise ValueError(
+                f"--seeds N needs a count N >= 1 and <= {MAX_SEED_COUNT} (or a list like 0,1,2), got {text!r}"
+            )
         return tuple(range(values[0]))
-    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+    if not values or len(set(values)) != len(values):
         raise ValueError(f"--seeds list must hold distinct non-negative integers, got {text!r}")
-    return tuple(values)
+    return tuple(check_seed("--seeds", v, low=0, high=MAX_SEED - 1) for v in values)

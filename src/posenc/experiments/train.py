@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..models import TransformerLM
 from ..registry import encoding_class
-from ..validation import check_bool, check_float, check_int
+from ..validation import check_bool, check_float, check_int, check_seed
 from .dist import SINGLE, World
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,7 @@ class TrainConfig:
         check_bool("scale_embeddings", self.scale_embeddings)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if not 0 <= check_int("seed", self.seed) < MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed}")
+        check_seed("seed", self.seed, low=0, high=MAX_SEED - 1)
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.warmup_fraction < 1.0 or not self.lr > 0:

@@ -127,7 +127,8 @@ def attention_stats(
     x = tokens[: count * length].view(count, length).long().to(device)
     model.eval()
     with probing(model, length) as stats:
-        model(x)
+        for window in x.split(1):  # one window at a time: memory does not grow with the window count
+            model(window)
     return stats
 
 

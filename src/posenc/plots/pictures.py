@@ -3,6 +3,12 @@
 
 Encodings are found through the registry (``posenc.available()``, filtered by what ``posenc.build`` returns),
 never by a list of names.
+
+Sizes are bounded before anything is drawn (:func:`check_sizes`): a picture's tensors plus about
+:data:`BYTES_PER_NUMBER` per number drawn (the Python float, the figure's path, the JSON text) may need at most
+:data:`MAX_BYTES` (4 GiB), and at most half this machine's memory; so ``--length`` times ``--factor`` is bounded
+(bias: heads x bias encodings x factor x L numbers). ``--dim``, ``--heads`` and ``--max-distance`` have fixed
+maxima (:data:`MAX_DIM`, :data:`MAX_HEADS`, :data:`MAX_CLIP`), far beyond what a picture can show.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ from functools import cached_property
 import torch
 
 from ..base import PositionEncoding
-from ..registry import available, build
-from ..rotary import XPos
+from ..registry import available, build, encoding_class
+from ..rotary import XPos, available_scalings
 from .attention import Measured, attention_distance_figure, attention_entropy_figure, attention_stats
 from .bias import bias_curves, bias_figure
 from .common import Picture
@@ -23,6 +29,14 @@ from .encodings import relative_index_figure, rope_decay_figure, sinusoidal_figu
 from .rope_scaling import rope_scaling_figure
 from .run import TrainedRun
 from .xpos import xpos_figure
+
+#: The most memory one picture may need (see the module docstring): generous for pictures, whose defaults need
+#: under 0.1 GiB each.
+MAX_BYTES = 4 * 2**30
+#: About what one number drawn costs between its tensor and the files (measured: 100 - 170 bytes).
+BYTES_PER_NUMBER = 160
+#: The largest ``--dim`` (head dimension), ``--heads`` and ``--max-distance`` the pictures take.
+MAX_DIM, MAX_HEADS, MAX_CLIP = 4096, 256, 2**20
 
 
 @dataclass
@@ -61,18 +75,27 @@ class PlotContext:
                 raise ValueError(f"--{name} must be an integer >= {least}, got {value!r}")
         if self.dim % 2:
             raise ValueError(f"--dim must be an even number >= 2, got {self.dim}")
+        for name, value, most in (
+            ("dim", self.dim, MAX_DIM),
+            ("heads", self.heads, MAX_HEADS),
+            ("max-distance", self.max_distance, MAX_CLIP),
+        ):
+            if value > most:
+                raise ValueError(f"--{name} must be at most {most} for a picture, got {value}")
 
     @property
     def longest(self) -> int:
         return self.factor * self.train_len
 
     def untrained(self) -> dict[str, PositionEncoding]:
-        """Every registered encoding as ``posenc.build`` makes it (seeded, so FIRE's weights are reproducible)."""
+        """Every registered encoding the untrained pictures draw (the bias family and xPos) as ``posenc.build``
+        makes it (seeded, so FIRE's weights are reproducible)."""
         if not self._built:
             torch.manual_seed(0)
             heads = self.heads
+            drawn = [n for n in available() if n in available("bias") or issubclass(encoding_class(n), XPos)]
             self._built.update(
-                {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in available()}
+                {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in drawn}
             )
         return self._built
 
@@ -152,6 +175,60 @@ PICTURES: dict[str, tuple[bool, Drawer, str]] = {
         "attention entropy against position",
     ),
 }
+
+
+def picture_bytes(name: str, ctx: PlotContext) -> int:
+    """About how many bytes untrained picture ``name`` needs for ``ctx`` (an upper estimate): its tensors, and
+    :data:`BYTES_PER_NUMBER` per number drawn and written; 0 for the trained pictures (their sizes are the run's)."""
+    longest, length, pairs = ctx.longest + 1, ctx.train_len + 1, ctx.dim // 2
+    bias = ctx.heads * longest * max(1, len(available("bias")))
+    drawn, computed = {  # (numbers drawn and written, bytes of the tensors computed on the way)
+        "sinusoidal": (length * ctx.dim, 8 * length * ctx.dim),
+        "rope_decay": (2 * length, 2 * 3 * 16 * length * pairs),  # (L + 1, D/2) complex128, three at a time
+        "relative_index": (12 * 12, 0),
+        "bias": (bias, 16 * bias),
+        "rope_scaling": (4 * pairs * (len(available_scalings()) + 1), 8 * longest),
+        "xpos_decay": (8 * longest, 2 * 8 * pairs * longest),  # (D/2, N) float64; 8 pairs drawn
+    }.get(name, (0, 0))
+    return BYTES_PER_NUMBER * drawn + computed
+
+
+def picture_limit() -> int:
+    """The most bytes a picture may need here: :data:`MAX_BYTES`, less where this machine's memory is smaller."""
+    from ..models.generate import device_memory
+
+    total = device_memory(torch.device("cpu"))
+    return MAX_BYTES if total is None else min(MAX_BYTES, total // 2)
+
+
+def check_sizes(names: list[str], ctx: PlotContext) -> None:
+    """Refuse, before anything is drawn, a ``--length`` (with ``--factor``, ``--dim`` and ``--heads``) whose
+    pictures would need more than :func:`picture_limit` bytes, naming the largest ``--length`` they take."""
+    limit = picture_limit()
+    over = [(picture_bytes(n, ctx), n) for n in names if picture_bytes(n, ctx) > limit]
+    if not over:
+        return
+    need, name = max(over)
+
+    def fits(length: int) -> bool:
+        small = PlotContext(ctx.dim, ctx.heads, length, ctx.factor, ctx.max_distance)
+        return all(picture_bytes(n, small) <= limit for n in names)
+
+    lo, hi = 0, ctx.train_len  # fits(lo) or lo == 0; not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    gib = f"the {name} picture would need about {need / 2**30:,.1f} GiB, more than the {limit / 2**30:.1f} GiB a "
+    if lo == 0:
+        raise ValueError(
+            f"--factor {ctx.factor}, --dim {ctx.dim} and --heads {ctx.heads} are too large to plot: even at "
+            f"--length 1 {gib}picture may use here; lower them (or leave {name} out with --only)"
+        )
+    raise ValueError(
+        f"--length {ctx.train_len} is too large to plot: with --factor {ctx.factor}, --dim {ctx.dim} and "
+        f"--heads {ctx.heads} {gib}picture may use here; --length takes at most {lo} (or leave {name} out with "
+        "--only)"
+    )
 
 
 def picture_names(with_run: bool) -> list[str]:

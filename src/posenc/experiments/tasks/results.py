@@ -1,0 +1,145 @@
+"""``results.json`` of ``posenc tasks``: one record per (task, encoding, seed), merged across reruns, and the
+accuracies averaged over seeds that the tables, the figures and the report show.
+
+A record (``results["runs"][task][encoding][str(seed)]``) holds what one trained model measured: ``cells``
+(row -> length -> depth group -> accuracy), ``final_train_loss`` (mean of the last 10 steps), ``train_seconds``
+and ``eval_seconds``. Everything else in ``results.json`` is derived from the records by :func:`aggregate`, so a
+rerun that trains only some tasks, encodings or seeds merges its records into the old ones (:func:`merge_task_runs`,
+the merge of ``posenc compare``'s :func:`~posenc.experiments.results.merge_runs` per task) and the summary covers
+all of them: results.json never shrinks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..checkpoints import read_json_object
+from ..results import merge_runs, num, ordered_encodings
+from .generators import available_tasks, get_task
+from .run import ModelRun
+
+Record = dict[str, Any]
+#: task -> encoding -> str(seed) -> record.
+TaskRuns = dict[str, dict[str, dict[str, Record]]]
+
+
+def record(run: ModelRun) -> Record:
+    """The record of one trained model (see the module docstring)."""
+    tail = run.losses[-10:]
+    return {
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "train_seconds": run.train_seconds,
+        "eval_seconds": run.eval_seconds,
+        "cells": run.cells,
+    }
+
+
+def merge_task_runs(old: TaskRuns, new: TaskRuns) -> TaskRuns:
+    """``old`` updated with ``new``: a (task, encoding, seed) in both takes the new record, nothing in ``old`` is
+    dropped."""
+    return {t: merge_runs(old.get(t, {}), new.get(t, {})) for t in ordered_tasks({**old, **new})}
+
+
+def ordered_tasks(runs: TaskRuns) -> list[str]:
+    """The tasks of ``runs`` in :func:`available_tasks` order (unknown names last, sorted)."""
+    known = [t for t in available_tasks() if t in runs]
+    return known + sorted(set(runs) - set(known))
+
+
+def old_runs(out: Path) -> TaskRuns:
+    """The records of ``out/results.json`` ({} when there is none, or it predates records).
+
+    Raises:
+        ValueError: the file is damaged or its ``runs`` is not task -> encoding -> seed -> record; the message
+            names the file.
+    """
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        return {}
+    runs = read_json_object(path, "results file").get("runs", {})
+    well_formed = isinstance(runs, dict) and all(
+        isinstance(encs, dict)
+        and all(
+            isinstance(seeds, dict)
+            and all(isinstance(r, dict) and isinstance(r.get("cells"), dict) for r in seeds.values())
+            for seeds in encs.values()
+        )
+        for encs in runs.values()
+    )
+    if not well_formed:
+        raise ValueError(
+            f"{path} is not a posenc tasks results file (its 'runs' is not task -> encoding -> seed -> record); "
+            "restore it or delete it"
+        )
+    return runs
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the values; None if any is None (a length the model cannot take)."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None) / len(values)
+
+
+def summarize(runs: dict[str, Record], lengths: list[int]) -> dict[str, Any]:
+    """Per row of one (task, encoding): accuracy per length (mean over depth groups and seeds), per seed, and per
+    length and depth group; ``runs``: str(seed) -> record."""
+    first = next(iter(runs.values()))["cells"]
+    out: dict[str, Any] = {"accuracy": {}, "by_seed": {}, "by_depth": {}}
+    for row in first:
+        per_seed = {
+            seed: {str(lv): _mean(list(rec["cells"][row][str(lv)].values())) for lv in lengths}
+            for seed, rec in sorted(runs.items(), key=lambda kv: int(kv[0]))
+        }
+        out["by_seed"][row] = per_seed
+        out["accuracy"][row] = {str(lv): _mean([s[str(lv)] for s in per_seed.values()]) for lv in lengths}
+        groups = list(first[row][str(lengths[0])])
+        out["by_depth"][row] = {
+            str(lv): {g: _mean([rec["cells"][row][str(lv)][g] for rec in runs.values()]) for g in groups}
+            for lv in lengths
+        }
+    return out
+
+
+def aggregate(runs: TaskRuns, meta: dict[str, Any]) -> dict[str, Any]:
+    """The whole ``results.json``: ``meta`` (``train_len``, ``eval_lengths``, config, versions ...) plus the
+    records and what the report shows of them, over every record (of this run and the earlier ones)."""
+    lengths = meta["eval_lengths"]
+    tasks = ordered_tasks(runs)
+    encodings = ordered_encodings({e: {} for t in tasks for e in runs[t]})
+    results: dict[str, Any] = {
+        **meta,
+        "tasks": tasks,
+        "encodings": encodings,
+        "seeds": sorted({int(s) for t in tasks for seeds in runs[t].values() for s in seeds}),
+        "answer_length": {
+            t: {str(lv): get_task(t).answer_length(lv) for lv in lengths}
+            for t in tasks
+            if t in available_tasks()
+        },
+        "accuracy": {},
+        "accuracy_by_seed": {},
+        "passkey_depth": {},
+        "final_train_loss": {},
+        "train_seconds": {},
+        "eval_seconds": {},
+    }
+    for task in tasks:
+        acc: dict[str, Any] = {}
+        for enc in ordered_encodings(runs[task]):
+            recs = runs[task][enc]
+            if not recs:
+                continue
+            summary = summarize(recs, lengths)
+            acc.update(summary["accuracy"])
+            results["accuracy_by_seed"].setdefault(task, {}).update(summary["by_seed"])
+            if task == "passkey":
+                results["passkey_depth"].update(summary["by_depth"])
+            losses = [num(r.get("final_train_loss")) for r in recs.values()]
+            results["final_train_loss"].setdefault(task, {})[enc] = _mean(losses)
+            for key in ("train_seconds", "eval_seconds"):
+                results[key].setdefault(task, {})[enc] = sum(float(r.get(key) or 0.0) for r in recs.values())
+        results["accuracy"][task] = acc
+    results["runs"] = runs
+    return results
