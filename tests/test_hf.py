@@ -230,3 +230,31 @@ def test_rope_dependent_state_outside_the_rotary_module_is_set_or_refused() -> N
             install_rope(model, yarn)
         assert model.model.rotary_emb is before  # refused before anything changed
         install_rope(model, None)  # the config's own RoPE needs no rebuild
+
+
+def test_half_precision_models_are_checked_as_strictly_as_float32(plain: Any) -> None:
+    """model.to(bfloat16) rounds transformers' inv_freq buffer: the check compares with tables from rounded
+    frequencies at float32 tolerance, so a misread base is still refused (a bfloat16-sized tolerance let it
+    through), and the installed model equals transformers built in bfloat16 (from_config(dtype=...))."""
+    for dtype in (torch.bfloat16, torch.float16):
+        model = LlamaForCausalLM(tiny_config()).to(dtype).eval()
+        model.config.rope_parameters = {"rope_type": "default", "rope_theta": 12345.0}
+        with pytest.raises(UnsupportedRotary, match=r"\[table-values\].*base=12345.0"):
+            install_rope(model)
+        yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+        theirs = transformers.AutoModelForCausalLM.from_config(tiny_config(yarn), dtype=dtype).eval()
+        theirs.load_state_dict(plain.state_dict())
+        ours = LlamaForCausalLM(tiny_config()).eval()
+        ours.load_state_dict(plain.state_dict())
+        install_rope(ours.to(dtype), yarn)
+        tokens = torch.randint(0, 100, (2, 40))
+        torch.testing.assert_close(logits(ours, tokens), logits(theirs, tokens), atol=0, rtol=0)
+
+
+def test_meta_device_models_are_refused_with_their_cause() -> None:
+    with torch.device("meta"):
+        model = LlamaForCausalLM(tiny_config())
+    before = model.model.rotary_emb
+    with pytest.raises(UnsupportedRotary, match=r"\[meta-device\] LlamaRotaryEmbedding.*load the weights"):
+        install_rope(model, {"rope_type": "linear", "factor": 2.0})
+    assert model.model.rotary_emb is before

@@ -200,6 +200,18 @@ def test_refusals_name_their_cause() -> None:
         install_rope(model)
 
 
+@pytest.mark.parametrize("arch", ["gptj", "codegen"])
+def test_half_precision_sin_cos_table_installs(arch: str) -> None:
+    """model.to(bfloat16) casts GPT-J's sin/cos table (a buffer) itself; it was refused as table-values. It is
+    recognised, and the installed model equals the cast one (the table is cast to the activations' dtype there)."""
+    theirs = tiny_model(arch, None).to(torch.bfloat16)
+    ours = tiny_model(arch, None, theirs.state_dict()).to(torch.bfloat16)
+    install_rope(ours)
+    tokens = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, atol=0, rtol=0)
+
+
 def _fuyu(rope: dict[str, Any] | None, weights: dict[str, Any] | None = None) -> nn.Module:
     torch.manual_seed(0)
     params = {"rope_theta": 1e4, "partial_rotary_factor": 0.5, **(rope or {"rope_type": "default"})}

@@ -20,6 +20,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from ..functional.rotary import rope_cos_sin
 from ..rotary.rope import RoPE
 from .errors import UnsupportedRotary
 
@@ -59,17 +60,24 @@ class HFRotaryEmbedding(nn.Module):
         )  # (1|B, 1, S, R/2) float32
         if cos.dim() == 4:
             cos, sin = cos.squeeze(-3), sin.squeeze(-3)  # (1|B, S, R/2)
-        if self.layout == "complex":
-            return torch.complex(cos, sin)
-        if self.layout == "half":
-            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
-        elif self.layout == "interleaved":
-            cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
-        pair = (cos.to(x.dtype), sin.to(x.dtype))
-        return pair if self.order == "cos_sin" else (pair[1], pair[0])
+        return lay_out(cos, sin, self.layout, self.order, x.dtype)
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, order={self.order}"
+
+
+def lay_out(
+    cos: Tensor, sin: Tensor, layout: Layout, order: Order, dtype: torch.dtype
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``(.., R/2)`` float32 ``cos``/``sin`` in ``layout`` and ``order``, ``(cos, sin)`` in ``dtype`` or complex64."""
+    if layout == "complex":
+        return torch.complex(cos, sin)
+    if layout == "half":
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    elif layout == "interleaved":
+        cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+    pair = (cos.to(dtype), sin.to(dtype))
+    return pair if order == "cos_sin" else (pair[1], pair[0])
 
 
 class HFLayerTypeRotaryEmbedding(nn.Module):
@@ -103,6 +111,32 @@ def _max_error(got: list[Tensor], want: list[Tensor]) -> float:
     return max((a - b.to(a.dtype)).abs().max().item() for a, b in zip(got, want, strict=True))
 
 
+#: largest difference between a rotary module's tables and posenc's (float64 angles against transformers'
+#: float32 product: ~1e-7 at positions 0..7) that still counts as the same RoPE.
+_TOLERANCE = 1e-5
+
+
+def _reference_tables(
+    rope: RoPE, pos: Tensor, original: nn.Module, buffer: object
+) -> list[tuple[Tensor, Tensor]]:
+    """``rope``'s float32 ``(1, S, R/2)`` cos and sin at ``pos``; when ``original`` keeps tensors in a precision
+    below float32 (``model.to(torch.bfloat16)`` casts its buffers), also the tables such a module computes: from
+    frequencies (``buffer``, its ``inv_freq``) rounded to that dtype, or the tables themselves rounded (GPT-J's
+    ``embed_positions``). Comparing those at float32 tolerance keeps the check as strict in bfloat16 as in
+    float32: a tolerance sized for bfloat16 would let a misread base through."""
+    with torch.no_grad():
+        cos, sin = rope.cos_sin(pos.shape[-1], pos, pos.device)
+        exact = (cos.squeeze(-3), sin.squeeze(-3))
+        tables = [exact]
+        low = {t.dtype for t in original.buffers() if t.is_floating_point() and t.element_size() < 4}
+        for dtype in sorted(low, key=str):
+            tables.append((exact[0].to(dtype).float(), exact[1].to(dtype).float()))
+            if isinstance(buffer, Tensor) and buffer.dtype == dtype:
+                rounded = rope.inv_freq_for(pos).float().to(dtype).double()  # float32 first, as transformers
+                tables.append(rope_cos_sin(pos, rounded, scale=rope.attention_scale))
+    return tables
+
+
 def match_layout(
     original: nn.Module, rope: RoPE, device: torch.device, layer_type: str | None = None
 ) -> tuple[Layout, Order]:
@@ -111,11 +145,17 @@ def match_layout(
     Raises:
         UnsupportedRotary: with cause ``table-output`` (neither a (cos, sin) pair nor a complex table),
             ``rotary-size`` (the table width matches no layout of ``rope.rotary_dim``) or ``table-values``
-            (the width fits but the values differ: the base or scaling was read differently).
+            (the width fits but the values differ: the base or scaling was read differently), ``meta-device``
+            (no values to compare).
     """
     name = type(original).__name__ + ("" if layer_type is None else f" ({layer_type})")
-    buffer = getattr(original, "inv_freq", None)
-    dtype = buffer.dtype if isinstance(buffer, Tensor) and buffer.is_floating_point() else torch.float32
+    buffer = getattr(original, "inv_freq" if layer_type is None else f"{layer_type}_inv_freq", None)
+    if device.type == "meta" or (isinstance(buffer, Tensor) and buffer.is_meta):
+        raise UnsupportedRotary(
+            "meta-device",
+            f"{name} is on the meta device: its tables have no values to check the config against; load the "
+            "weights (e.g. from_pretrained, or to_empty and load_state_dict) before install_rope",
+        )
     x = torch.zeros(1, 8, 1, device=device)
     pos = torch.arange(8, device=device).unsqueeze(0)  # (1, 8)
     try:
@@ -131,7 +171,6 @@ def match_layout(
             f"{name}(x, position_ids) returns neither a (cos, sin) pair nor one complex freqs_cis table; "
             "posenc.hf swaps rotary modules with those outputs only",
         )
-    tol = max(1e-5, 64 * torch.finfo(dtype).eps)
     rotary = rope.rotary_dim
     candidates: list[tuple[Layout, Order]] = (
         [("complex", "cos_sin")]
@@ -139,13 +178,13 @@ def match_layout(
         else [(lay, order) for lay in LAYOUTS[:3] for order in ("cos_sin", "sin_cos")]  # type: ignore[misc]
     )
     errors: dict[tuple[Layout, Order], float] = {}
-    for layout, order in candidates:
-        with torch.no_grad():
-            got = _tables(HFRotaryEmbedding(rope, layout, order)(x, pos))
-        assert got is not None
-        errors[(layout, order)] = _max_error(got, want)
-        if errors[(layout, order)] <= tol:
-            return layout, order
+    for cos, sin in _reference_tables(rope, pos, original, buffer):
+        for layout, order in candidates:
+            got = _tables(lay_out(cos, sin, layout, order, x.dtype))
+            assert got is not None
+            errors[(layout, order)] = min(errors.get((layout, order), float("inf")), _max_error(got, want))
+            if errors[(layout, order)] <= _TOLERANCE:
+                return layout, order
     width = want[0].shape[-1]
     fits = {"complex": rotary // 2, "compact": rotary // 2, "half": rotary, "interleaved": rotary}
     if all(width != fits[layout] for layout, _ in candidates):

@@ -13,6 +13,7 @@ CAUSES: dict[str, str] = {
     "table-values": "the rotary table's values differ from the RoPE the config describes",
     "folded-tensor": "the model stores a rope-dependent tensor outside its rotary module",
     "runtime-config": "the model reads rope parameters from its config while running",
+    "meta-device": "the model is on the meta device: its rotary tables have no values to check",
     "model-build": "the model cannot be rebuilt on the meta device to find rope-dependent attributes",
 }
 

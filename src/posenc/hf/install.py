@@ -110,6 +110,12 @@ def install_rope(
     The table layout (half, interleaved, ``R/2`` columns, complex ``freqs_cis``) is read from the model's own
     rotary module, which must agree with the config before anything is changed.
 
+    Two differences from transformers are deliberate: posenc's tables stay float32 from float64 angles after
+    ``model.to(torch.bfloat16)``, which rounds transformers' ``inv_freq`` buffer (the installed model equals
+    transformers built in that dtype, ``from_pretrained(dtype=...)``, which keeps it float32); dynamic NTK
+    recomputes the frequencies from each call's positions, where transformers keeps the largest length seen
+    until a call falls below ``max_position_embeddings`` (equal call by call to a fresh transformers model).
+
     Args:
         model: e.g. ``LlamaForCausalLM``, ``GPTNeoXForCausalLM``, ``DeepseekV3ForCausalLM``.
         scaling: a :class:`posenc.RopeScaling`, a transformers-style dict, or None. For a model with one RoPE per
