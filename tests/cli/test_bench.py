@@ -84,3 +84,32 @@ def test_attention_rows_train_every_bias_encoding(report: tuple[dict[str, Any], 
         assert by[(name, "sdpa")]["status"] == "ok", by[(name, "sdpa")]
         assert by[(name, "flex")]["status"] == "skipped"
         assert "no backward on CPU" in by[(name, "flex")]["note"]
+
+
+def test_a_suite_named_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--suite rope --suite rope`` ran rope twice, the second run's rows replacing the first's."""
+    args = [
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--suite",
+        "rope",
+        "--suite",
+        "rope",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--suite rope given more than once" in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_dangling_out_link_is_refused_before_the_suites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    assert main(["bench", "--quick", "--device", "cpu", "--suite", "nope-not-run", "--out", str(link)]) == 2
+    assert "which does not exist" in capsys.readouterr().err

@@ -59,7 +59,7 @@ def test_quick_and_a_preset_together_are_refused(capsys: pytest.CaptureFixture[s
         (["compare", "--quick", "--data", "", "--out", "OUT"], "--data is an empty path"),
         (["tasks", "--quick", "--out", " "], "argument --out: an empty path"),
         (["generate", "--checkpoint", "", "--prompt", "x"], "argument --checkpoint: an empty path"),
-        (["compare", "--quick", "--jobs", "0", "--out", "OUT"], "jobs must be a positive integer, got 0"),
+        (["compare", "--quick", "--jobs", "0", "--out", "OUT"], "--jobs must be an integer >= 1, got 0"),
     ],
 )
 def test_empty_paths_and_bad_jobs_are_refused_before_the_folder_exists(

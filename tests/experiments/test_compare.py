@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,40 @@ def test_checkpoint_of_another_config_is_refused(
     ckpt["config"]["train"]["lr"] = 1.0
     torch.save(ckpt, out / "checkpoints" / "none" / "seed0.pt")
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
-    with pytest.raises(ValueError, match=r"train\.lr: 1\.0 -> 0\.003"):
+    with pytest.raises(ValueError, match=r"train\.lr: 1\.0 -> 0\.003") as info:
+        run_compare(cfg, encodings=["none"], out=out, progress=False)
+    # the checkpoint is named with what to do, not the folder (its config.json matches)
+    assert f"{out / 'checkpoints' / 'none' / 'seed0.pt'} was not made by this run" in str(info.value)
+    assert "delete it and rerun to retrain none seed 0" in str(info.value)
+
+
+def test_checkpoint_of_another_encoding_is_named(
+    first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path
+) -> None:
+    src, _ = first_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    shutil.copy(out / "checkpoints" / "alibi" / "seed0.pt", out / "checkpoints" / "rope" / "seed0.pt")
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    with pytest.raises(
+        ValueError, match=r"rope/seed0\.pt was not made by this run \(a checkpoint of 'alibi'"
+    ):
+        run_compare(cfg, encodings=["rope"], out=out, progress=False)
+
+
+@pytest.mark.parametrize("record", [5, {}, {"perplexity": [1]}])
+def test_damaged_record_in_results_json_is_named(
+    first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path, record: object
+) -> None:
+    """A record without its perplexities was merged into the summary: a KeyError traceback after training."""
+    src, _ = first_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    results = json.loads((out / "results.json").read_text())
+    results["runs"]["learned"]["0"] = record
+    (out / "results.json").write_text(json.dumps(results))
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    with pytest.raises(ValueError, match=r"results\.json is not a results file \(runs\.learned\.0 is not"):
         run_compare(cfg, encodings=["none"], out=out, progress=False)
 
 
@@ -97,7 +131,7 @@ def test_cli_on_the_default_stdlib_corpus(tmp_path: Path, capsys: pytest.Capture
         (["--data", "/does/not/exist"], "does not exist"),
         (["--encodings", "rope,nonsense"], "unknown encoding"),
         (["--device", "warp-drive"], "not a device"),
-        (["--jobs", "0"], "jobs must be a positive integer, got 0"),
+        (["--jobs", "0"], "--jobs must be an integer >= 1, got 0"),
         (["--jobs", "2", "--threads", "1"], "--threads sets the threads of one process and --jobs 2"),
     ],
 )

@@ -65,6 +65,17 @@ def test_out_dir_checks(tmp_path: Path) -> None:
     assert not (tmp_path / "new").exists()  # creates nothing
 
 
+def test_dangling_out_link_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A link to a missing folder was accepted, then ``mkdir`` failed with "[Errno 17] File exists" after the
+    training (no flag named)."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError, match=r"--out .*out is a link to .*gone, which does not exist"):
+        check_out_dir(link)
+    (tmp_path / "gone").mkdir()
+    assert check_out_dir(link) == link  # a link to a folder is fine
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "not a dict"])
 def test_damaged_checkpoint_is_named_with_what_to_do(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "none.pt"

@@ -131,10 +131,10 @@ def test_cli_records_every_knob(
         (["--seeds", "2", "--seed", "1"], "not both"),
         (["--preset", "huge"], "unknown --preset 'huge'"),
         (["--warmup", "1.5"], "warmup"),
-        (["--heads", "5"], "divisible"),
+        (["--heads", "5"], "--heads must divide --dim"),
         (["--eval-bytes", "0"], "--eval-bytes"),
         (["--threads", "0"], "--threads"),
-        (["--precision", "fp16"], "precision must be one of auto, fp32, bf16, got 'fp16'"),
+        (["--precision", "fp16"], "--precision 'fp16': choose one of auto, fp32, bf16"),
     ],
 )
 def test_cli_knob_errors(

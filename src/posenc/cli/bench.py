@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out_dir(args.out)  # before the suites run, not after
     names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a second run of a suite replaced the first one's rows in the report and doubled the time
+        raise ValueError(f"--suite {', '.join(twice)} given more than once; name each suite once")
     suites = {n: SUITES.get(n) for n in names}
     device = str(resolve_device(args.device or "auto"))  # a name torch knows, with data (not meta)
     report: dict[str, Any] = {"environment": environment(device, args.quick), "suites": {}}

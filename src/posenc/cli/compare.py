@@ -125,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     if args.quick and args.preset is not None:
         raise ValueError(f"--quick is a preset of its own; give --quick or --preset {args.preset}, not both")
     cfg = preset("quick" if args.quick else args.preset or "demo")
+    _check_train_flags(args, cfg)
     cfg = cfg.with_train(
         train_len=args.train_len,
         steps=args.steps,
@@ -149,6 +150,32 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     return replace(cfg, **changes) if changes else cfg
 
 
+def _check_train_flags(args: argparse.Namespace, cfg: CompareConfig) -> None:
+    """The training flags given, checked under their own names (``TrainConfig`` would name its fields:
+    "batch_size must be ...", "dim (32) must be divisible by heads (3)")."""
+    from ..experiments.train import PRECISIONS
+    from ..validation import check_float, check_int
+
+    for field in ("train_len", "steps", "dim", "depth", "heads", "batch_size"):
+        if getattr(args, field) is not None:
+            check_int(f"--{field.replace('_', '-')}", getattr(args, field), at_least=1)
+    if args.lr is not None:
+        check_float("--lr", args.lr, above=0)
+    if args.warmup is not None:
+        check_float("--warmup", args.warmup, at_least=0, below=1)
+    if args.precision is not None and args.precision not in PRECISIONS:
+        raise ValueError(f"--precision {args.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    dim = cfg.train.dim if args.dim is None else args.dim
+    heads = cfg.train.heads if args.heads is None else args.heads
+    if dim % heads:
+        given = " and ".join(
+            f"--{f} {getattr(args, f)}" for f in ("dim", "heads") if getattr(args, f) is not None
+        )
+        raise ValueError(
+            f"--heads must divide --dim; got dim {dim}, heads {heads} ({given}, the rest from the preset)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -156,10 +183,13 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.compare import run_compare
     from ..experiments.dist import resolve_device
     from ..experiments.pool import check_workers
+    from ..validation import check_int
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
     jobs = args.jobs
+    if jobs is not None:
+        check_int("--jobs", jobs, at_least=1)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

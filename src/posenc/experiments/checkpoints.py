@@ -85,6 +85,11 @@ def check_out_dir(out: Path, option: str = "--out") -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out} is a file; give a folder (it is created if missing)")
+    if out.is_symlink() and not out.exists():  # mkdir would fail on it ("File exists"), after the work
+        raise ValueError(
+            f"{option} {out} is a link to {os.readlink(out)}, which does not exist; create that folder, or "
+            "delete the link"
+        )
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -154,12 +159,25 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
+def _shown(diffs: list[str]) -> str:
+    return "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
+
+
 def refusal(out: Path, diffs: list[str]) -> ValueError:
     """The error for a run folder that holds a run of another configuration."""
-    shown = "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
+    shown = _shown(diffs)
     return ValueError(
         f"{out} holds a run made with a different configuration ({shown}). Rerun with the original "
         f"settings to resume it, or pass a new --out (or delete {out}) to start over"
+    )
+
+
+def checkpoint_refusal(path: Path, diffs: list[str], what: str) -> ValueError:
+    """The error for one checkpoint that does not belong to its run folder (copied from another run, or of
+    another model), while the folder's ``config.json`` matches: that file is named, not the folder."""
+    return ValueError(
+        f"{path} was not made by this run ({_shown(diffs)}); delete it and rerun to {what} (the other "
+        "checkpoints are kept)"
     )
 
 

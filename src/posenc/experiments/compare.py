@@ -68,6 +68,25 @@ def check_encodings(names: list[str]) -> list[str]:
     return list(names)
 
 
+def check_buildable(names: list[str], cfg: CompareConfig) -> None:
+    """Build each encoding's model once (one layer, on the CPU), so one that cannot take these sizes (rope with an
+    odd head size) is refused before any model trains, not after the others have."""
+    from dataclasses import replace
+
+    from .train import build_model
+
+    small = replace(cfg.train, depth=1)
+    for name in names:
+        try:
+            build_model(name, small)
+        except (ValueError, TypeError) as err:
+            t = cfg.train
+            raise ValueError(
+                f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
+                f"{err}; choose other --dim / --heads, or leave {name} out of --encodings"
+            ) from None
+
+
 def fingerprint(cfg: CompareConfig, corpus: Corpus, n_tokens: int) -> dict[str, Any]:
     """The JSON-safe description that a resumed run must match exactly (the seed is per checkpoint, not here)."""
     train = {k: v for k, v in cfg.train.to_dict().items() if k != "seed"}
@@ -136,6 +155,7 @@ def run_compare(
     check_out_dir(Path(out))  # before any work
     cfg = CompareConfig() if cfg is None else cfg
     names = check_encodings(default_encodings() if encodings is None else encodings)
+    check_buildable(names, cfg)
     base_device = resolve_device(device)
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
@@ -240,6 +260,18 @@ def _old_runs(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
         raise ValueError(
             f"{path} is not a results file (its 'runs' is not an object of objects); restore or delete it"
         )
+    for enc, seeds in runs.items():  # the merged summary reads every record: a bad one fails here, named
+        for seed, rec in seeds.items():
+            ppl = rec.get("perplexity") if isinstance(rec, dict) else None
+            if (
+                not seed.isdigit()
+                or not isinstance(ppl, dict)
+                or not all(isinstance(v, dict) for v in ppl.values())
+            ):
+                raise ValueError(
+                    f"{path} is not a results file (runs.{enc}.{seed} is not a seed's record with its "
+                    "perplexity); restore or delete it"
+                )
     return dict(runs)
 
 

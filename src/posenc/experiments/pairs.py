@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from ..models import TransformerLM
-from .checkpoints import config_differences, load_checkpoint, reading_checkpoint, refusal, save_checkpoint
+from .checkpoints import (
+    checkpoint_refusal,
+    config_differences,
+    load_checkpoint,
+    reading_checkpoint,
+    save_checkpoint,
+)
 from .data import Corpus
 from .dist import World
 from .evaluate import (
@@ -132,8 +138,10 @@ def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enco
     ckpt = load_checkpoint(path)
     diffs = config_differences(ckpt.get("config", {}), ctx.pair_fingerprint(seed))
     if ckpt.get("encoding") != name or diffs:
-        raise refusal(
-            ctx.out, diffs or [f"checkpoint {path.name}: not a posenc compare checkpoint of {name!r}"]
+        raise checkpoint_refusal(
+            path,
+            diffs or [f"a checkpoint of {ckpt.get('encoding')!r}, not of {name!r}"],
+            f"retrain {name} seed {seed}",
         )
     model = build_model(name, ctx.cfg.for_seed(seed))
     with reading_checkpoint(path, f"retrain {name} seed {seed}"):
