@@ -88,3 +88,18 @@ def test_stdlib_default_is_the_standard_library() -> None:
     b = load_corpus(None, max_train_bytes=50_000, max_val_bytes=10_000)
     assert a.split == "by file" and a.digest == b.digest
     assert 50_000 <= a.train.numel() < 50_000 + max(p.stat().st_size for _, p in files) + 2
+
+
+def test_data_larger_than_memory_allows_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --data of many GiB was read whole: the process was killed partway, without a message."""
+    f = tmp_path / "big.txt"
+    f.write_bytes(b"some text\n" * 1000)  # 10,000 bytes
+    monkeypatch.setattr("posenc.models.generate.device_memory", lambda device: 40_000)
+    with pytest.raises(
+        ValueError, match=r"--data .*big\.txt' holds 0\.0 GiB of text.*more than this machine"
+    ):
+        load_corpus(f)
+    monkeypatch.setattr("posenc.models.generate.device_memory", lambda device: 60_000)
+    assert load_corpus(f).train.numel() > 0

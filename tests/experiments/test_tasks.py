@@ -272,3 +272,14 @@ def test_cli_seeds_out_of_range_are_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--seeds" in err and "2**32" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_of_another_model_is_named(first_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """A checkpoint copied over another one was blamed on the folder's configuration (which matched)."""
+    out = _copy_of(first_run, tmp_path)
+    ckpts = out / "checkpoints" / "copy"
+    shutil.copy(ckpts / "rope-s1.pt", ckpts / "none-s0.pt")
+    with pytest.raises(
+        ValueError, match=r"none-s0\.pt was not made by this run \(a checkpoint of copy/rope/seed 1"
+    ):
+        run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[0], out=out, device="cpu", progress=False)

@@ -154,6 +154,8 @@ def load_corpus(
         source = str(root)
     if not files:
         raise ValueError(f"no text files found in {source}; give a text file or a folder that holds some")
+    if path is not None and max_train_bytes is None:
+        check_corpus_size(str(path), files)
     corpus = _split(files, source, val_fraction, max_train_bytes, max_val_bytes)
     if corpus.train.numel() + corpus.val.numel() == 0:
         raise ValueError(f"the corpus at {source} is empty (no bytes in {len(files)} file(s))")
@@ -169,6 +171,26 @@ def load_corpus(
     )
     log.debug("corpus: %s", corpus.describe())
     return corpus
+
+
+#: Peak memory while a corpus is read, per byte of its files: the bytes read, joined, copied into a tensor, and
+#: the training and validation slices (measured about 3-4x; rounded up).
+READ_FACTOR = 5
+
+
+def check_corpus_size(path: str, files: list[tuple[str, Path]]) -> None:
+    """Refuse, before reading, a ``--data`` whose files need more memory than this machine has (a process would be
+    killed by the system partway, with no message): ``READ_FACTOR`` times their size."""
+    from ..models.generate import device_memory  # (models imports nothing from experiments)
+
+    total = sum(p.stat().st_size for _, p in files)
+    memory = device_memory(torch.device("cpu"))
+    if memory is not None and total * READ_FACTOR > memory:
+        raise ValueError(
+            f"--data {path!r} holds {total / 2**30:.1f} GiB of text, read whole into memory (about "
+            f"{READ_FACTOR}x that at the peak), more than this machine's {memory / 2**30:.1f} GiB; give at most "
+            f"{memory / READ_FACTOR / 2**30:.1f} GiB (a file, or a folder of fewer files)"
+        )
 
 
 def _split(

@@ -51,8 +51,9 @@ class RoPE(PositionEncoding):
             ``DynamicNTKScaling``, ``YaRNScaling``, ``Llama3Scaling``, ``LongRoPEScaling``) or a transformers-style
             dict ``{"rope_type": "yarn", "factor": 4.0, ...}``; None for plain RoPE. See
             ``posenc.rotary.scaling``. Length-dependent methods (dynamic NTK, LongRoPE) recompute the
-            frequencies per call from ``max(position) + 1`` over the whole batch (as transformers), without
-            touching module state.
+            frequencies per call from ``max(position) + 1`` over the whole batch (as transformers does within a
+            call), without touching module state: unlike transformers' dynamic update, which keeps the largest
+            length seen by earlier calls, every call equals a fresh transformers model.
         impl: how the rotation runs: "auto" (fastest correct path for the device and dtype), "reference"
             (always :func:`posenc.functional.apply_rope`), "compiled" or "triton"; see ``posenc.kernels``.
 

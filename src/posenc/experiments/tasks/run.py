@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from ...models import TransformerLM
 from ..checkpoints import (
     check_run_folder,
+    checkpoint_refusal,
     config_differences,
     json_roundtrip,
     load_checkpoint,
     reading_checkpoint,
-    refusal,
     save_checkpoint,
 )
 from ..dist import SINGLE, World
@@ -267,10 +267,10 @@ def load_model_run(
     ckpt = load_checkpoint(path)
     fp = ctx.cfg.fingerprint()
     diffs = config_differences(ckpt.get("config", {}), fp)
-    if diffs or (ckpt.get("encoding"), ckpt.get("task"), ckpt.get("seed")) != (encoding, task.name, seed):
-        raise refusal(
-            ctx.out, diffs or [f"{path} is not the checkpoint of {task.name}/{encoding}/seed {seed}"]
-        )
+    owner = (ckpt.get("task"), ckpt.get("encoding"), ckpt.get("seed"))
+    if diffs or owner != (task.name, encoding, seed):
+        theirs = f"a checkpoint of {owner[0]}/{owner[1]}/seed {owner[2]}, not of {task.name}/{encoding}/seed {seed}"
+        raise checkpoint_refusal(path, diffs or [theirs], f"retrain {task.name}/{encoding} seed {seed}")
     model = build_model(encoding, replace(ctx.cfg.train, seed=seed))
     with reading_checkpoint(path, f"retrain {task.name}/{encoding} seed {seed}"):
         model.load_state_dict(ckpt["state_dict"])
