@@ -98,11 +98,14 @@ def test_keys_that_cannot_join_the_cache_are_refused_and_an_emptied_cache_takes_
     with torch.no_grad():
         for cache in (posenc.KVCache(max_len=max_len), StaticKVCache(8)):
             positions = torch.arange(3)[None]
-            four(x, cache=cache, positions=positions)
+            static = isinstance(cache, StaticKVCache)
+            valid = torch.ones(1, 8, dtype=torch.bool)
+            masks = [cache.keep_mask(valid, n) if static else None for n in (3, 1)]  # type: ignore[attr-defined]
+            four(x, cache=cache, positions=positions, mask=masks[0])
             with pytest.raises(ValueError, match="cache holds keys of 4 heads x 8 dims, got 2 x 16"):
-                two(x[:, :1], cache=cache, positions=positions[:, :1] + 3)
+                two(x[:, :1], cache=cache, positions=positions[:, :1] + 3, mask=masks[1])
             with pytest.raises(ValueError, match="cache holds batch 1, got new keys with batch 2"):
-                four(x[:, :1].expand(2, -1, -1), cache=cache, positions=positions[:, :1] + 3)
+                four(x[:, :1].expand(2, -1, -1), cache=cache, positions=positions[:, :1] + 3, mask=masks[1])
             if isinstance(cache, StaticKVCache):
                 continue
             with pytest.raises(ValueError, match="cache holds torch.float32 keys on cpu, got torch.float64"):
@@ -156,3 +159,28 @@ def test_an_emptied_static_cache_takes_other_keys_like_kvcache() -> None:
     cache.reset()
     cache.update(k, k, pos)  # the same kind as the last keys: the same memory
     assert cache.k.data_ptr() == address
+
+
+def test_a_static_cache_without_positions_or_mask_is_refused() -> None:
+    """Attention sees every slot of a StaticKVCache, unwritten ones too: without a mask the tokens attended to
+    the empty (zero) slots, and default positions started at ``max_len``. Both gave wrong outputs silently
+    (ALiBi: off by 0.54 from the uncached forward); now a clear error, in Attention and in TransformerLM."""
+    from posenc.attention.static_cache import StaticKVCache
+    from posenc.models import TransformerLM
+
+    att = posenc.Attention(32, 4, position=posenc.build("alibi", dim=32, heads=4)).eval()
+    x = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"Attention: a StaticKVCache needs explicit positions and mask"):
+            att(x, cache=StaticKVCache(8))
+        with pytest.raises(ValueError, match=r"needs explicit mask \(got None\).*cache.keep_mask"):
+            att(x, cache=StaticKVCache(8), positions=torch.arange(5))
+        cache = StaticKVCache(8)
+        valid = torch.ones(1, 8, dtype=torch.bool)
+        out = att(x, cache=cache, positions=torch.arange(5), mask=cache.keep_mask(valid, 5))
+        torch.testing.assert_close(out, att(x))
+        lm = TransformerLM("alibi", vocab_size=11, dim=32, depth=1, heads=4).eval()
+        with pytest.raises(
+            ValueError, match=r"TransformerLM: a StaticKVCache needs explicit positions and mask"
+        ):
+            lm(torch.zeros(1, 2, dtype=torch.long), caches=[StaticKVCache(8)])

@@ -11,6 +11,7 @@ from ..validation import check_bool, check_float, check_int
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
 from .inputs import AttentionInputs, keep_mask
+from .static_cache import check_static_inputs
 
 
 class Attention(nn.Module):
@@ -93,6 +94,7 @@ class Attention(nn.Module):
                 f"Attention: x is {x.dtype} but the projections are {weight.dtype}; convert one to the other "
                 "(module.to(dtype)) or run under torch.autocast"
             )
+        check_static_inputs(cache, positions, mask, "Attention")
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)

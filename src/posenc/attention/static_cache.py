@@ -112,3 +112,21 @@ class StaticKVCache(KVCache):
         self._empty = True
         if self.index is not None:
             self.index.zero_()
+
+
+def check_static_inputs(cache: object, positions: Tensor | None, mask: Tensor | None, owner: str) -> None:
+    """Refuse a :class:`StaticKVCache` met without explicit ``positions`` or ``mask``.
+
+    Attention sees all ``max_len`` slots of such a cache, unwritten ones included (zeros), and ``len(cache)`` is
+    ``max_len``: without a mask the new tokens attend to empty slots, and default positions would start at
+    ``max_len``. Both gave wrong outputs without an error.
+    """
+    if not isinstance(cache, StaticKVCache):
+        return
+    missing = [n for n, v in (("positions", positions), ("mask", mask)) if v is None]
+    if missing:
+        raise ValueError(
+            f"{owner}: a StaticKVCache needs explicit {' and '.join(missing)} (got None): attention sees all "
+            f"{cache.max_len} slots, unwritten ones included; pass positions of the new tokens and "
+            "mask=cache.keep_mask(valid, seq_len) (bool (batch, 1, seq_len, max_len)) before the update"
+        )

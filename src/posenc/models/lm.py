@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..attention import Attention, KVCache
+from ..attention.static_cache import check_static_inputs
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
 from ..registry import build
 from ..validation import check_int
@@ -158,6 +159,8 @@ class TransformerLM(nn.Module):
             raise ValueError(
                 f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}"
             )
+        if caches is not None:
+            check_static_inputs(caches[0], positions, mask, "TransformerLM")
         offset = 0 if caches is None else len(caches[0])
         if positions is not None:
             positions = as_positions(positions, s, tokens.device, batch=b)  # (1|B, S)
