@@ -23,7 +23,9 @@ MAX_POS = 64  # the config's max_position_embeddings; the "original" length of t
 ORIGINAL = 16
 
 
-def hf_config(head_dim: int, base: float, rope: dict[str, Any], partial: float | None = None) -> Any:
+def hf_config(
+    head_dim: int, base: float, rope: dict[str, Any], partial: float | None = None, max_pos: int = MAX_POS
+) -> Any:
     params = {"rope_theta": base, **rope}
     if partial is not None:
         params["partial_rotary_factor"] = partial
@@ -33,7 +35,7 @@ def hf_config(head_dim: int, base: float, rope: dict[str, Any], partial: float |
         head_dim=head_dim,
         num_hidden_layers=1,
         vocab_size=10,
-        max_position_embeddings=MAX_POS,
+        max_position_embeddings=max_pos,
         rope_parameters=params,
     )
 

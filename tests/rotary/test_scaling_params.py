@@ -15,6 +15,8 @@ import posenc
 from posenc.hf import rope_from_config
 from posenc.rotary.scaling import SCALINGS, parse_scaling, scaled_inv_freq
 
+from .test_scaling import hf_config
+
 #: a valid configuration of every registered method (4 frequencies: rotary_dim 8)
 VALID: dict[str, dict[str, Any]] = {
     "linear": {"factor": 2.0},
@@ -177,7 +179,7 @@ def test_yarn_mscale_zero_means_unset_as_in_transformers() -> None:
             "mscale": mscale,
             "mscale_all_dim": all_dim,
         }
-        config = _hf_config(32, params)
+        config = hf_config(32, 10000.0, params, max_pos=32)
         rope = rope_from_config(config)
         want, want_att = ROPE_INIT_FUNCTIONS["yarn"](config, torch.device("cpu"))
         torch.testing.assert_close(rope.inv_freq.float(), want, atol=1e-6, rtol=0)
@@ -320,20 +322,6 @@ def test_scaling_dict_checks_the_ropes_own_keys() -> None:
     assert rope.scaling == posenc.LinearScaling(2.0)
 
 
-def _hf_config(head_dim: int, rope: dict[str, Any]) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        hidden_size=2 * head_dim,
-        num_attention_heads=2,
-        head_dim=head_dim,
-        num_hidden_layers=1,
-        vocab_size=10,
-        max_position_embeddings=32,
-        rope_parameters={"rope_theta": 10000.0, **rope},
-    )
-
-
 @pytest.mark.parametrize("kind", ["dynamic", "longrope"])
 def test_a_batch_takes_the_frequencies_of_its_longest_row_as_transformers(kind: str) -> None:
     pytest.importorskip("transformers")
@@ -349,7 +337,7 @@ def test_a_batch_takes_the_frequencies_of_its_longest_row_as_transformers(kind: 
             "short_factor": [1.0 + 0.1 * i for i in range(8)],
             "long_factor": [2.0 + i for i in range(8)],
         }
-    config = _hf_config(head_dim, rope_params)
+    config = hf_config(head_dim, 10000.0, rope_params, max_pos=32)
     rope = rope_from_config(config)
     positions = torch.stack(
         [torch.arange(length), torch.cat([torch.ones(pad), torch.arange(length - pad)])]
