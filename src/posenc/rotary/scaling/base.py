@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -15,6 +13,7 @@ from torch import Tensor
 
 from ...functional.rotary import phase_dtype
 from ...registry import Registry
+from ...validation import check_float, check_int
 
 SeqLen = int | Tensor | None
 
@@ -51,28 +50,27 @@ LENGTH = Bound(at_least=1, integer=True, note="a number of positions")
 
 
 def check_param(owner: str, name: str, value: object, bound: Bound) -> float | int:
-    """``value`` as an ``int`` (``bound.integer``) or ``float`` if ``bound`` accepts it.
+    """``value`` as an ``int`` (``bound.integer``) or ``float`` if ``bound`` accepts it: the kind and finiteness
+    checked by :func:`posenc.validation.check_int` / :func:`~posenc.validation.check_float`, the message
+    naming everything ``bound`` accepts.
 
     Raises:
-        TypeError: not a real number (a string such as ``"4"``, None, a list), a bool, or a non-integer where an
-            integer goes; the message names ``owner`` and ``name``, says what was got and what is accepted.
+        TypeError: not a real number (a string such as ``"4"``, None, a list, a tensor), a bool, or a non-integer
+            where an integer goes; the message names ``owner`` and ``name``, says what was got and what is accepted.
         ValueError: NaN, infinity, or out of the bound (same message shape).
     """
     what = f"{owner}: {name} must be {bound.accepts()}"
-    if isinstance(value, bool):
-        raise TypeError(f"{what}, got the bool {value!r}")
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"{what}, got {value!r} ({type(value).__name__})")
-    out: float | int
-    if bound.integer:
-        try:
-            out = operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"{what}, got {value!r} ({type(value).__name__})") from None
-    else:
-        out = float(value)
-        if not math.isfinite(out):
-            raise ValueError(f"{what}, got {out}")
+    try:
+        if isinstance(
+            value, Tensor
+        ):  # (check_float takes one-element tensors; a scaling stores plain numbers)
+            raise TypeError
+        out: float | int = check_int(name, value) if bound.integer else check_float(name, value)
+    except TypeError:
+        got = f"the bool {value!r}" if isinstance(value, bool) else f"{value!r} ({type(value).__name__})"
+        raise TypeError(f"{what}, got {got}") from None
+    except ValueError:  # NaN or infinity
+        raise ValueError(f"{what}, got {float(value)}") from None  # type: ignore[arg-type]
     if (
         (bound.above is not None and not out > bound.above)
         or (bound.at_least is not None and not out >= bound.at_least)
