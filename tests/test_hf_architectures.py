@@ -212,6 +212,33 @@ def test_half_precision_sin_cos_table_installs(arch: str) -> None:
         torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["gptj", "codegen"])
+def test_models_built_in_half_precision_keep_their_rounded_frequencies(arch: str) -> None:
+    """GPT-J and CodeGen built in bfloat16 (from_config / from_pretrained with dtype=...) compute their frequencies
+    in bfloat16 (an int64 arange divided: torch's default dtype) into a float32 table, 5e-4 off the exact one at
+    position 7: install_rope refused them as table-values. The adapter now rounds its frequencies the same way, so
+    the installed model has exactly the logits it had, up to the last position; a misread base is still refused."""
+    config = tiny_config(arch, None)
+    theirs = transformers.AutoModelForCausalLM.from_config(
+        config, dtype=torch.bfloat16, attn_implementation="eager"
+    ).eval()
+    ours = transformers.AutoModelForCausalLM.from_config(
+        config, dtype=torch.bfloat16, attn_implementation="eager"
+    ).eval()
+    ours.load_state_dict(theirs.state_dict())
+    install_rope(ours)
+    assert ours.transformer.rotary_emb.freq_dtype == torch.bfloat16
+    tokens = torch.randint(3, 128, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, atol=0, rtol=0)
+    install_rope(ours)  # again: the installed adapter keeps its rounding
+    assert ours.transformer.rotary_emb.freq_dtype == torch.bfloat16
+    wrong = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    wrong.transformer.rotary_emb.embed_positions.mul_(1.001)
+    with pytest.raises(UnsupportedRotary, match=r"\[table-values\]"):
+        install_rope(wrong)
+
+
 def _fuyu(rope: dict[str, Any] | None, weights: dict[str, Any] | None = None) -> nn.Module:
     torch.manual_seed(0)
     params = {"rope_theta": 1e4, "partial_rotary_factor": 0.5, **(rope or {"rope_type": "default"})}

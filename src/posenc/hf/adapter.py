@@ -10,12 +10,20 @@ Layouts of the ``(B, S, ·)`` tables a transformers rotary module returns for ``
 * ``"complex"``: one complex ``freqs_cis = (cos + i sin)``, ``R/2`` wide (Llama 4, DeepSeek-V2).
 
 The attention factor (YaRN / LongRoPE temperature) is folded into the tables, as transformers does.
+
+GPT-J and CodeGen compute their frequencies as ``1 / 10000 ** (arange(int64) / dim)``: an integer division
+that yields torch's *default* dtype, so a model built in bfloat16 (``from_config(config, dtype=torch.bfloat16)``,
+``from_pretrained(..., dtype=torch.bfloat16)``) has frequencies rounded to bfloat16 in its float32 table (5e-4
+off the exact table at position 7, 0.2 rad of angle at position 2000). :func:`match_layout` recognises such a
+table and :class:`HFRotaryEmbedding` then rounds its frequencies the same way (``freq_dtype``), so the model
+keeps exactly the logits it had. CodeGen also returns its table as it is stored, float32 for bfloat16 activations
+(``table_dtype``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +37,16 @@ Order = Literal["cos_sin", "sin_cos"]
 LAYOUTS: tuple[Layout, ...] = ("half", "interleaved", "compact", "complex")
 
 
+class Match(NamedTuple):
+    """How a transformers rotary module lays out its tables (:func:`match_layout`), as :class:`HFRotaryEmbedding`
+    takes it: ``HFRotaryEmbedding(rope, *match)``."""
+
+    layout: Layout
+    order: Order
+    freq_dtype: torch.dtype | None = None
+    table_dtype: torch.dtype | None = None
+
+
 class HFRotaryEmbedding(nn.Module):
     """``forward(x, position_ids)`` with ``x: (B, S, ...)``, ``position_ids: (B, S)`` returns the tables of
     ``rope`` in ``layout`` (see the module docstring): ``(cos, sin)`` in ``x``'s dtype, or a complex64 table.
@@ -37,15 +55,30 @@ class HFRotaryEmbedding(nn.Module):
         rope: the posenc RoPE (its ``interleaved`` flag is the pairing of q and k, not the table layout).
         layout: "half", "interleaved", "compact" or "complex".
         order: "cos_sin" (all but GPT-J and CodeGen) or "sin_cos".
+        freq_dtype: None (exact frequencies), or a floating dtype the frequencies are rounded to before the
+            (float64) angles, as a GPT-J or CodeGen built in that dtype computes them (see the module docstring).
+        table_dtype: None (the tables in ``x``'s dtype), or the one dtype the tables are returned in whatever ``x``'s
+            (CodeGen built in bfloat16 returns its float32 table as it is and rotates in float32).
     """
 
-    def __init__(self, rope: RoPE, layout: Layout = "half", order: Order = "cos_sin") -> None:
+    def __init__(
+        self,
+        rope: RoPE,
+        layout: Layout = "half",
+        order: Order = "cos_sin",
+        freq_dtype: torch.dtype | None = None,
+        table_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if order not in ("cos_sin", "sin_cos"):
             raise ValueError(f"order must be 'cos_sin' or 'sin_cos', got {order!r}")
+        for label, dtype in (("freq_dtype", freq_dtype), ("table_dtype", table_dtype)):
+            if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+                raise TypeError(f"{label} must be None or a floating torch.dtype, got {dtype!r}")
         self.rope, self.layout, self.order = rope, layout, order
+        self.freq_dtype, self.table_dtype = freq_dtype, table_dtype
         self.config: Any = (
             None  # the transformers config the replaced module was built from (set by install_rope)
         )
@@ -54,16 +87,35 @@ class HFRotaryEmbedding(nn.Module):
     def attention_scaling(self) -> float:
         return self.rope.attention_scale
 
+    @property
+    def match(self) -> Match:
+        """The layout this adapter was built with."""
+        return Match(self.layout, self.order, self.freq_dtype, self.table_dtype)
+
     def forward(self, x: Tensor, position_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        dtype = x.dtype if self.table_dtype is None else self.table_dtype
+        if self.freq_dtype is not None:
+            cos, sin = rounded_cos_sin(self.rope, position_ids.to(x.device), self.freq_dtype)  # (1|B, S, R/2)
+            return lay_out(cos, sin, self.layout, self.order, dtype)
         cos, sin = self.rope.cos_sin(
             position_ids.shape[-1], position_ids, x.device
         )  # (1|B, 1, S, R/2) float32
         if cos.dim() == 4:
             cos, sin = cos.squeeze(-3), sin.squeeze(-3)  # (1|B, S, R/2)
-        return lay_out(cos, sin, self.layout, self.order, x.dtype)
+        return lay_out(cos, sin, self.layout, self.order, dtype)
 
     def extra_repr(self) -> str:
-        return f"layout={self.layout}, order={self.order}"
+        extra = "".join(
+            f", {k}={v}" for k, v in (("freq_dtype", self.freq_dtype), ("table_dtype", self.table_dtype)) if v
+        )
+        return f"layout={self.layout}, order={self.order}{extra}"
+
+
+def rounded_cos_sin(rope: RoPE, positions: Tensor, freq_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """float32 ``(..., S, R/2)`` cos and sin of ``rope`` at ``positions (..., S)`` from its frequencies rounded to
+    ``freq_dtype`` (through float32, as transformers), angles in float64."""
+    rounded = rope.inv_freq_for(positions).float().to(freq_dtype).double()
+    return rope_cos_sin(positions, rounded, scale=rope.attention_scale)
 
 
 def lay_out(
@@ -116,31 +168,56 @@ def _max_error(got: list[Tensor], want: list[Tensor]) -> float:
 _TOLERANCE = 1e-5
 
 
+#: dtypes a transformers module built in half precision may have rounded its frequencies to (GPT-J, CodeGen).
+_FREQ_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+
+
 def _reference_tables(
     rope: RoPE, pos: Tensor, original: nn.Module, buffer: object
-) -> list[tuple[Tensor, Tensor]]:
-    """``rope``'s float32 ``(1, S, R/2)`` cos and sin at ``pos``; when ``original`` keeps tensors in a precision
-    below float32 (``model.to(torch.bfloat16)`` casts its buffers), also the tables such a module computes: from
+) -> list[tuple[tuple[Tensor, Tensor], torch.dtype | None]]:
+    """``rope``'s float32 ``(1, S, R/2)`` cos and sin at ``pos``, each with the ``freq_dtype`` the installed adapter
+    must round its frequencies to for them (None: exact). When ``original`` keeps tensors in a precision below
+    float32 (``model.to(torch.bfloat16)`` casts its buffers), also the tables such a module computes: from
     frequencies (``buffer``, its ``inv_freq``) rounded to that dtype, or the tables themselves rounded (GPT-J's
-    ``embed_positions``). Comparing those at float32 tolerance keeps the check as strict in bfloat16 as in
-    float32: a tolerance sized for bfloat16 would let a misread base through."""
+    ``embed_positions``); those install exact (the model equals transformers built in that dtype). Last, for a
+    module without an ``inv_freq`` buffer, the tables from frequencies rounded to bfloat16 or float16 in float32
+    tables (GPT-J or CodeGen built in that dtype); those install rounded. Comparing all at float32 tolerance
+    keeps the check as strict in bfloat16 as in float32: a tolerance sized for bfloat16 would let a misread base
+    through."""
     with torch.no_grad():
         cos, sin = rope.cos_sin(pos.shape[-1], pos, pos.device)
         exact = (cos.squeeze(-3), sin.squeeze(-3))
-        tables = [exact]
+        tables: list[tuple[tuple[Tensor, Tensor], torch.dtype | None]] = [(exact, None)]
         low = {t.dtype for t in original.buffers() if t.is_floating_point() and t.element_size() < 4}
         for dtype in sorted(low, key=str):
-            tables.append((exact[0].to(dtype).float(), exact[1].to(dtype).float()))
+            tables.append(((exact[0].to(dtype).float(), exact[1].to(dtype).float()), None))
             if isinstance(buffer, Tensor) and buffer.dtype == dtype:
                 rounded = rope.inv_freq_for(pos).float().to(dtype).double()  # float32 first, as transformers
-                tables.append(rope_cos_sin(pos, rounded, scale=rope.attention_scale))
+                tables.append((rope_cos_sin(pos, rounded, scale=rope.attention_scale), None))
+        if not isinstance(buffer, Tensor):
+            tables.extend((rounded_cos_sin(rope, pos, dtype), dtype) for dtype in _FREQ_DTYPES)
     return tables
+
+
+def _kept_dtype(original: nn.Module, pos: Tensor, layer_type: str | None) -> torch.dtype | None:
+    """The one dtype ``original`` returns its (cos, sin) tables in for bfloat16 activations when that is not
+    bfloat16 (CodeGen built in bfloat16: its float32 table as stored), else None (tables in ``x``'s dtype)."""
+    x = torch.zeros(1, pos.shape[-1], 1, device=pos.device, dtype=torch.bfloat16)
+    try:
+        with torch.no_grad():
+            out = _tables(original(x, pos) if layer_type is None else original(x, pos, layer_type))
+    except Exception:  # noqa: BLE001 -- a module without bfloat16 support: tables in x's dtype as before
+        return None
+    kept = {t.dtype for t in out or () if not t.is_complex()} - {torch.bfloat16}
+    return kept.pop() if len(kept) == 1 else None
 
 
 def match_layout(
     original: nn.Module, rope: RoPE, device: torch.device, layer_type: str | None = None
-) -> tuple[Layout, Order]:
-    """The table layout in which ``rope`` reproduces ``original``'s output (positions 0..7; for ``layer_type``).
+) -> Match:
+    """The table layout in which ``rope`` reproduces ``original``'s output (positions 0..7; for ``layer_type``),
+    the dtype its frequencies must be rounded to for that (None: exact), and the dtype ``original`` returns its
+    tables in for bfloat16 activations when not theirs (see :class:`HFRotaryEmbedding`).
 
     Raises:
         UnsupportedRotary: with cause ``table-output`` (neither a (cos, sin) pair nor a complex table),
@@ -171,6 +248,7 @@ def match_layout(
             f"{name}(x, position_ids) returns neither a (cos, sin) pair nor one complex freqs_cis table; "
             "posenc.hf swaps rotary modules with those outputs only",
         )
+    table_dtype = _kept_dtype(original, pos, layer_type)
     rotary = rope.rotary_dim
     candidates: list[tuple[Layout, Order]] = (
         [("complex", "cos_sin")]
@@ -178,13 +256,13 @@ def match_layout(
         else [(lay, order) for lay in LAYOUTS[:3] for order in ("cos_sin", "sin_cos")]  # type: ignore[misc]
     )
     errors: dict[tuple[Layout, Order], float] = {}
-    for cos, sin in _reference_tables(rope, pos, original, buffer):
+    for (cos, sin), freq_dtype in _reference_tables(rope, pos, original, buffer):
         for layout, order in candidates:
             got = _tables(lay_out(cos, sin, layout, order, x.dtype))
             assert got is not None
             errors[(layout, order)] = min(errors.get((layout, order), float("inf")), _max_error(got, want))
             if errors[(layout, order)] <= _TOLERANCE:
-                return layout, order
+                return Match(layout, order, freq_dtype, table_dtype)
     width = want[0].shape[-1]
     fits = {"complex": rotary // 2, "compact": rotary // 2, "half": rotary, "interleaved": rotary}
     if all(width != fits[layout] for layout, _ in candidates):

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..rotary.rope import RoPE
 from ..rotary.scaling import RopeScaling
-from .adapter import HFLayerTypeRotaryEmbedding, HFRotaryEmbedding, Layout, Order, match_layout
+from .adapter import HFLayerTypeRotaryEmbedding, HFRotaryEmbedding, Match, match_layout
 from .config import ROPE_KEYS, layer_types, rope_from_config, rope_parameters, scaling_from_config
 from .errors import UnsupportedRotary
 from .folded import Attribute, folded_attributes, path_to
@@ -115,6 +115,9 @@ def install_rope(
     transformers built in that dtype, ``from_pretrained(dtype=...)``, which keeps it float32); dynamic NTK
     recomputes the frequencies from each call's positions, where transformers keeps the largest length seen
     until a call falls below ``max_position_embeddings`` (equal call by call to a fresh transformers model).
+    A GPT-J or CodeGen *built* in bfloat16 or float16 computed its frequencies in that dtype (an integer division
+    that takes torch's default dtype) into a float32 table; that rounding is kept (``HFRotaryEmbedding.freq_dtype``),
+    with any scaling, so ``install_rope(model)`` leaves its logits exactly as they were.
 
     Args:
         model: e.g. ``LlamaForCausalLM``, ``GPTNeoXForCausalLM``, ``DeepseekV3ForCausalLM``.
@@ -171,24 +174,25 @@ def _plan(
     adapters: dict[str | None, HFRotaryEmbedding] = {}
     for key in wanted:
         current = rope_from_config(config, layer_type=key, **options)
-        layout, order = _layout(slots, current.to(device), device, key)
+        match = _layout(slots, current.to(device), device, key)
         ropes[key] = current.with_scaling(scaling_from_config(config, wanted[key])).to(device)
-        adapters[key] = HFRotaryEmbedding(ropes[key], layout, order)
+        adapters[key] = HFRotaryEmbedding(ropes[key], *match)
     adapter = adapters[None] if types is None else HFLayerTypeRotaryEmbedding(cast(dict[str, Any], adapters))
     return config, ropes, adapter
 
 
 def _layout(
     slots: list[tuple[str, nn.Module, str]], rope: RoPE, device: torch.device, layer_type: str | None
-) -> tuple[Layout, Order]:
-    """The one table layout of every rotary module in ``slots`` (for ``layer_type``)."""
+) -> Match:
+    """The one table layout (and frequency rounding and table dtype, see :class:`HFRotaryEmbedding`) of every
+    rotary module in ``slots`` (for ``layer_type``)."""
     layouts = set()
     for _, parent, name in slots:
         module = getattr(parent, name)
         if isinstance(module, HFLayerTypeRotaryEmbedding):
             module = module.by_type[str(layer_type)]
         if isinstance(module, HFRotaryEmbedding):  # already posenc: its layout was checked when installed
-            layouts.add((module.layout, module.order))
+            layouts.add(module.match)
         else:
             layouts.add(match_layout(module, rope, device, layer_type))
     if len(layouts) != 1:
