@@ -160,13 +160,18 @@ def check_positions(
         )
 
 
-def check_hidden(owner: str, x: object, dim: int) -> None:
-    """Hidden states an absolute encoding adds to: a floating-point tensor ``(..., S, dim)``."""
+def check_hidden(owner: str, x: object, dim: int) -> int:
+    """Hidden states an absolute encoding adds to: a floating-point tensor ``(..., S, dim)``.
+
+    Returns the rows per-row positions ``(B, S)`` must have: ``x.shape[-3]`` (the batch next to ``S``), or 1 for a
+    2-D ``x (S, dim)``.
+    """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"{owner}: x must be a floating-point tensor (..., seq, {dim}), got {got}")
     if x.dim() < 2 or x.shape[-1] != dim:
         raise ValueError(f"{owner}: x must be (..., seq, {dim}), got {tuple(x.shape)}")
+    return x.shape[-3] if x.dim() > 2 else 1
 
 
 def as_index_positions(positions: Tensor | None) -> Tensor | None:

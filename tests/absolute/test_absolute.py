@@ -54,3 +54,33 @@ def test_learned_rejects_positions_past_its_table() -> None:
 def test_nope_is_identity() -> None:
     x = torch.randn(2, 3, 4)
     assert torch.equal(posenc.NoPE()(x), x)
+
+
+@pytest.mark.parametrize("name", posenc.available(family="absolute"))
+@pytest.mark.parametrize("shape", [(6, 8), (3, 6, 8), (2, 3, 6, 8)], ids=["2d", "3d", "4d"])
+def test_absolute_output_has_the_inputs_shape(name: str, shape: tuple[int, ...]) -> None:
+    """x (S, dim) with explicit positions came back (1, S, dim) (and learned, or sinusoidal past its table, did so
+    without positions too); x (A, B, S, dim) checked per-row positions against A, not B. The output has x's shape,
+    each row the encoding of its own positions."""
+    enc = posenc.build(name, dim=8, **({"max_len": 32} if name == "learned" else {"cache_len": 4})).eval()
+    x = torch.randn(shape)
+    rows = shape[-3] if len(shape) > 2 else 1
+    per_row = torch.arange(rows * 6).reshape(rows, 6) % 30
+    for positions in (None, torch.arange(6) + 1, per_row):
+        out = enc(x, positions)
+        assert out.shape == x.shape
+        want = positions if positions is not None else torch.arange(6)
+        want = want.expand(rows, 6)
+        flat = x.reshape(-1, rows, 6, 8)
+        for r in range(rows):
+            ref = enc(flat[:, r], want[r])  # (A, 6, 8) rows of one position row
+            torch.testing.assert_close(out.reshape(-1, rows, 6, 8)[:, r], ref)
+
+
+def test_sinusoidal_float64_default_positions_are_computed_in_float64() -> None:
+    """float64 x with default positions read the float32 table (3e-8 off); explicit positions computed it."""
+    enc = posenc.Sinusoidal(64)
+    x = torch.zeros(1, 300, 64, dtype=torch.float64)
+    exact = posenc.functional.sinusoidal_table(torch.arange(300), 64, dtype=torch.float64)
+    assert torch.equal(enc(x)[0], exact)
+    assert torch.equal(enc(x), enc(x, torch.arange(300)))

@@ -14,7 +14,8 @@ from ..validation import check_hidden, check_int
 class LearnedAbsolute(PositionEncoding):
     """``x + E[positions]`` with a trained table of ``max_len`` rows. Positions past the table are an error.
 
-    Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)``.
+    Shapes: ``x: (B, S, dim)`` (or ``(S, dim)``, or ``(..., B, S, dim)``), ``positions: (S,)`` or ``(1|B, S)``;
+    returns ``x``'s shape in ``x.dtype``.
     """
 
     name: ClassVar[str | None] = "learned"
@@ -39,14 +40,14 @@ class LearnedAbsolute(PositionEncoding):
         return self.max_len
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        check_hidden("LearnedAbsolute", x, self.dim)
+        batch = check_hidden("LearnedAbsolute", x, self.dim)
         seq = x.shape[-2]
         if positions is None and seq > self.max_len:
             raise ValueError(
                 f"sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
                 "use a larger max_len or an encoding that extrapolates"
             )
-        pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
+        pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
         if (
             positions is not None
             and pos.numel()
@@ -58,7 +59,8 @@ class LearnedAbsolute(PositionEncoding):
                 raise ValueError(
                     f"positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
                 )
-        return x + self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
+        pe = self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
+        return x + (pe.reshape(seq, self.dim) if x.dim() == 2 else pe)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
         return self.embed(x, positions)

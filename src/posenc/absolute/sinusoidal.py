@@ -24,7 +24,9 @@ class Sinusoidal(PositionEncoding):
             and read by index for any positions inside it (decoding, per-row offsets); positions outside are
             computed on the fly, exactly (:func:`posenc.functional.tables.rows_at`). A speed knob only.
 
-    Shapes: ``x: (B, S, dim)``, ``positions: (S,)`` or ``(B, S)``; returns ``(B, S, dim)`` in ``x.dtype``.
+    Shapes: ``x: (B, S, dim)`` (or ``(S, dim)``, or ``(..., B, S, dim)``), ``positions: (S,)`` or ``(1|B, S)``;
+    returns ``x``'s shape in ``x.dtype`` (float64 ``x``: the table computed in float64, not read from the float32
+    one).
     """
 
     name: ClassVar[str | None] = "sinusoidal"
@@ -48,17 +50,19 @@ class Sinusoidal(PositionEncoding):
         return {"table": sinusoidal_table(torch.arange(self.cache_len, device=device), self.dim, self.base)}
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        check_hidden("Sinusoidal", x, self.dim)
+        batch = check_hidden("Sinusoidal", x, self.dim)
         seq = x.shape[-2]
-        if positions is None and seq <= self.cache_len:
+        if x.dtype == torch.float64:  # finer than the float32 table: compute, for default positions too
+            pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
+            pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
+        elif positions is None and seq <= self.cache_len:
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
         else:
-            pos = as_positions(positions, seq, x.device, batch=x.shape[0])  # (1|B, S)
-            if x.dtype == torch.float64:  # finer than the float32 table: compute
-                pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
-            else:
-                (pe,) = rows_at(pos, self.cache_len, (self.table,), self._exact)  # (1|B, S, dim) float32
-                pe = pe.to(x.dtype)
+            pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
+            (pe,) = rows_at(pos, self.cache_len, (self.table,), self._exact)  # (1|B, S, dim) float32
+            pe = pe.to(x.dtype)
+        if x.dim() == 2:  # x (S, dim): positions have one row
+            pe = pe.reshape(seq, self.dim)
         return self.dropout(x + pe)
 
     def _exact(self, positions: Tensor) -> tuple[Tensor]:
