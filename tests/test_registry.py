@@ -80,3 +80,16 @@ def test_build_uses_the_constructors_defaults() -> None:
                 value = getattr(enc, param.name)
                 if isinstance(value, (int, float, str, bool)) or value is None:
                     assert value == param.default, (name, param.name)
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_an_unknown_option_is_named_with_the_accepted_ones(name: str) -> None:
+    """build('sinusoidal', dim=8, max_len=4) was Python's 'unexpected keyword argument' (one name, no choices; for
+    Shaw from deep inside from_sizes). It names every unknown option and lists what the encoding takes."""
+    with pytest.raises(
+        TypeError, match=rf"build\('{name}'\): unknown option\(s\) 'nonsense', 'bogus'; it takes"
+    ):
+        posenc.build(name, dim=32, heads=4, nonsense=1, bogus=2)
+    with pytest.raises(TypeError, match=r"it takes base, dropout, cache_len"):
+        posenc.build("sinusoidal", dim=8, max_len=4)
+    assert posenc.build("shaw", dim=32, heads=4, per_head=True, max_distance=3).heads == 4

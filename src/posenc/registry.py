@@ -11,9 +11,12 @@ asks for (``sizes = ("heads",)``, ...) and the caller's options, with the constr
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from torch import nn
 
 if TYPE_CHECKING:
     from .base import PositionEncoding
@@ -154,7 +157,37 @@ def build(
         if heads <= 0 or dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         head_dim = dim // heads
+    check_options(name, cls, options)
     return cls.from_sizes(Sizes(name, dim, heads, head_dim), **options)
+
+
+def encoding_options(cls: type[PositionEncoding]) -> list[str]:
+    """The keyword options ``build`` passes on to ``cls`` (its constructor's and ``from_sizes``' parameters, not
+    the sizes), or ``["*"]`` when either takes any keyword it is not written to forward."""
+    names: list[str] = []
+    for fn, skip in ((cls.__init__, {"self", *cls.sizes}), (cls.from_sizes, {"cls", "sizes"})):
+        if fn is nn.Module.__init__:
+            continue  # (NoPE: no constructor of its own, no options)
+        params = inspect.signature(fn).parameters.values()
+        if fn is cls.__init__ and any(p.kind is p.VAR_KEYWORD for p in params):
+            return ["*"]
+        names += [p.name for p in params if p.kind in _KEYWORD and p.name not in skip and p.name not in names]
+    return names
+
+
+_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_options(name: str, cls: type[PositionEncoding], options: dict[str, Any]) -> None:
+    """``TypeError`` naming the options ``cls`` does not take and listing those it does (Python's own error named
+    one option and listed none, or came from deep inside ``from_sizes``)."""
+    accepted = encoding_options(cls)
+    unknown = [k for k in options if k not in accepted]
+    if unknown and accepted != ["*"]:
+        takes = ", ".join(accepted) if accepted else "no options"
+        raise TypeError(
+            f"build({name!r}): unknown option(s) {', '.join(map(repr, unknown))}; it takes {takes}"
+        )
 
 
 __all__ = ["ENCODINGS", "FAMILIES", "Registry", "Sizes", "available", "build", "encoding_class"]
