@@ -220,13 +220,15 @@ def as_positions(
     ``batch`` is given, batch) mismatch and on non-integer (bool, float, complex) positions."""
     if positions is None:
         return default_positions(seq_len, device, offset)
+    if not isinstance(positions, Tensor):
+        raise TypeError(f"positions must be an integer tensor, got {type(positions).__name__}")
     if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
     if positions.dim() == 1:
         positions = positions.unsqueeze(0)
     rows_ok = batch is None or positions.dim() != 2 or positions.shape[0] in (1, batch)
     if positions.dim() != 2 or positions.shape[-1] != seq_len or not rows_ok:
-        rows = "batch" if batch is None else f"1 or {batch}"
+        rows = "batch" if batch is None else "1" if batch == 1 else f"1 or {batch}"
         raise ValueError(
             f"positions must be (seq,) or ({rows}, seq) with seq={seq_len}, got {tuple(positions.shape)}"
         )

@@ -84,3 +84,20 @@ def test_sinusoidal_float64_default_positions_are_computed_in_float64() -> None:
     exact = posenc.functional.sinusoidal_table(torch.arange(300), 64, dtype=torch.float64)
     assert torch.equal(enc(x)[0], exact)
     assert torch.equal(enc(x), enc(x, torch.arange(300)))
+
+
+@pytest.mark.parametrize("name", posenc.available(family="absolute"))
+def test_bad_positions_and_table_arguments_are_named(name: str) -> None:
+    """positions as a list was an AttributeError ('list' object has no attribute 'is_floating_point'); rows that
+    match no batch said '(1 or 1, seq)'; sinusoidal_table(base=-1) was a silent NaN table."""
+    enc = posenc.build(name, dim=8)
+    with pytest.raises(TypeError, match="positions must be an integer tensor, got list"):
+        enc(torch.randn(1, 2, 8), [0, 1])
+    with pytest.raises(
+        ValueError, match=r"positions must be \(seq,\) or \(1, seq\) with seq=2, got \(3, 2\)"
+    ):
+        enc(torch.randn(1, 2, 8), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="sinusoidal_table: base must be > 0, got -1"):
+        posenc.functional.sinusoidal_table(torch.arange(3), 8, base=-1.0)
+    with pytest.raises(TypeError, match="sinusoidal_table: dim must be an integer"):
+        posenc.functional.sinusoidal_table(torch.arange(3), 7.5)  # type: ignore[arg-type]

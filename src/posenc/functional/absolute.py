@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..validation import check_float, check_int
 from .rotary import phase_dtype
 
 
@@ -20,12 +21,14 @@ def sinusoidal_table(
     Args:
         positions: ``(S,)`` or ``(B, S)`` positions.
         dim: model width; odd widths give the last even index its sine.
+        base: wavelength base (> 0), 10000 in the paper.
+        dtype: the table's dtype (the angles are float64 whatever it is, float32 on MPS).
 
     Returns:
         ``(..., S, dim)`` in ``dtype``: even dims sine, odd dims cosine, interleaved as in the paper.
     """
-    if dim <= 0:
-        raise ValueError(f"dim must be positive, got {dim}")
+    dim = check_int("dim", dim, at_least=1, owner="sinusoidal_table")
+    base = check_float("base", base, above=0, owner="sinusoidal_table")
     dt = phase_dtype(positions.device)
     even = torch.arange(0, dim, 2, device=positions.device, dtype=dt)  # (ceil(dim/2),) = 2i
     inv_freq = base ** (-even / dim)

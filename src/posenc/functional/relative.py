@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..validation import check_int
+
 
 def relative_positions(
     q_len: int,
@@ -33,8 +35,7 @@ def relative_from_positions(q_pos: Tensor, k_pos: Tensor, max_distance: int | No
     """``k_pos[j] - q_pos[i]`` clipped to ``[-max_distance, max_distance]``: ``(..., Q)``, ``(..., K)`` -> ``(..., Q, K)``."""
     rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (..., Q, K)
     if max_distance is not None:
-        if max_distance < 0:
-            raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+        max_distance = check_int("max_distance", max_distance, at_least=0, owner="relative_from_positions")
         rel = rel.clamp(-max_distance, max_distance)
     return rel
 
