@@ -9,6 +9,9 @@ import torch
 
 import posenc
 from posenc.models import TransformerLM
+from posenc.rotary.scaling import SCALINGS
+
+from .rotary.test_scaling_params import VALID as SCALING_EXAMPLES
 
 OPTIONS: dict[str, dict[str, Any]] = {"learned": {"max_len": 64}}
 
@@ -56,3 +59,53 @@ def test_meta_then_to_empty_rebuilds_derived_tables(name: str) -> None:
     for buf_name, value in derived.items():
         assert torch.equal(getattr(meta, buf_name), value), buf_name
         assert torch.equal(getattr(fresh.to(torch.bfloat16), buf_name), value), buf_name
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_embed_compiles_fullgraph(name: str) -> None:
+    """The attention test above never reaches ``embed`` (the absolute family's hook): compiled here, with default,
+    shared and per-row positions."""
+    torch._dynamo.reset()
+    enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {})).eval()
+    x = torch.randn(2, 7, 32)
+    compiled = torch.compile(enc.embed, fullgraph=True, backend="eager")
+    for positions in (None, torch.arange(3, 10), torch.arange(14).reshape(2, 7)):
+        torch.testing.assert_close(compiled(x, positions), enc.embed(x, positions))
+
+
+@pytest.mark.parametrize("kind", SCALINGS.names())
+def test_every_rope_scaling_builds_on_meta_and_compiles_fullgraph(kind: str) -> None:
+    """Every registered RoPE scaling (not only the plain RoPE of ``posenc.available()``): meta-device construction
+    and a fullgraph compile of attention past the scaling's original length."""
+    scaling = {"rope_type": kind, **SCALING_EXAMPLES[kind]}
+    with torch.device("meta"):
+        out = posenc.Attention(32, 4, position=posenc.RoPE(8, scaling=scaling))(torch.zeros(2, 20, 32))
+    assert out.is_meta and out.shape == (2, 20, 32)
+    torch._dynamo.reset()
+    attn = posenc.Attention(32, 4, kv_heads=2, position=posenc.RoPE(8, scaling=scaling)).eval()
+    x = torch.randn(2, 20, 32)
+    compiled = torch.compile(attn, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), attn(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_state_dict_holds_only_what_was_learned_and_round_trips(name: str) -> None:
+    """Recomputable tables are non-persistent buffers: the state dict holds the parameters only, and loading it into
+    a fresh encoding (strict) gives the same outputs."""
+    torch.manual_seed(0)
+    enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    assert set(enc.state_dict()) == {k for k, _ in enc.named_parameters()}
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p))  # away from any initialization a fresh copy would share
+    torch.manual_seed(1)
+    fresh = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    fresh.load_state_dict(enc.state_dict())
+    attn = posenc.Attention(32, 4, position=enc, backend="math").eval()
+    copy = posenc.Attention(32, 4, position=fresh, backend="math").eval()
+    copy.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert torch.equal(copy(x), attn(x))
+        assert torch.equal(fresh.embed(x), enc.embed(x))
