@@ -80,6 +80,7 @@ class Registry(Generic[T]):
         return self.get(name)
 
     def items(self) -> list[tuple[str, T]]:
+        """``(name, item)`` pairs, sorted by name."""
         return sorted(self._items.items())
 
     def __contains__(self, name: object) -> bool:

@@ -85,6 +85,7 @@ class HFRotaryEmbedding(nn.Module):
 
     @property
     def attention_scaling(self) -> float:
+        """The attention factor folded into the tables (transformers' attribute name)."""
         return self.rope.attention_scale
 
     @property
@@ -93,6 +94,8 @@ class HFRotaryEmbedding(nn.Module):
         return Match(self.layout, self.order, self.freq_dtype, self.table_dtype)
 
     def forward(self, x: Tensor, position_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """The tables at ``position_ids (B, S)``: ``(cos, sin)`` (or ``(sin, cos)``) ``(B, S, R | R/2)`` in ``x``'s
+        dtype (or ``table_dtype``), or one complex64 ``(B, S, R/2)``; ``x`` gives only the dtype and device."""
         dtype = x.dtype if self.table_dtype is None else self.table_dtype
         if self.freq_dtype is not None:
             cos, sin = rounded_cos_sin(self.rope, position_ids.to(x.device), self.freq_dtype)  # (1|B, S, R/2)

@@ -74,6 +74,8 @@ class ShawRelative(PositionEncoding):
             raise ValueError(f"ShawRelative built for head_dim={self.head_dim}, got queries of {head_dim}")
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Shaw's key term ``q_i . a^K_ij / sqrt(D)`` (eq. 4): ``q (B, H, Q, D)``, ``q_pos (1|B, Q)``,
+        ``k_pos (1|B, K)`` -> ``(B, H, Q, K)`` in ``q``'s dtype."""
         self._check_head_dim(q.shape[-1])
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos)) * self.head_dim**-0.5
 
@@ -91,6 +93,8 @@ class ShawRelative(PositionEncoding):
         return mod
 
     def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Shaw's value term ``sum_j alpha_ij a^V_ij`` (eq. 3): ``probs (B, H, Q, K)`` -> ``(B, H, Q, D)``, or None
+        when built with ``values=False``."""
         if self.value_table is None:
             return None
         return shaw_value_term(probs, self.value_table, self.index(q_pos, k_pos))
