@@ -79,6 +79,17 @@ def test_double_backward_is_the_forward_rotation(interpreted: ModuleType) -> Non
     torch.testing.assert_close(dg, apply_rope(u, cos, sin))
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_float64_is_rotated_in_float64(interpreted: ModuleType, interleaved: bool) -> None:
+    """float64 q/k get the reference's float64 arithmetic (was float32: 2e-7 off at position 10**6, while
+    ``auto`` picks this kernel for every CUDA dtype)."""
+    q, k = torch.randn(2, 3, 5, 10, dtype=torch.float64), torch.randn(2, 1, 5, 10, dtype=torch.float64)
+    cos, sin = rope_cos_sin(torch.arange(5) + 10**6, rope_inv_freq(8))
+    out = rope_qk(q, k, cos, sin, interleaved, impl="triton")
+    assert torch.equal(out[0], apply_rope(q, cos, sin, interleaved))
+    assert torch.equal(out[1], apply_rope(k, cos, sin, interleaved))
+
+
 def test_bad_shapes_raise(interpreted: ModuleType) -> None:
     cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
     with pytest.raises(ValueError, match="B, H, S, D"):
@@ -97,13 +108,21 @@ def test_cpu_without_interpreter_raises(for_gpu: ModuleType) -> None:
         for_gpu.rope_qk_triton(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), cos, sin, False)
 
 
-@pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
+@pytest.mark.parametrize(
+    ("interleaved", "pairs", "block_rest", "dtype"), [(False, 64, 0, "bf16"), (True, 32, 64, "fp64")]
+)
 def test_kernel_compiles_for_gpu(
-    for_gpu: ModuleType, compile_sm90: Callable[..., str], interleaved: bool, pairs: int, block_rest: int
+    for_gpu: ModuleType,
+    compile_sm90: Callable[..., str],
+    interleaved: bool,
+    pairs: int,
+    block_rest: int,
+    dtype: str,
 ) -> None:
     constants = {
-        "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved
+        "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved,
+        "F64": dtype == "fp64",
     }  # fmt: skip
-    pointers = {name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
+    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
     pointers.update({"cos_ptr": "*fp32", "sin_ptr": "*fp32"})
     assert "ld.global" in compile_sm90(for_gpu._rope_qk_kernel, pointers, constants)

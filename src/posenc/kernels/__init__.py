@@ -154,7 +154,7 @@ def rope_qk(
 ) -> tuple[Tensor, Tensor]:
     """Rotate queries and keys by the angles behind ``cos``/``sin`` with the chosen implementation.
 
-    Every impl computes :func:`posenc.functional.apply_rope` (float32 math, outputs in the input dtype, dims
+    Every impl computes :func:`posenc.functional.apply_rope` (float32 math, float64 for float64 inputs, outputs in the input dtype, dims
     past ``R`` unchanged) and supports autograd with respect to q and k.
 
     Args:

@@ -3,8 +3,8 @@
 One program rotates a block of ``BLOCK_S`` positions of one head of q or of k: the launch grid covers the heads
 of both tensors, so q and k take a single launch. Each program loads the ``(BLOCK_S, P)`` tile of cos and sin
 once and reads and writes every element of its rows once; the dims past ``R`` (partial rotary) are copied in
-the same program. Math is float32 whatever the input dtype; the output has the input dtype. The backward is
-the inverse rotation, i.e. the same kernel with ``-sin`` (see ``posenc.kernels``).
+the same program. Math is float32 (float64 for float64 inputs), as in ``apply_rope``; the output has the input
+dtype. The backward is the inverse rotation, i.e. the same kernel with ``-sin`` (see ``posenc.kernels``).
 
 Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``cos``/``sin``: ``(S, P)`` or ``(1|B, 1, S, P)``.
 """
@@ -60,6 +60,7 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
         s = s_start + tl.arange(0, BLOCK_S)  # (BLOCK_S,) positions
         p = tl.arange(0, BLOCK_P)  # (BLOCK_P,) pair index
@@ -80,6 +81,7 @@ if HAS_TRITON:
             BLOCK_P,
             BLOCK_REST,
             INTERLEAVED,
+            F64,
         )
 
     @triton.jit
@@ -94,8 +96,14 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
-        """Rotate rows ``x_row (BLOCK_S, 1)`` (pointers) into ``o_row`` by float32 ``c``, ``sn (BLOCK_S, BLOCK_P)``."""
+        """Rotate rows ``x_row (BLOCK_S, 1)`` (pointers) into ``o_row`` by float32 ``c``, ``sn (BLOCK_S, BLOCK_P)``.
+
+        The arithmetic is float32, or float64 when ``F64`` (float64 inputs), as in ``apply_rope``."""
+        if F64:
+            c = c.to(tl.float64)
+            sn = sn.to(tl.float64)
         p = tl.arange(0, BLOCK_P)
         mask = row_ok & (p < P)[None, :]
         if INTERLEAVED:
@@ -104,8 +112,8 @@ if HAS_TRITON:
         else:
             i1 = p
             i2 = p + P
-        x1 = tl.load(x_row + i1[None, :], mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + i2[None, :], mask=mask, other=0.0).to(tl.float32)
+        x1 = tl.load(x_row + i1[None, :], mask=mask, other=0.0).to(c.dtype)
+        x2 = tl.load(x_row + i2[None, :], mask=mask, other=0.0).to(c.dtype)
         out_ty = o_row.dtype.element_ty
         tl.store(o_row + i1[None, :], (x1 * c - x2 * sn).to(out_ty), mask=mask)
         tl.store(o_row + i2[None, :], (x1 * sn + x2 * c).to(out_ty), mask=mask)
@@ -146,6 +154,7 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
         s_start = tl.program_id(0) * BLOCK_S
         bh = tl.program_id(1)  # one of B * (H + Hkv) heads: q's first, then k's
@@ -170,6 +179,7 @@ if HAS_TRITON:
                 BLOCK_P,
                 BLOCK_REST,
                 INTERLEAVED,
+                F64,
             )
         else:
             hk = h - heads_q
@@ -189,6 +199,7 @@ if HAS_TRITON:
                 BLOCK_P,
                 BLOCK_REST,
                 INTERLEAVED,
+                F64,
             )
 
 
@@ -267,5 +278,6 @@ def rope_qk_triton(
         ok.stride(0), ok.stride(1), ok.stride(2),
         cs_sb, c.stride(1),
         P=pairs, D=dim, BLOCK_S=block_s, BLOCK_P=block_p, BLOCK_REST=block_rest, INTERLEAVED=interleaved,
+        F64=q.dtype == torch.float64,
     )  # fmt: skip
     return oq, ok

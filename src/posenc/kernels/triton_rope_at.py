@@ -75,6 +75,7 @@ if HAS_TRITON:
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
         INVERSE: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
         bh = tl.program_id(1)  # one of B * (H + Hkv) heads: q's first, then k's
         b = (bh // (heads_q + heads_k)).to(tl.int64)
@@ -106,12 +107,12 @@ if HAS_TRITON:
         if h < heads_q:
             x_row = q_ptr + b * q_sb + h * q_sh + rows * q_ss
             o_row = oq_ptr + b * oq_sb + h * oq_sh + rows * oq_ss
-            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED)
+            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED, F64)
         else:
             hk = h - heads_q
             x_row = k_ptr + b * k_sb + hk * k_sh + rows * k_ss
             o_row = ok_ptr + b * ok_sb + hk * ok_sh + rows * ok_ss
-            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED)
+            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED, F64)
 
 
 _CONSTANTS: dict[tuple[torch.device, float], Tensor] = {}
@@ -188,6 +189,7 @@ def rope_qk_at_triton(
         0 if pos.shape[0] == 1 else pos.stride(0),
         P=pairs, D=dim, BLOCK_S=block_s, BLOCK_P=block_p,
         BLOCK_REST=triton.next_power_of_2(rest) if rest else 0, INTERLEAVED=interleaved, INVERSE=inverse,
+        F64=q.dtype == torch.float64,
     )  # fmt: skip
     return oq, ok
 

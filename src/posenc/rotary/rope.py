@@ -252,8 +252,7 @@ class RoPE(PositionEncoding):
             return True
         same = q.dim() == k.dim() == 4 and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:]
         usable = q.device.type == "cuda" and has_triton() and FALLBACK.usable("triton (positions)")
-        float32_math = q.dtype == k.dtype and q.dtype != torch.float64  # the kernel computes in float32
-        return usable and same and float32_math
+        return usable and same and q.dtype == k.dtype
 
     def _rotate_at(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         from ..kernels.triton_rope_at import rope_qk_at  # imports triton only here
