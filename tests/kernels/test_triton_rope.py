@@ -90,6 +90,37 @@ def test_float64_is_rotated_in_float64(interpreted: ModuleType, interleaved: boo
     assert torch.equal(out[1], apply_rope(k, cos, sin, interleaved))
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_several_blocks_of_positions_per_head(interpreted: ModuleType, interleaved: bool) -> None:
+    """300 positions with P = 4 pairs are two blocks of 256, 212 past the end masked; every (block, head)
+    of q and k (grouped-query, per-row positions) is rotated by the right rows."""
+    q, k = torch.randn(2, 3, 300, 10), torch.randn(2, 1, 300, 10)
+    pos = torch.stack((torch.arange(300), torch.arange(300) + 5000))
+    cos, sin = _tables(pos, 8, per_batch=True)
+    out = rope_qk(q, k, cos, sin, interleaved, impl="triton")
+    torch.testing.assert_close(out[0], apply_rope(q, cos, sin, interleaved), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1], apply_rope(k, cos, sin, interleaved), atol=1e-6, rtol=0)
+
+
+def test_grid_takes_any_number_of_heads(interpreted: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """batch * (heads + kv_heads) past 65535 (CUDA's limit on a grid's second dimension) launches a
+    one-dimensional grid (was a ValueError, also under ``impl="auto"``, which picks triton on CUDA)."""
+    grids: list[tuple[int, ...]] = []
+
+    class Recorder:
+        def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(interpreted, "_rope_qk_kernel", Recorder())
+    q, k = torch.zeros(1, 1, 3, 8).expand(30000, 2, 3, 8), torch.zeros(1, 1, 3, 8).expand(30000, 1, 3, 8)
+    cos, sin = rope_cos_sin(torch.arange(3), rope_inv_freq(8))
+    interpreted.rope_qk_triton(q, k, cos, sin, False)
+    assert grids == [(90000,)]  # one block of 4 positions for each of 30000 * 3 heads
+    with pytest.raises(ValueError, match="grid limit"):
+        interpreted.launch_grid(2**20, 1, 2**12)
+
+
 def test_bad_shapes_raise(interpreted: ModuleType) -> None:
     cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
     with pytest.raises(ValueError, match="B, H, S, D"):

@@ -117,6 +117,35 @@ def test_float64_is_rotated_in_float64(at_module: ModuleType) -> None:
         torch.testing.assert_close(g, w, atol=1e-14, rtol=0)
 
 
+def test_several_blocks_of_positions_per_head(at_module: ModuleType) -> None:
+    """300 positions per row in blocks of 128 (P = 8), crossing the table's end in the second block."""
+    fast, ref = (
+        posenc.RoPE(16, cache_len=200, impl="triton"),
+        posenc.RoPE(16, cache_len=200, impl="reference"),
+    )
+    q, k = torch.randn(2, 3, 300, 16), torch.randn(2, 1, 300, 16)
+    pos = torch.stack((torch.arange(300), torch.arange(300).flip(0) * 7))
+    for g, w in zip(fast(q, k, pos), ref(q, k, pos), strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
+
+
+def test_grid_takes_any_number_of_heads(at_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """batch * (heads + kv_heads) past 65535 launches a one-dimensional grid (was a ValueError)."""
+    grids: list[tuple[int, ...]] = []
+
+    class Recorder:
+        def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(at_module, "_rope_qk_at_kernel", Recorder())
+    rope = posenc.RoPE(8)
+    q, k = torch.zeros(1, 1, 1, 8).expand(30000, 2, 1, 8), torch.zeros(1, 1, 1, 8).expand(30000, 1, 1, 8)
+    tables = (rope.cos_cached, rope.sin_cached, rope.inv_freq)
+    at_module.rope_qk_at_triton(q, k, torch.zeros(1, 1, dtype=torch.long), tables, 1.0, False)
+    assert grids == [(90000,)]
+
+
 def test_bad_shapes_raise(at_module: ModuleType) -> None:
     rope = posenc.RoPE(8)
     tables = (rope.cos_cached, rope.sin_cached, rope.inv_freq)

@@ -85,6 +85,14 @@ if HAS_TRITON:
         )
 
     @triton.jit
+    def block_and_head(seq_len: tl.tensor, BLOCK_S: tl.constexpr) -> tuple[tl.tensor, tl.tensor]:
+        """This program's first position and its head, one of ``B * (H + Hkv)`` (q's first, then k's), in the
+        one-dimensional grid of :func:`launch_grid`: blocks of positions vary fastest."""
+        blocks = (seq_len + BLOCK_S - 1) // BLOCK_S  # (not tl.cdiv: see triton_rope_at on the interpreter)
+        pid = tl.program_id(0)
+        return (pid % blocks) * BLOCK_S, pid // blocks
+
+    @triton.jit
     def rotate_loaded(
         x_row: tl.tensor,
         o_row: tl.tensor,
@@ -156,8 +164,7 @@ if HAS_TRITON:
         INTERLEAVED: tl.constexpr,
         F64: tl.constexpr,
     ) -> None:
-        s_start = tl.program_id(0) * BLOCK_S
-        bh = tl.program_id(1)  # one of B * (H + Hkv) heads: q's first, then k's
+        s_start, bh = block_and_head(seq_len, BLOCK_S)
         b = (bh // (heads_q + heads_k)).to(tl.int64)
         h = (bh % (heads_q + heads_k)).to(tl.int64)
         cos_b = cos_ptr + b * cs_sb
@@ -201,6 +208,22 @@ if HAS_TRITON:
                 INTERLEAVED,
                 F64,
             )
+
+
+#: CUDA's limit on a grid's first dimension (the others take at most 65535, which a batch of many heads passes).
+MAX_PROGRAMS = 2**31 - 1
+
+
+def launch_grid(seq_len: int, block_s: int, heads: int) -> tuple[int]:
+    """The one-dimensional launch grid of both kernels: ``ceil(seq_len / block_s)`` blocks for each of ``heads``
+    (``B * (H + Hkv)``) heads, or ``ValueError`` past :data:`MAX_PROGRAMS`."""
+    programs = -(-seq_len // block_s) * heads
+    if programs > MAX_PROGRAMS:
+        raise ValueError(
+            f"RoPE Triton kernel: {programs} programs (batch * (heads + kv_heads) = {heads}, {seq_len} positions "
+            f"in blocks of {block_s}) exceed CUDA's grid limit {MAX_PROGRAMS}; use impl='reference'"
+        )
+    return (programs,)
 
 
 def _table(t: Tensor, batch: int, seq_len: int, name: str) -> Tensor:
@@ -253,10 +276,6 @@ def rope_qk_triton(
     pairs = c.shape[-1]
     if 2 * pairs > dim:
         raise ValueError(f"cos/sin cover {2 * pairs} rotary dims but head_dim is {dim}")
-    if bsz * (heads_q + heads_k) > 65535:
-        raise ValueError(
-            f"batch * (heads + kv_heads) = {bsz * (heads_q + heads_k)} exceeds Triton's grid limit 65535"
-        )
     q, k = _unit_last(q), _unit_last(k)
     oq, ok = (
         torch.empty(q.shape, dtype=q.dtype, device=q.device),
@@ -268,7 +287,7 @@ def rope_qk_triton(
     rest = dim - 2 * pairs
     block_rest = triton.next_power_of_2(rest) if rest else 0
     block_s = min(triton.next_power_of_2(seq_len), max(1, 1024 // block_p))  # tiles of ~1024 pairs
-    grid = (triton.cdiv(seq_len, block_s), bsz * (heads_q + heads_k))
+    grid = launch_grid(seq_len, block_s, bsz * (heads_q + heads_k))
     cs_sb = 0 if c.shape[0] == 1 else c.stride(0)
     _rope_qk_kernel[grid](
         q, k, oq, ok, c, s, seq_len, heads_q, heads_k,
