@@ -99,7 +99,12 @@ class RoPE(PositionEncoding):
         base = check_float("base", base, above=1, owner="RoPE")
         interleaved = check_bool("interleaved", interleaved, owner="RoPE")
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="RoPE")
-        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if rotary_dim is None and head_dim % 2:
+            raise ValueError(
+                f"RoPE: head_dim={head_dim} is odd and rotary_dim defaults to head_dim, but dims are rotated in "
+                f"pairs; pass an even rotary_dim <= {head_dim} (partial rotary)"
+            )
+        rotary_dim = head_dim if rotary_dim is None else check_int("rotary_dim", rotary_dim, owner="RoPE")
         check_rotary_dim(rotary_dim, head_dim)
         self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
         if self.scaling is not None:
