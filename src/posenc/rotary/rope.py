@@ -35,7 +35,8 @@ from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
 class RoPE(PositionEncoding):
-    """Rotate queries and keys so that ``<rope(q)_m, rope(k)_n>`` depends only on ``m - n``.
+    """Rotate queries and keys so that ``<rope(q)_m, rope(k)_n>`` depends only on ``m - n`` (Su et al. 2021,
+    "RoFormer: Enhanced Transformer with Rotary Position Embedding", arXiv:2104.09864).
 
     Args:
         head_dim: size ``D`` of each head.
