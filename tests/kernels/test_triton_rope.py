@@ -102,17 +102,12 @@ def test_several_blocks_of_positions_per_head(interpreted: ModuleType, interleav
     torch.testing.assert_close(out[1], apply_rope(k, cos, sin, interleaved), atol=1e-6, rtol=0)
 
 
-def test_grid_takes_any_number_of_heads(interpreted: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grid_takes_any_number_of_heads(
+    interpreted: ModuleType, record_grids: Callable[[ModuleType, str], list[tuple[int, ...]]]
+) -> None:
     """batch * (heads + kv_heads) past 65535 (CUDA's limit on a grid's second dimension) launches a
     one-dimensional grid (was a ValueError, also under ``impl="auto"``, which picks triton on CUDA)."""
-    grids: list[tuple[int, ...]] = []
-
-    class Recorder:
-        def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
-            grids.append(grid)
-            return lambda *args, **kwargs: None
-
-    monkeypatch.setattr(interpreted, "_rope_qk_kernel", Recorder())
+    grids = record_grids(interpreted, "_rope_qk_kernel")
     q, k = torch.zeros(1, 1, 3, 8).expand(30000, 2, 3, 8), torch.zeros(1, 1, 3, 8).expand(30000, 1, 3, 8)
     cos, sin = rope_cos_sin(torch.arange(3), rope_inv_freq(8))
     interpreted.rope_qk_triton(q, k, cos, sin, False)

@@ -129,16 +129,11 @@ def test_several_blocks_of_positions_per_head(at_module: ModuleType) -> None:
         torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
 
 
-def test_grid_takes_any_number_of_heads(at_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grid_takes_any_number_of_heads(
+    at_module: ModuleType, record_grids: Callable[[ModuleType, str], list[tuple[int, ...]]]
+) -> None:
     """batch * (heads + kv_heads) past 65535 launches a one-dimensional grid (was a ValueError)."""
-    grids: list[tuple[int, ...]] = []
-
-    class Recorder:
-        def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
-            grids.append(grid)
-            return lambda *args, **kwargs: None
-
-    monkeypatch.setattr(at_module, "_rope_qk_at_kernel", Recorder())
+    grids = record_grids(at_module, "_rope_qk_at_kernel")
     rope = posenc.RoPE(8)
     q, k = torch.zeros(1, 1, 1, 8).expand(30000, 2, 1, 8), torch.zeros(1, 1, 1, 8).expand(30000, 1, 1, 8)
     tables = (rope.cos_cached, rope.sin_cached, rope.inv_freq)
