@@ -47,6 +47,25 @@ def test_rope_kernels_equal_the_reference(dtype: torch.dtype, interleaved: bool,
         torch.testing.assert_close(a.float(), b.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("positions", [None, [[5, 6, 7], [2047, 2048, 10**6]]])
+def test_rope_kernels_keep_float64_and_take_many_heads(positions: list[list[int]] | None) -> None:
+    """float64 q/k are rotated in float64 (the kernels were float32 only), and batch * (heads + kv_heads) past
+    65535, CUDA's limit on a grid's second dimension, launches (was a ValueError under ``impl="auto"``)."""
+    torch.manual_seed(0)
+    fast, ref = posenc.RoPE(64).to(CUDA), posenc.RoPE(64, impl="reference").to(CUDA)
+    pos = None if positions is None else torch.tensor(positions, device=CUDA)
+    q = torch.randn(2, 8, 3, 64, device=CUDA, dtype=torch.float64)
+    k = torch.randn(2, 2, 3, 64, device=CUDA, dtype=torch.float64)
+    for g, w in zip(fast(q, k, pos), ref(q, k, pos), strict=True):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+    q = torch.randn(1, 1, 3, 64, device=CUDA).expand(1700, 32, 3, 64)  # 1700 * (32 + 8) = 68000 heads
+    k = torch.randn(1, 1, 3, 64, device=CUDA).expand(1700, 8, 3, 64)
+    pos = None if pos is None else pos[:1]
+    for g, w in zip(fast(q, k, pos), ref(q, k, pos), strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+
+
 def _pair(name: str, backend: str, dtype: torch.dtype) -> tuple[posenc.Attention, posenc.Attention]:
     torch.manual_seed(0)
     enc = posenc.build(name, dim=128, heads=4)

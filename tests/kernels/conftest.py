@@ -78,3 +78,25 @@ def compile_sm90() -> CompileSm90:
         return str(compiled.asm["ptx"])
 
     return run
+
+
+#: ``(module, kernel name) -> the grids it is launched with``, the launch itself skipped.
+RecordGrids = Callable[[ModuleType, str], list[tuple[int, ...]]]
+
+
+@pytest.fixture
+def record_grids(monkeypatch: pytest.MonkeyPatch) -> RecordGrids:
+    """Replace a kernel of a module by a recorder of its launch grids (nothing runs)."""
+
+    def record(module: ModuleType, kernel: str) -> list[tuple[int, ...]]:
+        grids: list[tuple[int, ...]] = []
+
+        class Recorder:
+            def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+                grids.append(grid)
+                return lambda *args, **kwargs: None
+
+        monkeypatch.setattr(module, kernel, Recorder())
+        return grids
+
+    return record

@@ -69,6 +69,26 @@ def test_shape_errors_name_the_problem() -> None:
         rope_qk(q, q, cos4.unsqueeze(1), sin4.unsqueeze(1), impl="compiled")
 
 
+@pytest.mark.parametrize("impl", ["reference", "compiled", "auto"])
+def test_every_impl_refuses_shapes_that_would_broadcast(impl: str) -> None:
+    """rope_qk checks shapes for every impl (it did only for the kernels): a k of batch 1 with per-row cos came
+    back with q's batch, 3-D q/k came back 4-D from ``compiled``, a cos of another length was a broadcast error."""
+    cos, sin = rope_cos_sin(torch.tensor([[0, 1, 2], [5, 6, 7]]), rope_inv_freq(8))
+    q = torch.randn(2, 2, 3, 8)
+    with pytest.raises(ValueError, match="batch of both q and k"):
+        rope_qk(q, torch.randn(1, 1, 3, 8), cos.unsqueeze(1), sin.unsqueeze(1), impl=impl)
+    with pytest.raises(ValueError, match="sequence length"):
+        rope_qk(q, q, *_tables(4, 8), impl=impl)
+    with pytest.raises(ValueError, match=r"4 dims, got shape \(2, 3, 8\)"):
+        rope_qk(q[0], q[0], *_tables(3, 8), impl=impl)
+    with pytest.raises(TypeError, match="floating-point"):
+        rope_qk(q.long(), q, *_tables(3, 8), impl=impl)
+    oq, ok = rope_qk(
+        q, torch.randn(1, 1, 3, 8), *_tables(3, 8), impl=impl
+    )  # a batch-1 k with shared cos: fine
+    assert oq.shape == q.shape and ok.shape == (1, 1, 3, 8)
+
+
 def test_rope_module_on_meta_device() -> None:
     with torch.device("meta"):
         rope = RoPE(16, rotary_dim=8)

@@ -79,6 +79,43 @@ def test_double_backward_is_the_forward_rotation(interpreted: ModuleType) -> Non
     torch.testing.assert_close(dg, apply_rope(u, cos, sin))
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_float64_is_rotated_in_float64(interpreted: ModuleType, interleaved: bool) -> None:
+    """float64 q/k get the reference's float64 arithmetic (was float32: 2e-7 off at position 10**6, while
+    ``auto`` picks this kernel for every CUDA dtype)."""
+    q, k = torch.randn(2, 3, 5, 10, dtype=torch.float64), torch.randn(2, 1, 5, 10, dtype=torch.float64)
+    cos, sin = rope_cos_sin(torch.arange(5) + 10**6, rope_inv_freq(8))
+    out = rope_qk(q, k, cos, sin, interleaved, impl="triton")
+    assert torch.equal(out[0], apply_rope(q, cos, sin, interleaved))
+    assert torch.equal(out[1], apply_rope(k, cos, sin, interleaved))
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_several_blocks_of_positions_per_head(interpreted: ModuleType, interleaved: bool) -> None:
+    """300 positions with P = 4 pairs are two blocks of 256, 212 past the end masked; every (block, head)
+    of q and k (grouped-query, per-row positions) is rotated by the right rows."""
+    q, k = torch.randn(2, 3, 300, 10), torch.randn(2, 1, 300, 10)
+    pos = torch.stack((torch.arange(300), torch.arange(300) + 5000))
+    cos, sin = _tables(pos, 8, per_batch=True)
+    out = rope_qk(q, k, cos, sin, interleaved, impl="triton")
+    torch.testing.assert_close(out[0], apply_rope(q, cos, sin, interleaved), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1], apply_rope(k, cos, sin, interleaved), atol=1e-6, rtol=0)
+
+
+def test_grid_takes_any_number_of_heads(
+    interpreted: ModuleType, record_grids: Callable[[ModuleType, str], list[tuple[int, ...]]]
+) -> None:
+    """batch * (heads + kv_heads) past 65535 (CUDA's limit on a grid's second dimension) launches a
+    one-dimensional grid (was a ValueError, also under ``impl="auto"``, which picks triton on CUDA)."""
+    grids = record_grids(interpreted, "_rope_qk_kernel")
+    q, k = torch.zeros(1, 1, 3, 8).expand(30000, 2, 3, 8), torch.zeros(1, 1, 3, 8).expand(30000, 1, 3, 8)
+    cos, sin = rope_cos_sin(torch.arange(3), rope_inv_freq(8))
+    interpreted.rope_qk_triton(q, k, cos, sin, False)
+    assert grids == [(90000,)]  # one block of 4 positions for each of 30000 * 3 heads
+    with pytest.raises(ValueError, match="grid limit"):
+        interpreted.launch_grid(2**20, 1, 2**12)
+
+
 def test_bad_shapes_raise(interpreted: ModuleType) -> None:
     cos, sin = rope_cos_sin(torch.arange(4), rope_inv_freq(8))
     with pytest.raises(ValueError, match="B, H, S, D"):
@@ -97,13 +134,21 @@ def test_cpu_without_interpreter_raises(for_gpu: ModuleType) -> None:
         for_gpu.rope_qk_triton(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), cos, sin, False)
 
 
-@pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
+@pytest.mark.parametrize(
+    ("interleaved", "pairs", "block_rest", "dtype"), [(False, 64, 0, "bf16"), (True, 32, 64, "fp64")]
+)
 def test_kernel_compiles_for_gpu(
-    for_gpu: ModuleType, compile_sm90: Callable[..., str], interleaved: bool, pairs: int, block_rest: int
+    for_gpu: ModuleType,
+    compile_sm90: Callable[..., str],
+    interleaved: bool,
+    pairs: int,
+    block_rest: int,
+    dtype: str,
 ) -> None:
     constants = {
-        "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved
+        "P": pairs, "D": 128, "BLOCK_S": 64, "BLOCK_P": pairs, "BLOCK_REST": block_rest, "INTERLEAVED": interleaved,
+        "F64": dtype == "fp64",
     }  # fmt: skip
-    pointers = {name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
+    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
     pointers.update({"cos_ptr": "*fp32", "sin_ptr": "*fp32"})
     assert "ld.global" in compile_sm90(for_gpu._rope_qk_kernel, pointers, constants)

@@ -107,6 +107,40 @@ def test_module_with_impl_triton_uses_it_and_matches_reference(
     assert calls == [1]
 
 
+def test_float64_is_rotated_in_float64(at_module: ModuleType) -> None:
+    """float64 q/k at positions get the reference's float64 arithmetic (was float32, 2e-7 off)."""
+    fast, ref = posenc.RoPE(16, cache_len=32, impl="triton"), posenc.RoPE(16, cache_len=32, impl="reference")
+    q, k = torch.randn(2, 4, 3, 16, dtype=torch.float64), torch.randn(2, 2, 3, 16, dtype=torch.float64)
+    pos = torch.tensor([[30, 31, 32], [0, 1, 10**6]])
+    for g, w in zip(fast(q, k, pos), ref(q, k, pos), strict=True):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, w, atol=1e-14, rtol=0)
+
+
+def test_several_blocks_of_positions_per_head(at_module: ModuleType) -> None:
+    """300 positions per row in blocks of 128 (P = 8), crossing the table's end in the second block."""
+    fast, ref = (
+        posenc.RoPE(16, cache_len=200, impl="triton"),
+        posenc.RoPE(16, cache_len=200, impl="reference"),
+    )
+    q, k = torch.randn(2, 3, 300, 16), torch.randn(2, 1, 300, 16)
+    pos = torch.stack((torch.arange(300), torch.arange(300).flip(0) * 7))
+    for g, w in zip(fast(q, k, pos), ref(q, k, pos), strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
+
+
+def test_grid_takes_any_number_of_heads(
+    at_module: ModuleType, record_grids: Callable[[ModuleType, str], list[tuple[int, ...]]]
+) -> None:
+    """batch * (heads + kv_heads) past 65535 launches a one-dimensional grid (was a ValueError)."""
+    grids = record_grids(at_module, "_rope_qk_at_kernel")
+    rope = posenc.RoPE(8)
+    q, k = torch.zeros(1, 1, 1, 8).expand(30000, 2, 1, 8), torch.zeros(1, 1, 1, 8).expand(30000, 1, 1, 8)
+    tables = (rope.cos_cached, rope.sin_cached, rope.inv_freq)
+    at_module.rope_qk_at_triton(q, k, torch.zeros(1, 1, dtype=torch.long), tables, 1.0, False)
+    assert grids == [(90000,)]
+
+
 def test_bad_shapes_raise(at_module: ModuleType) -> None:
     rope = posenc.RoPE(8)
     tables = (rope.cos_cached, rope.sin_cached, rope.inv_freq)
@@ -117,16 +151,23 @@ def test_bad_shapes_raise(at_module: ModuleType) -> None:
         at_module.rope_qk_at_triton(q, k[..., :4], torch.zeros(1, 3, dtype=torch.long), tables, 1.0, False)
 
 
-@pytest.mark.parametrize(("interleaved", "pairs", "block_rest"), [(False, 64, 0), (True, 32, 64)])
+@pytest.mark.parametrize(
+    ("interleaved", "pairs", "block_rest", "dtype"), [(False, 64, 0, "bf16"), (True, 32, 64, "fp64")]
+)
 def test_kernel_compiles_for_gpu(
-    at_for_gpu: ModuleType, compile_sm90: Callable[..., str], interleaved: bool, pairs: int, block_rest: int
+    at_for_gpu: ModuleType,
+    compile_sm90: Callable[..., str],
+    interleaved: bool,
+    pairs: int,
+    block_rest: int,
+    dtype: str,
 ) -> None:
     """The float64 fallback (fmod, cos, sin from libdevice) and the branch compile for sm_90."""
     constants = {
         "P": pairs, "D": 128, "BLOCK_S": 1, "BLOCK_P": pairs, "BLOCK_REST": block_rest,
-        "INTERLEAVED": interleaved, "INVERSE": False,
+        "INTERLEAVED": interleaved, "INVERSE": False, "F64": dtype == "fp64",
     }  # fmt: skip
-    pointers = {name: "*bf16" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
+    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
     pointers.update({"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "freq_ptr": "*fp64"})
     pointers["const_ptr"] = "*fp64"
     ptx = compile_sm90(at_for_gpu._rope_qk_at_kernel, pointers, constants)

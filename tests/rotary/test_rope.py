@@ -103,6 +103,18 @@ def test_bad_rotary_dim(bad: int) -> None:
         posenc.RoPE(16, rotary_dim=bad)
 
 
+def test_rotary_dim_errors_name_what_the_caller_passed() -> None:
+    """An odd head_dim without rotary_dim names head_dim and the way out (the error named rotary_dim=15, an
+    argument never passed); a bool or float rotary_dim is a TypeError (True was 'got True', a ValueError)."""
+    with pytest.raises(ValueError, match=r"head_dim=15 is odd .* pass an even rotary_dim <= 15"):
+        posenc.RoPE(15)
+    assert posenc.RoPE(15, rotary_dim=8).rotary_dim == 8
+    with pytest.raises(TypeError, match="rotary_dim must be an integer, got the bool True"):
+        posenc.RoPE(16, rotary_dim=True)
+    with pytest.raises(TypeError, match=r"rotary_dim must be an integer, got 8.0"):
+        posenc.RoPE(16, rotary_dim=8.0)  # type: ignore[arg-type]
+
+
 def test_wrong_head_dim_raises() -> None:
     with pytest.raises(ValueError, match="head_dim"):
         posenc.RoPE(16)(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))

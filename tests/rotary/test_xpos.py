@@ -119,8 +119,10 @@ def test_bad_arguments() -> None:
         posenc.XPos(8, scale_base=0)
     with pytest.raises(ValueError, match="gamma"):
         posenc.XPos(8, gamma=0.0)
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(ValueError, match="XPos: head_dim must be even .*got 7"):  # (named rotary_dim)
         posenc.XPos(7)
+    with pytest.raises(ValueError, match="XPos: base must be > 1, got 0.5"):  # (was "RoPE base")
+        posenc.XPos(8, base=0.5)
     with pytest.raises(ValueError, match="head_dim=8"):
         posenc.XPos(8)(torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16))
 

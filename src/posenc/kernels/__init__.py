@@ -132,14 +132,23 @@ class _RotateQK(torch.autograd.Function):
 
 
 def _check(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """The shapes :func:`rope_qk` documents, for every impl (shapes only: no sync, no graph break)."""
+    for label, t in (("q", q), ("k", k)):
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"rope_qk: {label} must be a floating-point tensor, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"rope_qk: {label} must be (B, H, S, D), 4 dims, got shape {tuple(t.shape)}")
     if cos.shape != sin.shape:
         raise ValueError(
             f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"
         )
     if cos.dim() not in (2, 4) or (cos.dim() == 4 and cos.shape[1] != 1):
         raise ValueError(f"cos/sin must be (S, P) or (1|B, 1, S, P), got {tuple(cos.shape)}")
-    if cos.dim() == 4 and cos.shape[0] not in (1, q.shape[0]):
-        raise ValueError(f"cos/sin batch {cos.shape[0]} must be 1 or q's batch {q.shape[0]}")
+    if cos.dim() == 4 and cos.shape[0] != 1 and not cos.shape[0] == q.shape[0] == k.shape[0]:
+        raise ValueError(
+            f"cos/sin batch {cos.shape[0]} must be 1 or the batch of both q and k, got q {tuple(q.shape)} and "
+            f"k {tuple(k.shape)}"
+        )
     rot = 2 * cos.shape[-1]
     if rot > q.shape[-1] or rot > k.shape[-1]:
         raise ValueError(f"cos/sin cover {rot} rotary dims but q/k head dims are {q.shape[-1]}/{k.shape[-1]}")
@@ -154,11 +163,12 @@ def rope_qk(
 ) -> tuple[Tensor, Tensor]:
     """Rotate queries and keys by the angles behind ``cos``/``sin`` with the chosen implementation.
 
-    Every impl computes :func:`posenc.functional.apply_rope` (float32 math, outputs in the input dtype, dims
+    Every impl computes :func:`posenc.functional.apply_rope` (float32 math, float64 for float64 inputs, outputs in the input dtype, dims
     past ``R`` unchanged) and supports autograd with respect to q and k.
 
     Args:
-        q: ``(B, H, S, D)`` queries; k: ``(B, Hkv, S, D)`` keys (same ``S``; any strides).
+        q: ``(B, H, S, D)`` queries; k: ``(B', Hkv, S, D)`` keys (same ``S``; any strides; ``B' = B`` unless
+            cos has batch 1; the triton impl wants ``B' = B`` and one ``D``).
         cos: ``(S, P)`` or ``(1|B, 1, S, P)`` float32 (per-batch positions/offsets), ``R = 2P <= D``.
         sin: same shape as ``cos``.
         interleaved: pairs ``(x[2i], x[2i+1])`` if True, else ``(x[i], x[i+P])``.
@@ -166,14 +176,18 @@ def rope_qk(
 
     Returns:
         ``(q_rot, k_rot)`` shaped like ``q`` and ``k``.
+
+    Raises:
+        ValueError: shapes other than these (for every impl; they broadcast silently in the math), TypeError:
+            integer q or k.
     """
     check_impl(impl)
+    _check(q, k, cos, sin)
     if impl == "reference" or _traced(q, k, cos, sin):
         return _reference(q, k, cos, sin, interleaved)
     name = choose_impl(q, k, cos, sin) if impl == "auto" else impl
     if name == "reference":
         return _reference(q, k, cos, sin, interleaved)
-    _check(q, k, cos, sin)
     if cos.requires_grad or sin.requires_grad:
         raise ValueError(
             f"impl={impl!r} treats cos/sin as constants but they require grad; use impl='reference'"

@@ -3,8 +3,8 @@
 One program rotates a block of ``BLOCK_S`` positions of one head of q or of k: the launch grid covers the heads
 of both tensors, so q and k take a single launch. Each program loads the ``(BLOCK_S, P)`` tile of cos and sin
 once and reads and writes every element of its rows once; the dims past ``R`` (partial rotary) are copied in
-the same program. Math is float32 whatever the input dtype; the output has the input dtype. The backward is
-the inverse rotation, i.e. the same kernel with ``-sin`` (see ``posenc.kernels``).
+the same program. Math is float32 (float64 for float64 inputs), as in ``apply_rope``; the output has the input
+dtype. The backward is the inverse rotation, i.e. the same kernel with ``-sin`` (see ``posenc.kernels``).
 
 Shapes: ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, ``cos``/``sin``: ``(S, P)`` or ``(1|B, 1, S, P)``.
 """
@@ -60,6 +60,7 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
         s = s_start + tl.arange(0, BLOCK_S)  # (BLOCK_S,) positions
         p = tl.arange(0, BLOCK_P)  # (BLOCK_P,) pair index
@@ -80,7 +81,16 @@ if HAS_TRITON:
             BLOCK_P,
             BLOCK_REST,
             INTERLEAVED,
+            F64,
         )
+
+    @triton.jit
+    def block_and_head(seq_len: tl.tensor, BLOCK_S: tl.constexpr) -> tuple[tl.tensor, tl.tensor]:
+        """This program's first position and its head, one of ``B * (H + Hkv)`` (q's first, then k's), in the
+        one-dimensional grid of :func:`launch_grid`: blocks of positions vary fastest."""
+        blocks = (seq_len + BLOCK_S - 1) // BLOCK_S  # (not tl.cdiv: see triton_rope_at on the interpreter)
+        pid = tl.program_id(0)
+        return (pid % blocks) * BLOCK_S, pid // blocks
 
     @triton.jit
     def rotate_loaded(
@@ -94,8 +104,14 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
-        """Rotate rows ``x_row (BLOCK_S, 1)`` (pointers) into ``o_row`` by float32 ``c``, ``sn (BLOCK_S, BLOCK_P)``."""
+        """Rotate rows ``x_row (BLOCK_S, 1)`` (pointers) into ``o_row`` by float32 ``c``, ``sn (BLOCK_S, BLOCK_P)``.
+
+        The arithmetic is float32, or float64 when ``F64`` (float64 inputs), as in ``apply_rope``."""
+        if F64:
+            c = c.to(tl.float64)
+            sn = sn.to(tl.float64)
         p = tl.arange(0, BLOCK_P)
         mask = row_ok & (p < P)[None, :]
         if INTERLEAVED:
@@ -104,8 +120,8 @@ if HAS_TRITON:
         else:
             i1 = p
             i2 = p + P
-        x1 = tl.load(x_row + i1[None, :], mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + i2[None, :], mask=mask, other=0.0).to(tl.float32)
+        x1 = tl.load(x_row + i1[None, :], mask=mask, other=0.0).to(c.dtype)
+        x2 = tl.load(x_row + i2[None, :], mask=mask, other=0.0).to(c.dtype)
         out_ty = o_row.dtype.element_ty
         tl.store(o_row + i1[None, :], (x1 * c - x2 * sn).to(out_ty), mask=mask)
         tl.store(o_row + i2[None, :], (x1 * sn + x2 * c).to(out_ty), mask=mask)
@@ -146,9 +162,9 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
-        s_start = tl.program_id(0) * BLOCK_S
-        bh = tl.program_id(1)  # one of B * (H + Hkv) heads: q's first, then k's
+        s_start, bh = block_and_head(seq_len, BLOCK_S)
         b = (bh // (heads_q + heads_k)).to(tl.int64)
         h = (bh % (heads_q + heads_k)).to(tl.int64)
         cos_b = cos_ptr + b * cs_sb
@@ -170,6 +186,7 @@ if HAS_TRITON:
                 BLOCK_P,
                 BLOCK_REST,
                 INTERLEAVED,
+                F64,
             )
         else:
             hk = h - heads_q
@@ -189,7 +206,24 @@ if HAS_TRITON:
                 BLOCK_P,
                 BLOCK_REST,
                 INTERLEAVED,
+                F64,
             )
+
+
+#: CUDA's limit on a grid's first dimension (the others take at most 65535, which a batch of many heads passes).
+MAX_PROGRAMS = 2**31 - 1
+
+
+def launch_grid(seq_len: int, block_s: int, heads: int) -> tuple[int]:
+    """The one-dimensional launch grid of both kernels: ``ceil(seq_len / block_s)`` blocks for each of ``heads``
+    (``B * (H + Hkv)``) heads, or ``ValueError`` past :data:`MAX_PROGRAMS`."""
+    programs = -(-seq_len // block_s) * heads
+    if programs > MAX_PROGRAMS:
+        raise ValueError(
+            f"RoPE Triton kernel: {programs} programs (batch * (heads + kv_heads) = {heads}, {seq_len} positions "
+            f"in blocks of {block_s}) exceed CUDA's grid limit {MAX_PROGRAMS}; use impl='reference'"
+        )
+    return (programs,)
 
 
 def _table(t: Tensor, batch: int, seq_len: int, name: str) -> Tensor:
@@ -242,10 +276,6 @@ def rope_qk_triton(
     pairs = c.shape[-1]
     if 2 * pairs > dim:
         raise ValueError(f"cos/sin cover {2 * pairs} rotary dims but head_dim is {dim}")
-    if bsz * (heads_q + heads_k) > 65535:
-        raise ValueError(
-            f"batch * (heads + kv_heads) = {bsz * (heads_q + heads_k)} exceeds Triton's grid limit 65535"
-        )
     q, k = _unit_last(q), _unit_last(k)
     oq, ok = (
         torch.empty(q.shape, dtype=q.dtype, device=q.device),
@@ -257,7 +287,7 @@ def rope_qk_triton(
     rest = dim - 2 * pairs
     block_rest = triton.next_power_of_2(rest) if rest else 0
     block_s = min(triton.next_power_of_2(seq_len), max(1, 1024 // block_p))  # tiles of ~1024 pairs
-    grid = (triton.cdiv(seq_len, block_s), bsz * (heads_q + heads_k))
+    grid = launch_grid(seq_len, block_s, bsz * (heads_q + heads_k))
     cs_sb = 0 if c.shape[0] == 1 else c.stride(0)
     _rope_qk_kernel[grid](
         q, k, oq, ok, c, s, seq_len, heads_q, heads_k,
@@ -267,5 +297,6 @@ def rope_qk_triton(
         ok.stride(0), ok.stride(1), ok.stride(2),
         cs_sb, c.stride(1),
         P=pairs, D=dim, BLOCK_S=block_s, BLOCK_P=block_p, BLOCK_REST=block_rest, INTERLEAVED=interleaved,
+        F64=q.dtype == torch.float64,
     )  # fmt: skip
     return oq, ok

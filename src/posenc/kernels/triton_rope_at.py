@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .triton_rope import HAS_TRITON, runs_on
+from .triton_rope import HAS_TRITON, launch_grid, runs_on
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .triton_rope import rotate_loaded
+    from .triton_rope import block_and_head, rotate_loaded
 
     @triton.jit
     def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
@@ -75,11 +75,12 @@ if HAS_TRITON:
         BLOCK_REST: tl.constexpr,
         INTERLEAVED: tl.constexpr,
         INVERSE: tl.constexpr,
+        F64: tl.constexpr,
     ) -> None:
-        bh = tl.program_id(1)  # one of B * (H + Hkv) heads: q's first, then k's
+        s_start, bh = block_and_head(seq_len, BLOCK_S)  # bh: one of B * (H + Hkv) heads, q's first
         b = (bh // (heads_q + heads_k)).to(tl.int64)
         h = (bh % (heads_q + heads_k)).to(tl.int64)
-        s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+        s = s_start + tl.arange(0, BLOCK_S)
         p = tl.arange(0, BLOCK_P)
         s_ok = s < seq_len
         mask = s_ok[:, None] & (p < P)[None, :]
@@ -106,12 +107,12 @@ if HAS_TRITON:
         if h < heads_q:
             x_row = q_ptr + b * q_sb + h * q_sh + rows * q_ss
             o_row = oq_ptr + b * oq_sb + h * oq_sh + rows * oq_ss
-            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED)
+            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED, F64)
         else:
             hk = h - heads_q
             x_row = k_ptr + b * k_sb + hk * k_sh + rows * k_ss
             o_row = ok_ptr + b * ok_sb + hk * ok_sh + rows * ok_ss
-            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED)
+            rotate_loaded(x_row, o_row, c, sn, s_ok[:, None], P, D, BLOCK_P, BLOCK_REST, INTERLEAVED, F64)
 
 
 _CONSTANTS: dict[tuple[torch.device, float], Tensor] = {}
@@ -162,8 +163,6 @@ def rope_qk_at_triton(
         raise ValueError(f"positions must be (1|{bsz}, {seq_len}), got {tuple(positions.shape)}")
     if cos_t.shape != sin_t.shape or cos_t.dim() != 2 or cos_t.shape[1] != pairs or 2 * pairs > dim:
         raise ValueError(f"tables {tuple(cos_t.shape)} do not match {pairs} frequencies and head_dim {dim}")
-    if bsz * (heads_q + heads_k) > 65535:
-        raise ValueError(f"batch * (heads + kv_heads) = {bsz * (heads_q + heads_k)} exceeds the grid limit")
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     oq, ok = (
@@ -177,7 +176,7 @@ def rope_qk_at_triton(
     block_p = triton.next_power_of_2(pairs)
     rest = dim - 2 * pairs
     block_s = min(triton.next_power_of_2(seq_len), max(1, 1024 // block_p))
-    grid = (triton.cdiv(seq_len, block_s), bsz * (heads_q + heads_k))
+    grid = launch_grid(seq_len, block_s, bsz * (heads_q + heads_k))
     _rope_qk_at_kernel[grid](
         q, k, oq, ok, pos, cos_t.contiguous(), sin_t.contiguous(), inv_freq.to(torch.float64), consts,
         seq_len, cos_t.shape[0], heads_q, heads_k,
@@ -188,6 +187,7 @@ def rope_qk_at_triton(
         0 if pos.shape[0] == 1 else pos.stride(0),
         P=pairs, D=dim, BLOCK_S=block_s, BLOCK_P=block_p,
         BLOCK_REST=triton.next_power_of_2(rest) if rest else 0, INTERLEAVED=interleaved, INVERSE=inverse,
+        F64=q.dtype == torch.float64,
     )  # fmt: skip
     return oq, ok
 

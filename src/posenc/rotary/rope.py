@@ -35,7 +35,8 @@ from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
 
 class RoPE(PositionEncoding):
-    """Rotate queries and keys so that ``<rope(q)_m, rope(k)_n>`` depends only on ``m - n``.
+    """Rotate queries and keys so that ``<rope(q)_m, rope(k)_n>`` depends only on ``m - n`` (Su et al. 2021,
+    "RoFormer: Enhanced Transformer with Rotary Position Embedding", arXiv:2104.09864).
 
     Args:
         head_dim: size ``D`` of each head.
@@ -99,7 +100,12 @@ class RoPE(PositionEncoding):
         base = check_float("base", base, above=1, owner="RoPE")
         interleaved = check_bool("interleaved", interleaved, owner="RoPE")
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="RoPE")
-        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if rotary_dim is None and head_dim % 2:
+            raise ValueError(
+                f"RoPE: head_dim={head_dim} is odd and rotary_dim defaults to head_dim, but dims are rotated in "
+                f"pairs; pass an even rotary_dim <= {head_dim} (partial rotary)"
+            )
+        rotary_dim = head_dim if rotary_dim is None else check_int("rotary_dim", rotary_dim, owner="RoPE")
         check_rotary_dim(rotary_dim, head_dim)
         self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
         if self.scaling is not None:
@@ -252,8 +258,7 @@ class RoPE(PositionEncoding):
             return True
         same = q.dim() == k.dim() == 4 and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:]
         usable = q.device.type == "cuda" and has_triton() and FALLBACK.usable("triton (positions)")
-        float32_math = q.dtype == k.dtype and q.dtype != torch.float64  # the kernel computes in float32
-        return usable and same and float32_math
+        return usable and same and q.dtype == k.dtype
 
     def _rotate_at(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         from ..kernels.triton_rope_at import rope_qk_at  # imports triton only here

@@ -26,7 +26,6 @@ from ..base import PositionEncoding
 from ..functional.rotary import (
     apply_rope,
     apply_rope_pairs,
-    check_rotary_dim,
     pair_matvec,
     phase_dtype,
     rope_cos_sin,
@@ -118,7 +117,9 @@ class XPos(PositionEncoding):
     ) -> None:
         super().__init__()
         head_dim = check_int("head_dim", head_dim, at_least=2, owner="XPos")
-        check_rotary_dim(head_dim)
+        if head_dim % 2:
+            raise ValueError(f"XPos: head_dim must be even (all dims are rotated in pairs), got {head_dim}")
+        base = check_float("base", base, above=1, owner="XPos")
         scale_base = check_float(
             "scale_base (positions per power of zeta)", scale_base, above=0, owner="XPos"
         )
@@ -129,7 +130,6 @@ class XPos(PositionEncoding):
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="XPos")
         if isinstance(center, bool) or not isinstance(center, int):
             raise TypeError(f"xPos center must be an int position, got {center!r}")
-        rope_inv_freq(head_dim, base)  # validates base
         self.head_dim, self.scale_base, self.gamma, self.base = (
             head_dim,
             float(scale_base),
