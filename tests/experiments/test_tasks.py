@@ -160,7 +160,7 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
         (["--tasks", "sort"], "unknown task 'sort'"),
         (["--encodings", "nope"], "unknown encoding(s) nope"),
         (["--seeds", "0,x"], "--seeds '0,x' must be comma-separated integers"),
-        (["--seeds", "1,1"], "seeds must be distinct"),
+        (["--seeds", "1,1"], "--seeds got '1,1', which names 1 twice"),
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (["--train-len", "8"], "task 'passkey' needs length >= 12, got 8"),
         (["--device", "tpu9"], "--device 'tpu9'"),

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .lists import comma_list
 from .paths import path_arg
 
 if TYPE_CHECKING:
@@ -92,12 +93,10 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     names = picture_names(args.run is not None)
     if args.only:
-        names = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        names = comma_list(args.only, "--only", f"picture names from {', '.join(PICTURES)}")
         unknown = [n for n in names if n not in PICTURES]
-        if unknown or not names:
-            raise ValueError(
-                f"--only got {', '.join(unknown) or 'nothing'}; choose from {', '.join(PICTURES)}"
-            )
+        if unknown:
+            raise ValueError(f"--only got {', '.join(unknown)}; choose from {', '.join(PICTURES)}")
         trained = [n for n in names if PICTURES[n][0]]
         if trained and args.run is None:
             raise ValueError(
