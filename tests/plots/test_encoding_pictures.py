@@ -37,15 +37,21 @@ def test_alibi_curve_is_minus_slope_times_distance() -> None:
     torch.testing.assert_close(curve, expected)
 
 
-def test_bias_picture_holds_every_bias_encoding_and_their_curves() -> None:
+def test_bias_picture_holds_every_bias_encoding_and_their_curves_for_the_query_its_title_names() -> None:
+    """The title said "query at factor * L - 1" while the curves were those of a query at factor * L (one more
+    distance, and FIRE, which normalises by the query position, drawn for another query)."""
     ctx = PlotContext(**CTX)
     pic = draw("bias", ctx)
     assert sorted(pic.data["bias"]) == sorted(bias_names())
+    query = ctx.longest - 1  # the last position of a window of factor * L
+    assert f"query at {query})" in pic.figure.get_suptitle()
     for name, layers in pic.data["bias"].items():
-        expected = bias_by_distance(ctx.untrained()[name], ctx.longest)
+        full = ctx.untrained()[name].bias(query + 1, query + 1).double()  # (H, Q, K), a different call
+        expected = full[:, query, :].flip(-1)  # distance d: key at query - d
         torch.testing.assert_close(
             torch.tensor(layers[0], dtype=torch.float64), expected, rtol=1e-6, atol=1e-9
         )
+    assert pic.data["query"] == query
 
 
 def angle_at_position_one(rope: RoPE, pair: int, length: int) -> float:

@@ -66,7 +66,8 @@ def bias_figure(
     fig.suptitle(title)
     data = {
         "train_len": train_len,
-        "distance": "index d of each list: key at distance d from the query",
+        "query": max(c.shape[-1] for layers in curves.values() for c in layers) - 1,
+        "distance": "index d of each list: key at distance d from the query (at position 'query')",
         "bias": {n: [rounded(c.tolist()) for c in layers] for n, layers in curves.items()},
     }
     return Picture(fig, data)

@@ -118,8 +118,9 @@ class PlotContext:
 
 def _bias(ctx: PlotContext) -> Picture:
     encs = {n: [e] for n, e in ctx.untrained().items() if e.family == "bias"}
-    title = f"Attention bias by distance at initialisation ({ctx.heads} heads; query at {ctx.longest - 1})"
-    return bias_figure(bias_curves(encs, ctx.longest), ctx.train_len, title)
+    query = ctx.longest - 1  # the last position of a factor * L window, as the trained picture draws it
+    title = f"Attention bias by distance at initialisation ({ctx.heads} heads; query at {query})"
+    return bias_figure(bias_curves(encs, query), ctx.train_len, title)
 
 
 def _bias_trained(ctx: PlotContext) -> Picture:
