@@ -16,7 +16,8 @@ from posenc.cli import main
 from posenc.experiments.checkpoints import run_lock
 from posenc.experiments.tasks import TASKS, Task, TasksConfig, accuracy, available_tasks, run_tasks
 from posenc.experiments.tasks.generators import COPY_SYMBOLS, is_test_example
-from posenc.experiments.tasks.report import verdict
+from posenc.experiments.tasks.report import verdict, write_report
+from posenc.experiments.tasks.run import TaskContext
 
 LENGTHS = [16, 33, 64, 200]
 
@@ -104,6 +105,26 @@ def test_oracle_scores_one_and_a_wrong_oracle_zero(name: str) -> None:
         a = task.answer_length(length)
         assert accuracy(Oracle(task), examples, a, batch_tokens=64) == 1.0
         assert accuracy(Oracle(task, wrong=True), examples, a) == 0.0
+
+
+def test_report_states_how_many_examples_each_passkey_depth_had(tmp_path: Path) -> None:
+    """4 examples over 5 depths are 1 per depth (5 in all); the report said "4 per length, split over the depths"."""
+    cfg = TasksConfig(eval_examples=4)
+    ctx = TaskContext(cfg, tmp_path, torch.device("cpu"))
+    passkey = TASKS.get("passkey")
+    drawn = {d: ctx.test_set(passkey, 16, d).shape[0] for d in ctx.groups(passkey)}
+    versions = {"world_size": 1, "threads": 1, "torch": torch.__version__, "device": "cpu"}
+    results = {"config": cfg.fingerprint(), "versions": versions, "seeds": [0], "train_len": 16, "tasks": []}
+    results |= {
+        "depths": list(cfg.depths),
+        "wall_seconds": 1.0,
+        "encodings": [],
+        "accuracy": {},
+        "eval_lengths": [16],
+    }
+    report = write_report(results)
+    assert set(drawn.values()) == {1}
+    assert "passkey: 1 at each of the depths 0, 0.25, 0.5, 0.75, 1" in report
 
 
 def test_verdicts() -> None:

@@ -197,6 +197,7 @@ def _setup(results: dict[str, Any]) -> str:
     cfg, v = results["config"], results["versions"]
     t = cfg["train"]
     seeds = ", ".join(str(s) for s in results["seeds"])
+    per_depth = max(1, cfg["eval_examples"] // len(results["depths"]))  # as TaskContext.test_set draws them
     workers = describe_workers(
         results.get("jobs", 1), results.get("threads_per_model", 1), v["world_size"], v["threads"]
     )
@@ -204,8 +205,8 @@ def _setup(results: dict[str, Any]) -> str:
         f"Each model: decoder-only `TransformerLM`, {t['depth']} layers, dim {t['dim']}, {t['heads']} heads, bytes "
         f"as tokens; {t['steps']} AdamW steps of {t['batch_size']} generated examples of a random length up to "
         f"L = {results['train_len']} (peak lr {t['lr']}, cosine), loss on the answer bytes only; seeds {seeds}. "
-        f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: split over the depths "
-        f"{', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
+        f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: {per_depth} at each of the "
+        f"depths {', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
         f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {workers}; wall time "
         f"{results['wall_seconds']:.0f} s."
     )
