@@ -9,7 +9,7 @@ import torch
 
 import posenc
 from posenc.plots.bias import bias_by_distance
-from posenc.plots.pictures import PICTURES, PlotContext, draw
+from posenc.plots.pictures import MIN_DIM, MIN_LENGTH, PICTURES, PlotContext, draw, picture_names
 from posenc.plots.rope_scaling import example_scalings, rope_scaling_figure, yarn_ramp
 from posenc.plots.xpos import xpos_decay, xpos_figure
 from posenc.rotary import RoPE, XPos, available_scalings
@@ -120,6 +120,15 @@ def test_every_untrained_picture_saves_png_and_json(name: str, tmp_path) -> None
         f"{name}.json",
         f"{name}.png",
     ]  # no temporaries left
+
+
+@pytest.mark.parametrize("name", picture_names(with_run=False))
+def test_every_untrained_picture_draws_at_the_smallest_sizes_plot_takes(name: str) -> None:
+    """--dim 2 and --length 1 were taken, then the rope_scaling picture failed midway (dynamic NTK needs a
+    rotary dimension above 2; LongRoPE's temperature divides by ln L); the smallest sizes taken must all draw."""
+    ctx = PlotContext(dim=MIN_DIM, heads=1, train_len=MIN_LENGTH, factor=1, max_distance=1)
+    assert draw(name, ctx).data
+    assert draw(name, PlotContext(dim=MIN_DIM, heads=1, train_len=MIN_LENGTH, factor=3)).data
 
 
 def test_trained_pictures_need_a_run() -> None:

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--dim",
         type=int,
         default=128,
-        help="head_dim of the rotary and sinusoidal pictures (default 128, at most 4096)",
+        help="head_dim of the rotary and sinusoidal pictures (default 128; even, 4 to 4096)",
     )
     p.add_argument(
         "--heads",
@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--length",
         type=int,
         default=None,
-        help="the training length L the pictures are drawn for (default 256, or the run's L with --run); refused when "
+        help="the training length L the pictures are drawn for (default 256, or the run's L with --run; at least 2); "
+        "refused when "
         "a picture would need more than 4 GiB (bias draws heads x factor x L numbers per bias encoding) or half "
         "this machine's memory",
     )

@@ -37,6 +37,9 @@ MAX_BYTES = 4 * 2**30
 BYTES_PER_NUMBER = 160
 #: The largest ``--dim`` (head dimension), ``--heads`` and ``--max-distance`` the pictures take.
 MAX_DIM, MAX_HEADS, MAX_CLIP = 4096, 256, 2**20
+#: The smallest ``--dim`` and ``--length`` every picture can be drawn for: dynamic NTK needs a rotary dimension
+#: above 2 (its base exponent is R / (R - 2)) and LongRoPE's temperature divides by ln(L).
+MIN_DIM, MIN_LENGTH = 4, 2
 
 
 @dataclass
@@ -44,9 +47,9 @@ class PlotContext:
     """What the pictures are drawn for.
 
     Attributes:
-        dim: head dimension of the rotary and sinusoidal pictures (even).
+        dim: head dimension of the rotary and sinusoidal pictures (even, at least :data:`MIN_DIM`).
         heads: heads of the untrained bias encodings.
-        train_len: ``L``; curves by distance go to ``factor * L``.
+        train_len: ``L`` (at least :data:`MIN_LENGTH`); curves by distance go to ``factor * L``.
         factor: how far past ``L`` the pictures look (16 as in Press et al. 2022).
         max_distance: clipping distance of the relative-index picture.
         run: a loaded ``posenc compare`` run, for the trained pictures.
@@ -64,9 +67,9 @@ class PlotContext:
 
     def __post_init__(self) -> None:
         for name, value, least in (
-            ("dim", self.dim, 2),
+            ("dim", self.dim, MIN_DIM),
             ("heads", self.heads, 1),
-            ("length", self.train_len, 1),
+            ("length", self.train_len, MIN_LENGTH),
             ("factor", self.factor, 1),
             ("max-distance", self.max_distance, 1),
             ("windows", self.windows, 1),
@@ -74,7 +77,7 @@ class PlotContext:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"--{name} must be an integer >= {least}, got {value!r}")
         if self.dim % 2:
-            raise ValueError(f"--dim must be an even number >= 2, got {self.dim}")
+            raise ValueError(f"--dim must be an even number >= {MIN_DIM}, got {self.dim}")
         for name, value, most in (
             ("dim", self.dim, MAX_DIM),
             ("heads", self.heads, MAX_HEADS),
@@ -215,15 +218,16 @@ def check_sizes(names: list[str], ctx: PlotContext) -> None:
         small = PlotContext(ctx.dim, ctx.heads, length, ctx.factor, ctx.max_distance)
         return all(picture_bytes(n, small) <= limit for n in names)
 
-    lo, hi = 0, ctx.train_len  # fits(lo) or lo == 0; not fits(hi)
+    least = MIN_LENGTH - 1
+    lo, hi = least, ctx.train_len  # fits(lo) or lo == least; not fits(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     gib = f"the {name} picture would need about {need / 2**30:,.1f} GiB, more than the {limit / 2**30:.1f} GiB a "
-    if lo == 0:
+    if lo == least:
         raise ValueError(
             f"--factor {ctx.factor}, --dim {ctx.dim} and --heads {ctx.heads} are too large to plot: even at "
-            f"--length 1 {gib}picture may use here; lower them (or leave {name} out with --only)"
+            f"--length {MIN_LENGTH} {gib}picture may use here; lower them (or leave {name} out with --only)"
         )
     raise ValueError(
         f"--length {ctx.train_len} is too large to plot: with --factor {ctx.factor}, --dim {ctx.dim} and "
