@@ -52,6 +52,10 @@ def test_bias_picture_holds_every_bias_encoding_and_their_curves_for_the_query_i
             torch.tensor(layers[0], dtype=torch.float64), expected, rtol=1e-6, atol=1e-9
         )
     assert pic.data["query"] == query
+    legend = pic.figure.axes[0].get_legend()  # the heads were labelled but no legend was drawn
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == [
+        f"head {h}" for h in range(4)
+    ]
 
 
 def angle_at_position_one(rope: RoPE, pair: int, length: int) -> float:
