@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posenc
-from posenc.plots.compare import perplexity_figure
+from posenc.plots.compare import curves_figure, perplexity_figure
 from posenc.plots.palette import NEUTRAL, encoding_color, scaling_color, shade
 from posenc.rotary import available_scalings
 
@@ -38,5 +38,19 @@ def test_compare_figure_uses_the_palette() -> None:
     }
     ax = perplexity_figure(results).axes[0]
     drawn = {line.get_label(): mc.to_hex(line.get_color()) for line in ax.get_lines()}
+    for n in names:
+        assert drawn[n] == encoding_color(n)
+
+
+def test_learning_curves_use_the_palette() -> None:
+    """The learning curves took tab10 by position in the run (rope blue there, red in the perplexity figure)."""
+    import matplotlib.colors as mc
+
+    names = posenc.available()[-3:]
+    curve = {"steps": [1, 2], "8": [3.0, 2.0], "32": [4.0, 3.0]}
+    results = {"train_len": 8, "encodings": names, "runs": {n: {"0": {"curve": curve}} for n in names}}
+    fig = curves_figure(results)
+    assert fig is not None
+    drawn = {line.get_label(): mc.to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
     for n in names:
         assert drawn[n] == encoding_color(n)

@@ -76,12 +76,9 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
 
 
 def curves_figure(results: dict[str, Any]) -> Figure | None:
-    """Validation perplexity (log y) against training step, at L (solid) and 4L (dashed), one colour per
-    encoding, the mean over seeds of ``results["runs"][encoding][seed]["curve"]``; None without curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    """Validation perplexity (log y) against training step, at L (solid) and 4L (dashed), in each encoding's
+    colour (:func:`encoding_color`, as in every figure), the mean over seeds of
+    ``results["runs"][encoding][seed]["curve"]``; None without curves."""
     from matplotlib.ticker import FormatStrFormatter
 
     runs = results.get("runs", {})
@@ -89,10 +86,9 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
     if not names:
         return None
     train_len = results["train_len"]
-    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
+    fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
-    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    for i, name in enumerate(names):
+    for name in names:
         curves = [r["curve"] for r in runs[name].values() if r.get("curve")]
         for key, style in ((str(train_len), "-"), (str(4 * train_len), "--")):
             rows = [[v for v in c.get(key, []) if v is not None] for c in curves]
@@ -100,7 +96,7 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
                 continue
             ys = [sum(float(v) for v in col) / len(col) for col in zip(*rows, strict=True)]
             label = name if style == "-" else None
-            ax.plot(curves[0]["steps"][: len(ys)], ys, style, color=palette(i % palette.N), label=label)
+            ax.plot(curves[0]["steps"][: len(ys)], ys, style, color=encoding_color(name), label=label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
