@@ -16,7 +16,7 @@ from posenc.cli import main
 from posenc.experiments.checkpoints import run_lock
 from posenc.experiments.tasks import TASKS, Task, TasksConfig, accuracy, available_tasks, run_tasks
 from posenc.experiments.tasks.generators import COPY_SYMBOLS, is_test_example
-from posenc.experiments.tasks.report import verdict, write_report
+from posenc.experiments.tasks.report import learned_note, verdict, write_report
 from posenc.experiments.tasks.run import TaskContext
 
 LENGTHS = [16, 33, 64, 200]
@@ -125,6 +125,13 @@ def test_report_states_how_many_examples_each_passkey_depth_had(tmp_path: Path) 
     report = write_report(results)
     assert set(drawn.values()) == {1}
     assert "passkey: 1 at each of the depths 0, 0.25, 0.5, 0.75, 1" in report
+
+
+def test_best_row_at_l_is_the_first_of_a_tie() -> None:
+    """At L the rope+<method> rows are the rope model unscaled; a tie named the last name in sort order."""
+    acc = {"none": {"16": 0.25}, "rope": {"16": 1.0}, "rope+linear": {"16": 1.0}, "rope+yarn": {"16": 1.0}}
+    note = learned_note({"train_len": 16, "accuracy": {"copy": acc}}, "copy")
+    assert note == "Learned at L: best **rope** (100 %)."
 
 
 def test_verdicts() -> None:

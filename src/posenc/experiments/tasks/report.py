@@ -100,14 +100,17 @@ def task_table(results: dict[str, Any], task: str) -> str:
 
 
 def learned_note(results: dict[str, Any], task: str) -> str:
-    """Whether the best row reached :data:`TARGET` at L (else the budget was too small)."""
+    """Whether the best row reached :data:`TARGET` at L (else the budget was too small). Rows that tie are named by
+    the first of them in table order: ``rope+<method>`` rows at L are the ``rope`` model unchanged."""
     train_len = str(results["train_len"])
     scored = [
         (v.get(train_len), r) for r, v in results["accuracy"][task].items() if v.get(train_len) is not None
     ]
     if not scored:
         return "Nothing was measured at L."
-    best, row = max(scored)
+    best, row = max(
+        scored, key=lambda vr: vr[0]
+    )  # a tie goes to the first row of the table (rope, not rope+yarn)
     if best >= TARGET:
         return f"Learned at L: best **{row}** ({_pct(best)} %)."
     return (
