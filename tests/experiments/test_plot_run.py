@@ -107,3 +107,18 @@ def test_a_damaged_config_is_one_line_naming_it(
     (run / "config.json").write_text(text)
     err = _plot_error(run, tmp_path, capsys)
     assert f"{run / 'config.json'} {message}" in err
+
+
+def test_a_run_without_a_bias_encoding_draws_every_other_picture(
+    plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bias_trained, drawn by default, failed the whole command (after the untrained pictures, before the attention
+    ones) for a run without ALiBi, T5, FIRE or Kerple; by default it is skipped, by name it is still an error."""
+    run = _copy(plotted[0], tmp_path)
+    shutil.rmtree(run / "checkpoints" / "alibi")  # only learned is left
+    out = tmp_path / "plots"
+    assert main(["plot", "--run", str(run), "--out", str(out), "--dim", "16", "--length", "16"]) == 0
+    assert "skipped bias_trained: --run" in capsys.readouterr().out
+    drawn = {p.stem for p in out.glob("*.png")}
+    assert drawn == set(picture_names(with_run=True)) - {"bias_trained"}
+    _plot_error(run, tmp_path / "only", capsys)  # --only bias_trained

@@ -88,7 +88,7 @@ def context(args: argparse.Namespace, length: int, trained_run: TrainedRun | Non
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.checkpoints import check_out_dir
-    from ..plots.pictures import PICTURES, check_sizes, draw, picture_names
+    from ..plots.pictures import PICTURES, NotApplicable, check_sizes, draw, picture_names
     from ..plots.run import load_run
 
     check_out_dir(args.out)
@@ -113,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
     check_sizes(names, ctx)
     for name in names:
         start = time.perf_counter()
-        paths = draw(name, ctx).save(args.out, name)
+        try:
+            picture = draw(name, ctx)
+        except NotApplicable as err:
+            if args.only:  # asked for by name: an error
+                raise
+            print(f"skipped {name}: {err}")  # drawing all that apply: this one does not
+            continue
+        paths = picture.save(args.out, name)
         print(f"{paths[0]}  (+ .json, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -42,6 +42,11 @@ MAX_DIM, MAX_HEADS, MAX_CLIP = 4096, 256, 2**20
 MIN_DIM, MIN_LENGTH = 4, 2
 
 
+class NotApplicable(ValueError):
+    """A picture that has nothing to show here (a run without an attention-bias encoding has no trained bias):
+    skipped when drawing every picture that applies, an error when asked for by name."""
+
+
 @dataclass
 class PlotContext:
     """What the pictures are drawn for.
@@ -131,7 +136,7 @@ def _bias_trained(ctx: PlotContext) -> Picture:
     layers = {n: m.layer_encodings() for n, m in run.models.items()}
     encs = {n: ls for n, ls in layers.items() if ls and ls[0].family == "bias"}
     if not encs:
-        raise ValueError(f"--run {run.folder} has no attention-bias encoding to draw")
+        raise NotApplicable(f"--run {run.folder} has no attention-bias encoding to draw")
     longest = run.lengths[-1]
     title = f"Trained attention bias by distance ({run.folder.name}; query at {longest - 1})"
     return bias_figure(bias_curves(encs, longest - 1), run.train_len, title)
@@ -140,7 +145,7 @@ def _bias_trained(ctx: PlotContext) -> Picture:
 def _xpos(ctx: PlotContext) -> Picture:
     found = [(n, e) for n, e in ctx.untrained().items() if isinstance(e, XPos)]
     if not found:
-        raise ValueError("no registered encoding is an xPos")
+        raise NotApplicable("no registered encoding is an xPos")
     name, enc = found[0]
     return xpos_figure(enc, ctx.longest, ctx.train_len, name)
 
@@ -245,6 +250,7 @@ def draw(name: str, ctx: PlotContext) -> Picture:
     """Draw picture ``name``.
 
     Raises:
+        NotApplicable: the picture has nothing to show for ``ctx`` (see :class:`NotApplicable`).
         ValueError: unknown name, or a trained picture without a run.
     """
     if name not in PICTURES:
