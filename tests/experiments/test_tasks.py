@@ -190,7 +190,11 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
         (["--seeds", "0,x"], "--seeds '0,x' must be comma-separated integers"),
         (["--seeds", "1,1"], "--seeds got '1,1', which names 1 twice"),
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
-        (["--train-len", "8"], "task 'passkey' needs length >= 12, got 8"),
+        (
+            ["--train-len", "8"],
+            "task 'passkey' needs length >= 12, got 8: passkey is trained up to L = 8 (--train-len)",
+        ),
+        (["--train-len", "700"], "length 2800 is too long: assoc is trained up to L = 700 (--train-len)"),
         (["--device", "tpu9"], "--device 'tpu9'"),
         (["--jobs", "0"], "jobs must be a positive integer, got 0"),
     ],
