@@ -135,6 +135,19 @@ def test_every_untrained_picture_draws_at_the_smallest_sizes_plot_takes(name: st
     assert draw(name, PlotContext(dim=MIN_DIM, heads=1, train_len=MIN_LENGTH, factor=3)).data
 
 
+def test_untrained_encodings_are_seeded_without_touching_the_callers_generator() -> None:
+    """untrained() called torch.manual_seed(0) on the global generator: drawing a picture reset a user's seed."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    first = PlotContext(**CTX).untrained()
+    assert torch.equal(torch.rand(3), expected)
+    again = PlotContext(**CTX).untrained()
+    for name, enc in first.items():  # still reproducible
+        for a, b in zip(enc.state_dict().values(), again[name].state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_trained_pictures_need_a_run() -> None:
     with pytest.raises(ValueError, match="--run"):
         draw("attention_distance", PlotContext(**CTX))

@@ -97,14 +97,15 @@ class PlotContext:
 
     def untrained(self) -> dict[str, PositionEncoding]:
         """Every registered encoding the untrained pictures draw (the bias family and xPos) as ``posenc.build``
-        makes it (seeded, so FIRE's weights are reproducible)."""
+        makes it (seeded, so FIRE's weights are reproducible; the global torch generator is left untouched)."""
         if not self._built:
-            torch.manual_seed(0)
             heads = self.heads
             drawn = [n for n in available() if n in available("bias") or issubclass(encoding_class(n), XPos)]
-            self._built.update(
-                {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in drawn}
-            )
+            with torch.random.fork_rng(devices=[]):  # seeded here, the caller's generator left as it was
+                torch.manual_seed(0)
+                self._built.update(
+                    {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in drawn}
+                )
         return self._built
 
     def trained(self) -> TrainedRun:
