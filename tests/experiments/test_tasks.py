@@ -315,3 +315,22 @@ def test_checkpoint_of_another_model_is_named(first_run: tuple[Path, dict], tmp_
         ValueError, match=r"none-s0\.pt was not made by this run \(a checkpoint of copy/rope/seed 1"
     ):
         run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[0], out=out, device="cpu", progress=False)
+
+
+def test_accuracy_figure_legend_names_the_rows_of_every_task() -> None:
+    """The legend came from the first panel only: a row that only a later task has (a rerun that added an encoding
+    to one task) was drawn without a name."""
+    from posenc.plots.tasks import accuracy_figure
+
+    results = {
+        "train_len": 16,
+        "eval_lengths": [16, 32],
+        "tasks": ["passkey", "copy"],
+        "seeds": [0],
+        "accuracy": {
+            "passkey": {"none": {"16": 1.0, "32": 0.5}},
+            "copy": {"none": {"16": 1.0, "32": 0.0}, "rope": {"16": 1.0, "32": 0.0}},
+        },
+    }
+    legend = accuracy_figure(results).legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["none", "rope"]
