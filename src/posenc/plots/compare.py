@@ -91,12 +91,12 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
     for name in names:
         curves = [r["curve"] for r in runs[name].values() if r.get("curve")]
         for key, style in ((str(train_len), "-"), (str(4 * train_len), "--")):
-            rows = [[v for v in c.get(key, []) if v is not None] for c in curves]
-            if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+            points = _mean_curve(curves, key)
+            if not points:
                 continue
-            ys = [sum(float(v) for v in col) / len(col) for col in zip(*rows, strict=True)]
             label = name if style == "-" else None
-            ax.plot(curves[0]["steps"][: len(ys)], ys, style, color=encoding_color(name), label=label)
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, style, color=encoding_color(name), label=label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -108,3 +108,19 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     return fig
+
+
+def _mean_curve(curves: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """``(step, mean over seeds)`` of the curves' ``key`` at every step where each seed has a value (a missing or
+    non-finite point leaves its step out, never shifts the later points onto earlier steps); [] when the seeds'
+    steps differ."""
+    steps = curves[0].get("steps", [])
+    rows = [c.get(key, []) for c in curves]
+    if any(c.get("steps") != steps or len(r) != len(steps) for c, r in zip(curves, rows, strict=True)):
+        return []
+    out = []
+    for i, step in enumerate(steps):
+        values = [r[i] for r in rows]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            out.append((step, sum(float(v) for v in values) / len(values)))
+    return out
