@@ -244,7 +244,8 @@ def write_report(results: dict[str, Any], figures: list[str] | None = None) -> s
         "## Notes",
         "- `learned` has a table of exactly L positions, so it cannot take longer inputs: n/a.\n"
         "- `rope+<method>` rows are the trained `rope` model evaluated with inference-time context extension, "
-        "factor = evaluation length / L, as in `posenc compare`.\n"
+        "factor = evaluation length / L, as in `posenc compare`; dynamic NTK's frequencies are those of "
+        "the whole example (one forward pass), not re-derived for each answer byte from a shorter prefix.\n"
         "- A tiny model and a short budget: treat single-digit differences as noise; run more `--seeds`.",
     ]
     return "\n\n".join(parts) + "\n"
