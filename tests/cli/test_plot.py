@@ -46,6 +46,7 @@ def test_only_draws_the_named_pictures(tmp_path: Path) -> None:
         (["--only", "nope"], "--only got nope; choose from"),
         (["--only", "attention_distance"], "needs --run DIR"),
         (["--run", "/nonexistent/run"], "no config.json there"),
+        (["--run", "/nonexistent/run", "--windows", "0"], "--windows must be an integer >= 1, got 0"),
         (["--length", "100000000"], "--length 100000000 is too large to plot"),
         (["--length", "100000000", "--run", "/nonexistent/run"], "--length takes at most"),
         (["--length", "100000000", "--only", "sinusoidal"], "the sinusoidal picture would need about"),

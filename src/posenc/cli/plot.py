@@ -103,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--only {', '.join(trained)} needs --run DIR (a `posenc compare` output folder)"
             )
-    if args.length is not None:  # sizes are refused before a run's models are loaded
-        check_sizes(names, context(args, args.length))
+    given = context(
+        args, 256 if args.length is None else args.length
+    )  # bad flags: refused before loading a run
+    if args.length is not None:  # so are sizes
+        check_sizes(names, given)
     trained_run = load_run(args.run) if args.run is not None else None
     length = args.length
     if length is None:
