@@ -385,3 +385,26 @@ def test_accuracy_figure_legend_names_the_rows_of_every_task() -> None:
     }
     legend = accuracy_figure(results).legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["none", "rope"]
+
+
+def test_a_record_without_a_newer_row_is_summarised_not_a_crash() -> None:
+    """Seed 0's record (from an earlier run) lacks rope+new, seed 1's has it: the summary took its rows from the
+    first seed and then read rows of the others by them, a KeyError after every model had trained (results.json
+    never written)."""
+    from posenc.experiments.tasks.results import aggregate
+
+    def cells(value: float) -> dict[str, dict[str, float]]:
+        return {"16": {"all": value}, "32": {"all": value / 2}}
+
+    old = {"cells": {"rope": cells(1.0)}, "final_train_loss": 0.1, "train_seconds": 1.0, "eval_seconds": 1.0}
+    new = {**old, "cells": {"rope": cells(0.5), "rope+new": cells(0.8)}}
+    runs = {"copy": {"rope": {"0": new, "1": old}}}  # the seed that lacks the row second: KeyError before
+    results = aggregate(runs, {"eval_lengths": [16, 32]})
+    assert results["accuracy"]["copy"]["rope"] == {"16": 0.75, "32": 0.375}
+    assert results["accuracy"]["copy"]["rope+new"] == {"16": 0.8, "32": 0.4}  # the one seed evaluated with it
+    assert list(results["accuracy_by_seed"]["copy"]["rope+new"]) == ["0"]
+    runs = {"copy": {"rope": {"0": old, "1": new}}}  # the seed that lacks the row first: the row was lost
+    assert aggregate(runs, {"eval_lengths": [16, 32]})["accuracy"]["copy"]["rope+new"] == {
+        "16": 0.8,
+        "32": 0.4,
+    }
