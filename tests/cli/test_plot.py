@@ -37,13 +37,16 @@ def test_only_draws_the_named_pictures(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--length", "0"], "--length must be an integer >= 1, got 0"),
+        (["--length", "0"], "--length must be an integer >= 2, got 0"),
+        (["--length", "1"], "--length must be an integer >= 2, got 1"),  # was LongRoPE's error, midway
         (["--dim", "7"], "--dim must be an even number"),
+        (["--dim", "2"], "--dim must be an integer >= 4, got 2"),  # was dynamic NTK's error, midway
         (["--heads", "0"], "--heads must be an integer >= 1"),
         (["--factor", "0"], "--factor must be an integer >= 1"),
         (["--only", "nope"], "--only got nope; choose from"),
         (["--only", "attention_distance"], "needs --run DIR"),
         (["--run", "/nonexistent/run"], "no config.json there"),
+        (["--run", "/nonexistent/run", "--windows", "0"], "--windows must be an integer >= 1, got 0"),
         (["--length", "100000000"], "--length 100000000 is too large to plot"),
         (["--length", "100000000", "--run", "/nonexistent/run"], "--length takes at most"),
         (["--length", "100000000", "--only", "sinusoidal"], "the sinusoidal picture would need about"),
@@ -62,6 +65,7 @@ def test_bad_arguments_give_one_line(
     assert main(["plot", "--out", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # refused before drawing
 
 
 def test_out_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

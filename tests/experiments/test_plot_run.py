@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,70 @@ def test_attention_pictures_cover_l_and_16l(plotted: tuple[Path, Path]) -> None:
     assert dist["learned"]["256"] is None  # its table stops at L
     weights = torch.tensor(dist["alibi"]["256"]["all_layers"])
     assert weights.shape == (256,) and (weights > 0).all() and weights[0] > weights[-1]  # ALiBi stays local
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def _plot_error(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    out = tmp_path / "plots"
+    assert main(["plot", "--run", str(run), "--out", str(out), "--only", "bias_trained"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists() or not any(out.iterdir())
+    return err
+
+
+def test_a_checkpoint_of_another_encoding_is_refused_not_drawn_under_its_folders_name(
+    plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """learned's checkpoint copied over alibi's was drawn as "alibi" (its bias: none at all)."""
+    run = _copy(plotted[0], tmp_path)
+    shutil.copy(run / "checkpoints" / "learned" / "seed0.pt", run / "checkpoints" / "alibi" / "seed0.pt")
+    err = _plot_error(run, tmp_path, capsys)
+    assert f"{run / 'checkpoints' / 'alibi' / 'seed0.pt'} was not made by this run" in err
+    assert "a checkpoint of 'learned', not of 'alibi'" in err
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(
+    plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint trained at another L was drawn with this run's L marked on it."""
+    run = _copy(plotted[0], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["train_len"] *= 2
+    (run / "config.json").write_text(json.dumps(config))
+    err = _plot_error(run, tmp_path, capsys)
+    assert "was not made by this run (train.train_len:" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("{", "is not a readable run configuration"), ("{}", "is not a `posenc compare` configuration")],
+)
+def test_a_damaged_config_is_one_line_naming_it(
+    text: str, message: str, plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'{' gave json's bare "Expecting property name ..." and '{}' a KeyError traceback."""
+    run = _copy(plotted[0], tmp_path)
+    (run / "config.json").write_text(text)
+    err = _plot_error(run, tmp_path, capsys)
+    assert f"{run / 'config.json'} {message}" in err
+
+
+def test_a_run_without_a_bias_encoding_draws_every_other_picture(
+    plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bias_trained, drawn by default, failed the whole command (after the untrained pictures, before the attention
+    ones) for a run without ALiBi, T5, FIRE or Kerple; by default it is skipped, by name it is still an error."""
+    run = _copy(plotted[0], tmp_path)
+    shutil.rmtree(run / "checkpoints" / "alibi")  # only learned is left
+    out = tmp_path / "plots"
+    assert main(["plot", "--run", str(run), "--out", str(out), "--dim", "16", "--length", "16"]) == 0
+    assert "skipped bias_trained: --run" in capsys.readouterr().out
+    drawn = {p.stem for p in out.glob("*.png")}
+    assert drawn == set(picture_names(with_run=True)) - {"bias_trained"}
+    _plot_error(run, tmp_path / "only", capsys)  # --only bias_trained

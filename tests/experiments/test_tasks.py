@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import posenc
@@ -106,6 +108,55 @@ def test_oracle_scores_one_and_a_wrong_oracle_zero(name: str) -> None:
         assert accuracy(Oracle(task, wrong=True), examples, a) == 0.0
 
 
+class Corrupted(nn.Module):
+    """:class:`Oracle`, with its prediction of the byte ``back`` places from the end of the example made wrong."""
+
+    def __init__(self, task: Task, back: int) -> None:
+        super().__init__()
+        self.oracle, self.back = Oracle(task), back
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out = self.oracle(tokens)  # (B, S, 256): row t predicts byte t + 1 of the example of S + 1 bytes
+        row = tokens.shape[1] - self.back
+        out[:, row] = out[:, row].roll(1, dims=-1)  # all the mass on a wrong byte
+        return out
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_exactly_the_answer_bytes_are_scored(name: str) -> None:
+    """A wrong last answer byte, or a wrong first one, fails the example; a wrong byte just before the answer
+    (the prompt's last byte) does not count: no off-by-one at either end of the scored span."""
+    task = TASKS[name]
+    for length in (16, 33):
+        examples = task.batch(length, 4, split="test", seed=0)
+        a = task.answer_length(length)
+        assert accuracy(Corrupted(task, 1), examples, a) == 0.0  # the last answer byte
+        assert accuracy(Corrupted(task, a), examples, a) == 0.0  # the first answer byte
+        assert accuracy(Corrupted(task, a + 1), examples, a) == 1.0  # the prompt's last byte
+
+
+@given(
+    name=st.sampled_from(available_tasks()),
+    extra=st.integers(0, 1500),
+    split=st.sampled_from(["train", "test"]),
+    seed=st.integers(0, 2**32 - 1),
+    index=st.integers(0, 10**6),
+    depth=st.floats(0.0, 1.0),
+)
+@settings(max_examples=40, deadline=None)
+def test_every_example_is_exact_length_solvable_and_in_its_split(
+    name: str, extra: int, split: str, seed: int, index: int, depth: float
+) -> None:
+    task = TASKS[name]
+    length = task.min_length + extra
+    x = task.example(length, split=split, seed=seed, index=index, depth=depth)
+    a = task.answer_length(length)
+    assert len(x) == length and 1 <= a < length and task.solve(x[:-a]) == x[-a:]
+    assert is_test_example(x) == (split == "test")
+    if name == "passkey":  # the key's "#" sits after round(depth * filler) bytes of filler
+        assert x.index(b"#") == round(depth * (length - task.min_length))
+
+
 def test_verdicts() -> None:
     lengths = [8, 16, 32]
     assert verdict({"8": 1.0, "16": 0.95, "32": 0.9}, lengths) == "holds"
@@ -160,9 +211,13 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
         (["--tasks", "sort"], "unknown task 'sort'"),
         (["--encodings", "nope"], "unknown encoding(s) nope"),
         (["--seeds", "0,x"], "--seeds '0,x' must be comma-separated integers"),
-        (["--seeds", "1,1"], "seeds must be distinct"),
+        (["--seeds", "1,1"], "--seeds got '1,1', which names 1 twice"),
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
-        (["--train-len", "8"], "task 'passkey' needs length >= 12, got 8"),
+        (
+            ["--train-len", "8"],
+            "task 'passkey' needs length >= 12, got 8: passkey is trained up to L = 8 (--train-len)",
+        ),
+        (["--train-len", "700"], "length 2800 is too long: assoc is trained up to L = 700 (--train-len)"),
         (["--device", "tpu9"], "--device 'tpu9'"),
         (["--jobs", "0"], "jobs must be a positive integer, got 0"),
     ],

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import posenc
 from posenc.models import TransformerLM
 from posenc.plots.attention import (
     AttentionStats,
@@ -43,7 +44,7 @@ def by_hand(m: TransformerLM, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     return logits.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
-@pytest.mark.parametrize("name", ["alibi", "rope", "shaw", "sinusoidal"])
+@pytest.mark.parametrize("name", posenc.available())
 def test_stats_match_weights_computed_by_hand(name: str) -> None:
     m = model(name)
     tokens = torch.randint(0, 256, (3 * 24,), dtype=torch.uint8)

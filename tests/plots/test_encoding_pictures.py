@@ -9,7 +9,7 @@ import torch
 
 import posenc
 from posenc.plots.bias import bias_by_distance
-from posenc.plots.pictures import PICTURES, PlotContext, draw
+from posenc.plots.pictures import MIN_DIM, MIN_LENGTH, PICTURES, PlotContext, draw, picture_names
 from posenc.plots.rope_scaling import example_scalings, rope_scaling_figure, yarn_ramp
 from posenc.plots.xpos import xpos_decay, xpos_figure
 from posenc.rotary import RoPE, XPos, available_scalings
@@ -37,15 +37,25 @@ def test_alibi_curve_is_minus_slope_times_distance() -> None:
     torch.testing.assert_close(curve, expected)
 
 
-def test_bias_picture_holds_every_bias_encoding_and_their_curves() -> None:
+def test_bias_picture_holds_every_bias_encoding_and_their_curves_for_the_query_its_title_names() -> None:
+    """The title said "query at factor * L - 1" while the curves were those of a query at factor * L (one more
+    distance, and FIRE, which normalises by the query position, drawn for another query)."""
     ctx = PlotContext(**CTX)
     pic = draw("bias", ctx)
     assert sorted(pic.data["bias"]) == sorted(bias_names())
+    query = ctx.longest - 1  # the last position of a window of factor * L
+    assert f"query at {query})" in pic.figure.get_suptitle()
     for name, layers in pic.data["bias"].items():
-        expected = bias_by_distance(ctx.untrained()[name], ctx.longest)
+        full = ctx.untrained()[name].bias(query + 1, query + 1).double()  # (H, Q, K), a different call
+        expected = full[:, query, :].flip(-1)  # distance d: key at query - d
         torch.testing.assert_close(
             torch.tensor(layers[0], dtype=torch.float64), expected, rtol=1e-6, atol=1e-9
         )
+    assert pic.data["query"] == query
+    legend = pic.figure.axes[0].get_legend()  # the heads were labelled but no legend was drawn
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == [
+        f"head {h}" for h in range(4)
+    ]
 
 
 def angle_at_position_one(rope: RoPE, pair: int, length: int) -> float:
@@ -114,6 +124,28 @@ def test_every_untrained_picture_saves_png_and_json(name: str, tmp_path) -> None
         f"{name}.json",
         f"{name}.png",
     ]  # no temporaries left
+
+
+@pytest.mark.parametrize("name", picture_names(with_run=False))
+def test_every_untrained_picture_draws_at_the_smallest_sizes_plot_takes(name: str) -> None:
+    """--dim 2 and --length 1 were taken, then the rope_scaling picture failed midway (dynamic NTK needs a
+    rotary dimension above 2; LongRoPE's temperature divides by ln L); the smallest sizes taken must all draw."""
+    ctx = PlotContext(dim=MIN_DIM, heads=1, train_len=MIN_LENGTH, factor=1, max_distance=1)
+    assert draw(name, ctx).data
+    assert draw(name, PlotContext(dim=MIN_DIM, heads=1, train_len=MIN_LENGTH, factor=3)).data
+
+
+def test_untrained_encodings_are_seeded_without_touching_the_callers_generator() -> None:
+    """untrained() called torch.manual_seed(0) on the global generator: drawing a picture reset a user's seed."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    first = PlotContext(**CTX).untrained()
+    assert torch.equal(torch.rand(3), expected)
+    again = PlotContext(**CTX).untrained()
+    for name, enc in first.items():  # still reproducible
+        for a, b in zip(enc.state_dict().values(), again[name].state_dict().values(), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_trained_pictures_need_a_run() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posenc
-from posenc.plots.compare import perplexity_figure
+from posenc.plots.compare import curves_figure, perplexity_figure
 from posenc.plots.palette import NEUTRAL, encoding_color, scaling_color, shade
 from posenc.rotary import available_scalings
 
@@ -40,3 +40,28 @@ def test_compare_figure_uses_the_palette() -> None:
     drawn = {line.get_label(): mc.to_hex(line.get_color()) for line in ax.get_lines()}
     for n in names:
         assert drawn[n] == encoding_color(n)
+
+
+def test_learning_curves_use_the_palette() -> None:
+    """The learning curves took tab10 by position in the run (rope blue there, red in the perplexity figure)."""
+    import matplotlib.colors as mc
+
+    names = posenc.available()[-3:]
+    curve = {"steps": [1, 2], "8": [3.0, 2.0], "32": [4.0, 3.0]}
+    results = {"train_len": 8, "encodings": names, "runs": {n: {"0": {"curve": curve}} for n in names}}
+    fig = curves_figure(results)
+    assert fig is not None
+    drawn = {line.get_label(): mc.to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
+    for n in names:
+        assert drawn[n] == encoding_color(n)
+
+
+def test_learning_curve_points_stay_at_their_steps() -> None:
+    """A missing point (a non-finite perplexity is stored as null) was dropped and the later points slid onto
+    earlier steps: 2.0 measured at step 30 was drawn at step 20."""
+    curve = {"steps": [10, 20, 30], "8": [3.0, None, 2.0]}
+    results = {"train_len": 8, "encodings": ["rope"], "runs": {"rope": {"0": {"curve": curve}}}}
+    fig = curves_figure(results)
+    assert fig is not None
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "rope"]
+    assert list(line.get_xdata()) == [10, 30] and list(line.get_ydata()) == [3.0, 2.0]

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .lists import comma_list
 from .paths import path_arg
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ def _check_train_flags(args: argparse.Namespace, cfg: CompareConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import available
     from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import run_compare
     from ..experiments.dist import resolve_device
@@ -203,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cpu_threads())
     cfg = config_from_args(args)
-    names = None if args.encodings is None else [n.strip() for n in args.encodings.split(",") if n.strip()]
+    names = None
+    if args.encodings is not None:
+        names = comma_list(args.encodings, "--encodings", f"names from {', '.join(available())}")
     check_out_dir(args.out)
     device = resolve_device(args.device)  # a bad --device is refused before the folder is touched
     if jobs is not None:  # so is a bad --jobs

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .lists import comma_list
 from .paths import path_arg
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--dim",
         type=int,
         default=128,
-        help="head_dim of the rotary and sinusoidal pictures (default 128, at most 4096)",
+        help="head_dim of the rotary and sinusoidal pictures (default 128; even, 4 to 4096)",
     )
     p.add_argument(
         "--heads",
@@ -49,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--length",
         type=int,
         default=None,
-        help="the training length L the pictures are drawn for (default 256, or the run's L with --run); refused when "
+        help="the training length L the pictures are drawn for (default 256, or the run's L with --run; at least 2); "
+        "refused when "
         "a picture would need more than 4 GiB (bias draws heads x factor x L numbers per bias encoding) or half "
         "this machine's memory",
     )
@@ -86,25 +88,26 @@ def context(args: argparse.Namespace, length: int, trained_run: TrainedRun | Non
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.checkpoints import check_out_dir
-    from ..plots.pictures import PICTURES, check_sizes, draw, picture_names
+    from ..plots.pictures import PICTURES, NotApplicable, check_sizes, draw, picture_names
     from ..plots.run import load_run
 
     check_out_dir(args.out)
     names = picture_names(args.run is not None)
     if args.only:
-        names = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        names = comma_list(args.only, "--only", f"picture names from {', '.join(PICTURES)}")
         unknown = [n for n in names if n not in PICTURES]
-        if unknown or not names:
-            raise ValueError(
-                f"--only got {', '.join(unknown) or 'nothing'}; choose from {', '.join(PICTURES)}"
-            )
+        if unknown:
+            raise ValueError(f"--only got {', '.join(unknown)}; choose from {', '.join(PICTURES)}")
         trained = [n for n in names if PICTURES[n][0]]
         if trained and args.run is None:
             raise ValueError(
                 f"--only {', '.join(trained)} needs --run DIR (a `posenc compare` output folder)"
             )
-    if args.length is not None:  # sizes are refused before a run's models are loaded
-        check_sizes(names, context(args, args.length))
+    given = context(
+        args, 256 if args.length is None else args.length
+    )  # bad flags: refused before loading a run
+    if args.length is not None:  # so are sizes
+        check_sizes(names, given)
     trained_run = load_run(args.run) if args.run is not None else None
     length = args.length
     if length is None:
@@ -113,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     check_sizes(names, ctx)
     for name in names:
         start = time.perf_counter()
-        paths = draw(name, ctx).save(args.out, name)
+        try:
+            picture = draw(name, ctx)
+        except NotApplicable as err:
+            if args.only:  # asked for by name: an error
+                raise
+            print(f"skipped {name}: {err}")  # drawing all that apply: this one does not
+            continue
+        paths = picture.save(args.out, name)
         print(f"{paths[0]}  (+ .json, {time.perf_counter() - start:.1f} s)")
     return 0

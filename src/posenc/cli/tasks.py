@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from .lists import comma_list
 from .paths import path_arg
 
 
@@ -57,13 +58,11 @@ def _kept(args: argparse.Namespace) -> str:
     )
 
 
-def _names(text: str | None, what: str) -> list[str] | None:
+def _names(text: str | None, what: str, choices: list[str]) -> list[str] | None:
+    """The names of ``--<what>`` (None when not given); empty or repeated entries are refused."""
     if text is None:
         return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"--{what} {text!r} names nothing; give comma-separated names")
-    return names
+    return comma_list(text, f"--{what}", f"names from {', '.join(choices)}")
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -71,8 +70,9 @@ def _seeds(text: str | None) -> list[int] | None:
         return None
     from ..experiments.tasks.experiment import check_seeds
 
+    entries = comma_list(text, "--seeds", "distinct integers in [0, 2**32), e.g. 0,1,2")
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in entries]
     except ValueError:
         raise ValueError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
     return check_seeds(seeds, "--seeds")
@@ -100,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cpu_threads())
     cfg = TasksConfig.quick() if args.quick else TasksConfig()
     cfg = cfg.with_train(train_len=args.train_len, steps=args.steps)
-    tasks, encodings = _names(args.tasks, "tasks"), _names(args.encodings, "encodings")
+    from .. import available
+    from ..experiments.tasks import available_tasks
+
+    tasks = _names(args.tasks, "tasks", available_tasks())
+    encodings = _names(args.encodings, "encodings", available())
     seeds = _seeds(args.seeds)
     check_request(
         cfg, tasks, encodings, seeds

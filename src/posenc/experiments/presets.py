@@ -153,9 +153,14 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
     Raises:
         ValueError: not integers, a count below 1 or above :data:`MAX_SEED_COUNT`, seeds outside what training
-            takes (``[0, 2**32)``) or repeated seeds.
+            takes (``[0, 2**32)``), repeated seeds, or an empty entry (``"0,,2"``; only the trailing comma of
+            ``"5,"`` is allowed).
     """
     parts = [p.strip() for p in text.split(",")]
+    if "," in text and not all(parts[:-1]):  # "5," is a list of one seed; "0,,2" or ",1" a typo
+        raise ValueError(
+            f"--seeds got {text!r}, which has an empty entry; it takes a count (3) or a comma list (0,1,2)"
+        )
     try:
         values = [int(p) for p in parts if p]
     except ValueError:

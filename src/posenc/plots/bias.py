@@ -37,7 +37,8 @@ def bias_by_distance(enc: PositionEncoding, max_distance: int) -> Tensor:
 def bias_figure(
     curves: dict[str, list[Tensor]], train_len: int, title: str = "Attention bias by distance"
 ) -> Picture:
-    """One panel per encoding (columns) and layer (rows), one line per head, distance on the x axis.
+    """One panel per encoding (columns) and layer (rows), one line per head (lighter with the head index; a legend
+    in the first panel up to 8 heads), distance on the x axis.
 
     Args:
         curves: encoding name -> per layer a ``(heads, D + 1)`` tensor from :func:`bias_by_distance`.
@@ -63,10 +64,13 @@ def bias_figure(
                 ax.set_xlabel(f"distance i - j (L = {train_len})")
             if col == 0:
                 ax.set_ylabel("bias added to the logit")
+                if row == 0 and curves[name][0].shape[0] <= 8:  # which shade is which head (darkest: head 0)
+                    ax.legend(fontsize=6)
     fig.suptitle(title)
     data = {
         "train_len": train_len,
-        "distance": "index d of each list: key at distance d from the query",
+        "query": max(c.shape[-1] for layers in curves.values() for c in layers) - 1,
+        "distance": "index d of each list: key at distance d from the query (at position 'query')",
         "bias": {n: [rounded(c.tolist()) for c in layers] for n, layers in curves.items()},
     }
     return Picture(fig, data)

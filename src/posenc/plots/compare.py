@@ -76,12 +76,9 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
 
 
 def curves_figure(results: dict[str, Any]) -> Figure | None:
-    """Validation perplexity (log y) against training step, at L (solid) and 4L (dashed), one colour per
-    encoding, the mean over seeds of ``results["runs"][encoding][seed]["curve"]``; None without curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    """Validation perplexity (log y) against training step, at L (solid) and 4L (dashed), in each encoding's
+    colour (:func:`encoding_color`, as in every figure), the mean over seeds of
+    ``results["runs"][encoding][seed]["curve"]``; None without curves."""
     from matplotlib.ticker import FormatStrFormatter
 
     runs = results.get("runs", {})
@@ -89,18 +86,17 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
     if not names:
         return None
     train_len = results["train_len"]
-    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
+    fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
-    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    for i, name in enumerate(names):
+    for name in names:
         curves = [r["curve"] for r in runs[name].values() if r.get("curve")]
         for key, style in ((str(train_len), "-"), (str(4 * train_len), "--")):
-            rows = [[v for v in c.get(key, []) if v is not None] for c in curves]
-            if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+            points = _mean_curve(curves, key)
+            if not points:
                 continue
-            ys = [sum(float(v) for v in col) / len(col) for col in zip(*rows, strict=True)]
             label = name if style == "-" else None
-            ax.plot(curves[0]["steps"][: len(ys)], ys, style, color=palette(i % palette.N), label=label)
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, style, color=encoding_color(name), label=label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -112,3 +108,19 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     return fig
+
+
+def _mean_curve(curves: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """``(step, mean over seeds)`` of the curves' ``key`` at every step where each seed has a value (a missing or
+    non-finite point leaves its step out, never shifts the later points onto earlier steps); [] when the seeds'
+    steps differ."""
+    steps = curves[0].get("steps", [])
+    rows = [c.get(key, []) for c in curves]
+    if any(c.get("steps") != steps or len(r) != len(steps) for c, r in zip(curves, rows, strict=True)):
+        return []
+    out = []
+    for i, step in enumerate(steps):
+        values = [r[i] for r in rows]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            out.append((step, sum(float(v) for v in values) / len(values)))
+    return out

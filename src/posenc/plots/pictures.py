@@ -37,6 +37,14 @@ MAX_BYTES = 4 * 2**30
 BYTES_PER_NUMBER = 160
 #: The largest ``--dim`` (head dimension), ``--heads`` and ``--max-distance`` the pictures take.
 MAX_DIM, MAX_HEADS, MAX_CLIP = 4096, 256, 2**20
+#: The smallest ``--dim`` and ``--length`` every picture can be drawn for: dynamic NTK needs a rotary dimension
+#: above 2 (its base exponent is R / (R - 2)) and LongRoPE's temperature divides by ln(L).
+MIN_DIM, MIN_LENGTH = 4, 2
+
+
+class NotApplicable(ValueError):
+    """A picture that has nothing to show here (a run without an attention-bias encoding has no trained bias):
+    skipped when drawing every picture that applies, an error when asked for by name."""
 
 
 @dataclass
@@ -44,9 +52,9 @@ class PlotContext:
     """What the pictures are drawn for.
 
     Attributes:
-        dim: head dimension of the rotary and sinusoidal pictures (even).
+        dim: head dimension of the rotary and sinusoidal pictures (even, at least :data:`MIN_DIM`).
         heads: heads of the untrained bias encodings.
-        train_len: ``L``; curves by distance go to ``factor * L``.
+        train_len: ``L`` (at least :data:`MIN_LENGTH`); curves by distance go to ``factor * L``.
         factor: how far past ``L`` the pictures look (16 as in Press et al. 2022).
         max_distance: clipping distance of the relative-index picture.
         run: a loaded ``posenc compare`` run, for the trained pictures.
@@ -64,9 +72,9 @@ class PlotContext:
 
     def __post_init__(self) -> None:
         for name, value, least in (
-            ("dim", self.dim, 2),
+            ("dim", self.dim, MIN_DIM),
             ("heads", self.heads, 1),
-            ("length", self.train_len, 1),
+            ("length", self.train_len, MIN_LENGTH),
             ("factor", self.factor, 1),
             ("max-distance", self.max_distance, 1),
             ("windows", self.windows, 1),
@@ -74,7 +82,7 @@ class PlotContext:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"--{name} must be an integer >= {least}, got {value!r}")
         if self.dim % 2:
-            raise ValueError(f"--dim must be an even number >= 2, got {self.dim}")
+            raise ValueError(f"--dim must be an even number >= {MIN_DIM}, got {self.dim}")
         for name, value, most in (
             ("dim", self.dim, MAX_DIM),
             ("heads", self.heads, MAX_HEADS),
@@ -89,14 +97,15 @@ class PlotContext:
 
     def untrained(self) -> dict[str, PositionEncoding]:
         """Every registered encoding the untrained pictures draw (the bias family and xPos) as ``posenc.build``
-        makes it (seeded, so FIRE's weights are reproducible)."""
+        makes it (seeded, so FIRE's weights are reproducible; the global torch generator is left untouched)."""
         if not self._built:
-            torch.manual_seed(0)
             heads = self.heads
             drawn = [n for n in available() if n in available("bias") or issubclass(encoding_class(n), XPos)]
-            self._built.update(
-                {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in drawn}
-            )
+            with torch.random.fork_rng(devices=[]):  # seeded here, the caller's generator left as it was
+                torch.manual_seed(0)
+                self._built.update(
+                    {n: build(n, dim=self.dim * heads, heads=heads, head_dim=self.dim) for n in drawn}
+                )
         return self._built
 
     def trained(self) -> TrainedRun:
@@ -118,8 +127,9 @@ class PlotContext:
 
 def _bias(ctx: PlotContext) -> Picture:
     encs = {n: [e] for n, e in ctx.untrained().items() if e.family == "bias"}
-    title = f"Attention bias by distance at initialisation ({ctx.heads} heads; query at {ctx.longest - 1})"
-    return bias_figure(bias_curves(encs, ctx.longest), ctx.train_len, title)
+    query = ctx.longest - 1  # the last position of a factor * L window, as the trained picture draws it
+    title = f"Attention bias by distance at initialisation ({ctx.heads} heads; query at {query})"
+    return bias_figure(bias_curves(encs, query), ctx.train_len, title)
 
 
 def _bias_trained(ctx: PlotContext) -> Picture:
@@ -127,7 +137,7 @@ def _bias_trained(ctx: PlotContext) -> Picture:
     layers = {n: m.layer_encodings() for n, m in run.models.items()}
     encs = {n: ls for n, ls in layers.items() if ls and ls[0].family == "bias"}
     if not encs:
-        raise ValueError(f"--run {run.folder} has no attention-bias encoding to draw")
+        raise NotApplicable(f"--run {run.folder} has no attention-bias encoding to draw")
     longest = run.lengths[-1]
     title = f"Trained attention bias by distance ({run.folder.name}; query at {longest - 1})"
     return bias_figure(bias_curves(encs, longest - 1), run.train_len, title)
@@ -136,7 +146,7 @@ def _bias_trained(ctx: PlotContext) -> Picture:
 def _xpos(ctx: PlotContext) -> Picture:
     found = [(n, e) for n, e in ctx.untrained().items() if isinstance(e, XPos)]
     if not found:
-        raise ValueError("no registered encoding is an xPos")
+        raise NotApplicable("no registered encoding is an xPos")
     name, enc = found[0]
     return xpos_figure(enc, ctx.longest, ctx.train_len, name)
 
@@ -214,15 +224,16 @@ def check_sizes(names: list[str], ctx: PlotContext) -> None:
         small = PlotContext(ctx.dim, ctx.heads, length, ctx.factor, ctx.max_distance)
         return all(picture_bytes(n, small) <= limit for n in names)
 
-    lo, hi = 0, ctx.train_len  # fits(lo) or lo == 0; not fits(hi)
+    least = MIN_LENGTH - 1
+    lo, hi = least, ctx.train_len  # fits(lo) or lo == least; not fits(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     gib = f"the {name} picture would need about {need / 2**30:,.1f} GiB, more than the {limit / 2**30:.1f} GiB a "
-    if lo == 0:
+    if lo == least:
         raise ValueError(
             f"--factor {ctx.factor}, --dim {ctx.dim} and --heads {ctx.heads} are too large to plot: even at "
-            f"--length 1 {gib}picture may use here; lower them (or leave {name} out with --only)"
+            f"--length {MIN_LENGTH} {gib}picture may use here; lower them (or leave {name} out with --only)"
         )
     raise ValueError(
         f"--length {ctx.train_len} is too large to plot: with --factor {ctx.factor}, --dim {ctx.dim} and "
@@ -240,6 +251,7 @@ def draw(name: str, ctx: PlotContext) -> Picture:
     """Draw picture ``name``.
 
     Raises:
+        NotApplicable: the picture has nothing to show for ``ctx`` (see :class:`NotApplicable`).
         ValueError: unknown name, or a trained picture without a run.
     """
     if name not in PICTURES:

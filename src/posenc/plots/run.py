@@ -5,7 +5,6 @@ A run folder holds ``config.json`` and ``checkpoints/<encoding>/seed<k>.pt`` (th
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..experiments.checkpoints import load_model
+from ..experiments.checkpoints import checkpoint_refusal, config_differences, load_model, read_json_object
 from ..experiments.data import load_corpus
 from ..models import TransformerLM
 from ..registry import available
@@ -68,9 +67,14 @@ def first_seed_checkpoints(folder: Path) -> dict[str, Path]:
 def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
     """The checkpoints of the run in ``folder``, in ``posenc.available()`` order.
 
+    Each checkpoint must be the run's own: of the encoding its folder names, trained with the run's
+    ``config.json`` (any seed), as ``posenc compare`` itself requires on resuming; else the pictures would show
+    another model under this one's name or at another ``L``.
+
     Raises:
         FileNotFoundError: ``folder`` has no ``config.json`` or no checkpoint.
-        ValueError: a checkpoint is not a posenc compare checkpoint.
+        ValueError: ``config.json`` is damaged or not a compare configuration; a checkpoint is not a posenc compare
+            checkpoint, or not of this run (the file is named).
     """
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -78,14 +82,39 @@ def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
         raise FileNotFoundError(
             f"--run {folder}: no config.json there; give a `posenc compare` output folder"
         )
-    config = json.loads(cfg_path.read_text())
+    config = read_json_object(cfg_path, "run configuration")
+    train = config.get("train")
+    train_len = train.get("train_len") if isinstance(train, dict) else None
+    multiples = config.get("multiples", [1])
+    if not (
+        isinstance(train_len, int)
+        and train_len >= 1
+        and isinstance(multiples, list)
+        and multiples
+        and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in multiples)
+    ):
+        raise ValueError(
+            f"{cfg_path} is not a `posenc compare` configuration (no train.train_len >= 1 or multiples); "
+            "give a `posenc compare` output folder"
+        )
     paths = first_seed_checkpoints(folder / "checkpoints")
     if not paths:
         raise FileNotFoundError(
             f"--run {folder}: no checkpoints/<encoding>/seed<k>.pt; has the compare run trained anything?"
         )
     order = [n for n in available() if n in paths] + sorted(set(paths) - set(available()))
-    models = {name: load_model(paths[name], device)[0] for name in order}
-    train_len = int(config["train"]["train_len"])
-    lengths = [m * train_len for m in config.get("multiples", [1])]
+    models = {}
+    for name in order:
+        model, ckpt = load_model(paths[name], device)
+        theirs = ckpt.get("config", {})
+        theirs = {**theirs, "train": {k: v for k, v in theirs.get("train", {}).items() if k != "seed"}}
+        diffs = config_differences(theirs, config)
+        if ckpt.get("encoding") != name or diffs:
+            raise checkpoint_refusal(
+                paths[name],
+                diffs or [f"a checkpoint of {ckpt.get('encoding')!r}, not of {name!r}"],
+                f"retrain {name} with `posenc compare`",
+            )
+        models[name] = model
+    lengths = [m * train_len for m in sorted(set(multiples))]
     return TrainedRun(folder, config, train_len, lengths, models)

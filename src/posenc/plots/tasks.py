@@ -36,8 +36,13 @@ def accuracy_figure(results: dict[str, Any]) -> Figure:
         ax.set(title=task, xlabel=f"evaluation length (bytes; L = {train_len})")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("exact-match accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    legend: dict[
+        str, Any
+    ] = {}  # every row of every panel once (a rerun may add an encoding to one task only)
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=7)
     seeds = len(results["seeds"])
     fig.suptitle(f"Length generalization on synthetic tasks (mean of {seeds} seed{'s' * (seeds > 1)})")
     return fig

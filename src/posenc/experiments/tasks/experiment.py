@@ -54,7 +54,13 @@ def check_request(
     seed_list = check_seeds([0] if seeds is None else seeds)
     for name in task_names:
         for length in cfg.lengths:
-            get_task(name).check_length(length)
+            try:
+                get_task(name).check_length(length)
+            except ValueError as err:
+                raise ValueError(
+                    f"{err}: {name} is trained up to L = {cfg.train.train_len} (--train-len) and evaluated at "
+                    f"{', '.join(map(str, cfg.lengths))}; choose another --train-len or leave {name} out of --tasks"
+                ) from None
     return task_names, names, seed_list
 
 

@@ -100,14 +100,17 @@ def task_table(results: dict[str, Any], task: str) -> str:
 
 
 def learned_note(results: dict[str, Any], task: str) -> str:
-    """Whether the best row reached :data:`TARGET` at L (else the budget was too small)."""
+    """Whether the best row reached :data:`TARGET` at L (else the budget was too small). Rows that tie are named by
+    the first of them in table order: ``rope+<method>`` rows at L are the ``rope`` model unchanged."""
     train_len = str(results["train_len"])
     scored = [
         (v.get(train_len), r) for r, v in results["accuracy"][task].items() if v.get(train_len) is not None
     ]
     if not scored:
         return "Nothing was measured at L."
-    best, row = max(scored)
+    best, row = max(
+        scored, key=lambda vr: vr[0]
+    )  # a tie goes to the first row of the table (rope, not rope+yarn)
     if best >= TARGET:
         return f"Learned at L: best **{row}** ({_pct(best)} %)."
     return (
@@ -197,6 +200,7 @@ def _setup(results: dict[str, Any]) -> str:
     cfg, v = results["config"], results["versions"]
     t = cfg["train"]
     seeds = ", ".join(str(s) for s in results["seeds"])
+    per_depth = max(1, cfg["eval_examples"] // len(results["depths"]))  # as TaskContext.test_set draws them
     workers = describe_workers(
         results.get("jobs", 1), results.get("threads_per_model", 1), v["world_size"], v["threads"]
     )
@@ -204,8 +208,8 @@ def _setup(results: dict[str, Any]) -> str:
         f"Each model: decoder-only `TransformerLM`, {t['depth']} layers, dim {t['dim']}, {t['heads']} heads, bytes "
         f"as tokens; {t['steps']} AdamW steps of {t['batch_size']} generated examples of a random length up to "
         f"L = {results['train_len']} (peak lr {t['lr']}, cosine), loss on the answer bytes only; seeds {seeds}. "
-        f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: split over the depths "
-        f"{', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
+        f"Evaluation: {cfg['eval_examples']} held-out examples per length (passkey: {per_depth} at each of the "
+        f"depths {', '.join(f'{d:g}' for d in results['depths'])}), never seen in training; exact match of the whole "
         f"answer under greedy decoding. torch {v['torch']}, {v['device']}, {workers}; wall time "
         f"{results['wall_seconds']:.0f} s."
     )
@@ -240,7 +244,8 @@ def write_report(results: dict[str, Any], figures: list[str] | None = None) -> s
         "## Notes",
         "- `learned` has a table of exactly L positions, so it cannot take longer inputs: n/a.\n"
         "- `rope+<method>` rows are the trained `rope` model evaluated with inference-time context extension, "
-        "factor = evaluation length / L, as in `posenc compare`.\n"
+        "factor = evaluation length / L, as in `posenc compare`; dynamic NTK's frequencies are those of "
+        "the whole example (one forward pass), not re-derived for each answer byte from a shorter prefix.\n"
         "- A tiny model and a short budget: treat single-digit differences as noise; run more `--seeds`.",
     ]
     return "\n\n".join(parts) + "\n"

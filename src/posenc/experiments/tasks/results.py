@@ -84,19 +84,24 @@ def _mean(values: list[float | None]) -> float | None:
 
 def summarize(runs: dict[str, Record], lengths: list[int]) -> dict[str, Any]:
     """Per row of one (task, encoding): accuracy per length (mean over depth groups and seeds), per seed, and per
-    length and depth group; ``runs``: str(seed) -> record."""
-    first = next(iter(runs.values()))["cells"]
+    length and depth group; ``runs``: str(seed) -> record.
+
+    A row counts the seeds whose records have it: a record kept from an earlier run may lack a row added since (a
+    RoPE extension registered later), which then shows the seeds evaluated with it."""
+    ordered = sorted(runs.items(), key=lambda kv: int(kv[0]))
+    rows = list(dict.fromkeys(row for _, rec in ordered for row in rec["cells"]))
     out: dict[str, Any] = {"accuracy": {}, "by_seed": {}, "by_depth": {}}
-    for row in first:
+    for row in rows:
+        has = {seed: rec["cells"][row] for seed, rec in ordered if row in rec["cells"]}
         per_seed = {
-            seed: {str(lv): _mean(list(rec["cells"][row][str(lv)].values())) for lv in lengths}
-            for seed, rec in sorted(runs.items(), key=lambda kv: int(kv[0]))
+            seed: {str(lv): _mean(list(cells[str(lv)].values())) for lv in lengths}
+            for seed, cells in has.items()
         }
         out["by_seed"][row] = per_seed
         out["accuracy"][row] = {str(lv): _mean([s[str(lv)] for s in per_seed.values()]) for lv in lengths}
-        groups = list(first[row][str(lengths[0])])
+        groups = list(next(iter(has.values()))[str(lengths[0])])
         out["by_depth"][row] = {
-            str(lv): {g: _mean([rec["cells"][row][str(lv)][g] for rec in runs.values()]) for g in groups}
+            str(lv): {g: _mean([cells[str(lv)][g] for cells in has.values()]) for g in groups}
             for lv in lengths
         }
     return out

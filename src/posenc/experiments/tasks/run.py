@@ -118,7 +118,9 @@ def answer_loss(model: nn.Module, batch: Tensor, answer_len: int) -> Tensor:
 @torch.no_grad()
 def answers_correct(model: nn.Module, batch: Tensor, answer_len: int) -> Tensor:
     """``(B,)`` bool: every answer byte is the model's top prediction given the true bytes before it, which is
-    exactly "greedy decoding reproduces the answer"."""
+    exactly "greedy decoding reproduces the answer" when the model's frequencies do not depend on the call's
+    length; with dynamic NTK (``rope+dynamic``) they are those of the whole example, one forward pass, where a
+    decoder re-deriving them per byte from a shorter prefix would use slightly different ones."""
     logits = model(batch[:, :-1])[:, -answer_len:]  # (B, a, V)
     return (logits.argmax(-1) == batch[:, -answer_len:]).all(-1)
 
