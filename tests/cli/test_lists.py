@@ -63,3 +63,13 @@ def test_good_lists_pass_through() -> None:
     assert parse_seeds("5,") == (5,)  # the documented one-seed list
     assert parse_seeds("0,4,7") == (0, 4, 7)
     assert parse_seeds("3") == (0, 1, 2)
+
+
+def test_tasks_reads_seeds_as_compare_does() -> None:
+    """``--seeds 3`` is three seeds in both subcommands (tasks read it as seed 3 alone before)."""
+    from posenc.cli.tasks import _seeds
+
+    assert _seeds("3") == [0, 1, 2]
+    assert _seeds("5,") == [5]
+    assert _seeds("0,4,7") == [0, 4, 7]
+    assert _seeds(None) is None

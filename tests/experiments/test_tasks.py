@@ -210,8 +210,9 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
     [
         (["--tasks", "sort"], "unknown task 'sort'"),
         (["--encodings", "nope"], "unknown encoding(s) nope"),
-        (["--seeds", "0,x"], "--seeds '0,x' must be comma-separated integers"),
-        (["--seeds", "1,1"], "--seeds got '1,1', which names 1 twice"),
+        (["--seeds", "0,x"], "--seeds takes a count (3) or a comma list (0,1,2), got '0,x'"),
+        (["--seeds", "1,1"], "--seeds list must hold distinct non-negative integers, got '1,1'"),
+        (["--seeds", "0"], "--seeds N needs a count N >= 1"),
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (
             ["--train-len", "8"],
@@ -319,7 +320,7 @@ def test_cli_second_run_into_one_folder_is_refused(
     assert not (out / "config.json").exists()
 
 
-@pytest.mark.parametrize("seeds", ["99999999999999999999999", "0,-1", str(2**32)])
+@pytest.mark.parametrize("seeds", ["99999999999999999999999,", "0,-1", f"{2**32},"])
 def test_cli_seeds_out_of_range_are_one_line(
     seeds: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -36,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--train-len", type=int, default=None, help="training length L in bytes (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model")
-    p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds in [0, 2**32) (default 0)")
+    p.add_argument(
+        "--seeds",
+        type=str,
+        default=None,
+        help="a count (3: seeds 0,1,2) or a comma list (0,4,7 or 5,), as posenc compare takes (default 0)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument(
@@ -66,16 +71,12 @@ def _names(text: str | None, what: str, choices: list[str]) -> list[str] | None:
 
 
 def _seeds(text: str | None) -> list[int] | None:
+    """``--seeds`` as ``posenc compare`` reads it: ``3`` means seeds 0, 1, 2; ``0,4,7`` (any comma) lists them."""
     if text is None:
         return None
-    from ..experiments.tasks.experiment import check_seeds
+    from ..experiments.presets import parse_seeds
 
-    entries = comma_list(text, "--seeds", "distinct integers in [0, 2**32), e.g. 0,1,2")
-    try:
-        seeds = [int(s) for s in entries]
-    except ValueError:
-        raise ValueError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-    return check_seeds(seeds, "--seeds")
+    return list(parse_seeds(text))
 
 
 def run(args: argparse.Namespace) -> int:
