@@ -321,3 +321,26 @@ def test_flex_with_no_query_or_no_key_gives_the_empty_or_zero_output(name: str, 
         cache = posenc.KVCache()
         attn(torch.randn(2, 3, 16), cache=cache)
         assert attn(empty, cache=cache).shape == (2, 0, 16)
+
+
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory"), TypeError("mask must be a bool tensor")]
+)
+def test_auto_does_not_give_up_flex_for_good_on_out_of_memory_or_bad_input(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """An out-of-memory error (one batch too large) or a TypeError (bad input) in ``auto``'s flex marked flex as
+    unable to run on this machine: every later call used ``sdpa`` (its materialized bias) for the rest of the
+    process. Now both propagate and flex stays usable."""
+
+    def failing(*args: object) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(backends, "flex_attention_backend", failing)
+    monkeypatch.setattr(backends, "FALLBACK", Fallback("attention backend"))
+    pos = torch.arange(1024)[None]
+    q, k, v = torch.randn(3, 1, 4, 1024, 8)
+    ctx = AttentionInputs(posenc.ALiBi(4), pos, pos, None, causal=True)
+    with pytest.raises(type(error)):
+        choose_backend("auto", q, ctx)(q, k, v, ctx)
+    assert choose_backend("auto", q, ctx) is flex_or_sdpa
