@@ -220,6 +220,8 @@ def as_positions(
     ``batch`` is given, batch) mismatch and on non-integer (bool, float, complex) positions."""
     if positions is None:
         return default_positions(seq_len, device, offset)
+    if not isinstance(positions, Tensor):
+        raise TypeError(f"positions must be an integer tensor, got {type(positions).__name__}")
     if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
     if positions.dim() == 1:
