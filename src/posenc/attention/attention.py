@@ -81,8 +81,13 @@ class Attention(nn.Module):
         Args:
             x: ``(B, S, dim)`` new tokens.
             positions: ``(S,)`` or ``(B, S)`` positions of the new tokens; default ``len(cache) + arange(S)``.
-            mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, S, K)``, ``K`` counting cached keys.
+            mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, 1|S, K)``, ``K`` counting cached
+                keys; combined with the causal mask when ``causal``. Float (additive) masks are refused. A query
+                that sees no key gives 0.
             cache: a :class:`KVCache` to read and extend (incremental decoding).
+
+        Returns:
+            ``(B, S, dim)``, in ``x``'s dtype (autocast's under autocast).
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
