@@ -206,3 +206,21 @@ def test_a_static_cache_first_filled_inside_torch_compile_works() -> None:
                 )
             )
         torch.testing.assert_close(torch.cat(outs, dim=1), attn(x))
+
+
+def test_static_keep_mask_names_a_bad_valid_mask() -> None:
+    """``keep_mask`` took any ``valid`` and failed in torch: a float one with "bitwise_and_cpu not implemented for
+    'Float'", one short of the slots with "The size of tensor a (5) must match ...", a 1-d one with "too many
+    indices"."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    cache = StaticKVCache(8)
+    with pytest.raises(
+        TypeError, match=r"valid must be a bool tensor \(batch, 8\).* got torch.float32 \(2, 8\)"
+    ):
+        cache.keep_mask(torch.ones(2, 8), 1)
+    with pytest.raises(TypeError, match=r"valid must be a bool tensor \(batch, 8\).* got torch.bool \(8,\)"):
+        cache.keep_mask(torch.ones(8, dtype=torch.bool), 1)
+    with pytest.raises(ValueError, match=r"valid must cover the cache's 8 slots, \(batch, 8\), got \(2, 5\)"):
+        cache.keep_mask(torch.ones(2, 5, dtype=torch.bool), 1)
+    assert cache.keep_mask(torch.ones(2, 8, dtype=torch.bool), 3).shape == (2, 1, 3, 8)

@@ -110,6 +110,17 @@ class StaticKVCache(KVCache):
         """``(B, 1, Q, max_len)`` bool for the next ``Q`` tokens: slot ``j`` visible to new token ``i`` when it
         is written by then (``j <= index + i``) and ``valid[b, j]`` (False for padding). ``valid: (B, max_len)``.
         """
+        if not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.dim() != 2:
+            got = f"{valid.dtype} {tuple(valid.shape)}" if isinstance(valid, Tensor) else type(valid).__name__
+            raise TypeError(
+                f"StaticKVCache.keep_mask: valid must be a bool tensor (batch, {self.max_len}) (True = a real token), "
+                f"got {got}"
+            )
+        if valid.shape[-1] != self.max_len:
+            raise ValueError(
+                f"StaticKVCache.keep_mask: valid must cover the cache's {self.max_len} slots, (batch, {self.max_len}), "
+                f"got {tuple(valid.shape)}"
+            )
         start = torch.zeros((), dtype=torch.long, device=valid.device) if self.index is None else self.index
         last = start + torch.arange(q_len, device=valid.device)  # (Q,) slot of each new token
         written = torch.arange(self.max_len, device=valid.device) <= last.unsqueeze(-1)  # (Q, max_len)
