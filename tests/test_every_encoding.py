@@ -38,6 +38,35 @@ def test_attention_compiles_fullgraph(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", posenc.available())
+def test_lm_compiles_fullgraph_for_cached_padded_decoding_and_training(name: str) -> None:
+    """The whole model under ``torch.compile(fullgraph=True)``: a left-padded prompt with per-row positions, then
+    decode steps through the KV cache, equal the eager full forward; a training step traces and backpropagates."""
+    torch._dynamo.reset()
+    model = TransformerLM(
+        name, vocab_size=11, dim=32, depth=1, heads=4, kv_heads=2, position_options=OPTIONS.get(name)
+    )
+    tokens = torch.randint(0, 11, (2, 6))
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[0, :2] = False  # row 0 left-padded
+    pos = (keep.cumsum(-1) - 1).clamp(min=0)  # (2, 6) per-row positions
+    compiled = torch.compile(model.eval(), fullgraph=True, backend="eager")
+    with torch.no_grad():
+        full = model(tokens, positions=pos, mask=keep)
+        caches = model.new_caches()
+        outs = [compiled(tokens[:, :3], positions=pos[:, :3], mask=keep[:, :3], caches=caches)]
+        for i in range(3, 6):
+            outs.append(
+                compiled(
+                    tokens[:, i : i + 1], positions=pos[:, i : i + 1], mask=keep[:, : i + 1], caches=caches
+                )
+            )
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)
+    training = torch.compile(model.train(), fullgraph=True, backend="aot_eager")
+    training(tokens, positions=pos, mask=keep).sum().backward()
+    assert model.embed.weight.grad is not None and bool(model.embed.weight.grad.isfinite().all())
+
+
+@pytest.mark.parametrize("name", posenc.available())
 def test_bfloat16_module_keeps_the_input_dtype(name: str) -> None:
     model = TransformerLM(name, dim=32, depth=1, heads=4, position_options=OPTIONS.get(name)).eval()
     tokens = torch.randint(0, 256, (1, 12))

@@ -1,8 +1,9 @@
 """Fall back once, for good: a fast path that cannot run on this machine is not tried again.
 
 ``auto`` choices (FlexAttention for ``backend="auto"``, the fused RoPE kernels for ``impl="auto"``) run the fast
-path through :meth:`Fallback.run`; if it raises anything but ``ValueError`` (bad input is the caller's to fix),
-the failure is logged once as a warning, the name is remembered, and the slow path gives the same result.
+path through :meth:`Fallback.run`; if it raises anything but bad input (``ValueError``, ``TypeError``: the
+caller's to fix) or running out of memory (a property of this call, not of the machine), the failure is logged
+once as a warning, the name is remembered, and the slow path gives the same result.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import torch
 
 log = logging.getLogger("posenc")
 T = TypeVar("T")
+
+
+#: Failures that say nothing about whether the fast path can run here: bad input, and memory this call lacked.
+NOT_MACHINE: tuple[type[BaseException], ...] = (ValueError, TypeError, torch.OutOfMemoryError)
 
 
 class Fallback:
@@ -32,7 +37,9 @@ class Fallback:
         return name not in self.failed
 
     def run(self, name: str, fast: Callable[[], T], slow: Callable[[], T], slow_name: str) -> T:
-        """``fast()``; on a failure other than ``ValueError`` warn once, mark ``name`` failed, return ``slow()``.
+        """``fast()``; on a failure other than those in :data:`NOT_MACHINE` warn once, mark ``name`` failed, return
+        ``slow()``. Those propagate and leave ``name`` usable: an out-of-memory error on one large batch used to
+        turn the fast path off for the rest of the process.
 
         Under ``torch.compile`` tracing ``fast`` runs unguarded (a try/except would break the graph).
         """
@@ -40,7 +47,7 @@ class Fallback:
             return fast()
         try:
             return fast()
-        except ValueError:
+        except NOT_MACHINE:
             raise
         except Exception as err:  # a missing C++ compiler, an unsupported device: same result, slower path
             self.failed.add(name)

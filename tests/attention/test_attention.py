@@ -84,6 +84,21 @@ def test_bad_configurations_raise() -> None:
         assert attn(torch.randn(1, 3, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_arguments_of_the_wrong_kind_are_named() -> None:
+    """A list for ``cache``, ``mask`` or ``positions`` failed deep inside with AttributeError ("'list' object has
+    no attribute 'update'", "... 'dtype'", "... 'is_floating_point'"); now a TypeError naming the argument."""
+    attn = posenc.Attention(32, 4)
+    x = torch.randn(2, 3, 32)
+    with pytest.raises(TypeError, match=r"Attention: cache must be a posenc.KVCache .* got list"):
+        attn(x, cache=[])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Attention: mask must be a bool tensor .* got list"):
+        attn(x, mask=[[True] * 3] * 2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Attention: positions must be an integer tensor, got list"):
+        attn(x, positions=[0, 1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Attention: positions must be \(seq,\) or \(1 or 2, seq\)"):
+        attn(x, positions=torch.zeros(3, 3, dtype=torch.long))
+
+
 def test_dropout_only_in_training() -> None:
     attn = posenc.Attention(32, 4, dropout=0.5)
     x = torch.randn(1, 5, 32)

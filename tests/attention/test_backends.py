@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import posenc
@@ -321,3 +323,82 @@ def test_flex_with_no_query_or_no_key_gives_the_empty_or_zero_output(name: str, 
         cache = posenc.KVCache()
         attn(torch.randn(2, 3, 16), cache=cache)
         assert attn(empty, cache=cache).shape == (2, 0, 16)
+
+
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory"), TypeError("mask must be a bool tensor")]
+)
+def test_auto_does_not_give_up_flex_for_good_on_out_of_memory_or_bad_input(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """An out-of-memory error (one batch too large) or a TypeError (bad input) in ``auto``'s flex marked flex as
+    unable to run on this machine: every later call used ``sdpa`` (its materialized bias) for the rest of the
+    process. Now both propagate and flex stays usable."""
+
+    def failing(*args: object) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(backends, "flex_attention_backend", failing)
+    monkeypatch.setattr(backends, "FALLBACK", Fallback("attention backend"))
+    pos = torch.arange(1024)[None]
+    q, k, v = torch.randn(3, 1, 4, 1024, 8)
+    ctx = AttentionInputs(posenc.ALiBi(4), pos, pos, None, causal=True)
+    with pytest.raises(type(error)):
+        choose_backend("auto", q, ctx)(q, k, v, ctx)
+    assert choose_backend("auto", q, ctx) is flex_or_sdpa
+
+
+@given(
+    st.sampled_from([*BIAS, "shaw"]),
+    st.integers(1, 3),
+    st.sampled_from([(4, 4), (4, 2), (4, 1)]),
+    st.integers(1, 40),
+    st.integers(0, 100),
+    st.booleans(),
+    st.sampled_from([None, "padding", "per query"]),
+    st.booleans(),
+    st.sampled_from([8, 12]),
+    st.integers(0, 2**31),
+)
+def test_every_backend_matches_math_on_any_shape(
+    name: str,
+    batch: int,
+    heads: tuple[int, int],
+    q_len: int,
+    cached: int,
+    causal: bool,
+    mask: str | None,
+    per_row: bool,
+    head_dim: int,
+    seed: int,
+) -> None:
+    """Property: ``sdpa`` and ``flex`` give ``math``'s output for any batch, GQA / MQA grouping, query count, cached
+    keys (``K >= Q``, across FlexAttention's 128-blocks), causal or not, padding or per-query masks (rows with no
+    visible key included), per-row positions and head_dim not a power of two. Shaw's needs the weights: ``sdpa``
+    only for one query (its ``kv_rows``), ``flex`` never."""
+    h, g = heads
+    gen = torch.Generator().manual_seed(seed)
+    k_len = q_len + cached
+    enc = posenc.build(name, dim=h * head_dim, heads=h, **OPTIONS.get(name, {}))
+    with torch.no_grad():  # learned parameters off their init, so every term matters
+        for p in enc.parameters():
+            p.add_(torch.rand(p.shape, generator=gen) * 0.3)
+    q = torch.randn(batch, h, q_len, head_dim, generator=gen)
+    k, v = torch.randn(2, batch, g, k_len, head_dim, generator=gen)
+    k_pos = (
+        torch.randint(0, 400, (batch, k_len), generator=gen).sort(-1).values
+        if per_row
+        else torch.arange(k_len)[None]
+    )
+    keep = None
+    if mask == "padding":
+        keep = (torch.rand(batch, k_len, generator=gen) > 0.3)[:, None, None, :]
+    elif mask == "per query":
+        keep = torch.rand(batch, h, q_len, k_len, generator=gen) > 0.5
+    ctx = AttentionInputs(enc, k_pos[:, k_len - q_len :], k_pos, keep, causal)
+    fast = [] if name == "shaw" and q_len != 1 else [sdpa_attention]
+    fast += [] if name == "shaw" else [flex_attention_backend]
+    with torch.no_grad():
+        want = math_attention(q, k, v, ctx)
+        for backend in fast:
+            torch.testing.assert_close(backend(q, k, v, ctx), want, atol=3e-5, rtol=1e-4)

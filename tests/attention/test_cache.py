@@ -184,3 +184,43 @@ def test_a_static_cache_without_positions_or_mask_is_refused() -> None:
             ValueError, match=r"TransformerLM: a StaticKVCache needs explicit positions and mask"
         ):
             lm(torch.zeros(1, 2, dtype=torch.long), caches=[StaticKVCache(8)])
+
+
+def test_a_static_cache_first_filled_inside_torch_compile_works() -> None:
+    """A fresh StaticKVCache handed to a compiled attention (``fullgraph=True``) allocated its slots while traced,
+    where dynamo refuses ``mark_static_address``: an AssertionError "Attempt to trace forbidden callable". Now the
+    slots are marked only when allocated eagerly, and the compiled steps equal the uncached forward."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    torch._dynamo.reset()
+    attn = posenc.Attention(16, 2, position=posenc.build("alibi", dim=16, heads=2)).eval()
+    x = torch.randn(2, 5, 16)
+    cache, valid = StaticKVCache(8), torch.ones(2, 8, dtype=torch.bool)
+    step = torch.compile(attn, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        outs = [step(x[:, :3], positions=torch.arange(3), mask=cache.keep_mask(valid, 3), cache=cache)]
+        for i in (3, 4):
+            outs.append(
+                step(
+                    x[:, i : i + 1], positions=torch.tensor([i]), mask=cache.keep_mask(valid, 1), cache=cache
+                )
+            )
+        torch.testing.assert_close(torch.cat(outs, dim=1), attn(x))
+
+
+def test_static_keep_mask_names_a_bad_valid_mask() -> None:
+    """``keep_mask`` took any ``valid`` and failed in torch: a float one with "bitwise_and_cpu not implemented for
+    'Float'", one short of the slots with "The size of tensor a (5) must match ...", a 1-d one with "too many
+    indices"."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    cache = StaticKVCache(8)
+    with pytest.raises(
+        TypeError, match=r"valid must be a bool tensor \(batch, 8\).* got torch.float32 \(2, 8\)"
+    ):
+        cache.keep_mask(torch.ones(2, 8), 1)
+    with pytest.raises(TypeError, match=r"valid must be a bool tensor \(batch, 8\).* got torch.bool \(8,\)"):
+        cache.keep_mask(torch.ones(8, dtype=torch.bool), 1)
+    with pytest.raises(ValueError, match=r"valid must cover the cache's 8 slots, \(batch, 8\), got \(2, 5\)"):
+        cache.keep_mask(torch.ones(2, 5, dtype=torch.bool), 1)
+    assert cache.keep_mask(torch.ones(2, 8, dtype=torch.bool), 3).shape == (2, 1, 3, 8)

@@ -58,3 +58,42 @@ def test_rope_with_scaling_keeps_everything_else() -> None:
     assert isinstance(yarn.scaling, posenc.YaRNScaling) and rope.scaling is None
     plain = yarn.with_scaling(None)
     assert plain.scaling is None and torch.equal(plain.inv_freq, rope.inv_freq)
+
+
+def test_bad_position_arguments_are_named() -> None:
+    """An encoding instance for ``position`` failed with "RoPE.forward() missing 2 required positional arguments",
+    a factory returning something else with an AttributeError, None with "'NoneType' object is not callable",
+    and ``position_options`` next to a factory were dropped without a word."""
+    with pytest.raises(
+        TypeError, match=r"position must be an encoding name or a zero-argument factory, got a RoPE"
+    ):
+        TransformerLM(posenc.RoPE(32))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"position must be an encoding name .* got None"):
+        TransformerLM(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"factory must return a posenc.PositionEncoding, got str"):
+        TransformerLM(lambda: "rope")  # type: ignore[arg-type, return-value]
+    with pytest.raises(ValueError, match=r"position_options \['base'\] apply to an encoding name only"):
+        TransformerLM(lambda: posenc.RoPE(32), position_options={"base": 500})
+    with pytest.raises(TypeError, match=r"TransformerLM: embed_scale must be a number, got 'x'"):
+        TransformerLM("rope", embed_scale="x")  # type: ignore[arg-type]
+    assert isinstance(TransformerLM(lambda: posenc.RoPE(32), depth=1).layer_encodings()[0], posenc.RoPE)
+
+
+def test_bad_tokens_and_caches_are_named() -> None:
+    """Bool tokens failed in the embedding ("Expected tensor for argument #1 'indices'..."), ids outside the
+    vocabulary with "index out of range in self", and a single KVCache for ``caches`` with "must hold one KVCache
+    per layer (2), got 0"."""
+    model = TransformerLM("rope", vocab_size=11, dim=32, depth=2, heads=4).eval()
+    tokens = torch.randint(0, 11, (2, 5))
+    with pytest.raises(ValueError, match=r"tokens must be integer ids \(batch, seq\), got torch.bool"):
+        model(tokens > 3)
+    with pytest.raises(
+        ValueError, match=r"tokens must be ids in \[0, 11\) \(vocab_size\), got ids from 1 to 11"
+    ):
+        model(torch.tensor([[1, 2, 11], [3, 4, 5]]))
+    with pytest.raises(ValueError, match=r"tokens must be ids in \[0, 11\).* from -1 to 3"):
+        model(torch.tensor([[-1, 2, 3], [0, 0, 0]]))
+    with pytest.raises(TypeError, match=r"caches must be a list of posenc.KVCache .* got KVCache"):
+        model(tokens, caches=posenc.KVCache())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"TransformerLM: positions must be an integer tensor, got list"):
+        model(tokens, positions=[0, 1, 2, 3, 4])  # type: ignore[arg-type]

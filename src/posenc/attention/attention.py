@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
-from ..validation import check_bool, check_float, check_int
+from ..validation import check_bool, check_float, check_int, check_positions
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
 from .inputs import AttentionInputs, keep_mask
@@ -81,8 +81,13 @@ class Attention(nn.Module):
         Args:
             x: ``(B, S, dim)`` new tokens.
             positions: ``(S,)`` or ``(B, S)`` positions of the new tokens; default ``len(cache) + arange(S)``.
-            mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, S, K)``, ``K`` counting cached keys.
+            mask: bool, True = may attend: ``(B, K)`` key padding or ``(1|B, 1|H, 1|S, K)``, ``K`` counting cached
+                keys; combined with the causal mask when ``causal``. Float (additive) masks are refused. A query
+                that sees no key gives 0.
             cache: a :class:`KVCache` to read and extend (incremental decoding).
+
+        Returns:
+            ``(B, S, dim)``, in ``x``'s dtype (autocast's under autocast).
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
@@ -94,6 +99,15 @@ class Attention(nn.Module):
                 f"Attention: x is {x.dtype} but the projections are {weight.dtype}; convert one to the other "
                 "(module.to(dtype)) or run under torch.autocast"
             )
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(
+                f"Attention: cache must be a posenc.KVCache (or StaticKVCache) or None, got {type(cache).__name__}"
+            )
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            raise TypeError(
+                f"Attention: mask must be a bool tensor (True = attend) or None, got {type(mask).__name__}"
+            )
+        check_positions("Attention", positions, x.shape[1], batch=x.shape[0])
         check_static_inputs(cache, positions, mask, "Attention")
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)

@@ -160,7 +160,8 @@ def has_kv_rows(position: PositionEncoding) -> bool:
 def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """``auto``'s flex: if FlexAttention cannot run on this machine, warn once and use ``sdpa`` from then on.
 
-    Bad input still raises ``ValueError``; a forced ``backend="flex"`` never falls back.
+    Bad input (``ValueError``, ``TypeError``) and out-of-memory errors still raise (see :class:`posenc.fallback.Fallback`);
+    a forced ``backend="flex"`` never falls back.
     """
     return FALLBACK.run(
         "flex",

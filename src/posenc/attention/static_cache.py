@@ -33,7 +33,9 @@ class StaticKVCache(KVCache):
 
     After :meth:`reset` the cache takes keys of another batch, head count, head size, dtype or device by
     allocating anew, as :class:`posenc.KVCache` does; keys of the same kind reuse the memory (same addresses,
-    as a CUDA graph needs).
+    as a CUDA graph needs). Slots allocated by an eager update are marked static for ``torch.compile``; a cache
+    first filled inside a compiled call works too, unmarked (so CUDA graphs copy it): fill it eagerly first (a
+    prefill, as ``generate`` does) to get the marking.
 
     Args:
         max_len: key slots.
@@ -72,8 +74,14 @@ class StaticKVCache(KVCache):
             self.v = v.new_zeros(b, v.shape[1], self.max_len, v.shape[-1])
             self.positions = positions.new_zeros(b, self.max_len)
             self.index = torch.zeros((), dtype=torch.long, device=k.device)
-            for t in (self.k, self.v, self.positions, self.index):  # fixed addresses: CUDA graphs replay them
-                torch._dynamo.mark_static_address(t)
+            if not torch.compiler.is_compiling():  # (dynamo refuses to trace the marking)
+                for t in (
+                    self.k,
+                    self.v,
+                    self.positions,
+                    self.index,
+                ):  # fixed addresses: CUDA graphs replay them
+                    torch._dynamo.mark_static_address(t)
         else:
             check_same_stream(self.k, k)
             if self.checked and not torch.compiler.is_compiling():
@@ -102,6 +110,17 @@ class StaticKVCache(KVCache):
         """``(B, 1, Q, max_len)`` bool for the next ``Q`` tokens: slot ``j`` visible to new token ``i`` when it
         is written by then (``j <= index + i``) and ``valid[b, j]`` (False for padding). ``valid: (B, max_len)``.
         """
+        if not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.dim() != 2:
+            got = f"{valid.dtype} {tuple(valid.shape)}" if isinstance(valid, Tensor) else type(valid).__name__
+            raise TypeError(
+                f"StaticKVCache.keep_mask: valid must be a bool tensor (batch, {self.max_len}) (True = a real token), "
+                f"got {got}"
+            )
+        if valid.shape[-1] != self.max_len:
+            raise ValueError(
+                f"StaticKVCache.keep_mask: valid must cover the cache's {self.max_len} slots, (batch, {self.max_len}), "
+                f"got {tuple(valid.shape)}"
+            )
         start = torch.zeros((), dtype=torch.long, device=valid.device) if self.index is None else self.index
         last = start + torch.arange(q_len, device=valid.device)  # (Q,) slot of each new token
         written = torch.arange(self.max_len, device=valid.device) <= last.unsqueeze(-1)  # (Q, max_len)

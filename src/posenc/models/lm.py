@@ -6,13 +6,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..attention import Attention, KVCache
 from ..attention.static_cache import check_static_inputs
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
 from ..registry import build
-from ..validation import check_int
+from ..validation import check_float, check_int, check_positions
 
 EncodingFactory = Callable[[], PositionEncoding]
 
@@ -73,17 +74,13 @@ class TransformerLM(nn.Module):
         super().__init__()
         for field, value in (("vocab_size", vocab_size), ("depth", depth), ("mlp_ratio", mlp_ratio)):
             check_int(field, value, at_least=1, owner="TransformerLM")
-        if isinstance(position, str):
-            name, opts = position, dict(position_options or {})
-            factory: EncodingFactory = lambda: build(name, dim=dim, heads=heads, **opts)
-        else:
-            factory = position
-        first = factory()
+        self.embed_scale = check_float("embed_scale", embed_scale, owner="TransformerLM")
+        factory = _factory(position, position_options, dim, heads)
+        first = _built(factory)
         absolute = first.is_absolute
         self.input_position: PositionEncoding = first if absolute else NoPE()
-        layer_pos = [NoPE() if absolute else (first if i == 0 else factory()) for i in range(depth)]
+        layer_pos = [NoPE() if absolute else (first if i == 0 else _built(factory)) for i in range(depth)]
         self.embed = nn.Embedding(vocab_size, dim)
-        self.embed_scale = float(embed_scale)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim, heads, p, mlp_ratio, dropout, kv_heads=kv_heads, backend=backend) for p in layer_pos
@@ -150,19 +147,36 @@ class TransformerLM(nn.Module):
         caches: list[KVCache] | None = None,
     ) -> Tensor:
         """``tokens: (B, S)`` -> logits ``(B, S, V)``; with ``caches`` the tokens continue the cached ones."""
-        if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(
+                f"TransformerLM: tokens must be an integer tensor (batch, seq), got {type(tokens).__name__}"
+            )
+        bad_kind = tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool
+        if tokens.dim() != 2 or bad_kind:
             raise ValueError(
                 f"tokens must be integer ids (batch, seq), got {tokens.dtype} {tuple(tokens.shape)}"
             )
+        self._check_ids(tokens)
         b, s = tokens.shape
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(
-                f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}"
-            )
+        if caches is not None:
+            if not isinstance(caches, (list, tuple)) or not all(isinstance(c, KVCache) for c in caches):
+                got = (
+                    type(caches).__name__
+                    if not isinstance(caches, (list, tuple))
+                    else "a sequence holding " + ", ".join(sorted({type(c).__name__ for c in caches}))
+                )
+                raise TypeError(
+                    f"TransformerLM: caches must be a list of posenc.KVCache (model.new_caches()), got {got}"
+                )
+            if len(caches) != len(self.blocks):
+                raise ValueError(
+                    f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}"
+                )
         if caches is not None:
             check_static_inputs(caches[0], positions, mask, "TransformerLM")
         offset = 0 if caches is None else len(caches[0])
         if positions is not None:
+            check_positions("TransformerLM", positions, s, batch=b)
             positions = as_positions(positions, s, tokens.device, batch=b)  # (1|B, S)
         elif offset:
             positions = default_positions(s, tokens.device, offset)
@@ -174,11 +188,55 @@ class TransformerLM(nn.Module):
             x = block(x, positions, mask, None if caches is None else caches[i])
         return self.head(self.norm(x))  # (B, S, V)
 
+    def _check_ids(self, tokens: Tensor) -> None:
+        """Refuse ids outside ``[0, vocab_size)`` where that costs no device sync (CPU tensors, eager mode): the
+        embedding's own error was "index out of range in self", naming neither the argument nor the range."""
+        if not tokens.is_cpu or tokens.numel() == 0 or torch.compiler.is_compiling():
+            return
+        low, high = int(tokens.min()), int(tokens.max())
+        vocab = self.embed.num_embeddings
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"TransformerLM: tokens must be ids in [0, {vocab}) (vocab_size), got ids from {low} to {high}"
+            )
+
     def generate(self, tokens: Tensor, max_new_tokens: int, **options: Any) -> Tensor:
         """Sample a continuation ``(B, S + n)``; see :func:`posenc.models.generate.generate` for ``options``."""
         from .generate import generate
 
         return generate(self, tokens, max_new_tokens, **options)
+
+
+def _factory(position: object, options: dict[str, Any] | None, dim: int, heads: int) -> EncodingFactory:
+    """The encoding factory for :class:`TransformerLM`'s ``position`` (a name or a zero-argument factory)."""
+    if isinstance(position, str):
+        name, opts = position, dict(options or {})
+        return lambda: build(name, dim=dim, heads=heads, **opts)
+    if isinstance(position, PositionEncoding):
+        raise TypeError(
+            f"TransformerLM: position must be an encoding name or a zero-argument factory, got a "
+            f"{type(position).__name__} instance; pass a factory (lambda: ...) so each layer gets its own encoding"
+        )
+    if not callable(position):
+        raise TypeError(
+            f"TransformerLM: position must be an encoding name or a zero-argument factory, got {position!r}"
+        )
+    if options:
+        raise ValueError(
+            f"TransformerLM: position_options {sorted(options)} apply to an encoding name only; the factory "
+            "builds its encodings itself (give it the options)"
+        )
+    return position  # type: ignore[return-value]
+
+
+def _built(factory: EncodingFactory) -> PositionEncoding:
+    """``factory()``, refused unless it is a :class:`posenc.PositionEncoding`."""
+    out = factory()
+    if not isinstance(out, PositionEncoding):
+        raise TypeError(
+            f"TransformerLM: the position factory must return a posenc.PositionEncoding, got {type(out).__name__}"
+        )
+    return out
 
 
 def _init(m: nn.Module) -> None:
