@@ -14,6 +14,8 @@ from posenc.rotary.scaling import SCALINGS
 from .rotary.test_scaling_params import VALID as SCALING_EXAMPLES
 
 OPTIONS: dict[str, dict[str, Any]] = {"learned": {"max_len": 64}}
+#: The encodings posenc.Attention takes (an absolute one goes on the token embeddings instead).
+IN_ATTENTION = [n for n in posenc.available() if posenc.encoding_class(n).family != "absolute"]
 
 
 @pytest.mark.parametrize("name", posenc.available())
@@ -26,7 +28,7 @@ def test_builds_and_runs_on_the_meta_device(name: str) -> None:
     assert next(model.parameters()).device.type == "cpu"
 
 
-@pytest.mark.parametrize("name", posenc.available())
+@pytest.mark.parametrize("name", IN_ATTENTION)
 def test_attention_compiles_fullgraph(name: str) -> None:
     torch._dynamo.reset()  # one compile per encoding type; don't hit dynamo's recompile limit
     enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
@@ -131,10 +133,24 @@ def test_state_dict_holds_only_what_was_learned_and_round_trips(name: str) -> No
     torch.manual_seed(1)
     fresh = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
     fresh.load_state_dict(enc.state_dict())
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh.embed(x), enc.embed(x))
+    if enc.is_absolute:
+        return
     attn = posenc.Attention(32, 4, position=enc, backend="math").eval()
     copy = posenc.Attention(32, 4, position=fresh, backend="math").eval()
     copy.load_state_dict(attn.state_dict())
-    x = torch.randn(2, 7, 32)
     with torch.no_grad():
         assert torch.equal(copy(x), attn(x))
-        assert torch.equal(fresh.embed(x), enc.embed(x))
+
+
+@pytest.mark.parametrize("name", posenc.available(family="absolute"))
+def test_attention_refuses_an_absolute_encoding(name: str) -> None:
+    """Inside attention an absolute encoding's hooks are identities, so taking one gave a model without positions
+    and no word of it; it is refused, pointing at the token embeddings."""
+    enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    with pytest.raises(
+        ValueError, match=r"position: .* is an absolute encoding; add it to the token embeddings"
+    ):
+        posenc.Attention(32, 4, position=enc)

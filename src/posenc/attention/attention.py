@@ -21,8 +21,10 @@ class Attention(nn.Module):
         dim: model width.
         heads: query heads ``H``; ``dim % heads == 0``.
         kv_heads: key/value heads ``G`` (grouped-query attention); ``heads % kv_heads == 0``. Default ``heads``.
-        position: a :class:`posenc.PositionEncoding` (default :class:`posenc.NoPE`). Absolute encodings are
-            applied by the model to token embeddings, not here; their hooks in attention are identities.
+        position: a :class:`posenc.PositionEncoding` (default :class:`posenc.NoPE`) that acts inside attention:
+            relative, rotary or bias. An absolute encoding is refused: it belongs on the token embeddings
+            (``x = enc.embed(x)`` before the first layer, as :class:`posenc.models.TransformerLM` does), and
+            inside attention it would do nothing.
         causal: mask future keys.
         dropout: attention-weight dropout.
         backend: "auto", "sdpa", "flex", "math" (and any other key of ``posenc.attention.BACKENDS``); see
@@ -59,6 +61,12 @@ class Attention(nn.Module):
         BACKENDS.check(backend)
         if position is not None and not isinstance(position, PositionEncoding):
             raise TypeError(f"position must be a posenc.PositionEncoding, got {type(position).__name__}")
+        if position is not None and position.is_absolute:
+            raise ValueError(
+                f"position: {type(position).__name__} is an absolute encoding; add it to the token embeddings "
+                "(x = position.embed(x)) before the first layer, as TransformerLM does. Attention takes "
+                "relative, rotary and bias encodings (inside attention an absolute one would do nothing)"
+            )
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads
         self.head_dim = dim // heads
         self.causal, self.dropout, self.backend = causal, dropout, backend
