@@ -71,3 +71,30 @@ def test_liger_is_timed_in_its_own_layout_and_agrees_with_posenc(monkeypatch: py
     torch.testing.assert_close(got[1], want[1])
     dq, dk = _backward(fn, q, k)()
     assert dq.shape == q.shape and dk.shape == k.shape
+
+
+def test_a_peer_failing_to_build_its_backward_is_an_error_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that raises while its backward graph is built (before timing: a compiled peer compiles there) is
+    a row of status "error" with its reason; the other rows of the pass are timed. Rows come bfloat16 first."""
+    from posenc.bench import rope
+
+    def broken(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if a.requires_grad:
+            raise RuntimeError("out of resource: shared memory\nmore")
+        return a.clone(), b.clone()
+
+    monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
+    monkeypatch.setattr(rope, "_peers", lambda q, cos, sin, quick: {"broken peer": broken})
+    rows = list(rope.rope_suite(True, "cpu"))
+    assert [(r["dtype"], r["pass"]) for r in rows[::4]] == [
+        ("bfloat16", "forward"),
+        ("bfloat16", "backward"),
+        ("float32", "forward"),
+        ("float32", "backward"),
+    ]
+    by = {(r["dtype"], r["pass"], r["impl"]): r for r in rows}
+    assert by[("bfloat16", "forward", "broken peer")]["status"] == "ok"
+    failed = by[("bfloat16", "backward", "broken peer")]
+    assert failed["status"] == "error" and failed["ratio"] is None
+    assert failed["note"] == "RuntimeError: out of resource: shared memory"
+    assert by[("bfloat16", "backward", "posenc")]["status"] == "ok"
