@@ -98,3 +98,21 @@ def test_a_peer_failing_to_build_its_backward_is_an_error_row(monkeypatch: pytes
     assert failed["status"] == "error" and failed["ratio"] is None
     assert failed["note"] == "RuntimeError: out of resource: shared memory"
     assert by[("bfloat16", "backward", "posenc")]["status"] == "ok"
+
+
+def test_peers_run_with_room_for_recompiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled peer recompiles per shape, dtype and pass (12 cases on CUDA): the suite raises dynamo's
+    recompile limit (8 by default, past which it runs the peer eager under its compiled name) while timing."""
+    from posenc.bench import rope
+
+    seen: set[int] = set()
+
+    def peer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.add(torch._dynamo.config.recompile_limit)
+        return a * 1, b * 1
+
+    monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
+    monkeypatch.setattr(rope, "_peers", lambda q, cos, sin, quick: {"peer": peer})
+    rows = list(rope.rope_suite(True, "cpu"))
+    assert all(r["status"] == "ok" for r in rows if r["impl"] == "peer")
+    assert seen == {rope.RECOMPILE_LIMIT} and rope.RECOMPILE_LIMIT > 12

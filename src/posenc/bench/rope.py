@@ -38,6 +38,8 @@ CPU_SHAPES: tuple[Shape, ...] = ((1, 32, 4096, 128, 32), (8, 8, 1024, 64, 8))
 QUICK_SHAPES: tuple[Shape, ...] = ((1, 4, 128, 64, 4), (2, 4, 64, 32, 2))
 DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32)
 FLOOR = "copy (floor)"
+#: room for the compiled peer's recompilations across the cases (see :func:`rope_suite`)
+RECOMPILE_LIMIT = 64
 
 
 def _peers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
@@ -155,13 +157,16 @@ def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> Iterat
         log.info("rope: %s %s %s", pass_, str(dtype).removeprefix("torch."), "x".join(map(str, shape)))
         timed: dict[str, Callable[[], object]] = {FLOOR: lambda: (q.clone(), k.clone())}
         errors: dict[str, str] = {}
-        for name, fn in runnable.items():
-            try:  # the backward's graph is built here (a compiled peer compiles): a failure is its row's
-                timed[name] = _forward(fn, q, k) if pass_ == "forward" else _backward(fn, q, k)
-            except Exception as err:  # noqa: BLE001 - reported as the row's status, the others still run
-                errors[name] = error_note(err)
-                log.warning("bench: rope %s %s failed: %s", name, pass_, errors[name])
-        medians = time_round_robin(timed, device, repeats=repeats, warmup=1, errors=errors)
+        # "transformers compiled" recompiles per shape, dtype and pass (up to 12 on CUDA); past dynamo's default
+        # limit of 8 it would run eager, silently, under its compiled name
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            for name, fn in runnable.items():
+                try:  # the backward's graph is built here (a compiled peer compiles): a failure is its row's
+                    timed[name] = _forward(fn, q, k) if pass_ == "forward" else _backward(fn, q, k)
+                except Exception as err:  # noqa: BLE001 - reported as the row's status, the others still run
+                    errors[name] = error_note(err)
+                    log.warning("bench: rope %s %s failed: %s", name, pass_, errors[name])
+            medians = time_round_robin(timed, device, repeats=repeats, warmup=1, errors=errors)
         del timed
         rows: list[Row] = []
         for name in (FLOOR, *fns):
