@@ -116,3 +116,26 @@ def test_peers_run_with_room_for_recompiles(monkeypatch: pytest.MonkeyPatch) -> 
     rows = list(rope.rope_suite(True, "cpu"))
     assert all(r["status"] == "ok" for r in rows if r["impl"] == "peer")
     assert seen == {rope.RECOMPILE_LIMIT} and rope.RECOMPILE_LIMIT > 12
+
+
+def test_a_peer_failing_to_import_is_an_error_and_the_others_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's wheel that does not import on this torch / Triton (Liger is brought along to the GPU machine)
+    is that peer's "error" row; the other peers and the rest of the suite still run."""
+    from posenc.bench import rope
+
+    def broken(*args: object) -> object:
+        raise ImportError("cannot import name 'libdevice' from 'triton.language.extra'")
+
+    monkeypatch.setattr(rope, "_liger", broken)
+    peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
+    assert peers["liger"] == "error: ImportError: cannot import name 'libdevice' from 'triton.language.extra'"
+    assert set(peers) == {
+        "transformers eager",
+        "transformers compiled",
+        "rotary-embedding-torch",
+        "flash-attn rotary",
+        "liger",
+    }
+    monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
+    rows = [r for r in rope.rope_suite(True, "cpu") if r["impl"] == "liger"]
+    assert rows and all(r["status"] == "error" and r["note"].startswith("ImportError") for r in rows)

@@ -43,50 +43,75 @@ RECOMPILE_LIMIT = 64
 
 
 def _peers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
-    """name -> rotation function, or the reason it is not measured."""
+    """name -> rotation function, or the reason it is not measured (a peer whose import or set-up raises, e.g. a
+    wheel built against another torch or Triton, is an "error" row with the reason; the others still run)."""
     out: dict[str, RopeFn | str] = {}
-    if importlib.util.find_spec("transformers") is None:
-        out["transformers eager"] = out["transformers compiled"] = "missing: transformers is not installed"
-    else:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        cos_hf = torch.cat((cos, cos), dim=-1)[None].to(q.dtype)  # (1, S, D), as LlamaRotaryEmbedding returns
-        sin_hf = torch.cat((sin, sin), dim=-1)[None].to(q.dtype)
-        out["transformers eager"] = lambda a, b: apply_rotary_pos_emb(a, b, cos_hf, sin_hf)
-        if quick:
-            out["transformers compiled"] = "skipped: torch.compile takes longer than --quick allows"
-        else:
-            hf_compiled = torch.compile(apply_rotary_pos_emb)
-            out["transformers compiled"] = lambda a, b: hf_compiled(a, b, cos_hf, sin_hf)
-    if importlib.util.find_spec("rotary_embedding_torch") is None:
-        out["rotary-embedding-torch"] = "missing: rotary-embedding-torch is not installed"
-    else:
-        from rotary_embedding_torch import RotaryEmbedding
-
-        rot = RotaryEmbedding(dim=q.shape[-1]).to(q.device)
-        out["rotary-embedding-torch"] = lambda a, b: (
-            rot.rotate_queries_or_keys(a),
-            rot.rotate_queries_or_keys(b),
-        )
-    if importlib.util.find_spec("flash_attn") is None:
-        out["flash-attn rotary"] = "missing: flash-attn is not installed"
-    elif q.device.type != "cuda":
-        out["flash-attn rotary"] = "skipped: flash-attn's Triton rotary runs on CUDA only"
-    else:
-        from flash_attn.layers.rotary import apply_rotary_emb
-
-        cos_fa, sin_fa = (
-            cos.to(q.dtype),
-            sin.to(q.dtype),
-        )  # (S, D/2), in the input dtype as flash-attn requires
-
-        def flash(a: Tensor, b: Tensor) -> QK:  # flash-attn takes (B, S, H, D): pass transposed views
-            rot_a = apply_rotary_emb(a.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
-            return rot_a, apply_rotary_emb(b.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
-
-        out["flash-attn rotary"] = flash
-    out["liger"] = _liger(q, cos, sin)
+    for names, make in (
+        (("transformers eager", "transformers compiled"), _transformers),
+        (("rotary-embedding-torch",), _rotary_embedding_torch),
+        (("flash-attn rotary",), _flash_attn),
+        (("liger",), _liger_peer),
+    ):
+        try:
+            out.update(make(q, cos, sin, quick))
+        except Exception as err:  # noqa: BLE001 - the peer's rows say why, the suite goes on
+            note = error_note(err)
+            log.warning("bench: rope peer %s failed to set up: %s", names[0], note)
+            out.update(dict.fromkeys(names, note))
     return out
+
+
+def _transformers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    """transformers' Llama ``apply_rotary_pos_emb``, eager and under ``torch.compile`` (not with ``quick``)."""
+    if importlib.util.find_spec("transformers") is None:
+        return dict.fromkeys(
+            ("transformers eager", "transformers compiled"), "missing: transformers is not installed"
+        )
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos_hf = torch.cat((cos, cos), dim=-1)[None].to(q.dtype)  # (1, S, D), as LlamaRotaryEmbedding returns
+    sin_hf = torch.cat((sin, sin), dim=-1)[None].to(q.dtype)
+    out: dict[str, RopeFn | str] = {
+        "transformers eager": lambda a, b: apply_rotary_pos_emb(a, b, cos_hf, sin_hf),
+        "transformers compiled": "skipped: torch.compile takes longer than --quick allows",
+    }
+    if not quick:
+        hf_compiled = torch.compile(apply_rotary_pos_emb)
+        out["transformers compiled"] = lambda a, b: hf_compiled(a, b, cos_hf, sin_hf)
+    return out
+
+
+def _rotary_embedding_torch(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    """rotary-embedding-torch's ``RotaryEmbedding.rotate_queries_or_keys`` on q and on k."""
+    if importlib.util.find_spec("rotary_embedding_torch") is None:
+        return {"rotary-embedding-torch": "missing: rotary-embedding-torch is not installed"}
+    from rotary_embedding_torch import RotaryEmbedding
+
+    rot = RotaryEmbedding(dim=q.shape[-1]).to(q.device)
+    return {
+        "rotary-embedding-torch": lambda a, b: (rot.rotate_queries_or_keys(a), rot.rotate_queries_or_keys(b))
+    }
+
+
+def _flash_attn(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    """flash-attn's Triton rotary (CUDA only)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return {"flash-attn rotary": "missing: flash-attn is not installed"}
+    if q.device.type != "cuda":
+        return {"flash-attn rotary": "skipped: flash-attn's Triton rotary runs on CUDA only"}
+    from flash_attn.layers.rotary import apply_rotary_emb
+
+    cos_fa, sin_fa = cos.to(q.dtype), sin.to(q.dtype)  # (S, D/2), in the input dtype as flash-attn requires
+
+    def flash(a: Tensor, b: Tensor) -> QK:  # flash-attn takes (B, S, H, D): pass transposed views
+        rot_a = apply_rotary_emb(a.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
+        return rot_a, apply_rotary_emb(b.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
+
+    return {"flash-attn rotary": flash}
+
+
+def _liger_peer(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    return {"liger": _liger(q, cos, sin)}
 
 
 def _liger(q: Tensor, cos: Tensor, sin: Tensor) -> RopeFn | str:
