@@ -67,3 +67,21 @@ def test_one_encoding_failing_is_its_row_and_the_others_run(monkeypatch: pytest.
     assert list(gen) == ["none", "rope", "xpos", "alibi"]
     assert gen["xpos"]["status"] == "error" and "other tokens" in gen["xpos"]["note"]
     assert all(gen[n]["status"] == "ok" and gen[n]["eager tok/s"] > 0 for n in ("none", "rope", "alibi"))
+
+
+def test_a_rope_call_that_raises_is_an_error_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RoPE call group keeps a row for a call that raised (the positions kernel failing to compile on a
+    card), with its reason, instead of dropping it from the table."""
+    import posenc
+    from posenc.bench import decode
+
+    def broken(self: object, *args: object, **kw: object) -> object:
+        raise RuntimeError("triton compile failed\ndetails")
+
+    monkeypatch.setattr(posenc.RoPE, "forward", broken)
+    by = {r["name"]: r for r in decode._rope_call("cpu", quick=True)}
+    assert (
+        by["posenc RoPE"]["status"] == "error"
+        and by["posenc RoPE"]["note"] == "RuntimeError: triton compile failed"
+    )
+    assert by["copy q, k"]["us"] > 0

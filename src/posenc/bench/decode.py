@@ -57,17 +57,23 @@ def _rope_call(device: str, quick: bool) -> list[Row]:
 
         cos, sin = (torch.cat((t, t), dim=-1) for t in rope.cos_sin(1, pos, q.device))  # (1, 1, 1, 128)
         fns["transformers apply_rotary_pos_emb"] = lambda: apply_rotary_pos_emb(q, k, cos, sin)
-    times = time_round_robin(_batched(fns, 200), device, repeats=5 if quick else 20)
+    errors: dict[str, str] = {}
+    times = time_round_robin(_batched(fns, 200), device, repeats=5 if quick else 20, errors=errors)
     base = times.get("transformers apply_rotary_pos_emb")
-    return [
-        {
-            "group": "rope call",
-            "name": name,
-            "us": t / 200 * 1e6,
-            "x transformers": None if base is None else t / base,
-        }
-        for name, t in times.items()
-    ]
+    rows: list[Row] = []
+    for name in fns:
+        row: Row = {"group": "rope call", "name": name}
+        if name in times:
+            row.update(
+                {
+                    "us": times[name] / 200 * 1e6,
+                    "x transformers": None if base is None else times[name] / base,
+                }
+            )
+        else:  # a call that raised (a kernel that does not compile on this card): its row says why
+            row["status"], _, row["note"] = errors[name].partition(": ")
+        rows.append(row)
+    return rows
 
 
 def _batched(fns: dict[str, Callable[[], object]], n: int) -> dict[str, Callable[[], object]]:
