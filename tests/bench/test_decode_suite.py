@@ -57,6 +57,10 @@ def test_one_encoding_failing_is_its_row_and_the_others_run(monkeypatch: pytest.
     monkeypatch.setattr(decode, "_step_fn", step_fn)
     monkeypatch.setattr(decode, "_llama_anchor", lambda *a, **kw: iter([]))
     models: Any = {name: Model(name) for name in ("none", "rope", "xpos", "alibi")}
+    eager = {r["name"]: r for r in decode._decode_steps(models, "cpu", quick=True)}
+    assert list(eager) == ["none", "rope", "xpos", "alibi"]
+    assert eager["rope"]["status"] == "error" and "ms" not in eager["rope"]
+    assert eager["none"]["x none"] == 1 and eager["alibi"]["x none (paired)"] > 0
     rows = list(decode._compiled_steps(models, "cpu", quick=True))
     by = {r["name"]: r for r in rows}
     assert list(by) == ["none", "rope", "xpos"]  # --quick compiles the none and rotary families

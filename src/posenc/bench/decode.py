@@ -137,21 +137,33 @@ def _cudagraph_skips() -> int:
 
 
 def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
-    """The eager step of every encoding, in turns, against ``none``'s (and paired with it alone)."""
-    fns = {name: _step_fn(model, device) for name, model in models.items()}
+    """The eager step of every encoding, in turns, against ``none``'s (and paired with it alone); an encoding
+    whose step raises is a row of status "error"."""
+    errors: dict[str, str] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    for name, model in models.items():
+        try:
+            fns[name] = _step_fn(model, device)
+        except Exception as err:  # noqa: BLE001 - this encoding's row, the others still run
+            errors[name] = error_note(err)
     with DecodeSession(CACHED + 1):  # as generate's loop runs its steps (tables kept for the session)
-        times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
-        paired = {name: _paired_ratio(fns, name, device, quick) for name in fns if name != "none"}
-    return [
-        {
-            "group": "decode step",
-            "name": name,
-            "ms": t / 5 * 1e3,
-            "x none": t / times["none"],
-            "x none (paired)": paired.get(name, 1.0),
+        times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20, errors=errors)
+        paired = {
+            name: _paired_ratio(fns, name, device, quick)
+            for name in times
+            if name != "none" and "none" in times
         }
-        for name, t in times.items()
-    ]
+    rows: list[Row] = []
+    for name in models:
+        row: Row = {"group": "decode step", "name": name}
+        if name in times:
+            none = times.get("none")
+            row.update({"ms": times[name] / 5 * 1e3, "x none": None if none is None else times[name] / none})
+            row["x none (paired)"] = paired.get(name, 1.0 if name == "none" else None)
+        else:
+            row["status"], _, row["note"] = errors[name].partition(": ")
+        rows.append(row)
+    return rows
 
 
 def _compiled_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> Iterator[Row]:
