@@ -124,3 +124,19 @@ def test_cuda_calls_are_timed_between_events_on_the_current_stream(monkeypatch: 
     assert log == ["device sync", "record", "work", "record", "event sync"]
     medians = time_round_robin({"work": work}, "cuda:0", repeats=3, warmup=1)
     assert medians == {"work": pytest.approx(2.5e-3)}
+
+
+def test_an_announced_reason_is_kept_in_the_note() -> None:
+    """dynamo wraps a compile failure as "backend='inductor' raised:" then the reason on the next line: the
+    note keeps the reason (issue #9's T5 shared-memory failure), still one line."""
+    from posenc.bench.runner import error_note
+
+    err = RuntimeError(
+        "backend='inductor' raised:\nNoValidChoicesError: No valid triton configs. out of resource: "
+        "Required: 245760 Hardware limit: 232448\n\nSet TORCHDYNAMO_VERBOSE=1 for more"
+    )
+    assert error_note(err) == (
+        "error: RuntimeError: backend='inductor' raised: NoValidChoicesError: No valid triton configs. "
+        "out of resource: Required: 245760 Hardware limit: 232448"
+    )
+    assert error_note(ValueError("")) == "error: ValueError: "

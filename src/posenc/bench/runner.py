@@ -108,8 +108,12 @@ def call_timer(device: str) -> Callable[[Callable[[], object]], float]:
 
 
 def error_note(err: BaseException) -> str:
-    """``"error: <type>: <first line>"`` for a bench row (long compiler messages cut to one line)."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    """``"error: <type>: <first line>"`` for a bench row (long compiler messages cut to one line). A first line
+    that only announces the reason (dynamo's ``backend='inductor' raised:``) takes the next line with it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
     return f"error: {type(err).__name__}: {first[:300]}"
 
 
