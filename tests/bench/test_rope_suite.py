@@ -71,3 +71,71 @@ def test_liger_is_timed_in_its_own_layout_and_agrees_with_posenc(monkeypatch: py
     torch.testing.assert_close(got[1], want[1])
     dq, dk = _backward(fn, q, k)()
     assert dq.shape == q.shape and dk.shape == k.shape
+
+
+def test_a_peer_failing_to_build_its_backward_is_an_error_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that raises while its backward graph is built (before timing: a compiled peer compiles there) is
+    a row of status "error" with its reason; the other rows of the pass are timed. Rows come bfloat16 first."""
+    from posenc.bench import rope
+
+    def broken(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if a.requires_grad:
+            raise RuntimeError("out of resource: shared memory\nmore")
+        return a.clone(), b.clone()
+
+    monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
+    monkeypatch.setattr(rope, "_peers", lambda q, cos, sin, quick: {"broken peer": broken})
+    rows = list(rope.rope_suite(True, "cpu"))
+    assert [(r["dtype"], r["pass"]) for r in rows[::4]] == [
+        ("bfloat16", "forward"),
+        ("bfloat16", "backward"),
+        ("float32", "forward"),
+        ("float32", "backward"),
+    ]
+    by = {(r["dtype"], r["pass"], r["impl"]): r for r in rows}
+    assert by[("bfloat16", "forward", "broken peer")]["status"] == "ok"
+    failed = by[("bfloat16", "backward", "broken peer")]
+    assert failed["status"] == "error" and failed["ratio"] is None
+    assert failed["note"] == "RuntimeError: out of resource: shared memory"
+    assert by[("bfloat16", "backward", "posenc")]["status"] == "ok"
+
+
+def test_peers_run_with_room_for_recompiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled peer recompiles per shape, dtype and pass (12 cases on CUDA): the suite raises dynamo's
+    recompile limit (8 by default, past which it runs the peer eager under its compiled name) while timing."""
+    from posenc.bench import rope
+
+    seen: set[int] = set()
+
+    def peer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.add(torch._dynamo.config.recompile_limit)
+        return a * 1, b * 1
+
+    monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
+    monkeypatch.setattr(rope, "_peers", lambda q, cos, sin, quick: {"peer": peer})
+    rows = list(rope.rope_suite(True, "cpu"))
+    assert all(r["status"] == "ok" for r in rows if r["impl"] == "peer")
+    assert seen == {rope.RECOMPILE_LIMIT} and rope.RECOMPILE_LIMIT > 12
+
+
+def test_a_peer_failing_to_import_is_an_error_and_the_others_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's wheel that does not import on this torch / Triton (Liger is brought along to the GPU machine)
+    is that peer's "error" row; the other peers and the rest of the suite still run."""
+    from posenc.bench import rope
+
+    def broken(*args: object) -> object:
+        raise ImportError("cannot import name 'libdevice' from 'triton.language.extra'")
+
+    monkeypatch.setattr(rope, "_liger", broken)
+    peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
+    assert peers["liger"] == "error: ImportError: cannot import name 'libdevice' from 'triton.language.extra'"
+    assert set(peers) == {
+        "transformers eager",
+        "transformers compiled",
+        "rotary-embedding-torch",
+        "flash-attn rotary",
+        "liger",
+    }
+    monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
+    rows = [r for r in rope.rope_suite(True, "cpu") if r["impl"] == "liger"]
+    assert rows and all(r["status"] == "error" and r["note"].startswith("ImportError") for r in rows)

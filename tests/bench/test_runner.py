@@ -84,3 +84,59 @@ def test_bench_writes_each_row_as_it_arrives(
         err[-1]
         == f"posenc bench: interrupted; the rows finished so far are in {out / 'bench.json'} and {out / 'bench.md'}"
     )
+
+
+def test_cuda_calls_are_timed_between_events_on_the_current_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA a call is timed by two CUDA events around it (no host synchronize latency in the figure); the
+    path runs here with stand-ins for torch.cuda's Event, stream and synchronize."""
+    import torch
+
+    from posenc.bench import runner
+
+    log: list[str] = []
+
+    class Event:
+        clock = 0.0
+
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            self.at = -1.0
+
+        def record(self, stream: object) -> None:
+            assert stream == "stream of cuda:0"
+            self.at = Event.clock
+            log.append("record")
+
+        def synchronize(self) -> None:
+            log.append("event sync")
+
+        def elapsed_time(self, end: Event) -> float:
+            return end.at - self.at  # milliseconds
+
+    def work() -> None:
+        Event.clock += 2.5
+        log.append("work")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: log.append("device sync"))
+    assert runner.call_timer("cuda:0")(work) == pytest.approx(2.5e-3)
+    assert log == ["device sync", "record", "work", "record", "event sync"]
+    medians = time_round_robin({"work": work}, "cuda:0", repeats=3, warmup=1)
+    assert medians == {"work": pytest.approx(2.5e-3)}
+
+
+def test_an_announced_reason_is_kept_in_the_note() -> None:
+    """dynamo wraps a compile failure as "backend='inductor' raised:" then the reason on the next line: the
+    note keeps the reason (issue #9's T5 shared-memory failure), still one line."""
+    from posenc.bench.runner import error_note
+
+    err = RuntimeError(
+        "backend='inductor' raised:\nNoValidChoicesError: No valid triton configs. out of resource: "
+        "Required: 245760 Hardware limit: 232448\n\nSet TORCHDYNAMO_VERBOSE=1 for more"
+    )
+    assert error_note(err) == (
+        "error: RuntimeError: backend='inductor' raised: NoValidChoicesError: No valid triton configs. "
+        "out of resource: Required: 245760 Hardware limit: 232448"
+    )
+    assert error_note(ValueError("")) == "error: ValueError: "

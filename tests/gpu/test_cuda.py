@@ -8,6 +8,7 @@ a CUDA graph with the eager tokens, and ``posenc bench --quick``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -67,15 +68,28 @@ def test_rope_kernels_keep_float64_and_take_many_heads(positions: list[list[int]
 
 
 def _pair(name: str, backend: str, dtype: torch.dtype) -> tuple[posenc.Attention, posenc.Attention]:
+    """``(fast, ref)``: the same weights through ``backend`` and through ``math``, each with its own copy of the
+    encoding (a shared one would accumulate both backwards into one ``.grad`` and compare it with itself)."""
     torch.manual_seed(0)
     enc = posenc.build(name, dim=128, heads=4)
     with torch.no_grad():
         for p in enc.parameters():
             p.add_(torch.rand_like(p) * 0.3)
     fast = posenc.Attention(128, 4, kv_heads=2, position=enc, backend=backend)
-    ref = posenc.Attention(128, 4, kv_heads=2, position=enc, backend="math")
-    ref.load_state_dict(fast.state_dict())
+    ref = copy.deepcopy(fast)
+    ref.backend = "math"
     return fast.to(CUDA, dtype), ref.to(CUDA, dtype)
+
+
+def _output_and_grads(attn: posenc.Attention, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """The output and every parameter's gradient (float32; None for a parameter attention does not use, such as
+    an absolute encoding's table) for the loss ``sum(out**2)``."""
+    out = attn(x.to(next(attn.parameters()).dtype))
+    out.float().square().sum().backward()
+    got: dict[str, torch.Tensor | None] = {"output": out.detach().float()}
+    for pname, p in attn.named_parameters():
+        got[pname] = None if p.grad is None else p.grad.float()
+    return got
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
@@ -109,19 +123,30 @@ def test_rope_at_positions_one_launch_equals_the_reference(
 def test_every_encoding_through_every_backend_forward_and_backward(
     name: str, backend: str, dtype: torch.dtype
 ) -> None:
+    """Output and every gradient (learned bias tables included) against ``math``. In float32 they agree to 1e-4
+    of each tensor's scale; in bfloat16 the fast path is within twice the bfloat16 ``math`` path's own error
+    from float32 ``math`` at the same weights (plus 1e-2 of the scale): bfloat16 rounding, not a bug."""
     fast, ref = _pair(name, backend, dtype)
     if fast.position.needs_probs:
         pytest.skip(f"{name} needs the attention weights: math only")
-    x = torch.randn(2, 300, 128, device=CUDA, dtype=dtype)
-    out_fast, out_ref = fast(x), ref(x)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out_fast.float(), out_ref.float(), atol=tol, rtol=tol)
-    out_fast.float().square().sum().backward()
-    out_ref.float().square().sum().backward()
-    for (pname, a), b in zip(fast.named_parameters(), ref.parameters(), strict=True):
-        assert a.grad is not None and b.grad is not None, pname
-        scale = b.grad.float().abs().max().clamp_min(1.0)
-        torch.testing.assert_close(a.grad.float() / scale, b.grad.float() / scale, atol=tol, rtol=tol)
+    x = torch.randn(2, 300, 128, device=CUDA)
+    got, low = _output_and_grads(fast, x), _output_and_grads(ref, x)
+    want = low if dtype == torch.float32 else _output_and_grads(copy.deepcopy(ref).float(), x)
+    for key, w in want.items():
+        g, lo = got[key], low[key]
+        if w is None or g is None or lo is None:  # used by one backend and not the other: a bug
+            assert w is None and g is None and lo is None, (
+                f"{name} {backend}: only one side has a {key} gradient"
+            )
+            continue
+        scale = (
+            w.abs().max().clamp_min(1.0)
+        )  # absolute for small tensors (a shift-invariant bias's gradient ~ 0)
+        err = ((g - w) / scale).abs().max().item()
+        bound = 1e-4 if dtype == torch.float32 else 2 * ((lo - w) / scale).abs().max().item() + 1e-2
+        assert err <= bound, (
+            f"{name} {backend} {dtype}: {key} is {err:.3g} of its scale from math (> {bound:.3g})"
+        )
 
 
 @pytest.mark.parametrize("name", posenc.available())

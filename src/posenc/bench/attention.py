@@ -1,8 +1,11 @@
 """Attention with a positional bias: ``flex`` and ``sdpa`` against plain causal SDPA, forward and training.
 
-Batch 1, head_dim 64, causal; 16 heads in bfloat16 on CUDA (issue #9's setting), 8 heads in float32 on a CPU. Each group of rows (one sequence length, one ``pass``) is timed
+Batch 1, head_dim 64, causal; 16 heads in bfloat16 on CUDA (issue #9's setting), 8 heads in float32 on a CPU.
+Each group of rows (one sequence length, one ``pass``, one encoding through ``flex`` and ``sdpa``) is timed
 round-robin with plain causal ``scaled_dot_product_attention`` without any bias (the baseline) measured in the
-same rounds; ``ratio`` is time divided by the baseline's. ``pass``: ``forward`` runs under
+same rounds; ``ratio`` is time divided by that baseline's (``baseline_ms``; the baseline's own row is given
+once per length and pass). Order: at each length the goal table's rows (forward, then forward+backward), then
+``flex`` without a bias (FlexAttention's own floor), Shaw last, so a run cut short keeps the most wanted. ``pass``: ``forward`` runs under
 ``torch.inference_mode``; ``forward+backward`` takes the gradients of q, k, v and the encoding's learned
 parameters (T5's table, Kerple's ``r1, r2``, FIRE's MLP) for one output gradient, against the baseline's
 gradients of q, k, v (issue #9's training goals; FlexAttention has no CPU backward, so those rows are skipped
@@ -142,12 +145,18 @@ def _rows(
     base: str,
     device: str,
     repeats: int,
+    with_base: bool = True,
 ) -> list[Row]:
+    """Time ``group`` round-robin; one row per case of ``meta`` (the baseline's own row only ``with_base``),
+    each with the baseline's median of the same rounds (``baseline_ms``) and its ratio to it."""
     errors: dict[str, str] = {}
     medians = time_round_robin(group, device, repeats=repeats, warmup=1, errors=errors)
     rows: list[Row] = []
     for name, info in meta.items():
+        if name == base and not with_base:
+            continue
         row: Row = {**info, "status": "ok", "median_ms": None, "ratio": None, "peak_mb": None}
+        row["baseline_ms"] = medians[base] * 1e3 if base in medians else None
         if name in medians:
             row["median_ms"] = medians[name] * 1e3
             row["ratio"] = medians[name] / medians[base] if base in medians else None
@@ -162,68 +171,63 @@ def _rows(
     return rows
 
 
-def _add_bias_cases(
-    group: dict[str, Callable[[], object]],
-    skipped: dict[str, str],
-    meta: dict[str, Row],
-    q: Tensor,
+def _bias_group(
+    name: str,
+    qkv: tuple[Tensor, Tensor, Tensor],
     quick: bool,
-    train: bool,
-    call: Callable[[str, PositionEncoding], Callable[[], object]],
-) -> None:
-    """Every bias encoding through ``flex`` and ``sdpa`` at ``n = q.shape[-2]``: the timed ``call(backend,
-    encoding)`` into ``group``, or the reason it is skipped (:func:`_skip_reason`) into ``skipped``."""
-    n, passes = q.shape[-2], "forward+backward" if train else "forward"
-    for name in available(family="bias"):
-        enc = build(name, heads=q.shape[1]).to(q.device)
-        for backend in ("flex", "sdpa"):
-            key = f"{name} {backend}"
-            meta[key] = {"pass": passes, "n": n, "encoding": name, "backend": backend}
-            reason = _skip_reason(name, backend, n, q, quick, train=train)
-            if reason is not None:
-                skipped[key] = reason
-            else:
-                group[key] = call(backend, enc)
+    grad: Tensor | None = None,
+    with_base: bool = False,
+) -> list[Row]:
+    """One bias encoding through ``flex`` and ``sdpa`` at ``n = q.shape[-2]``, with plain causal SDPA (the
+    baseline) in the same rounds: forward, or forward+backward when ``grad`` (the output gradient) is given
+    (q, k, v must then require gradients). One encoding per group, so a run cut short keeps every encoding
+    it finished (each new flex case compiles, seconds each)."""
+    q, k, v = qkv
+    n, train = q.shape[-2], grad is not None
+    passes = "forward+backward" if train else "forward"
+
+    def base_fn() -> object:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return out if grad is None else torch.autograd.grad(out, (q, k, v), grad)
+
+    group: dict[str, Callable[[], object]] = {BASELINE: base_fn}
+    skipped: dict[str, str] = {}
+    meta: dict[str, Row] = {BASELINE: {"pass": passes, "n": n, "encoding": "none", "backend": "sdpa"}}
+    enc = build(name, heads=q.shape[1]).to(q.device)
+    for backend in ("flex", "sdpa"):
+        key = f"{name} {backend}"
+        meta[key] = {"pass": passes, "n": n, "encoding": name, "backend": backend}
+        reason = _skip_reason(name, backend, n, q, quick, train=train)
+        if reason is not None:
+            skipped[key] = reason
+        elif grad is None:
+            group[key] = _call(backend, enc, q, k, v)
+        else:
+            group[key] = _train_call(backend, enc, q, k, v, grad)
+    log.info("attention: %s at n=%d, %s", name, n, passes)
+    device = str(q.device)
+    return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5, with_base=with_base)
 
 
-def _bias_group(n: int, device: str, quick: bool) -> list[Row]:
-    q, k, v = _qkv(n, device)
+def _flex_floor_group(qkv: tuple[Tensor, Tensor, Tensor], quick: bool) -> list[Row]:
+    """FlexAttention with no bias (``none`` through ``flex``) against the baseline: the floor of every flex
+    row, to tell FlexAttention's own cost from the encodings'."""
+    q, k, v = qkv
+    n, fwd = q.shape[-2], "forward"
     group: dict[str, Callable[[], object]] = {
         BASELINE: lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     }
+    meta: dict[str, Row] = {
+        BASELINE: {"pass": fwd, "n": n, "encoding": "none", "backend": "sdpa"},
+        "none flex": {"pass": fwd, "n": n, "encoding": "none", "backend": "flex"},
+    }
     skipped: dict[str, str] = {}
-    fwd = "forward"
-    meta: dict[str, Row] = {BASELINE: {"pass": fwd, "n": n, "encoding": "none", "backend": "sdpa"}}
-    # FlexAttention's own cost, no bias: the floor for every flex row below
-    meta["none flex"] = {"pass": fwd, "n": n, "encoding": "none", "backend": "flex"}
     if quick:
         skipped["none flex"] = "skipped: --quick compiles FlexAttention for ALiBi only"
     else:
         group["none flex"] = _call("flex", build("none"), q, k, v)
-    _add_bias_cases(group, skipped, meta, q, quick, False, lambda backend, enc: _call(backend, enc, q, k, v))
-    log.info("attention: bias encodings at n=%d", n)
-    return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
-
-
-def _train_group(n: int, device: str, quick: bool) -> list[Row]:
-    """forward+backward of every bias encoding through ``flex`` and ``sdpa`` against causal SDPA's."""
-    q, k, v = (t.requires_grad_() for t in _qkv(n, device))
-    grad = torch.randn_like(q)
-    group: dict[str, Callable[[], object]] = {
-        BASELINE: lambda: torch.autograd.grad(
-            F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v), grad
-        )
-    }
-    skipped: dict[str, str] = {}
-    train = "forward+backward"
-    meta: dict[str, Row] = {BASELINE: {"pass": train, "n": n, "encoding": "none", "backend": "sdpa"}}
-
-    def train_call(backend: str, enc: PositionEncoding) -> Callable[[], object]:
-        return _train_call(backend, enc, q, k, v, grad)
-
-    _add_bias_cases(group, skipped, meta, q, quick, True, train_call)
-    log.info("attention: bias encodings at n=%d, forward+backward", n)
-    return _rows(group, skipped, meta, BASELINE, device, repeats=2 if quick else 5)
+    log.info("attention: flex without a bias at n=%d", n)
+    return _rows(group, skipped, meta, BASELINE, str(q.device), repeats=2 if quick else 5, with_base=False)
 
 
 def _shaw_group(n: int, device: str, quick: bool) -> list[Row]:
@@ -283,15 +287,27 @@ def attention_suite(quick: bool, device: str) -> Iterator[Row]:
     """
     kind = _kind(device)
     sizes, train_sizes = (QUICK_SIZES, QUICK_TRAIN_SIZES) if quick else (SIZES[kind], TRAIN_SIZES[kind])
-    for n in sorted(set(sizes) | set(train_sizes)):  # both passes at one length before the next length
+    bias = available(family="bias")
+    # issue #9's goal table first: at each length every bias encoding forward, then forward+backward, one
+    # group per encoding; the flex floor after them; Shaw last. (Inference mode is left before each yield:
+    # the caller's code between rows runs outside it.)
+    for n in sorted(set(sizes) | set(train_sizes)):
         if n in sizes:
-            with (
-                torch.inference_mode()
-            ):  # left before yielding: the caller's code between rows runs outside it
-                rows = _bias_group(n, device, quick)
-            yield from rows
+            with torch.inference_mode():
+                qkv = _qkv(n, device)
+            for i, name in enumerate(bias):
+                with torch.inference_mode():
+                    rows = _bias_group(name, qkv, quick, with_base=i == 0)
+                yield from rows
         if n in train_sizes:
-            yield from _train_group(n, device, quick)
+            q, k, v = (t.requires_grad_() for t in _qkv(n, device))
+            grad = torch.randn_like(q)
+            for i, name in enumerate(bias):
+                yield from _bias_group(name, (q, k, v), quick, grad=grad, with_base=i == 0)
+        if n in sizes:
+            with torch.inference_mode():
+                rows = _flex_floor_group(qkv, quick)
+            yield from rows
     for n in QUICK_SHAW_SIZES if quick else SHAW_SIZES[kind]:
         with torch.inference_mode():
             rows = _shaw_group(n, device, quick)

@@ -1,15 +1,17 @@
 """The ``decode`` suite: what positions cost per generated token (issue #10).
 
-Three groups, each with its baseline timed round-robin in the same run:
+Three groups, each with its baseline timed round-robin in the same run, written row by row as timed (a
+failing encoding is a row of status "error"):
 
 * ``rope call``: ``posenc.RoPE(128)(q, k, positions)`` at a decode shape (q ``(1, 32, 1, 128)``, k
   ``(1, 8, 1, 128)``, position 1000) against transformers' ``apply_rotary_pos_emb`` given its cos/sin, and
   a copy of q and k (the floor). Goal: ``<= 1.5x`` transformers on CPU.
 * ``decode step``: one decode step of a 4-layer, dim-256 :class:`TransformerLM` after 256 cached tokens, per
   encoding, as :func:`posenc.models.generate.generate` runs it (eager steps inside one
-  :class:`posenc.DecodeSession`, as generate's loop), eager and compiled (each against ``none`` in
-  the same mode, all models in turns), and eager against ``none`` with the two alone in the turns
-  (``x none (paired)``). Goal: ``rope/none <= 1.05``, every encoding ``<= 1.15x none``.
+  :class:`posenc.DecodeSession`, as generate's loop): eager (all models in turns against ``none``, and
+  against ``none`` with the two alone in the turns, ``x none (paired)``), then compiled (``decode step,
+  compiled``: one row per encoding, timed in turns with ``none``'s compiled step). Goal: ``rope/none <= 1.05``,
+  every encoding ``<= 1.15x none``.
 * ``generate``: tokens/s of greedy ``generate`` eager and compiled (the compiled tokens are checked equal to
   the eager ones first), ratio compiled/eager (goal ``>= 2``), and transformers' ``LlamaForCausalLM`` of the
   same size with a static cache as the anchor. Compiling costs tens of seconds per encoding on a small CPU,
@@ -36,7 +38,7 @@ import posenc
 from ..models import TransformerLM
 from ..models.decoders import _decoder
 from ..session import DecodeSession
-from .runner import synchronize, time_round_robin
+from .runner import error_note, synchronize, time_round_robin
 from .suites import Row, register_suite
 
 DIM, DEPTH, HEADS, CACHED = 256, 4, 4, 256
@@ -55,17 +57,23 @@ def _rope_call(device: str, quick: bool) -> list[Row]:
 
         cos, sin = (torch.cat((t, t), dim=-1) for t in rope.cos_sin(1, pos, q.device))  # (1, 1, 1, 128)
         fns["transformers apply_rotary_pos_emb"] = lambda: apply_rotary_pos_emb(q, k, cos, sin)
-    times = time_round_robin(_batched(fns, 200), device, repeats=5 if quick else 20)
+    errors: dict[str, str] = {}
+    times = time_round_robin(_batched(fns, 200), device, repeats=5 if quick else 20, errors=errors)
     base = times.get("transformers apply_rotary_pos_emb")
-    return [
-        {
-            "group": "rope call",
-            "name": name,
-            "us": t / 200 * 1e6,
-            "x transformers": None if base is None else t / base,
-        }
-        for name, t in times.items()
-    ]
+    rows: list[Row] = []
+    for name in fns:
+        row: Row = {"group": "rope call", "name": name}
+        if name in times:
+            row.update(
+                {
+                    "us": times[name] / 200 * 1e6,
+                    "x transformers": None if base is None else times[name] / base,
+                }
+            )
+        else:  # a call that raised (a kernel that does not compile on this card): its row says why
+            row["status"], _, row["note"] = errors[name].partition(": ")
+        rows.append(row)
+    return rows
 
 
 def _batched(fns: dict[str, Callable[[], object]], n: int) -> dict[str, Callable[[], object]]:
@@ -129,29 +137,64 @@ def _cudagraph_skips() -> int:
 
 
 def _decode_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
-    fns = {name: _step_fn(model, device) for name, model in models.items()}
+    """The eager step of every encoding, in turns, against ``none``'s (and paired with it alone); an encoding
+    whose step raises is a row of status "error"."""
+    errors: dict[str, str] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    for name, model in models.items():
+        try:
+            fns[name] = _step_fn(model, device)
+        except Exception as err:  # noqa: BLE001 - this encoding's row, the others still run
+            errors[name] = error_note(err)
     with DecodeSession(CACHED + 1):  # as generate's loop runs its steps (tables kept for the session)
-        times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20)
-        paired = {name: _paired_ratio(fns, name, device, quick) for name in fns if name != "none"}
-    compiled, graphed = {}, {}
-    for name, m in models.items():
-        if _compiles(name, quick):
-            skips = _cudagraph_skips()
-            compiled[name] = _step_fn(m, device, True)
-            graphed[name] = _cudagraph_skips() == skips
-    ctimes = time_round_robin(_batched(compiled, 5), device, repeats=5 if quick else 20)
+        times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20, errors=errors)
+        paired = {
+            name: _paired_ratio(fns, name, device, quick)
+            for name in times
+            if name != "none" and "none" in times
+        }
     rows: list[Row] = []
-    for name, t in times.items():
-        row: Row = {"group": "decode step", "name": name, "ms": t / 5 * 1e3, "x none": t / times["none"]}
-        row["x none (paired)"] = paired.get(name, 1.0)
-        if name in ctimes:
-            row.update(
-                {"compiled ms": ctimes[name] / 5 * 1e3, "compiled x none": ctimes[name] / ctimes["none"]}
-            )
-            if device.startswith("cuda"):  # compiled with mode="reduce-overhead": replayed as a CUDA graph?
-                row["cuda graph"] = "yes" if graphed[name] else "no (inductor skipped it)"
+    for name in models:
+        row: Row = {"group": "decode step", "name": name}
+        if name in times:
+            none = times.get("none")
+            row.update({"ms": times[name] / 5 * 1e3, "x none": None if none is None else times[name] / none})
+            row["x none (paired)"] = paired.get(name, 1.0 if name == "none" else None)
+        else:
+            row["status"], _, row["note"] = errors[name].partition(": ")
         rows.append(row)
     return rows
+
+
+def _compiled_steps(models: dict[str, TransformerLM], device: str, quick: bool) -> Iterator[Row]:
+    """The compiled step of each encoding (``none`` first), timed in turns with ``none``'s; one row per
+    encoding, yielded as it is timed (a compile costs seconds to tens of seconds), a failure its row's
+    status."""
+    base: Callable[[], object] | None = None
+    for name, model in models.items():
+        if not _compiles(name, quick):
+            continue
+        row: Row = {"group": "decode step, compiled", "name": name, "status": "ok"}
+        try:
+            skips = _cudagraph_skips()
+            step = _step_fn(model, device, True)
+            graphed = _cudagraph_skips() == skips
+        except Exception as err:  # noqa: BLE001 - this encoding's row, the others still run
+            row["status"], _, row["note"] = error_note(err).partition(": ")
+            yield row
+            continue
+        base = step if base is None and name == "none" else base
+        fns = {name: step} if base is None or name == "none" else {"none": base, name: step}
+        errors: dict[str, str] = {}
+        times = time_round_robin(_batched(fns, 5), device, repeats=5 if quick else 20, errors=errors)
+        if name in times:
+            row["compiled ms"] = times[name] / 5 * 1e3
+            row["compiled x none"] = times[name] / times["none"] if "none" in times else None
+        else:
+            row["status"], _, row["note"] = errors[name].partition(": ")
+        if device.startswith("cuda"):  # compiled with mode="reduce-overhead": replayed as a CUDA graph?
+            row["cuda graph"] = "yes" if graphed else "no (inductor skipped it)"
+        yield row
 
 
 def _tokens_per_s(
@@ -178,25 +221,33 @@ def _tokens_per_s(
     return {name: n / statistics.median(ts) for name, ts in times.items()}
 
 
-def _generate(models: dict[str, TransformerLM], device: str, quick: bool) -> list[Row]:
+def _generate(models: dict[str, TransformerLM], device: str, quick: bool) -> Iterator[Row]:
     n = 32 if quick else 128
     prompt = torch.randint(0, 256, (1, 16), device=device)
-    rows: list[Row] = []
     for name, model in models.items():
         # the decode-step group's cache length, so the compiled step is the one compiled there
         run = partial(model.generate, prompt, n, temperature=0, max_len=CACHED + 1)
         fns = {"eager": run}
         if _compiles(name, quick):
             fns["compiled"] = partial(run, compile=True)
-        tps = _tokens_per_s(fns, n, device, repeats=1 if quick else 5)
-        row: Row = {"group": "generate", "name": name, "eager tok/s": tps["eager"]}
+        row: Row = {"group": "generate", "name": name, "status": "ok"}
+        try:
+            tps = _tokens_per_s(fns, n, device, repeats=1 if quick else 5)
+        except Exception as err:  # noqa: BLE001 - this encoding's row (other tokens included), the rest run
+            row["status"], _, row["note"] = error_note(err).partition(": ")
+            yield row
+            continue
+        row["eager tok/s"] = tps["eager"]
         if "compiled" in tps:
             row.update(
                 {"compiled tok/s": tps["compiled"], "compiled / eager": tps["compiled"] / tps["eager"]}
             )
-        rows.append(row)
-    rows.extend(_llama_anchor(prompt, n, device, repeats=1 if quick else 5))
-    return rows
+        yield row
+    try:
+        yield from _llama_anchor(prompt, n, device, repeats=1 if quick else 5)
+    except Exception as err:  # noqa: BLE001 - the anchor's row
+        status, _, note = error_note(err).partition(": ")
+        yield {"group": "generate", "name": "transformers Llama", "status": status, "note": note}
 
 
 def _llama_anchor(prompt: Tensor, n: int, device: str, repeats: int) -> list[Row]:
@@ -226,8 +277,11 @@ def _llama_anchor(prompt: Tensor, n: int, device: str, repeats: int) -> list[Row
 
 @register_suite("decode")
 def decode_suite(quick: bool, device: str) -> Iterator[Row]:
-    """Rows of the three groups above, group by group."""
+    """Rows of the groups above, in this order: the RoPE call, the eager steps, each compiled step, each
+    encoding's ``generate``, the Llama anchor; each written as it is timed (a compile is seconds on CUDA too,
+    and ``make gpu-check`` gives this suite a minute), a failing encoding a row of status "error"."""
     yield from _rope_call(device, quick)
     models = {name: _model(name, device) for name in posenc.available()}
     yield from _decode_steps(models, device, quick)
+    yield from _compiled_steps(models, device, quick)
     yield from _generate(models, device, quick)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from ..kernels import choose_impl, rope_qk
 from ..rotary.rope import RoPE
-from .runner import time_round_robin
+from .runner import error_note, time_round_robin
 from .suites import Row, register_suite
 
 log = logging.getLogger(__name__)
@@ -36,55 +36,82 @@ Shape = tuple[int, int, int, int, int]
 CUDA_SHAPES: tuple[Shape, ...] = ((1, 32, 4096, 128, 32), (8, 32, 4096, 128, 8), (4, 16, 8192, 64, 16))
 CPU_SHAPES: tuple[Shape, ...] = ((1, 32, 4096, 128, 32), (8, 8, 1024, 64, 8))
 QUICK_SHAPES: tuple[Shape, ...] = ((1, 4, 128, 64, 4), (2, 4, 64, 32, 2))
-DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
+DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32)
 FLOOR = "copy (floor)"
+#: room for the compiled peer's recompilations across the cases (see :func:`rope_suite`)
+RECOMPILE_LIMIT = 64
 
 
 def _peers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
-    """name -> rotation function, or the reason it is not measured."""
+    """name -> rotation function, or the reason it is not measured (a peer whose import or set-up raises, e.g. a
+    wheel built against another torch or Triton, is an "error" row with the reason; the others still run)."""
     out: dict[str, RopeFn | str] = {}
-    if importlib.util.find_spec("transformers") is None:
-        out["transformers eager"] = out["transformers compiled"] = "missing: transformers is not installed"
-    else:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        cos_hf = torch.cat((cos, cos), dim=-1)[None].to(q.dtype)  # (1, S, D), as LlamaRotaryEmbedding returns
-        sin_hf = torch.cat((sin, sin), dim=-1)[None].to(q.dtype)
-        out["transformers eager"] = lambda a, b: apply_rotary_pos_emb(a, b, cos_hf, sin_hf)
-        if quick:
-            out["transformers compiled"] = "skipped: torch.compile takes longer than --quick allows"
-        else:
-            hf_compiled = torch.compile(apply_rotary_pos_emb)
-            out["transformers compiled"] = lambda a, b: hf_compiled(a, b, cos_hf, sin_hf)
-    if importlib.util.find_spec("rotary_embedding_torch") is None:
-        out["rotary-embedding-torch"] = "missing: rotary-embedding-torch is not installed"
-    else:
-        from rotary_embedding_torch import RotaryEmbedding
-
-        rot = RotaryEmbedding(dim=q.shape[-1]).to(q.device)
-        out["rotary-embedding-torch"] = lambda a, b: (
-            rot.rotate_queries_or_keys(a),
-            rot.rotate_queries_or_keys(b),
-        )
-    if importlib.util.find_spec("flash_attn") is None:
-        out["flash-attn rotary"] = "missing: flash-attn is not installed"
-    elif q.device.type != "cuda":
-        out["flash-attn rotary"] = "skipped: flash-attn's Triton rotary runs on CUDA only"
-    else:
-        from flash_attn.layers.rotary import apply_rotary_emb
-
-        cos_fa, sin_fa = (
-            cos.to(q.dtype),
-            sin.to(q.dtype),
-        )  # (S, D/2), in the input dtype as flash-attn requires
-
-        def flash(a: Tensor, b: Tensor) -> QK:  # flash-attn takes (B, S, H, D): pass transposed views
-            rot_a = apply_rotary_emb(a.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
-            return rot_a, apply_rotary_emb(b.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
-
-        out["flash-attn rotary"] = flash
-    out["liger"] = _liger(q, cos, sin)
+    for names, make in (
+        (("transformers eager", "transformers compiled"), _transformers),
+        (("rotary-embedding-torch",), _rotary_embedding_torch),
+        (("flash-attn rotary",), _flash_attn),
+        (("liger",), _liger_peer),
+    ):
+        try:
+            out.update(make(q, cos, sin, quick))
+        except Exception as err:  # noqa: BLE001 - the peer's rows say why, the suite goes on
+            note = error_note(err)
+            log.warning("bench: rope peer %s failed to set up: %s", names[0], note)
+            out.update(dict.fromkeys(names, note))
     return out
+
+
+def _transformers(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    """transformers' Llama ``apply_rotary_pos_emb``, eager and under ``torch.compile`` (not with ``quick``)."""
+    if importlib.util.find_spec("transformers") is None:
+        return dict.fromkeys(
+            ("transformers eager", "transformers compiled"), "missing: transformers is not installed"
+        )
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos_hf = torch.cat((cos, cos), dim=-1)[None].to(q.dtype)  # (1, S, D), as LlamaRotaryEmbedding returns
+    sin_hf = torch.cat((sin, sin), dim=-1)[None].to(q.dtype)
+    out: dict[str, RopeFn | str] = {
+        "transformers eager": lambda a, b: apply_rotary_pos_emb(a, b, cos_hf, sin_hf),
+        "transformers compiled": "skipped: torch.compile takes longer than --quick allows",
+    }
+    if not quick:
+        hf_compiled = torch.compile(apply_rotary_pos_emb)
+        out["transformers compiled"] = lambda a, b: hf_compiled(a, b, cos_hf, sin_hf)
+    return out
+
+
+def _rotary_embedding_torch(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    """rotary-embedding-torch's ``RotaryEmbedding.rotate_queries_or_keys`` on q and on k."""
+    if importlib.util.find_spec("rotary_embedding_torch") is None:
+        return {"rotary-embedding-torch": "missing: rotary-embedding-torch is not installed"}
+    from rotary_embedding_torch import RotaryEmbedding
+
+    rot = RotaryEmbedding(dim=q.shape[-1]).to(q.device)
+    return {
+        "rotary-embedding-torch": lambda a, b: (rot.rotate_queries_or_keys(a), rot.rotate_queries_or_keys(b))
+    }
+
+
+def _flash_attn(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    """flash-attn's Triton rotary (CUDA only)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return {"flash-attn rotary": "missing: flash-attn is not installed"}
+    if q.device.type != "cuda":
+        return {"flash-attn rotary": "skipped: flash-attn's Triton rotary runs on CUDA only"}
+    from flash_attn.layers.rotary import apply_rotary_emb
+
+    cos_fa, sin_fa = cos.to(q.dtype), sin.to(q.dtype)  # (S, D/2), in the input dtype as flash-attn requires
+
+    def flash(a: Tensor, b: Tensor) -> QK:  # flash-attn takes (B, S, H, D): pass transposed views
+        rot_a = apply_rotary_emb(a.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
+        return rot_a, apply_rotary_emb(b.transpose(1, 2), cos_fa, sin_fa).transpose(1, 2)
+
+    return {"flash-attn rotary": flash}
+
+
+def _liger_peer(q: Tensor, cos: Tensor, sin: Tensor, quick: bool) -> dict[str, RopeFn | str]:
+    return {"liger": _liger(q, cos, sin)}
 
 
 def _liger(q: Tensor, cos: Tensor, sin: Tensor) -> RopeFn | str:
@@ -137,7 +164,8 @@ def _backward(fn: RopeFn, q: Tensor, k: Tensor) -> Callable[[], object]:
     return lambda: torch.autograd.grad((oq, ok), (qg, kg), (gq, gk), retain_graph=True)
 
 
-def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> list[Row]:
+def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> Iterator[list[Row]]:
+    """The rows of one shape and dtype: the forward pass's, then the backward's (each yielded when timed)."""
     b, h, s, d, hk = shape
     q = torch.randn(b, h, s, d, device=device, dtype=dtype)
     k = torch.randn(b, hk, s, d, device=device, dtype=dtype)
@@ -150,15 +178,22 @@ def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> list[R
     fns.update(_peers(q, cos, sin, quick))
     runnable = {name: fn for name, fn in fns.items() if not isinstance(fn, str)}
     repeats = 3 if quick else 9
-    rows: list[Row] = []
     for pass_ in ("forward", "backward"):
         log.info("rope: %s %s %s", pass_, str(dtype).removeprefix("torch."), "x".join(map(str, shape)))
         timed: dict[str, Callable[[], object]] = {FLOOR: lambda: (q.clone(), k.clone())}
-        for name, fn in runnable.items():
-            timed[name] = _forward(fn, q, k) if pass_ == "forward" else _backward(fn, q, k)
         errors: dict[str, str] = {}
-        medians = time_round_robin(timed, device, repeats=repeats, warmup=1, errors=errors)
+        # "transformers compiled" recompiles per shape, dtype and pass (up to 12 on CUDA); past dynamo's default
+        # limit of 8 it would run eager, silently, under its compiled name
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            for name, fn in runnable.items():
+                try:  # the backward's graph is built here (a compiled peer compiles): a failure is its row's
+                    timed[name] = _forward(fn, q, k) if pass_ == "forward" else _backward(fn, q, k)
+                except Exception as err:  # noqa: BLE001 - reported as the row's status, the others still run
+                    errors[name] = error_note(err)
+                    log.warning("bench: rope %s %s failed: %s", name, pass_, errors[name])
+            medians = time_round_robin(timed, device, repeats=repeats, warmup=1, errors=errors)
         del timed
+        rows: list[Row] = []
         for name in (FLOOR, *fns):
             row: Row = {
                 "pass": pass_,
@@ -180,7 +215,13 @@ def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> list[R
                 assert isinstance(reason, str)
                 row["status"], _, row["note"] = reason.partition(": ")
             rows.append(row)
-    return rows
+        yield rows
+
+
+def cases(shapes: Sequence[Shape]) -> list[tuple[Shape, torch.dtype]]:
+    """(shape, dtype) in the order they run: bfloat16 at every shape first (issue #9's table is mostly bfloat16),
+    then float32, so a run cut short keeps the most wanted."""
+    return [(shape, dtype) for dtype in DTYPES for shape in shapes]
 
 
 @register_suite("rope")
@@ -193,10 +234,10 @@ def rope_suite(quick: bool, device: str) -> Iterator[Row]:
 
     Yields:
         One row per (pass, dtype, shape, impl) with ``median_ms`` and ``ratio`` (to the copy), or
-        ``status`` "missing"/"skipped" and a ``note``; group by group (one dtype and shape each).
+        ``status`` "missing"/"skipped"/"error" and a ``note``; pass by pass, in the order of :func:`cases`.
     """
     torch.manual_seed(0)
     shapes = QUICK_SHAPES if quick else CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES
-    for shape in shapes:  # the issue's first shape first, both dtypes: a run cut short keeps the most wanted
-        for dtype in DTYPES:
-            yield from _group(shape, dtype, device, quick)
+    for shape, dtype in cases(shapes):
+        for rows in _group(shape, dtype, device, quick):
+            yield from rows

@@ -1,7 +1,8 @@
 """Timing and reporting helpers shared by the benchmark suites and ``posenc bench``.
 
-Timings are wall-clock medians over repeats. Candidates that are compared with each other are timed
-round-robin (one call of each per round), so a machine that slows down mid-run slows all of them alike and
+Timings are medians over repeats of one call each (CUDA events on CUDA, wall clock elsewhere:
+:func:`call_timer`). Candidates that are compared with each other are timed round-robin (one call of each per
+round), so a machine that slows down mid-run slows all of them alike and
 the ratios to the baseline measured in the same rounds stay meaningful.
 """
 
@@ -57,28 +58,62 @@ def time_round_robin(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    timer = call_timer(device)
     failed: dict[str, str] = {} if errors is None else errors
     for r in range(warmup + repeats):
         for name, fn in fns.items():
             if name in failed:
                 continue
             try:
-                synchronize(device)
-                start = time.perf_counter()
-                fn()
-                synchronize(device)
+                seconds = timer(fn)
             except Exception as err:  # noqa: BLE001 - reported as the case's status, the run goes on
                 failed[name] = error_note(err)
                 log.warning("bench: %s failed: %s", name, failed[name])
                 continue
             if r >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(seconds)
     return {name: statistics.median(times) for name, times in samples.items() if name not in failed}
 
 
+def call_timer(device: str) -> Callable[[Callable[[], object]], float]:
+    """``timer(fn)``: seconds one call of ``fn`` takes, the device idle before it.
+
+    On CUDA, between two CUDA events recorded around the call on the current stream (as
+    ``triton.testing.do_bench`` does): the host's synchronize latency, tens of microseconds, stays out of
+    figures that are themselves tens of microseconds (a RoPE copy floor, a flash attention forward). Host time
+    spent launching is still in: the device waits for it. Elsewhere, ``time.perf_counter`` around the call.
+    """
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_timer(fn: Callable[[], object]) -> float:
+            torch.cuda.synchronize(device)
+            stream = torch.cuda.current_stream(device)
+            start.record(stream)
+            fn()
+            end.record(stream)
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+
+        return cuda_timer
+
+    def host_timer(fn: Callable[[], object]) -> float:
+        synchronize(device)
+        begin = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - begin
+
+    return host_timer
+
+
 def error_note(err: BaseException) -> str:
-    """``"error: <type>: <first line>"`` for a bench row (long compiler messages cut to one line)."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    """``"error: <type>: <first line>"`` for a bench row (long compiler messages cut to one line). A first line
+    that only announces the reason (dynamo's ``backend='inductor' raised:``) takes the next line with it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
     return f"error: {type(err).__name__}: {first[:300]}"
 
 
