@@ -32,11 +32,7 @@ def test_builds_and_runs_on_the_meta_device(name: str) -> None:
 def test_attention_compiles_fullgraph(name: str) -> None:
     torch._dynamo.reset()  # one compile per encoding type; don't hit dynamo's recompile limit
     enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
-    attn = posenc.Attention(32, 4, kv_heads=2, position=enc).eval()
-    x = torch.randn(2, 7, 32)
-    compiled = torch.compile(attn, fullgraph=True, backend="eager")
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), attn(x), atol=1e-5, rtol=1e-5)
+    _assert_compiles_fullgraph(posenc.Attention(32, 4, kv_heads=2, position=enc), seq=7)
 
 
 @pytest.mark.parametrize("name", posenc.available())
@@ -113,11 +109,9 @@ def test_every_rope_scaling_builds_on_meta_and_compiles_fullgraph(kind: str) -> 
         out = posenc.Attention(32, 4, position=posenc.RoPE(8, scaling=scaling))(torch.zeros(2, 20, 32))
     assert out.is_meta and out.shape == (2, 20, 32)
     torch._dynamo.reset()
-    attn = posenc.Attention(32, 4, kv_heads=2, position=posenc.RoPE(8, scaling=scaling)).eval()
-    x = torch.randn(2, 20, 32)
-    compiled = torch.compile(attn, fullgraph=True, backend="eager")
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), attn(x), atol=1e-5, rtol=1e-5)
+    _assert_compiles_fullgraph(
+        posenc.Attention(32, 4, kv_heads=2, position=posenc.RoPE(8, scaling=scaling)), seq=20
+    )
 
 
 @pytest.mark.parametrize("name", posenc.available())
@@ -154,3 +148,12 @@ def test_attention_refuses_an_absolute_encoding(name: str) -> None:
         ValueError, match=r"position: .* is an absolute encoding; add it to the token embeddings"
     ):
         posenc.Attention(32, 4, position=enc)
+
+
+def _assert_compiles_fullgraph(attn: posenc.Attention, seq: int) -> None:
+    """``torch.compile(attn, fullgraph=True)`` gives the eager output (eval mode, batch 2, ``seq`` tokens)."""
+    attn = attn.eval()
+    x = torch.randn(2, seq, attn.dim)
+    compiled = torch.compile(attn, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), attn(x), atol=1e-5, rtol=1e-5)

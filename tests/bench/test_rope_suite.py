@@ -10,6 +10,15 @@ import torch
 from posenc.bench import SUITES
 from posenc.bench.rope import _peers
 
+#: Every peer the RoPE suite times, each a row even when missing or broken.
+PEER_NAMES = {
+    "transformers eager",
+    "transformers compiled",
+    "rotary-embedding-torch",
+    "flash-attn rotary",
+    "liger",
+}
+
 
 def test_suite_is_registered() -> None:
     assert "rope" in SUITES
@@ -27,13 +36,7 @@ def test_missing_peers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
     )
     peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
-    assert set(peers) == {
-        "transformers eager",
-        "transformers compiled",
-        "rotary-embedding-torch",
-        "flash-attn rotary",
-        "liger",
-    }
+    assert set(peers) == PEER_NAMES
     assert all(isinstance(v, str) and v.startswith("missing:") for v in peers.values())
 
 
@@ -129,13 +132,7 @@ def test_a_peer_failing_to_import_is_an_error_and_the_others_stay(monkeypatch: p
     monkeypatch.setattr(rope, "_liger", broken)
     peers = _peers(torch.randn(1, 1, 4, 8), torch.ones(4, 4), torch.zeros(4, 4), quick=True)
     assert peers["liger"] == "error: ImportError: cannot import name 'libdevice' from 'triton.language.extra'"
-    assert set(peers) == {
-        "transformers eager",
-        "transformers compiled",
-        "rotary-embedding-torch",
-        "flash-attn rotary",
-        "liger",
-    }
+    assert set(peers) == PEER_NAMES
     monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
     rows = [r for r in rope.rope_suite(True, "cpu") if r["impl"] == "liger"]
     assert rows and all(r["status"] == "error" and r["note"].startswith("ImportError") for r in rows)
