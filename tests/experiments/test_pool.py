@@ -60,6 +60,28 @@ def test_a_failure_is_raised() -> None:
         map_jobs(fail_on_three, [(i,) for i in range(5)], workers=2, threads=1)
 
 
+def die_on_three(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the system does to a process when memory runs out
+    return x
+
+
+def test_a_worker_killed_is_one_error_not_a_hang(sigint_raises: None) -> None:
+    """A worker killed mid-call (out of memory): ``multiprocessing.Pool`` replaces it and loses the call, so
+    waiting for every result hung forever. Now one ChildProcessError (an OSError: the CLI prints one line) names
+    the signal, and no worker is left. (The timer turns the old hang into a KeyboardInterrupt.)"""
+    guard = threading.Timer(60.0, os.kill, (os.getpid(), signal.SIGINT))
+    guard.start()
+    try:
+        with pytest.raises(
+            ChildProcessError, match="killed by signal 9 .SIGKILL: often the system running out"
+        ):
+            map_jobs(die_on_three, [(i,) for i in range(5)], workers=2, threads=1)
+    finally:
+        guard.cancel()
+    assert not multiprocessing.active_children()
+
+
 def sleep_then_touch(path: str) -> None:
     time.sleep(20)
     Path(path).touch()
