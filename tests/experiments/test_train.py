@@ -83,10 +83,18 @@ def test_learned_table_covers_the_training_length() -> None:
         ("heads", 3, "divisible"),
         ("steps", -1, "steps"),
         ("warmup_fraction", 1.0, "warmup"),
+        ("lr", 0.0, "lr must be > 0, got 0"),
+        ("grad_clip", 0.0, "grad_clip must be > 0, got 0"),
+        ("min_lr_ratio", 1.5, "min_lr_ratio must be <= 1, got 1.5"),
+        ("min_lr_ratio", -0.1, "min_lr_ratio must be >= 0, got -0.1"),
+        ("compile", "no", "compile must be"),
     ],
 )
 def test_bad_config(field: str, value: float, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    """Values that would train silently wrong are refused, naming the field: a grad_clip of 0 scaled every
+    gradient to zero (the model never moved), a min_lr_ratio above 1 made the cosine "decay" rise, the string
+    "no" turned torch.compile on."""
+    with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**{field: value})
 
 

@@ -80,10 +80,11 @@ class TrainConfig:
         train_len: ``L``, the training context in bytes.
         batch_size: global batch (sequences per step, over all ranks).
         steps: optimiser steps.
-        lr: peak AdamW learning rate, reached after the first ``warmup_fraction`` of the steps, then cosine
-            decay to ``lr * min_lr_ratio``.
+        lr: peak AdamW learning rate (> 0), reached after the first ``warmup_fraction`` (in ``[0, 1)``) of the
+            steps, then cosine decay towards ``lr * min_lr_ratio`` (``min_lr_ratio`` in ``[0, 1]``); see
+            :func:`lr_factor`.
         weight_decay: AdamW decay on matrices (not on biases and norms).
-        grad_clip: global gradient-norm clip.
+        grad_clip: the largest global gradient norm (> 0; larger gradients are scaled down to it).
         seed: seeds the initial weights and the batches.
         scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Vaswani et al. 2017; fairseq, hence
             Press et al. 2022). Without it a fixed sinusoidal table swamps the small tied embeddings.
@@ -114,18 +115,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
             check_int(name, getattr(self, name), at_least=1)
-        for name in ("lr", "warmup_fraction", "min_lr_ratio", "weight_decay", "grad_clip"):
-            check_float(name, getattr(self, name), at_least=0)
+        check_float("lr", self.lr, above=0)
+        check_float("warmup_fraction", self.warmup_fraction, at_least=0, below=1)
+        check_float(
+            "min_lr_ratio", self.min_lr_ratio, at_least=0, at_most=1
+        )  # above 1 the "decay" would rise
+        check_float("weight_decay", self.weight_decay, at_least=0)
+        check_float("grad_clip", self.grad_clip, above=0)  # a clip of 0 scales every gradient to zero
         check_bool("scale_embeddings", self.scale_embeddings)
+        check_bool("compile", self.compile)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_seed("seed", self.seed, low=0, high=MAX_SEED - 1)
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if not 0.0 <= self.warmup_fraction < 1.0 or not self.lr > 0:
-            raise ValueError(
-                f"need lr > 0 and 0 <= warmup_fraction < 1, got {self.lr}, {self.warmup_fraction}"
-            )
 
     @property
     def warmup(self) -> int:
