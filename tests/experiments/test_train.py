@@ -34,6 +34,17 @@ def test_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert lr_factor(0, TrainConfig(steps=5, warmup_fraction=0.0)) == 1.0
 
 
+def test_schedule_is_the_documented_formula() -> None:
+    """lr_factor's docstring, value by value: (t + 1) / W while warming up, then a half cosine that reaches the
+    floor at t = steps (one past the last step), so the last step is a hair above it."""
+    cfg = TrainConfig(steps=10, warmup_fraction=0.2, min_lr_ratio=0.1)
+    assert [lr_factor(t, cfg) for t in range(2)] == [0.5, 1.0]
+    for t in range(2, 11):
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 8))
+        assert lr_factor(t, cfg) == pytest.approx(cosine, abs=1e-12), t
+    assert lr_factor(10, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) > 0.1
+
+
 def test_batches_are_windows_of_the_tokens() -> None:
     tokens = _tokens()
     batch = sample_batch(tokens, 3, TINY)
