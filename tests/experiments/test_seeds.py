@@ -161,3 +161,14 @@ def test_probe_steps_include_the_last_tenth() -> None:
     assert probe_steps(400, 20) == list(range(20, 401, 20))
     assert probe_steps(30, 4) == [8, 15, 22, 27, 30]
     assert probe_steps(10, 0) == []
+
+
+def test_multiples_that_do_not_divide_the_largest_are_refused_before_training() -> None:
+    """The scored bytes are whole windows of the longest length; multiples (1, 3, 4) cut 16L bytes into windows
+    of 3L unevenly, which raised only at the first evaluation, after a model had been trained. Now the
+    configuration is refused, naming the multiples; (1, 3, 6) is fine."""
+    with pytest.raises(
+        ValueError, match=r"multiples must each divide the largest \(4\).*got \(1, 3, 4\) \(3 do"
+    ):
+        replace(FAST, multiples=(1, 3, 4))
+    assert replace(FAST, multiples=(1, 3, 6)).multiples == (1, 3, 6)

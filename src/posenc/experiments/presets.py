@@ -36,7 +36,7 @@ class CompareConfig:
     Attributes:
         train: model sizes and budget; its ``seed`` is replaced by each of ``seeds``.
         seeds: one model per (encoding, seed); results show the mean and standard deviation over seeds.
-        multiples: evaluation lengths as multiples of ``train.train_len``.
+        multiples: evaluation lengths as multiples of ``train.train_len``, increasing, each dividing the last.
         eval_windows: windows of the longest evaluation length scored when ``eval_bytes`` is None.
         eval_bytes: bytes scored at every length, rounded down to whole windows of the longest length (at least
             one), or None for ``eval_windows`` windows.
@@ -66,6 +66,13 @@ class CompareConfig:
             or list(self.multiples) != sorted(set(self.multiples))
         ):
             raise ValueError(f"multiples must be increasing positive integers, got {self.multiples}")
+        uneven = [m for m in self.multiples if self.multiples[-1] % m]
+        if uneven:  # the scored bytes are whole windows of the longest length, and so must be of every length
+            raise ValueError(
+                f"multiples must each divide the largest ({self.multiples[-1]}) so that the same bytes are cut "
+                f"into whole windows at every length, got {self.multiples} ({', '.join(map(str, uneven))} do(es) "
+                "not)"
+            )
         if self.eval_windows < 1:
             raise ValueError(f"eval_windows must be >= 1, got {self.eval_windows}")
         if self.eval_bytes is not None and self.eval_bytes < 1:
