@@ -52,7 +52,8 @@ def window_nll(
     """Summed next-byte negative log-likelihood over the first ``n_tokens`` targets of ``tokens``.
 
     Window ``i`` feeds ``tokens[i*Lv : (i+1)*Lv]`` and scores ``tokens[i*Lv + 1 : (i+1)*Lv + 1]``; under DDP each
-    rank takes every ``world.size``-th window and the sums are all-reduced.
+    rank takes every ``world.size``-th window (none when there are more ranks than windows) and the sums are
+    all-reduced.
 
     Args:
         model: maps ``(B, Lv)`` bytes to ``(B, Lv, V)`` logits; put in eval mode by the caller.
@@ -73,7 +74,9 @@ def window_nll(
         raise ValueError(
             f"{tokens.numel()} held-out bytes cannot score {n_tokens} targets (need n_tokens + 1)"
         )
-    windows = torch.arange(world.rank, n_tokens // length, world.size)
+    windows = torch.arange(n_tokens // length)[
+        world.rank :: world.size
+    ]  # empty on a rank past the last window
     per_batch = max(1, batch_tokens // length)
     total = torch.zeros((), dtype=torch.float64, device=device)
     offsets = torch.arange(length + 1)
