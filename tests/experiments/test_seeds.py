@@ -172,3 +172,9 @@ def test_multiples_that_do_not_divide_the_largest_are_refused_before_training() 
     ):
         replace(FAST, multiples=(1, 3, 4))
     assert replace(FAST, multiples=(1, 3, 6)).multiples == (1, 3, 6)
+
+
+def test_multiples_without_the_training_length_are_refused() -> None:
+    """Without 1 the report had nothing to compare with: every verdict n/a, 'Best at L: none measured'."""
+    with pytest.raises(ValueError, match=r"multiples must start at 1 .*got \(2, 4\)"):
+        replace(FAST, multiples=(2, 4))

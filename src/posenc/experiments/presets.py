@@ -36,7 +36,8 @@ class CompareConfig:
     Attributes:
         train: model sizes and budget; its ``seed`` is replaced by each of ``seeds``.
         seeds: one model per (encoding, seed); results show the mean and standard deviation over seeds.
-        multiples: evaluation lengths as multiples of ``train.train_len``, increasing, each dividing the last.
+        multiples: evaluation lengths as multiples of ``train.train_len``, increasing from 1, each dividing the
+            last.
         eval_windows: windows of the longest evaluation length scored when ``eval_bytes`` is None.
         eval_bytes: bytes scored at every length, rounded down to whole windows of the longest length (at least
             one), or None for ``eval_windows`` windows.
@@ -66,6 +67,11 @@ class CompareConfig:
             or list(self.multiples) != sorted(set(self.multiples))
         ):
             raise ValueError(f"multiples must be increasing positive integers, got {self.multiples}")
+        if self.multiples[0] != 1:  # every ratio, verdict and "best at L" is relative to the perplexity at L
+            raise ValueError(
+                f"multiples must start at 1 (the training length, which every ratio and verdict compares "
+                f"with), got {self.multiples}"
+            )
         uneven = [m for m in self.multiples if self.multiples[-1] % m]
         if uneven:  # the scored bytes are whole windows of the longest length, and so must be of every length
             raise ValueError(
