@@ -34,6 +34,16 @@ def test_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert lr_factor(0, TrainConfig(steps=5, warmup_fraction=0.0)) == 1.0
 
 
+def test_warmup_steps_are_the_fraction_as_written() -> None:
+    """100 steps with warmup_fraction 0.29 warmed up for 28 steps (int(28.999999999999996)); now 29. Fractions
+    that are not whole steps still round down, and the presets' warmups are unchanged."""
+    assert TrainConfig(steps=100, warmup_fraction=0.29).warmup == 29
+    assert TrainConfig(steps=400, warmup_fraction=0.57).warmup == 228
+    assert TrainConfig(steps=10, warmup_fraction=0.25).warmup == 2
+    assert TrainConfig(steps=1200, warmup_fraction=0.1).warmup == 120
+    assert TrainConfig(steps=4200, warmup_fraction=0.05).warmup == 210
+
+
 def test_schedule_is_the_documented_formula() -> None:
     """lr_factor's docstring, value by value: (t + 1) / W while warming up, then a half cosine that reaches the
     floor at t = steps (one past the last step), so the last step is a hair above it."""

@@ -132,8 +132,9 @@ class TrainConfig:
 
     @property
     def warmup(self) -> int:
-        """Warmup steps."""
-        return int(self.steps * self.warmup_fraction)
+        """Warmup steps: ``steps * warmup_fraction`` rounded down, as the decimal fraction reads (100 steps at
+        0.29 warm up for 29, though ``100 * 0.29`` is 28.999999999999996 in binary floating point)."""
+        return math.floor(round(self.steps * self.warmup_fraction, 6))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
