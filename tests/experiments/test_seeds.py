@@ -178,3 +178,20 @@ def test_multiples_without_the_training_length_are_refused() -> None:
     """Without 1 the report had nothing to compare with: every verdict n/a, 'Best at L: none measured'."""
     with pytest.raises(ValueError, match=r"multiples must start at 1 .*got \(2, 4\)"):
         replace(FAST, multiples=(2, 4))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("multiples", (1, 2.5), "CompareConfig: multiples must be an integer"),
+        ("multiples", (True, 2), "CompareConfig: multiples must be an integer"),
+        ("eval_windows", 2.5, "CompareConfig: eval_windows must be an integer"),
+        ("curve_bytes", 100.0, "CompareConfig: curve_bytes must be an integer"),
+        ("max_val_bytes", 0, "CompareConfig: max_val_bytes must be an integer >= 1, got 0"),
+    ],
+)
+def test_compare_config_fields_must_be_whole_numbers(field: str, value: object, match: str) -> None:
+    """A float multiple or window count was accepted and broke only at evaluation, after training (a length
+    of 40.0 bytes, or n_tokens 2.5 windows long); now refused naming the field."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        replace(FAST, **{field: value})

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..validation import check_seed
+from ..validation import check_int, check_seed
 from .evaluate import MULTIPLES
 from .train import MAX_SEED, TrainConfig
 
@@ -61,6 +61,14 @@ class CompareConfig:
     preset: str = "demo"
 
     def __post_init__(self) -> None:
+        for m in self.multiples:  # a float or bool multiple failed only at evaluation, after training
+            check_int("multiples", m, owner="CompareConfig")
+        for name in ("eval_windows", "curve_points", "curve_bytes", "eval_bytes"):  # bounds checked below
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), owner="CompareConfig")
+        for name in ("max_train_bytes", "max_val_bytes"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), at_least=1, owner="CompareConfig")
         if (
             not self.multiples
             or min(self.multiples) < 1
