@@ -125,7 +125,9 @@ def _watched(pool: Any, results: Any, count: int) -> Iterator[Any]:
     Raises:
         ChildProcessError: a worker died (an ``OSError``: the CLI prints one line).
     """
-    workers = list(pool._pool)  # the processes Pool started (it starts them all in its constructor)
+    # the processes Pool started (all in its constructor); a private attribute, so a Python without it only
+    # loses the check
+    workers = list(getattr(pool, "_pool", []))
     for _ in range(count):
         while True:
             try:
