@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import get_context
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -108,7 +109,29 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _indexed(job: tuple[int, Callable[..., Any], tuple[Any, ...]]) -> tuple[int, Any]:
     index, fn, args = job
-    return index, fn(*args)
+    try:
+        return index, fn(*args)
+    except Exception as err:
+        raise _portable(err) from err
+
+
+def _portable(err: Exception) -> Exception:
+    """``err`` if it survives pickling both ways, else its nearest built-in class with the same message.
+
+    The parent re-creates a worker's exception by calling its class with ``err.args``; a class whose
+    ``__init__`` takes other arguments fails there, inside Pool's result thread, which then dies and leaves the
+    parent waiting forever.
+    """
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        base = next(c for c in type(err).__mro__ if c.__module__ == "builtins")
+        message = f"{type(err).__name__}: {err}"
+        try:
+            return cast(Exception, base(message))
+        except Exception:
+            return RuntimeError(message)
 
 
 #: Seconds between checks that every worker is still alive while waiting for a result.
@@ -171,7 +194,8 @@ def map_jobs(
         desc: the bar's label.
 
     Raises:
-        Whatever a call raises, as soon as it does; ChildProcessError as soon as a worker dies (killed for
+        Whatever a call raises, as soon as it does (as its nearest built-in class, named in the message, when
+        it cannot be re-created from its ``args``); ChildProcessError as soon as a worker dies (killed for
         memory, say) instead of waiting forever for its call. The other workers are terminated (as on Ctrl-C,
         which the workers ignore and this process handles). Work already saved by a call (checkpoints written by
         rename) is kept.
