@@ -85,7 +85,8 @@ class TrainConfig:
             :func:`lr_factor`.
         weight_decay: AdamW decay on matrices (not on biases and norms).
         grad_clip: the largest global gradient norm (> 0; larger gradients are scaled down to it).
-        seed: seeds the initial weights and the batches.
+        seed: seeds the initial weights and the batches (batch ``t`` from ``seed * 1_000_003 + t``: beyond
+            1,000,003 steps a seed's batches would repeat the next seed's).
         scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Vaswani et al. 2017; fairseq, hence
             Press et al. 2022). Without it a fixed sinusoidal table swamps the small tied embeddings.
         compile: run the model's forward and backward through ``torch.compile`` (worth its compile time only
