@@ -1,4 +1,5 @@
-"""Data-parallel ``posenc compare`` under torchrun (2 CPU processes, gloo) matches one process, same global batch."""
+"""Data-parallel ``posenc compare`` under torchrun (2 CPU processes, gloo) matches one process, same global batch;
+``resolve_device`` refuses a GPU that is not there."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from posenc.experiments.compare import CompareConfig, run_compare
+from posenc.experiments.dist import resolve_device
 
 STEPS = 8
 
@@ -40,3 +42,13 @@ def test_two_ranks_match_one_process(tiny_corpus: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(ddp_ckpt["state_dict"][name], value, rtol=1e-3, atol=1e-4, msg=name)
     for length, ppl in single["perplexity"]["rope"].items():
         assert ddp_ckpt["perplexity"]["rope"][length] == pytest.approx(ppl, rel=1e-3)
+
+
+def test_a_gpu_index_past_the_last_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device cuda:3 on a one-GPU machine was accepted and failed later inside torch ('invalid device
+    ordinal', a traceback); now one clear error naming the GPUs there are."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--device cuda:3: torch sees 1 GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cuda").index is None

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from posenc.experiments.dist import World
 from posenc.experiments.evaluate import (
     eval_lengths,
     extension_perplexities,
@@ -103,3 +104,38 @@ def test_extension_methods_are_detected_and_run() -> None:
     for method in methods:
         out = extension_perplexities(model, method, _tokens(), lengths, 8, 64, plain=plain)
         assert out[8] == plain[8] and all(v is not None and math.isfinite(v) for v in out.values())
+
+
+class _Bigram(torch.nn.Module):
+    """Logits that depend only on the input byte: the NLL of a target is a function of (previous byte, target),
+    so a sum over windows equals the sum over the scored bytes whatever the windows, if each is scored once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.randn(256, 256, generator=torch.Generator().manual_seed(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, 256)
+        return self.table[x]
+
+
+class _LocalRanks(World):
+    """A rank of a world whose all-reduce is done by the test (sums each rank's share itself)."""
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def test_every_length_and_rank_split_scores_bytes_1_to_n_once() -> None:
+    """The documented evaluation: at every length, and over ranks, the targets are bytes 1..n_tokens, each
+    scored once (byte 0 is only context), and the perplexity is exp of their mean NLL. A rank past the last
+    window scores nothing: it raised ``arange``'s 'upper bound and lower bound inconsistent' before, so
+    ``torchrun --nproc_per_node 4 -m posenc compare --quick`` (2 windows at 16L) crashed."""
+    model, tokens, n = _Bigram(), _tokens(), 64
+    logp = model.table.double().log_softmax(-1)
+    expected = -float(sum(logp[tokens[j - 1].long(), tokens[j].long()] for j in range(1, n + 1)))
+    for length in (1, 8, 16, 32, 64):
+        nll, count = window_nll(model, tokens, length, n, batch_tokens=24)
+        assert count == n and nll == pytest.approx(expected, rel=1e-6), length
+        shares = [window_nll(model, tokens, length, n, world=_LocalRanks(r, 3))[0] for r in range(3)]
+        assert sum(shares) == pytest.approx(expected, rel=1e-6), length
+    assert perplexity(expected, n) == pytest.approx(math.exp(expected / n))

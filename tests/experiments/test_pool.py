@@ -60,6 +60,55 @@ def test_a_failure_is_raised() -> None:
         map_jobs(fail_on_three, [(i,) for i in range(5)], workers=2, threads=1)
 
 
+def die_on_three(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the system does to a process when memory runs out
+    return x
+
+
+def test_a_worker_killed_is_one_error_not_a_hang(sigint_raises: None) -> None:
+    """A worker killed mid-call (out of memory): ``multiprocessing.Pool`` replaces it and loses the call, so
+    waiting for every result hung forever. Now one ChildProcessError (an OSError: the CLI prints one line) names
+    the signal, and no worker is left. (The timer turns the old hang into a KeyboardInterrupt.)"""
+    guard = threading.Timer(60.0, os.kill, (os.getpid(), signal.SIGINT))
+    guard.start()
+    try:
+        with pytest.raises(
+            ChildProcessError, match="killed by signal 9 .SIGKILL: often the system running out"
+        ):
+            map_jobs(die_on_three, [(i,) for i in range(5)], workers=2, threads=1)
+    finally:
+        guard.cancel()
+    assert not multiprocessing.active_children()
+
+
+class TwoPartError(ValueError):
+    """An exception whose class cannot be called with its own ``args`` (as many libraries' are)."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what} failed: {why}")
+
+
+def fail_oddly(x: int) -> int:
+    if x == 2:
+        raise TwoPartError("model 2", "no reason")
+    return x
+
+
+def test_an_exception_that_cannot_be_unpickled_is_raised_not_a_hang(sigint_raises: None) -> None:
+    """Pool re-creates a worker's exception as ``cls(*args)``; for TwoPartError that raised inside Pool's result
+    thread, which died, and the run hung forever. Now the nearest built-in class (ValueError: the CLI prints one
+    line) comes back with the class name and message."""
+    guard = threading.Timer(60.0, os.kill, (os.getpid(), signal.SIGINT))
+    guard.start()
+    try:
+        with pytest.raises(ValueError, match="^TwoPartError: model 2 failed: no reason$") as info:
+            map_jobs(fail_oddly, [(i,) for i in range(4)], workers=2, threads=1)
+    finally:
+        guard.cancel()
+    assert type(info.value) is ValueError and not multiprocessing.active_children()
+
+
 def sleep_then_touch(path: str) -> None:
     time.sleep(20)
     Path(path).touch()

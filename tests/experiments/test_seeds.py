@@ -161,3 +161,37 @@ def test_probe_steps_include_the_last_tenth() -> None:
     assert probe_steps(400, 20) == list(range(20, 401, 20))
     assert probe_steps(30, 4) == [8, 15, 22, 27, 30]
     assert probe_steps(10, 0) == []
+
+
+def test_multiples_that_do_not_divide_the_largest_are_refused_before_training() -> None:
+    """The scored bytes are whole windows of the longest length; multiples (1, 3, 4) cut 16L bytes into windows
+    of 3L unevenly, which raised only at the first evaluation, after a model had been trained. Now the
+    configuration is refused, naming the multiples; (1, 3, 6) is fine."""
+    with pytest.raises(
+        ValueError, match=r"multiples must each divide the largest \(4\).*got \(1, 3, 4\) \(3 do"
+    ):
+        replace(FAST, multiples=(1, 3, 4))
+    assert replace(FAST, multiples=(1, 3, 6)).multiples == (1, 3, 6)
+
+
+def test_multiples_without_the_training_length_are_refused() -> None:
+    """Without 1 the report had nothing to compare with: every verdict n/a, 'Best at L: none measured'."""
+    with pytest.raises(ValueError, match=r"multiples must start at 1 .*got \(2, 4\)"):
+        replace(FAST, multiples=(2, 4))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("multiples", (1, 2.5), "CompareConfig: multiples must be an integer"),
+        ("multiples", (True, 2), "CompareConfig: multiples must be an integer"),
+        ("eval_windows", 2.5, "CompareConfig: eval_windows must be an integer"),
+        ("curve_bytes", 100.0, "CompareConfig: curve_bytes must be an integer"),
+        ("max_val_bytes", 0, "CompareConfig: max_val_bytes must be an integer >= 1, got 0"),
+    ],
+)
+def test_compare_config_fields_must_be_whole_numbers(field: str, value: object, match: str) -> None:
+    """A float multiple or window count was accepted and broke only at evaluation, after training (a length
+    of 40.0 bytes, or n_tokens 2.5 windows long); now refused naming the field."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        replace(FAST, **{field: value})

@@ -34,6 +34,27 @@ def test_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert lr_factor(0, TrainConfig(steps=5, warmup_fraction=0.0)) == 1.0
 
 
+def test_warmup_steps_are_the_fraction_as_written() -> None:
+    """100 steps with warmup_fraction 0.29 warmed up for 28 steps (int(28.999999999999996)); now 29. Fractions
+    that are not whole steps still round down, and the presets' warmups are unchanged."""
+    assert TrainConfig(steps=100, warmup_fraction=0.29).warmup == 29
+    assert TrainConfig(steps=400, warmup_fraction=0.57).warmup == 228
+    assert TrainConfig(steps=10, warmup_fraction=0.25).warmup == 2
+    assert TrainConfig(steps=1200, warmup_fraction=0.1).warmup == 120
+    assert TrainConfig(steps=4200, warmup_fraction=0.05).warmup == 210
+
+
+def test_schedule_is_the_documented_formula() -> None:
+    """lr_factor's docstring, value by value: (t + 1) / W while warming up, then a half cosine that reaches the
+    floor at t = steps (one past the last step), so the last step is a hair above it."""
+    cfg = TrainConfig(steps=10, warmup_fraction=0.2, min_lr_ratio=0.1)
+    assert [lr_factor(t, cfg) for t in range(2)] == [0.5, 1.0]
+    for t in range(2, 11):
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 8))
+        assert lr_factor(t, cfg) == pytest.approx(cosine, abs=1e-12), t
+    assert lr_factor(10, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) > 0.1
+
+
 def test_batches_are_windows_of_the_tokens() -> None:
     tokens = _tokens()
     batch = sample_batch(tokens, 3, TINY)
@@ -83,10 +104,18 @@ def test_learned_table_covers_the_training_length() -> None:
         ("heads", 3, "divisible"),
         ("steps", -1, "steps"),
         ("warmup_fraction", 1.0, "warmup"),
+        ("lr", 0.0, "lr must be > 0, got 0"),
+        ("grad_clip", 0.0, "grad_clip must be > 0, got 0"),
+        ("min_lr_ratio", 1.5, "min_lr_ratio must be <= 1, got 1.5"),
+        ("min_lr_ratio", -0.1, "min_lr_ratio must be >= 0, got -0.1"),
+        ("compile", "no", "compile must be"),
     ],
 )
 def test_bad_config(field: str, value: float, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    """Values that would train silently wrong are refused, naming the field: a grad_clip of 0 scaled every
+    gradient to zero (the model never moved), a min_lr_ratio above 1 made the cosine "decay" rise, the string
+    "no" turned torch.compile on."""
+    with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**{field: value})
 
 

@@ -103,6 +103,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError("--device meta holds no data, so nothing can run on it; use cpu, cuda or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"--device {device}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}; use one of those or cuda"
+        )
     return dev
 
 

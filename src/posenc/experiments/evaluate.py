@@ -2,9 +2,12 @@
 Test Long", section 2 and Table 2).
 
 The held-out bytes are cut into consecutive windows of the evaluation length ``Lv``; each window is one forward
-pass from position 0, and every byte of it is predicted from the bytes before it in the same window only. At
-every ``Lv`` the same ``n_tokens`` bytes are scored, so the lengths differ only in how much context the model
-gets (and in the positions it must handle), never in which text is scored.
+pass from position 0, and each of its targets is predicted from the bytes before it in the same window only
+(the first target from one byte, the last from ``Lv``). At every ``Lv`` the same ``n_tokens`` bytes are scored,
+bytes ``1..n_tokens``, each exactly once (byte 0 is context only), so the lengths differ only in how much
+context the model gets (and in the positions it must handle), never in which text is scored. Perplexity is
+``exp`` of the mean NLL per scored byte, not a mean of per-window perplexities; the forward runs in the model's
+dtype (float32 in ``posenc compare``, whatever its training precision).
 
 RoPE models can also be evaluated with inference-time context extension (linear interpolation, NTK, dynamic NTK,
 YaRN) when ``posenc.rotary.scaling`` provides it: each layer's RoPE is swapped for one with the same ``head_dim``
@@ -52,7 +55,8 @@ def window_nll(
     """Summed next-byte negative log-likelihood over the first ``n_tokens`` targets of ``tokens``.
 
     Window ``i`` feeds ``tokens[i*Lv : (i+1)*Lv]`` and scores ``tokens[i*Lv + 1 : (i+1)*Lv + 1]``; under DDP each
-    rank takes every ``world.size``-th window and the sums are all-reduced.
+    rank takes every ``world.size``-th window (none when there are more ranks than windows) and the sums are
+    all-reduced.
 
     Args:
         model: maps ``(B, Lv)`` bytes to ``(B, Lv, V)`` logits; put in eval mode by the caller.
@@ -73,7 +77,9 @@ def window_nll(
         raise ValueError(
             f"{tokens.numel()} held-out bytes cannot score {n_tokens} targets (need n_tokens + 1)"
         )
-    windows = torch.arange(world.rank, n_tokens // length, world.size)
+    windows = torch.arange(n_tokens // length)[
+        world.rank :: world.size
+    ]  # empty on a rank past the last window
     per_batch = max(1, batch_tokens // length)
     total = torch.zeros((), dtype=torch.float64, device=device)
     offsets = torch.arange(length + 1)

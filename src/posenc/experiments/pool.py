@@ -14,13 +14,15 @@ model trained with 2 threads may differ from one trained with 1 in the last bits
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import get_context
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -107,7 +109,68 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _indexed(job: tuple[int, Callable[..., Any], tuple[Any, ...]]) -> tuple[int, Any]:
     index, fn, args = job
-    return index, fn(*args)
+    try:
+        return index, fn(*args)
+    except Exception as err:
+        raise _portable(err) from err
+
+
+def _portable(err: Exception) -> Exception:
+    """``err`` if it survives pickling both ways, else its nearest built-in class with the same message.
+
+    The parent re-creates a worker's exception by calling its class with ``err.args``; a class whose
+    ``__init__`` takes other arguments fails there, inside Pool's result thread, which then dies and leaves the
+    parent waiting forever.
+    """
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        base = next(c for c in type(err).__mro__ if c.__module__ == "builtins")
+        message = f"{type(err).__name__}: {err}"
+        try:
+            return cast(Exception, base(message))
+        except Exception:
+            return RuntimeError(message)
+
+
+#: Seconds between checks that every worker is still alive while waiting for a result.
+POLL_SECONDS = 0.5
+
+
+def _watched(pool: Any, results: Any, count: int) -> Iterator[Any]:
+    """The ``count`` results of ``pool.imap_unordered``, raising as soon as a worker process has died.
+
+    ``multiprocessing.Pool`` replaces a worker that dies abruptly (killed for memory, a crash in native code)
+    but loses the call it was running, so waiting for all results would wait forever. Its workers never exit on
+    their own before ``close()`` (no ``maxtasksperchild``), so any exit of one of them is such a death.
+
+    Raises:
+        ChildProcessError: a worker died (an ``OSError``: the CLI prints one line).
+    """
+    # the processes Pool started (all in its constructor); a private attribute, so a Python without it only
+    # loses the check
+    workers = list(getattr(pool, "_pool", []))
+    for _ in range(count):
+        while True:
+            try:
+                yield results.next(timeout=POLL_SECONDS)
+                break
+            except multiprocessing.TimeoutError:
+                pass
+            dead = [p for p in workers if p.exitcode is not None]
+            if dead:
+                raise ChildProcessError(_death(dead[0].exitcode))
+
+
+def _death(code: int | None) -> str:
+    """Why a worker that exited with ``code`` is refused, in one line."""
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+    hint = " (SIGKILL: often the system running out of memory)" if code == -signal.SIGKILL else ""
+    return (
+        f"a worker process {how}{hint} while running its call, so its result would never come; work "
+        "already saved (checkpoints) is kept; rerun with fewer jobs (--jobs)"
+    )
 
 
 def map_jobs(
@@ -131,8 +194,10 @@ def map_jobs(
         desc: the bar's label.
 
     Raises:
-        Whatever a call raises, as soon as it does; the other workers are terminated (as on Ctrl-C, which the
-        workers ignore and this process handles). Work already saved by a call (checkpoints written by
+        Whatever a call raises, as soon as it does (as its nearest built-in class, named in the message, when
+        it cannot be re-created from its ``args``); ChildProcessError as soon as a worker dies (killed for
+        memory, say) instead of waiting forever for its call. The other workers are terminated (as on Ctrl-C,
+        which the workers ignore and this process handles). Work already saved by a call (checkpoints written by
         rename) is kept.
     """
     if workers <= 1 or len(calls) <= 1:
@@ -148,7 +213,7 @@ def map_jobs(
         with _sigint_ignored():
             pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per,))
         jobs = [(i, fn, args) for i, args in enumerate(calls)]
-        for index, result in pool.imap_unordered(_indexed, jobs):
+        for index, result in _watched(pool, pool.imap_unordered(_indexed, jobs), len(jobs)):
             results[index] = result
             bar.update()
         pool.close()

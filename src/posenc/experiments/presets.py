@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..validation import check_seed
+from ..validation import check_int, check_seed
 from .evaluate import MULTIPLES
 from .train import MAX_SEED, TrainConfig
 
@@ -36,7 +36,8 @@ class CompareConfig:
     Attributes:
         train: model sizes and budget; its ``seed`` is replaced by each of ``seeds``.
         seeds: one model per (encoding, seed); results show the mean and standard deviation over seeds.
-        multiples: evaluation lengths as multiples of ``train.train_len``.
+        multiples: evaluation lengths as multiples of ``train.train_len``, increasing from 1, each dividing the
+            last.
         eval_windows: windows of the longest evaluation length scored when ``eval_bytes`` is None.
         eval_bytes: bytes scored at every length, rounded down to whole windows of the longest length (at least
             one), or None for ``eval_windows`` windows.
@@ -60,12 +61,32 @@ class CompareConfig:
     preset: str = "demo"
 
     def __post_init__(self) -> None:
+        for m in self.multiples:  # a float or bool multiple failed only at evaluation, after training
+            check_int("multiples", m, owner="CompareConfig")
+        for name in ("eval_windows", "curve_points", "curve_bytes", "eval_bytes"):  # bounds checked below
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), owner="CompareConfig")
+        for name in ("max_train_bytes", "max_val_bytes"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), at_least=1, owner="CompareConfig")
         if (
             not self.multiples
             or min(self.multiples) < 1
             or list(self.multiples) != sorted(set(self.multiples))
         ):
             raise ValueError(f"multiples must be increasing positive integers, got {self.multiples}")
+        if self.multiples[0] != 1:  # every ratio, verdict and "best at L" is relative to the perplexity at L
+            raise ValueError(
+                f"multiples must start at 1 (the training length, which every ratio and verdict compares "
+                f"with), got {self.multiples}"
+            )
+        uneven = [m for m in self.multiples if self.multiples[-1] % m]
+        if uneven:  # the scored bytes are whole windows of the longest length, and so must be of every length
+            raise ValueError(
+                f"multiples must each divide the largest ({self.multiples[-1]}) so that the same bytes are cut "
+                f"into whole windows at every length, got {self.multiples} ({', '.join(map(str, uneven))} do(es) "
+                "not)"
+            )
         if self.eval_windows < 1:
             raise ValueError(f"eval_windows must be >= 1, got {self.eval_windows}")
         if self.eval_bytes is not None and self.eval_bytes < 1:

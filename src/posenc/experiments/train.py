@@ -80,11 +80,13 @@ class TrainConfig:
         train_len: ``L``, the training context in bytes.
         batch_size: global batch (sequences per step, over all ranks).
         steps: optimiser steps.
-        lr: peak AdamW learning rate, reached after the first ``warmup_fraction`` of the steps, then cosine
-            decay to ``lr * min_lr_ratio``.
+        lr: peak AdamW learning rate (> 0), reached after the first ``warmup_fraction`` (in ``[0, 1)``) of the
+            steps, then cosine decay towards ``lr * min_lr_ratio`` (``min_lr_ratio`` in ``[0, 1]``); see
+            :func:`lr_factor`.
         weight_decay: AdamW decay on matrices (not on biases and norms).
-        grad_clip: global gradient-norm clip.
-        seed: seeds the initial weights and the batches.
+        grad_clip: the largest global gradient norm (> 0; larger gradients are scaled down to it).
+        seed: seeds the initial weights and the batches (batch ``t`` from ``seed * 1_000_003 + t``: beyond
+            1,000,003 steps a seed's batches would repeat the next seed's).
         scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Vaswani et al. 2017; fairseq, hence
             Press et al. 2022). Without it a fixed sinusoidal table swamps the small tied embeddings.
         compile: run the model's forward and backward through ``torch.compile`` (worth its compile time only
@@ -114,23 +116,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "heads", "train_len", "batch_size", "steps"):
             check_int(name, getattr(self, name), at_least=1)
-        for name in ("lr", "warmup_fraction", "min_lr_ratio", "weight_decay", "grad_clip"):
-            check_float(name, getattr(self, name), at_least=0)
+        check_float("lr", self.lr, above=0)
+        check_float("warmup_fraction", self.warmup_fraction, at_least=0, below=1)
+        check_float(
+            "min_lr_ratio", self.min_lr_ratio, at_least=0, at_most=1
+        )  # above 1 the "decay" would rise
+        check_float("weight_decay", self.weight_decay, at_least=0)
+        check_float("grad_clip", self.grad_clip, above=0)  # a clip of 0 scales every gradient to zero
         check_bool("scale_embeddings", self.scale_embeddings)
+        check_bool("compile", self.compile)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_seed("seed", self.seed, low=0, high=MAX_SEED - 1)
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if not 0.0 <= self.warmup_fraction < 1.0 or not self.lr > 0:
-            raise ValueError(
-                f"need lr > 0 and 0 <= warmup_fraction < 1, got {self.lr}, {self.warmup_fraction}"
-            )
 
     @property
     def warmup(self) -> int:
-        """Warmup steps."""
-        return int(self.steps * self.warmup_fraction)
+        """Warmup steps: ``steps * warmup_fraction`` rounded down, as the decimal fraction reads (100 steps at
+        0.29 warm up for 29, though ``100 * 0.29`` is 28.999999999999996 in binary floating point)."""
+        return math.floor(round(self.steps * self.warmup_fraction, 6))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,7 +197,13 @@ def build_model(encoding: str, cfg: TrainConfig) -> TransformerLM:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup to 1, then cosine down to ``min_lr_ratio``."""
+    """Learning-rate multiplier of the 0-based ``step`` (of ``cfg.steps``), with ``W = cfg.warmup``:
+
+    - warmup, ``step < W``: ``(step + 1) / W`` (never 0, so the first step moves; 1 at ``step = W - 1``);
+    - then a half cosine from 1 at ``step = W`` down to ``min_lr_ratio`` at ``step = cfg.steps``, the step after
+      the last (the usual convention, e.g. ``transformers``' cosine schedule): the last step runs a hair above the
+      floor (at 1,200 steps, 2e-6 of the peak above it; at 10 steps with no warmup, 0.02).
+    """
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     span = max(1, cfg.steps - cfg.warmup)
