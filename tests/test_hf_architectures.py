@@ -313,3 +313,50 @@ def test_one_rope_per_layer_type(arch: str, name: str) -> None:
     assert_same_model(ours, theirs)
     with pytest.raises(UnsupportedRotary, match=r"\[per-layer-type\].*dict keyed by layer type"):
         install_rope(ours, SCALINGS["linear"])
+
+
+#: more model types, built tiny with AutoModel (encoders, text halves of composites) or AutoModelForCausalLM, plain
+#: RoPE only: the cause install_rope refuses them with, or None for "installs, equal". (tests/test_hf_coverage.py)
+MORE: dict[str, str | None] = {
+    **dict.fromkeys(
+        "eurobert gte jina_embeddings_v3 nomic_bert openai_privacy_filter granite_docling_text muse_glimmer_text "
+        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe".split()
+    ),
+    **dict.fromkeys("roformer recurrent_gemma granitemoehybrid inkling2_text".split(), "no-rotary-module"),
+    "mimo_v2_flash": "rotary-size",  # its default partial factor 0.334 of a 16-wide head: 5 rotated dims
+    "hy_v4_vl_text": "multimodal",
+    "qwen2_vl_text": "table-output",  # mrope tables need 3-D positions
+    "molmo2_text": "several-rotary-modules",  # rotary_emb_unscaled
+}
+#: one RoPE per layer type, plain by default (DeepSeek-V4: "main" and "compress"; phimoe's transformers config
+#: rejects YaRN, so it is not in BREADTH; Falcon-H1 is, plain only, here for speed).
+_OWN_ROPE = ("modernbert", "ultrabert", "beam", "mimo_v2_flash")
+
+
+def _more_model(model_type: str) -> nn.Module:
+    torch.manual_seed(0)
+    plain = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}
+    overrides = {**TINY, "head_dim": 16, **_MOE, **({} if model_type in _OWN_ROPE else plain)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.CONFIG_MAPPING[model_type](**overrides)
+    causal = model_type in transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    return auto.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("arch", MORE)
+def test_more_architectures_install_exactly_or_refuse_with_their_cause(arch: str) -> None:
+    theirs = _more_model(arch)
+    ours = _more_model(arch)
+    ours.load_state_dict(theirs.state_dict())
+    if MORE[arch] is not None:
+        with pytest.raises(UnsupportedRotary) as err:
+            install_rope(ours)
+        assert err.value.cause == MORE[arch]
+        return
+    install_rope(ours)
+    tokens = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = ours(tokens), theirs(tokens)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)  # logits or last hidden state
