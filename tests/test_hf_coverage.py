@@ -34,12 +34,12 @@ def rotary_model_types() -> dict[str, str]:
     root = pathlib.Path(transformers.__file__).parent / "models"
     rotary: set[str] = set()
     home: dict[str, str] = {}  # model class name -> its folder
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        source = "".join(f.read_text(encoding="utf-8") for f in sorted(folder.glob("modeling_*.py")))
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        source = "".join(f.read_text(encoding="utf-8") for f in sorted(path.glob("modeling_*.py")))
         if _ROTARY.search(source):
-            rotary.add(folder.name)
+            rotary.add(path.name)
         for name in _CLASS.findall(source):
-            home.setdefault(name, folder.name)
+            home.setdefault(name, path.name)
     found: dict[str, str] = {}
     for model_type in CONFIG_MAPPING_NAMES:
         folder = model_type_to_module_name(model_type)
