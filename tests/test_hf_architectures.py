@@ -320,9 +320,11 @@ def test_one_rope_per_layer_type(arch: str, name: str) -> None:
 MORE: dict[str, str | None] = {
     **dict.fromkeys(
         "eurobert gte jina_embeddings_v3 nomic_bert openai_privacy_filter granite_docling_text muse_glimmer_text "
-        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe".split()
+        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe qwen3_next bamba".split()
     ),
-    **dict.fromkeys("roformer recurrent_gemma granitemoehybrid inkling2_text".split(), "no-rotary-module"),
+    **dict.fromkeys(
+        "roformer recurrent_gemma granitemoehybrid inkling2_text zamba2".split(), "no-rotary-module"
+    ),
     "mimo_v2_flash": "rotary-size",  # its default partial factor 0.334 of a 16-wide head: 5 rotated dims
     "hy_v4_vl_text": "multimodal",
     "qwen2_vl_text": "table-output",  # mrope tables need 3-D positions
@@ -333,10 +335,21 @@ MORE: dict[str, str | None] = {
 _OWN_ROPE = ("modernbert", "ultrabert", "beam", "mimo_v2_flash")
 
 
+#: hybrids: one attention layer among linear-attention / Mamba ones.
+_MORE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "qwen3_next": {"layer_types": ["linear_attention", "full_attention"]},
+    "bamba": {"attn_layer_indices": [1]},
+    "zamba2": {"layers_block_type": ["mamba", "hybrid"]},
+}
+
+
 def _more_model(model_type: str) -> nn.Module:
     torch.manual_seed(0)
     plain = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}
-    overrides = {**TINY, "head_dim": 16, **_MOE, **({} if model_type in _OWN_ROPE else plain)}
+    overrides = {
+        **TINY, "head_dim": 16, **_MOE, **({} if model_type in _OWN_ROPE else plain),
+        **_MORE_OVERRIDES.get(model_type, {}),
+    }  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = transformers.CONFIG_MAPPING[model_type](**overrides)
