@@ -96,6 +96,9 @@ BREADTH: dict[str, dict[str, Any]] = {
     "granite_swa": {"head_dim": 16, "layer_rope_theta": [1e4, 5e5]},  # rotary_embs: one module per base
     "granitemoe_swa": {"head_dim": 16, "layer_rope_theta": [1e4, 5e5], **_MOE},
     "dots1": {"head_dim": 16, **_MOE, "n_shared_experts": 1, "first_k_dense_replace": 1},
+    # hybrids: one attention layer after a linear-attention (Gated DeltaNet) / Mamba one
+    "qwen3_next": {"head_dim": 16, **_MOE, "layer_types": ["linear_attention", "full_attention"]},
+    "bamba": {"head_dim": 16, "attn_layer_indices": [1]},
 }
 #: architectures install_rope refuses (see test_refusals_of_real_architectures_name_their_cause).
 REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}}
@@ -320,7 +323,7 @@ def test_one_rope_per_layer_type(arch: str, name: str) -> None:
 MORE: dict[str, str | None] = {
     **dict.fromkeys(
         "eurobert gte jina_embeddings_v3 nomic_bert openai_privacy_filter granite_docling_text muse_glimmer_text "
-        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe qwen3_next bamba".split()
+        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe".split()
     ),
     **dict.fromkeys(
         "roformer recurrent_gemma granitemoehybrid inkling2_text zamba2".split(), "no-rotary-module"
@@ -335,12 +338,7 @@ MORE: dict[str, str | None] = {
 _OWN_ROPE = ("modernbert", "ultrabert", "beam", "mimo_v2_flash")
 
 
-#: hybrids: one attention layer among linear-attention / Mamba ones.
-_MORE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "qwen3_next": {"layer_types": ["linear_attention", "full_attention"]},
-    "bamba": {"attn_layer_indices": [1]},
-    "zamba2": {"layers_block_type": ["mamba", "hybrid"]},
-}
+_MORE_OVERRIDES: dict[str, dict[str, Any]] = {"zamba2": {"layers_block_type": ["mamba", "hybrid"]}}
 
 
 def _more_model(model_type: str) -> nn.Module:
