@@ -323,11 +323,12 @@ def test_one_rope_per_layer_type(arch: str, name: str) -> None:
 MORE: dict[str, str | None] = {
     **dict.fromkeys(
         "eurobert gte jina_embeddings_v3 nomic_bert openai_privacy_filter granite_docling_text muse_glimmer_text "
-        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe".split()
+        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe mistral_large4_text dbrx bailing_hybrid".split()
     ),
     **dict.fromkeys(
         "roformer recurrent_gemma granitemoehybrid inkling2_text zamba2".split(), "no-rotary-module"
     ),
+    "glm5_next_text": "no-rotary-module",
     "mimo_v2_flash": "rotary-size",  # its default partial factor 0.334 of a 16-wide head: 5 rotated dims
     "hy_v4_vl_text": "multimodal",
     "qwen2_vl_text": "table-output",  # mrope tables need 3-D positions
@@ -335,10 +336,22 @@ MORE: dict[str, str | None] = {
 }
 #: one RoPE per layer type, plain by default (DeepSeek-V4: "main" and "compress"; phimoe's transformers config
 #: rejects YaRN, so it is not in BREADTH; Falcon-H1 is, plain only, here for speed).
-_OWN_ROPE = ("modernbert", "ultrabert", "beam", "mimo_v2_flash")
+_OWN_ROPE = ("modernbert", "ultrabert", "beam", "mimo_v2_flash", "dbrx")  # DBRX: in attn_config
 
 
-_MORE_OVERRIDES: dict[str, dict[str, Any]] = {"zamba2": {"layers_block_type": ["mamba", "hybrid"]}}
+_MORE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "zamba2": {"layers_block_type": ["mamba", "hybrid"]},
+    "mistral_large4_text": _MLA,
+    **dict.fromkeys(
+        ("bailing_hybrid", "glm5_next_text"),
+        {"layer_types": ["linear_attention", "full_attention"], "num_key_value_heads": 4},
+    ),
+    "dbrx": {
+        "d_model": 64, "n_heads": 4, "n_layers": 2,
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 1e4, "clip_qkv": 8.0},
+        "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2},
+    },
+}  # fmt: skip
 
 
 def _more_model(model_type: str) -> nn.Module:

@@ -99,9 +99,9 @@ _MROPE = (
     "qwen3_vl_vision"
 )
 _UNBUILT = (
-    "bailing_hybrid blt_global_transformer cohere_compass_text dbrx deepseek_ocr2_text diffusion_gemma_text "
-    "dory dots3_note_text embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text gemma3n_text glm5_next_text "
-    "lfm2_moe longcat_flash mistral4 mistral_large4_text mllama_text_model neomme paddleocr_vl_text "
+    "blt_global_transformer cohere_compass_text deepseek_ocr2_text diffusion_gemma_text "
+    "dory dots3_note_text embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text gemma3n_text "
+    "lfm2_moe longcat_flash mistral4 mllama_text_model neomme paddleocr_vl_text "
     "qwen3_5_moe_text qwen3_5_text qwen4_exp_text step3p5 t5_gemma_module t5gemma2_text "
     "unlimited_ocr_text zaya"
 )
