@@ -329,6 +329,8 @@ MORE: dict[str, str | None] = {
         "roformer recurrent_gemma granitemoehybrid inkling2_text zamba2".split(), "no-rotary-module"
     ),
     "glm5_next_text": "no-rotary-module",
+    **dict.fromkeys(("gemma4_text", "gemma4_unified_text"), "rope-type"),  # "proportional" (full attention)
+    "mistral4": "rope-type",  # yarn with llama_4_scaling_beta (a query scale read at run time)
     "mimo_v2_flash": "rotary-size",  # its default partial factor 0.334 of a 16-wide head: 5 rotated dims
     "hy_v4_vl_text": "multimodal",
     "qwen2_vl_text": "table-output",  # mrope tables need 3-D positions
@@ -336,7 +338,16 @@ MORE: dict[str, str | None] = {
 }
 #: one RoPE per layer type, plain by default (DeepSeek-V4: "main" and "compress"; phimoe's transformers config
 #: rejects YaRN, so it is not in BREADTH; Falcon-H1 is, plain only, here for speed).
-_OWN_ROPE = ("modernbert", "ultrabert", "beam", "mimo_v2_flash", "dbrx")  # DBRX: in attn_config
+_OWN_ROPE = (
+    "modernbert",
+    "ultrabert",
+    "beam",
+    "mimo_v2_flash",
+    "dbrx",
+    "gemma4_text",
+    "gemma4_unified_text",
+    "mistral4",
+)  # DBRX: in attn_config
 
 
 _MORE_OVERRIDES: dict[str, dict[str, Any]] = {

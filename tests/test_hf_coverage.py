@@ -101,7 +101,7 @@ _MROPE = (
 _UNBUILT = (
     "blt_global_transformer cohere_compass_text deepseek_ocr2_text diffusion_gemma_text "
     "dory dots3_note_text embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text gemma3n_text "
-    "lfm2_moe longcat_flash mistral4 mllama_text_model neomme paddleocr_vl_text "
+    "lfm2_moe longcat_flash mllama_text_model neomme paddleocr_vl_text "
     "qwen3_5_moe_text qwen3_5_text qwen4_exp_text step3p5 t5_gemma_module t5gemma2_text "
     "unlimited_ocr_text zaya"
 )
@@ -117,11 +117,6 @@ NOT_COVERED: dict[str, str] = {
         _UNBUILT,
         "not yet checked: a generic tiny config does not build or run in transformers itself (hybrid "
         "linear-attention layers, own sub-configs, dbrx's attn_config, ...); needs an architecture-specific config",
-    ),
-    **_words(
-        "gemma4_text gemma4_unified_text",
-        "rope_type 'proportional', which posenc does not implement: "
-        "install_rope raises ValueError (unknown rope_type)",
     ),
 }
 
