@@ -159,7 +159,7 @@ def test_rope_from_config_reads_every_place_a_rotary_size_or_base_lives() -> Non
 def test_clear_errors_for_configs_it_cannot_honour(plain: Any) -> None:
     config = tiny_config()
     config.rope_parameters = {"rope_type": "proportional", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
-    with pytest.raises(ValueError, match="unknown rope_type 'proportional'"):
+    with pytest.raises(UnsupportedRotary, match=r"\[rope-type\].*unknown rope_type 'proportional'"):
         rope_from_config(config)
     config.rope_parameters = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
     with pytest.raises(ValueError, match="mrope_section"):

@@ -96,6 +96,9 @@ BREADTH: dict[str, dict[str, Any]] = {
     "granite_swa": {"head_dim": 16, "layer_rope_theta": [1e4, 5e5]},  # rotary_embs: one module per base
     "granitemoe_swa": {"head_dim": 16, "layer_rope_theta": [1e4, 5e5], **_MOE},
     "dots1": {"head_dim": 16, **_MOE, "n_shared_experts": 1, "first_k_dense_replace": 1},
+    # hybrids: one attention layer after a linear-attention (Gated DeltaNet) / Mamba one
+    "qwen3_next": {"head_dim": 16, **_MOE, "layer_types": ["linear_attention", "full_attention"]},
+    "bamba": {"head_dim": 16, "attn_layer_indices": [1]},
 }
 #: architectures install_rope refuses (see test_refusals_of_real_architectures_name_their_cause).
 REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}}
@@ -313,3 +316,82 @@ def test_one_rope_per_layer_type(arch: str, name: str) -> None:
     assert_same_model(ours, theirs)
     with pytest.raises(UnsupportedRotary, match=r"\[per-layer-type\].*dict keyed by layer type"):
         install_rope(ours, SCALINGS["linear"])
+
+
+#: more model types, built tiny with AutoModel (encoders, text halves of composites) or AutoModelForCausalLM, plain
+#: RoPE only: the cause install_rope refuses them with, or None for "installs, equal". (tests/test_hf_coverage.py)
+MORE: dict[str, str | None] = {
+    **dict.fromkeys(
+        "eurobert gte jina_embeddings_v3 nomic_bert openai_privacy_filter granite_docling_text muse_glimmer_text "
+        "muse_spark_text modernbert ultrabert beam deepseek_v4 falcon_h1 phimoe mistral_large4_text dbrx bailing_hybrid".split()
+    ),
+    **dict.fromkeys(
+        "roformer recurrent_gemma granitemoehybrid inkling2_text zamba2".split(), "no-rotary-module"
+    ),
+    "glm5_next_text": "no-rotary-module",
+    **dict.fromkeys(("gemma4_text", "gemma4_unified_text"), "rope-type"),  # "proportional" (full attention)
+    "mistral4": "rope-type",  # yarn with llama_4_scaling_beta (a query scale read at run time)
+    "mimo_v2_flash": "rotary-size",  # its default partial factor 0.334 of a 16-wide head: 5 rotated dims
+    "hy_v4_vl_text": "multimodal",
+    "qwen2_vl_text": "table-output",  # mrope tables need 3-D positions
+    "molmo2_text": "several-rotary-modules",  # rotary_emb_unscaled
+}
+#: one RoPE per layer type, plain by default (DeepSeek-V4: "main" and "compress"; phimoe's transformers config
+#: rejects YaRN, so it is not in BREADTH; Falcon-H1 is, plain only, here for speed).
+_OWN_ROPE = (
+    "modernbert",
+    "ultrabert",
+    "beam",
+    "mimo_v2_flash",
+    "dbrx",
+    "gemma4_text",
+    "gemma4_unified_text",
+    "mistral4",
+)  # DBRX: in attn_config
+
+
+_MORE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "zamba2": {"layers_block_type": ["mamba", "hybrid"]},
+    "mistral_large4_text": _MLA,
+    **dict.fromkeys(
+        ("bailing_hybrid", "glm5_next_text"),
+        {"layer_types": ["linear_attention", "full_attention"], "num_key_value_heads": 4},
+    ),
+    "dbrx": {
+        "d_model": 64, "n_heads": 4, "n_layers": 2,
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 1e4, "clip_qkv": 8.0},
+        "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2},
+    },
+}  # fmt: skip
+
+
+def _more_model(model_type: str) -> nn.Module:
+    torch.manual_seed(0)
+    plain = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}
+    overrides = {
+        **TINY, "head_dim": 16, **_MOE, **({} if model_type in _OWN_ROPE else plain),
+        **_MORE_OVERRIDES.get(model_type, {}),
+    }  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.CONFIG_MAPPING[model_type](**overrides)
+    causal = model_type in transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    return auto.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("arch", MORE)
+def test_more_architectures_install_exactly_or_refuse_with_their_cause(arch: str) -> None:
+    theirs = _more_model(arch)
+    ours = _more_model(arch)
+    ours.load_state_dict(theirs.state_dict())
+    if MORE[arch] is not None:
+        with pytest.raises(UnsupportedRotary) as err:
+            install_rope(ours)
+        assert err.value.cause == MORE[arch]
+        return
+    install_rope(ours)
+    tokens = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = ours(tokens), theirs(tokens)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)  # logits or last hidden state

@@ -196,11 +196,21 @@ def rope_from_config(config: Any, layer_type: str | None = None, **options: Any)
         **options: more :class:`posenc.RoPE` options (``cache_len``, ``interleaved`` to override the layout).
 
     Raises:
-        ValueError: a ``rope_type`` posenc does not implement, per-layer-type or multimodal RoPE, or missing sizes.
+        UnsupportedRotary: (a ValueError) cause ``rope-type``: a ``rope_type`` or parameters posenc does not
+            implement (Gemma 4's "proportional", Mistral 4's ``llama_4_scaling_beta``); ``per-layer-type``,
+            ``multimodal``, ``rotary-size``.
+        ValueError: missing sizes.
     """
     params = rope_parameters(config, layer_type)
     options.setdefault("interleaved", is_interleaved(config))
-    scaling = scaling_from_config(config, params) if params else None
+    try:
+        scaling = scaling_from_config(config, params) if params else None
+    except UnsupportedRotary:
+        raise
+    except ValueError as err:  # the model's own RoPE is one posenc cannot express: it cannot be reproduced
+        raise UnsupportedRotary(
+            "rope-type", f"the config's rope parameters {params} are not a RoPE posenc implements: {err}"
+        ) from err
     return RoPE(
         head_dim(config),
         base=rope_base(config, params),

@@ -6,6 +6,7 @@ from __future__ import annotations
 CAUSES: dict[str, str] = {
     "per-layer-type": "a different RoPE per layer type (e.g. local and global attention)",
     "multimodal": "multimodal RoPE (mrope_section): 3-D positions",
+    "rope-type": "the config's rope_type or its parameters are not a RoPE posenc implements",
     "no-rotary-module": "no rotary_emb module to replace",
     "several-rotary-modules": "rotary modules besides rotary_emb and rotary_embs[i], or with different layouts",
     "table-output": "the rotary module returns something other than (cos, sin) tables or a complex freqs_cis",
