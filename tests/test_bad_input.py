@@ -30,6 +30,12 @@ NAN, INF = float("nan"), float("inf")
 q4 = torch.randn(2, 4, 5, 16)  # (B, H, S, D)
 
 
+def _swapped(attn: posenc.Attention, position: posenc.PositionEncoding) -> posenc.Attention:
+    """``attn`` with its encoding replaced after construction (which checks sizes), so the call's checks run."""
+    attn.position = position
+    return attn
+
+
 def rope_call(**kw: object) -> Callable[[], object]:
     args = {"q": q4, "k": q4, "positions": None, **kw}
     return lambda: posenc.RoPE(16)(args["q"], args["k"], args["positions"])
@@ -150,8 +156,14 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
         ["LearnedAbsolute", "(..., seq, 4)", "(1, 3, 5)"],
     ),
     (
+        "shaw head_dim mismatch (at construction)",
+        lambda: posenc.Attention(16, 4, position=posenc.ShawRelative(8, 3)),
+        ValueError,
+        ["ShawRelative was built for head_dim=8", "this Attention has head_dim=4"],
+    ),
+    (
         "shaw head_dim mismatch (math)",
-        lambda: posenc.Attention(16, 4, position=posenc.ShawRelative(8, 3), backend="math")(
+        lambda: _swapped(posenc.Attention(16, 4, backend="math"), posenc.ShawRelative(8, 3))(
             torch.randn(1, 5, 16)
         ),
         ValueError,
@@ -159,7 +171,7 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
     ),
     (
         "shaw head_dim mismatch (one query, sdpa)",
-        lambda: posenc.Attention(16, 4, position=posenc.ShawRelative(8, 3), backend="sdpa")(
+        lambda: _swapped(posenc.Attention(16, 4, backend="sdpa"), posenc.ShawRelative(8, 3))(
             torch.randn(1, 1, 16)
         ),
         ValueError,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 import torch
 from hypothesis import given
@@ -106,3 +109,21 @@ def test_dropout_only_in_training() -> None:
     torch.testing.assert_close(attn(x), attn(x))
     attn.train()
     assert not torch.allclose(attn(x), attn(x))
+
+
+@pytest.mark.parametrize(
+    ("enc", "message"),
+    [
+        (lambda: posenc.ALiBi(4), "ALiBi was built for heads=4, but this Attention has heads=8"),
+        (lambda: posenc.RoPE(16), "RoPE was built for head_dim=16, but this Attention has head_dim=8"),
+        (
+            lambda: posenc.build("shaw", dim=64, heads=4, per_head=True),
+            "ShawRelative was built for heads=4, but this Attention has heads=8",
+        ),
+    ],
+)
+def test_an_encoding_of_other_sizes_is_refused_when_built(enc: Any, message: str) -> None:
+    """Caught at construction, naming the size (before: at the first call, and for a per-head Shaw table as a
+    head_dim mismatch of sizes the caller never gave)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        posenc.Attention(64, heads=8, position=enc())

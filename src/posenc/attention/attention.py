@@ -69,6 +69,8 @@ class Attention(nn.Module):
             )
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads
         self.head_dim = dim // heads
+        if position is not None:
+            check_sizes(position, heads=heads, head_dim=self.head_dim)
         self.causal, self.dropout, self.backend = causal, dropout, backend
         self.position = position if position is not None else NoPE()
         self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=bias)
@@ -145,3 +147,15 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, backend={self.backend!r}"
+
+
+def check_sizes(position: PositionEncoding, **sizes: int) -> None:
+    """Refuse, when the attention is built, an encoding built for other ``heads`` or ``head_dim`` than ``sizes``
+    (it would fail at the first call, or, for a per-head Shaw table, index other heads' rows)."""
+    for name, want in sizes.items():
+        got = getattr(position, name, None)
+        if isinstance(got, int) and not isinstance(got, bool) and got != want:
+            raise ValueError(
+                f"position: {type(position).__name__} was built for {name}={got}, but this Attention has "
+                f"{name}={want}; build the encoding with {name}={want}"
+            )
