@@ -92,7 +92,9 @@ def run_tasks(
             only if registering it is part of importing a module (not under ``if __name__ == "__main__"``).
 
     Returns:
-        The contents of ``results.json`` (see :func:`posenc.experiments.tasks.results.aggregate`).
+        The contents of ``results.json`` (see :func:`posenc.experiments.tasks.results.aggregate`), plus
+        ``written``: the names of the files written under ``out`` (``results.json``, ``report.md`` and the figures
+        drawn: none without matplotlib; empty on ranks other than 0), which ``results.json`` itself does not hold.
 
     Raises:
         ValueError: unknown tasks or encodings, bad seeds, bad ``jobs``, a length a task cannot take, an ``out``
@@ -133,10 +135,9 @@ def run_tasks(
         "wall_seconds": time.perf_counter() - start,
     }
     results = aggregate(merge_task_runs(earlier, new), meta)
-    if world.is_main:
-        write_outputs(results, ctx.out)
+    written = ["results.json", "report.md", *write_outputs(results, ctx.out)] if world.is_main else []
     world.barrier()
-    return results
+    return {**results, "written": written}
 
 
 def _pooled_run(task: str, encoding: str, seed: int, cfg: TasksConfig, out: str, device: str) -> ModelRun:
