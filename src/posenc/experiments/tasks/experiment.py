@@ -15,7 +15,7 @@ from ... import available
 from ...validation import check_seed
 from ..checkpoints import check_out_dir, json_safe, save_figure, write_text
 from ..compare import check_encodings
-from ..dist import rank_device, resolve_device, setup_world, versions
+from ..dist import check_batch_split, rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
 from ..pool import map_jobs, resolve_workers, threads_per_model
 from ..train import MAX_SEED
@@ -52,6 +52,7 @@ def check_request(
     task_names = check_tasks(available_tasks() if tasks is None else tasks)
     names = check_encodings(available() if encodings is None else encodings)
     seed_list = check_seeds([0] if seeds is None else seeds)
+    check_batch_split(cfg.train.batch_size, "the batch size", settable=False)  # not a flag of posenc tasks
     for name in task_names:
         for length in cfg.lengths:
             try:
