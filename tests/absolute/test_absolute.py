@@ -101,3 +101,22 @@ def test_bad_positions_and_table_arguments_are_named(name: str) -> None:
         posenc.functional.sinusoidal_table(torch.arange(3), 8, base=-1.0)
     with pytest.raises(TypeError, match="sinusoidal_table: dim must be an integer"):
         posenc.functional.sinusoidal_table(torch.arange(3), 7.5)  # type: ignore[arg-type]
+
+
+def test_a_max_len_whose_table_does_not_fit_is_refused_before_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LearnedAbsolute(64, max_len=10**12) died in the allocator; now the argument, the size and the largest
+    max_len that fits are named."""
+    import posenc.validation
+
+    with pytest.raises(
+        ValueError,
+        match=r"^LearnedAbsolute: max_len=1000000000000 would take 238,418.6 GiB for a \(max_len, dim\) table, "
+        r".* max_len takes at most [\d,]+ here$",
+    ):
+        posenc.LearnedAbsolute(64, max_len=10**12)
+    monkeypatch.setattr(posenc.validation, "host_memory", lambda: 2**22)  # 2 MiB at most
+    posenc.LearnedAbsolute(16, max_len=32768)  # (32768, 16) float32: exactly 2 MiB
+    with pytest.raises(ValueError, match="max_len takes at most 32,768 here"):
+        posenc.LearnedAbsolute(16, max_len=32769)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
-from ..validation import check_hidden, check_int
+from ..validation import check_hidden, check_int, check_table_size
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -26,6 +26,10 @@ class LearnedAbsolute(PositionEncoding):
         super().__init__()
         dim = check_int("dim", dim, at_least=1, owner="LearnedAbsolute")
         max_len = check_int("max_len", max_len, at_least=1, owner="LearnedAbsolute")
+        item = torch.get_default_dtype().itemsize
+        check_table_size(
+            "LearnedAbsolute", "max_len", max_len, lambda n: n * dim * item, "a (max_len, dim) table"
+        )
         self.dim, self.max_len = dim, max_len
         self.table = nn.Embedding(max_len, dim)
         nn.init.normal_(self.table.weight, std=0.02)
