@@ -48,10 +48,10 @@ class LearnedAbsolute(PositionEncoding):
         seq = x.shape[-2]
         if positions is None and seq > self.max_len:
             raise ValueError(
-                f"sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
+                f"LearnedAbsolute: sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
                 "use a larger max_len or an encoding that extrapolates"
             )
-        pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
+        pos = as_positions(positions, seq, x.device, batch=batch, owner="LearnedAbsolute")  # (1|B, S)
         if (
             positions is not None
             and pos.numel()
@@ -61,7 +61,7 @@ class LearnedAbsolute(PositionEncoding):
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_len:
                 raise ValueError(
-                    f"positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
+                    f"LearnedAbsolute: positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
                 )
         pe = self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
         return x + (pe.reshape(seq, self.dim) if x.dim() == 2 else pe)
