@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .functional.tables import RowViews
 from .registry import ENCODINGS, Sizes
 from .session import SessionMemo
+from .validation import check_positions
 
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 E = TypeVar("E", bound="PositionEncoding")
@@ -215,21 +216,16 @@ def as_positions(
     device: torch.device,
     offset: int = 0,
     batch: int | None = None,
+    *,
+    owner: str,
 ) -> Tensor:
     """Normalize user positions to ``(1|B, S)`` long, or build the default; raise on a length (or, when
-    ``batch`` is given, batch) mismatch and on non-integer (bool, float, complex) positions."""
+    ``batch`` is given, batch) mismatch and on non-integer (bool, float, complex) positions, the message naming
+    ``owner`` (the encoding or module they were given to, e.g. "LearnedAbsolute"). Checks only shape and dtype:
+    no device sync."""
     if positions is None:
         return default_positions(seq_len, device, offset)
-    if not isinstance(positions, Tensor):
-        raise TypeError(f"positions must be an integer tensor, got {type(positions).__name__}")
-    if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
-        raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+    check_positions(owner, positions, seq_len, batch=batch)
     if positions.dim() == 1:
         positions = positions.unsqueeze(0)
-    rows_ok = batch is None or positions.dim() != 2 or positions.shape[0] in (1, batch)
-    if positions.dim() != 2 or positions.shape[-1] != seq_len or not rows_ok:
-        rows = "batch" if batch is None else "1" if batch == 1 else f"1 or {batch}"
-        raise ValueError(
-            f"positions must be (seq,) or ({rows}, seq) with seq={seq_len}, got {tuple(positions.shape)}"
-        )
     return positions.to(device=device, dtype=torch.long)

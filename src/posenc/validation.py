@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -32,6 +34,39 @@ def check_int(name: str, value: object, *, at_least: int | None = None, owner: s
     if at_least is not None and out < at_least:
         raise ValueError(f"{what} must be an integer >= {at_least}, got {out}")
     return out
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes, None when unknown (not a POSIX system)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # the name is unknown there
+        return None
+
+
+#: The most bytes a table built at construction may take where the machine's memory is unknown (1 TiB).
+TABLE_BYTES_UNKNOWN_MEMORY = 2**40
+
+
+def check_table_size(owner: str, name: str, value: int, table_bytes: Callable[[int], int], what: str) -> None:
+    """Refuse, before allocating, an argument ``name=value`` whose tables (``what``, e.g. "(2k+1, D) key and
+    value tables") would take ``table_bytes(value)`` bytes, more than half this machine's memory (the allocator
+    would fail with its own message, or the system would kill the process). The error names the size and the
+    largest ``value`` that fits; ``table_bytes`` must grow with its argument."""
+    total = host_memory()
+    limit = TABLE_BYTES_UNKNOWN_MEMORY if total is None else total // 2
+    need = table_bytes(value)
+    if need <= limit:
+        return
+    lo, hi = 0, value  # table_bytes(lo) fits or lo == 0; table_bytes(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if table_bytes(mid) <= limit else (lo, mid)
+    where = "half of this machine's memory" if total is not None else "the limit where memory is unknown"
+    raise ValueError(
+        f"{owner}: {name}={value} would take {need / 2**30:,.1f} GiB for {what}, more than the "
+        f"{limit / 2**30:,.1f} GiB ({where}) its tables may take; {name} takes at most {lo:,} here"
+    )
 
 
 #: The seeds ``torch.manual_seed`` accepts, inclusive (a negative one is taken modulo 2**64).
@@ -227,6 +262,8 @@ __all__ = [
     "check_float",
     "check_int",
     "check_position_range",
+    "check_table_size",
+    "host_memory",
     "as_index_positions",
     "check_hidden",
     "check_positions",

@@ -45,9 +45,9 @@ def test_sinusoidal_dropout_and_dtype() -> None:
 def test_learned_rejects_positions_past_its_table() -> None:
     enc = posenc.LearnedAbsolute(8, max_len=10)
     assert enc(torch.randn(2, 10, 8)).shape == (2, 10, 8)
-    with pytest.raises(ValueError, match="max_len=10"):
+    with pytest.raises(ValueError, match="^LearnedAbsolute: sequence length 11 exceeds .*max_len=10"):
         enc(torch.randn(2, 11, 8))
-    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+    with pytest.raises(ValueError, match=r"^LearnedAbsolute: positions must lie in \[0, 10\)"):
         enc(torch.randn(1, 2, 8), torch.tensor([8, 10]))
 
 
@@ -91,13 +91,39 @@ def test_bad_positions_and_table_arguments_are_named(name: str) -> None:
     """positions as a list was an AttributeError ('list' object has no attribute 'is_floating_point'); rows that
     match no batch said '(1 or 1, seq)'; sinusoidal_table(base=-1) was a silent NaN table."""
     enc = posenc.build(name, dim=8)
-    with pytest.raises(TypeError, match="positions must be an integer tensor, got list"):
+    owner = type(
+        enc
+    ).__name__  # the errors name the encoding (as_positions said only "positions must be ...")
+    with pytest.raises(TypeError, match=rf"^{owner}: positions must be an integer tensor, got list$"):
         enc(torch.randn(1, 2, 8), [0, 1])
     with pytest.raises(
-        ValueError, match=r"positions must be \(seq,\) or \(1, seq\) with seq=2, got \(3, 2\)"
+        TypeError, match=rf"^{owner}: positions must be an integer tensor, got torch.float32$"
+    ):
+        enc(torch.randn(1, 2, 8), torch.zeros(2))
+    with pytest.raises(
+        ValueError, match=rf"^{owner}: positions must be \(seq,\) or \(1, seq\) with seq=2, got \(3, 2\)$"
     ):
         enc(torch.randn(1, 2, 8), torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="sinusoidal_table: base must be > 0, got -1"):
         posenc.functional.sinusoidal_table(torch.arange(3), 8, base=-1.0)
     with pytest.raises(TypeError, match="sinusoidal_table: dim must be an integer"):
         posenc.functional.sinusoidal_table(torch.arange(3), 7.5)  # type: ignore[arg-type]
+
+
+def test_a_max_len_whose_table_does_not_fit_is_refused_before_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LearnedAbsolute(64, max_len=10**12) died in the allocator; now the argument, the size and the largest
+    max_len that fits are named."""
+    import posenc.validation
+
+    with pytest.raises(
+        ValueError,
+        match=r"^LearnedAbsolute: max_len=1000000000000 would take 238,418.6 GiB for a \(max_len, dim\) table, "
+        r".* max_len takes at most [\d,]+ here$",
+    ):
+        posenc.LearnedAbsolute(64, max_len=10**12)
+    monkeypatch.setattr(posenc.validation, "host_memory", lambda: 2**22)  # 2 MiB at most
+    posenc.LearnedAbsolute(16, max_len=32768)  # (32768, 16) float32: exactly 2 MiB
+    with pytest.raises(ValueError, match="max_len takes at most 32,768 here"):
+        posenc.LearnedAbsolute(16, max_len=32769)

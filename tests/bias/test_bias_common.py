@@ -120,3 +120,22 @@ def test_distance_path_applies_only_to_shared_consecutive_positions() -> None:
     assert enc.pairwise_by_distance(torch.tensor([[0, 2, 3, 4, 5]]), run) is None  # type: ignore[operator]
     assert enc.pairwise_by_distance(torch.stack([run[0], run[0]]), run) is None  # type: ignore[operator]
     assert build("alibi").pairwise_by_distance(run, run) is None  # type: ignore[operator]
+
+
+def test_a_t5_max_distance_whose_tables_do_not_fit_is_refused_before_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """T5Bias(8, max_distance=10**12) died in the allocator building its (2M+1,) buckets; now the argument, the
+    size and the largest max_distance that fits are named."""
+    import posenc.validation
+
+    with pytest.raises(
+        ValueError,
+        match=r"^T5Bias: max_distance=1000000000000 would take 74,505.8 GiB for a bucket per clipped distance and "
+        r"a \(heads, 2 \* max_distance \+ 1\) table, .* max_distance takes at most [\d,]+ here$",
+    ):
+        posenc.T5Bias(8, max_distance=10**12)
+    monkeypatch.setattr(posenc.validation, "host_memory", lambda: 2**22)  # 2 MiB at most
+    posenc.T5Bias(8, max_distance=26213)  # 52427 distances x (8 bytes + 8 float32): 2,097,080 bytes
+    with pytest.raises(ValueError, match="max_distance takes at most 26,213 here"):
+        posenc.T5Bias(8, max_distance=26214)

@@ -52,3 +52,53 @@ def test_a_gpu_index_past_the_last_is_refused(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ValueError, match=r"--device cuda:3: torch sees 1 GPU\(s\), cuda:0 to cuda:0"):
         resolve_device("cuda:3")
     assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cuda").index is None
+
+
+def _no_work(*args: object, **kwargs: object) -> None:
+    raise AssertionError("work began before the batch size was checked")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["compare", "--quick", "--batch-size", "8"],
+            "--batch-size 8 cannot be shared by the 3 processes torchrun started (each takes an equal part of every "
+            "step's batch); give a multiple of 3 (e.g. 6 or 9) or run a number of processes that divides 8",
+        ),
+        (
+            ["compare", "--quick"],
+            "the preset's batch size (--batch-size) 8 cannot be shared by the 3 processes",
+        ),
+        (
+            ["tasks", "--quick"],
+            "the batch size 8 cannot be shared by the 3 processes torchrun started (each takes an equal part of "
+            "every step's batch); run a number of processes that divides 8",
+        ),
+    ],
+)
+def test_a_batch_the_processes_cannot_share_is_refused_before_any_work(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under torchrun with 3 processes a batch of 8 was refused only at the first training step, after the corpus
+    was read and the models built; now at once, in one line, before --out is touched."""
+    from posenc.cli import main
+    from posenc.experiments import compare
+    from posenc.experiments.tasks import experiment
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    for module in (compare, experiment):
+        monkeypatch.setattr(module, "setup_world", _no_work)
+    monkeypatch.setattr(compare, "check_buildable", _no_work)
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="batch_size 8 cannot be shared by the 3 processes"):
+        run_compare(CompareConfig.quick(), out=tmp_path / "api", progress=False)

@@ -19,9 +19,17 @@ pytestmark = pytest.mark.slow  # a compare run (about 9 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
-def plotted(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def corpus(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own copy of the corpus (a test changes it, then restores it)."""
+    copy = tmp_path_factory.mktemp("plot_corpus") / "text"
+    shutil.copytree(tiny_corpus, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def plotted(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     run = tmp_path_factory.mktemp("plot_run") / "run"
-    cfg = CompareConfig(**{**CompareConfig.quick(steps=8).__dict__, "data": str(tiny_corpus)})
+    cfg = CompareConfig(**{**CompareConfig.quick(steps=8).__dict__, "data": str(corpus)})
     run_compare(cfg, encodings=["alibi", "learned"], out=run, progress=False)
     out = run.parent / "plots"
     assert main(["plot", "--run", str(run), "--out", str(out), "--dim", "16", "--windows", "1"]) == 0
@@ -63,9 +71,11 @@ def _copy(run: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def _plot_error(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+def _plot_error(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], only: str = "bias_trained"
+) -> str:
     out = tmp_path / "plots"
-    assert main(["plot", "--run", str(run), "--out", str(out), "--only", "bias_trained"]) == 2
+    assert main(["plot", "--run", str(run), "--out", str(out), "--only", only]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert not out.exists() or not any(out.iterdir())
@@ -122,3 +132,29 @@ def test_a_run_without_a_bias_encoding_draws_every_other_picture(
     drawn = {p.stem for p in out.glob("*.png")}
     assert drawn == set(picture_names(with_run=True)) - {"bias_trained"}
     _plot_error(run, tmp_path / "only", capsys)  # --only bias_trained
+
+
+def test_text_that_is_no_longer_the_runs_is_refused_not_drawn_on(
+    plotted: tuple[Path, Path], corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The attention pictures read the run's --data folder as it is now: after an edit there they were drawn on
+    other text than the run's, silently (config.json records the corpus's SHA-256, as compare's resume checks)."""
+    run = plotted[0]
+    edited = corpus / "mod_00.py"
+    before = edited.read_bytes()
+    try:
+        edited.write_bytes(before + b"def more():\n    return 1\n")
+        err = _plot_error(run, tmp_path, capsys, only="bias_trained,attention_distance")
+        assert f"--run {run} was trained on other text than {corpus} holds now (data.sha256:" in err
+    finally:
+        edited.write_bytes(before)
+    moved = corpus.with_name("moved")
+    corpus.rename(moved)
+    try:
+        err = _plot_error(run, tmp_path / "missing", capsys, only="attention_entropy")
+        assert f"--run {run} was trained on {corpus}, which is not on this machine" in err
+    finally:
+        moved.rename(corpus)
+    out = tmp_path / "restored"  # the run's own text again: drawn
+    assert main(["plot", "--run", str(run), "--out", str(out), "--only", "attention_entropy"]) == 0
+    assert (out / "attention_entropy.png").is_file()

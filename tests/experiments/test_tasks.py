@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,7 +302,17 @@ def test_cli_out_that_cannot_be_a_folder_is_one_line(
 ) -> None:
     (tmp_path / "f").write_text("x")
     out = tmp_path / "f" if where == "file" else tmp_path / "f" / "sub"
-    argv = ["tasks", "--quick", "--out", str(out), "--tasks", "copy", "--encodings", "none", "--no-progress"]
+    argv = [
+        "tasks",
+        "--quick",
+        "--out",
+        str(out),
+        "--tasks",
+        "passkey",
+        "--encodings",
+        "none",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("posenc tasks: error: --out") and "is a file" in err
@@ -339,3 +350,22 @@ def test_checkpoint_of_another_model_is_named(first_run: tuple[Path, dict], tmp_
         ValueError, match=r"none-s0\.pt was not made by this run \(a checkpoint of copy/rope/seed 1"
     ):
         run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[0], out=out, device="cpu", progress=False)
+
+
+def test_cli_names_only_the_files_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without matplotlib no figure is written, but "wrote ..., accuracy.png" was printed all the same."""
+    argv = ["tasks", "--quick", "--steps", "2", "--tasks", "passkey", "--encodings", "none", "--no-progress"]
+    monkeypatch.setitem(sys.modules, "posenc.plots.tasks", None)  # as without the "plots" extra: ImportError
+    assert main([*argv, "--out", str(tmp_path / "bare")]) == 0
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote == f"wrote {tmp_path / 'bare' / 'results.json'}, {tmp_path / 'bare' / 'report.md'}"
+    assert not list((tmp_path / "bare").glob("*.png"))
+    monkeypatch.delitem(sys.modules, "posenc.plots.tasks")
+    assert main([*argv, "--out", str(tmp_path / "full")]) == 0
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote.endswith(f"{tmp_path / 'full' / 'accuracy.png'} and 1 passkey_<encoding>.png")
+    assert (tmp_path / "full" / "accuracy.png").is_file() and (
+        tmp_path / "full" / "passkey_none.png"
+    ).is_file()

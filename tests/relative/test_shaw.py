@@ -163,3 +163,26 @@ def test_shaw_one_query_index_equals_the_general_one() -> None:
     want = (k_pos[:, None, :] - q_pos[:, :, None]).clamp(-3, 3) + 3  # (B, 1, K)
     assert torch.equal(general, want)
     assert torch.equal(shaw._one_query_index(q_pos, k_pos), want[:, 0])
+
+
+def test_a_max_distance_whose_tables_do_not_fit_is_refused_before_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """max_distance=10**12 died in the allocator ("can't allocate memory: you tried to allocate 512000000000256
+    bytes"); now the argument, the size and the largest max_distance that fits are named."""
+    import posenc.validation
+
+    with pytest.raises(
+        ValueError,
+        match=r"^ShawRelative: max_distance=1000000000000 would take 953,674.3 GiB for key and value tables of "
+        r"\(2 \* max_distance \+ 1, head_dim\), more than the [\d,.]+ GiB \(half of this machine's memory\) its "
+        r"tables may take; max_distance takes at most [\d,]+ here$",
+    ):
+        posenc.ShawRelative(64, max_distance=10**12)
+    monkeypatch.setattr(posenc.validation, "host_memory", lambda: 2**22)  # tables of 2 MiB at most
+    posenc.ShawRelative(16, max_distance=8191)  # two (16383, 16) float32 tables: 2,097,024 bytes
+    with pytest.raises(ValueError, match="max_distance takes at most 8,191 here"):
+        posenc.ShawRelative(16, max_distance=8192)
+    posenc.ShawRelative(16, max_distance=16383, values=False)  # one table: twice the rows
+    with pytest.raises(ValueError, match=r"a key table of .* per head \(2 heads\).* at most 8,191 here"):
+        posenc.ShawRelative(16, max_distance=16383, heads=2, values=False)

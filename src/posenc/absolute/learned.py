@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
-from ..validation import check_hidden, check_int
+from ..validation import check_hidden, check_int, check_table_size
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -26,6 +26,10 @@ class LearnedAbsolute(PositionEncoding):
         super().__init__()
         dim = check_int("dim", dim, at_least=1, owner="LearnedAbsolute")
         max_len = check_int("max_len", max_len, at_least=1, owner="LearnedAbsolute")
+        item = torch.get_default_dtype().itemsize
+        check_table_size(
+            "LearnedAbsolute", "max_len", max_len, lambda n: n * dim * item, "a (max_len, dim) table"
+        )
         self.dim, self.max_len = dim, max_len
         self.table = nn.Embedding(max_len, dim)
         nn.init.normal_(self.table.weight, std=0.02)
@@ -44,10 +48,10 @@ class LearnedAbsolute(PositionEncoding):
         seq = x.shape[-2]
         if positions is None and seq > self.max_len:
             raise ValueError(
-                f"sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
+                f"LearnedAbsolute: sequence length {seq} exceeds the learned table (max_len={self.max_len}); "
                 "use a larger max_len or an encoding that extrapolates"
             )
-        pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
+        pos = as_positions(positions, seq, x.device, batch=batch, owner="LearnedAbsolute")  # (1|B, S)
         if (
             positions is not None
             and pos.numel()
@@ -57,7 +61,7 @@ class LearnedAbsolute(PositionEncoding):
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= self.max_len:
                 raise ValueError(
-                    f"positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
+                    f"LearnedAbsolute: positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
                 )
         pe = self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
         return x + (pe.reshape(seq, self.dim) if x.dim() == 2 else pe)

@@ -53,12 +53,12 @@ class Sinusoidal(PositionEncoding):
         batch = check_hidden("Sinusoidal", x, self.dim)
         seq = x.shape[-2]
         if x.dtype == torch.float64:  # finer than the float32 table: compute, for default positions too
-            pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
+            pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")  # (1|B, S)
             pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
         elif positions is None and seq <= self.cache_len:
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
         else:
-            pos = as_positions(positions, seq, x.device, batch=batch)  # (1|B, S)
+            pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")  # (1|B, S)
             (pe,) = rows_at(pos, self.cache_len, (self.table,), self._exact)  # (1|B, S, dim) float32
             pe = pe.to(x.dtype)
         if x.dim() == 2:  # x (S, dim): positions have one row

@@ -124,7 +124,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, D)
-        explicit = None if positions is None else as_positions(positions, s, x.device, batch=b)  # (1|B, S)
+        explicit = (
+            None if positions is None else as_positions(positions, s, x.device, batch=b, owner="Attention")
+        )  # (1|B, S)
         if explicit is None and offset:
             explicit = default_positions(s, x.device, offset)
         q, k = self.position.rotate(q, k, explicit)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.bias import check_t5, lookup_bias, t5_distance_buckets
-from ..validation import check_bool, check_int
+from ..validation import check_bool, check_int, check_table_size
 from .base import BiasEncoding
 
 
@@ -40,6 +40,14 @@ class T5Bias(BiasEncoding):
         max_distance = check_int("max_distance", max_distance, owner="T5Bias")
         bidirectional = check_bool("bidirectional", bidirectional, owner="T5Bias")
         check_t5(num_buckets, max_distance, bidirectional)
+        item = torch.get_default_dtype().itemsize
+        check_table_size(  # the (2M+1,) int64 buckets and the (H, 2M+1) table each call gathers from them
+            "T5Bias",
+            "max_distance",
+            max_distance,
+            lambda m: (2 * m + 1) * (8 + self.heads * item),
+            "a bucket per clipped distance and a (heads, 2 * max_distance + 1) table",
+        )
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
         self.embedding = nn.Embedding(num_buckets, heads)
         nn.init.normal_(self.embedding.weight, std=0.02)

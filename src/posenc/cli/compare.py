@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import available
     from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import run_compare
-    from ..experiments.dist import resolve_device
+    from ..experiments.dist import check_batch_split, resolve_device
     from ..experiments.pool import check_workers
     from ..validation import check_int
 
@@ -205,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cpu_threads())
     cfg = config_from_args(args)
+    given = args.batch_size is not None
+    check_batch_split(
+        cfg.train.batch_size, "--batch-size" if given else "the preset's batch size (--batch-size)"
+    )
     names = None
     if args.encodings is not None:
         names = comma_list(args.encodings, "--encodings", f"names from {', '.join(available())}")

@@ -88,7 +88,7 @@ def context(args: argparse.Namespace, length: int, trained_run: TrainedRun | Non
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.checkpoints import check_out_dir
-    from ..plots.pictures import PICTURES, NotApplicable, check_sizes, draw, picture_names
+    from ..plots.pictures import ON_TEXT, PICTURES, NotApplicable, check_sizes, draw, picture_names
     from ..plots.run import load_run
 
     check_out_dir(args.out)
@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if args.length is not None:  # so are sizes
         check_sizes(names, given)
     trained_run = load_run(args.run) if args.run is not None else None
+    if trained_run is not None and ON_TEXT.intersection(names):
+        trained_run.held_out_text()  # text that is not the run's is refused before anything is drawn
     length = args.length
     if length is None:
         length = trained_run.train_len if trained_run is not None else 256

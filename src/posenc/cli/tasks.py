@@ -128,5 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if rank0:
         for task in results["tasks"]:
             print(f"\n{task} (exact-match accuracy, %)\n{task_table(results, task)}")
-        print(f"\nwrote {args.out / 'results.json'}, {args.out / 'report.md'}, {args.out / 'accuracy.png'}")
+        print(f"\nwrote {written(args.out, results['written'])}")
     return 0
+
+
+def written(out: Path, names: list[str]) -> str:
+    """The files a run wrote under ``out``, as printed: each by its path, the per-encoding passkey heatmaps
+    counted."""
+    heatmaps = [n for n in names if n.startswith("passkey_")]
+    shown = ", ".join(str(out / n) for n in names if n not in heatmaps)
+    return shown + (f" and {len(heatmaps)} passkey_<encoding>.png" if heatmaps else "")

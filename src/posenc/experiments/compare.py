@@ -38,7 +38,7 @@ from .checkpoints import (
     write_text,
 )
 from .data import Corpus, load_corpus
-from .dist import World, rank_device, resolve_device, setup_world, versions
+from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
 from .evaluate import eval_lengths, rope_extensions
 from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
 from .pool import map_jobs, resolve_workers, threads_per_model
@@ -154,6 +154,7 @@ def run_compare(
     start = time.perf_counter()
     check_out_dir(Path(out))  # before any work
     cfg = CompareConfig() if cfg is None else cfg
+    check_batch_split(cfg.train.batch_size)
     names = check_encodings(default_encodings() if encodings is None else encodings)
     check_buildable(names, cfg)
     base_device = resolve_device(device)

@@ -60,6 +60,31 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
+def world_size() -> int:
+    """Processes torchrun started (``WORLD_SIZE``; 1 without torchrun), known before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_batch_split(batch_size: int, what: str = "batch_size", *, settable: bool = True) -> None:
+    """Refuse, before any work, a global batch that torchrun's processes cannot share evenly (each takes
+    ``batch_size / WORLD_SIZE`` rows of every step; ``what`` names it, e.g. ``--batch-size``; ``settable``: the
+    user can choose another, else only the number of processes is suggested).
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of ``WORLD_SIZE``.
+    """
+    size = world_size()
+    if size <= 1 or batch_size % size == 0:
+        return
+    lower = batch_size - batch_size % size
+    multiples = f"{lower} or {lower + size}" if lower else str(lower + size)
+    fix = f"give a multiple of {size} (e.g. {multiples}) or " if settable else ""
+    raise ValueError(
+        f"{what} {batch_size} cannot be shared by the {size} processes torchrun started (each takes an equal part "
+        f"of every step's batch); {fix}run a number of processes that divides {batch_size}"
+    )
+
+
 def setup_world(device: torch.device) -> World:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), if any.
 
@@ -68,7 +93,7 @@ def setup_world(device: torch.device) -> World:
     Raises:
         ValueError: ``WORLD_SIZE`` > 1 on CUDA with fewer visible GPUs than local ranks.
     """
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = world_size()
     if size <= 1:
         return World()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

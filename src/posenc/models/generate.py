@@ -14,14 +14,13 @@ are hidden from attention by the mask.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..session import DecodeSession
-from ..validation import check_float, check_int
+from ..validation import check_float, check_int, host_memory
 from .decoders import _Decoder, _decoder, _decoders
 
 if TYPE_CHECKING:
@@ -121,10 +120,7 @@ def device_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[1])
     if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system, or the name is unknown there
-            return None
+        return host_memory()
     return None
 
 

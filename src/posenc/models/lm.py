@@ -177,7 +177,7 @@ class TransformerLM(nn.Module):
         offset = 0 if caches is None else len(caches[0])
         if positions is not None:
             check_positions("TransformerLM", positions, s, batch=b)
-            positions = as_positions(positions, s, tokens.device, batch=b)  # (1|B, S)
+            positions = as_positions(positions, s, tokens.device, batch=b, owner="TransformerLM")  # (1|B, S)
         elif offset:
             positions = default_positions(s, tokens.device, offset)
         x = self.embed(tokens)  # (B, S, dim)

@@ -187,6 +187,10 @@ PICTURES: dict[str, tuple[bool, Drawer, str]] = {
 }
 
 
+#: The trained pictures drawn on the run's held-out text (:attr:`PlotContext.measured`).
+ON_TEXT = frozenset({"attention_distance", "attention_entropy"})
+
+
 def picture_bytes(name: str, ctx: PlotContext) -> int:
     """About how many bytes untrained picture ``name`` needs for ``ctx`` (an upper estimate): its tensors, and
     :data:`BYTES_PER_NUMBER` per number drawn and written; 0 for the trained pictures (their sizes are the run's)."""

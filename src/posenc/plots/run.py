@@ -5,19 +5,22 @@ A run folder holds ``config.json`` and ``checkpoints/<encoding>/seed<k>.pt`` (th
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from ..experiments.checkpoints import checkpoint_refusal, config_differences, load_model, read_json_object
+from ..experiments.checkpoints import (
+    checkpoint_refusal,
+    config_differences,
+    json_roundtrip,
+    load_model,
+    read_json_object,
+)
 from ..experiments.data import load_corpus
 from ..models import TransformerLM
 from ..registry import available
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,23 +33,52 @@ class TrainedRun:
     lengths: list[int]
     models: dict[str, TransformerLM]
 
+    _text: Tensor | None = field(default=None, init=False, repr=False)
+
     def held_out_text(self) -> Tensor:
-        """``(N,)`` uint8 validation bytes of the run's corpus (the standard library's when the run's text folder
-        is not on this machine)."""
-        data = self.config.get("data", {})
+        """``(N,)`` uint8 validation bytes of the run's corpus, read as ``posenc compare`` read it (cached).
+
+        Raises:
+            ValueError: the text is no longer the run's (its ``config.json`` records the corpus's source, sizes
+                and SHA-256; a changed or missing ``--data`` folder, or another Python's standard library, differs),
+                as ``posenc compare`` refuses to resume on it; the run and what differs are named.
+        """
+        if self._text is None:
+            self._text = self._read_text()
+        return self._text
+
+    def _read_text(self) -> Tensor:
+        data = self.config.get("data")
         source = data.get("source") if isinstance(data, dict) else None
-        path = Path(source) if isinstance(source, str) and Path(source).exists() else None
-        if path is None and isinstance(source, str) and "standard library" not in source:
-            log.warning(
-                "the run's text %s is not here; showing the models the standard library instead", source
+        if not isinstance(data, dict) or not isinstance(source, str):
+            raise ValueError(
+                f"--run {self.folder}: its config.json records no corpus (data.source); give a `posenc compare` "
+                "output folder"
             )
-        is_stdlib = path is None
-        corpus = load_corpus(
-            path,
-            max_train_bytes=1,  # only the held-out side is needed
-            max_val_bytes=self.config.get("max_val_bytes") if is_stdlib else None,
-            min_val_tokens=self.lengths[-1],
-        )
+        is_stdlib = "standard library" in source and not Path(source).exists()
+        if not is_stdlib and not Path(source).exists():
+            raise ValueError(
+                f"--run {self.folder} was trained on {source}, which is not on this machine; its attention "
+                "pictures need that text (restore it there, or leave them out with --only)"
+            )
+        try:
+            corpus = load_corpus(  # as run_compare reads it, so the digest can be compared
+                None if is_stdlib else source,
+                min_val_tokens=self.lengths[-1] + 1,
+                max_train_bytes=self.config.get("max_train_bytes") if is_stdlib else None,
+                max_val_bytes=self.config.get("max_val_bytes") if is_stdlib else None,
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"--run {self.folder}: the text it was trained on cannot be read as it was: {err}"
+            ) from None
+        diffs = config_differences(data, json_roundtrip(corpus.describe()), "data.")
+        if diffs:
+            raise ValueError(
+                f"--run {self.folder} was trained on other text than {corpus.source} holds now "
+                f"({'; '.join(diffs[:4])}); its attention pictures need the run's own text (restore it, or leave "
+                "them out with --only)"
+            )
         return corpus.val
 
 

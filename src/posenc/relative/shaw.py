@@ -12,7 +12,7 @@ from ..base import PositionEncoding, ScoreMod
 from ..bias.base import position_reader
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
-from ..validation import check_bool, check_int
+from ..validation import check_bool, check_int, check_table_size
 
 
 class ShawRelative(PositionEncoding):
@@ -41,8 +41,18 @@ class ShawRelative(PositionEncoding):
         if heads is not None:
             heads = check_int("heads", heads, at_least=1, owner="ShawRelative")
         values = check_bool("values", values, owner="ShawRelative")
+        tables, kinds = 1 if heads is None else heads, 2 if values else 1
+        item = torch.get_default_dtype().itemsize
+        check_table_size(
+            "ShawRelative",
+            "max_distance",
+            max_distance,
+            lambda k: kinds * tables * (2 * k + 1) * head_dim * item,
+            f"{'key and value tables' if values else 'a key table'} of (2 * max_distance + 1, head_dim)"
+            + ("" if heads is None else f" per head ({heads} heads)"),
+        )
         self.head_dim, self.max_distance, self.heads = head_dim, max_distance, heads
-        width, tables = 2 * max_distance + 1, 1 if heads is None else heads
+        width = 2 * max_distance + 1
         self.key_table = nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5)
         self.value_table = (
             nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None

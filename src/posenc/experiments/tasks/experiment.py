@@ -15,7 +15,7 @@ from ... import available
 from ...validation import check_seed
 from ..checkpoints import check_out_dir, json_safe, save_figure, write_text
 from ..compare import check_encodings
-from ..dist import rank_device, resolve_device, setup_world, versions
+from ..dist import check_batch_split, rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
 from ..pool import map_jobs, resolve_workers, threads_per_model
 from ..train import MAX_SEED
@@ -52,6 +52,7 @@ def check_request(
     task_names = check_tasks(available_tasks() if tasks is None else tasks)
     names = check_encodings(available() if encodings is None else encodings)
     seed_list = check_seeds([0] if seeds is None else seeds)
+    check_batch_split(cfg.train.batch_size, "the batch size", settable=False)  # not a flag of posenc tasks
     for name in task_names:
         for length in cfg.lengths:
             try:
@@ -92,7 +93,9 @@ def run_tasks(
             only if registering it is part of importing a module (not under ``if __name__ == "__main__"``).
 
     Returns:
-        The contents of ``results.json`` (see :func:`posenc.experiments.tasks.results.aggregate`).
+        The contents of ``results.json`` (see :func:`posenc.experiments.tasks.results.aggregate`), plus
+        ``written``: the names of the files written under ``out`` (``results.json``, ``report.md`` and the figures
+        drawn: none without matplotlib; empty on ranks other than 0), which ``results.json`` itself does not hold.
 
     Raises:
         ValueError: unknown tasks or encodings, bad seeds, bad ``jobs``, a length a task cannot take, an ``out``
@@ -133,10 +136,9 @@ def run_tasks(
         "wall_seconds": time.perf_counter() - start,
     }
     results = aggregate(merge_task_runs(earlier, new), meta)
-    if world.is_main:
-        write_outputs(results, ctx.out)
+    written = ["results.json", "report.md", *write_outputs(results, ctx.out)] if world.is_main else []
     world.barrier()
-    return results
+    return {**results, "written": written}
 
 
 def _pooled_run(task: str, encoding: str, seed: int, cfg: TasksConfig, out: str, device: str) -> ModelRun:
