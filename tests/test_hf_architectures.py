@@ -99,6 +99,17 @@ BREADTH: dict[str, dict[str, Any]] = {
     # hybrids: one attention layer after a linear-attention (Gated DeltaNet) / Mamba one
     "qwen3_next": {"head_dim": 16, **_MOE, "layer_types": ["linear_attention", "full_attention"]},
     "bamba": {"head_dim": 16, "attn_layer_indices": [1]},
+    "lfm2_moe": {"head_dim": 16, **_MOE, "layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+    # one layer of two MLA attentions (YaRN mscale folded into both), zero experts beside the routed ones
+    "longcat_flash": {
+        **_MLA,
+        "head_dim": 8,
+        "num_layers": 1,
+        "ffn_hidden_size": 64,
+        "moe_topk": 2,
+        "zero_expert_num": 2,
+        "expert_ffn_hidden_size": 32,
+    },  # fmt: skip
 }
 #: architectures install_rope refuses (see test_refusals_of_real_architectures_name_their_cause).
 REFUSED: dict[str, dict[str, Any]] = {"ministral3": {"head_dim": 16}}
@@ -184,7 +195,7 @@ def test_switching_a_shipped_deepseek_yarn_undoes_its_mscale(arch: str, target: 
 
 
 def _rotary_path(model: nn.Module) -> str:
-    return next(name for name, m in model.named_modules() if name.endswith("rotary_emb"))
+    return next(name for name, m in model.named_modules() if name.endswith(("rotary_emb", "pos_emb")))
 
 
 def test_refusals_name_their_cause() -> None:
@@ -276,6 +287,20 @@ def test_refusals_of_real_architectures_name_their_cause() -> None:
         install_rope(model)
 
 
+def test_a_pos_emb_is_swapped_only_when_called_as_rotary_emb() -> None:
+    """LFM2-MoE names its rotary module pos_emb, called (x, position_ids) as rotary_emb (in BREADTH); one called
+    otherwise (MusicFlamingo's: audio timestamps and a length) is refused."""
+
+    class TimestampRotaryEmbedding(nn.Module):
+        def forward(self, timestamps: torch.Tensor, seq_len: int) -> torch.Tensor:
+            return timestamps
+
+    model = tiny_model("llama", None)
+    model.model.pos_emb = TimestampRotaryEmbedding()
+    with pytest.raises(UnsupportedRotary, match=r"\[several-rotary-modules\].*model.pos_emb"):
+        install_rope(model)
+
+
 #: one RoPE per layer type (rope_parameters keyed by "sliding_attention" / "full_attention").
 _LAYERED: dict[str, Any] = {
     "head_dim": 16,
@@ -283,8 +308,28 @@ _LAYERED: dict[str, Any] = {
     "sliding_window": 8,
 }
 PER_LAYER_TYPE: dict[str, dict[str, Any]] = {
-    t: {**_LAYERED, **_MOE}
-    for t in ("gemma3_text", "olmo3", "laguna", "mellum", "modernbert-decoder", "lfm3")
+    **{
+        t: {**_LAYERED, **_MOE}
+        for t in ("gemma3_text", "olmo3", "laguna", "mellum", "modernbert-decoder", "lfm3")
+    },
+    "gemma3n_text": {  # no KV sharing (it needs both layer types before the shared layers), small AltUp / LAuReL
+        **_LAYERED,
+        "num_kv_shared_layers": 0,
+        "vocab_size_per_layer_input": 128,
+        "hidden_size_per_layer_input": 8,
+        "laurel_rank": 4,
+        "altup_num_inputs": 2,
+        "activation_sparsity_pattern": [0.0, 0.0],
+    },  # fmt: skip
+    "dory": {  # one input, one recurrent (one loop) and one output layer around the sliding/full pattern
+        **_LAYERED,
+        "num_hidden_layers": 4,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+        "n_input_layers": 1,
+        "n_recurrent_layers": 2,
+        "n_output_layers": 1,
+        "n_recurrent_loops": 1,
+    },  # fmt: skip
 }
 
 
@@ -333,7 +378,10 @@ MORE: dict[str, str | None] = {
     "mistral4": "rope-type",  # yarn with llama_4_scaling_beta (a query scale read at run time)
     "mimo_v2_flash": "rotary-size",  # its default partial factor 0.334 of a 16-wide head: 5 rotated dims
     "hy_v4_vl_text": "multimodal",
-    "qwen2_vl_text": "table-output",  # mrope tables need 3-D positions
+    "qwen2_vl_text": "multimodal",  # mrope: its rotary module has an mrope_section (a default)
+    # mrope_section defaults in the rotary module (not in the config): 3-D positions even for text. Was installed,
+    # then every forward failed on the (3, B, S) positions
+    **dict.fromkeys(("qwen3_5_text", "qwen3_5_moe_text", "qwen4_exp_text"), "multimodal"),
     "molmo2_text": "several-rotary-modules",  # rotary_emb_unscaled
 }
 #: one RoPE per layer type, plain by default (DeepSeek-V4: "main" and "compress"; phimoe's transformers config
@@ -350,7 +398,17 @@ _OWN_ROPE = (
 )  # DBRX: in attn_config
 
 
+_GATED_DELTANET: dict[str, Any] = {
+    "layer_types": ["linear_attention", "full_attention"], "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "shared_expert_intermediate_size": 32,
+}  # fmt: skip
 _MORE_OVERRIDES: dict[str, dict[str, Any]] = {
+    **dict.fromkeys(("qwen3_5_text", "qwen3_5_moe_text"), _GATED_DELTANET),
+    "qwen4_exp_text": {  # "full_attention" becomes its indexed (sparse) attention
+        **_GATED_DELTANET, "indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8,
+        "indexer_compress_ratio": 4, "hc_lowrank": 8, "ngram_vocab_size_base": 256, "split_ngram_parts": 2,
+        "heads_per_ngram": 2,
+    },  # fmt: skip
     "zamba2": {"layers_block_type": ["mamba", "hybrid"]},
     "mistral_large4_text": _MLA,
     **dict.fromkeys(

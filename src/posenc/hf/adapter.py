@@ -223,12 +223,19 @@ def match_layout(
     tables in for bfloat16 activations when not theirs (see :class:`HFRotaryEmbedding`).
 
     Raises:
-        UnsupportedRotary: with cause ``table-output`` (neither a (cos, sin) pair nor a complex table),
+        UnsupportedRotary: with cause ``multimodal`` (the module has an ``mrope_section``: Qwen3.5 builds one
+            with a default section when the config names none, and passes it 3-D positions), ``table-output`` (neither a (cos, sin) pair nor a complex table),
             ``rotary-size`` (the table width matches no layout of ``rope.rotary_dim``) or ``table-values``
             (the width fits but the values differ: the base or scaling was read differently), ``meta-device``
             (no values to compare).
     """
     name = type(original).__name__ + ("" if layer_type is None else f" ({layer_type})")
+    if getattr(original, "mrope_section", None):  # a section default in the module, not in the config
+        raise UnsupportedRotary(
+            "multimodal",
+            f"{name} is a multimodal RoPE (mrope_section={original.mrope_section}): the model passes it 3-D "
+            "(temporal, height, width) positions even for text; posenc.hf supports 1-D RoPE only",
+        )
     buffer = getattr(original, "inv_freq" if layer_type is None else f"{layer_type}_inv_freq", None)
     if device.type == "meta" or (isinstance(buffer, Tensor) and buffer.is_meta):
         raise UnsupportedRotary(
