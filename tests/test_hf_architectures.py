@@ -330,16 +330,32 @@ PER_LAYER_TYPE: dict[str, dict[str, Any]] = {
         "n_output_layers": 1,
         "n_recurrent_loops": 1,
     },  # fmt: skip
+    "zaya": {  # layer types "hybrid_sliding" / "hybrid" (attention + MoE); one expert per token only
+        "head_dim": 16,
+        "layer_types": ["hybrid_sliding", "hybrid"],
+        "sliding_window": 8,
+        "num_experts": 4,
+        "num_experts_per_tok": 1,
+        "router_hidden_size": 16,
+        "moe_intermediate_size": 32,
+    },  # fmt: skip
 }
+#: (plain, scaled) layer type names where not ("sliding_attention", "full_attention").
+_LAYER_KEYS: dict[str, tuple[str, str]] = {"zaya": ("hybrid_sliding", "hybrid")}
+
+
+def _layer_keys(model_type: str) -> tuple[str, str]:
+    return _LAYER_KEYS.get(model_type, ("sliding_attention", "full_attention"))
 
 
 def _layered(
     model_type: str, scaling: dict[str, Any] | None, weights: dict[str, Any] | None = None
 ) -> nn.Module:
     torch.manual_seed(0)
+    plain, scaled = _layer_keys(model_type)
     rope = {
-        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
-        "full_attention": {"rope_theta": 1e5, **(scaling or {"rope_type": "default"})},
+        plain: {"rope_type": "default", "rope_theta": 1e4},
+        scaled: {"rope_theta": 1e5, **(scaling or {"rope_type": "default"})},
     }
     config = transformers.CONFIG_MAPPING[model_type](
         **{**TINY, **PER_LAYER_TYPE[model_type], "rope_parameters": rope}
@@ -355,9 +371,10 @@ def _layered(
 def test_one_rope_per_layer_type(arch: str, name: str) -> None:
     theirs = _layered(arch, SCALINGS[name])
     ours = _layered(arch, SCALINGS["yarn"], theirs.state_dict())  # ships a scaling: undone on the way
-    ropes = install_rope(ours, {"full_attention": SCALINGS[name]})
-    assert isinstance(ropes, dict) and sorted(ropes) == ["full_attention", "sliding_attention"]
-    assert ropes["sliding_attention"].scaling is None and ropes["sliding_attention"].base == 1e4
+    plain, scaled = _layer_keys(arch)
+    ropes = install_rope(ours, {scaled: SCALINGS[name]})
+    assert isinstance(ropes, dict) and sorted(ropes) == sorted((plain, scaled))
+    assert ropes[plain].scaling is None and ropes[plain].base == 1e4
     assert_same_model(ours, theirs)
     with pytest.raises(UnsupportedRotary, match=r"\[per-layer-type\].*dict keyed by layer type"):
         install_rope(ours, SCALINGS["linear"])

@@ -103,7 +103,7 @@ _UNBUILT = (
     "dots3_note_text embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text "
     "mllama_text_model neomme paddleocr_vl_text "
     "step3p5 t5_gemma_module t5gemma2_text "
-    "unlimited_ocr_text zaya"
+    "unlimited_ocr_text"
 )
 NOT_COVERED: dict[str, str] = {
     **_words(
