@@ -287,6 +287,15 @@ def test_refusals_of_real_architectures_name_their_cause() -> None:
         install_rope(model)
 
 
+def test_multi_axis_positions_are_refused_not_broadcast() -> None:
+    """An installed RoPE given mrope's (axes, B, S) positions raised a shape error deep in the attention (Qwen3.5,
+    NeoMME before install_rope refused them); it names the cause."""
+    ropes = install_rope(tiny_model("llama", None))
+    adapter = HFRotaryEmbedding(ropes if not isinstance(ropes, dict) else ropes["full_attention"])
+    with pytest.raises(UnsupportedRotary, match=r"\[multimodal\].*\(3, 1, 8\)"):
+        adapter(torch.zeros(1, 8, 1), torch.arange(8).expand(3, 1, 8))
+
+
 def test_a_pos_emb_is_swapped_only_when_called_as_rotary_emb() -> None:
     """LFM2-MoE names its rotary module pos_emb, called (x, position_ids) as rotary_emb (in BREADTH); one called
     otherwise (MusicFlamingo's: audio timestamps and a length) is refused."""
@@ -399,6 +408,7 @@ MORE: dict[str, str | None] = {
     # mrope_section defaults in the rotary module (not in the config): 3-D positions even for text. Was installed,
     # then every forward failed on the (3, B, S) positions
     **dict.fromkeys(("qwen3_5_text", "qwen3_5_moe_text", "qwen4_exp_text"), "multimodal"),
+    "neomme": "multimodal",  # two-axis mrope with no mrope_section: found by calling it with (2, B, S) positions
     "molmo2_text": "several-rotary-modules",  # rotary_emb_unscaled
 }
 #: one RoPE per layer type, plain by default (DeepSeek-V4: "main" and "compress"; phimoe's transformers config
@@ -412,15 +422,18 @@ _OWN_ROPE = (
     "gemma4_text",
     "gemma4_unified_text",
     "mistral4",
+    "neomme",
 )  # DBRX: in attn_config
 
 
+_MORE_LAYERED = {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 8}
 _GATED_DELTANET: dict[str, Any] = {
     "layer_types": ["linear_attention", "full_attention"], "linear_key_head_dim": 8, "linear_value_head_dim": 8,
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "shared_expert_intermediate_size": 32,
 }  # fmt: skip
 _MORE_OVERRIDES: dict[str, dict[str, Any]] = {
     **dict.fromkeys(("qwen3_5_text", "qwen3_5_moe_text"), _GATED_DELTANET),
+    "neomme": _MORE_LAYERED,
     "qwen4_exp_text": {  # "full_attention" becomes its indexed (sparse) attention
         **_GATED_DELTANET, "indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8,
         "indexer_compress_ratio": 4, "hc_lowrank": 8, "ngram_vocab_size_base": 256, "split_ngram_parts": 2,
