@@ -348,9 +348,32 @@ PER_LAYER_TYPE: dict[str, dict[str, Any]] = {
         "router_hidden_size": 16,
         "moe_intermediate_size": 32,
     },  # fmt: skip
+    "dots3_note_text": {  # MLA: DSA-indexed and sliding layers (swa_*: the sliding layers' own sizes)
+        **_MLA,
+        "head_dim": 16,
+        "v_head_dim": 16,
+        "n_shared_experts": 1,
+        "shared_experts_intermediate_size": 32,
+        "num_hidden_layers": 3,
+        "layer_types": ["indexed_attention", "sliding_attention", "indexed_attention"],
+        "sliding_window": 8,
+        "index_n_heads": 2,
+        "index_head_dim": 16,
+        "index_topk": 4,
+        "swa_num_attention_heads": 4,
+        "swa_num_key_value_heads": 4,
+        "swa_q_lora_rank": 16,
+        "swa_kv_lora_rank": 16,
+        "swa_head_dim": 16,
+        "swa_qk_nope_head_dim": 8,
+        "swa_v_head_dim": 16,
+    },  # fmt: skip
 }
 #: (plain, scaled) layer type names where not ("sliding_attention", "full_attention").
-_LAYER_KEYS: dict[str, tuple[str, str]] = {"zaya": ("hybrid_sliding", "hybrid")}
+_LAYER_KEYS: dict[str, tuple[str, str]] = {
+    "zaya": ("hybrid_sliding", "hybrid"),
+    "dots3_note_text": ("sliding_attention", "indexed_attention"),
+}
 
 
 def _layer_keys(model_type: str) -> tuple[str, str]:

@@ -100,7 +100,7 @@ _MROPE = (
 )
 _UNBUILT = (
     "blt_global_transformer cohere_compass_text deepseek_ocr2_text diffusion_gemma_text "
-    "dots3_note_text embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text "
+    "embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text "
     "mllama_text_model paddleocr_vl_text "
     "step3p5 t5_gemma_module t5gemma2_text "
     "unlimited_ocr_text"
