@@ -431,6 +431,8 @@ MORE: dict[str, str | None] = {
     # mrope_section defaults in the rotary module (not in the config): 3-D positions even for text. Was installed,
     # then every forward failed on the (3, B, S) positions
     **dict.fromkeys(("qwen3_5_text", "qwen3_5_moe_text", "qwen4_exp_text"), "multimodal"),
+    "embedding_gemma2_text": None,  # one RoPE per layer type; equal head sizes (its 512-wide global heads: refused)
+    "cohere_compass_text": "multimodal",  # mrope_section per layer type in the rotary module
     "neomme": "multimodal",  # two-axis mrope with no mrope_section: found by calling it with (2, B, S) positions
     "molmo2_text": "several-rotary-modules",  # rotary_emb_unscaled
 }
@@ -446,6 +448,7 @@ _OWN_ROPE = (
     "gemma4_unified_text",
     "mistral4",
     "neomme",
+    "embedding_gemma2_text",
 )  # DBRX: in attn_config
 
 
@@ -457,6 +460,14 @@ _GATED_DELTANET: dict[str, Any] = {
 _MORE_OVERRIDES: dict[str, dict[str, Any]] = {
     **dict.fromkeys(("qwen3_5_text", "qwen3_5_moe_text"), _GATED_DELTANET),
     "neomme": _MORE_LAYERED,
+    "cohere_compass_text": {
+        **_MORE_LAYERED,
+        "rope_parameters": {t: {"rope_type": "default", "rope_theta": 1e4} for t in _MORE_LAYERED["layer_types"]},
+    },
+    "embedding_gemma2_text": {
+        **_MORE_LAYERED, "global_head_dim": 16, "num_global_key_value_heads": 2, "hidden_size_per_layer_input": 8,
+        "vocab_size_per_layer_input": 128, "embedding_dim": 32,
+    },  # fmt: skip
     "qwen4_exp_text": {  # "full_attention" becomes its indexed (sparse) attention
         **_GATED_DELTANET, "indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8,
         "indexer_compress_ratio": 4, "hc_lowrank": 8, "ngram_vocab_size_base": 256, "split_ngram_parts": 2,

@@ -99,8 +99,8 @@ _MROPE = (
     "qwen3_vl_vision"
 )
 _UNBUILT = (
-    "blt_global_transformer cohere_compass_text deepseek_ocr2_text diffusion_gemma_text "
-    "embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text "
+    "blt_global_transformer deepseek_ocr2_text diffusion_gemma_text "
+    "emu3_text_model ernie4_5_vl_moe_text "
     "mllama_text_model paddleocr_vl_text "
     "step3p5 t5_gemma_module t5gemma2_text "
     "unlimited_ocr_text"
