@@ -2,7 +2,7 @@
 
 The scan reads transformers' modeling sources (no model is built): a model type is rotary when the modeling file
 of its model class defines or uses a rotary embedding. Each must be checked in tests/test_hf_architectures.py
-(ARCHITECTURES, BREADTH, REFUSED, PER_LAYER_TYPE, MORE, the Fuyu case) or left out here with a reason, so a
+(ARCHITECTURES, BREADTH, REFUSED, PER_LAYER_TYPE, the Fuyu case) or tests/test_hf_more_architectures.py (MORE) or left out here with a reason, so a
 transformers upgrade that adds an architecture fails this test until someone checks it.
 """
 
@@ -12,6 +12,7 @@ import importlib.util
 import pathlib
 import re
 import sys
+from typing import Any
 
 import pytest
 
@@ -98,38 +99,34 @@ _MROPE = (
     "qwen3_omni_moe_vision_encoder qwen3_vl qwen3_vl_moe qwen3_vl_moe_text qwen3_vl_moe_vision qwen3_vl_text "
     "qwen3_vl_vision"
 )
-_UNBUILT = (
-    "blt_global_transformer cohere_compass_text deepseek_ocr2_text diffusion_gemma_text "
-    "dory dots3_note_text embedding_gemma2_text emu3_text_model ernie4_5_vl_moe_text gemma3n_text "
-    "lfm2_moe longcat_flash mllama_text_model neomme paddleocr_vl_text "
-    "qwen3_5_moe_text qwen3_5_text qwen4_exp_text step3p5 t5_gemma_module t5gemma2_text "
-    "unlimited_ocr_text zaya"
-)
 NOT_COVERED: dict[str, str] = {
     **_words(
         _COMPOSITE,
         "vision, audio, speech or composite (sub-config) model: 2-D/3-D RoPE or a text part of its own",
     ),
-    **_words(
-        _MROPE, "mrope (3-D positions): refused as [multimodal] or [table-output], see qwen2_vl_text in MORE"
-    ),
-    **_words(
-        _UNBUILT,
-        "not yet checked: a generic tiny config does not build or run in transformers itself (hybrid "
-        "linear-attention layers, own sub-configs, dbrx's attn_config, ...); needs an architecture-specific config",
-    ),
+    **_words(_MROPE, "mrope (3-D positions): refused as [multimodal], see qwen2_vl_text in MORE"),
 }
 
 
-def _covered() -> set[str]:
-    path = pathlib.Path(__file__).with_name("test_hf_architectures.py")
-    spec = importlib.util.spec_from_file_location("_hf_architectures_lists", path)
+def _load(file: str) -> Any:
+    path = pathlib.Path(__file__).with_name(file)
+    spec = importlib.util.spec_from_file_location(f"_hf_lists_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)
     spec.loader.exec_module(module)
-    lists = ("ARCHITECTURES", "BREADTH", "REFUSED", "PER_LAYER_TYPE", "MORE")
-    return {"fuyu", *(t for name in lists for t in getattr(module, name))}  # fuyu: its own test
+    return module
+
+
+def _covered() -> set[str]:
+    lists = [
+        (_load("test_hf_architectures.py"), ("ARCHITECTURES", "BREADTH", "REFUSED", "PER_LAYER_TYPE")),
+        (_load("test_hf_more_architectures.py"), ("MORE",)),
+    ]
+    return {
+        "fuyu",
+        *(t for module, names in lists for name in names for t in getattr(module, name)),
+    }  # fuyu: own
 
 
 def test_every_rotary_architecture_is_checked_or_left_out_with_a_reason() -> None:
@@ -141,7 +138,7 @@ def test_every_rotary_architecture_is_checked_or_left_out_with_a_reason() -> Non
     missing = sorted(set(found) - covered - set(NOT_COVERED))
     assert not missing, (
         f"rotary model types in transformers {transformers.__version__} that no install_rope test covers: "
-        f"{missing}. Check each (tests/test_hf_architectures.py: BREADTH, REFUSED, ...) or add it to NOT_COVERED "
+        f"{missing}. Check each (tests/test_hf_architectures.py: BREADTH, REFUSED, ...; tests/test_hf_more_architectures.py: MORE) or add it to NOT_COVERED "
         "with the reason"
     )
     gone = sorted(set(NOT_COVERED) - set(found))

@@ -96,6 +96,12 @@ class HFRotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, position_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """The tables at ``position_ids (B, S)``: ``(cos, sin)`` (or ``(sin, cos)``) ``(B, S, R | R/2)`` in ``x``'s
         dtype (or ``table_dtype``), or one complex64 ``(B, S, R/2)``; ``x`` gives only the dtype and device."""
+        if position_ids.dim() > 2:
+            raise UnsupportedRotary(
+                "multimodal",
+                f"position_ids of shape {tuple(position_ids.shape)}: multi-axis (mrope) positions; this posenc RoPE "
+                "takes (batch, seq) positions only",
+            )
         dtype = x.dtype if self.table_dtype is None else self.table_dtype
         if self.freq_dtype is not None:
             cos, sin = rounded_cos_sin(self.rope, position_ids.to(x.device), self.freq_dtype)  # (1|B, S, R/2)
@@ -202,6 +208,24 @@ def _reference_tables(
     return tables
 
 
+def _position_axes(
+    original: nn.Module, x: Tensor, pos: Tensor, layer_type: str | None, want: list[Tensor]
+) -> int | None:
+    """The number of position axes (2 to 4) ``original`` takes as ``(axes, B, S)`` position_ids, found by calling
+    it with one row per axis: an mrope module returns the ``(B, S, ·)`` tables of the 1-D positions, a 1-D module
+    fails or returns tables of another shape. None for a 1-D module."""
+    for axes in (2, 3, 4):
+        try:
+            with torch.no_grad():
+                args = (x, pos.expand(axes, -1, -1)) + (() if layer_type is None else (layer_type,))
+                out = _tables(original(*args))
+        except Exception:  # noqa: BLE001 -- a 1-D module given (axes, B, S) positions
+            continue
+        if out is not None and [t.shape for t in out] == [t.shape for t in want]:
+            return axes
+    return None
+
+
 def _kept_dtype(original: nn.Module, pos: Tensor, layer_type: str | None) -> torch.dtype | None:
     """The one dtype ``original`` returns its (cos, sin) tables in for bfloat16 activations when that is not
     bfloat16 (CodeGen built in bfloat16: its float32 table as stored), else None (tables in ``x``'s dtype)."""
@@ -223,12 +247,19 @@ def match_layout(
     tables in for bfloat16 activations when not theirs (see :class:`HFRotaryEmbedding`).
 
     Raises:
-        UnsupportedRotary: with cause ``table-output`` (neither a (cos, sin) pair nor a complex table),
+        UnsupportedRotary: with cause ``multimodal`` (the module has an ``mrope_section``: Qwen3.5 builds one
+            with a default section when the config names none, and passes it 3-D positions), ``table-output`` (neither a (cos, sin) pair nor a complex table),
             ``rotary-size`` (the table width matches no layout of ``rope.rotary_dim``) or ``table-values``
             (the width fits but the values differ: the base or scaling was read differently), ``meta-device``
             (no values to compare).
     """
     name = type(original).__name__ + ("" if layer_type is None else f" ({layer_type})")
+    if getattr(original, "mrope_section", None):  # a section default in the module, not in the config
+        raise UnsupportedRotary(
+            "multimodal",
+            f"{name} is a multimodal RoPE (mrope_section={original.mrope_section}): the model passes it 3-D "
+            "(temporal, height, width) positions even for text; posenc.hf supports 1-D RoPE only",
+        )
     buffer = getattr(original, "inv_freq" if layer_type is None else f"{layer_type}_inv_freq", None)
     if device.type == "meta" or (isinstance(buffer, Tensor) and buffer.is_meta):
         raise UnsupportedRotary(
@@ -250,6 +281,13 @@ def match_layout(
             "table-output",
             f"{name}(x, position_ids) returns neither a (cos, sin) pair nor one complex freqs_cis table; "
             "posenc.hf swaps rotary modules with those outputs only",
+        )
+    axes = _position_axes(original, x, pos, layer_type, want)
+    if axes is not None:
+        raise UnsupportedRotary(
+            "multimodal",
+            f"{name} takes ({axes}, batch, seq) positions, one row per axis (a multimodal RoPE such as NeoMME's "
+            "two-axis one): the model passes it multi-axis positions even for text; posenc.hf supports 1-D RoPE only",
         )
     table_dtype = _kept_dtype(original, pos, layer_type)
     rotary = rope.rotary_dim

@@ -5,10 +5,11 @@ from __future__ import annotations
 #: every cause an :class:`UnsupportedRotary` can carry, with what it means.
 CAUSES: dict[str, str] = {
     "per-layer-type": "a different RoPE per layer type (e.g. local and global attention)",
-    "multimodal": "multimodal RoPE (mrope_section): 3-D positions",
+    "multimodal": "multimodal RoPE (mrope_section, or a rotary module taking (axes, B, S) positions): 3-D positions",
     "rope-type": "the config's rope_type or its parameters are not a RoPE posenc implements",
     "no-rotary-module": "no rotary_emb module to replace",
-    "several-rotary-modules": "rotary modules besides rotary_emb and rotary_embs[i], or with different layouts",
+    "several-rotary-modules": "rotary modules besides rotary_emb, pos_emb(x, position_ids) and rotary_embs[i], or with "
+    "different layouts",
     "table-output": "the rotary module returns something other than (cos, sin) tables or a complex freqs_cis",
     "rotary-size": "the rotary table's width does not match the rotated size read from the config",
     "table-values": "the rotary table's values differ from the RoPE the config describes",

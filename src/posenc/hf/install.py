@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -20,8 +21,9 @@ _TOUCHED = "_posenc_rope_attributes"
 
 
 def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """Every ``(path, parent, name)`` holding a rotary embedding: ``rotary_emb`` modules and the items of
-    ``rotary_embs`` lists (Granite-SWA: one per base); raise on any other rotary module."""
+    """Every ``(path, parent, name)`` holding a rotary embedding: ``rotary_emb`` modules, ``pos_emb`` ones called
+    the same way (LFM2-MoE; not MusicFlamingo's, called with audio timestamps) and the items of ``rotary_embs``
+    lists (Granite-SWA: one per base); raise on any other rotary module."""
     slots: list[tuple[str, nn.Module, str]] = []
     others: list[str] = []
     for parent_name, parent in model.named_modules():
@@ -30,8 +32,10 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         for name, child in parent.named_children():
             path = f"{parent_name}.{name}".lstrip(".")
             if isinstance(child, HFRotaryEmbedding) or type(child).__name__.endswith("RotaryEmbedding"):
-                if name == "rotary_emb" or (
-                    isinstance(parent, nn.ModuleList) and parent_name.endswith("rotary_embs")
+                if (
+                    name == "rotary_emb"
+                    or (name == "pos_emb" and _takes_position_ids(child))
+                    or (isinstance(parent, nn.ModuleList) and parent_name.endswith("rotary_embs"))
                 ):
                     slots.append((path, parent, name))
                 else:
@@ -39,7 +43,8 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     if others:
         raise UnsupportedRotary(
             "several-rotary-modules",
-            f"this model has rotary modules other than rotary_emb and rotary_embs[i] ({others}); posenc.hf "
+            f"this model has rotary modules other than rotary_emb, pos_emb(x, position_ids) and rotary_embs[i] "
+            f"({others}); posenc.hf "
             "does not know how the model uses them",
         )
     if not slots:
@@ -49,6 +54,15 @@ def rotary_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
             "decoder computes its rotary tables once, in a module called rotary_emb",
         )
     return slots
+
+
+def _takes_position_ids(module: nn.Module) -> bool:
+    """Whether ``module.forward`` is called as transformers' rotary_emb: ``(x, position_ids)``."""
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return names[:2] == ["x", "position_ids"]
 
 
 def rope_config(rotary: nn.Module, root: Any) -> Any:
