@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
-from ..validation import check_bool, check_float, check_int, check_positions
+from ..validation import check_bool, check_float, check_int
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
 from .inputs import AttentionInputs, keep_mask
@@ -117,7 +117,6 @@ class Attention(nn.Module):
             raise TypeError(
                 f"Attention: mask must be a bool tensor (True = attend) or None, got {type(mask).__name__}"
             )
-        check_positions("Attention", positions, x.shape[1], batch=x.shape[0])
         check_static_inputs(cache, positions, mask, "Attention")
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)

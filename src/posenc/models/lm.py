@@ -13,7 +13,7 @@ from ..attention import Attention, KVCache
 from ..attention.static_cache import check_static_inputs
 from ..base import NoPE, PositionEncoding, as_positions, default_positions
 from ..registry import build
-from ..validation import check_float, check_int, check_positions
+from ..validation import check_float, check_int
 
 EncodingFactory = Callable[[], PositionEncoding]
 
@@ -176,7 +176,6 @@ class TransformerLM(nn.Module):
             check_static_inputs(caches[0], positions, mask, "TransformerLM")
         offset = 0 if caches is None else len(caches[0])
         if positions is not None:
-            check_positions("TransformerLM", positions, s, batch=b)
             positions = as_positions(positions, s, tokens.device, batch=b, owner="TransformerLM")  # (1|B, S)
         elif offset:
             positions = default_positions(s, tokens.device, offset)
@@ -193,7 +192,7 @@ class TransformerLM(nn.Module):
         embedding's own error was "index out of range in self", naming neither the argument nor the range."""
         if not tokens.is_cpu or tokens.numel() == 0 or torch.compiler.is_compiling():
             return
-        low, high = int(tokens.min()), int(tokens.max())
+        low, high = (int(t) for t in torch.aminmax(tokens))  # one pass
         vocab = self.embed.num_embeddings
         if low < 0 or high >= vocab:
             raise ValueError(
