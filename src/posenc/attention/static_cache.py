@@ -75,8 +75,8 @@ class StaticKVCache(KVCache):
             self.positions = positions.new_zeros(b, self.max_len)
             self.index = torch.zeros((), dtype=torch.long, device=k.device)
             if not torch.compiler.is_compiling():  # (dynamo refuses to trace the marking)
-                fixed = (self.k, self.v, self.positions, self.index)  # fixed addresses: CUDA graphs replay them
-                for t in fixed:
+                # fixed addresses: CUDA graphs replay them
+                for t in (self.k, self.v, self.positions, self.index):
                     torch._dynamo.mark_static_address(t)
         else:
             check_same_stream(self.k, k)
