@@ -15,6 +15,7 @@ from posenc.experiments.evaluate import (
     perplexity,
     rope_extensions,
     rope_scaled,
+    spread_blocks,
     supports_rope_extension,
     window_nll,
 )
@@ -139,3 +140,43 @@ def test_every_length_and_rank_split_scores_bytes_1_to_n_once() -> None:
         shares = [window_nll(model, tokens, length, n, world=_LocalRanks(r, 3))[0] for r in range(3)]
         assert sum(shares) == pytest.approx(expected, rel=1e-6), length
     assert perplexity(expected, n) == pytest.approx(math.exp(expected / n))
+
+
+def test_spread_blocks_sample_the_whole_text_without_overlap() -> None:
+    """Blocks start at byte 0 and end at the last byte, evenly spaced; their scored bytes (all but each block's
+    first) never overlap, down to blocks packed end to end; too little text is refused."""
+    tokens = torch.arange(1000) % 251
+    blocks = spread_blocks(tokens, 64, 4)
+    assert blocks.shape == (4, 65)
+    starts = [int(b[0]) for b in blocks]  # tokens[i] = i for i < 251: the first block at 0
+    assert starts[0] == 0 and torch.equal(blocks[-1], tokens[-65:])
+    for width, count, n in [(64, 4, 1000), (8, 5, 41), (16, 3, 49), (1, 7, 8), (32, 1, 33)]:
+        text = torch.arange(n)
+        got = spread_blocks(text, width, count)
+        scored = got[:, 1:].flatten().tolist()
+        assert len(set(scored)) == count * width and got[0, 0] == 0 and got[-1, -1] == n - 1
+        assert all(torch.equal(row, text[row[0] : row[0] + width + 1]) for row in got)
+    with pytest.raises(ValueError, match="cannot hold 5 blocks"):
+        spread_blocks(torch.arange(40), 8, 5)
+    with pytest.raises(ValueError, match="count >= 1"):
+        spread_blocks(tokens, 8, 0)
+
+
+def test_window_nll_on_blocks_scores_every_block_target_once() -> None:
+    """On ``(R, W + 1)`` blocks every length and rank split scores each block's bytes 1..W once, predicted from
+    that block's bytes only; one block of the first bytes is the 1-D call; mis-sized blocks are refused."""
+    model, tokens = _Bigram(), _tokens(600)
+    blocks = spread_blocks(tokens, 32, 3)
+    logp = model.table.double().log_softmax(-1)
+    expected = -float(sum(logp[b[j - 1].long(), b[j].long()] for b in blocks for j in range(1, 33)))
+    for length in (1, 8, 16, 32):
+        nll, count = window_nll(model, blocks, length, 96, batch_tokens=24)
+        assert count == 96 and nll == pytest.approx(expected, rel=1e-6), length
+        shares = [window_nll(model, blocks, length, 96, world=_LocalRanks(r, 4))[0] for r in range(4)]
+        assert sum(shares) == pytest.approx(expected, rel=1e-6), length
+    first = window_nll(model, tokens[:65].unsqueeze(0), 16, 64)
+    assert first == window_nll(model, tokens, 16, 64)
+    with pytest.raises(ValueError, match="R \\* W == n_tokens"):
+        window_nll(model, blocks, 8, 64)
+    with pytest.raises(ValueError, match="divide the block width"):
+        window_nll(model, spread_blocks(tokens, 24, 2), 16, 48)

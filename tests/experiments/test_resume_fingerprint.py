@@ -78,3 +78,19 @@ def test_every_field_makes_a_resume_refuse(started: None, tmp_path: Path, tiny_c
         key = {"data": "data.", "eval_windows": "eval_tokens", "eval_bytes": "eval_tokens"}.get(name, name)
         key = "curve." if name.startswith("curve_") else key
         assert key in str(info.value), (name, str(info.value))
+
+
+def test_a_run_scored_on_the_first_bytes_is_refused(started: None, tmp_path: Path, tiny_corpus: Path) -> None:
+    """A folder from before the spread evaluation (its ``config.json`` has no ``eval_layout``: its perplexities
+    were scored on the held-out text's first bytes) is refused, not mixed with rows scored on spread blocks."""
+    import json
+
+    cfg, out = replace(CompareConfig.quick(), data=str(tiny_corpus)), tmp_path / "run"
+    with pytest.raises(Started):
+        compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["eval_layout"] == "spread"
+    del config["eval_layout"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="eval_layout: None -> 'spread'"):
+        compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)

@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--eval-bytes",
         type=int,
         default=None,
-        help="held-out bytes scored at every length (whole windows of 16L)",
+        help="held-out bytes scored at every length, in whole blocks of 16L spread evenly over the held-out text "
+        "(default: the preset's, 16 blocks in demo)",
     )
     p.add_argument(
         "--compile",

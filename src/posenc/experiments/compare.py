@@ -39,7 +39,7 @@ from .checkpoints import (
 )
 from .data import Corpus, load_corpus
 from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
-from .evaluate import eval_lengths, rope_extensions
+from .evaluate import EVAL_LAYOUT, eval_lengths, rope_extensions
 from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
 from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
@@ -95,6 +95,7 @@ def fingerprint(cfg: CompareConfig, corpus: Corpus, n_tokens: int) -> dict[str, 
             "train": train,
             "multiples": list(cfg.multiples),
             "eval_tokens": n_tokens,
+            "eval_layout": EVAL_LAYOUT,
             "curve": {"points": cfg.curve_points, "bytes": cfg.curve_bytes},
             "data": corpus.describe(),
             "max_train_bytes": cfg.max_train_bytes,

@@ -1,11 +1,13 @@
 """Perplexity at and beyond the training length, on non-overlapping windows (Press et al. 2022, "Train Short,
 Test Long", section 2 and Table 2).
 
-The held-out bytes are cut into consecutive windows of the evaluation length ``Lv``; each window is one forward
-pass from position 0, and each of its targets is predicted from the bytes before it in the same window only
-(the first target from one byte, the last from ``Lv``). At every ``Lv`` the same ``n_tokens`` bytes are scored,
-bytes ``1..n_tokens``, each exactly once (byte 0 is context only), so the lengths differ only in how much
-context the model gets (and in the positions it must handle), never in which text is scored. Perplexity is
+The scored text is a set of blocks of the longest evaluation length, spread evenly over the held-out bytes
+(:func:`spread_blocks`; ``posenc compare``), or the first bytes of them. Each block is cut into consecutive
+windows of the evaluation length ``Lv``; each window is one forward pass from position 0, and each of its targets
+is predicted from the bytes before it in the same window only (the first target from one byte, the last from
+``Lv``). At every ``Lv`` the same ``n_tokens`` bytes are scored, each exactly once (a block's first byte is
+context only), so the lengths differ only in how much context the model gets (and in the positions it must
+handle), never in which text is scored. Perplexity is
 ``exp`` of the mean NLL per scored byte, not a mean of per-window perplexities; the forward runs in the model's
 dtype (float32 in ``posenc compare``, whatever its training precision).
 
@@ -33,10 +35,37 @@ from .dist import SINGLE, World
 #: Multiples of the training length evaluated by default (Press et al. go to 16.6L).
 MULTIPLES: tuple[int, ...] = (1, 2, 4, 8, 16)
 
+#: How ``posenc compare`` lays out its scored text (recorded in ``config.json``): blocks of the longest length
+#: spread evenly over the held-out bytes (:func:`spread_blocks`). Runs before this key scored the first bytes (one
+#: file of the standard library), so resuming one is refused as a changed configuration.
+EVAL_LAYOUT = "spread"
+
 
 def eval_lengths(train_len: int, multiples: tuple[int, ...] = MULTIPLES) -> list[int]:
     """``[m * train_len for m in multiples]``."""
     return [m * train_len for m in multiples]
+
+
+def spread_blocks(tokens: Tensor, width: int, count: int) -> Tensor:
+    """``count`` blocks of ``width + 1`` bytes at evenly spaced offsets of ``tokens``, ``(count, width + 1)``.
+
+    The first starts at byte 0 and the last ends at the last byte, so the blocks sample the whole held-out text
+    (in ``posenc compare``, many files) rather than its first file. Their scored bytes (all but each block's
+    first) never overlap: a block's last byte may be the next block's first, which is context only there.
+
+    Raises:
+        ValueError: ``width`` or ``count`` below 1, or ``tokens`` shorter than ``count * width + 1``.
+    """
+    if width < 1 or count < 1:
+        raise ValueError(f"blocks need width >= 1 and count >= 1, got width={width}, count={count}")
+    n = tokens.numel()
+    if n < count * width + 1:
+        raise ValueError(
+            f"{n} held-out bytes cannot hold {count} blocks of {width} scored bytes (need {count * width + 1})"
+        )
+    room = n - 1 - width  # the last block's offset
+    starts = [b * room // (count - 1) if count > 1 else 0 for b in range(count)]
+    return torch.stack([tokens[s : s + width + 1] for s in starts])  # (count, width + 1)
 
 
 @torch.no_grad()
@@ -52,16 +81,18 @@ def window_nll(
     progress: bool = False,
     desc: str = "",
 ) -> tuple[float, int]:
-    """Summed next-byte negative log-likelihood over the first ``n_tokens`` targets of ``tokens``.
+    """Summed next-byte negative log-likelihood over ``n_tokens`` held-out targets.
 
-    Window ``i`` feeds ``tokens[i*Lv : (i+1)*Lv]`` and scores ``tokens[i*Lv + 1 : (i+1)*Lv + 1]``; under DDP each
-    rank takes every ``world.size``-th window (none when there are more ranks than windows) and the sums are
-    all-reduced.
+    ``tokens`` is either the held-out bytes ``(N,)``, of which the first ``n_tokens`` targets are scored (one
+    block of ``n_tokens + 1`` bytes), or blocks ``(R, W + 1)`` from :func:`spread_blocks`, every target of which
+    is scored (``n_tokens == R * W``). Each block is cut into windows of ``Lv``: window ``i`` of a block feeds
+    its bytes ``i*Lv : (i+1)*Lv`` and scores ``i*Lv + 1 : (i+1)*Lv + 1``. Under DDP each rank takes every
+    ``world.size``-th window (none when there are more ranks than windows) and the sums are all-reduced.
 
     Args:
         model: maps ``(B, Lv)`` bytes to ``(B, Lv, V)`` logits; put in eval mode by the caller.
-        tokens: ``(N,)`` uint8 held-out bytes, ``N >= n_tokens + 1``.
-        length: ``Lv``; must divide ``n_tokens``.
+        tokens: ``(N,)`` uint8 held-out bytes, ``N >= n_tokens + 1``, or ``(R, W + 1)`` blocks.
+        length: ``Lv``; must divide ``n_tokens`` (and ``W``).
         n_tokens: bytes scored.
         batch_tokens: windows per forward pass are ``max(1, batch_tokens // Lv)``.
 
@@ -69,27 +100,35 @@ def window_nll(
         ``(total_nll_nats, n_scored)``.
 
     Raises:
-        ValueError: ``length`` does not divide ``n_tokens`` or ``tokens`` is too short.
+        ValueError: ``length`` does not divide ``n_tokens`` (or ``W``), ``tokens`` is too short, or blocks do
+            not hold exactly ``n_tokens`` targets.
     """
     if length <= 0 or n_tokens % length:
         raise ValueError(f"evaluation length {length} must be positive and divide n_tokens ({n_tokens})")
-    if tokens.numel() < n_tokens + 1:
+    if tokens.dim() == 1:
+        if tokens.numel() < n_tokens + 1:
+            raise ValueError(
+                f"{tokens.numel()} held-out bytes cannot score {n_tokens} targets (need n_tokens + 1)"
+            )
+        tokens = tokens[: n_tokens + 1].unsqueeze(0)  # one block
+    elif tokens.dim() != 2 or tokens.shape[0] * (tokens.shape[1] - 1) != n_tokens:
         raise ValueError(
-            f"{tokens.numel()} held-out bytes cannot score {n_tokens} targets (need n_tokens + 1)"
+            f"evaluation blocks must be (R, W + 1) with R * W == n_tokens ({n_tokens}), got {tuple(tokens.shape)}"
         )
-    windows = torch.arange(n_tokens // length)[
-        world.rank :: world.size
-    ]  # empty on a rank past the last window
+    if (tokens.shape[1] - 1) % length:
+        raise ValueError(f"evaluation length {length} must divide the block width {tokens.shape[1] - 1}")
+    inputs = tokens[:, :-1].reshape(-1, length)  # (windows, Lv)
+    targets = tokens[:, 1:].reshape(-1, length)  # (windows, Lv): each input byte's next byte
+    windows = torch.arange(inputs.shape[0])[world.rank :: world.size]  # empty on a rank past the last window
     per_batch = max(1, batch_tokens // length)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    offsets = torch.arange(length + 1)
     batches = list(windows.split(per_batch))
     for chunk in tqdm(
         batches, desc=desc, file=sys.stderr, disable=not progress, leave=False, dynamic_ncols=True
     ):
-        x = tokens[chunk.unsqueeze(-1) * length + offsets].long().to(device)  # (b, Lv + 1)
-        logits = model(x[:, :-1])  # (b, Lv, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum")
+        x, y = inputs[chunk].long().to(device), targets[chunk].long().to(device)  # (b, Lv) each
+        logits = model(x)  # (b, Lv, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
         total += nll.double()
     return float(world.sum(total)), n_tokens
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .evaluate import (
     perplexities,
     perplexity,
     rope_extensions,
+    spread_blocks,
     supports_rope_extension,
     window_nll,
 )
@@ -93,6 +95,13 @@ class RunContext:
     def lengths(self) -> list[int]:
         return eval_lengths(self.cfg.train.train_len, self.cfg.multiples)
 
+    @cached_property
+    def eval_text(self) -> torch.Tensor:
+        """The scored text: ``n_tokens / longest`` blocks of the longest length spread evenly over the held-out
+        bytes, ``(R, longest + 1)`` (:func:`~posenc.experiments.evaluate.spread_blocks`)."""
+        longest = self.lengths[-1]
+        return spread_blocks(self.corpus.val, longest, self.n_tokens // longest)
+
     def checkpoint(self, name: str, seed: int) -> Path:
         return self.out / "checkpoints" / name / f"seed{seed}.pt"
 
@@ -106,11 +115,13 @@ class RunContext:
         return [train_len] + ([4 * train_len] if 4 * train_len <= self.lengths[-1] else [])
 
     def probe(self) -> Probe | None:
-        """Validation perplexity at :meth:`curve_lengths` on the first ``curve_bytes`` (whole windows)."""
+        """Validation perplexity at :meth:`curve_lengths` on ``curve_bytes`` (whole windows of the longer length,
+        spread evenly over the held-out bytes, as the evaluation's)."""
         if self.cfg.curve_points <= 0:
             return None
         lengths = self.curve_lengths()
         n = eval_token_count(self.corpus.val.numel(), lengths[-1], 1, self.cfg.curve_bytes)
+        text = spread_blocks(self.corpus.val, lengths[-1], n // lengths[-1])  # (R, 4L + 1)
 
         def probe(model: TransformerLM) -> dict[str, float | None]:
             limit = model.max_length
@@ -119,7 +130,7 @@ class RunContext:
                 if limit is not None and lv > limit:
                     out[str(lv)] = None
                     continue
-                nll, count = window_nll(model, self.corpus.val, lv, n, device=self.device, world=self.world)
+                nll, count = window_nll(model, text, lv, n, device=self.device, world=self.world)
                 out[str(lv)] = perplexity(nll, count)
             return out
 
@@ -208,7 +219,7 @@ def evaluate_missing(name: str, model: TransformerLM, run: EncodingRun, ctx: Run
         "world": ctx.world,
         "progress": ctx.progress and ctx.world.is_main,
     }
-    ppl, val, lengths = run.perplexity, ctx.corpus.val, ctx.lengths
+    ppl, val, lengths = run.perplexity, ctx.eval_text, ctx.lengths
     if name in missing:
         ppl[name] = _keyed(perplexities(model, val, lengths, ctx.n_tokens, label=name, **kwargs))
     plain = {int(k): v for k, v in ppl[name].items()}

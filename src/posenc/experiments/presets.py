@@ -38,7 +38,8 @@ class CompareConfig:
         seeds: one model per (encoding, seed); results show the mean and standard deviation over seeds.
         multiples: evaluation lengths as multiples of ``train.train_len``, increasing from 1, each dividing the
             last.
-        eval_windows: windows of the longest evaluation length scored when ``eval_bytes`` is None.
+        eval_windows: blocks of the longest evaluation length scored when ``eval_bytes`` is None, spread evenly
+            over the held-out text (:func:`posenc.experiments.evaluate.spread_blocks`).
         eval_bytes: bytes scored at every length, rounded down to whole windows of the longest length (at least
             one), or None for ``eval_windows`` windows.
         curve_points: times per training run that validation perplexity is measured at L and 4L (0: no curve).
@@ -51,7 +52,9 @@ class CompareConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=DEMO_STEPS, precision="auto"))
     seeds: tuple[int, ...] = (0,)
     multiples: tuple[int, ...] = MULTIPLES
-    eval_windows: int = 4
+    # 16 blocks of 16L (32 KB at L = 128) spread over the held-out text: 4 blocks from its start, one stdlib file,
+    # put the gap at L between encodings at 1.25x where the whole text gives 1.12x (same checkpoints)
+    eval_windows: int = 16
     eval_bytes: int | None = None
     curve_points: int = 20
     curve_bytes: int = 2048

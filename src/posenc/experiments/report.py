@@ -176,11 +176,27 @@ def _setup(results: dict[str, Any]) -> str:
         f"{t.get('warmup_fraction', 0.1):g} of the steps, cosine), seeds {', '.join(map(str, seeds))}. "
         f"Data: {d['source']}, split {d['split']} "
         f"({d['train_bytes']:,} training / {d['val_bytes']:,} validation bytes). Evaluation: the same "
-        f"{results['eval_tokens']:,} held-out bytes at every length, cut into non-overlapping windows "
-        f"(Press et al. 2022); perplexity is per byte. torch {v['torch']}, {v['device']}"
+        f"{results['eval_tokens']:,} held-out bytes at every length ({_layout(results)}), cut into "
+        f"non-overlapping windows (Press et al. 2022); perplexity is per byte. torch {v['torch']}, {v['device']}"
         f"{' (' + v['gpu'] + ')' if 'gpu' in v else ''}, {workers}; "
         f"wall time of the last invocation {results['wall_seconds']:.0f} s.{speed}"
     )
+
+
+def _layout(results: dict[str, Any]) -> str:
+    """Where the scored bytes come from: spread blocks (``config.eval_layout``), or the first bytes (older runs)."""
+    if _spread(results):
+        lengths = results.get("eval_lengths") or [0]
+        blocks = results["eval_tokens"] // max(1, lengths[-1])
+        return (
+            f"{blocks} block{'s' * (blocks != 1)} of {lengths[-1]:,} spread evenly over the validation text"
+        )
+    return "the first bytes of the validation text"
+
+
+def _spread(results: dict[str, Any]) -> bool:
+    config = results.get("config", {})
+    return isinstance(config, dict) and config.get("eval_layout") == "spread"
 
 
 def statistics_median(values: list[float]) -> float:
@@ -200,7 +216,8 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
     if knobs.get("curve_points"):
         lines.append(
             f"Validation perplexity at L and 4L, measured {knobs['curve_points']} times per run on "
-            f"{knobs['curve_bytes']:,} held-out bytes (whole windows of 4L)."
+            f"{knobs['curve_bytes']:,} held-out bytes (whole windows of 4L"
+            f"{', spread as the evaluation' if _spread(results) else ''})."
         )
     if improving:
         names = ", ".join(f"**{n}** (-{d * 100:.1f} %)" for n, d in improving.items())
