@@ -57,3 +57,28 @@ def test_unbuildable_encoding_is_refused_before_training(
     assert err.count("\n") == 1
     assert "rope cannot be trained at dim 30 with 2 heads (head size 15)" in err and "--encodings" in err
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("has_matplotlib", [True, False])
+def test_the_last_line_names_figures_only_when_they_are_drawn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, has_matplotlib: bool
+) -> None:
+    """Without matplotlib no figure is written (a warning says so), and the closing line no longer claims any."""
+    import importlib.util
+
+    import posenc.experiments.compare as compare
+    import posenc.experiments.report as report
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(compare, "run_compare", lambda *args, **kwargs: {})
+    monkeypatch.setattr(report, "table", lambda results: "the table")
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: found(name, *a) if has_matplotlib or name != "matplotlib" else None,
+    )
+    out = tmp_path / "run"
+    assert main(["compare", "--quick", "--encodings", "none", "--out", str(out), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    assert ("figures under" in last) is has_matplotlib

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 from dataclasses import replace
@@ -231,5 +232,6 @@ def run(args: argparse.Namespace) -> int:
         from ..experiments.report import table
 
         print(table(results))
-        print(f"\nwrote {args.out / 'results.json'}, {args.out / 'report.md'} and figures under {args.out}")
+        figures = f" and figures under {args.out}" if importlib.util.find_spec("matplotlib") else ""
+        print(f"\nwrote {args.out / 'results.json'} and {args.out / 'report.md'}{figures}")
     return 0
