@@ -65,7 +65,10 @@ def paper_comparison(results: dict[str, Any]) -> str:
     if len(shared) >= 2:
         verdict_line += " " + _order_spread(results, here_order, ours, shared)
     xl, x8 = XTRANSFORMERS_ROTARY
-    x_line = f"For reference, x-transformers' rotary model (4 layers, dim 128, 400 steps, L=128, stdlib bytes) went {xl} -> {x8} at 8L ({x8 / xl:.2f}x)"
+    x_line = (
+        f"For reference, x-transformers' rotary model (4 layers, dim 128, 400 steps, L=128, stdlib bytes, scored on "
+        f"the first 8,192 held-out bytes) went {xl} -> {x8} at 8L ({x8 / xl:.2f}x)"
+    )
     if "rope" in results["perplexity"] and 8 * train_len in lengths:
         at_l, at_8l = stat(results, "rope", train_len), stat(results, "rope", 8 * train_len)
         ratio8 = None if at_l[0] is None or at_8l[0] is None else at_8l[0] / at_l[0]

@@ -2,10 +2,11 @@
 
 Presets (``--preset``; every value can still be overridden by its own flag):
 
-* ``demo`` (the default, ``make demo``): the 4-layer dim-128 model, 1,200 steps in mixed precision where the CPU
-  computes bfloat16 natively: every registered encoding on 2 CPU cores in under 10 minutes, two models at a
-  time (8 min 4 s measured; 800 float32 steps took 9 min 8 s, 800 bf16 ones 5 min 47 s).
-* ``cpu-long``: the same model trained 3.5x longer (4,200 steps; one seed of every encoding in about 30 minutes
+* ``demo`` (the default, ``make demo``): the 4-layer dim-128 model, 1,200 steps at peak lr 4e-3 in mixed precision
+  where the CPU computes bfloat16 natively: every registered encoding on 2 CPU cores in under 10 minutes, two
+  models at a time (8 min 4 s measured at lr 2e-3 with 8 KB scored; 800 float32 steps took 9 min 8 s, 800 bf16
+  ones 5 min 47 s).
+* ``cpu-long``: the same model trained 3.5x longer (4,200 steps at peak lr 2e-3; one seed of every encoding in about 30 minutes
   on 2 idle cores, an estimate from the demo's time per step; add seeds later with ``--seeds 3``, which
   trains only the new ones).
 * ``gpu``: a 6-layer dim-256 model, batch 64, 3 seeds, compiled (aimed at 10 encodings x 3 seeds in about 20
@@ -28,6 +29,11 @@ MAX_SEED_COUNT = 1000
 #: models at a time on two cores (:mod:`posenc.experiments.pool`) and by bfloat16 products (``precision="auto"``).
 DEMO_STEPS = 1200
 
+#: Peak learning rate of the ``demo`` preset. At 1,200 steps (one seed, five encodings, 2026-11-29) 4e-3 gave the
+#: lowest mean perplexity at L and the smallest gap between rope, alibi, xpos, kerple and shaw (1.12x; 2e-3 1.18x,
+#: 3e-3 1.16x, 5e-3 1.14x, 6e-3 1.17x): ALiBi gains most from the higher rate. ``cpu-long`` keeps TrainConfig's 2e-3.
+DEMO_LR = 4e-3
+
 
 @dataclass(frozen=True)
 class CompareConfig:
@@ -49,7 +55,9 @@ class CompareConfig:
         preset: the preset these values started from (recorded, not used).
     """
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=DEMO_STEPS, precision="auto"))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=DEMO_STEPS, lr=DEMO_LR, precision="auto")
+    )
     seeds: tuple[int, ...] = (0,)
     multiples: tuple[int, ...] = MULTIPLES
     # 16 blocks of 16L (32 KB at L = 128) spread over the held-out text: 4 blocks from its start, one stdlib file,
