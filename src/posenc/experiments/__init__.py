@@ -9,7 +9,7 @@
 from .compare import CompareConfig, default_encodings, run_compare
 from .data import Corpus, load_corpus
 from .dist import World, setup_world
-from .evaluate import eval_lengths, perplexities, rope_extensions, window_nll
+from .evaluate import eval_lengths, perplexities, rope_extensions, spread_blocks, window_nll
 from .presets import PRESETS, parse_seeds, preset
 from .train import TrainConfig, TrainResult, build_model, train_model
 
@@ -30,6 +30,7 @@ __all__ = [
     "rope_extensions",
     "run_compare",
     "setup_world",
+    "spread_blocks",
     "train_model",
     "window_nll",
 ]

@@ -1,8 +1,8 @@
 """Perplexity at and beyond the training length, on non-overlapping windows (Press et al. 2022, "Train Short,
 Test Long", section 2 and Table 2).
 
-The scored text is a set of blocks of the longest evaluation length, spread evenly over the held-out bytes
-(:func:`spread_blocks`; ``posenc compare``), or the first bytes of them. Each block is cut into consecutive
+The scored text is a set of blocks of the longest evaluation length spread evenly over the held-out bytes
+(:func:`spread_blocks`, as ``posenc compare`` scores), or one block of the held-out bytes' first. Each block is cut into consecutive
 windows of the evaluation length ``Lv``; each window is one forward pass from position 0, and each of its targets
 is predicted from the bytes before it in the same window only (the first target from one byte, the last from
 ``Lv``). At every ``Lv`` the same ``n_tokens`` bytes are scored, each exactly once (a block's first byte is

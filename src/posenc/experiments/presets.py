@@ -4,11 +4,11 @@ Presets (``--preset``; every value can still be overridden by its own flag):
 
 * ``demo`` (the default, ``make demo``): the 4-layer dim-128 model, 1,200 steps at peak lr 4e-3 in mixed precision
   where the CPU computes bfloat16 natively: every registered encoding on 2 CPU cores in under 10 minutes, two
-  models at a time (8 min 4 s measured at lr 2e-3 with 8 KB scored; 800 float32 steps took 9 min 8 s, 800 bf16
-  ones 5 min 47 s).
-* ``cpu-long``: the same model trained 3.5x longer (4,200 steps at peak lr 2e-3; one seed of every encoding in about 30 minutes
-  on 2 idle cores, an estimate from the demo's time per step; add seeds later with ``--seeds 3``, which
-  trains only the new ones).
+  models at a time (6 min 32 s measured on 2026-11-29; the day before, on a machine 1.5x slower, the earlier
+  default took 8 min 4 s).
+* ``cpu-long``: the same model trained 3.5x longer (4,200 steps at peak lr 2e-3; one seed of every encoding in
+  about 30 minutes on 2 idle cores, an estimate from the demo's time per step; add seeds later with
+  ``--seeds 3``, which trains only the new ones).
 * ``gpu``: a 6-layer dim-256 model, batch 64, 3 seeds, compiled (aimed at 10 encodings x 3 seeds in about 20
   minutes on one H100-class GPU; not yet timed there).
 """
@@ -60,8 +60,9 @@ class CompareConfig:
     )
     seeds: tuple[int, ...] = (0,)
     multiples: tuple[int, ...] = MULTIPLES
-    # 16 blocks of 16L (32 KB at L = 128) spread over the held-out text: 4 blocks from its start, one stdlib file,
-    # put the gap at L between encodings at 1.25x where the whole text gives 1.12x (same checkpoints)
+    # 16 blocks of 16L (32 KB at L = 128) spread over the held-out text: 4 blocks from its start (one stdlib file)
+    # put the gap at L between rope, alibi, xpos, kerple and shaw at 1.25x where the whole text gives 1.18x (the
+    # same lr 2e-3 checkpoints; 64 blocks: 1.18x)
     eval_windows: int = 16
     eval_bytes: int | None = None
     curve_points: int = 20
