@@ -219,3 +219,36 @@ def test_report_reasons_from_the_numbers() -> None:
     assert "this run has t5 < rope < sinusoidal < alibi" in paper_comparison(res)
     report = write_report(res)
     assert "Best at the training length L=8: **learned** (4.90)" in report
+
+
+def test_scored_text_is_spread_over_the_held_out_bytes(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every length, extension and curve point scores blocks spread evenly over the held-out text (the first
+    block at its start, the last at its end), not its first bytes; the report says so."""
+    import posenc.experiments.evaluate as evaluate
+    from posenc.experiments.data import load_corpus
+
+    seen: list[torch.Tensor] = []
+    real = evaluate.window_nll
+
+    def spy(
+        model: torch.nn.Module, tokens: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[float, int]:
+        seen.append(tokens)
+        return real(model, tokens, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluate, "window_nll", spy)
+    monkeypatch.setattr("posenc.experiments.pairs.window_nll", spy)
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    results = run_compare(cfg, encodings=["rope"], out=tmp_path / "run", progress=False)
+    val = load_corpus(tiny_corpus, min_train_tokens=17, min_val_tokens=257).val
+    evals = [t for t in seen if t.shape[-1] == 257]
+    curves = [t for t in seen if t.shape[-1] == 65]
+    assert evals and curves and len(evals) + len(curves) == len(seen)
+    for blocks, width in [(evals[0], 256), (curves[0], 64)]:
+        assert blocks.dim() == 2 and blocks.shape[0] >= 2
+        assert torch.equal(blocks[0], val[: width + 1]) and torch.equal(blocks[-1], val[-(width + 1) :])
+    assert all(torch.equal(t, evals[0]) for t in evals)
+    assert results["config"]["eval_layout"] == "spread"
+    assert "spread evenly over the validation text" in (tmp_path / "run" / "report.md").read_text()
