@@ -42,8 +42,10 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     if keep is not None:
         logits = torch.where(keep, logits, float("-inf"))
     probs = logits.softmax(dim=-1)
-    if keep is not None:
-        probs = torch.where(keep.any(dim=-1, keepdim=True), probs, 0.0)  # fully masked rows -> 0, not NaN
+    if keep is not None and (ctx.keep is not None or k.shape[-2] < q.shape[-2]):
+        # fully masked rows -> 0, not NaN. The causal mask alone hides no whole row when K >= Q (query i sees
+        # keys 0 .. i + K - Q), so then this (Q, K)-sized pass, and its backward, would change nothing
+        probs = torch.where(keep.any(dim=-1, keepdim=True), probs, 0.0)
     probs = F.dropout(probs, ctx.dropout_p, training=ctx.dropout_p > 0).to(q.dtype)
     out = probs @ v  # (B, H, Q, D)
     extra = ctx.position.value_term(probs, ctx.q_pos, ctx.k_pos)
