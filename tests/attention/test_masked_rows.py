@@ -1,0 +1,54 @@
+"""``math``'s rows without a visible key: 0, not NaN, and the pass that ensures it skipped where no row can be
+hidden."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posenc.attention.backends import AttentionInputs, math_attention
+
+from .test_backends import close, encoding
+
+
+@pytest.mark.parametrize("name", ["none", "alibi", "shaw"])
+def test_rows_without_a_visible_key_give_zero_and_the_others_are_unchanged(name: str) -> None:
+    """``math``'s fully-masked-row fix: rows hidden by a padding mask, or by the causal mask when there are fewer
+    keys than queries, give 0 (not NaN), values and gradients; with the causal mask alone and ``K >= Q`` no row is
+    hidden, so the result is the plain softmax's (the fix's pass is skipped there)."""
+    torch.manual_seed(0)
+    enc = encoding(name)
+    b, h, d = 2, 4, 8
+    for q_len, k_len, hide_row in [(5, 3, False), (4, 6, True), (6, 6, False)]:
+        q = torch.randn(b, h, q_len, d, requires_grad=True)
+        k, v = torch.randn(b, h, k_len, d), torch.randn(b, h, k_len, d)
+        keep = None
+        if hide_row:
+            keep = torch.ones(b, 1, q_len, k_len, dtype=torch.bool)
+            keep[1, :, 2] = False  # batch row 1, query 2 sees nothing
+        ctx = AttentionInputs(
+            enc,
+            torch.arange(k_len - q_len, k_len).unsqueeze(0),
+            torch.arange(k_len).unsqueeze(0),
+            keep,
+            causal=True,
+        )
+        out = math_attention(q, k, v, ctx)
+        out.sum().backward()
+        assert q.grad is not None and torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+        hidden = torch.zeros(b, 1, q_len, dtype=torch.bool)
+        if hide_row:
+            hidden[1, 0, 2] = True
+        if k_len < q_len:
+            hidden[:, :, : q_len - k_len] = True  # query i sees keys j <= i + K - Q
+        assert hidden.any() or k_len >= q_len
+        assert (out.masked_select(hidden.unsqueeze(-1).expand_as(out)) == 0).all()
+        if not hidden.any():  # no hidden row: exactly the plain masked softmax
+            logits = (q @ k.transpose(-1, -2)) * d**-0.5
+            bias = enc.score_bias(q, ctx.q_pos, ctx.k_pos)
+            logits = logits if bias is None else logits + bias
+            probs = logits.masked_fill(
+                ~torch.ones(q_len, k_len, dtype=torch.bool).tril(), float("-inf")
+            ).softmax(-1)
+            extra = enc.value_term(probs, ctx.q_pos, ctx.k_pos)
+            close(out, probs @ v + (0 if extra is None else extra))
