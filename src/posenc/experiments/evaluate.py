@@ -36,8 +36,8 @@ from .dist import SINGLE, World
 MULTIPLES: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 #: How ``posenc compare`` lays out its scored text (recorded in ``config.json``): blocks of the longest length
-#: spread evenly over the held-out bytes (:func:`spread_blocks`). Runs before this key scored the first bytes (one
-#: file of the standard library), so resuming one is refused as a changed configuration.
+#: spread evenly over the held-out bytes (:func:`spread_blocks`). Runs before this key scored the first bytes (95 %
+#: one file of the standard library), so resuming one is refused as a changed configuration.
 EVAL_LAYOUT = "spread"
 
 
@@ -50,7 +50,7 @@ def spread_blocks(tokens: Tensor, width: int, count: int) -> Tensor:
     """``count`` blocks of ``width + 1`` bytes at evenly spaced offsets of ``tokens``, ``(count, width + 1)``.
 
     The first starts at byte 0 and the last ends at the last byte, so the blocks sample the whole held-out text
-    (in ``posenc compare``, many files) rather than its first file. Their scored bytes (all but each block's
+    (in ``posenc compare``, many files) rather than its first few. Their scored bytes (all but each block's
     first) never overlap: a block's last byte may be the next block's first, which is context only there.
 
     Raises:
