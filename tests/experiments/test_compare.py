@@ -252,3 +252,21 @@ def test_scored_text_is_spread_over_the_held_out_bytes(
     assert all(torch.equal(t, evals[0]) for t in evals)
     assert results["config"]["eval_layout"] == "spread"
     assert "spread evenly over the validation text" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_report_does_not_call_a_single_block_spread() -> None:
+    """``spread_blocks`` puts a lone block at byte 0 (``--eval-bytes`` under 16L, a short validation text, or
+    ``curve_bytes`` under 4L): the report then names the first bytes, not blocks spread over the text."""
+    res = _synthetic()
+    res["config"]["eval_layout"] = "spread"
+    res["config"]["data"]["val_bytes"] = 1000
+    res["settings"] = {"curve_points": 4, "curve_bytes": 64}
+    text = write_report(res)
+    assert "(2 blocks of 32 spread evenly over the validation text)" in text
+    assert "(whole windows of 4L, spread as the evaluation)" in text
+    res["eval_tokens"], res["settings"]["curve_bytes"] = 32, 20
+    text = write_report(res)
+    assert "spread evenly" not in text and "(one block of 32: the first bytes of the validation text)" in text
+    assert "spread as the evaluation" not in text and "(whole windows of 4L)" in text
+    res["settings"]["curve_bytes"], res["config"]["data"]["val_bytes"] = 64, 40  # room for one 4L block only
+    assert "spread as the evaluation" not in write_report(res)

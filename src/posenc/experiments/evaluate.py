@@ -50,8 +50,9 @@ def spread_blocks(tokens: Tensor, width: int, count: int) -> Tensor:
     """``count`` blocks of ``width + 1`` bytes at evenly spaced offsets of ``tokens``, ``(count, width + 1)``.
 
     The first starts at byte 0 and the last ends at the last byte, so the blocks sample the whole held-out text
-    (in ``posenc compare``, many files) rather than its first few. Their scored bytes (all but each block's
-    first) never overlap: a block's last byte may be the next block's first, which is context only there.
+    (in ``posenc compare``, many files) rather than its first few; a lone block (``count == 1``) is the first
+    bytes. Their scored bytes (all but each block's first) never overlap: a block's last byte may be the next
+    block's first, which is context only there.
 
     Raises:
         ValueError: ``width`` or ``count`` below 1, or ``tokens`` shorter than ``count * width + 1``.

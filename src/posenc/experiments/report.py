@@ -188,6 +188,8 @@ def _layout(results: dict[str, Any]) -> str:
     if _spread(results):
         lengths = results.get("eval_lengths") or [0]
         blocks = results["eval_tokens"] // max(1, lengths[-1])
+        if blocks == 1:  # spread_blocks puts a lone block at byte 0
+            return f"one block of {lengths[-1]:,}: the first bytes of the validation text"
         return (
             f"{blocks} block{'s' * (blocks != 1)} of {lengths[-1]:,} spread evenly over the validation text"
         )
@@ -197,6 +199,18 @@ def _layout(results: dict[str, Any]) -> str:
 def _spread(results: dict[str, Any]) -> bool:
     config = results.get("config", {})
     return isinstance(config, dict) and config.get("eval_layout") == "spread"
+
+
+def _curve_blocks(results: dict[str, Any]) -> int:
+    """Blocks the learning curve scored (:meth:`~posenc.experiments.pairs.RunContext.probe`): ``curve_bytes`` in
+    whole blocks of 4L (of L when 4L is past the longest length), at least one, at most what the validation text
+    holds."""
+    from .pairs import eval_token_count
+
+    train_len, knobs = results["train_len"], results.get("settings", {})
+    width = 4 * train_len if 4 * train_len <= (results.get("eval_lengths") or [train_len])[-1] else train_len
+    val_bytes = results.get("config", {}).get("data", {}).get("val_bytes", 0)
+    return eval_token_count(val_bytes, width, 1, knobs.get("curve_bytes", 0)) // width
 
 
 def statistics_median(values: list[float]) -> float:
@@ -217,7 +231,7 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
         lines.append(
             f"Validation perplexity at L and 4L, measured {knobs['curve_points']} times per run on "
             f"{knobs['curve_bytes']:,} held-out bytes (whole windows of 4L"
-            f"{', spread as the evaluation' if _spread(results) else ''})."
+            f"{', spread as the evaluation' if _spread(results) and _curve_blocks(results) > 1 else ''})."
         )
     if improving:
         names = ", ".join(f"**{n}** (-{d * 100:.1f} %)" for n, d in improving.items())
