@@ -45,6 +45,13 @@ def eval_token_count(val_tokens: int, longest: int, windows: int, eval_bytes: in
     return longest * max(1, min(wanted, (val_tokens - 1) // longest))
 
 
+def curve_plan(train_len: int, longest: int, val_tokens: int, curve_bytes: int) -> tuple[list[int], int]:
+    """The learning curve's lengths (L, and 4L when the evaluation reaches it) and the bytes it scores at each:
+    ``curve_bytes`` in whole blocks of the longer length (:func:`eval_token_count`)."""
+    lengths = [train_len] + ([4 * train_len] if 4 * train_len <= longest else [])
+    return lengths, eval_token_count(val_tokens, lengths[-1], 1, curve_bytes)
+
+
 def row_names(encoding: str, model_is_rope: bool) -> list[str]:
     """Table rows of an encoding: itself, plus ``rope+<method>`` per available extension for plain RoPE."""
     extra = [f"{encoding}+{m}" for m in rope_extensions()] if model_is_rope else []
@@ -109,18 +116,14 @@ class RunContext:
         """The run's fingerprint with this seed: what one checkpoint must match (and rebuilds its model)."""
         return {**self.fp, "train": {**self.fp["train"], "seed": seed}}
 
-    def curve_lengths(self) -> list[int]:
-        """Lengths of the learning curve: L, and 4L when it is evaluated at all."""
-        train_len = self.cfg.train.train_len
-        return [train_len] + ([4 * train_len] if 4 * train_len <= self.lengths[-1] else [])
-
     def probe(self) -> Probe | None:
-        """Validation perplexity at :meth:`curve_lengths` on ``curve_bytes`` (whole windows of the longer length,
-        spread evenly over the held-out bytes, as the evaluation's)."""
+        """Validation perplexity at the :func:`curve_plan` lengths on its bytes (whole windows of the longer
+        length, spread evenly over the held-out bytes, as the evaluation's)."""
         if self.cfg.curve_points <= 0:
             return None
-        lengths = self.curve_lengths()
-        n = eval_token_count(self.corpus.val.numel(), lengths[-1], 1, self.cfg.curve_bytes)
+        lengths, n = curve_plan(
+            self.cfg.train.train_len, self.lengths[-1], self.corpus.val.numel(), self.cfg.curve_bytes
+        )
         text = spread_blocks(self.corpus.val, lengths[-1], n // lengths[-1])  # (R, 4L + 1)
 
         def probe(model: TransformerLM) -> dict[str, float | None]:

@@ -202,15 +202,14 @@ def _spread(results: dict[str, Any]) -> bool:
 
 
 def _curve_blocks(results: dict[str, Any]) -> int:
-    """Blocks the learning curve scored (:meth:`~posenc.experiments.pairs.RunContext.probe`): ``curve_bytes`` in
-    whole blocks of 4L (of L when 4L is past the longest length), at least one, at most what the validation text
-    holds."""
-    from .pairs import eval_token_count
+    """Blocks the learning curve scored (:func:`~posenc.experiments.pairs.curve_plan`, as its probe)."""
+    from .pairs import curve_plan
 
-    train_len, knobs = results["train_len"], results.get("settings", {})
-    width = 4 * train_len if 4 * train_len <= (results.get("eval_lengths") or [train_len])[-1] else train_len
+    train_len = results["train_len"]
+    longest = (results.get("eval_lengths") or [train_len])[-1]
     val_bytes = results.get("config", {}).get("data", {}).get("val_bytes", 0)
-    return eval_token_count(val_bytes, width, 1, knobs.get("curve_bytes", 0)) // width
+    lengths, n = curve_plan(train_len, longest, val_bytes, results.get("settings", {}).get("curve_bytes", 0))
+    return n // lengths[-1]
 
 
 def statistics_median(values: list[float]) -> float:
