@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import os
 from dataclasses import replace
@@ -232,6 +231,16 @@ def run(args: argparse.Namespace) -> int:
         from ..experiments.report import table
 
         print(table(results))
-        figures = f" and figures under {args.out}" if importlib.util.find_spec("matplotlib") else ""
+        figures = f" and figures under {args.out}" if _figures_drawn() else ""
         print(f"\nwrote {args.out / 'results.json'} and {args.out / 'report.md'}{figures}")
     return 0
+
+
+def _figures_drawn() -> bool:
+    """Whether ``write_outputs`` could draw the figures: it imports the same module and, when the import fails
+    (matplotlib missing or broken), warns and draws none."""
+    try:
+        import posenc.plots.compare  # noqa: F401 - already imported when the figures were drawn
+    except ImportError:
+        return False
+    return True

@@ -201,15 +201,23 @@ def _spread(results: dict[str, Any]) -> bool:
     return isinstance(config, dict) and config.get("eval_layout") == "spread"
 
 
-def _curve_blocks(results: dict[str, Any]) -> int:
-    """Blocks the learning curve scored (:func:`~posenc.experiments.pairs.curve_plan`, as its probe)."""
+def _curve_text(results: dict[str, Any], points: int) -> str:
+    """What the learning curve scored, as its probe did (:func:`~posenc.experiments.pairs.curve_plan`): lengths,
+    bytes and their layout."""
     from .pairs import curve_plan
 
     train_len = results["train_len"]
     longest = (results.get("eval_lengths") or [train_len])[-1]
     val_bytes = results.get("config", {}).get("data", {}).get("val_bytes", 0)
     lengths, n = curve_plan(train_len, longest, val_bytes, results.get("settings", {}).get("curve_bytes", 0))
-    return n // lengths[-1]
+    blocks, width = n // lengths[-1], lengths[-1]
+    if _spread(results) and blocks > 1:
+        layout = f"{blocks} blocks of {width:,} spread as the evaluation's"
+    else:  # a lone block, or a run from before the spread layout: the first bytes
+        first = "one block" if blocks == 1 else "whole windows"
+        layout = f"{first} of {width:,}: the first bytes of the validation text"
+    at = " and ".join(("L", "4L")[: len(lengths)])
+    return f"at {at}, measured {points} times per run on {n:,} held-out bytes ({layout})"
 
 
 def statistics_median(values: list[float]) -> float:
@@ -227,11 +235,7 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
     pct = round(STILL_IMPROVING * 100)
     knobs = results.get("settings", {})
     if knobs.get("curve_points"):
-        lines.append(
-            f"Validation perplexity at L and 4L, measured {knobs['curve_points']} times per run on "
-            f"{knobs['curve_bytes']:,} held-out bytes (whole windows of 4L"
-            f"{', spread as the evaluation' if _spread(results) and _curve_blocks(results) > 1 else ''})."
-        )
+        lines.append(f"Validation perplexity {_curve_text(results, knobs['curve_points'])}.")
     if improving:
         names = ", ".join(f"**{n}** (-{d * 100:.1f} %)" for n, d in improving.items())
         lines.append(
