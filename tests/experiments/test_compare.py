@@ -263,11 +263,14 @@ def test_report_does_not_call_a_single_block_spread() -> None:
     res["settings"] = {"curve_points": 4, "curve_bytes": 64}
     text = write_report(res)
     assert "(2 blocks of 32 spread evenly over the validation text)" in text
-    assert "at L and 4L, measured 4 times per run on 64 held-out bytes (2 blocks of 32 spread as the" in text
+    assert (
+        "at L and 4L, measured 4 times per run on 64 held-out bytes (2 blocks of 32 spread evenly over"
+        in text
+    )
     res["eval_tokens"], res["settings"]["curve_bytes"] = 32, 20
     text = write_report(res)
     assert "spread evenly" not in text and "(one block of 32: the first bytes of the validation text)" in text
     assert "on 32 held-out bytes (one block of 32: the first bytes of the validation text)" in text
-    assert "spread as the evaluation" not in text
     res["settings"]["curve_bytes"], res["config"]["data"]["val_bytes"] = 64, 40  # room for one 4L block only
-    assert "spread as the evaluation" not in write_report(res)
+    text = write_report(res)
+    assert "spread evenly" not in text and "on 32 held-out bytes (one block of 32: the first bytes" in text

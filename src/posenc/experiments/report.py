@@ -184,15 +184,18 @@ def _setup(results: dict[str, Any]) -> str:
 
 
 def _layout(results: dict[str, Any]) -> str:
-    """Where the scored bytes come from: spread blocks (``config.eval_layout``), or the first bytes (older runs)."""
-    if _spread(results):
-        lengths = results.get("eval_lengths") or [0]
-        blocks = results["eval_tokens"] // max(1, lengths[-1])
-        if blocks == 1:  # spread_blocks puts a lone block at byte 0
-            return f"one block of {lengths[-1]:,}: the first bytes of the validation text"
-        return (
-            f"{blocks} block{'s' * (blocks != 1)} of {lengths[-1]:,} spread evenly over the validation text"
-        )
+    """Where the evaluation's scored bytes come from (:func:`_blocks_text`)."""
+    longest = (results.get("eval_lengths") or [1])[-1]
+    return _blocks_text(results, results["eval_tokens"] // max(1, longest), longest)
+
+
+def _blocks_text(results: dict[str, Any], blocks: int, width: int) -> str:
+    """``blocks`` of ``width`` bytes: spread evenly over the validation text (``config.eval_layout``), except a
+    lone block, which ``spread_blocks`` puts at byte 0, and runs from before that layout (the first bytes)."""
+    if _spread(results) and blocks > 1:
+        return f"{blocks} blocks of {width:,} spread evenly over the validation text"
+    if blocks == 1:
+        return f"one block of {width:,}: the first bytes of the validation text"
     return "the first bytes of the validation text"
 
 
@@ -210,12 +213,7 @@ def _curve_text(results: dict[str, Any], points: int) -> str:
     longest = (results.get("eval_lengths") or [train_len])[-1]
     val_bytes = results.get("config", {}).get("data", {}).get("val_bytes", 0)
     lengths, n = curve_plan(train_len, longest, val_bytes, results.get("settings", {}).get("curve_bytes", 0))
-    blocks, width = n // lengths[-1], lengths[-1]
-    if _spread(results) and blocks > 1:
-        layout = f"{blocks} blocks of {width:,} spread as the evaluation's"
-    else:  # a lone block, or a run from before the spread layout: the first bytes
-        first = "one block" if blocks == 1 else "whole windows"
-        layout = f"{first} of {width:,}: the first bytes of the validation text"
+    layout = _blocks_text(results, n // lengths[-1], lengths[-1])
     at = " and ".join(("L", "4L")[: len(lengths)])
     return f"at {at}, measured {points} times per run on {n:,} held-out bytes ({layout})"
 
