@@ -72,7 +72,8 @@ class ShawRelative(PositionEncoding):
         """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
         if q_pos.shape[-1] == 1:  # one query (a decode step): the same values in fewer calls
             return self._one_query_index(q_pos, k_pos).unsqueeze(-2)
-        return relative_from_positions(q_pos, k_pos, self.max_distance) + self.max_distance
+        rel = relative_from_positions(q_pos, k_pos, self.max_distance)  # (1|B, Q, K), a new tensor
+        return rel.add_(self.max_distance)  # in place: integer positions, nothing for autograd to record
 
     def _one_query_index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """:meth:`index` for ``q_pos: (1|B, 1)`` without the query dimension: ``(1|B, K)``."""
@@ -87,7 +88,7 @@ class ShawRelative(PositionEncoding):
         """Shaw's key term ``q_i . a^K_ij / sqrt(D)`` (eq. 4): ``q (B, H, Q, D)``, ``q_pos (1|B, Q)``,
         ``k_pos (1|B, K)`` -> ``(B, H, Q, K)`` in ``q``'s dtype."""
         self._check_head_dim(q.shape[-1])
-        return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos)) * self.head_dim**-0.5
+        return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos), self.head_dim**-0.5)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
