@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -68,3 +69,45 @@ def test_meta_device() -> None:
     with torch.device("meta"):
         enc = posenc.ALiBi(4)
         assert enc.bias(3, 3).device.type == "meta"
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("max_bias", [2, 4, 8, 12.5])
+def test_max_bias_slopes_equal_mpts(heads: int, max_bias: float) -> None:
+    """``max_bias`` is MPT's ``alibi_bias_max`` (its slopes equal ours for power-of-two head counts; for others MPT
+    departs from the paper's rule, which is kept)."""
+    mpt = pytest.importorskip("transformers.models.mpt.modeling_mpt")
+    ref = -mpt.build_mpt_alibi_tensor(heads, 2, alibi_bias_max=max_bias)[
+        :, 0, 0
+    ]  # (H, 1, 2): slope * (-1, 0)
+    torch.testing.assert_close(alibi_slopes(heads, max_bias), ref)
+    expected = torch.tensor([2.0 ** (-max_bias * (i + 1) / heads) for i in range(heads)])
+    torch.testing.assert_close(alibi_slopes(heads, max_bias), expected)
+
+
+def test_max_bias_reaches_the_module_and_its_bias() -> None:
+    assert torch.equal(posenc.ALiBi(12).slopes, alibi_slopes(12))  # the default is the paper's
+    assert torch.equal(posenc.ALiBi(12, max_bias=8).slopes, alibi_slopes(12))
+    enc = posenc.build("alibi", dim=64, heads=4, max_bias=4)
+    assert isinstance(enc, posenc.ALiBi) and "max_bias=4" in repr(enc)
+    torch.testing.assert_close(enc.slopes, torch.tensor([0.5, 0.25, 0.125, 0.0625]))
+    i, j = torch.arange(3)[:, None], torch.arange(3)[None, :]
+    torch.testing.assert_close(enc.bias(3, 3), -enc.slopes[:, None, None] * (i - j).abs().float())
+    assert "max_bias" not in repr(posenc.ALiBi(4)) and not enc.state_dict()  # recomputed, never stored
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (0, ValueError, "ALiBi: max_bias must be > 0, got 0"),
+        (-1.5, ValueError, "ALiBi: max_bias must be > 0, got -1.5"),
+        (float("nan"), ValueError, "ALiBi: max_bias must be a finite number, got nan"),
+        (True, TypeError, "ALiBi: max_bias must be a number, got True"),
+        ("4", TypeError, "ALiBi: max_bias must be a number, got '4'"),
+    ],
+)
+def test_bad_max_bias_is_refused(bad: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=re.escape(match)):
+        posenc.ALiBi(4, max_bias=bad)  # type: ignore[arg-type]
+    with pytest.raises(error, match=re.escape(match.replace("ALiBi", "alibi_slopes"))):
+        alibi_slopes(4, bad)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..functional.bias import alibi_bias, alibi_slopes
+from ..validation import check_float
 from .base import BiasEncoding
 
 
@@ -20,6 +21,10 @@ class ALiBi(BiasEncoding):
 
     Args:
         heads: number of heads ``H``.
+        max_bias: the exponent behind the slopes, 8 in the paper (MPT's ``alibi_bias_max``): with ``H`` a
+            power of two they are ``2^(-max_bias * h / H)`` for ``h = 1 .. H``. Smaller is steeper: at 4 heads the
+            paper's slopes start at 1/4, ``max_bias=4``'s at 1/2 (see the README's compare section for what that
+            does to a small byte-level model).
 
     Shapes: ``bias(q_len, k_len) -> (H, q_len, k_len)``.
     """
@@ -28,13 +33,14 @@ class ALiBi(BiasEncoding):
 
     slopes: Tensor
 
-    def __init__(self, heads: int) -> None:
+    def __init__(self, heads: int, max_bias: float = 8.0) -> None:
         super().__init__(heads)
+        self.max_bias = check_float("max_bias", max_bias, above=0, owner="ALiBi")
         self.register_derived()
 
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:
         """``slopes (H,)`` float32, recomputed (never cast) when the module moves."""
-        return {"slopes": alibi_slopes(self.heads).to(device)}
+        return {"slopes": alibi_slopes(self.heads, self.max_bias).to(device)}
 
     def tables(self) -> tuple[Tensor, ...]:
         return (self.slopes,)
@@ -45,3 +51,6 @@ class ALiBi(BiasEncoding):
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """ALiBi depends on the distance only (its training paths stay per pair: no parameters, no atomics)."""
         return self.every_distance(slots, device)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.max_bias == 8.0 else f", max_bias={self.max_bias:g}")

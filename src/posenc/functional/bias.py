@@ -17,28 +17,33 @@ import math
 import torch
 from torch import Tensor
 
+from ..validation import check_float
 
-def alibi_slopes(heads: int) -> Tensor:
+
+def alibi_slopes(heads: int, max_bias: float = 8.0) -> Tensor:
     """The paper's head slopes, ``(heads,)`` float32.
 
-    For ``heads`` a power of two: the geometric sequence ``2^(-8/h), 2^(-16/h), ..., 2^-8``. Otherwise (the
-    paper's reference code): the slopes of the closest smaller power of two ``p``, followed by every other
-    slope of ``2p`` heads (``2^(-4/p), 2^(-12/p), ...``) until there are ``heads`` slopes.
+    For ``heads`` a power of two: the geometric sequence ``2^(-b/h), 2^(-2b/h), ..., 2^-b`` with ``b = max_bias``
+    (8 in the paper). Otherwise (the paper's reference code): the slopes of the closest smaller power of two
+    ``p``, followed by every other slope of ``2p`` heads (``2^(-b/2p), 2^(-3b/2p), ...``) until there are
+    ``heads`` slopes. ``max_bias`` is MPT's ``alibi_bias_max``: a smaller one makes every slope steeper (with
+    4 heads the paper's steepest is 1/4; ``max_bias=4`` gives 1/2, 1/4, 1/8, 1/16).
     """
-    if not isinstance(heads, int) or heads <= 0:
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
         raise ValueError(f"heads must be a positive integer, got {heads!r}")
-    return torch.tensor(_slopes(heads), dtype=torch.float32)
+    max_bias = check_float("max_bias", max_bias, above=0, owner="alibi_slopes")
+    return torch.tensor(_slopes(heads, max_bias), dtype=torch.float32)
 
 
-def _slopes(n: int) -> list[float]:
+def _slopes(n: int, max_bias: float) -> list[float]:
     def power_of_two(m: int) -> list[float]:
-        start = 2.0 ** (-8.0 / m)
+        start = 2.0 ** (-max_bias / m)
         return [start ** (i + 1) for i in range(m)]
 
     closest = 2 ** math.floor(math.log2(n))
     if closest == n:
         return power_of_two(n)
-    return power_of_two(closest) + _slopes(2 * closest)[0::2][: n - closest]
+    return power_of_two(closest) + _slopes(2 * closest, max_bias)[0::2][: n - closest]
 
 
 def distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
