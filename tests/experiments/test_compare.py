@@ -221,6 +221,24 @@ def test_report_reasons_from_the_numbers() -> None:
     assert "Best at the training length L=8: **learned** (4.90)" in report
 
 
+@pytest.mark.parametrize(
+    ("heads", "note"), [(1, "0.00391 with 1 head,"), (4, "0.25 with 4 heads,"), (8, None)]
+)
+def test_report_explains_alibi_slopes_with_few_heads(heads: int, note: str | None) -> None:
+    """With fewer than 8 heads the notes say that ALiBi's steepest slope is shallow and point at ``max_bias``."""
+    res = _synthetic()
+    res["config"]["train"]["heads"] = heads
+    text = write_report(res)
+    if note is None:
+        assert "max_bias" not in text
+    else:
+        assert f"steepest is 2^(-8/H) for H a power of two: {note}" in text
+        assert "`ALiBi(heads, max_bias=4)`" in text
+    del res["perplexity"]["alibi"]
+    res["encodings"].remove("alibi")
+    assert "max_bias" not in write_report(res)
+
+
 def test_scored_text_is_spread_over_the_held_out_bytes(
     tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
