@@ -210,7 +210,7 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
     ("argv", "message"),
     [
         (["--tasks", "sort"], "unknown task 'sort'"),
-        (["--encodings", "nope"], "unknown encoding(s) nope"),
+        (["--encodings", "nope"], "unknown encoding 'nope'"),
         (["--seeds", "0,x"], "--seeds takes a count (3) or a comma list (0,1,2), got '0,x'"),
         (["--seeds", "1,1"], "--seeds list must hold distinct non-negative integers, got '1,1'"),
         (["--seeds", "0"], "--seeds N needs a count N >= 1"),

@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--data", type=str, default=None, help="a text file or folder (default: the Python stdlib)"
     )
     p.add_argument(
-        "--encodings", type=str, default=None, help="comma-separated names (default: all registered)"
+        "--encodings",
+        type=str,
+        default=None,
+        help="comma-separated names (default: all registered), each with options if wanted: "
+        "alibi:max_bias=4, shaw:max_distance=32:per_head=true (a variant trains beside the plain one)",
     )
     p.add_argument(
         "--preset",
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import available
     from ..experiments.checkpoints import check_out_dir, run_lock
-    from ..experiments.compare import run_compare
+    from ..experiments.compare import check_buildable, check_encodings, run_compare
     from ..experiments.dist import check_batch_split, resolve_device
     from ..experiments.pool import check_workers
     from ..validation import check_int
@@ -212,7 +216,11 @@ def run(args: argparse.Namespace) -> int:
     )
     names = None
     if args.encodings is not None:
-        names = comma_list(args.encodings, "--encodings", f"names from {', '.join(available())}")
+        names = comma_list(
+            args.encodings, "--encodings", f"names from {', '.join(available())}, or name:key=value"
+        )
+        names = check_encodings(names)  # before the folder is touched, as are options it cannot build with
+        check_buildable(names, cfg)
     check_out_dir(args.out)
     device = resolve_device(args.device)  # a bad --device is refused before the folder is touched
     if jobs is not None:  # so is a bad --jobs

@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--tasks", type=str, default=None, help="comma-separated tasks (default: all)")
     p.add_argument(
-        "--encodings", type=str, default=None, help="comma-separated names (default: all registered)"
+        "--encodings",
+        type=str,
+        default=None,
+        help="comma-separated names (default: all registered), each with options if wanted: "
+        "alibi:max_bias=4, shaw:max_distance=32:per_head=true (a variant trains beside the plain one)",
     )
     p.add_argument("--train-len", type=int, default=None, help="training length L in bytes (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model")

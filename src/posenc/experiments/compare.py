@@ -44,6 +44,7 @@ from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
 from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
+from .specs import SEP, check_specs
 from .train import resolve_precision
 
 __all__ = ["CompareConfig", "config_differences", "eval_token_count", "run_compare"]
@@ -57,20 +58,15 @@ def default_encodings() -> list[str]:
 
 
 def check_encodings(names: list[str]) -> list[str]:
-    """Validate a user's list: known, no repeats, not empty."""
-    if not names:
-        raise ValueError(f"no encodings given; choose from {', '.join(available())}")
-    unknown = [n for n in names if n not in available()]
-    if unknown:
-        raise ValueError(f"unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(available())}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"encodings listed twice: {names}")
-    return list(names)
+    """Validate a user's list of encodings, each a name or a spec with options (``alibi:max_bias=4``,
+    :mod:`posenc.experiments.specs`): known, not empty, none twice; returned canonical."""
+    return check_specs(names)
 
 
 def check_buildable(names: list[str], cfg: CompareConfig) -> None:
     """Build each encoding's model once (one layer, on the CPU), so one that cannot take these sizes (rope with an
-    odd head size) is refused before any model trains, not after the others have."""
+    odd head size) or options (``alibi:max_bias=-1``) is refused before any model trains, not after the others
+    have."""
     from dataclasses import replace
 
     from .train import build_model
@@ -81,6 +77,8 @@ def check_buildable(names: list[str], cfg: CompareConfig) -> None:
             build_model(name, small)
         except (ValueError, TypeError) as err:
             t = cfg.train
+            if SEP in name:
+                raise ValueError(f"--encodings {name}: {err}") from None
             raise ValueError(
                 f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
                 f"{err}; choose other --dim / --heads, or leave {name} out of --encodings"

@@ -33,6 +33,7 @@ from .evaluate import (
     window_nll,
 )
 from .presets import CompareConfig
+from .specs import file_stem
 from .train import Probe, build_model, train_model
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class RunContext:
         return spread_blocks(self.corpus.val, longest, self.n_tokens // longest)
 
     def checkpoint(self, name: str, seed: int) -> Path:
-        return self.out / "checkpoints" / name / f"seed{seed}.pt"
+        return self.out / "checkpoints" / file_stem(name) / f"seed{seed}.pt"
 
     def pair_fingerprint(self, seed: int) -> dict[str, Any]:
         """The run's fingerprint with this seed: what one checkpoint must match (and rebuilds its model)."""

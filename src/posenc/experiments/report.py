@@ -271,8 +271,8 @@ def _alibi_note(heads: int) -> str:
         f"{heads} head{'s' if heads > 1 else ''}, against 0.5 in the paper's 8-head example. With few heads the "
         "slopes, not the budget, hold ALiBi back at L: in the default model (4 heads) `ALiBi(heads, max_bias=4)`, "
         "slopes 1/2 to 1/16, brought rope, alibi, xpos, kerple and shaw within 1.03-1.06x of each other at L in "
-        "three seeds (1.12-1.14x with the paper's slopes), and still held up (README; "
-        "`benchmarks/alibi_max_bias.py`)."
+        "three seeds (1.12-1.14x with the paper's slopes), and still held up (README). To see it here, add "
+        "`--encodings alibi:max_bias=4` to this run's command (same --out): only the variant trains."
     )
 
 
@@ -298,8 +298,17 @@ def write_report(results: dict[str, Any], figures: dict[str, str] | None = None)
         )
     if results["perplexity"].keys() - set(names):
         notes.append(
-            "`rope+<method>` rows are the trained `rope` model evaluated with inference-time context extension, "
+            "`rope+<method>` rows are the trained `rope` model (or RoPE variant) evaluated with inference-time "
+            "context extension, "
             "factor = evaluation length / L (dynamic NTK: its fixed factor 2, it adapts to the length itself)."
+        )
+    variants = [n for n in names if ":" in n]
+    if variants:
+        notes.append(
+            f"`{variants[0]}`"
+            + (" and the other rows with options are" if len(variants) > 1 else " is")
+            + " the encoding before the colon built with the options after it (`posenc.build(name, ..., "
+            "key=value)`, over its training options), trained and scored exactly as the others."
         )
     heads = results["config"]["train"].get("heads")
     if "alibi" in results["perplexity"] and isinstance(heads, int) and heads < 8:

@@ -17,7 +17,7 @@ import math
 import statistics
 from typing import Any
 
-from .. import available
+from .specs import spec_order
 
 #: Version of the ``results.json`` layout written by :func:`aggregate` (1: one seed, no ``runs``).
 RESULTS_FORMAT = 2
@@ -66,9 +66,9 @@ def merge_runs(old: Runs, new: Runs) -> Runs:
 
 
 def ordered_encodings(runs: Runs) -> list[str]:
-    """The encodings of ``runs`` in :func:`posenc.available` order (unknown names last, sorted)."""
-    known = [n for n in available() if n in runs]
-    return known + sorted(set(runs) - set(known))
+    """The encodings of ``runs`` in :func:`posenc.available` order, each before its variants
+    (:func:`posenc.experiments.specs.spec_order`; unknown names last, sorted)."""
+    return spec_order(set(runs))
 
 
 def seed_values(runs: Runs, encoding: str, row: str, length: int) -> list[float | None]:

@@ -27,6 +27,7 @@ from ..models import TransformerLM
 from ..registry import encoding_class
 from ..validation import check_bool, check_float, check_int, check_seed
 from .dist import SINGLE, World
+from .specs import parse_spec
 
 log = logging.getLogger(__name__)
 #: Seeds are below this (batch ``t`` seeds a generator with ``seed * 1_000_003 + t``, which must fit 64 bits).
@@ -177,21 +178,26 @@ def probe_steps(steps: int, points: int) -> list[int]:
 
 
 def encoding_options(encoding: str, cfg: TrainConfig) -> dict[str, Any]:
-    """Build options of ``encoding`` for training at ``cfg.train_len`` (its class's ``training_options``: e.g. a
-    learned table gets exactly ``train_len`` rows, as the paper's learned baselines, so longer lengths are n/a)."""
-    return encoding_class(encoding).training_options(cfg.train_len)
+    """Build options of ``encoding`` (a name or a spec such as ``alibi:max_bias=4``,
+    :mod:`posenc.experiments.specs`) for training at ``cfg.train_len``: its class's ``training_options`` (e.g. a
+    learned table gets exactly ``train_len`` rows, as the paper's learned baselines, so longer lengths are n/a),
+    then the spec's own options over them."""
+    spec = parse_spec(encoding)
+    return {**encoding_class(spec.name).training_options(cfg.train_len), **spec.build_options()}
 
 
 def build_model(encoding: str, cfg: TrainConfig) -> TransformerLM:
-    """A fresh :class:`TransformerLM` for ``encoding``, initialised from ``cfg.seed`` (global RNG untouched)."""
+    """A fresh :class:`TransformerLM` for ``encoding`` (a name or a spec with options), initialised from
+    ``cfg.seed`` (global RNG untouched)."""
+    options = encoding_options(encoding, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return TransformerLM(
-            encoding,
+            parse_spec(encoding).name,
             dim=cfg.dim,
             depth=cfg.depth,
             heads=cfg.heads,
-            position_options=encoding_options(encoding, cfg),
+            position_options=options,
             embed_scale=cfg.dim**0.5 if cfg.scale_embeddings else 1.0,
         )
 

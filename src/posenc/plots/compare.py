@@ -21,12 +21,13 @@ def extension_dashes() -> Iterator[Any]:
 
 def row_style(name: str, dashes: Iterator[Any]) -> dict[str, Any]:
     """``ax.plot`` style of a row: solid with dots in the encoding's colour (:func:`encoding_color`), dashed with
-    crosses in that colour for ``<encoding>+<extension>``."""
+    crosses in that colour for ``<encoding>+<extension>``; a variant (``alibi:max_bias=4``) in a lighter shade of it,
+    with squares."""
     base = name.split("+", 1)[0]
     extension = name != base
     return {
         "linestyle": next(dashes) if extension else "-",
-        "marker": "x" if extension else "o",
+        "marker": "x" if extension else ("s" if ":" in base else "o"),
         "markersize": 4 if extension else 3,
         "color": encoding_color(base),
         "linewidth": 1.2 if extension else 1.8,

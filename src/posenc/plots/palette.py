@@ -2,10 +2,13 @@
 
 Colours are keyed by name through the registries (``posenc.available()``, ``posenc.rotary.available_scalings()``),
 so a name keeps its colour in every picture drawn by the same posenc; a row such as ``rope+yarn`` takes the colour
-of its base encoding.
+of its base encoding, a variant such as ``alibi:max_bias=4`` (:mod:`posenc.experiments.specs`) a lighter shade of
+it, chosen by its options.
 """
 
 from __future__ import annotations
+
+import zlib
 
 from ..registry import available
 from ..rotary.scaling import available_scalings
@@ -27,15 +30,17 @@ NEUTRAL = "#000000"
 
 
 def encoding_color(name: str) -> str:
-    """The colour of encoding ``name`` (hex); ``"rope+yarn"`` gets the colour of ``"rope"``.
+    """The colour of encoding ``name`` (hex); ``"rope+yarn"`` gets the colour of ``"rope"``, a variant
+    ``"alibi:max_bias=4"`` one of three lighter shades of ALiBi's (the same for the same options, every time).
 
     Names that are not registered get :data:`NEUTRAL`.
     """
-    base = name.split("+", 1)[0]
+    base, _, options = name.split("+", 1)[0].partition(":")
     names = available()
     if base not in names:
         return NEUTRAL
-    return _ENCODING_COLORS[names.index(base) % len(_ENCODING_COLORS)]
+    color = _ENCODING_COLORS[names.index(base) % len(_ENCODING_COLORS)]
+    return shade(color, 0.3 + 0.15 * (zlib.crc32(options.encode()) % 3)) if options else color
 
 
 def scaling_color(rope_type: str) -> str:

@@ -19,8 +19,8 @@ from ..experiments.checkpoints import (
     read_json_object,
 )
 from ..experiments.data import load_corpus
+from ..experiments.specs import spec_of_stem, spec_order
 from ..models import TransformerLM
-from ..registry import available
 
 
 @dataclass
@@ -83,16 +83,17 @@ class TrainedRun:
 
 
 def first_seed_checkpoints(folder: Path) -> dict[str, Path]:
-    """Encoding name -> the checkpoint of its lowest seed (``<encoding>/seed<k>.pt``; a folder from before seeds,
-    ``<encoding>.pt``, is read too)."""
+    """Encoding (or spec, ``alibi:max_bias=4``) -> the checkpoint of its lowest seed (``<encoding>/seed<k>.pt``, the
+    folder named by :func:`posenc.experiments.specs.file_stem`; a folder from before seeds, ``<encoding>.pt``, is
+    read too)."""
     found: dict[str, tuple[int, Path]] = {}
     for path in folder.glob("*/seed*.pt"):
-        seed = path.stem.removeprefix("seed")
-        if seed.isdigit() and (path.parent.name not in found or int(seed) < found[path.parent.name][0]):
-            found[path.parent.name] = (int(seed), path)
+        seed, name = path.stem.removeprefix("seed"), spec_of_stem(path.parent.name)
+        if seed.isdigit() and (name not in found or int(seed) < found[name][0]):
+            found[name] = (int(seed), path)
     out = {name: path for name, (_, path) in found.items()}
     for path in folder.glob("*.pt"):
-        out.setdefault(path.stem, path)
+        out.setdefault(spec_of_stem(path.stem), path)
     return dict(sorted(out.items()))
 
 
@@ -134,7 +135,7 @@ def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
         raise FileNotFoundError(
             f"--run {folder}: no checkpoints/<encoding>/seed<k>.pt; has the compare run trained anything?"
         )
-    order = [n for n in available() if n in paths] + sorted(set(paths) - set(available()))
+    order = spec_order(set(paths))
     models = {}
     for name in order:
         model, ckpt = load_model(paths[name], device)

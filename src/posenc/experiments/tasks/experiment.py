@@ -18,6 +18,7 @@ from ..compare import check_encodings
 from ..dist import check_batch_split, rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
 from ..pool import map_jobs, resolve_workers, threads_per_model
+from ..specs import file_stem
 from ..train import MAX_SEED
 from .generators import available_tasks, get_task
 from .results import TaskRuns, aggregate, merge_task_runs, old_runs, record
@@ -160,7 +161,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
         save_figure(accuracy_figure(results), out / "accuracy.png")
         figures.append("accuracy.png")
         for row in results["passkey_depth"]:
-            name = f"passkey_{row.replace('+', '_')}.png"
+            name = f"passkey_{file_stem(row).replace('+', '_')}.png"
             save_figure(passkey_figure(results, row), out / name)
             figures.append(name)
     except ImportError as err:  # matplotlib is the optional "plots" extra

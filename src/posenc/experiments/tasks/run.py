@@ -35,6 +35,7 @@ from ..checkpoints import (
 )
 from ..dist import SINGLE, World
 from ..evaluate import eval_lengths, rope_extensions, rope_scaled, supports_rope_extension
+from ..specs import file_stem
 from ..train import BatchFn, LossFn, TrainConfig, build_model, train_model
 from .generators import Task
 
@@ -184,7 +185,7 @@ class TaskContext:
     _tests: dict[tuple[str, int, float | None], Tensor] = field(default_factory=dict)
 
     def checkpoint(self, task: str, encoding: str, seed: int) -> Path:
-        return self.out / "checkpoints" / task / f"{encoding}-s{seed}.pt"
+        return self.out / "checkpoints" / task / f"{file_stem(encoding)}-s{seed}.pt"
 
     def groups(self, task: Task) -> list[float | None]:
         """The depth groups evaluated: passkey's depths, one group (None) for the other tasks."""

@@ -1,0 +1,175 @@
+"""Encoding specs: a registered name with build options, as ``posenc compare`` and ``posenc tasks`` take them.
+
+``alibi`` is the encoding as :func:`posenc.build` makes it; ``alibi:max_bias=4`` passes ``max_bias=4`` too, and
+``shaw:max_distance=32:per_head=true`` two options. So variants of one encoding train side by side in one run,
+under one configuration, and their rows sit beside the plain one's (the example: ALiBi's slopes at four heads,
+README "compare").
+
+Grammar: ``name(:key=value)*``, ``key`` a Python identifier the encoding's constructor takes (not a model size:
+``dim``, ``heads`` and ``head_dim`` come from the model), ``value`` one of ``true``/``false``, ``none``, an
+integer, a float (``4.0``, ``1e-3``) or a word of letters, digits and ``._-``. The canonical text
+(:attr:`EncodingSpec.text`) lists the options sorted by key, values as parsed (``max_bias=04`` is
+``max_bias=4``; ``4`` and ``4.0`` stay distinct, an int and a float); it names the records, the rows, the
+checkpoints (``:`` written ``@`` in file names, :attr:`EncodingSpec.stem`) and rebuilds the model
+(:func:`posenc.experiments.build_model`). A spec's options override the encoding's own
+``training_options`` (e.g. ``learned:max_len=256``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..registry import ENCODINGS, available, check_options, encoding_class
+
+#: Separates the name and the options in a spec; ``@`` stands for it in file names (:attr:`EncodingSpec.stem`).
+SEP, FILE_SEP = ":", "@"
+#: Sizes the model gives every encoding: not options of a spec.
+SIZES = ("dim", "heads", "head_dim")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_WORD = re.compile(r"[A-Za-z0-9._-]+\Z")
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+
+Value = bool | int | float | str | None
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    """A registered encoding ``name`` and its ``options`` (sorted by key)."""
+
+    name: str
+    options: tuple[tuple[str, Value], ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The canonical spec, e.g. ``alibi:max_bias=4`` (just the name without options)."""
+        return SEP.join([self.name, *(f"{k}={_shown(v)}" for k, v in self.options)])
+
+    @property
+    def stem(self) -> str:
+        """:attr:`text` as a file or folder name: ``alibi@max_bias=4``."""
+        return file_stem(self.text)
+
+    def build_options(self) -> dict[str, Value]:
+        """The options as keyword arguments for :func:`posenc.build`."""
+        return dict(self.options)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
+    """Parse ``name(:key=value)*`` (see the module docstring), refusing what it cannot build.
+
+    Raises:
+        ValueError: not a string, an unknown name, a malformed or repeated option, a size given as an option,
+            a value outside the grammar.
+        TypeError: an option the encoding does not take (the options it takes are listed).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string such as 'alibi' or 'alibi:max_bias=4', got {text!r}")
+    name, *parts = text.strip().split(SEP)
+    name = name.strip()
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown {what} {name!r} (in {text!r}); choose from {', '.join(available())}")
+    options: dict[str, Value] = {}
+    for part in parts:
+        key, eq, raw = (s.strip() for s in part.partition("="))
+        if not eq or not _KEY.match(key) or not raw:
+            raise ValueError(
+                f"{what} {text!r}: {part!r} is not an option; write {name}:key=value, e.g. alibi:max_bias=4"
+            )
+        if key in SIZES:
+            raise ValueError(
+                f"{what} {text!r}: {key} is a model size, set by the model (--dim, --heads), not an option"
+            )
+        if key in options:
+            raise ValueError(f"{what} {text!r}: option {key} given twice")
+        options[key] = parse_value(raw, f"{what} {text!r}: {key}")
+    check_options(name, encoding_class(name), options)
+    return EncodingSpec(name, tuple(sorted(options.items())))
+
+
+def parse_value(raw: str, what: str) -> Value:
+    """``true``/``false`` -> bool, ``none`` -> None, an integer -> int, a float -> float, a word -> str."""
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    if _INT.match(raw):
+        return int(raw)
+    if _FLOAT.match(raw):
+        return float(raw)
+    if _WORD.match(raw) and low not in ("nan", "inf", "-inf", "+inf", "infinity"):
+        return raw
+    raise ValueError(
+        f"{what}={raw!r}: a value must be true, false, none, a number or a word of letters, digits and ._-"
+    )
+
+
+def _shown(value: Value) -> str:
+    """A value in the canonical text: parsing it gives it back."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value).replace("e+", "e")  # (no "+": it separates a row's RoPE extension, rope+yarn)
+    return str(value)
+
+
+def canonical(text: str, what: str = "encoding") -> str:
+    """:attr:`EncodingSpec.text` of ``text``."""
+    return parse_spec(text, what).text
+
+
+def file_stem(text: str) -> str:
+    """A spec (or a table row of one) as a file or folder name: ``alibi:max_bias=4`` -> ``alibi@max_bias=4``."""
+    return text.replace(SEP, FILE_SEP)
+
+
+def spec_of_stem(stem: str) -> str:
+    """The spec text a file name (:attr:`EncodingSpec.stem`) stands for."""
+    return stem.replace(FILE_SEP, SEP)
+
+
+def check_specs(specs: list[str], what: str = "encodings") -> list[str]:
+    """A user's list of specs, canonical: each parsed, not empty, none twice (``alibi:max_bias=4`` and
+    ``alibi:max_bias=04`` are one)."""
+    if not specs:
+        raise ValueError(f"no {what} given; choose from {', '.join(available())}")
+    out = [canonical(s, what.rstrip("s")) for s in specs]
+    twice = sorted({s for s in out if out.count(s) > 1})
+    if twice:
+        raise ValueError(f"{what} listed twice: {', '.join(twice)}")
+    return out
+
+
+def spec_order(names: list[str] | set[str]) -> list[str]:
+    """``names`` (spec texts) in :func:`posenc.available` order of their encodings, each plain encoding before its
+    variants (sorted); names that are not specs of a registered encoding last, sorted."""
+    rank = {n: i for i, n in enumerate(available())}
+
+    def key(text: str) -> tuple[int, int, str]:
+        base, _, rest = text.partition(SEP)
+        return (rank.get(base, len(rank)), bool(rest), text)
+
+    return sorted(names, key=key)
+
+
+def base_name(text: str) -> str:
+    """The encoding of a spec or of a table row: ``alibi:max_bias=4`` and ``rope:base=500+yarn`` -> their name."""
+    return text.split("+", 1)[0].split(SEP, 1)[0]
+
+
+__all__ = [
+    "EncodingSpec",
+    "base_name",
+    "canonical",
+    "file_stem",
+    "check_specs",
+    "parse_spec",
+    "parse_value",
+    "spec_of_stem",
+    "spec_order",
+]

@@ -1,0 +1,215 @@
+"""Encoding specs (``alibi:max_bias=4``): parsing, the canonical text, file names, order, models, and a compare
+run with a variant beside the plain encoding (checkpoints, results, report, plot, generate)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from posenc import ALiBi
+from posenc.bias.alibi import alibi_slopes
+from posenc.cli import main
+from posenc.experiments.compare import CompareConfig, run_compare
+from posenc.experiments.specs import (
+    EncodingSpec,
+    base_name,
+    check_specs,
+    file_stem,
+    parse_spec,
+    parse_value,
+    spec_of_stem,
+    spec_order,
+)
+from posenc.experiments.specs import _shown as shown
+from posenc.experiments.tasks.run import TaskContext, TasksConfig
+from posenc.experiments.train import TrainConfig, build_model
+from posenc.plots.palette import encoding_color
+
+SMALL = TrainConfig(dim=32, depth=2, heads=4, train_len=16)
+
+
+def test_a_plain_name_is_a_spec_without_options() -> None:
+    assert parse_spec("alibi") == EncodingSpec("alibi") and parse_spec(" alibi ").text == "alibi"
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("alibi:max_bias=4", "alibi:max_bias=4"),
+        ("alibi:max_bias=04", "alibi:max_bias=4"),
+        ("alibi:max_bias=4.0", "alibi:max_bias=4.0"),
+        ("alibi:max_bias=+4", "alibi:max_bias=4"),
+        ("alibi : max_bias = 1e+1", "alibi:max_bias=10.0"),
+        ("shaw:values=False:max_distance=8", "shaw:max_distance=8:values=false"),
+        ("shaw:heads=none", None),
+        ("rope:base=5e5:interleaved=TRUE", "rope:base=500000.0:interleaved=true"),
+    ],
+)
+def test_the_canonical_text_sorts_options_and_writes_values_as_parsed(
+    text: str, canonical: str | None
+) -> None:
+    if canonical is None:  # heads is a size: the model gives it
+        with pytest.raises(ValueError, match="heads is a model size"):
+            parse_spec(text)
+        return
+    spec = parse_spec(text)
+    assert spec.text == canonical and parse_spec(spec.text) == spec
+    assert "+" not in spec.text  # "+" separates a row's RoPE extension
+
+
+def test_values_parse_to_their_python_types() -> None:
+    assert parse_value("true", "x") is True and parse_value("FALSE", "x") is False
+    assert parse_value("none", "x") is None and parse_value("-3", "x") == -3
+    assert (
+        parse_value("2.5", "x") == 2.5 and parse_value(".5", "x") == 0.5 and parse_value("1e-3", "x") == 1e-3
+    )
+    assert parse_value("yarn", "x") == "yarn" and parse_value("a.b-c_d", "x") == "a.b-c_d"
+
+
+@given(
+    st.one_of(
+        st.booleans(),
+        st.none(),
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.from_regex(r"[A-Za-z][A-Za-z0-9._-]{0,8}", fullmatch=True).filter(
+            lambda s: s.lower() not in ("true", "false", "none", "nan", "inf", "infinity")
+        ),
+    )
+)
+def test_every_value_survives_its_canonical_text(value: object) -> None:
+    text = shown(value)  # type: ignore[arg-type]
+    back = parse_value(text, "x")
+    assert type(back) is type(value) and (
+        back == value or (isinstance(value, float) and math.isclose(back, value))
+    )
+    assert "+" not in text and ":" not in text and "@" not in text and "/" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ("nope", ValueError, "unknown encoding 'nope'.*choose from"),
+        ("nope:x=1", ValueError, "unknown encoding 'nope'"),
+        ("alibi:max_bias", ValueError, "'max_bias' is not an option; write alibi:key=value"),
+        ("alibi:=4", ValueError, "is not an option"),
+        ("alibi:max_bias=", ValueError, "is not an option"),
+        ("alibi:", ValueError, "is not an option"),
+        ("alibi:max_bias=4:max_bias=5", ValueError, "option max_bias given twice"),
+        ("alibi:dim=64", ValueError, "dim is a model size"),
+        ("alibi:slope=1", TypeError, "unknown option.*'slope'.*it takes max_bias"),
+        ("alibi:max_bias=a/b", ValueError, "a value must be true, false, none, a number or a word"),
+        ("alibi:max_bias=nan", ValueError, "a value must be"),
+        ("alibi:max_bias=inf", ValueError, "a value must be"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_what_is_wrong(text: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        parse_spec(text)
+
+
+def test_a_list_is_refused_empty_or_with_one_spec_twice() -> None:
+    assert check_specs(["alibi", "alibi:max_bias=4"]) == ["alibi", "alibi:max_bias=4"]
+    with pytest.raises(ValueError, match="listed twice: alibi:max_bias=4"):
+        check_specs(["alibi:max_bias=4", "alibi:max_bias=04"])
+    with pytest.raises(ValueError, match="no encodings given"):
+        check_specs([])
+
+
+def test_file_names_stand_for_their_spec() -> None:
+    for text in ("alibi", "alibi:max_bias=4", "rope:base=500.0+yarn"):
+        stem = file_stem(text)
+        assert ":" not in stem and "/" not in stem and spec_of_stem(stem) == text
+    assert parse_spec("shaw:max_distance=2").stem == "shaw@max_distance=2"
+
+
+def test_order_puts_each_encoding_before_its_variants() -> None:
+    names = {"alibi:max_bias=4", "alibi", "rope:base=500", "rope", "somebody_else", "alibi:max_bias=2"}
+    assert spec_order(names) == [
+        "rope",
+        "rope:base=500",
+        "alibi",
+        "alibi:max_bias=2",
+        "alibi:max_bias=4",
+        "somebody_else",
+    ]
+    assert base_name("rope:base=500+yarn") == "rope" == base_name("rope+yarn") == base_name("rope")
+
+
+def test_a_variant_is_drawn_in_a_lighter_shade_of_its_encoding() -> None:
+    plain, variant = encoding_color("alibi"), encoding_color("alibi:max_bias=4")
+    assert variant != plain and variant == encoding_color("alibi:max_bias=4")
+    assert encoding_color("rope+yarn") == encoding_color("rope")
+    assert encoding_color("rope:base=500+yarn") == encoding_color("rope:base=500") != encoding_color("rope")
+
+
+def test_a_variants_model_is_the_plain_model_built_with_the_options() -> None:
+    plain, variant = build_model("alibi", SMALL), build_model("alibi:max_bias=4", SMALL)
+    for a, b in zip(plain.state_dict().values(), variant.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the same seed, the same weights
+    enc = variant.layer_encodings()[0]
+    assert isinstance(enc, ALiBi) and torch.equal(enc.slopes, alibi_slopes(4, 4.0))
+    assert not torch.equal(plain.layer_encodings()[0].slopes, enc.slopes)
+
+
+def test_a_specs_options_override_the_training_options() -> None:
+    assert build_model("learned", SMALL).max_length == 16  # its training option: a table of train_len rows
+    assert build_model("learned:max_len=64", SMALL).max_length == 64
+
+
+def test_tasks_name_a_variants_checkpoint_by_its_file_stem(tmp_path: Path) -> None:
+    ctx = TaskContext(TasksConfig.quick(), tmp_path, torch.device("cpu"))
+    assert ctx.checkpoint("copy", "alibi:max_bias=4", 1).name == "alibi@max_bias=4-s1.pt"
+
+
+@pytest.fixture(scope="module")
+def variant_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("spec") / "run"
+    cfg = CompareConfig(**{**CompareConfig.quick(steps=4).__dict__, "data": str(tiny_corpus)})
+    return out, run_compare(cfg, encodings=["alibi:max_bias=04", "alibi"], out=out, progress=False)
+
+
+def test_a_compare_run_trains_a_variant_beside_the_plain_encoding(variant_run: tuple[Path, dict]) -> None:
+    out, results = variant_run
+    assert results["encodings"] == ["alibi", "alibi:max_bias=4"]
+    assert (out / "checkpoints" / "alibi@max_bias=4" / "seed0.pt").is_file()
+    assert results["perplexity"]["alibi"] != results["perplexity"]["alibi:max_bias=4"]
+    report = (out / "report.md").read_text()
+    assert "| alibi:max_bias=4 " in report and "`alibi:max_bias=4` is the encoding before the colon" in report
+
+
+def test_a_variants_checkpoint_generates_and_is_drawn(
+    variant_run: tuple[Path, dict], capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    from posenc.plots.run import load_run
+
+    out, _ = variant_run
+    ckpt = out / "checkpoints" / "alibi@max_bias=4" / "seed0.pt"
+    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "def", "--tokens", "3"]) == 0
+    assert len(capfdbinary.readouterr().out) == 4
+    run = load_run(out)
+    assert list(run.models) == ["alibi", "alibi:max_bias=4"]
+    assert torch.equal(run.models["alibi:max_bias=4"].layer_encodings()[0].slopes, alibi_slopes(2, 4.0))
+
+
+def test_a_bad_spec_on_the_command_line_is_one_line_and_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "never"
+    for bad, words in (("alibi:slope=1", "it takes max_bias"), ("alibi:max_bias=-1", "max_bias")):
+        assert main(["compare", "--quick", "--encodings", f"rope,{bad}", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("posenc compare: error:") and words in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_tasks_take_variants_canonical() -> None:
+    from posenc.experiments.tasks.experiment import check_request
+
+    _, names, _ = check_request(TasksConfig.quick(), ["copy"], ["none", "alibi:max_bias=04"], None)
+    assert names == ["none", "alibi:max_bias=4"]
