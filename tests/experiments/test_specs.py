@@ -201,7 +201,12 @@ def test_a_bad_spec_on_the_command_line_is_one_line_and_touches_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "never"
-    for bad, words in (("alibi:slope=1", "it takes max_bias"), ("alibi:max_bias=-1", "max_bias")):
+    bad_ones = (
+        ("alibi:slope=1", "it takes max_bias"),
+        ("alibi:max_bias=-1", "max_bias"),
+        ("learned:max_len=8", "exceeds the learned table (max_len=8)"),  # runs once at L: refused up front
+    )
+    for bad, words in bad_ones:
         assert main(["compare", "--quick", "--encodings", f"rope,{bad}", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("posenc compare: error:") and words in err and "\n" not in err
@@ -213,3 +218,22 @@ def test_tasks_take_variants_canonical() -> None:
 
     _, names, _ = check_request(TasksConfig.quick(), ["copy"], ["none", "alibi:max_bias=04"], None)
     assert names == ["none", "alibi:max_bias=4"]
+
+
+def test_a_row_measured_short_of_the_longest_length_says_how_far_its_verdict_goes(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from posenc.experiments.report import measured_reach, row_verdict
+
+    cfg = CompareConfig(**{**CompareConfig.quick(steps=2).__dict__, "data": str(tiny_corpus)})
+    results = run_compare(
+        cfg, encodings=["learned:max_len=32", "learned"], out=tmp_path / "r", progress=False
+    )
+    assert measured_reach(results, "learned:max_len=32") == 32 and measured_reach(results, "learned") == 16
+    assert (
+        row_verdict(results, "learned:max_len=32").endswith(" to 2L")
+        and row_verdict(results, "learned") == "n/a"
+    )
+    report = (tmp_path / "r" / "report.md").read_text()
+    held = report.split("Holding up to 16L", 1)[1].split("\n", 1)[0]
+    assert "learned:max_len=32" not in held  # it has no perplexity at 16L to hold up to

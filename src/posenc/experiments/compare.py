@@ -63,10 +63,10 @@ def check_encodings(names: list[str]) -> list[str]:
     return check_specs(names)
 
 
-def check_buildable(names: list[str], cfg: CompareConfig) -> None:
-    """Build each encoding's model once (one layer, on the CPU), so one that cannot take these sizes (rope with an
-    odd head size) or options (``alibi:max_bias=-1``) is refused before any model trains, not after the others
-    have."""
+def check_buildable(names: list[str], cfg: CompareConfig, device: torch.device | str = "cpu") -> None:
+    """Build each encoding's model once (one layer) and run it on one window of ``L`` bytes on ``device``, so one
+    that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``) or length
+    (``learned:max_len=64`` at L = 128) is refused before any model trains, not after the others have."""
     from dataclasses import replace
 
     from .train import build_model
@@ -74,7 +74,9 @@ def check_buildable(names: list[str], cfg: CompareConfig) -> None:
     small = replace(cfg.train, depth=1)
     for name in names:
         try:
-            build_model(name, small)
+            model = build_model(name, small).to(device)
+            with torch.no_grad():
+                model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
         except (ValueError, TypeError) as err:
             t = cfg.train
             if SEP in name:
@@ -155,10 +157,10 @@ def run_compare(
     cfg = CompareConfig() if cfg is None else cfg
     check_batch_split(cfg.train.batch_size)
     names = check_encodings(default_encodings() if encodings is None else encodings)
-    check_buildable(names, cfg)
     base_device = resolve_device(device)
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
+    check_buildable(names, cfg, dev)
     cfg = cfg.with_train(precision=resolve_precision(cfg.train.precision, dev))  # recorded as chosen
     keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
     workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)

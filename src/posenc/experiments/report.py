@@ -55,9 +55,26 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {name}{mark} | {n} | "
             + " | ".join(cells)
-            + f" | {pm(ratio_stat(results, name, 'longest'), 'x')} | {spread_verdict(ratio_stat(results, name))} |"
+            + f" | {pm(ratio_stat(results, name, 'longest'), 'x')} | {row_verdict(results, name)} |"
         )
     return "\n".join(lines)
+
+
+def row_verdict(results: dict[str, Any], name: str) -> str:
+    """The verdict of a row, with "to kL" when its last length measured is short of the longest (a learned table
+    of more than L rows, ``learned:max_len=...``): the verdict covers only the lengths it has."""
+    shown = spread_verdict(ratio_stat(results, name))
+    reach = measured_reach(results, name)
+    train_len, longest = results["train_len"], results["eval_lengths"][-1]
+    if shown == "n/a" or reach is None or reach >= longest:
+        return shown
+    return f"{shown} to {reach // train_len}L"
+
+
+def measured_reach(results: dict[str, Any], name: str) -> int | None:
+    """The longest evaluation length at which row ``name`` has a perplexity, or None."""
+    have = [lv for lv in results["eval_lengths"] if stat(results, name, lv)[0] is not None]
+    return max(have) if have else None
 
 
 def ranking(results: dict[str, Any], length: int, rows: list[str]) -> str:
@@ -282,7 +299,11 @@ def write_report(results: dict[str, Any], figures: dict[str, str] | None = None)
     train_len, lengths = results["train_len"], results["eval_lengths"]
     names = results["encodings"]
     mult = lengths[-1] // train_len
-    held = [n for n in results["perplexity"] if verdict(ratio_stat(results, n)[0]) == "holds up"]
+    held = [
+        n
+        for n in results["perplexity"]
+        if verdict(ratio_stat(results, n)[0]) == "holds up" and measured_reach(results, n) == lengths[-1]
+    ]
     summary = [
         f"Best at the training length L={train_len}: {ranking(results, train_len, names)}.",
         f"Best at {mult}L={lengths[-1]}: {ranking(results, lengths[-1], list(results['perplexity']))}.",
