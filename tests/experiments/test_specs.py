@@ -237,3 +237,23 @@ def test_a_row_measured_short_of_the_longest_length_says_how_far_its_verdict_goe
     report = (tmp_path / "r" / "report.md").read_text()
     held = report.split("Holding up to 16L", 1)[1].split("\n", 1)[0]
     assert "learned:max_len=32" not in held  # it has no perplexity at 16L to hold up to
+
+
+def test_tasks_refuse_an_encoding_that_cannot_run_at_l_before_touching_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "never"
+    argv = [
+        "tasks",
+        "--quick",
+        "--tasks",
+        "copy",
+        "--encodings",
+        "alibi,learned:max_len=4",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posenc tasks: error: --encodings learned:max_len=4:") and "\n" not in err
+    assert not out.exists()

@@ -111,11 +111,9 @@ def run(args: argparse.Namespace) -> int:
     tasks = _names(args.tasks, "tasks", available_tasks())
     encodings = _names(args.encodings, "encodings", available())
     seeds = _seeds(args.seeds)
-    check_request(
-        cfg, tasks, encodings, seeds
-    )  # bad names, seeds or lengths: refused before --out is touched
+    device = resolve_device(args.device)  # a bad --device, names, seeds, lengths or --jobs: refused before
+    check_request(cfg, tasks, encodings, seeds, device)  # --out is touched
     check_out_dir(args.out)
-    device = resolve_device(args.device)  # so are a bad --device and --jobs
     if args.jobs is not None:
         check_workers(args.jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     with run_lock(args.out) if rank0 else contextlib.nullcontext():  # one lock per run, taken by its rank 0

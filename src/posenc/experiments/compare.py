@@ -45,7 +45,7 @@ from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
 from .specs import SEP, check_specs
-from .train import resolve_precision
+from .train import TrainConfig, resolve_precision
 
 __all__ = ["CompareConfig", "config_differences", "eval_token_count", "run_compare"]
 
@@ -63,7 +63,7 @@ def check_encodings(names: list[str]) -> list[str]:
     return check_specs(names)
 
 
-def check_buildable(names: list[str], cfg: CompareConfig, device: torch.device | str = "cpu") -> None:
+def check_buildable(names: list[str], train: TrainConfig, device: torch.device | str = "cpu") -> None:
     """Build each encoding's model once (one layer) and run it on one window of ``L`` bytes on ``device``, so one
     that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``) or length
     (``learned:max_len=64`` at L = 128) is refused before any model trains, not after the others have."""
@@ -71,14 +71,14 @@ def check_buildable(names: list[str], cfg: CompareConfig, device: torch.device |
 
     from .train import build_model
 
-    small = replace(cfg.train, depth=1)
+    small = replace(train, depth=1)
     for name in names:
         try:
             model = build_model(name, small).to(device)
             with torch.no_grad():
                 model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
         except (ValueError, TypeError) as err:
-            t = cfg.train
+            t = train
             if SEP in name:
                 raise ValueError(f"--encodings {name}: {err}") from None
             raise ValueError(
@@ -160,7 +160,7 @@ def run_compare(
     base_device = resolve_device(device)
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
-    check_buildable(names, cfg, dev)
+    check_buildable(names, cfg.train, dev)
     cfg = cfg.with_train(precision=resolve_precision(cfg.train.precision, dev))  # recorded as chosen
     keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
     workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)

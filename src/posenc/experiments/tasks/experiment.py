@@ -14,7 +14,7 @@ import torch
 from ... import available
 from ...validation import check_seed
 from ..checkpoints import check_out_dir, json_safe, save_figure, write_text
-from ..compare import check_encodings
+from ..compare import check_buildable, check_encodings
 from ..dist import check_batch_split, rank_device, resolve_device, setup_world, versions
 from ..evaluate import rope_extensions
 from ..pool import map_jobs, resolve_workers, threads_per_model
@@ -46,12 +46,18 @@ def check_seeds(seeds: list[int], name: str = "seeds") -> list[int]:
 
 
 def check_request(
-    cfg: TasksConfig, tasks: list[str] | None, encodings: list[str] | None, seeds: list[int] | None
+    cfg: TasksConfig,
+    tasks: list[str] | None,
+    encodings: list[str] | None,
+    seeds: list[int] | None,
+    device: torch.device | str = "cpu",
 ) -> tuple[list[str], list[str], list[int]]:
-    """The tasks, encodings and seeds of a run (defaults filled in), validated, and every evaluation length
-    checked against every task; touches no file (``posenc tasks`` calls it before taking its run lock)."""
+    """The tasks, encodings and seeds of a run (defaults filled in), validated, every evaluation length checked
+    against every task and every encoding run once at L on ``device`` (:func:`check_buildable`); touches no file
+    (``posenc tasks`` calls it before taking its run lock)."""
     task_names = check_tasks(available_tasks() if tasks is None else tasks)
     names = check_encodings(available() if encodings is None else encodings)
+    check_buildable(names, cfg.train, device)
     seed_list = check_seeds([0] if seeds is None else seeds)
     check_batch_split(cfg.train.batch_size, "the batch size", settable=False)  # not a flag of posenc tasks
     for name in task_names:
@@ -106,8 +112,8 @@ def run_tasks(
     start = time.perf_counter()
     check_out_dir(Path(out))  # before any work
     cfg = TasksConfig() if cfg is None else cfg
-    task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds)
     base = resolve_device(device)
+    task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, base)
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
