@@ -12,6 +12,7 @@ from ..base import PositionEncoding, ScoreMod
 from ..bias.base import position_reader
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
+from ..session import SessionMemo, current_session
 from ..validation import check_bool, check_int, check_table_size
 
 
@@ -58,6 +59,7 @@ class ShawRelative(PositionEncoding):
             nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None
         )
         self.needs_probs = values
+        self._session_memo = SessionMemo()  # (a^K, a^V by distance, arange) of the open decode session
 
     @classmethod
     def from_sizes(cls, sizes: Sizes, per_head: bool = False, **options: Any) -> ShawRelative:
@@ -116,9 +118,46 @@ class ShawRelative(PositionEncoding):
         (v_j + a^V_j)`` his output (eq. 3), so one query needs no bias and no weights."""
         if q_pos.shape[-1] != 1:
             return None, None
+        rows = self._rows_in_session(q_pos, k_pos)
+        if rows is not None:
+            return rows
         idx = self._one_query_index(q_pos, k_pos)  # (1|B, K)
         values = None if self.value_table is None else _rows_at(self.value_table, idx)
         return _rows_at(self.key_table, idx), values
+
+    def _rows_in_session(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        """:meth:`kv_rows` as views, no gather, for the common decode step on a CPU inside a
+        :class:`posenc.DecodeSession` (grad off, not tracing): keys at ``0 .. K-1`` and one query ``p``, shared by
+        the batch. The session's first step lays both tables out by distance, ``(T, 2 slots - 1, D)`` rows for
+        ``k - q = -(slots-1) .. slots-1``; the keys' rows are then the slice starting at distance ``-p``. The
+        same rows as the gather, bitwise; None where that does not apply (then the gather runs)."""
+        if torch.compiler.is_compiling() or torch.is_grad_enabled():  # (dynamo cannot trace a ContextVar)
+            return None
+        session = current_session()
+        if session is None or q_pos.shape[0] != 1 or k_pos.shape[0] != 1 or not q_pos.is_cpu:
+            return None
+        slots, keys = session.slots, k_pos.shape[-1]
+        memo = self._session_memo.get(session)
+        if memo is None:
+            memo = self._by_distance(slots)
+            self._session_memo.put(session, memo)
+        key_rows, value_rows, arange = memo
+        if q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype or not k_pos.is_cpu:
+            return None  # (int64 positions, as caches keep them; float ones go the general way)
+        p = int(q_pos.item())  # (a CPU tensor: no device sync)
+        if not (0 <= p < slots and keys <= slots and torch.equal(k_pos[0], arange[:keys])):
+            return None
+        start = slots - 1 - p  # row of distance -p, the first key's
+        rows = key_rows[None, :, start : start + keys]  # (1, T, K, D)
+        return rows, None if value_rows is None else value_rows[None, :, start : start + keys]
+
+    def _by_distance(self, slots: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``) and ``arange(slots)``."""
+        m, device = self.max_distance, self.key_table.device
+        arange = torch.arange(slots, device=device)
+        idx = (torch.arange(2 * slots - 1, device=device) - (slots - 1)).clamp_(-m, m).add_(m)
+        values = None if self.value_table is None else self.value_table[:, idx]
+        return self.key_table[:, idx], values, arange
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
