@@ -62,6 +62,11 @@ class PositionEncoding(nn.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("name")
+        if isinstance(name, str) and (name == "all" or any(c in name for c in ":+@=,")):
+            raise ValueError(
+                f"{cls.__qualname__}: encoding name {name!r} is not allowed: 'all' stands for every encoding in "
+                "a list, and ':', '+', '@', '=', ',' separate options, extensions and entries"
+            )
         if name is not None:
             old = ENCODINGS._items.get(name)
             same = old is not None and (old.__module__, old.__qualname__) == (

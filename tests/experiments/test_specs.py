@@ -257,3 +257,47 @@ def test_tasks_refuse_an_encoding_that_cannot_run_at_l_before_touching_the_folde
     err = capsys.readouterr().err.strip()
     assert err.startswith("posenc tasks: error: --encodings learned:max_len=4:") and "\n" not in err
     assert not out.exists()
+
+
+def test_all_stands_for_every_registered_encoding_in_a_list() -> None:
+    import posenc
+
+    assert check_specs(["all", "alibi:max_bias=4"]) == [*posenc.available(), "alibi:max_bias=4"]
+    assert check_specs([" all "]) == posenc.available()
+    with pytest.raises(ValueError, match=r"listed twice \(all holds every registered encoding\): rope"):
+        check_specs(["all", "rope"])
+
+
+@pytest.mark.parametrize("name", ["all", "alibi:x", "rope+y", "a@b", "a=b", "a,b"])
+def test_an_encoding_name_that_a_spec_could_not_name_is_refused(name: str) -> None:
+    from posenc import PositionEncoding
+
+    with pytest.raises(ValueError, match="is not allowed"):
+        type("Odd", (PositionEncoding,), {"name": name})
+
+
+def test_the_alibi_note_reports_this_runs_max_bias_variant() -> None:
+    from posenc.experiments.alibi_note import alibi_note
+
+    rows = {
+        "shaw": {"8": 4.7, "16": 4.6},
+        "rope": {"8": 4.8, "16": 6.0},
+        "xpos": {"8": 4.7, "16": 5.0},
+        "kerple": {"8": 4.9, "16": 4.8},
+        "alibi": {"8": 5.3, "16": 5.1},
+        "alibi:max_bias=4": {"8": 4.75, "16": 4.7},
+    }
+    results = {"train_len": 8, "eval_lengths": [8, 16], "perplexity": rows}
+    text = alibi_note(results, 4)
+    assert "0.25 with 4 heads" in text and "add `--encodings alibi:max_bias=4`" not in text
+    assert (
+        "`alibi:max_bias=4` (steepest slope 0.5) reached 4.75 at L against `alibi`'s 5.30, 0.99x at 2L"
+        in text
+    )
+    assert "rope, alibi, xpos, kerple, shaw span 1.128x at L, and 1.043x with `alibi:max_bias=4`" in text
+    del rows["alibi:max_bias=4"]
+    assert "add `--encodings alibi:max_bias=4`" in alibi_note(results, 4)
+    rows["alibi:max_bias=2"], rows["alibi:max_bias=4+x"] = {"8": 4.9, "16": 4.8}, {"8": 1.0, "16": 1.0}
+    del rows["kerple"]  # without all five, no spread
+    text = alibi_note(results, 4)
+    assert "`alibi:max_bias=2` (steepest slope 0.707)" in text and "span" not in text and "+x" not in text

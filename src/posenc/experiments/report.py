@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..functional.bias import alibi_slopes
+from .alibi_note import alibi_note
 from .paper import paper_comparison
 from .pool import describe_workers
 from .results import separated
@@ -280,19 +280,6 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
     return "\n\n".join(lines)
 
 
-def _alibi_note(heads: int) -> str:
-    """Why ``alibi`` may trail at L in a model of few heads (measured in the README's compare section)."""
-    steepest = float(alibi_slopes(heads)[0])
-    return (
-        f"`alibi` has the paper's slopes, whose steepest is 2^(-8/H) for H a power of two: {steepest:.3g} with "
-        f"{heads} head{'s' if heads > 1 else ''}, against 0.5 in the paper's 8-head example. With few heads the "
-        "slopes, not the budget, hold ALiBi back at L: in the default model (4 heads) `ALiBi(heads, max_bias=4)`, "
-        "slopes 1/2 to 1/16, brought rope, alibi, xpos, kerple and shaw within 1.03-1.06x of each other at L in "
-        "three seeds (1.12-1.14x with the paper's slopes), and still held up (README). To see it here, add "
-        "`--encodings alibi:max_bias=4` to this run's command (same --out): only the variant trains."
-    )
-
-
 def write_report(results: dict[str, Any], figures: dict[str, str] | None = None) -> str:
     """The whole ``report.md``; ``figures`` maps "perplexity" and "curves" to the image files written."""
     figures = {"perplexity": "perplexity.png"} if figures is None else figures
@@ -333,7 +320,7 @@ def write_report(results: dict[str, Any], figures: dict[str, str] | None = None)
         )
     heads = results["config"]["train"].get("heads")
     if "alibi" in results["perplexity"] and isinstance(heads, int) and heads < 8:
-        notes.append(_alibi_note(heads))
+        notes.append(alibi_note(results, heads))
     n_seeds = seed_count(results)
     notes.append(
         "One seed, a tiny model and a short budget: differences of a few percent may not survive another seed "

@@ -5,7 +5,8 @@
 under one configuration, and their rows sit beside the plain one's (the example: ALiBi's slopes at four heads,
 README "compare").
 
-Grammar: ``name(:key=value)*``, ``key`` a Python identifier the encoding's constructor takes (not a model size:
+In a list, ``all`` stands for every registered encoding (``--encodings all,alibi:max_bias=4``: the plain ten and one
+variant). Grammar: ``name(:key=value)*``, ``key`` a Python identifier the encoding's constructor takes (not a model size:
 ``dim``, ``heads`` and ``head_dim`` come from the model), ``value`` one of ``true``/``false``, ``none``, an
 integer, a float (``4.0``, ``1e-3``) or a word of letters, digits and ``._-``. The canonical text
 (:attr:`EncodingSpec.text`) lists the options sorted by key, values as parsed (``max_bias=04`` is
@@ -133,15 +134,22 @@ def spec_of_stem(stem: str) -> str:
     return stem.replace(FILE_SEP, SEP)
 
 
+#: The entry of a list of specs that stands for every registered encoding (``all,alibi:max_bias=4``).
+ALL = "all"
+
+
 def check_specs(specs: list[str], what: str = "encodings") -> list[str]:
-    """A user's list of specs, canonical: each parsed, not empty, none twice (``alibi:max_bias=4`` and
-    ``alibi:max_bias=04`` are one)."""
+    """A user's list of specs, canonical: each parsed, :data:`ALL` expanded in place to :func:`posenc.available`,
+    not empty, none twice (``alibi:max_bias=4`` and ``alibi:max_bias=04`` are one; so are ``all`` and ``rope``)."""
     if not specs:
         raise ValueError(f"no {what} given; choose from {', '.join(available())}")
-    out = [canonical(s, what.rstrip("s")) for s in specs]
+    out: list[str] = []
+    for s in specs:
+        out += available() if isinstance(s, str) and s.strip() == ALL else [canonical(s, what.rstrip("s"))]
     twice = sorted({s for s in out if out.count(s) > 1})
     if twice:
-        raise ValueError(f"{what} listed twice: {', '.join(twice)}")
+        inside = f" ({ALL} holds every registered encoding)" if ALL in [str(s).strip() for s in specs] else ""
+        raise ValueError(f"{what} listed twice{inside}: {', '.join(twice)}")
     return out
 
 
@@ -163,6 +171,7 @@ def base_name(text: str) -> str:
 
 
 __all__ = [
+    "ALL",
     "EncodingSpec",
     "base_name",
     "canonical",
