@@ -141,7 +141,7 @@ def test_order_puts_each_encoding_before_its_variants() -> None:
     assert base_name("rope:base=500+yarn") == "rope" == base_name("rope+yarn") == base_name("rope")
 
 
-def test_a_variant_is_drawn_in_a_lighter_shade_of_its_encoding() -> None:
+def test_a_variant_is_drawn_in_a_darker_shade_of_its_encoding() -> None:
     plain, variant = encoding_color("alibi"), encoding_color("alibi:max_bias=4")
     assert variant != plain and variant == encoding_color("alibi:max_bias=4")
     assert encoding_color("rope+yarn") == encoding_color("rope")

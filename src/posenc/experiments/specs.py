@@ -73,7 +73,8 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
     name, *parts = text.strip().split(SEP)
     name = name.strip()
     if name not in ENCODINGS:
-        raise ValueError(f"unknown {what} {name!r} (in {text!r}); choose from {', '.join(available())}")
+        where = "" if text.strip() == name else f" (in {text!r})"
+        raise ValueError(f"unknown {what} {name!r}{where}; choose from {', '.join(available())}")
     options: dict[str, Value] = {}
     for part in parts:
         key, eq, raw = (s.strip() for s in part.partition("="))

@@ -21,7 +21,7 @@ def extension_dashes() -> Iterator[Any]:
 
 def row_style(name: str, dashes: Iterator[Any]) -> dict[str, Any]:
     """``ax.plot`` style of a row: solid with dots in the encoding's colour (:func:`encoding_color`), dashed with
-    crosses in that colour for ``<encoding>+<extension>``; a variant (``alibi:max_bias=4``) in a lighter shade of it,
+    crosses in that colour for ``<encoding>+<extension>``; a variant (``alibi:max_bias=4``) in a darker shade of it,
     with squares."""
     base = name.split("+", 1)[0]
     extension = name != base

@@ -2,7 +2,7 @@
 
 Colours are keyed by name through the registries (``posenc.available()``, ``posenc.rotary.available_scalings()``),
 so a name keeps its colour in every picture drawn by the same posenc; a row such as ``rope+yarn`` takes the colour
-of its base encoding, a variant such as ``alibi:max_bias=4`` (:mod:`posenc.experiments.specs`) a lighter shade of
+of its base encoding, a variant such as ``alibi:max_bias=4`` (:mod:`posenc.experiments.specs`) a darker shade of
 it, chosen by its options.
 """
 
@@ -31,7 +31,7 @@ NEUTRAL = "#000000"
 
 def encoding_color(name: str) -> str:
     """The colour of encoding ``name`` (hex); ``"rope+yarn"`` gets the colour of ``"rope"``, a variant
-    ``"alibi:max_bias=4"`` one of three lighter shades of ALiBi's (the same for the same options, every time).
+    ``"alibi:max_bias=4"`` one of three darker shades of ALiBi's (the same for the same options, every time).
 
     Names that are not registered get :data:`NEUTRAL`.
     """
@@ -40,7 +40,7 @@ def encoding_color(name: str) -> str:
     if base not in names:
         return NEUTRAL
     color = _ENCODING_COLORS[names.index(base) % len(_ENCODING_COLORS)]
-    return shade(color, 0.3 + 0.15 * (zlib.crc32(options.encode()) % 3)) if options else color
+    return darken(color, 0.3 + 0.12 * (zlib.crc32(options.encode()) % 3)) if options else color
 
 
 def scaling_color(rope_type: str) -> str:
@@ -49,6 +49,12 @@ def scaling_color(rope_type: str) -> str:
     if rope_type not in names:
         return NEUTRAL
     return _SCALING_COLORS[names.index(rope_type) % len(_SCALING_COLORS)]
+
+
+def darken(color: str, fraction: float) -> str:
+    """``color`` mixed with black: ``fraction`` 0 keeps it, 1 gives black (a variant of an encoding)."""
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c * (1 - min(max(fraction, 0.0), 1.0))):02x}" for c in rgb)
 
 
 def shade(color: str, fraction: float) -> str:
