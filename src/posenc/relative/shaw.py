@@ -134,7 +134,9 @@ class ShawRelative(PositionEncoding):
         if torch.compiler.is_compiling() or torch.is_grad_enabled():  # (dynamo cannot trace a ContextVar)
             return None
         session = current_session()
-        if session is None or q_pos.shape[0] != 1 or k_pos.shape[0] != 1 or not q_pos.is_cpu:
+        if session is None or q_pos.shape[0] != 1 or k_pos.shape[0] != 1:
+            return None
+        if not (q_pos.is_cpu and k_pos.is_cpu and self.key_table.is_cpu):
             return None
         slots, keys = session.slots, k_pos.shape[-1]
         memo = self._session_memo.get(session)
@@ -142,7 +144,7 @@ class ShawRelative(PositionEncoding):
             memo = self._by_distance(slots)
             self._session_memo.put(session, memo)
         key_rows, value_rows, arange = memo
-        if q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype or not k_pos.is_cpu:
+        if key_rows is None or q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype:
             return None  # (int64 positions, as caches keep them; float ones go the general way)
         p = int(q_pos.item())  # (a CPU tensor: no device sync)
         if not (0 <= p < slots and keys <= slots and torch.equal(k_pos[0], arange[:keys])):
@@ -151,16 +153,28 @@ class ShawRelative(PositionEncoding):
         rows = key_rows[None, :, start : start + keys]  # (1, T, K, D)
         return rows, None if value_rows is None else value_rows[None, :, start : start + keys]
 
-    def _by_distance(self, slots: int) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``) and ``arange(slots)``."""
+    def _by_distance(self, slots: int) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``) and ``arange(slots)``;
+        no tables (None) past :data:`SESSION_ROWS_BYTES` (a very long session: the gather then runs)."""
         m, device = self.max_distance, self.key_table.device
         arange = torch.arange(slots, device=device)
+        tables = 1 if self.value_table is None else 2
+        if (
+            tables * (2 * slots - 1) * self.key_table[:, 0].numel() * self.key_table.element_size()
+            > SESSION_ROWS_BYTES
+        ):
+            return None, None, arange
         idx = (torch.arange(2 * slots - 1, device=device) - (slots - 1)).clamp_(-m, m).add_(m)
         values = None if self.value_table is None else self.value_table[:, idx]
         return self.key_table[:, idx], values, arange
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
+
+
+#: The most memory :meth:`ShawRelative._rows_in_session` lays its tables out in, per layer (32 MiB: a session of
+#: 32K slots at head_dim 64 with one shared table).
+SESSION_ROWS_BYTES = 32 << 20
 
 
 def _rows_at(table: Tensor, idx: Tensor) -> Tensor:
