@@ -3,7 +3,6 @@ run with a variant beside the plain encoding (checkpoints, results, report, plot
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -42,12 +41,19 @@ def test_a_plain_name_is_a_spec_without_options() -> None:
     [
         ("alibi:max_bias=4", "alibi:max_bias=4"),
         ("alibi:max_bias=04", "alibi:max_bias=4"),
-        ("alibi:max_bias=4.0", "alibi:max_bias=4.0"),
+        ("alibi:max_bias=4.0", "alibi:max_bias=4"),  # an integral float is that integer: one model, one name
         ("alibi:max_bias=+4", "alibi:max_bias=4"),
-        ("alibi : max_bias = 1e+1", "alibi:max_bias=10.0"),
+        ("alibi:max_bias=2.5", "alibi:max_bias=2.5"),
+        ("alibi : max_bias = 1e+1", "alibi:max_bias=10"),
+        ("alibi:max_bias=8", "alibi"),  # the default: the plain encoding
+        ("alibi:max_bias=8.0", "alibi"),
         ("shaw:values=False:max_distance=8", "shaw:max_distance=8:values=false"),
+        ("shaw:values=True:max_distance=16:per_head=false", "shaw"),
+        ("shaw:values=1", "shaw:values=1"),  # not the default True: the encoding refuses it when built
+        ("learned:max_len=none", "learned:max_len=none"),  # a training option: its default does not apply
         ("shaw:heads=none", None),
-        ("rope:base=5e5:interleaved=TRUE", "rope:base=500000.0:interleaved=true"),
+        ("rope:base=5e5:interleaved=TRUE", "rope:base=500000:interleaved=true"),
+        ("rope:base=1.5e20", "rope:base=1.5e20"),
     ],
 )
 def test_the_canonical_text_sorts_options_and_writes_values_as_parsed(
@@ -85,9 +91,10 @@ def test_values_parse_to_their_python_types() -> None:
 def test_every_value_survives_its_canonical_text(value: object) -> None:
     text = shown(value)  # type: ignore[arg-type]
     back = parse_value(text, "x")
-    assert type(back) is type(value) and (
-        back == value or (isinstance(value, float) and math.isclose(back, value))
-    )
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # an integral float is read as that integer
+    assert type(back) is type(value) and back == value
+    assert parse_value(shown(back), "x") == back  # canonical: a fixed point
     assert "+" not in text and ":" not in text and "@" not in text and "/" not in text
 
 
@@ -106,6 +113,9 @@ def test_every_value_survives_its_canonical_text(value: object) -> None:
         ("alibi:max_bias=a/b", ValueError, "a value must be true, false, none, a number or a word"),
         ("alibi:max_bias=nan", ValueError, "a value must be"),
         ("alibi:max_bias=inf", ValueError, "a value must be"),
+        ("alibi:max_bias=1e400", ValueError, "'1e400': out of the range of a float"),
+        ("alibi:max_bias=" + "9" * 41, ValueError, "a value of 41 characters; at most 40"),
+        ("alibi:max_bias=" + "9" * 200, ValueError, "a spec of 215 characters; at most 120"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_what_is_wrong(text: str, error: type[Exception], match: str) -> None:
@@ -116,7 +126,11 @@ def test_a_bad_spec_is_refused_naming_what_is_wrong(text: str, error: type[Excep
 def test_a_list_is_refused_empty_or_with_one_spec_twice() -> None:
     assert check_specs(["alibi", "alibi:max_bias=4"]) == ["alibi", "alibi:max_bias=4"]
     with pytest.raises(ValueError, match="listed twice: alibi:max_bias=4"):
-        check_specs(["alibi:max_bias=4", "alibi:max_bias=04"])
+        check_specs(["alibi:max_bias=4", "alibi:max_bias=4.0"])
+    with pytest.raises(ValueError, match="listed twice: alibi"):
+        check_specs(["alibi", "alibi:max_bias=8"])
+    with pytest.raises(ValueError, match=r"^--encodings 'alibi:': '' is not an option"):
+        check_specs(["alibi:"], "--encodings")
     with pytest.raises(ValueError, match="no encodings given"):
         check_specs([])
 
@@ -202,9 +216,12 @@ def test_a_bad_spec_on_the_command_line_is_one_line_and_touches_nothing(
 ) -> None:
     out = tmp_path / "never"
     bad_ones = (
-        ("alibi:slope=1", "it takes max_bias"),
+        ("alibi:slope=1", "--encodings 'alibi:slope=1': unknown option(s) 'slope'; it takes max_bias"),
         ("alibi:max_bias=-1", "max_bias"),
         ("learned:max_len=8", "exceeds the learned table (max_len=8)"),  # runs once at L: refused up front
+        ("xpos:gamma=1e300", "--encodings xpos:gamma=1e300: "),  # an arithmetic error, not a traceback
+        ("kerple:eps=1e300", "--encodings kerple:eps=1e300: "),  # torch's RuntimeError
+        ("fire:width=99999999999999999999", "--encodings fire:width=99999999999999999999: "),  # several lines
     )
     for bad, words in bad_ones:
         assert main(["compare", "--quick", "--encodings", f"rope,{bad}", "--out", str(out)]) == 2
@@ -301,3 +318,18 @@ def test_the_alibi_note_reports_this_runs_max_bias_variant() -> None:
     del rows["kerple"]  # without all five, no spread
     text = alibi_note(results, 4)
     assert "`alibi:max_bias=2` (steepest slope 0.707)" in text and "span" not in text and "+x" not in text
+
+
+def test_variants_in_one_figure_get_distinct_colours_and_markers() -> None:
+    from posenc.plots.compare import extension_dashes, row_style
+    from posenc.plots.palette import variant_rank
+
+    shown = ["alibi", "alibi:max_bias=2", "alibi:max_bias=4", "alibi:max_bias=6", "rope", "rope:base=5+yarn"]
+    assert [variant_rank(n, shown) for n in shown] == [None, 0, 1, 2, None, 0]
+    styles = [row_style(n, extension_dashes(), shown) for n in shown[:4]]
+    assert len({s["color"] for s in styles}) == 4 and len({s["marker"] for s in styles}) == 4
+    assert (
+        encoding_color("rope:base=5+yarn", shown)
+        == encoding_color("rope:base=5", shown)
+        != encoding_color("rope")
+    )

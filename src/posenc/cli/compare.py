@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     device = resolve_device(args.device)  # a bad --device is refused before the folder is touched
     if names is not None:  # so are unknown encodings and options they cannot run with
-        names = check_encodings(names)
+        names = check_encodings(names, "--encodings")
         check_buildable(names, cfg.train, device)
     if jobs is not None:  # so is a bad --jobs
         check_workers(jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.tasks import available_tasks
 
     tasks = _names(args.tasks, "tasks", available_tasks())
-    encodings = _names(args.encodings, "encodings", available())
+    encodings = _names(args.encodings, "encodings", [*available(), "or name:key=value"])
     seeds = _seeds(args.seeds)
     device = resolve_device(args.device)  # a bad --device, names, seeds, lengths or --jobs: refused before
     check_request(cfg, tasks, encodings, seeds, device)  # --out is touched

@@ -57,16 +57,20 @@ def default_encodings() -> list[str]:
     return available()
 
 
-def check_encodings(names: list[str]) -> list[str]:
+def check_encodings(names: list[str], flag: str = "encodings") -> list[str]:
     """Validate a user's list of encodings, each a name or a spec with options (``alibi:max_bias=4``,
-    :mod:`posenc.experiments.specs`): known, not empty, none twice; returned canonical."""
-    return check_specs(names)
+    :mod:`posenc.experiments.specs`): known, not empty, none twice; returned canonical. ``flag`` names the list in
+    errors (``--encodings`` on the command line)."""
+    return check_specs(names, flag)
 
 
-def check_buildable(names: list[str], train: TrainConfig, device: torch.device | str = "cpu") -> None:
+def check_buildable(
+    names: list[str], train: TrainConfig, device: torch.device | str = "cpu", flag: str = "--encodings"
+) -> None:
     """Build each encoding's model once (one layer) and run it on one window of ``L`` bytes on ``device``, so one
-    that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``) or length
-    (``learned:max_len=64`` at L = 128) is refused before any model trains, not after the others have."""
+    that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``, ``xpos:gamma=1e300``)
+    or length (``learned:max_len=64`` at L = 128) is refused before any model trains, not after the others have:
+    one ``ValueError`` naming it, whatever the encoding raised (but running out of memory, which is re-raised)."""
     from dataclasses import replace
 
     from .train import build_model
@@ -77,14 +81,22 @@ def check_buildable(names: list[str], train: TrainConfig, device: torch.device |
             model = build_model(name, small).to(device)
             with torch.no_grad():
                 model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
-        except (ValueError, TypeError) as err:
-            t = train
+        except (ValueError, TypeError, ArithmeticError, RuntimeError) as err:
+            if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+                raise
+            t, why = train, first_line(err)
             if SEP in name:
-                raise ValueError(f"--encodings {name}: {err}") from None
+                raise ValueError(f"{flag} {name}: {why}") from None
             raise ValueError(
                 f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
-                f"{err}; choose other --dim / --heads, or leave {name} out of --encodings"
+                f"{why}; choose other sizes, or leave {name} out of {flag}"
             ) from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message (torch's may add C++ frames), or its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def fingerprint(cfg: CompareConfig, corpus: Corpus, n_tokens: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .alibi_note import alibi_note
 from .paper import paper_comparison
 from .pool import describe_workers
 from .results import separated
+from .specs import variants_note
 from .verdicts import (
     BREAKS,
     HOLDS_UP,
@@ -310,14 +311,9 @@ def write_report(results: dict[str, Any], figures: dict[str, str] | None = None)
             "context extension, "
             "factor = evaluation length / L (dynamic NTK: its fixed factor 2, it adapts to the length itself)."
         )
-    variants = [n for n in names if ":" in n]
+    variants = variants_note(names)
     if variants:
-        notes.append(
-            f"`{variants[0]}`"
-            + (" and the other rows with options are" if len(variants) > 1 else " is")
-            + " the encoding before the colon built with the options after it (`posenc.build(name, ..., "
-            "key=value)`, over its training options), trained and scored exactly as the others."
-        )
+        notes.append(variants)
     heads = results["config"]["train"].get("heads")
     if "alibi" in results["perplexity"] and isinstance(heads, int) and heads < 8:
         notes.append(alibi_note(results, heads))

@@ -9,8 +9,9 @@ In a list, ``all`` stands for every registered encoding (``--encodings all,alibi
 variant). Grammar: ``name(:key=value)*``, ``key`` a Python identifier the encoding's constructor takes (not a model size:
 ``dim``, ``heads`` and ``head_dim`` come from the model), ``value`` one of ``true``/``false``, ``none``, an
 integer, a float (``4.0``, ``1e-3``) or a word of letters, digits and ``._-``. The canonical text
-(:attr:`EncodingSpec.text`) lists the options sorted by key, values as parsed (``max_bias=04`` is
-``max_bias=4``; ``4`` and ``4.0`` stay distinct, an int and a float); it names the records, the rows, the
+(:attr:`EncodingSpec.text`) lists the options sorted by key, values as parsed (``max_bias=04``, ``4.0`` and ``4e0``
+are ``max_bias=4``), and leaves out an option set to its default (``alibi:max_bias=8`` is ``alibi``): one model,
+one name. It names the records, the rows, the
 checkpoints (``:`` written ``@`` in file names, :attr:`EncodingSpec.stem`) and rebuilds the model
 (:func:`posenc.experiments.build_model`). A spec's options override the encoding's own
 ``training_options`` (e.g. ``learned:max_len=256``).
@@ -18,6 +19,8 @@ checkpoints (``:`` written ``@`` in file names, :attr:`EncodingSpec.stem`) and r
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 from dataclasses import dataclass
 
@@ -70,11 +73,16 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
     """
     if not isinstance(text, str):
         raise ValueError(f"{what} must be a string such as 'alibi' or 'alibi:max_bias=4', got {text!r}")
+    if len(text) > MAX_SPEC_CHARS:
+        raise ValueError(
+            f"{what} {text[:40]!r}...: a spec of {len(text)} characters; at most {MAX_SPEC_CHARS} (it names files)"
+        )
     name, *parts = text.strip().split(SEP)
     name = name.strip()
     if name not in ENCODINGS:
-        where = "" if text.strip() == name else f" (in {text!r})"
-        raise ValueError(f"unknown {what} {name!r}{where}; choose from {', '.join(available())}")
+        where = "" if text.strip() == name else f"{what} {text!r}: "
+        raise ValueError(f"{where}unknown encoding {name!r}; choose from {', '.join(available())}")
+    cls = encoding_class(name)
     options: dict[str, Value] = {}
     for part in parts:
         key, eq, raw = (s.strip() for s in part.partition("="))
@@ -83,14 +91,50 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
                 f"{what} {text!r}: {part!r} is not an option; write {name}:key=value, e.g. alibi:max_bias=4"
             )
         if key in SIZES:
-            raise ValueError(
-                f"{what} {text!r}: {key} is a model size, set by the model (--dim, --heads), not an option"
-            )
+            raise ValueError(f"{what} {text!r}: {key} is a model size, set by the model, not an option")
         if key in options:
             raise ValueError(f"{what} {text!r}: option {key} given twice")
         options[key] = parse_value(raw, f"{what} {text!r}: {key}")
-    check_options(name, encoding_class(name), options)
-    return EncodingSpec(name, tuple(sorted(options.items())))
+    try:
+        check_options(name, cls, options)
+    except TypeError as err:
+        raise TypeError(f"{what} {text!r}: {str(err).split(': ', 1)[-1]}") from None
+    defaults = option_defaults(cls)
+    trained = set(
+        cls.training_options(1)
+    )  # set by training (learned: max_len=L): their defaults do not apply
+    kept = {
+        k: v for k, v in options.items() if k in trained or not _same_value(v, defaults.get(k, _NO_DEFAULT))
+    }
+    return EncodingSpec(name, tuple(sorted(kept.items())))
+
+
+#: The longest spec accepted: it names a folder and files (with room for ``-s<seed>.pt`` and the like).
+MAX_SPEC_CHARS = 120
+_NO_DEFAULT = object()
+
+
+def option_defaults(cls: type) -> dict[str, object]:
+    """The default of every keyword option of ``cls``'s constructor and ``from_sizes`` that has one."""
+    out: dict[str, object] = {}
+    for fn in (cls.__init__, cls.from_sizes):  # type: ignore[misc,attr-defined]
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            continue
+        out.update({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+    return out
+
+
+def _same_value(value: Value, default: object) -> bool:
+    """Whether an option's value is its default, so the spec means the same model without it (``alibi:max_bias=8``
+    is ``alibi``). Bools and None only as themselves (``values=1`` is not ``values=True``: the encoding refuses
+    it); numbers by value."""
+    if isinstance(value, bool) or isinstance(default, bool) or value is None or default is None:
+        return value is default
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)):
+        return value == default
+    return isinstance(value, str) and isinstance(default, str) and value == default
 
 
 def parse_value(raw: str, what: str) -> Value:
@@ -100,10 +144,16 @@ def parse_value(raw: str, what: str) -> Value:
         return low == "true"
     if low == "none":
         return None
+    if len(raw) > 40:  # (int() of thousands of digits is refused by Python itself, with no word of the spec)
+        raise ValueError(f"{what}={raw[:20]!r}...: a value of {len(raw)} characters; at most 40")
     if _INT.match(raw):
         return int(raw)
     if _FLOAT.match(raw):
-        return float(raw)
+        number = float(raw)
+        if not math.isfinite(number):
+            raise ValueError(f"{what}={raw!r}: out of the range of a float")
+        # an integral float is that integer (4.0 is 4: one model, one record), where floats hold it exactly
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if _WORD.match(raw) and low not in ("nan", "inf", "-inf", "+inf", "infinity"):
         return raw
     raise ValueError(
@@ -146,12 +196,25 @@ def check_specs(specs: list[str], what: str = "encodings") -> list[str]:
         raise ValueError(f"no {what} given; choose from {', '.join(available())}")
     out: list[str] = []
     for s in specs:
-        out += available() if isinstance(s, str) and s.strip() == ALL else [canonical(s, what.rstrip("s"))]
+        out += available() if isinstance(s, str) and s.strip() == ALL else [canonical(s, what)]
     twice = sorted({s for s in out if out.count(s) > 1})
     if twice:
         inside = f" ({ALL} holds every registered encoding)" if ALL in [str(s).strip() for s in specs] else ""
         raise ValueError(f"{what} listed twice{inside}: {', '.join(twice)}")
     return out
+
+
+def variants_note(names: list[str]) -> str | None:
+    """The reports' sentence on rows with options (``alibi:max_bias=4``) among ``names``; None without any."""
+    variants = [n for n in names if SEP in n]
+    if not variants:
+        return None
+    return (
+        f"`{variants[0]}`"
+        + (" and the other rows with options are" if len(variants) > 1 else " is")
+        + " the encoding before the colon built with the options after it (`posenc.build(name, ..., key=value)`, "
+        "over its training options), trained and scored exactly as the others."
+    )
 
 
 def spec_order(names: list[str] | set[str]) -> list[str]:
@@ -182,4 +245,5 @@ __all__ = [
     "parse_value",
     "spec_of_stem",
     "spec_order",
+    "variants_note",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .common import new_figure
-from .palette import encoding_color
+from .palette import encoding_color, variant_rank
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -19,17 +19,23 @@ def extension_dashes() -> Iterator[Any]:
     return iter([(0, (5, 2)), (0, (1, 1)), (0, (5, 1, 1, 1)), (0, (3, 3)), (0, (8, 2, 1, 2))] * 4)
 
 
-def row_style(name: str, dashes: Iterator[Any]) -> dict[str, Any]:
+#: Markers of an encoding's variants (``alibi:max_bias=4``), by :func:`variant_rank`.
+VARIANT_MARKERS = ("s", "D", "^", "v", "P", "X")
+
+
+def row_style(name: str, dashes: Iterator[Any], shown: list[str] | None = None) -> dict[str, Any]:
     """``ax.plot`` style of a row: solid with dots in the encoding's colour (:func:`encoding_color`), dashed with
-    crosses in that colour for ``<encoding>+<extension>``; a variant (``alibi:max_bias=4``) in a darker shade of it,
-    with squares."""
+    crosses in that colour for ``<encoding>+<extension>``; a variant (``alibi:max_bias=4``) in a darker shade of it
+    with its own marker, distinct from the other variants among ``shown`` (the figure's rows)."""
     base = name.split("+", 1)[0]
     extension = name != base
+    rank = variant_rank(base, shown or [base])
+    marker = "o" if ":" not in base else VARIANT_MARKERS[(rank or 0) % len(VARIANT_MARKERS)]
     return {
         "linestyle": next(dashes) if extension else "-",
-        "marker": "x" if extension else ("s" if ":" in base else "o"),
+        "marker": "x" if extension else marker,
         "markersize": 4 if extension else 3,
-        "color": encoding_color(base),
+        "color": encoding_color(base, shown),
         "linewidth": 1.2 if extension else 1.8,
     }
 
@@ -46,7 +52,7 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
     train_len, lengths = results["train_len"], results["eval_lengths"]
     fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
-    variants = extension_dashes()
+    variants, shown = extension_dashes(), list(results["perplexity"])
     for name, row in results["perplexity"].items():
         spread = results.get("perplexity_std", {}).get(name, {})
         points = [(lv, row.get(str(lv)), spread.get(str(lv))) for lv in lengths]
@@ -56,9 +62,9 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
         xs, ys = [lv for lv, _, _ in kept], [v for _, v, _ in kept]
         errs = [e if isinstance(e, (int, float)) else 0.0 for _, _, e in kept]
         if any(errs):
-            ax.errorbar(xs, ys, yerr=errs, capsize=2, label=name, **row_style(name, variants))
+            ax.errorbar(xs, ys, yerr=errs, capsize=2, label=name, **row_style(name, variants, shown))
         else:
-            ax.plot(xs, ys, label=name, **row_style(name, variants))
+            ax.plot(xs, ys, label=name, **row_style(name, variants, shown))
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -97,7 +103,7 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
                 continue
             label = name if style == "-" else None
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, style, color=encoding_color(name), label=label)
+            ax.plot(xs, ys, style, color=encoding_color(name, names), label=label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))

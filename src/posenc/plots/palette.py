@@ -9,6 +9,7 @@ it, chosen by its options.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 
 from ..registry import available
 from ..rotary.scaling import available_scalings
@@ -29,9 +30,10 @@ _SCALING_COLORS = (
 NEUTRAL = "#000000"
 
 
-def encoding_color(name: str) -> str:
+def encoding_color(name: str, shown: Iterable[str] | None = None) -> str:
     """The colour of encoding ``name`` (hex); ``"rope+yarn"`` gets the colour of ``"rope"``, a variant
-    ``"alibi:max_bias=4"`` one of three darker shades of ALiBi's (the same for the same options, every time).
+    ``"alibi:max_bias=4"`` a darker shade of ALiBi's: the :func:`variant_rank`-th of the variants of ALiBi among
+    ``shown`` (the names of one figure, so no two of them share a shade), else one of three picked by its options.
 
     Names that are not registered get :data:`NEUTRAL`.
     """
@@ -40,7 +42,23 @@ def encoding_color(name: str) -> str:
     if base not in names:
         return NEUTRAL
     color = _ENCODING_COLORS[names.index(base) % len(_ENCODING_COLORS)]
-    return darken(color, 0.3 + 0.12 * (zlib.crc32(options.encode()) % 3)) if options else color
+    if not options:
+        return color
+    rank = None if shown is None else variant_rank(name, shown)
+    if rank is None:
+        return darken(color, 0.3 + 0.12 * (zlib.crc32(options.encode()) % 3))
+    return darken(color, 0.3 + 0.45 * (rank % 4) / 3) if rank < 4 else shade(color, 0.3 + 0.2 * (rank % 3))
+
+
+def variant_rank(name: str, shown: Iterable[str]) -> int | None:
+    """Index of variant ``name`` (``alibi:max_bias=4``, or a row of it such as ``rope:base=5+yarn``) among the
+    distinct variants of the same encoding in ``shown``, sorted; None if ``name`` is no variant or not shown."""
+    spec = name.split("+", 1)[0]
+    base, _, options = spec.partition(":")
+    mine = sorted(
+        {n.split("+", 1)[0] for n in shown if n.split("+", 1)[0].partition(":")[0] == base} - {base}
+    )
+    return mine.index(spec) if options and spec in mine else None
 
 
 def scaling_color(rope_type: str) -> str:

@@ -56,7 +56,7 @@ def check_request(
     against every task and every encoding run once at L on ``device`` (:func:`check_buildable`); touches no file
     (``posenc tasks`` calls it before taking its run lock)."""
     task_names = check_tasks(available_tasks() if tasks is None else tasks)
-    names = check_encodings(available() if encodings is None else encodings)
+    names = check_encodings(available() if encodings is None else encodings, "--encodings")
     check_buildable(names, cfg.train, device)
     seed_list = check_seeds([0] if seeds is None else seeds)
     check_batch_split(cfg.train.batch_size, "the batch size", settable=False)  # not a flag of posenc tasks

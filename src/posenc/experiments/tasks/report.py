@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pool import describe_workers
+from ..specs import variants_note
 
 #: Share of its own accuracy at L a row must keep at a longer length to "hold" there.
 KEEP = 0.9
@@ -243,9 +244,10 @@ def write_report(results: dict[str, Any], figures: list[str] | None = None) -> s
         paper_comparison(results),
         "## Notes",
         "- `learned` has a table of exactly L positions, so it cannot take longer inputs: n/a.\n"
-        "- `rope+<method>` rows are the trained `rope` model evaluated with inference-time context extension, "
-        "factor = evaluation length / L, as in `posenc compare`; dynamic NTK's frequencies are those of "
-        "the whole example (one forward pass), not re-derived for each answer byte from a shorter prefix.\n"
-        "- A tiny model and a short budget: treat single-digit differences as noise; run more `--seeds`.",
+        "- `rope+<method>` rows are the trained `rope` model (or RoPE variant) evaluated with inference-time "
+        "context extension, factor = evaluation length / L, as in `posenc compare`; dynamic NTK's frequencies are "
+        "those of the whole example (one forward pass), not re-derived for each answer byte from a shorter prefix.\n"
+        + "".join(f"- {n}\n" for n in [variants_note(results.get("encodings", []))] if n)
+        + "- A tiny model and a short budget: treat single-digit differences as noise; run more `--seeds`.",
     ]
     return "\n\n".join(parts) + "\n"
