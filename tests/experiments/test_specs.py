@@ -333,3 +333,15 @@ def test_variants_in_one_figure_get_distinct_colours_and_markers() -> None:
         == encoding_color("rope:base=5", shown)
         != encoding_color("rope")
     )
+
+
+def test_a_checkpoint_folder_linked_to_nothing_is_refused_before_training(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "alibi@max_bias=4").symlink_to(tmp_path / "nowhere")
+    cfg = CompareConfig(**{**CompareConfig.quick(steps=2).__dict__, "data": str(tiny_corpus)})
+    with pytest.raises(ValueError, match=r"checkpoint folder of alibi:max_bias=4 .* which does not exist"):
+        run_compare(cfg, encodings=["alibi:max_bias=4"], out=out, progress=False)
+    assert not (out / "results.json").exists()

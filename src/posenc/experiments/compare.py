@@ -192,6 +192,8 @@ def run_compare(
     check_config(out, fp, world)
     _old_runs(out)  # a damaged results.json is refused now, not after the training
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
+    for name in names:  # a folder that cannot be made (a link to nothing) is refused now, not after training
+        check_out_dir(ctx.checkpoint(name, 0).parent, f"the checkpoint folder of {name}")
     if workers > 1:
         calls = [(n, s, corpus, cfg, fp, n_tokens, str(out), str(dev)) for n, s in keys]
         done = map_jobs(_pooled_encoding, calls, workers=workers, progress=progress, desc="encodings")
