@@ -119,7 +119,8 @@ def run_tasks(
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
     check_config(ctx)
-    for task in task_names:  # a folder that cannot be made (a link to nothing) is refused now, not after training
+    # a folder that cannot be made (a link to nothing) is refused now, not after training
+    for task in task_names:
         check_out_dir(ctx.checkpoint(task, names[0], 0).parent, f"the checkpoint folder of {task}")
     earlier = old_runs(ctx.out)  # a damaged results.json is refused now, not after the training
     if workers > 1:
