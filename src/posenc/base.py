@@ -21,6 +21,7 @@ Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -31,6 +32,8 @@ from .functional.tables import RowViews
 from .registry import ENCODINGS, Sizes
 from .session import SessionMemo
 from .validation import check_positions
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 E = TypeVar("E", bound="PositionEncoding")
@@ -62,10 +65,11 @@ class PositionEncoding(nn.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("name")
-        if isinstance(name, str) and (name == "all" or any(c in name for c in ":+@=,")):
+        if isinstance(name, str) and (name == "all" or not _NAME.fullmatch(name)):
             raise ValueError(
-                f"{cls.__qualname__}: encoding name {name!r} is not allowed: 'all' stands for every encoding in "
-                "a list, and ':', '+', '@', '=', ',' separate options, extensions and entries"
+                f"{cls.__qualname__}: encoding name {name!r} is not allowed: a name is letters, digits and _ . - "
+                "(not starting with . or -; it names files, and ':', '+', '@', '=', ',' separate options, "
+                "extensions and entries), and 'all' stands for every encoding in a list"
             )
         if name is not None:
             old = ENCODINGS._items.get(name)

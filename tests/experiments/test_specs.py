@@ -345,3 +345,31 @@ def test_a_checkpoint_folder_linked_to_nothing_is_refused_before_training(
     with pytest.raises(ValueError, match=r"checkpoint folder of alibi:max_bias=4 .* which does not exist"):
         run_compare(cfg, encodings=["alibi:max_bias=4"], out=out, progress=False)
     assert not (out / "results.json").exists()
+
+
+def test_two_specs_of_one_model_at_this_l_are_refused() -> None:
+    from posenc.experiments.specs import check_buildable
+
+    train = TrainConfig(dim=32, depth=2, heads=4, train_len=16)
+    with pytest.raises(ValueError, match="learned and learned:max_len=16 build the same model at L = 16"):
+        check_buildable(["learned", "learned:max_len=16"], train)
+    with pytest.raises(ValueError, match="build the same model"):
+        check_buildable(["rope:base=1e16", "rope:base=10000000000000000"], train, None)
+    check_buildable(["learned", "learned:max_len=32", "rope:base=1e16"], train)  # distinct models pass
+
+
+def test_a_model_whose_output_is_not_finite_is_refused_before_training() -> None:
+    from posenc.experiments.specs import check_buildable
+
+    train = TrainConfig(dim=32, depth=2, heads=4, train_len=16)
+    with pytest.raises(ValueError, match=r"^--encodings fire:init_c=1e300: its output at L is not finite"):
+        check_buildable(["fire:init_c=1e300"], train)
+    check_buildable(["fire:init_c=1e300"], train, None)  # device None: built, not run
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "a b", ".hidden", "-dash"])
+def test_an_encoding_name_that_is_no_file_name_is_refused(name: str) -> None:
+    from posenc import PositionEncoding
+
+    with pytest.raises(ValueError, match="is not allowed"):
+        type("Odd", (PositionEncoding,), {"name": name})

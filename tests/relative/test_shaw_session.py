@@ -129,3 +129,23 @@ def test_a_session_too_long_for_the_tables_takes_the_gather(monkeypatch: pytest.
         monkeypatch.setattr(shaw_mod, "SESSION_ROWS_BYTES", 2 * 15 * 8 * 4)
         with posenc.DecodeSession(8):
             assert enc._rows_in_session(q_pos, k_pos) is not None
+
+
+def test_a_jit_trace_does_not_keep_one_steps_rows() -> None:
+    enc = _shaw()
+
+    class Rows(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = enc  # (its tables are the traced module's parameters)
+
+        def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+            rows, _ = self.enc.kv_rows(q_pos, k_pos)
+            assert rows is not None
+            return rows
+
+    with torch.no_grad(), posenc.DecodeSession(8):
+        traced = torch.jit.trace(Rows(), (torch.tensor([[3]]), torch.arange(4)[None]))
+        for p in (3, 5):
+            got = traced(torch.tensor([[p]]), torch.arange(4)[None])
+            assert torch.equal(got, enc.kv_rows(torch.tensor([[p]]), torch.arange(4)[None])[0])

@@ -84,8 +84,8 @@ class BiasEncoding(PositionEncoding, ABC):
         (the session's promise): then every distance ``k - q`` indexes the vector, and on a CPU an index
         outside it raises rather than reading another distance's bias.
         """
-        if torch.compiler.is_compiling() or torch.is_grad_enabled():  # (dynamo cannot trace a ContextVar)
-            return None
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
+            return None  # (dynamo cannot trace a ContextVar; a jit trace would keep this session's table)
         session = current_session()
         if session is None:
             return None

@@ -223,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # a bad --device is refused before the folder is touched
     if names is not None:  # so are unknown encodings and options they cannot run with
         names = check_encodings(names, "--encodings")
-        check_buildable(names, cfg.train, device)
+        ranks = int(
+            os.environ.get("WORLD_SIZE", "1")
+        )  # several: each checks on its own device in run_compare
+        check_buildable(names, cfg.train, device if ranks == 1 else None)
     if jobs is not None:  # so is a bad --jobs
         check_workers(jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its rank 0

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     encodings = _names(args.encodings, "encodings", [*available(), "or name:key=value"])
     seeds = _seeds(args.seeds)
     device = resolve_device(args.device)  # a bad --device, names, seeds, lengths or --jobs: refused before
-    check_request(cfg, tasks, encodings, seeds, device)  # --out is touched
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # several: each checks on its own device in run_tasks
+    check_request(cfg, tasks, encodings, seeds, device if ranks == 1 else None)  # --out is touched
     check_out_dir(args.out)
     if args.jobs is not None:
         check_workers(args.jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)

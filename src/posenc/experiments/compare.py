@@ -44,8 +44,8 @@ from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
 from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
-from .specs import SEP, check_specs
-from .train import TrainConfig, resolve_precision
+from .specs import check_buildable, check_specs
+from .train import resolve_precision
 
 __all__ = ["CompareConfig", "config_differences", "eval_token_count", "run_compare"]
 
@@ -62,41 +62,6 @@ def check_encodings(names: list[str], flag: str = "encodings") -> list[str]:
     :mod:`posenc.experiments.specs`): known, not empty, none twice; returned canonical. ``flag`` names the list in
     errors (``--encodings`` on the command line)."""
     return check_specs(names, flag)
-
-
-def check_buildable(
-    names: list[str], train: TrainConfig, device: torch.device | str = "cpu", flag: str = "--encodings"
-) -> None:
-    """Build each encoding's model once (one layer) and run it on one window of ``L`` bytes on ``device``, so one
-    that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``, ``xpos:gamma=1e300``)
-    or length (``learned:max_len=64`` at L = 128) is refused before any model trains, not after the others have:
-    one ``ValueError`` naming it, whatever the encoding raised (but running out of memory, which is re-raised)."""
-    from dataclasses import replace
-
-    from .train import build_model
-
-    small = replace(train, depth=1)
-    for name in names:
-        try:
-            model = build_model(name, small).to(device)
-            with torch.no_grad():
-                model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
-        except (ValueError, TypeError, ArithmeticError, RuntimeError) as err:
-            if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
-                raise
-            t, why = train, first_line(err)
-            if SEP in name:
-                raise ValueError(f"{flag} {name}: {why}") from None
-            raise ValueError(
-                f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
-                f"{why}; choose other sizes, or leave {name} out of {flag}"
-            ) from None
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of ``err``'s message (torch's may add C++ frames), or its type's name."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def fingerprint(cfg: CompareConfig, corpus: Corpus, n_tokens: int) -> dict[str, Any]:

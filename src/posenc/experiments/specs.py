@@ -23,8 +23,14 @@ import inspect
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
 
 from ..registry import ENCODINGS, available, check_options, encoding_class
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 #: Separates the name and the options in a spec; ``@`` stands for it in file names (:attr:`EncodingSpec.stem`).
 SEP, FILE_SEP = ":", "@"
@@ -217,6 +223,65 @@ def variants_note(names: list[str]) -> str | None:
     )
 
 
+def check_buildable(
+    names: list[str], train: TrainConfig, device: torch.device | str | None = "cpu", flag: str = "--encodings"
+) -> None:
+    """Build each encoding's model once (one layer) and run it on one window of ``L`` bytes on ``device``, so one
+    that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``, ``xpos:gamma=1e300``)
+    or length (``learned:max_len=64`` at L = 128), or that gives non-finite outputs (``fire:init_c=1e300``), is
+    refused before any model trains, not after the others have: one ``ValueError`` naming it, whatever the encoding
+    raised (but running out of memory, which is re-raised). Two specs that build the same model at this L
+    (``learned`` and ``learned:max_len=128``) are refused too. ``device=None``: build only, on the CPU (a caller
+    that does not yet know its device, e.g. one rank of several before the process group)."""
+    from dataclasses import replace
+
+    from .train import build_model, encoding_options
+
+    small = replace(train, depth=1)
+    seen: dict[tuple[str, str], str] = {}
+    for name in names:
+        options = {k: _number(v) for k, v in encoding_options(name, small).items()}
+        same = seen.setdefault((parse_spec(name).name, repr(sorted(options.items()))), name)
+        if same != name:
+            raise ValueError(
+                f"{flag}: {same} and {name} build the same model at L = {train.train_len}; keep one"
+            )
+        try:
+            model = build_model(name, small).eval()
+            if device is None:
+                continue
+            model = model.to(device)
+            with torch.no_grad():
+                out = model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError("its output at L is not finite (NaN or infinity) from the start")
+        except (ValueError, TypeError, ArithmeticError, RuntimeError) as err:
+            if (
+                isinstance(err, torch.OutOfMemoryError)
+                or "out of memory" in str(err)
+                or "allocate" in str(err)
+            ):
+                raise
+            t, why = train, first_line(err)
+            if SEP in name:
+                raise ValueError(f"{flag} {name}: {why}") from None
+            raise ValueError(
+                f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
+                f"{why}; choose other sizes, or leave {name} out of {flag}"
+            ) from None
+
+
+def _number(value: object) -> object:
+    """Numbers as floats (``1e16`` and ``10000000000000000`` build one model), anything else as it is."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message (torch's may add C++ frames), or its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def spec_order(names: list[str] | set[str]) -> list[str]:
     """``names`` (spec texts) in :func:`posenc.available` order of their encodings, each plain encoding before its
     variants (sorted); names that are not specs of a registered encoding last, sorted."""
@@ -235,6 +300,7 @@ def base_name(text: str) -> str:
 
 
 __all__ = [
+    "check_buildable",
     "ALL",
     "EncodingSpec",
     "base_name",

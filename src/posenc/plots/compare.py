@@ -103,7 +103,11 @@ def curves_figure(results: dict[str, Any]) -> Figure | None:
                 continue
             label = name if style == "-" else None
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, style, color=encoding_color(name, names), label=label)
+            rank = variant_rank(name, names)  # a variant: its marker too, as in the perplexity figure
+            marker = None if rank is None else VARIANT_MARKERS[rank % len(VARIANT_MARKERS)]
+            ax.plot(
+                xs, ys, style, color=encoding_color(name, names), label=label, marker=marker, markersize=3
+            )
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))

@@ -47,7 +47,21 @@ def encoding_color(name: str, shown: Iterable[str] | None = None) -> str:
     rank = None if shown is None else variant_rank(name, shown)
     if rank is None:
         return darken(color, 0.3 + 0.12 * (zlib.crc32(options.encode()) % 3))
-    return darken(color, 0.3 + 0.45 * (rank % 4) / 3) if rank < 4 else shade(color, 0.3 + 0.2 * (rank % 3))
+    tones = len(_VARIANT_TONES)
+    kind, fraction = _VARIANT_TONES[rank % tones]
+    return darken(color, fraction) if kind == "dark" else shade(color, fraction)
+
+
+#: The tones of an encoding's variants in one figure, by rank: seven distinct ones, then again.
+_VARIANT_TONES = (
+    ("dark", 0.3),
+    ("dark", 0.5),
+    ("light", 0.4),
+    ("dark", 0.7),
+    ("light", 0.6),
+    ("dark", 0.15),
+    ("light", 0.75),
+)
 
 
 def variant_rank(name: str, shown: Iterable[str]) -> int | None:

@@ -131,8 +131,8 @@ class ShawRelative(PositionEncoding):
         the batch. The session's first step lays both tables out by distance, ``(T, 2 slots - 1, D)`` rows for
         ``k - q = -(slots-1) .. slots-1``; the keys' rows are then the slice starting at distance ``-p``. The
         same rows as the gather, bitwise; None where that does not apply (then the gather runs)."""
-        if torch.compiler.is_compiling() or torch.is_grad_enabled():  # (dynamo cannot trace a ContextVar)
-            return None
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
+            return None  # (dynamo cannot trace a ContextVar; a jit trace would keep this step's p)
         session = current_session()
         if session is None or q_pos.shape[0] != 1 or k_pos.shape[0] != 1:
             return None
@@ -157,13 +157,11 @@ class ShawRelative(PositionEncoding):
         """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``) and ``arange(slots)``;
         no tables (None) past :data:`SESSION_ROWS_BYTES` (a very long session: the gather then runs)."""
         m, device = self.max_distance, self.key_table.device
-        arange = torch.arange(slots, device=device)
         tables = 1 if self.value_table is None else 2
-        if (
-            tables * (2 * slots - 1) * self.key_table[:, 0].numel() * self.key_table.element_size()
-            > SESSION_ROWS_BYTES
-        ):
-            return None, None, arange
+        row_bytes = self.key_table[:, 0].numel() * self.key_table.element_size()
+        if tables * (2 * slots - 1) * row_bytes > SESSION_ROWS_BYTES:
+            return None, None, torch.empty(0, dtype=torch.long)
+        arange = torch.arange(slots, device=device)
         idx = (torch.arange(2 * slots - 1, device=device) - (slots - 1)).clamp_(-m, m).add_(m)
         values = None if self.value_table is None else self.value_table[:, idx]
         return self.key_table[:, idx], values, arange

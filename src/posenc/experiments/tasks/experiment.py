@@ -50,7 +50,7 @@ def check_request(
     tasks: list[str] | None,
     encodings: list[str] | None,
     seeds: list[int] | None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = "cpu",
 ) -> tuple[list[str], list[str], list[int]]:
     """The tasks, encodings and seeds of a run (defaults filled in), validated, every evaluation length checked
     against every task and every encoding run once at L on ``device`` (:func:`check_buildable`); touches no file
@@ -113,9 +113,9 @@ def run_tasks(
     check_out_dir(Path(out))  # before any work
     cfg = TasksConfig() if cfg is None else cfg
     base = resolve_device(device)
-    task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, base)
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
+    task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, ctx.device)
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
     check_config(ctx)
