@@ -179,6 +179,18 @@ def encoding_options(cls: type[PositionEncoding]) -> list[str]:
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
+def option_defaults(cls: type[PositionEncoding]) -> dict[str, Any]:
+    """The default of every keyword option of ``cls``'s constructor and ``from_sizes`` that has one (the options
+    of :func:`encoding_options`, with the sizes' defaults if any)."""
+    out: dict[str, Any] = {}
+    for fn in (cls.__init__, cls.from_sizes):
+        if fn is nn.Module.__init__:
+            continue
+        params = inspect.signature(fn).parameters.values()
+        out.update({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+    return out
+
+
 def check_options(name: str, cls: type[PositionEncoding], options: dict[str, Any]) -> None:
     """``TypeError`` naming the options ``cls`` does not take and listing those it does (Python's own error named
     one option and listed none, or came from deep inside ``from_sizes``)."""

@@ -22,6 +22,16 @@ def _label(owner: str | None, name: str) -> str:
     return f"{owner}: {name}" if owner else name
 
 
+def first_line(err: BaseException) -> str:
+    """``err``'s message on one line: its first non-empty line (torch's may add C++ frames; a compiler's runs on),
+    with the next one when the first only announces it (dynamo's ``backend='inductor' raised:``), or the
+    exception's type name when it has no message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
 def check_int(name: str, value: object, *, at_least: int | None = None, owner: str | None = None) -> int:
     """``value`` as an ``int`` (an integer, not a bool, not a float like 2.7), at least ``at_least`` if given."""
     what = _label(owner, name)
@@ -257,6 +267,7 @@ def check_position_range(
 
 
 __all__ = [
+    "first_line",
     "ROPE_MAX_POSITION",
     "check_bool",
     "check_float",

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..validation import first_line
 from .suites import Row
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,7 @@ def call_timer(device: str) -> Callable[[Callable[[], object]], float]:
 def error_note(err: BaseException) -> str:
     """``"error: <type>: <first line>"`` for a bench row (long compiler messages cut to one line). A first line
     that only announces the reason (dynamo's ``backend='inductor' raised:``) takes the next line with it."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    first = lines[0] if lines else ""
-    if first.endswith(":") and len(lines) > 1:
-        first = f"{first} {lines[1]}"
+    first = first_line(err) if str(err).strip() else ""
     return f"error: {type(err).__name__}: {first[:300]}"
 
 

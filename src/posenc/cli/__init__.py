@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 
+from ..validation import first_line
 from . import bench, compare, generate, plot, tasks
 
 #: The subcommands, in ``posenc --help`` order.
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         if not out_of_memory(err):
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         print(
             f"posenc {args.command}: error: out of memory ({first}); ask for less (batch, sizes, lengths)",
             file=sys.stderr,

@@ -19,7 +19,6 @@ checkpoints (``:`` written ``@`` in file names, :attr:`EncodingSpec.stem`) and r
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..registry import ENCODINGS, available, check_options, encoding_class
+from ..registry import ENCODINGS, available, check_options, encoding_class, option_defaults
+from ..validation import first_line
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -118,18 +118,6 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
 #: The longest spec accepted: it names a folder and files (with room for ``-s<seed>.pt`` and the like).
 MAX_SPEC_CHARS = 120
 _NO_DEFAULT = object()
-
-
-def option_defaults(cls: type) -> dict[str, object]:
-    """The default of every keyword option of ``cls``'s constructor and ``from_sizes`` that has one."""
-    out: dict[str, object] = {}
-    for fn in (cls.__init__, cls.from_sizes):  # type: ignore[misc,attr-defined]
-        try:
-            params = inspect.signature(fn).parameters.values()
-        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-            continue
-        out.update({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
-    return out
 
 
 def _same_value(value: Value, default: object) -> bool:
@@ -274,12 +262,6 @@ def check_buildable(
 def _number(value: object) -> object:
     """Numbers as floats (``1e16`` and ``10000000000000000`` build one model), anything else as it is."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of ``err``'s message (torch's may add C++ frames), or its type's name."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def spec_order(names: list[str] | set[str]) -> list[str]:

@@ -85,12 +85,16 @@ def scaling_color(rope_type: str) -> str:
 
 def darken(color: str, fraction: float) -> str:
     """``color`` mixed with black: ``fraction`` 0 keeps it, 1 gives black (a variant of an encoding)."""
-    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
-    return "#" + "".join(f"{round(c * (1 - min(max(fraction, 0.0), 1.0))):02x}" for c in rgb)
+    return _mix(color, 0, fraction)
 
 
 def shade(color: str, fraction: float) -> str:
     """``color`` mixed with white: ``fraction`` 0 keeps it, 1 gives white (lines of one encoding's heads)."""
+    return _mix(color, 255, fraction)
+
+
+def _mix(color: str, toward: int, fraction: float) -> str:
+    """``color`` (``#rrggbb``) moved ``fraction`` (clipped to [0, 1]) of the way to grey level ``toward``."""
+    f = min(max(fraction, 0.0), 1.0)
     rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
-    mixed = [round(c + (255 - c) * min(max(fraction, 0.0), 1.0)) for c in rgb]
-    return "#" + "".join(f"{c:02x}" for c in mixed)
+    return "#" + "".join(f"{round(c + (toward - c) * f):02x}" for c in rgb)
