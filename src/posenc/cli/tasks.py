@@ -111,12 +111,14 @@ def run(args: argparse.Namespace) -> int:
     tasks = _names(args.tasks, "tasks", available_tasks())
     encodings = _names(args.encodings, "encodings", [*available(), "or name:key=value"])
     seeds = _seeds(args.seeds)
-    device = resolve_device(args.device)  # a bad --device, names, seeds, lengths or --jobs: refused before
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # several: each checks on its own device in run_tasks
-    check_request(cfg, tasks, encodings, seeds, device if ranks == 1 else None)  # --out is touched
+    # a bad --device, names, seeds, lengths or --jobs is refused before --out is touched; with several ranks each
+    # runs the encodings on its own device in run_tasks, so here they are only built
+    device = resolve_device(args.device)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    check_request(cfg, tasks, encodings, seeds, device if ranks == 1 else None)
     check_out_dir(args.out)
     if args.jobs is not None:
-        check_workers(args.jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        check_workers(args.jobs, device, distributed=ranks > 1)
     with run_lock(args.out) if rank0 else contextlib.nullcontext():  # one lock per run, taken by its rank 0
         results = run_tasks(
             cfg,
