@@ -5,7 +5,8 @@ Table 2).
 
 * ``config.json``: what defines the run (model, budget, evaluation, corpus hash; not the seeds). A second run with
   the same ``out`` must match it, else it is refused with the differences listed.
-* ``checkpoints/<encoding>/seed<k>.pt``: weights, training losses, learning curve, throughput and the perplexities
+* ``checkpoints/<encoding>/seed<k>.pt`` (a variant's folder is its spec's file stem, ``alibi@max_bias=4``;
+  :mod:`posenc.experiments.specs`): weights, training losses, learning curve, throughput and the perplexities
   measured so far, per (encoding, seed). A rerun loads them (``torch.load(..., weights_only=True)``) instead of
   retraining, so more seeds later train only the new ones.
 * ``results.json`` (:mod:`posenc.experiments.results`: every (encoding, seed) record, merged with the records
