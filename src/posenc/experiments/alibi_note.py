@@ -28,8 +28,8 @@ def alibi_note(results: dict[str, Any], heads: int) -> str:
         f"`alibi` has the paper's slopes, whose steepest is 2^(-8/H) for H a power of two: {steepest:.3g} with "
         f"{heads} head{'s' if heads > 1 else ''}, against 0.5 in the paper's 8-head example. With few heads the "
         "slopes, not the budget, hold ALiBi back at L: in the default model (4 heads) `ALiBi(heads, max_bias=4)`, "
-        "slopes 1/2 to 1/16, brought rope, alibi, xpos, kerple and shaw within 1.03-1.06x of each other at L in "
-        "three seeds (1.12-1.14x with the paper's slopes), and still held up (README)."
+        "slopes 1/2 to 1/16, brought rope, alibi, xpos, kerple and shaw within 1.04-1.05x of each other at L in "
+        "three seeds (1.13-1.14x with the paper's slopes), and still held up (README)."
     )
     variants = [n for n in results["perplexity"] if _max_bias(n) is not None]
     if not variants:
