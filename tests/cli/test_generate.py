@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,82 @@ def test_generate_takes_every_seed_torch_takes(
         ]
         assert main(argv) == 0
         assert len(capfdbinary.readouterr().out) == 3
+
+
+def test_a_folder_with_one_checkpoint_is_that_checkpoint(
+    checkpoint: Path, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    argv = ["generate", "--prompt", "def ", "--tokens", "6", "--temperature", "0", "--checkpoint"]
+    assert main([*argv, str(checkpoint)]) == 0
+    expected = capfdbinary.readouterr().out
+    folder = tmp_path / "rope"
+    folder.mkdir()
+    (folder / "seed0.pt").write_bytes(checkpoint.read_bytes())
+    assert main([*argv, str(folder)]) == 0  # an encoding's folder of a one-seed compare run
+    assert capfdbinary.readouterr().out == expected
+
+
+def test_a_folder_of_several_or_none_and_files_that_are_no_checkpoint_are_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["generate", "--prompt", "x", "--tokens", "2", "--checkpoint"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    several = tmp_path / "several"
+    several.mkdir()
+    for seed in range(3):
+        (several / f"seed{seed}.pt").write_bytes(checkpoint.read_bytes())
+    text = tmp_path / "notes.md"
+    text.write_text("# not a checkpoint\n")
+    damaged = tmp_path / "damaged.pt"
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    torch.save(ckpt, damaged)
+    for path, says in (
+        (empty, "is a folder holding no checkpoint (.pt)"),
+        (several, "is a folder of 3 checkpoints (seed0.pt, seed1.pt, seed2.pt); give one of them"),
+        (text, "is corrupt, truncated or not a posenc checkpoint (UnpicklingError); give a .pt written by"),
+        (damaged, "is damaged (RuntimeError: Error(s) in loading state_dict"),
+    ):
+        assert main([*argv, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert "delete it" not in err  # a file the user named is never theirs to delete on our word
+    assert text.exists() and damaged.exists()
+
+
+def test_bytes_are_written_as_they_come_and_a_closed_pipe_ends_quietly(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Pipe:
+        """stdout whose reader leaves after three bytes (`| head -c 3`)."""
+
+        def __init__(self) -> None:
+            self.got: list[bytes] = []
+            self.buffer = self
+
+        def write(self, data: bytes) -> int:
+            if len(self.got) == 3:
+                raise BrokenPipeError(32, "Broken pipe")
+            self.got.append(bytes(data))
+            return len(data)
+
+        def flush(self) -> None:
+            pass
+
+    pipe = Pipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    argv = [
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "x",
+        "--tokens",
+        "50",
+        "--temperature",
+        "0",
+    ]
+    assert main(argv) == 141
+    assert [len(b) for b in pipe.got] == [1, 1, 1]  # one byte per write: each token as soon as it is picked
+    assert capsys.readouterr().err == ""

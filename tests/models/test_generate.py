@@ -203,6 +203,38 @@ def test_sampling_top_k_1_is_greedy_and_eos_stops() -> None:
     assert (out[0, 4:] == eos).all()
 
 
+def test_on_token_sees_every_new_token_as_it_is_picked() -> None:
+    """Streaming: the callback gets each step's tokens (B,) in order, before the next step runs, and together they
+    are the new part of the result (eos-filled rows included); compiled the same."""
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(5))
+    for options in (
+        {},
+        {"compile": "aot_eager"},
+        {"eos": int(model.generate(tokens, 1, temperature=0)[0, 4])},
+    ):
+        seen: list[torch.Tensor] = []
+        out = model.generate(tokens, 6, temperature=0, on_token=seen.append, **options)
+        assert all(t.shape == (2,) and t.dtype == torch.long for t in seen)
+        assert torch.equal(torch.stack(seen, dim=-1), out[:, 4:])
+
+    class Enough(Exception):
+        pass
+
+    def stop_at_two(t: torch.Tensor) -> None:  # a reader that leaves (a closed pipe) ends the call there
+        seen.append(t)
+        if len(seen) == 2:
+            raise Enough
+
+    seen = []
+    with pytest.raises(Enough):
+        model.generate(tokens, 6, temperature=0, on_token=stop_at_two)
+    assert len(seen) == 2
+    assert model.generate(tokens, 2).shape == (2, 6)  # the call's lock was released
+    with pytest.raises(TypeError, match="on_token must be a callable"):
+        model.generate(tokens, 2, on_token="print")
+
+
 def test_autocast_and_inference_mode_calls_mix_with_plain_ones() -> None:
     """A decoder's caches hold one dtype and one kind of tensor: a call under autocast (bf16 keys) or
     inference_mode (inference tensors) and a plain call each get their own, in either order (both used to raise

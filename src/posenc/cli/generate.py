@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .paths import path_arg
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("generate", help="continue a prompt with a trained checkpoint (bytes in, bytes out)")
-    p.add_argument("--checkpoint", type=path_arg, required=True, help="a .pt written by posenc compare")
+    p.add_argument(
+        "--checkpoint",
+        type=path_arg,
+        required=True,
+        help="a .pt written by posenc compare or posenc tasks, or a folder holding one",
+    )
     p.add_argument(
         "--prompt",
         type=str,
@@ -54,6 +64,30 @@ def prompt_bytes(text: str) -> bytes:
     return prompt
 
 
+def checkpoint_file(path: Path) -> Path:
+    """The checkpoint ``--checkpoint`` names: the file itself, or the one ``.pt`` of a folder (an encoding's folder
+    of a ``posenc compare`` run with one seed, ``runs/compare/checkpoints/rope``).
+
+    Raises:
+        ValueError: nothing at ``path``, or a folder holding no ``.pt`` or several (they are named).
+    """
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise ValueError(f"--checkpoint {path} does not exist; give a .pt written by posenc compare or tasks")
+    if not path.is_dir():
+        raise ValueError(f"--checkpoint {path} is not a file; give a .pt written by posenc compare or tasks")
+    found = sorted(p.name for p in path.glob("*.pt") if p.is_file())
+    if len(found) == 1:
+        return path / found[0]
+    if not found:
+        raise ValueError(f"--checkpoint {path} is a folder holding no checkpoint (.pt); give a .pt file")
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    raise ValueError(
+        f"--checkpoint {path} is a folder of {len(found)} checkpoints ({shown}); give one of them"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -66,14 +100,38 @@ def run(args: argparse.Namespace) -> int:
     check_seed("--seed", args.seed)
     prompt = prompt_bytes(args.prompt)
     device = resolve_device(args.device)
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
-    model, ckpt = load_model(args.checkpoint, device)
+    path = checkpoint_file(args.checkpoint)
+    model, ckpt = load_model(path, device, hint="give a .pt written by posenc compare or posenc tasks")
     torch.manual_seed(args.seed)
     tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-    options = {"temperature": args.temperature, "top_k": args.top_k, "compile": args.compile}
+    out = sys.stdout.buffer
+
+    def emit(new: Tensor) -> None:  # each byte as it is picked, so a long run shows its progress
+        out.write(bytes((int(new[0]),)))
+        out.flush()
+
+    options = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "compile": args.compile,
+        "on_token": emit,
+    }
+    try:
+        _generate(model, ckpt, tokens, args, options)
+        out.write(b"\n")
+        out.flush()
+    except BrokenPipeError:  # the reader left (`| head -c 100`): stop quietly, as any writer into a pipe does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, the status of a writer that the pipe ended
+    return 0
+
+
+def _generate(
+    model: Any, ckpt: dict[str, Any], tokens: Tensor, args: argparse.Namespace, options: Any
+) -> None:
+    """``model.generate`` with ``options``, under ``--scaling`` when given."""
     if args.scaling is None:
-        out = model.generate(tokens, args.tokens, **options)
+        model.generate(tokens, args.tokens, **options)
     else:
         from ..experiments.evaluate import rope_extensions, rope_scaled
 
@@ -83,8 +141,15 @@ def run(args: argparse.Namespace) -> int:
         train_len = int(ckpt["config"]["train"].get("train_len", 128))
         scaling = methods[args.scaling].extension(train_len, max(tokens.shape[1] + args.tokens, train_len))
         with rope_scaled(model, scaling) as scaled:
-            out = scaled.generate(tokens, args.tokens, **options)
-    sys.stdout.buffer.write(bytes(out[0, len(prompt) :].tolist()))
-    sys.stdout.buffer.write(b"\n")
-    sys.stdout.flush()
-    return 0
+            scaled.generate(tokens, args.tokens, **options)
+
+
+def _silence_stdout() -> None:
+    """Point stdout's descriptor at ``os.devnull``, so that the interpreter's flush at exit, which would write the
+    bytes left in the buffer into the closed pipe, reports nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by something with no descriptor
+        pass

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ..validation import first_line
+
 #: Version of the checkpoint dict written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = 1
 
@@ -217,8 +219,10 @@ _RETRAIN = "delete it and rerun to retrain that encoding (the other checkpoints 
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, hint: str = _RETRAIN) -> dict[str, Any]:
     """A checkpoint dict written by :func:`save_checkpoint` (``weights_only=True``: no code runs on load).
+    ``hint``: what the error for a file that is no checkpoint tells the user to do (default: delete it and rerun,
+    for a run's own checkpoint).
 
     Raises:
         FileNotFoundError: no such file.
@@ -232,10 +236,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # unpickling errors of many kinds: one clear message (torch's own text suggests
         # weights_only=False, which would run code from the file: not shown)
         raise ValueError(
-            f"{path} is corrupt, truncated or not a posenc checkpoint ({type(err).__name__}); {_RETRAIN}"
+            f"{path} is corrupt, truncated or not a posenc checkpoint ({type(err).__name__}); {hint}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "encoding" not in ckpt:
-        raise ValueError(f"{path} is not a posenc checkpoint (format {CHECKPOINT_FORMAT}); {_RETRAIN}")
+        raise ValueError(f"{path} is not a posenc checkpoint (format {CHECKPOINT_FORMAT}); {hint}")
     return ckpt
 
 
@@ -257,19 +261,27 @@ def save_checkpoint(path: Path, **fields: Any) -> None:
     save_torch({"format": CHECKPOINT_FORMAT, **fields}, path)
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
+def load_model(
+    path: Path, device: torch.device | str = "cpu", hint: str = _RETRAIN
+) -> tuple[Any, dict[str, Any]]:
     """The trained :class:`posenc.models.TransformerLM` of a checkpoint (eval mode) and the checkpoint dict.
 
     The model is rebuilt from the checkpoint's ``config["train"]`` (a :class:`TrainConfig`) and ``encoding``.
+    ``hint``: as for :func:`load_checkpoint`.
     """
     from .train import TrainConfig, build_model
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, hint)
     train = ckpt.get("config", {}).get("train")
     if not isinstance(train, dict):
-        raise ValueError(f"{path} has no training configuration to rebuild its model from")
-    model = build_model(str(ckpt["encoding"]), TrainConfig(**train))
-    model.load_state_dict(ckpt["state_dict"])
+        raise ValueError(f"{path} has no training configuration to rebuild its model from; {hint}")
+    try:
+        model = build_model(str(ckpt["encoding"]), TrainConfig(**train))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:  # fields that do not fit: one line
+        raise ValueError(
+            f"{path} is damaged ({type(err).__name__}: {first_line(err)[:200]}); {hint}"
+        ) from None
     return model.to(device).eval(), ckpt
 
 

@@ -14,6 +14,7 @@ are hidden from attention by the mask.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +51,7 @@ def _check(
     compile: bool | str,
     prompt_mask: Tensor | None,
     max_len: int | None,
+    on_token: object,
 ) -> tuple[Tensor, int]:
     """Validate everything before any work; return the prompt mask and the cache length."""
     if not isinstance(tokens, Tensor):
@@ -78,6 +80,8 @@ def _check(
         check_int("max_len", max_len, at_least=1, owner="generate")
     if not isinstance(compile, (bool, str)):
         raise TypeError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+    if on_token is not None and not callable(on_token):
+        raise TypeError(f"on_token must be a callable taking the new tokens (B,) or None, got {on_token!r}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
         raise ValueError(f"tokens must lie in [0, {vocab}) (the model's vocabulary)")
     mask = torch.ones_like(tokens, dtype=torch.bool) if prompt_mask is None else prompt_mask
@@ -149,6 +153,7 @@ def generate(
     compile: bool | str = False,
     prompt_mask: Tensor | None = None,
     max_len: int | None = None,
+    on_token: Callable[[Tensor], object] | None = None,
 ) -> Tensor:
     """Continue ``tokens`` by ``max_new_tokens`` tokens. Call ``model.eval()`` first (dropout is not touched).
 
@@ -169,6 +174,9 @@ def generate(
         prompt_mask: ``(B, S)`` bool, True on real tokens and False on the left padding; None = no padding.
         max_len: cache slots per layer (default ``S + max_new_tokens``); too few, or a cache larger than the
             device's memory, raises ``ValueError`` before any work is done.
+        on_token: called with each position's new tokens ``(B,)`` (int64, on the model's device) as soon as
+            they are picked, before the next step: streaming (``posenc generate`` prints each byte this way).
+            Reading them on the host (``.tolist()``) waits for the device on CUDA, once per token.
 
     Returns:
         ``(B, S + n)`` int64: the prompt followed by the ``n <= max_new_tokens`` new tokens.
@@ -179,12 +187,12 @@ def generate(
             value; all before any work.
     """
     mask, slots = _check(
-        model, tokens, max_new_tokens, temperature, top_k, eos, compile, prompt_mask, max_len
+        model, tokens, max_new_tokens, temperature, top_k, eos, compile, prompt_mask, max_len, on_token
     )
     check_memory(model, tokens.shape[0], tokens.shape[1], slots, tokens.device)
     with _decoders(model).held():  # one call per model at a time: its decoders' caches are shared state
         dec = _decoder(model, tokens.shape[0], slots, tokens.device, compile)
-        return _decode(dec, tokens.long(), mask, max_new_tokens, temperature, top_k, eos, slots)
+        return _decode(dec, tokens.long(), mask, max_new_tokens, (temperature, top_k, eos), slots, on_token)
 
 
 def _decode(
@@ -192,17 +200,20 @@ def _decode(
     tokens: Tensor,
     mask: Tensor,
     max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    eos: int | None,
+    sampling: tuple[float, int | None, int | None],
     slots: int,
+    on_token: Callable[[Tensor], object] | None,
 ) -> Tensor:
-    """:func:`generate`'s prefill and decode loop on ``dec``, checked arguments (``tokens: (B, S)`` int64)."""
+    """:func:`generate`'s prefill and decode loop on ``dec``, checked arguments (``tokens: (B, S)`` int64;
+    ``sampling``: temperature, top_k, eos)."""
+    temperature, top_k, eos = sampling
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): real tokens count from 0
     nxt = pick(dec.prefill(tokens, positions, mask), temperature, top_k)  # (B,)
     pos = positions[:, -1:] + 1  # (B, 1) position of the token fed next
     done = None if eos is None else nxt == eos
     out = [nxt]
+    if on_token is not None:
+        on_token(nxt)
     guarded = contextlib.nullcontext()
     with DecodeSession(slots):  # parameters fixed, positions below `slots`: encodings may keep tables
         for i in range(max_new_tokens - 1):
@@ -215,6 +226,8 @@ def _decode(
                 nxt = torch.where(done, eos, nxt)
                 done = done | (nxt == eos)
             out.append(nxt)
+            if on_token is not None:
+                on_token(nxt)
             pos = pos + 1
     return torch.cat((tokens, torch.stack(out, dim=-1)), dim=-1)
 
