@@ -182,14 +182,14 @@ def test_bytes_are_written_as_they_come_and_a_closed_pipe_ends_quietly(
     monkeypatch.setattr(sys, "stdout", pipe)
     argv = [
         "generate",
-        "--checkpoint",
-        str(checkpoint),
         "--prompt",
         "x",
         "--tokens",
         "50",
         "--temperature",
         "0",
+        "--checkpoint",
+        str(checkpoint),
     ]
     assert main(argv) == 141
     assert [len(b) for b in pipe.got] == [1, 1, 1]  # one byte per write: each token as soon as it is picked
