@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import posenc
+from posenc.base import OptionsInState
 from posenc.models import TransformerLM
 from posenc.rotary.scaling import SCALINGS
 
@@ -116,11 +117,13 @@ def test_every_rope_scaling_builds_on_meta_and_compiles_fullgraph(kind: str) -> 
 
 @pytest.mark.parametrize("name", posenc.available())
 def test_state_dict_holds_only_what_was_learned_and_round_trips(name: str) -> None:
-    """Recomputable tables are non-persistent buffers: the state dict holds the parameters only, and loading it into
-    a fresh encoding (strict) gives the same outputs."""
+    """Recomputable tables are non-persistent buffers: the state dict holds the parameters only (and, for options
+    that change what they mean, those options: ``OptionsInState``), and loading it into a fresh encoding (strict)
+    gives the same outputs."""
     torch.manual_seed(0)
     enc = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
-    assert set(enc.state_dict()) == {k for k, _ in enc.named_parameters()}
+    options = {"_extra_state"} if isinstance(enc, OptionsInState) else set()
+    assert set(enc.state_dict()) == {k for k, _ in enc.named_parameters()} | options
     with torch.no_grad():
         for p in enc.parameters():
             p.add_(torch.randn_like(p))  # away from any initialization a fresh copy would share

@@ -193,6 +193,51 @@ class PositionEncoding(nn.Module):
         raise TypeError(f"{type(self).__name__} is used through its hooks (embed, rotate, ...), not called")
 
 
+class OptionsInState:
+    """Mixin (listed before the encoding's base) for an encoding whose constructor options change what its
+    parameters mean without changing their shapes (T5's ``max_distance``, Kerple's ``kind``): a state_dict loaded
+    into one built with other values would fit and silently give another function.
+
+    ``state_options`` names those options. They are saved in the state_dict as the module's extra state
+    (``..._extra_state``: a dict of plain values, loadable with ``weights_only=True``), and
+    ``load_state_dict`` into a module built with other values raises ``ValueError`` naming them. A state_dict
+    without them (saved before they were recorded) loads as before, strict or not.
+    """
+
+    state_options: ClassVar[tuple[str, ...]] = ()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"options": {name: getattr(self, name) for name in self.state_options}}
+
+    def set_extra_state(self, state: Any) -> None:
+        saved = state.get("options") if isinstance(state, dict) else None
+        owner = type(self).__name__
+        if not isinstance(saved, dict):
+            raise ValueError(
+                f"{owner}: the state_dict's extra state should be {{'options': {{...}}}} as posenc saves it, "
+                f"got {type(state).__name__}"
+            )
+        differ = [n for n in self.state_options if n in saved and saved[n] != getattr(self, n)]
+        if differ:
+            got = ", ".join(f"{n}={saved[n]!r}" for n in differ)
+            have = ", ".join(f"{n}={getattr(self, n)!r}" for n in differ)
+            raise ValueError(
+                f"{owner}: the state_dict was saved from a module with {got}, but this one has {have}; the "
+                f"parameters would mean something else here: build it with {got}"
+            )
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        seen = len(missing_keys)
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "_extra_state"
+        if key in missing_keys[seen:]:  # saved before the options were recorded: nothing to check
+            missing_keys.remove(key)
+
+
 class NoPE(PositionEncoding):
     """No positional information at all: the causal mask is the only source of order (Kazemnejad et al. 2023).
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import ScoreMod
+from ..base import OptionsInState, ScoreMod
 from ..functional.bias import fire_input, fire_mlp_unrolled
 from ..validation import check_float, check_int
 from .base import BiasEncoding, position_reader
 
 
-class FIRE(BiasEncoding):
+class FIRE(OptionsInState, BiasEncoding):
     """Learned MLP of the normalized distance: ``b_h(i, j) = f_h(psi(i - j) / psi(max(i, L)))``.
 
     ``psi(x) = log(c x + 1)`` with learnable ``c``; the threshold ``L = |init_threshold * s|`` with learnable
@@ -31,6 +31,7 @@ class FIRE(BiasEncoding):
     """
 
     name: ClassVar[str | None] = "fire"
+    state_options: ClassVar[tuple[str, ...]] = ("init_threshold", "eps")  # the threshold is a scale of it
 
     def __init__(
         self,

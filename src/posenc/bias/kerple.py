@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..base import OptionsInState
 from ..functional.bias import kerple_bias
 from ..validation import check_float
 from .base import BiasEncoding
@@ -14,7 +15,7 @@ from .base import BiasEncoding
 KINDS = ("log", "power")
 
 
-class Kerple(BiasEncoding):
+class Kerple(OptionsInState, BiasEncoding):
     """Learned per-head kernel of ``|i - j|``: ``-r1 log(1 + r2 |i - j|)`` ("log") or ``-r1 |i - j|^r2`` ("power").
 
     ``r1`` and ``r2`` are parameters used through ``clamp(min=eps)`` (``r2 <= 2`` for "power"), as in the
@@ -27,6 +28,7 @@ class Kerple(BiasEncoding):
     """
 
     name: ClassVar[str | None] = "kerple"
+    state_options: ClassVar[tuple[str, ...]] = ("kind", "eps")  # what r1, r2 mean
     by_distance: ClassVar[bool] = True
 
     def __init__(self, heads: int, kind: str = "log", eps: float = 1e-2) -> None:

@@ -7,12 +7,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..base import OptionsInState
 from ..functional.bias import check_t5, lookup_bias, t5_distance_buckets
 from ..validation import check_bool, check_int, check_table_size
 from .base import BiasEncoding
 
 
-class T5Bias(BiasEncoding):
+class T5Bias(OptionsInState, BiasEncoding):
     """Learned ``(num_buckets, H)`` table indexed by T5's log-spaced bucket of ``key - query``.
 
     Buckets equal transformers' ``T5Attention._relative_position_bucket`` (see
@@ -28,6 +29,7 @@ class T5Bias(BiasEncoding):
     """
 
     name: ClassVar[str | None] = "t5"
+    state_options: ClassVar[tuple[str, ...]] = ("max_distance", "bidirectional")  # not in the table's shape
     by_distance: ClassVar[bool] = True
 
     bucket_of: Tensor

@@ -256,6 +256,12 @@ def reading_checkpoint(path: Path, what: str) -> Iterator[None]:
         ) from None
 
 
+def cpu_state(model: torch.nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` for a checkpoint: tensors detached and on the CPU, extra state (an encoding's
+    recorded options, plain values: :class:`posenc.base.OptionsInState`) as it is."""
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(path: Path, **fields: Any) -> None:
     """Save ``fields`` (``encoding``, ``config``, ``state_dict`` ...) with the format version, atomically."""
     save_torch({"format": CHECKPOINT_FORMAT, **fields}, path)

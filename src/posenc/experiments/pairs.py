@@ -16,6 +16,7 @@ from ..models import TransformerLM
 from .checkpoints import (
     checkpoint_refusal,
     config_differences,
+    cpu_state,
     load_checkpoint,
     reading_checkpoint,
     save_checkpoint,
@@ -246,7 +247,7 @@ def save_run(name: str, seed: int, model: TransformerLM, run: EncodingRun, ctx: 
         ctx.checkpoint(name, seed),
         encoding=name,
         config=ctx.pair_fingerprint(seed),
-        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        state_dict=cpu_state(model),
         losses=run.losses,
         train_seconds=run.train_seconds,
         eval_seconds=run.eval_seconds,

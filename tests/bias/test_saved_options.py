@@ -1,0 +1,84 @@
+"""Options that change what an encoding's parameters mean, but not their shapes, travel with its state_dict."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+
+import posenc
+from posenc.models import TransformerLM
+
+# (encoding, an option whose other value fits the same parameters, that value)
+CASES = [
+    ("t5", "max_distance", 64),
+    ("t5", "bidirectional", True),
+    ("kerple", "kind", "power"),
+    ("kerple", "eps", 0.05),
+    ("fire", "init_threshold", 64.0),
+    ("fire", "eps", 1e-3),
+]
+
+
+def build(name: str, **options: Any) -> posenc.PositionEncoding:
+    return posenc.build(name, dim=32, heads=4, **options)
+
+
+def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
+    """Through torch.save and a weights_only load, as posenc's checkpoints are read."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("name", "option", "other"), CASES)
+def test_a_state_dict_loads_only_into_a_module_with_the_same_options(
+    name: str, option: str, other: Any
+) -> None:
+    saved = build(name, **{option: other})
+    state = roundtrip(saved.state_dict())
+    same = build(name, **{option: other})
+    same.load_state_dict(state)  # strict: the recorded options are expected and match
+    for p, q in zip(same.parameters(), saved.parameters(), strict=True):
+        assert torch.equal(p, q)
+    default = build(name)
+    with pytest.raises(ValueError, match=f"saved from a module with {option}=") as info:
+        default.load_state_dict(state)
+    assert f"this one has {option}={getattr(default, option)!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted({c[0] for c in CASES}))
+def test_a_state_dict_saved_before_the_options_were_recorded_still_loads(name: str) -> None:
+    saved = build(name)
+    old = {k: v for k, v in saved.state_dict().items() if not k.endswith("_extra_state")}
+    assert len(old) == len(saved.state_dict()) - 1
+    build(name).load_state_dict(old)  # strict, as before
+    build(name).load_state_dict(old, strict=False)
+
+
+def test_the_check_reaches_encodings_inside_a_model() -> None:
+    """TransformerLM built with other position_options: refused, where the weights would have loaded silently."""
+    trained = TransformerLM("t5", dim=32, depth=2, heads=4, position_options={"max_distance": 40})
+    state = roundtrip(trained.state_dict())
+    TransformerLM("t5", dim=32, depth=2, heads=4, position_options={"max_distance": 40}).load_state_dict(
+        state
+    )
+    with pytest.raises(ValueError, match="max_distance=40, but this one has max_distance=128"):
+        TransformerLM("t5", dim=32, depth=2, heads=4).load_state_dict(state)
+
+
+def test_a_malformed_extra_state_is_refused() -> None:
+    enc = build("t5")
+    state = enc.state_dict()
+    state["_extra_state"] = [1, 2]
+    with pytest.raises(ValueError, match="extra state should be"):
+        enc.load_state_dict(state)
+
+
+def test_encodings_whose_options_all_show_in_shapes_record_nothing() -> None:
+    for name in ("shaw", "learned", "rope", "alibi", "xpos", "sinusoidal", "none"):
+        enc = posenc.build(name, dim=32, heads=4, head_dim=8) if name != "learned" else build(name)
+        assert not any(k.endswith("_extra_state") for k in enc.state_dict())
