@@ -170,7 +170,9 @@ def generate(
         eos: a token id that ends a row; later tokens of that row are ``eos``. Stopping early when all rows
             are done costs one host sync per step, so only when ``eos`` is given.
         compile: True compiles the decode step with inductor (once per batch/length/dtype/device); a string
-            names another ``torch.compile`` backend (``"eager"``, ``"aot_eager"`` for quick checks).
+            names another ``torch.compile`` backend (``"eager"``, ``"aot_eager"`` for quick checks). After
+            the call's first step the guards are skipped (``torch.compiler.set_stance``, process-wide): meanwhile
+            a compiled function meeting new inputs in another thread raises instead of recompiling.
         prompt_mask: ``(B, S)`` bool, True on real tokens and False on the left padding; None = no padding.
         max_len: cache slots per layer (default ``S + max_new_tokens``); too few, or a cache larger than the
             device's memory, raises ``ValueError`` before any work is done.
