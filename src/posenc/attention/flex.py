@@ -6,7 +6,9 @@ indices (``O((n / 128)^2)`` memory, cached per shape); key padding is a ``mask_m
 
 Eager FlexAttention is a reference that materializes the scores; :func:`flex_kernel` therefore returns
 ``torch.compile(flex_attention)`` (or the plain function when already inside ``torch.compile``). Each new
-encoding type, shape or mask kind compiles once (seconds). In torch 2.13 FlexAttention has no backward on CPU.
+encoding type, shape or mask kind compiles once (seconds); on a CPU, where shapes are static, a causal call of
+``n`` queries and keys runs at a bucketed length (:func:`cpu_bucket`), so a new length rarely means a new compile.
+In torch 2.13 FlexAttention has no backward on CPU.
 
 Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` keys, ``D`` head_dim.
 """
@@ -17,9 +19,11 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
@@ -88,6 +92,8 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         )
     if q.shape[-2] == 0 or k.shape[-2] == 0:  # no score at all (the compiled kernel divides by zero blocks)
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])  # (B, H, Q, Dv): no key visible gives 0, as in math
+    if pads_to_bucket(q, k, ctx):
+        return _bucketed(q, k, v, ctx)
     score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos)
     if score_mod is None:
         bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
@@ -99,6 +105,44 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         return run_fitted(
             flex_kernel(q.device), key, q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa
         )
+
+
+def cpu_bucket(n: int) -> int:
+    """The length a CPU ``flex`` call of ``n`` causal queries and keys runs at: ``n`` rounded up to a multiple of
+    ``max(BLOCK, 2**(bit_length(n) - 4))`` (128 up to 2,047; 256 up to 4,095; ...), so under an eighth more
+    rows and at most eight compiled shapes per octave of lengths."""
+    step = max(BLOCK, 1 << max(n.bit_length() - 4, 0))
+    return -(-n // step) * step
+
+
+def pads_to_bucket(q: Tensor, k: Tensor, ctx: AttentionInputs) -> bool:
+    """Whether this call runs at :func:`cpu_bucket` length: on a CPU (where the kernel is compiled for static
+    shapes, a few seconds per new length: scoring texts of many lengths would compile for each, and after
+    :data:`RECOMPILE_LIMIT` shapes fall back to the materializing eager path), outside an outer
+    ``torch.compile``, for causal self-attention with as many keys as queries and no keep-mask (scoring or
+    prefilling a sequence), at a length that is not a bucket already."""
+    n = q.shape[-2]
+    plain = ctx.causal and ctx.keep is None and k.shape[-2] == n
+    return plain and q.device.type == "cpu" and not torch.compiler.is_compiling() and cpu_bucket(n) != n
+
+
+def _bucketed(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
+    """:func:`flex_attention_backend` at :func:`cpu_bucket` length: q, k and v padded with zero rows at the end,
+    positions continued one by one (so consecutive positions stay consecutive), the padded queries' rows
+    dropped. Under the causal mask no real query sees a padded key, so each real row has the keys and biases of
+    the unpadded call (equal to ``math`` within rounding, as the unpadded kernel; tested)."""
+    n = q.shape[-2]
+    extra = cpu_bucket(n) - n
+
+    def rows(t: Tensor) -> Tensor:  # (B, *, n, D) -> (B, *, n + extra, D)
+        return F.pad(t, (0, 0, 0, extra))
+
+    def positions(p: Tensor) -> Tensor:  # (1|B, n) -> (1|B, n + extra)
+        return torch.cat((p, p[:, -1:] + torch.arange(1, extra + 1, device=p.device)), dim=-1)
+
+    q_pos = positions(ctx.q_pos)  # one tensor for both when they were one (dynamo guards the aliasing)
+    inner = replace(ctx, q_pos=q_pos, k_pos=q_pos if ctx.k_pos is ctx.q_pos else positions(ctx.k_pos))
+    return flex_attention_backend(rows(q), rows(k), rows(v), inner)[:, :, :n]  # (B, H, n, Dv)
 
 
 #: Smaller tiles tried in turn when the default FlexAttention kernel does not fit the GPU's shared memory (T5's
