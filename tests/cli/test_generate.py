@@ -140,6 +140,9 @@ def test_a_folder_of_several_or_none_and_files_that_are_no_checkpoint_are_one_li
     several.mkdir()
     for seed in range(3):
         (several / f"seed{seed}.pt").write_bytes(checkpoint.read_bytes())
+    run = tmp_path / "run"
+    (run / "checkpoints" / "rope").mkdir(parents=True)
+    (run / "checkpoints" / "rope" / "seed0.pt").write_bytes(checkpoint.read_bytes())
     text = tmp_path / "notes.md"
     text.write_text("# not a checkpoint\n")
     damaged = tmp_path / "damaged.pt"
@@ -148,6 +151,10 @@ def test_a_folder_of_several_or_none_and_files_that_are_no_checkpoint_are_one_li
     torch.save(ckpt, damaged)
     for path, says in (
         (empty, "is a folder holding no checkpoint (.pt)"),
+        (
+            run,
+            f"is a run's folder; give one of its checkpoints, e.g. {run / 'checkpoints' / 'rope' / 'seed0.pt'}",
+        ),
         (several, "is a folder of 3 checkpoints (seed0.pt, seed1.pt, seed2.pt); give one of them"),
         (text, "is corrupt, truncated or not a posenc checkpoint (UnpicklingError); give a .pt written by"),
         (damaged, "is damaged (RuntimeError: Error(s) in loading state_dict"),

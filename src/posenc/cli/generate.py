@@ -81,6 +81,11 @@ def checkpoint_file(path: Path) -> Path:
     if len(found) == 1:
         return path / found[0]
     if not found:
+        inside = sorted((path / "checkpoints").rglob("*.pt"))  # a compare or tasks run's own folder?
+        if inside:
+            raise ValueError(
+                f"--checkpoint {path} is a run's folder; give one of its checkpoints, e.g. {inside[0]}"
+            )
         raise ValueError(f"--checkpoint {path} is a folder holding no checkpoint (.pt); give a .pt file")
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
     raise ValueError(
