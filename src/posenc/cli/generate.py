@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         "compile": args.compile,
         "on_token": emit,
     }
+    if args.compile:  # seconds to tens of seconds before the first byte: say why
+        print(
+            "posenc generate: compiling the decode step first (once per process)", file=sys.stderr, flush=True
+        )
     try:
         _generate(model, ckpt, tokens, args, options)
         out.write(b"\n")
