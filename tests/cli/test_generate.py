@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from posenc.cli import generate as generate_cli
 from posenc.cli import main
 from posenc.experiments.checkpoints import load_model, save_checkpoint
 from posenc.experiments.train import TrainConfig, build_model
@@ -201,3 +203,45 @@ def test_bytes_are_written_as_they_come_and_a_closed_pipe_ends_quietly(
     assert main(argv) == 141
     assert [len(b) for b in pipe.got] == [1, 1, 1]  # one byte per write: each token as soon as it is picked
     assert capsys.readouterr().err == ""
+
+
+def test_prompt_file_and_stdin_give_the_bytes_of_the_same_prompt(
+    checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    raw = b"def f(x):\n\x00\xff  return"  # a NUL and a byte that is not UTF-8: no argv carries these
+    prompt = tmp_path / "prompt.py"
+    prompt.write_bytes(raw)
+    argv = ["generate", "--checkpoint", str(checkpoint), "--tokens", "5", "--temperature", "0"]
+    model, _ = load_model(checkpoint)
+    expected = bytes(model.generate(torch.tensor([list(raw)]), 5, temperature=0.0)[0, len(raw) :].tolist())
+    assert main([*argv, "--prompt-file", str(prompt)]) == 0
+    assert capfdbinary.readouterr().out == expected + b"\n"
+
+    class Stdin:
+        buffer = io.BytesIO(raw)
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    assert main([*argv, "--prompt-file", "-"]) == 0
+    assert capfdbinary.readouterr().out == expected + b"\n"
+
+
+def test_a_prompt_file_that_is_missing_empty_a_folder_or_too_long_is_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"x" * (generate_cli.MAX_PROMPT_FILE + 1))
+    argv = ["generate", "--checkpoint", str(checkpoint), "--tokens", "2", "--prompt-file"]
+    for path, says in (
+        (tmp_path / "missing.txt", "does not exist"),
+        (tmp_path, "is not a file"),
+        (empty, "is empty"),
+        (long, f"holds over {generate_cli.MAX_PROMPT_FILE} bytes"),
+    ):
+        assert main([*argv, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--prompt-file {path} {says}" in err and err.count("\n") == 1, err

@@ -22,11 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         required=True,
         help="a .pt written by posenc compare or posenc tasks, or a folder holding one",
     )
-    p.add_argument(
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument(
         "--prompt",
         type=str,
-        required=True,
         help="text to continue: its exact bytes as the shell passed them (UTF-8 for text)",
+    )
+    given.add_argument(
+        "--prompt-file",
+        type=path_arg,
+        help="continue the bytes of this file instead ('-' for standard input): long prompts, any bytes",
     )
     p.add_argument("--tokens", type=int, default=200, help="bytes to generate (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")
@@ -62,6 +67,31 @@ def prompt_bytes(text: str) -> bytes:
     if not prompt:
         raise ValueError("--prompt must not be empty")
     return prompt
+
+
+#: The longest --prompt-file read (bytes): far past any length a byte model of this size is trained at.
+MAX_PROMPT_FILE = 1 << 20
+
+
+def file_bytes(path: Path) -> bytes:
+    """The bytes of ``--prompt-file`` (``-``: standard input), at most :data:`MAX_PROMPT_FILE`.
+
+    Raises:
+        ValueError: no such file, a folder, an empty file, or one over the limit.
+    """
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(MAX_PROMPT_FILE + 1)
+    elif not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ValueError(f"--prompt-file {path} {what}; give a file of the bytes to continue, or - for stdin")
+    else:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROMPT_FILE + 1)
+    if len(data) > MAX_PROMPT_FILE:
+        raise ValueError(f"--prompt-file {path} holds over {MAX_PROMPT_FILE} bytes; give a shorter prompt")
+    if not data:
+        raise ValueError(f"--prompt-file {path} is empty; give at least one byte to continue")
+    return data
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -103,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tokens < 1:
         raise ValueError(f"--tokens must be a positive number of bytes, got {args.tokens}")
     check_seed("--seed", args.seed)
-    prompt = prompt_bytes(args.prompt)
+    prompt = prompt_bytes(args.prompt) if args.prompt_file is None else file_bytes(args.prompt_file)
     device = resolve_device(args.device)
     path = checkpoint_file(args.checkpoint)
     model, ckpt = load_model(path, device, hint="give a .pt written by posenc compare or posenc tasks")
