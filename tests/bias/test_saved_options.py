@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from typing import Any
 
 import pytest
@@ -45,9 +46,13 @@ def test_a_state_dict_loads_only_into_a_module_with_the_same_options(
     for p, q in zip(same.parameters(), saved.parameters(), strict=True):
         assert torch.equal(p, q)
     default = build(name)
-    with pytest.raises(ValueError, match=f"saved from a module with {option}=") as info:
-        default.load_state_dict(state)
-    assert f"this one has {option}={getattr(default, option)!r}" in str(info.value)
+    before = {k: v.clone() for k, v in default.state_dict().items()}
+    for strict in (True, False):  # refused as a shape mismatch is, strict or not
+        with pytest.raises(RuntimeError, match=rf"saved from a \w+ with {option}=") as info:
+            default.load_state_dict(state, strict=strict)
+        assert f"this one has {option}={getattr(default, option)!r}" in str(info.value)
+    for k, v in default.state_dict().items():  # nothing of the refused module was copied
+        assert torch.equal(v, before[k])
 
 
 @pytest.mark.parametrize("name", sorted({c[0] for c in CASES}))
@@ -66,16 +71,43 @@ def test_the_check_reaches_encodings_inside_a_model() -> None:
     TransformerLM("t5", dim=32, depth=2, heads=4, position_options={"max_distance": 40}).load_state_dict(
         state
     )
-    with pytest.raises(ValueError, match="max_distance=40, but this one has max_distance=128"):
-        TransformerLM("t5", dim=32, depth=2, heads=4).load_state_dict(state)
+    other = TransformerLM("t5", dim=32, depth=2, heads=4)
+    with pytest.raises(RuntimeError, match="max_distance=40, but this one has max_distance=128") as info:
+        other.load_state_dict(state)
+    assert str(info.value).count("blocks.") == 2  # each layer's encoding named; the rest of the model loaded
+    assert torch.equal(other.embed.weight, trained.embed.weight)
+
+
+def test_state_dicts_stay_tensors_for_safetensors_and_numpy_options_load_weights_only() -> None:
+    st = pytest.importorskip("safetensors.torch")
+    model = TransformerLM("kerple", dim=32, depth=2, heads=4, position_options={"kind": "power"})
+    assert all(isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.safetensors"
+        st.save_model(model, path)
+        fresh = TransformerLM("kerple", dim=32, depth=2, heads=4, position_options={"kind": "power"})
+        st.load_model(fresh, path)
+    for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    np = pytest.importorskip("numpy")
+    enc = build(
+        "kerple", kind=np.str_("power"), eps=np.float64(0.05)
+    )  # str and float subclasses: plain values
+    roundtrip(enc.state_dict())  # weights_only reads it
+    build("kerple", kind="power", eps=0.05).load_state_dict(enc.state_dict())
 
 
 def test_a_malformed_extra_state_is_refused() -> None:
     enc = build("t5")
     state = enc.state_dict()
-    state["_extra_state"] = [1, 2]
-    with pytest.raises(ValueError, match="extra state should be"):
-        enc.load_state_dict(state)
+    for bad in (
+        [1, 2],
+        torch.tensor([255, 0], dtype=torch.uint8),
+        torch.tensor(list(b"[1]"), dtype=torch.uint8),
+    ):
+        state["_extra_state"] = bad
+        with pytest.raises(RuntimeError, match="saved options should be JSON in a uint8 tensor"):
+            enc.load_state_dict(state)
 
 
 def test_encodings_whose_options_all_show_in_shapes_record_nothing() -> None:

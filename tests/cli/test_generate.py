@@ -6,6 +6,7 @@ import dataclasses
 import io
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,16 @@ def test_prompt_file_and_stdin_give_the_bytes_of_the_same_prompt(
     monkeypatch.setattr(sys, "stdin", Stdin())
     assert main([*argv, "--prompt-file", "-"]) == 0
     assert capfdbinary.readouterr().out == expected + b"\n"
+    fifo = tmp_path / "fifo"  # a pipe by name, as `--prompt-file <(cat prompt.py)` gives
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(raw,))
+    writer.start()
+    assert main([*argv, "--prompt-file", str(fifo)]) == 0
+    writer.join()
+    assert capfdbinary.readouterr().out == expected + b"\n"
+    monkeypatch.setattr(sys, "stdin", None)  # started with stdin closed (`<&-`)
+    assert main([*argv, "--prompt-file", "-"]) == 2
+    assert b"standard input is closed" in capfdbinary.readouterr().err
 
 
 def test_a_prompt_file_that_is_missing_empty_a_folder_or_too_long_is_one_line(
@@ -238,7 +249,7 @@ def test_a_prompt_file_that_is_missing_empty_a_folder_or_too_long_is_one_line(
     argv = ["generate", "--checkpoint", str(checkpoint), "--tokens", "2", "--prompt-file"]
     for path, says in (
         (tmp_path / "missing.txt", "does not exist"),
-        (tmp_path, "is not a file"),
+        (tmp_path, "is a folder"),
         (empty, "is empty"),
         (long, f"holds over {generate_cli.MAX_PROMPT_FILE} bytes"),
     ):

@@ -77,14 +77,17 @@ def file_bytes(path: Path) -> bytes:
     """The bytes of ``--prompt-file`` (``-``: standard input), at most :data:`MAX_PROMPT_FILE`.
 
     Raises:
-        ValueError: no such file, a folder, an empty file, or one over the limit.
+        ValueError: nothing there, a folder, closed stdin, no bytes, or over the limit.
+        OSError: a path that cannot be read (the CLI prints it in one line).
     """
     if str(path) == "-":
+        if sys.stdin is None:  # (started with stdin closed: `<&-`)
+            raise ValueError("--prompt-file -: standard input is closed; give a file, or pipe the prompt in")
         data = sys.stdin.buffer.read(MAX_PROMPT_FILE + 1)
-    elif not path.is_file():
-        what = "is not a file" if path.exists() else "does not exist"
+    elif path.is_dir() or not path.exists():
+        what = "is a folder" if path.is_dir() else "does not exist"
         raise ValueError(f"--prompt-file {path} {what}; give a file of the bytes to continue, or - for stdin")
-    else:
+    else:  # a file, a pipe, a FIFO, /dev/fd/N (`--prompt-file <(head -c 300 notes.txt)`)
         with open(path, "rb") as f:
             data = f.read(MAX_PROMPT_FILE + 1)
     if len(data) > MAX_PROMPT_FILE:

@@ -99,7 +99,7 @@ def _check(
     if limit is not None and need > limit:
         raise ValueError(
             f"the model takes positions below {limit} only (its encoding's limit), but prompt {tokens.shape[1]} + "
-            f"max_new_tokens {max_new_tokens} = {need} tokens; ask for fewer tokens"
+            f"max_new_tokens {max_new_tokens} = {need} tokens; ask for fewer tokens or give a shorter prompt"
         )
     if max_len is not None and need > max_len:
         raise ValueError(
@@ -137,7 +137,7 @@ def check_memory(model: TransformerLM, batch: int, prompt: int, slots: int, devi
         raise ValueError(
             f"generate: a cache of {slots} slots (batch {batch}, {len(model.blocks)} layers) needs about "
             f"{need / 2**30:.1f} GiB, more than the {total / 2**30:.1f} GiB this {device.type} device has; "
-            "ask for fewer tokens or a smaller max_len"
+            "ask for fewer tokens, or give a shorter prompt or a smaller max_len"
         )
 
 
