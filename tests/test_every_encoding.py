@@ -90,6 +90,27 @@ def test_meta_then_to_empty_rebuilds_derived_tables(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", posenc.available())
+def test_meta_then_assign_load_gives_the_real_model(name: str) -> None:
+    """``load_state_dict(assign=True)`` into a model built on meta (how large models load) leaves the derived
+    tables on meta, since they are not in the state_dict: they are rebuilt where the weights landed. Before, T5's
+    bias came out wrong without an error and ALiBi, RoPE, xPos, sinusoidal failed at the first call."""
+    torch.manual_seed(0)
+    real = TransformerLM(name, dim=32, depth=2, heads=4, position_options=OPTIONS.get(name)).eval()
+    with torch.device("meta"):
+        meta = TransformerLM(name, dim=32, depth=2, heads=4, position_options=OPTIONS.get(name)).eval()
+    meta.load_state_dict(real.state_dict(), assign=True)
+    tokens = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(meta(tokens), real(tokens))
+    alone = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))  # an encoding loaded by itself
+    with torch.device("meta"):
+        meta_alone = posenc.build(name, dim=32, heads=4, **OPTIONS.get(name, {}))
+    meta_alone.load_state_dict(alone.state_dict(), assign=True)
+    if any(True for _ in alone.parameters()):  # (one without weights learns its device from its model)
+        assert not any(b.is_meta for b in meta_alone.buffers())
+
+
+@pytest.mark.parametrize("name", posenc.available())
 def test_embed_compiles_fullgraph(name: str) -> None:
     """The attention test above never reaches ``embed`` (the absolute family's hook): compiled here, with default,
     shared and per-row positions."""

@@ -81,6 +81,10 @@ class PositionEncoding(nn.Module):
             )
             ENCODINGS.add(name, cls, replace=same)  # a re-imported module may redefine its own class
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_post_hook(tables_after_load)
+
     # -- what experiments and models may ask of any encoding ------------------------------------------------
     @classmethod
     def from_sizes(cls: type[E], sizes: Sizes, **options: Any) -> E:
@@ -181,18 +185,35 @@ class PositionEncoding(nn.Module):
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PositionEncoding:  # type: ignore[override]
         super()._apply(fn, recurse)
-        if type(self).derived_buffers is not PositionEncoding.derived_buffers:
-            device = next((b.device for _, b in self.named_buffers(recurse=False)), None)
-            if device is not None:
-                for name, value in self.derived_buffers(device).items():
-                    setattr(self, name, value)
+        device = next((b.device for _, b in self.named_buffers(recurse=False)), None)
+        self._rebuild_derived(device)
+        return self
+
+    def _rebuild_derived(self, device: torch.device | None) -> None:
+        """Recompute :meth:`derived_buffers` on ``device`` (None: leave them) and drop every view of the old ones."""
+        if device is not None and type(self).derived_buffers is not PositionEncoding.derived_buffers:
+            for name, value in self.derived_buffers(device).items():
+                setattr(self, name, value)
         for value in vars(self).values():  # views of the old tables: dropped, so nothing keeps those alive
             if isinstance(value, (RowViews, SessionMemo)):
                 value.clear()
-        return self
 
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         raise TypeError(f"{type(self).__name__} is used through its hooks (embed, rotate, ...), not called")
+
+
+def tables_after_load(module: nn.Module, incompatible_keys: object = None) -> None:
+    """A load_state_dict post-hook (:class:`PositionEncoding`, ``posenc.Attention`` and ``TransformerLM`` register it):
+    derived tables left on the meta device, as ``load_state_dict(..., assign=True)`` into a model built on meta
+    leaves them (they are not in the state_dict), are computed where the loaded tensors now live. Without it T5's
+    buckets stayed on meta and its bias came out wrong without an error; other encodings failed at the first
+    call."""
+    device = next((t.device for t in (*module.parameters(), *module.buffers()) if not t.is_meta), None)
+    if device is None:
+        return
+    for m in module.modules():
+        if isinstance(m, PositionEncoding) and any(b.is_meta for b in m.buffers(recurse=False)):
+            m._rebuild_derived(device)
 
 
 class OptionsInState:

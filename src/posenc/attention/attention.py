@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import NoPE, PositionEncoding, as_positions, default_positions
+from ..base import NoPE, PositionEncoding, as_positions, default_positions, tables_after_load
 from ..validation import check_bool, check_float, check_int
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
@@ -77,6 +77,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(heads * self.head_dim, dim, bias=bias)
+        self.register_load_state_dict_post_hook(tables_after_load)  # an encoding without weights: its tables
 
     def forward(
         self,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..attention import Attention, KVCache
 from ..attention.static_cache import check_static_inputs
-from ..base import NoPE, PositionEncoding, as_positions, default_positions
+from ..base import NoPE, PositionEncoding, as_positions, default_positions, tables_after_load
 from ..registry import build
 from ..validation import check_float, check_int
 
@@ -89,6 +89,7 @@ class TransformerLM(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
         self.apply(_init)
+        self.register_load_state_dict_post_hook(tables_after_load)  # the input encoding's tables (sinusoidal)
 
     def encodings(self) -> list[PositionEncoding]:
         """The encoding of every attention layer, in order (all :class:`NoPE` for an absolute encoding), then
