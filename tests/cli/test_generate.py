@@ -237,6 +237,9 @@ def test_prompt_file_and_stdin_give_the_bytes_of_the_same_prompt(
     monkeypatch.setattr(sys, "stdin", None)  # started with stdin closed (`<&-`)
     assert main([*argv, "--prompt-file", "-"]) == 2
     assert b"standard input is closed" in capfdbinary.readouterr().err
+    monkeypatch.setattr(sys, "stdout", None)  # and stdout (`>&-`)
+    assert main([*argv, "--prompt-file", str(prompt)]) == 2
+    assert b"standard output is closed" in capfdbinary.readouterr().err
 
 
 def test_a_prompt_file_that_is_missing_empty_a_folder_or_too_long_is_one_line(

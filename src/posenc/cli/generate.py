@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     model, ckpt = load_model(path, device, hint="give a .pt written by posenc compare or posenc tasks")
     torch.manual_seed(args.seed)
     tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+    if sys.stdout is None:  # (started with stdout closed: `>&-`)
+        raise ValueError("standard output is closed; the bytes go there (redirect it to a file)")
     out = sys.stdout.buffer
 
     def emit(new: Tensor) -> None:  # each byte as it is picked, so a long run shows its progress
