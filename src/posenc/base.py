@@ -246,9 +246,13 @@ class OptionsInState:
 
     def _options_problem(self, state: Any) -> str | None:
         """Why ``state`` (a saved extra state) does not fit this module, or None."""
-        try:
-            saved = json.loads(bytes(state.tolist()).decode()) if isinstance(state, Tensor) else None
-        except (UnicodeDecodeError, ValueError):
+        try:  # (int(): a blanket `.to(torch.bfloat16)` of the state_dict keeps these small integers exact)
+            saved = (
+                json.loads(bytes(int(b) for b in state.tolist()).decode())
+                if isinstance(state, Tensor)
+                else None
+            )
+        except (UnicodeDecodeError, ValueError, TypeError):
             saved = None
         if not isinstance(saved, dict):
             return f"the saved options should be JSON in a uint8 tensor, as posenc saves them; got {type(state).__name__}"

@@ -62,6 +62,8 @@ def test_a_state_dict_saved_before_the_options_were_recorded_still_loads(name: s
     assert len(old) == len(saved.state_dict()) - 1
     build(name).load_state_dict(old)  # strict, as before
     build(name).load_state_dict(old, strict=False)
+    cast = {k: v.to(torch.bfloat16) for k, v in saved.state_dict().items()}  # a blanket cast of every tensor
+    build(name).to(torch.bfloat16).load_state_dict(cast)  # the recorded options still read
 
 
 def test_the_check_reaches_encodings_inside_a_model() -> None:
