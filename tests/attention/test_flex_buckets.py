@@ -28,14 +28,16 @@ def _ctx(
     return AttentionInputs(posenc.ALiBi(2), pos, kpos, keep, causal)
 
 
-def test_only_plain_causal_self_attention_is_padded() -> None:
+def test_calls_whose_padded_keys_can_be_hidden_are_padded() -> None:
     q = torch.zeros(1, 2, 130, 8)
+    keep = torch.ones(1, 1, 1, 130, dtype=torch.bool)
     assert pads_to_bucket(q, q, _ctx(130))
-    assert not pads_to_bucket(q[:, :, :128], q[:, :, :128], _ctx(128))  # a bucket already
-    assert not pads_to_bucket(q, q, _ctx(130, causal=False))  # padded keys would be seen
-    assert not pads_to_bucket(q, q, _ctx(130, keep=torch.ones(1, 1, 1, 130, dtype=torch.bool)))
+    assert pads_to_bucket(q, q, _ctx(130, keep=keep))
+    assert pads_to_bucket(q, q, _ctx(130, causal=False, keep=keep))  # the keep-mask hides the padded keys
     k = torch.zeros(1, 2, 140, 8)
-    assert not pads_to_bucket(q, k, _ctx(130, 140))  # queries at a cache offset
+    assert pads_to_bucket(q, k, _ctx(130, 140))  # queries at a cache offset: the shift is kept
+    assert not pads_to_bucket(q[:, :, :128], q[:, :, :128], _ctx(128))  # a bucket already
+    assert not pads_to_bucket(q, q, _ctx(130, causal=False))  # nothing would hide the padded keys
 
 
 @pytest.mark.parametrize("name", ["alibi", "t5", "kerple", "fire"])
@@ -58,3 +60,31 @@ def test_lengths_of_one_bucket_share_one_compiled_kernel_and_match_math(name: st
         assert out.shape == (2, 2, n, 8)
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] - before <= 1  # one compile (none if an earlier test made it)
+
+
+@pytest.mark.parametrize("name", ["alibi", "t5", "kerple", "fire"])
+def test_prefills_into_cache_slots_share_one_compiled_kernel_and_match_math(name: str) -> None:
+    """A generate prefill: S prompt tokens (left padding in one row) into S + 20 slots, the unwritten slots and
+    the padding hidden by the keep-mask; prompts of 130 and 200 tokens run at one shape."""
+    torch.manual_seed(1)
+    enc = posenc.build(name, dim=16, heads=2).eval()
+    counters = torch._dynamo.utils.counters
+    before = counters["stats"]["unique_graphs"]
+    for s in (130, 200):
+        slots = s + 20
+        q = torch.randn(2, 2, s, 8)
+        k, v = torch.randn(2, 1, slots, 8), torch.randn(2, 1, slots, 8)  # GQA: one key head
+        q_pos = torch.arange(s)[None].repeat(2, 1)
+        q_pos[1] = (q_pos[1] - 5).clamp(min=0)  # row 1: five padding tokens first
+        k_pos = torch.cat((q_pos, torch.zeros(2, 20, dtype=torch.long)), dim=-1)  # unwritten slots
+        keep = (
+            torch.arange(slots)[None, None, None, :] <= torch.arange(s)[None, None, :, None]
+        )  # written by then
+        keep = keep & (torch.arange(slots) >= torch.tensor([[0], [5]]))[:, None, None, :]  # (2, 1, S, slots)
+        ctx = AttentionInputs(enc, q_pos, k_pos, keep, True)
+        with torch.no_grad():
+            out = BACKENDS.get("flex")(q, k, v, ctx)
+            ref = BACKENDS.get("math")(q, k, v, ctx)
+        assert out.shape == (2, 2, s, 8)
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] - before <= 1

@@ -6,8 +6,9 @@ indices (``O((n / 128)^2)`` memory, cached per shape); key padding is a ``mask_m
 
 Eager FlexAttention is a reference that materializes the scores; :func:`flex_kernel` therefore returns
 ``torch.compile(flex_attention)`` (or the plain function when already inside ``torch.compile``). Each new
-encoding type, shape or mask kind compiles once (seconds); on a CPU, where shapes are static, a causal call of
-``n`` queries and keys runs at a bucketed length (:func:`cpu_bucket`), so a new length rarely means a new compile.
+encoding type, shape or mask kind compiles once (seconds); on a CPU, where shapes are static, a causal or masked
+call runs with its queries (and as many more keys) padded to a bucketed length (:func:`cpu_bucket`), so a new
+length rarely means a new compile.
 In torch 2.13 FlexAttention has no backward on CPU.
 
 Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` keys, ``D`` head_dim.
@@ -117,32 +118,39 @@ def cpu_bucket(n: int) -> int:
 
 def pads_to_bucket(q: Tensor, k: Tensor, ctx: AttentionInputs) -> bool:
     """Whether this call runs at :func:`cpu_bucket` length: on a CPU (where the kernel is compiled for static
-    shapes, a few seconds per new length: scoring texts of many lengths would compile for each, and after
-    :data:`RECOMPILE_LIMIT` shapes fall back to the materializing eager path), outside an outer
-    ``torch.compile``, for causal self-attention with as many keys as queries and no keep-mask (scoring or
-    prefilling a sequence), at a length that is not a bucket already."""
+    shapes, a few seconds per new length: scoring texts or prefilling prompts of many lengths would compile for
+    each, and after :data:`RECOMPILE_LIMIT` shapes fall back to the materializing eager path), outside an outer
+    ``torch.compile``, when the padded keys can be hidden (a causal mask, or a keep-mask), at a query count
+    that is not a bucket already."""
     n = q.shape[-2]
-    plain = ctx.causal and ctx.keep is None and k.shape[-2] == n
-    return plain and q.device.type == "cpu" and not torch.compiler.is_compiling() and cpu_bucket(n) != n
+    hidden = ctx.causal or ctx.keep is not None
+    return hidden and q.device.type == "cpu" and not torch.compiler.is_compiling() and cpu_bucket(n) != n
 
 
 def _bucketed(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
-    """:func:`flex_attention_backend` at :func:`cpu_bucket` length: q, k and v padded with zero rows at the end,
-    positions continued one by one (so consecutive positions stay consecutive), the padded queries' rows
-    dropped. Under the causal mask no real query sees a padded key, so each real row has the keys and biases of
-    the unpadded call (equal to ``math`` within rounding, as the unpadded kernel; tested)."""
+    """:func:`flex_attention_backend` with the ``Q`` queries padded to :func:`cpu_bucket` ``(Q)`` and the keys by as
+    many zero rows at the end (so ``K - Q``, the causal shift, stays; a prefill of ``S`` prompt tokens into
+    ``S + n`` cache slots runs at one shape per bucket for a given ``n``), positions continued one by one (so
+    consecutive positions stay consecutive), a keep-mask padded with False, the padded queries' rows dropped.
+    No real query sees a padded key (the causal mask stops at key ``K - 1`` for query ``Q - 1``; the keep-mask
+    hides them), so each real row has the keys and biases of the unpadded call (equal to ``math`` within
+    rounding, as the unpadded kernel; tested)."""
     n = q.shape[-2]
     extra = cpu_bucket(n) - n
 
-    def rows(t: Tensor) -> Tensor:  # (B, *, n, D) -> (B, *, n + extra, D)
+    def rows(t: Tensor) -> Tensor:  # (B, *, L, D) -> (B, *, L + extra, D)
         return F.pad(t, (0, 0, 0, extra))
 
-    def positions(p: Tensor) -> Tensor:  # (1|B, n) -> (1|B, n + extra)
+    def positions(p: Tensor) -> Tensor:  # (1|B, L) -> (1|B, L + extra)
         return torch.cat((p, p[:, -1:] + torch.arange(1, extra + 1, device=p.device)), dim=-1)
 
+    keep = ctx.keep  # (1|B, 1|H, 1|Q, K) -> (1|B, 1|H, 1|Q+extra, K+extra), False where padded
+    if keep is not None:
+        keep = F.pad(keep, (0, extra, 0, extra if keep.shape[-2] == n else 0), value=False)
     q_pos = positions(ctx.q_pos)  # one tensor for both when they were one (dynamo guards the aliasing)
-    inner = replace(ctx, q_pos=q_pos, k_pos=q_pos if ctx.k_pos is ctx.q_pos else positions(ctx.k_pos))
-    return flex_attention_backend(rows(q), rows(k), rows(v), inner)[:, :, :n]  # (B, H, n, Dv)
+    k_pos = q_pos if ctx.k_pos is ctx.q_pos else positions(ctx.k_pos)
+    inner = replace(ctx, q_pos=q_pos, k_pos=k_pos, keep=keep)
+    return flex_attention_backend(rows(q), rows(k), rows(v), inner)[:, :, :n]  # (B, H, Q, Dv)
 
 
 #: Smaller tiles tried in turn when the default FlexAttention kernel does not fit the GPU's shared memory (T5's
