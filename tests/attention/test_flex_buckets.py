@@ -10,6 +10,8 @@ from posenc.attention import BACKENDS
 from posenc.attention.flex import BLOCK, cpu_bucket, pads_to_bucket
 from posenc.attention.inputs import AttentionInputs
 
+BIAS = posenc.available(family="bias")  # every encoding whose score_mod runs in flex
+
 
 def test_buckets_are_block_multiples_at_most_an_eighth_longer_and_eight_per_octave() -> None:
     for n in range(1, 20_000):
@@ -48,7 +50,7 @@ def flex_matches_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: At
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["alibi", "t5", "kerple", "fire"])
+@pytest.mark.parametrize("name", BIAS)
 def test_lengths_of_one_bucket_share_one_compiled_kernel_and_match_math(name: str) -> None:
     torch.manual_seed(0)
     enc = posenc.build(name, dim=16, heads=2).eval()
@@ -65,7 +67,7 @@ def test_lengths_of_one_bucket_share_one_compiled_kernel_and_match_math(name: st
     assert counters["stats"]["unique_graphs"] - before <= 1  # one compile (none if an earlier test made it)
 
 
-@pytest.mark.parametrize("name", ["alibi", "t5", "kerple", "fire"])
+@pytest.mark.parametrize("name", BIAS)
 def test_prefills_into_cache_slots_share_one_compiled_kernel_and_match_math(name: str) -> None:
     """A generate prefill: S prompt tokens (left padding in one row) into S + 20 slots, the unwritten slots and
     the padding hidden by the keep-mask; prompts of 130 and 200 tokens run at one shape."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import posenc
+from posenc.base import OptionsInState
 from posenc.models import TransformerLM
 
 # (encoding, an option whose other value fits the same parameters, that value)
@@ -113,6 +114,9 @@ def test_a_malformed_extra_state_is_refused() -> None:
 
 
 def test_encodings_whose_options_all_show_in_shapes_record_nothing() -> None:
-    for name in ("shaw", "learned", "rope", "alibi", "xpos", "sinusoidal", "none"):
-        enc = posenc.build(name, dim=32, heads=4, head_dim=8) if name != "learned" else build(name)
-        assert not any(k.endswith("_extra_state") for k in enc.state_dict())
+    """Only the OptionsInState encodings add a key (RoPE inside transformers models stays plain tensors)."""
+    for name in posenc.available():
+        enc = build(name)
+        recorded = any(k.endswith("_extra_state") for k in enc.state_dict())
+        assert recorded == isinstance(enc, OptionsInState), name
+    assert {c[0] for c in CASES} == {n for n in posenc.available() if isinstance(build(n), OptionsInState)}
