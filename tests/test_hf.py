@@ -258,3 +258,81 @@ def test_meta_device_models_are_refused_with_their_cause() -> None:
     with pytest.raises(UnsupportedRotary, match=r"\[meta-device\] LlamaRotaryEmbedding.*load the weights"):
         install_rope(model, {"rope_type": "linear", "factor": 2.0})
     assert model.model.rotary_emb is before
+
+
+def test_install_refuses_a_dict_whose_base_or_rotated_size_is_not_the_models(plain: Any) -> None:
+    model = LlamaForCausalLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"rope_theta=500000.0 differs from the model's base 10000"):
+        install_rope(model, {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5})
+    with pytest.raises(ValueError, match=r"partial_rotary_factor=0.5 differs .*16 of 16 dims"):
+        install_rope(model, {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5})
+    tokens = torch.randint(0, 100, (1, 40))
+    assert torch.equal(logits(model, tokens), logits(plain, tokens))  # refused: nothing changed
+    own = dict(model.config.rope_parameters)  # transformers 5 keeps rope_theta in it: the model's own passes
+    install_rope(model, {**own, "rope_type": "linear", "factor": 2.0})
+    want = LlamaForCausalLM(tiny_config({"rope_type": "linear", "factor": 2.0})).eval()
+    want.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(logits(model, tokens), logits(want, tokens), rtol=0, atol=1e-5)
+
+
+def test_install_refuses_a_scaling_transformers_cannot_build_with_its_cause() -> None:
+    model = LlamaForCausalLM(tiny_config()).eval()
+    with pytest.raises(UnsupportedRotary, match=r"\[rope-type\] transformers has no rope_type 'ntk'.*yarn"):
+        install_rope(model, posenc.NTKScaling(2.0))
+    layered = {"full_attention": {"rope_type": "linear", "factor": 2.0}}
+    with pytest.raises(
+        ValueError, match=r"keyed by layer type \(\['full_attention'\]\).*one RoPE for every layer"
+    ):
+        install_rope(model, layered)
+
+
+def test_public_arguments_of_the_wrong_kind_are_named() -> None:
+    model = LlamaForCausalLM(tiny_config())
+    with pytest.raises(TypeError, match=r"got a LlamaForCausalLM \(a model\?\); pass its \.config"):
+        rope_from_config(model)
+    with pytest.raises(TypeError, match=r"got dict \(a dict: build the config first"):
+        rope_from_config(tiny_config().to_dict())
+    with pytest.raises(TypeError, match="got NoneType"):
+        rope_from_config(None)
+    with pytest.raises(TypeError, match=r"rope must be a posenc.RoPE .* got int"):
+        HFRotaryEmbedding(16)  # type: ignore[arg-type]
+    adapter = HFRotaryEmbedding(posenc.RoPE(16))
+    with pytest.raises(
+        TypeError, match=r"position_ids must be an integer tensor \(batch, seq\), got torch.float32"
+    ):
+        adapter(torch.zeros(1, 4, 16), torch.arange(4.0)[None])
+    with pytest.raises(TypeError, match="got NoneType"):
+        adapter(torch.zeros(1, 4, 16), None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model_type", ["glm", "helium"])
+def test_rope_from_config_rotates_as_the_models_own_code(model_type: str) -> None:
+    """GLM and Helium pair consecutive dims (their rotate_half takes 0::2 and 1::2): rope_from_config's RoPE
+    gives the scores of transformers' own apply_rotary_pos_emb with the model's own tables."""
+    import importlib
+
+    config = transformers.CONFIG_MAPPING[model_type](
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_hidden_layers=1,
+        intermediate_size=64, vocab_size=32, max_position_embeddings=MAX_POS,
+    )  # fmt: skip
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    rotary = next(m for n, m in module.__dict__.items() if n.endswith("RotaryEmbedding"))(config)
+    rope = rope_from_config(config)
+    assert rope.interleaved
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 8, 16), torch.randn(2, 4, 8, 16)
+    pos = torch.arange(8)[None] + torch.tensor([[0], [20]])  # (2, 8): one row inside, one past MAX_POS
+    cos, sin = rotary(q, pos)
+    want_q, want_k = module.apply_rotary_pos_emb(q, k, cos, sin)
+    got_q, got_k = rope(q, k, pos)
+    torch.testing.assert_close(
+        got_q @ got_k.transpose(-1, -2), want_q @ want_k.transpose(-1, -2), rtol=0, atol=1e-5
+    )
+
+
+def test_rope_from_config_refuses_a_rotation_that_is_not_ropes() -> None:
+    for model_type in ("nanochat", "deepseek_v4"):
+        config = transformers.CONFIG_MAPPING[model_type]()
+        layer_type = (posenc.hf.config.layer_types(config) or [None])[0]
+        with pytest.raises(UnsupportedRotary, match=rf"\[rotation\] {model_type} rotates"):
+            rope_from_config(config, layer_type=layer_type)

@@ -145,3 +145,67 @@ def test_every_rotary_architecture_is_checked_or_left_out_with_a_reason() -> Non
     assert not gone, (
         f"NOT_COVERED lists model types that are not rotary (or gone) in this transformers: {gone}"
     )
+
+
+def _pairing(folder: str) -> str:
+    """How the modeling code in ``folder`` pairs and turns dims: "consecutive" ``(x[2i], x[2i+1])``
+    (``rotate_every_two``, a complex view, or a ``rotate_half`` that turns ``0..3`` into ``(-1, 0, -3, 2)``),
+    "half" (``(-2, -3, 0, 1)``, or no ``rotate_half``), or "flipped" (``(2, 3, 0, -1)`` or ``(1, 0, 3, -2)``: minus
+    the angle)."""
+    import importlib
+
+    import torch
+
+    root = pathlib.Path(transformers.__file__).parent / "models" / folder
+    source = "".join(f.read_text(encoding="utf-8") for f in sorted(root.glob("modeling_*.py")))
+    if "def rotate_every_two" in source or "view_as_complex" in source:
+        return "consecutive"
+    module = importlib.import_module(f"transformers.models.{folder}.modeling_{folder}")
+    rotate_half = getattr(module, "rotate_half", None)
+    if rotate_half is None:
+        return "half"
+    kinds = {
+        (-1.0, 0.0, -3.0, 2.0): "consecutive",
+        (-2.0, -3.0, 0.0, 1.0): "half",
+        (2.0, 3.0, 0.0, -1.0): "flipped",
+        (1.0, 0.0, 3.0, -2.0): "flipped",
+    }
+    out = tuple(abs(v) if v == 0 else v for v in rotate_half(torch.arange(4.0)).tolist())
+    assert out in kinds, (
+        f"{folder}.rotate_half turned (0, 1, 2, 3) into {out}: a pairing this test does not know"
+    )
+    return kinds[out]
+
+
+def test_rope_from_config_pairs_dims_as_every_rotary_architecture_does() -> None:
+    """rope_from_config's ``interleaved`` against the pairing of each rotary model type's own code (default config;
+    NOT_COVERED's vision and audio models left out),
+    or a refusal (UnsupportedRotary, or sizes a default config leaves out): never the other pairing, and a refusal
+    for a rotation by minus the angle."""
+    import warnings
+
+    from transformers import CONFIG_MAPPING
+
+    from posenc.hf import UnsupportedRotary, rope_from_config
+    from posenc.hf.config import layer_types
+
+    wrong = []
+    for model_type, folder in sorted(rotary_model_types().items()):
+        if model_type in NOT_COVERED:  # vision, audio, composite: no 1-D RoPE of a language model to describe
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                config = CONFIG_MAPPING[model_type]()
+            except Exception:  # noqa: BLE001 -- a config class that needs arguments: nothing to read
+                continue
+        pairing = _pairing(folder)
+        for layer_type in layer_types(config) or [None]:
+            try:
+                rope = rope_from_config(config, layer_type=layer_type)
+            except (UnsupportedRotary, ValueError, TypeError):
+                continue
+            want = bool(getattr(config, "rope_interleave", False)) or pairing == "consecutive"
+            if pairing == "flipped" or rope.interleaved != want:
+                wrong.append(f"{model_type} (interleaved={rope.interleaved}, its code: {pairing})")
+    assert not wrong, f"rope_from_config rotates unlike transformers for: {wrong}"

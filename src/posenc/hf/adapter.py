@@ -70,6 +70,11 @@ class HFRotaryEmbedding(nn.Module):
         table_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(rope, RoPE):
+            raise TypeError(
+                f"HFRotaryEmbedding: rope must be a posenc.RoPE (posenc.hf.rope_from_config(config) builds one from a "
+                f"transformers config), got {type(rope).__name__}"
+            )
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if order not in ("cos_sin", "sin_cos"):
@@ -96,6 +101,19 @@ class HFRotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, position_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """The tables at ``position_ids (B, S)``: ``(cos, sin)`` (or ``(sin, cos)``) ``(B, S, R | R/2)`` in ``x``'s
         dtype (or ``table_dtype``), or one complex64 ``(B, S, R/2)``; ``x`` gives only the dtype and device."""
+        if (
+            not isinstance(position_ids, Tensor)
+            or position_ids.is_floating_point()
+            or position_ids.is_complex()
+        ):
+            got = (
+                type(position_ids).__name__
+                if not isinstance(position_ids, Tensor)
+                else f"{position_ids.dtype}"
+            )
+            raise TypeError(
+                f"HFRotaryEmbedding: position_ids must be an integer tensor (batch, seq), got {got}"
+            )
         if position_ids.dim() > 2:
             raise UnsupportedRotary(
                 "multimodal",

@@ -30,9 +30,23 @@ ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 #: model types whose attention pairs ``(x[2i], x[2i+1])`` (transformers' ``rotate_every_two``, a complex view
 #: of consecutive pairs, or an interleaved cos/sin table). DeepSeek-V3-style configs say it with
 #: ``rope_interleave``. :func:`posenc.hf.install_rope` reads the table layout from the module itself.
+#: tests/test_hf_coverage.py checks this set against every rotary model type of the installed transformers (its
+#: ``rotate_half`` called on a probe, ``rotate_every_two``, or a complex view).
 _INTERLEAVED_MODEL_TYPES = frozenset(
-    {"gptj", "codegen", "cohere", "cohere2", "cohere2_moe", "blt", "llama4", "llama4_text", "deepseek_v2"}
-)
+    {
+        "gptj", "codegen", "cohere", "cohere2", "cohere2_moe", "llama4", "llama4_text", "deepseek_v2",
+        "glm", "glm4", "helium", "ernie4_5", "ernie4_5_moe", "moonshine", "moonshine_streaming",
+        "moonshine_streaming_encoder", "blt", "blt_global_transformer", "blt_local_decoder", "blt_local_encoder",
+        "blt_patcher", "deepseek_v4",
+    }
+)  # fmt: skip
+#: model types whose rotation posenc's RoPE is not, with how: they are refused by :func:`rope_from_config`
+#: (:func:`posenc.hf.install_rope` replaces only their tables, which are ordinary).
+_OTHER_ROTATION: dict[str, str] = {
+    "deepseek_v4": "rotates the last dims of each head ([nope | rope]); posenc's partial RoPE rotates the first "
+    "rotary_dim dims",
+    "nanochat": "rotates each pair by minus its angle (its rotate_half flips the signs); posenc rotates by plus",
+}
 
 
 def layer_types(config: Any) -> list[str] | None:
@@ -201,6 +215,29 @@ def rope_from_config(config: Any, layer_type: str | None = None, **options: Any)
             ``multimodal``, ``rotary-size``.
         ValueError: missing sizes.
     """
+    if not hasattr(config, "__dict__") or isinstance(config, Mapping | type):
+        hint = (
+            " (a dict: build the config first, e.g. LlamaConfig(**d))" if isinstance(config, Mapping) else ""
+        )
+        raise TypeError(
+            "rope_from_config: config must be a transformers config object (model.config, AutoConfig...), "
+            f"got {type(config).__name__}{hint}"
+        )
+    if not hasattr(config, "hidden_size") and not hasattr(config, "head_dim") and hasattr(config, "config"):
+        raise TypeError(
+            f"rope_from_config: config must be a transformers config, got a {type(config).__name__} (a model?); "
+            "pass its .config"
+        )
+    other = _OTHER_ROTATION.get(str(getattr(config, "model_type", None)))
+    if other is not None:
+        rope_parameters(config, layer_type)  # (its own refusals first: per layer type, multimodal)
+        raise UnsupportedRotary("rotation", f"{config.model_type} {other}")
+    return table_rope(config, layer_type, **options)
+
+
+def table_rope(config: Any, layer_type: str | None = None, **options: Any) -> RoPE:
+    """:func:`rope_from_config` for the rotary *tables* only (what :func:`posenc.hf.install_rope` replaces): which dims
+    of a head the model rotates, and how, stays the model's own code, so any model type goes."""
     params = rope_parameters(config, layer_type)
     options.setdefault("interleaved", is_interleaved(config))
     try:

@@ -12,6 +12,8 @@ CAUSES: dict[str, str] = {
     "different layouts",
     "table-output": "the rotary module returns something other than (cos, sin) tables or a complex freqs_cis",
     "rotary-size": "the rotary table's width does not match the rotated size read from the config",
+    "rotation": "the architecture rotates other dims of each head than the first rotary_dim (DeepSeek-V4), or "
+    "by minus the angle (NanoChat): the tables are RoPE's, the rotation is not",
     "table-values": "the rotary table's values differ from the RoPE the config describes",
     "folded-tensor": "the model stores a rope-dependent tensor outside its rotary module",
     "runtime-config": "the model reads rope parameters from its config while running",

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ..rotary.rope import RoPE
-from ..rotary.scaling import RopeScaling
+from ..rotary.scaling import SCALINGS, RopeScaling, available_scalings
 from .adapter import HFLayerTypeRotaryEmbedding, HFRotaryEmbedding, Match, match_layout
-from .config import ROPE_KEYS, layer_types, rope_from_config, rope_parameters, scaling_from_config
+from .config import ROPE_KEYS, layer_types, rope_base, rope_parameters, scaling_from_config, table_rope
 from .errors import UnsupportedRotary
 from .folded import Attribute, folded_attributes, path_to
 
@@ -77,6 +77,12 @@ Scaling = RopeScaling | Mapping[str, Any] | None
 def _per_type(scaling: Scaling | Mapping[str, Scaling], types: list[str] | None) -> dict[str | None, Scaling]:
     """``{layer type: scaling}`` (``{None: scaling}`` for one RoPE per model); missing layer types get None."""
     if types is None:
+        if isinstance(scaling, Mapping) and scaling and all(isinstance(v, Mapping) for v in scaling.values()):
+            raise ValueError(
+                f"scaling: a dict keyed by layer type ({sorted(scaling)}) is for models with one RoPE per layer "
+                "type (Gemma 3, OLMo 3); this model has one RoPE for every layer: pass one scaling, e.g. "
+                "{'rope_type': 'yarn', 'factor': 4.0}"
+            )
         return {None: cast(Scaling, scaling)}
     if not isinstance(scaling, Mapping) or ("rope_type" in scaling or "type" in scaling):
         if scaling is None:
@@ -115,7 +121,11 @@ def install_rope(
 
     The new RoPE keeps the model's base, ``head_dim`` and rotated size; ``scaling`` replaces whatever scaling the
     config had (None: plain RoPE). A dict in transformers' format is completed from the config as transformers
-    would (see :func:`scaling_from_config`). The *whole* model then equals transformers' model built with that
+    would (see :func:`scaling_from_config`); its ``rope_theta`` and ``partial_rotary_factor``, if given, must be the
+    model's. A :class:`posenc.RopeScaling` object is taken as given, nothing filled in or replaced from the config
+    (transformers' dynamic NTK always scales from ``max_position_embeddings`` and Phi-3's LongRoPE from
+    ``config.original_max_position_embeddings``, so an object with other lengths is another RoPE: pass the dict
+    to get transformers' completion). The *whole* model then equals transformers' model built with that
     rope configuration: the rotary tables (float64 angles instead of transformers' float32 product), and every
     number transformers derives from the rope parameters elsewhere, such as DeepSeek's YaRN ``mscale`` in the
     attention's softmax scale (see :mod:`posenc.hf.folded`). Calling it again (with another scaling, or None on
@@ -157,7 +167,9 @@ def install_rope(
         config = rope_config(getattr(slot[1], slot[2]), root)
         groups.setdefault(id(config), (config, []))[1].append(slot)
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
-    plans = [_plan(config, group, scaling, device, options) for config, group in groups.values()]
+    every: list[str | None] = [None]  # (one RoPE per model)
+    bases = {rope_base(c, rope_parameters(c, t)) for c, _ in groups.values() for t in layer_types(c) or every}
+    plans = [_plan(config, group, scaling, device, options, bases) for config, group in groups.values()]
     new = [(config, {key: rope.scaling for key, rope in ropes.items()}) for config, ropes, _ in plans]
     updates = _attribute_updates(model, root, new, tuple(path for path, _, _ in slots))
     for config, _, adapter in plans:
@@ -180,19 +192,45 @@ def _plan(
     scaling: Scaling | Mapping[str, Scaling],
     device: torch.device,
     options: Mapping[str, Any],
+    bases: set[float],
 ) -> tuple[Any, dict[str | None, RoPE], HFRotaryEmbedding | HFLayerTypeRotaryEmbedding]:
-    """The new RoPEs and the adapter for the rotary modules ``slots`` built from ``config`` (checked first)."""
+    """The new RoPEs and the adapter for the rotary modules ``slots`` built from ``config`` (checked first);
+    ``bases``: every base the model's rotary configs hold."""
     types = layer_types(config)
     wanted = _per_type(scaling, types)
     ropes: dict[str | None, RoPE] = {}
     adapters: dict[str | None, HFRotaryEmbedding] = {}
     for key in wanted:
-        current = rope_from_config(config, layer_type=key, **options)
+        current = table_rope(config, layer_type=key, **options)
+        _check_kept(current, wanted[key], bases)
         match = _layout(slots, current.to(device), device, key)
         ropes[key] = current.with_scaling(scaling_from_config(config, wanted[key])).to(device)
         adapters[key] = HFRotaryEmbedding(ropes[key], *match)
     adapter = adapters[None] if types is None else HFLayerTypeRotaryEmbedding(cast(dict[str, Any], adapters))
     return config, ropes, adapter
+
+
+def _check_kept(rope: RoPE, scaling: Scaling, bases: set[float]) -> None:
+    """Refuse a transformers-style dict whose ``rope_theta`` or ``partial_rotary_factor`` contradict the model's:
+    install_rope keeps the base and the rotated size the model was trained with (a 5.x ``rope_parameters`` dict
+    always holds them, so the model's own values pass: ``rope``'s, or any of the model's ``bases`` where rotary
+    modules have bases of their own, as Granite's per-layer ``layer_rope_theta``)."""
+    if not isinstance(scaling, Mapping):
+        return
+    theta, share = scaling.get("rope_theta"), scaling.get("partial_rotary_factor")
+    if theta is not None and (not isinstance(theta, int | float) or float(theta) not in {rope.base, *bases}):
+        raise ValueError(
+            f"scaling: rope_theta={theta!r} differs from the model's base {rope.base:g}; install_rope keeps the "
+            "model's base (its weights were trained with it): leave rope_theta out or give the model's value"
+        )
+    if share is not None and (
+        not isinstance(share, int | float) or int(rope.head_dim * share) != rope.rotary_dim
+    ):
+        raise ValueError(
+            f"scaling: partial_rotary_factor={share!r} differs from the model's rotated share "
+            f"({rope.rotary_dim} of {rope.head_dim} dims); install_rope keeps the model's rotated size: leave "
+            "partial_rotary_factor out or give the model's value"
+        )
 
 
 def _layout(
@@ -237,6 +275,16 @@ def _attribute_updates(
     )
     if as_built and not touched:
         return {}  # the model already is what its config says
+    foreign = sorted(
+        {x.rope_type for _, s in readable for x in s.values() if x is not None and not x.in_transformers}
+    )
+    if foreign:
+        raise UnsupportedRotary(
+            "rope-type",
+            f"transformers has no rope_type {foreign[0]!r}, and this model's config holds rope parameters that its "
+            "modules may read: it cannot be built with that scaling to check them. Use one transformers has "
+            f"({', '.join(n for n in available_scalings() if SCALINGS.get(n).in_transformers)})",
+        )
     config, scalings = next(((c, s) for c, s in readable if path_to(root, c) is not None), readable[0])
     changed, values = folded_attributes(model, root, config, _new_parameters(config, scalings), rotary_paths)
     return {key: values.get(key) for key in changed | touched}

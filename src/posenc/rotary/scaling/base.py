@@ -92,6 +92,8 @@ class RopeScaling(ABC):
     bounds: ClassVar[Mapping[str, Bound]] = {}
     #: True when the frequencies depend on the current length (then see :attr:`static_length`).
     length_dependent: ClassVar[bool] = False
+    #: Whether transformers has this ``rope_type`` (a model can be built with it); NTK is posenc's.
+    in_transformers: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

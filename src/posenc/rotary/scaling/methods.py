@@ -71,6 +71,7 @@ class NTKScaling(RopeScaling):
     factor: float
     rope_type: ClassVar[str] = "ntk"
     label: ClassVar[str] = "NTK scaling"
+    in_transformers: ClassVar[bool] = False
     bounds: ClassVar[Mapping[str, Bound]] = {"factor": FACTOR}
 
     def validate(self, rotary_dim: int | None = None) -> None:
