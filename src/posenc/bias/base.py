@@ -57,7 +57,7 @@ class BiasEncoding(PositionEncoding, ABC):
         """Float32 bias for broadcastable ``head`` indices and query / key positions."""
 
     def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        """``(1|B, H, Q, K)`` float32 bias for positions ``(1|B, Q)`` and ``(1|B, K)``."""
+        """``(1|B, H, Q, K)`` float32 bias (float64 for float64 weights) for positions ``(1|B, Q)`` and ``(1|B, K)``."""
         # CPU inference: per distance measured faster (T5 sdpa n=1024: 47 vs 68 ms). CPU training: unfold's
         # backward costs more than the per-pair gather's and no atomics serialize, so per pair. GPU: per distance
         # only while learning (the atomics it avoids); inference keeps the per-pair path, which needs no host
@@ -209,7 +209,7 @@ class BiasEncoding(PositionEncoding, ABC):
         return by_distance
 
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
-        """``(heads, q_len, k_len)`` float32 bias: queries at ``offset ... offset+q_len-1``, keys at ``0 ... k_len-1``."""
+        """``(heads, q_len, k_len)`` float32 bias (float64 for float64 weights): queries at ``offset ... offset+q_len-1``, keys at ``0 ... k_len-1``."""
         q_len, k_len, offset = (
             check_int(n, v, at_least=0, owner=f"{type(self).__name__}.bias")
             for n, v in (("q_len", q_len), ("k_len", k_len), ("offset", offset))

@@ -84,7 +84,7 @@ class FIRE(OptionsInState, BiasEncoding):
         hidden = torch.addcmul(self.hidden.bias, x, w1).relu_()  # (1|B, Q, K, width)
         out = F.linear(hidden, self.out.weight, self.out.bias)  # (1|B, Q, K, H)
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
-        return out if out.dtype == torch.float32 else out.float()
+        return out if out.dtype in (torch.float32, torch.float64) else out.float()  # float64 models keep it
 
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """For queries at positions up to the threshold ``|L|`` the denominator ``psi(max(i, L))`` is ``psi(L)``,
@@ -132,7 +132,7 @@ class FIRE(OptionsInState, BiasEncoding):
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             x = fire_input(c_num[h], thr[h], q_at(b, q_idx), k_at(b, kv_idx), eps, c_norm=c_den[h])
-            out = b2c[h].to(torch.float32)
+            out = b2c[h] if b2c.dtype == torch.float64 else b2c[h].to(torch.float32)
             for w1u, b1u, w2u in zip(w1s, b1s, w2s, strict=True):
                 out = out + w2u[h] * torch.relu(w1u[h] * x + b1u[h])
             return score + out
