@@ -138,6 +138,12 @@ def test_flex_refuses_what_it_cannot_do() -> None:
     train = posenc.Attention(32, 4, position=posenc.ALiBi(4), backend="flex")
     with pytest.raises(ValueError, match="no backward on CPU"):
         train(torch.randn(1, 3, 32))
+    wide = posenc.Attention(32, 4, position=posenc.ALiBi(4), backend="flex").double()
+    with (
+        torch.no_grad(),
+        pytest.raises(TypeError, match="float32, float16 and bfloat16 queries, got torch.float64"),
+    ):
+        wide(torch.randn(1, 3, 32, dtype=torch.float64))
 
 
 def test_flex_without_score_mod_uses_the_materialized_bias() -> None:
@@ -177,8 +183,14 @@ def test_auto_rule() -> None:
     shaw = posenc.build("shaw", dim=32, heads=4)
     pos = torch.arange(1024)[None]
 
-    def pick(enc: posenc.PositionEncoding, n: int = 1024, grad: bool = False, dropout: float = 0.0) -> object:
-        q = torch.randn(1, 4, n, 8, requires_grad=grad)
+    def pick(
+        enc: posenc.PositionEncoding,
+        n: int = 1024,
+        grad: bool = False,
+        dropout: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+    ) -> object:
+        q = torch.randn(1, 4, n, 8, requires_grad=grad, dtype=dtype)
         ctx = AttentionInputs(enc, pos[:, :n], pos[:, :n], None, causal=True, dropout_p=dropout)
         return choose_backend("auto", q, ctx)
 
@@ -188,6 +200,7 @@ def test_auto_rule() -> None:
     assert pick(alibi) is flex_or_sdpa  # CPU inference: flex, sdpa if flex cannot run here
     assert pick(alibi, grad=True) is sdpa_attention  # CPU training: no FlexAttention backward on CPU
     assert pick(alibi, dropout=0.1) is sdpa_attention
+    assert pick(alibi, dtype=torch.float64) is sdpa_attention  # torch's CPU FlexAttention has no float64
     with torch.no_grad():
         assert pick(t5) is flex_or_sdpa  # learned table, but no gradient wanted
     assert pick(t5) is sdpa_attention

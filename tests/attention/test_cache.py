@@ -68,6 +68,14 @@ def test_preallocated_cache_refuses_to_overflow_and_resets() -> None:
         torch.testing.assert_close(attn(x, cache=cache), first)
     with pytest.raises(ValueError, match="max_len"):
         posenc.KVCache(max_len=0)
+    from posenc.attention.static_cache import StaticKVCache
+
+    with pytest.raises(TypeError, match=r"StaticKVCache: max_len \(key slots\) must be an integer, got None"):
+        StaticKVCache(None)  # type: ignore[arg-type]  # (KVCache's None means "grow"; a static one cannot)
+    with pytest.raises(
+        ValueError, match=r"StaticKVCache: max_len \(key slots\) must be an integer >= 1, got 0"
+    ):
+        StaticKVCache(0)
 
 
 @pytest.mark.parametrize("max_len", [None, 8])

@@ -125,3 +125,36 @@ def test_bad_shapes_raise() -> None:
         apply_rope(torch.randn(3, 8), cos, sin)
     with pytest.raises(ValueError, match="same shape"):
         apply_rope(torch.randn(3, 16), cos, sin[:, :4])
+
+
+def _rotated(form: str, x: torch.Tensor, pos: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    from posenc.functional.rotary import apply_rope_full, apply_rope_pairs, rope_full_tables, rope_pair_tables
+
+    inv = rope_inv_freq(x.shape[-1], 10000.0)
+    cos, sin = rope_cos_sin(pos, inv)
+    if form == "apply_rope":
+        return apply_rope(x, cos, sin, interleaved)
+    if form == "apply_rope_full":
+        return apply_rope_full(x, *rope_full_tables(cos, sin, interleaved), interleaved)
+    if form == "apply_rope_pairs":
+        return apply_rope_pairs(x, rope_pair_tables(cos, sin, interleaved), interleaved)
+    return apply_rope_reference(x, rope_angles(pos, inv), interleaved)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize(
+    "form", ["apply_rope", "apply_rope_full", "apply_rope_pairs", "apply_rope_reference"]
+)
+def test_tables_that_would_reshape_x_are_refused(form: str, interleaved: bool) -> None:
+    """Every functional form returns a tensor shaped like ``x`` or refuses: tables for more positions (or more rows)
+    than ``x`` has used to broadcast ``x`` to their shape."""
+    for x, pos in [
+        (torch.randn(2, 3, 1, 8), torch.arange(5)),  # one position in x, five in the tables
+        (torch.randn(1, 3, 4, 8), torch.arange(4).expand(3, 1, 4)),  # batch 1 in x, 3 in the tables
+    ]:
+        with pytest.raises(ValueError, match=rf"{form}: tables of shape .* do not fit x of shape"):
+            _rotated(form, x, pos, interleaved)
+    x = torch.randn(2, 3, 4, 8)
+    assert (
+        _rotated(form, x, torch.arange(4).expand(2, 1, 4), interleaved).shape == x.shape
+    )  # what fits still runs

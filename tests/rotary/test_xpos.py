@@ -104,9 +104,10 @@ def test_range_limit_is_documented_and_enforced() -> None:
     q = torch.randn(1, 1, 2, 8)
     rq, rk = x(q, q, torch.tensor([limit - 1, limit]))
     assert torch.isfinite(rq).all() and torch.isfinite(rk).all()
-    with pytest.raises(ValueError, match="center"):
-        x(q, q, torch.tensor([limit, limit + 1]))
-    with pytest.raises(ValueError, match="float16"):
+    for dtype in (torch.float32, torch.float64):  # the float32 tables set the limit: float32 is no way out
+        with pytest.raises(ValueError, match=r"center.*the float32 tables hold .* up to \d+; .*scale_base$"):
+            x(q.to(dtype), q.to(dtype), torch.tensor([limit, limit + 1]))
+    with pytest.raises(ValueError, match=r"torch.float16 holds .*, or run in float32$"):
         x(q.half(), q.half(), torch.tensor([5000, 5001]))
     # a centre near the positions moves the window
     far = posenc.XPos(8, center=10**6)

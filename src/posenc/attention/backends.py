@@ -19,7 +19,7 @@ from torch import Tensor
 from ..base import PositionEncoding
 from ..fallback import Fallback
 from ..registry import Registry
-from .flex import flex_attention_backend, needs_grad, supports_flex
+from .flex import CPU_FLEX_DTYPES, flex_attention_backend, needs_grad, supports_flex
 from .inputs import AttentionInputs, Backend, check_inputs, full_keep
 
 
@@ -135,7 +135,7 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        it gives :meth:`~posenc.PositionEncoding.kv_rows` (a decode step): then ``sdpa``;
     2. ``flex`` when the encoding has a ``score_mod`` (bias encodings, Shaw's key term), there is no dropout,
        ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
-       gradient is needed (torch 2.13's FlexAttention has no CPU backward); if FlexAttention cannot run on
+       gradient is needed (torch 2.13's FlexAttention has no CPU backward) and not in float64; if FlexAttention cannot run on
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
     3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) while
        ``Q * K < FLEX_MIN_SCORES``: inductor fuses the bias, mask and softmax, and autocast runs both products in
@@ -187,4 +187,4 @@ def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
         return False
     if q.device.type == "cuda":
         return True
-    return q.device.type == "cpu" and not needs_grad(q, ctx.position)
+    return q.device.type == "cpu" and q.dtype in CPU_FLEX_DTYPES and not needs_grad(q, ctx.position)

@@ -72,6 +72,10 @@ def needs_grad(q: Tensor, position: PositionEncoding) -> bool:
     )
 
 
+#: the dtypes torch's CPU FlexAttention kernel takes (float64 fails inside inductor's lowering).
+CPU_FLEX_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """FlexAttention with the encoding's ``score_mod``; rows with no visible key give 0, as in ``math``.
 
@@ -80,6 +84,7 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
     Raises:
         ValueError: the encoding needs the attention weights (use ``math``), dropout is on (use ``sdpa``), or
             gradients are wanted on CPU (no FlexAttention backward there).
+        TypeError: float64 on CPU (not in :data:`CPU_FLEX_DTYPES`).
     """
     check_inputs(q, k, v, ctx)
     if ctx.position.needs_probs:
@@ -90,6 +95,11 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         raise ValueError(
             "FlexAttention has no backward on CPU in this torch; use backend='sdpa' (or 'auto') to train, "
             "or run under torch.no_grad()"
+        )
+    if q.device.type == "cpu" and q.dtype not in CPU_FLEX_DTYPES:
+        raise TypeError(
+            f"FlexAttention on CPU takes float32, float16 and bfloat16 queries, got {q.dtype}; use backend='sdpa' "
+            "or 'math' (or 'auto', which does not pick flex then)"
         )
     if q.shape[-2] == 0 or k.shape[-2] == 0:  # no score at all (the compiled kernel divides by zero blocks)
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])  # (B, H, Q, Dv): no key visible gives 0, as in math

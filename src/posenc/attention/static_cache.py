@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..validation import check_bool
+from ..validation import check_bool, check_int
 from .cache import KVCache, check_same_stream, stream_mismatch
 
 
@@ -45,6 +45,7 @@ class StaticKVCache(KVCache):
     """
 
     def __init__(self, max_len: int, *, checked: bool = True) -> None:
+        max_len = check_int("max_len (key slots)", max_len, at_least=1, owner="StaticKVCache")
         super().__init__(max_len)
         self.max_len: int = max_len
         self.checked = check_bool("checked", checked, owner="StaticKVCache")

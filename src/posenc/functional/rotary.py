@@ -129,7 +129,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
         x1, x2 = xr[..., : rot // 2], xr[..., rot // 2 :]  # (..., S, P) each
         out = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)  # (..., S, R)
     out = out.to(x.dtype)
+    _check_shape("apply_rope", out.shape[:-1], x, cos)
     return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
+
+
+def _check_shape(owner: str, got: torch.Size, x: Tensor, table: Tensor) -> None:
+    """Refuse tables that broadcast ``x`` to another shape (more positions or rows than ``x`` has): the result
+    must be shaped like ``x``. A check after the arithmetic costs a shape comparison, not a broadcast."""
+    if got != x.shape[:-1]:
+        raise ValueError(
+            f"{owner}: tables of shape {tuple(table.shape)} do not fit x of shape {tuple(x.shape)} (the result would "
+            f"be {(*got, x.shape[-1])}); their leading dims must broadcast to x's, e.g. (S, R/2) or (B, 1, S, R/2) "
+            "for x (B, H, S, D)"
+        )
 
 
 def rope_full_tables(cos: Tensor, sin: Tensor, interleaved: bool = False) -> tuple[Tensor, Tensor]:
@@ -166,6 +178,7 @@ def apply_rope_full(x: Tensor, cos_full: Tensor, sin_rot: Tensor, interleaved: b
     else:
         swapped = xr.roll(x.shape[-1] // 2, dims=-1)  # (x2, x1)
     out = xr * cos_full + swapped * sin_rot
+    _check_shape("apply_rope_full", out.shape[:-1], x, cos_full)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
@@ -206,6 +219,7 @@ def apply_rope_pairs(x: Tensor, m: Tensor, interleaved: bool = False) -> Tensor:
         )
     dt = _compute_dtype(x)
     out = pair_matvec(x if x.dtype == dt else x.to(dt), m if m.dtype == dt else m.to(dt), interleaved)
+    _check_shape("apply_rope_pairs", out.shape[:-1], x, m)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
@@ -237,6 +251,7 @@ def apply_rope_reference(x: Tensor, angles: Tensor, interleaved: bool = False) -
     )
     out = torch.view_as_real(z)  # (..., S, P, 2)
     out = out.flatten(-2) if interleaved else torch.cat((out[..., 0], out[..., 1]), dim=-1)
+    _check_shape("apply_rope_reference", out.shape[:-1], x, angles)
     return torch.cat((out.to(x.dtype), x[..., rot:]), dim=-1)
 
 

@@ -179,15 +179,17 @@ class XPos(PositionEncoding):
     def _check_range(self, positions: Tensor, dtype: torch.dtype) -> None:
         if torch.compiler.is_compiling() or positions.device.type == "meta" or positions.numel() == 0:
             return
-        limit = self.max_offset(torch.float32)  # the tables are float32
-        if dtype.is_floating_point:
-            limit = min(limit, self.max_offset(dtype))
+        tables = self.max_offset(torch.float32)  # the tables are float32
+        own = self.max_offset(dtype) if dtype.is_floating_point else tables
+        limit = min(tables, own)
         span = int((positions - self.center).abs().max().item())
         if span > limit:
+            holder = "the float32 tables hold" if tables <= own else f"{dtype} holds"
+            advice = "" if tables <= own else ", or run in float32"
             raise ValueError(
-                f"xPos: a position is {span} away from center={self.center}, but {dtype} holds the scales "
-                f"zeta^(+-offset/{self.scale_base:g}) only up to {limit}; set center nearer the positions, "
-                f"raise scale_base, or run in float32"
+                f"xPos: a position is {span} away from center={self.center}, but {holder} the scales "
+                f"zeta^(+-offset/{self.scale_base:g}) only up to {limit}; set center nearer the positions"
+                f"{' or' if not advice else ','} raise scale_base{advice}"
             )
 
     def _exact(self, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
