@@ -121,3 +121,42 @@ def _meta() -> dict:
         "versions": {"torch": "x", "device": "cpu", "world_size": 1, "threads": 1},
         "wall_seconds": 1.0,
     }
+
+
+def test_diverged_seeds_are_left_out_and_named() -> None:
+    """A seed whose loss went NaN (perplexity at L inf) measured nothing: every number of its row comes from the
+    other seeds, the table and summary name it, and a row none of whose seeds trained reads "diverged"."""
+    runs = _runs()
+    runs["rope"]["2"] = _record({"rope": {"8": math.inf, "16": math.inf, "32": math.inf}, "rope+ntk": {}})
+    runs["rope"]["2"]["final_train_loss"] = math.nan
+    runs["alibi"] = {"0": {**_record({"alibi": {"8": math.inf, "16": math.inf, "32": math.inf}})}}
+    res = aggregate(runs, META)
+    kept = aggregate({**_runs(), "rope": {s: r for s, r in _runs()["rope"].items() if s != "2"}}, META)
+    assert res["diverged"] == {"alibi": [0], "rope": [2]} and res["seeds"] == [0, 1, 2]
+    assert res["seeds_per_encoding"]["rope"] == [0, 1] and res["ratio"]["rope"]["seeds"] == [0, 1]
+    for row in ("rope", "rope+ntk"):
+        assert res["perplexity"][row] == kept["perplexity"][row] and res["ratio"][row] == kept["ratio"][row]
+    assert res["runs"]["rope"]["2"] is runs["rope"]["2"]  # the record itself is kept (resume, merge)
+    report = write_report({**res, **_meta()}, figures={})
+    lines = report.splitlines()
+    assert any(x.startswith("| rope † | 2 (+1 diverged) | 5.10 ± 0.07 |") for x in lines)
+    assert any(
+        x.startswith("| alibi | 0 (+1 diverged) | n/a |") and x.endswith("| diverged |") for x in lines
+    )
+    assert (
+        "Diverged (training loss or perplexity at L not finite" in report
+        and "alibi (seed 0)" in report
+        and "rope (seed 2)" in report
+    )
+        "rope", ""
+    )  # no verdict on inf
+
+
+def test_non_finite_numbers_are_written_as_what_they_are() -> None:
+    from posenc.experiments.checkpoints import json_safe
+    from posenc.experiments.results import num
+
+    written = json_safe({"a": [math.nan, math.inf, -math.inf, 1.5]})
+    assert written == {"a": ["nan", "inf", "-inf", 1.5]}
+    back = [num(v) for v in written["a"]]
+    assert math.isnan(back[0]) and back[1:] == [math.inf, -math.inf, 1.5]

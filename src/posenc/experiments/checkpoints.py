@@ -292,9 +292,10 @@ def load_model(
 
 
 def json_safe(obj: Any) -> Any:
-    """Non-finite floats become the string "inf" (strict JSON has no infinity)."""
+    """Non-finite floats become the strings "inf", "-inf" and "nan" (strict JSON has none of them), so a diverged
+    run (NaN loss) reads as one."""
     if isinstance(obj, float) and not math.isfinite(obj):
-        return "inf"
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -53,8 +53,9 @@ def table(results: dict[str, Any]) -> str:
         base = name.split("+", 1)[0]
         mark = " †" if name in improving else ""
         n = len(seeds.get(base, [0]))
+        bad = diverged_seeds(results, name)
         lines.append(
-            f"| {name}{mark} | {n} | "
+            f"| {name}{mark} | {n}{f' (+{len(bad)} diverged)' if bad else ''} | "
             + " | ".join(cells)
             + f" | {pm(ratio_stat(results, name, 'longest'), 'x')} | {row_verdict(results, name)} |"
         )
@@ -64,12 +65,41 @@ def table(results: dict[str, Any]) -> str:
 def row_verdict(results: dict[str, Any], name: str) -> str:
     """The verdict of a row, with "to kL" when its last length measured is short of the longest (a learned table
     of more than L rows, ``learned:max_len=...``): the verdict covers only the lengths it has."""
+    if all_diverged(results, name):
+        return "diverged"
     shown = spread_verdict(ratio_stat(results, name))
     reach = measured_reach(results, name)
     train_len, longest = results["train_len"], results["eval_lengths"][-1]
     if shown == "n/a" or reach is None or reach >= longest:
         return shown
     return f"{shown} to {reach // train_len}L"
+
+
+def diverged_seeds(results: dict[str, Any], name: str) -> list[int]:
+    """Seeds of row ``name``'s encoding whose training diverged (:func:`posenc.experiments.results.diverged`):
+    left out of every number of the row."""
+    return list(results.get("diverged", {}).get(name.split("+", 1)[0], []))
+
+
+def all_diverged(results: dict[str, Any], name: str) -> bool:
+    """Whether every seed of row ``name``'s encoding diverged: the row measured nothing."""
+    kept = results.get("seeds_per_encoding", {}).get(name.split("+", 1)[0])
+    return bool(diverged_seeds(results, name)) and not kept
+
+
+def _diverged_text(results: dict[str, Any]) -> str:
+    """One sentence naming the diverged seeds, or ""."""
+    bad = results.get("diverged", {})
+    if not bad:
+        return ""
+    named = "; ".join(
+        f"{n} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" for n, s in bad.items()
+    )
+    return (
+        f"Diverged (training loss or perplexity at L not finite, so nothing about extrapolation was measured): "
+        f"{named}. Those seeds are left out of every number; a row none of whose seeds trained reads "
+        '"diverged" (try a lower `--lr`).'
+    )
 
 
 def measured_reach(results: dict[str, Any], name: str) -> int | None:
@@ -107,6 +137,10 @@ def _claim(results: dict[str, Any], name: str, claim: str, extra: str = "") -> s
     train_len, lengths = results["train_len"], results["eval_lengths"]
     if name not in results["perplexity"]:
         return f"- *{claim}*: not tested ({name} was not in this run)."
+    if all_diverged(results, name):
+        return (
+            f"- *{claim}*: **not testable here**: {name} diverged in every seed (its loss went non-finite)."
+        )
     ratio = ratio_stat(results, name)
     v = verdict(ratio[0])
     change = (
@@ -261,7 +295,7 @@ def curves_section(results: dict[str, Any], figure: str | None) -> str:
             "where it would settle, so their ratio to L mixes extrapolation with learning still under way, and "
             "their verdict may change with more `--steps` (or `--preset cpu-long`)."
         )
-    elif results.get("last_tenth_improvement"):
+    elif any(v is not None for v in results.get("last_tenth_improvement", {}).values()):
         lines.append(
             f"No encoding's validation perplexity at L fell by more than {pct} % over the last tenth of "
             "training: the verdicts compare models near the end of their learning at this budget."
@@ -299,6 +333,8 @@ def write_report(results: dict[str, Any], figures: dict[str, str] | None = None)
         + (", ".join(f"**{n}**" for n in held) if held else "none")
         + ".",
     ]
+    if results.get("diverged"):
+        summary.append(_diverged_text(results))
     notes = []
     if "learned" in results["perplexity"]:
         notes.append(

@@ -27,10 +27,18 @@ Runs = dict[str, dict[str, Record]]
 
 
 def num(value: Any) -> float | None:
-    """A number from results (float, None for n/a, or "inf" as written to JSON)."""
+    """A number from results (float, None for n/a, or "inf", "-inf", "nan" as written to JSON)."""
     if value is None:
         return None
-    return math.inf if value == "inf" else float(value)
+    return float(value)
+
+
+def diverged(record: Record, encoding: str, train_len: int) -> bool:
+    """Whether a model's training diverged: its own perplexity at ``L`` or its final training loss is not finite
+    (NaN or infinite), so it measured nothing about extrapolation. Such a seed is left out of every statistic."""
+    at_l = num(record.get("perplexity", {}).get(encoding, {}).get(str(train_len)))
+    loss = num(record.get("final_train_loss"))
+    return any(v is not None and not math.isfinite(v) for v in (at_l, loss))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -140,10 +148,13 @@ def aggregate(runs: Runs, meta: dict[str, Any]) -> dict[str, Any]:
     per-row mean, std and seed count, and per-encoding means of the scalar measurements."""
     train_len, lengths = meta["train_len"], meta["eval_lengths"]
     names = ordered_encodings(runs)
+    bad = {n: sorted((s for s, r in runs[n].items() if diverged(r, n, train_len)), key=int) for n in names}
+    every = runs
+    runs = {n: {s: r for s, r in runs[n].items() if s not in bad[n]} for n in names}  # the statistics' seeds
     ppl: dict[str, dict[str, float | None]] = {}
     std: dict[str, dict[str, float | None]] = {}
     ratio: dict[str, dict[str, Any]] = {}
-    for enc, row in rows_of(runs):
+    for enc, row in rows_of(every):
         stats = {lv: mean_std(seed_values(runs, enc, row, lv)) for lv in lengths}
         ppl[row] = {str(lv): m for lv, (m, _) in stats.items()}
         std[row] = {str(lv): s for lv, (_, s) in stats.items()}
@@ -164,13 +175,14 @@ def aggregate(runs: Runs, meta: dict[str, Any]) -> dict[str, Any]:
     improving = {
         n: mean_std([improvement(r.get("curve"), curves_key) for r in runs[n].values()])[0] for n in names
     }
-    seeds = sorted({int(s) for n in names for s in runs[n]})
+    seeds = sorted({int(s) for n in names for s in every[n]})
     return {
         "format": RESULTS_FORMAT,
         **meta,
         "encodings": names,
         "seeds": seeds,
         "seeds_per_encoding": {n: sorted(int(s) for s in runs[n]) for n in names},
+        "diverged": {n: [int(s) for s in bad[n]] for n in names if bad[n]},
         "perplexity": ppl,
         "perplexity_std": std,
         "ratio": ratio,
@@ -179,5 +191,5 @@ def aggregate(runs: Runs, meta: dict[str, Any]) -> dict[str, Any]:
         "eval_seconds": per_encoding("eval_seconds"),
         "tokens_per_second": per_encoding("tokens_per_second"),
         "last_tenth_improvement": improving,
-        "runs": runs,
+        "runs": every,
     }

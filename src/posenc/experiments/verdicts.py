@@ -100,7 +100,7 @@ def spread_verdict(value: Stat) -> str:
 def seed_count(results: dict[str, Any]) -> int:
     """Most seeds of any encoding (1 for old results)."""
     per = results.get("seeds_per_encoding", {})
-    return max((len(v) for v in per.values()), default=1)
+    return max(max((len(v) for v in per.values()), default=1), 1)  # (every seed diverged: 0 kept)
 
 
 def still_improving(results: dict[str, Any]) -> dict[str, float]:
