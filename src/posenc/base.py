@@ -108,6 +108,9 @@ class PositionEncoding(nn.Module):
 
     #: True when :meth:`with_scaling` gives a context-extended copy (RoPE).
     scalable: ClassVar[bool] = False
+    #: True when :meth:`score_bias` and :meth:`score_mod` take ``runs=True`` (positions vouched to be runs,
+    #: :class:`posenc.attention.inputs.AttentionInputs`); hooks of encodings that leave it False get three arguments.
+    takes_runs: ClassVar[bool] = False
 
     def with_scaling(self, scaling: Any) -> PositionEncoding:
         """A copy of this encoding with the RoPE context-extension ``scaling`` (rotary encodings that support it)."""
@@ -121,8 +124,11 @@ class PositionEncoding(nn.Module):
         """Rotary hook on new queries and keys. ``q: (B, H, S, D)``, ``k: (B, Hkv, S, D)``, both at ``positions``."""
         return q, k
 
-    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         """Additive logit bias (already on the scale of ``q.k / sqrt(D)``), or None.
+
+        ``runs`` (only passed where :attr:`takes_runs`): the caller vouches that ``q_pos`` and ``k_pos`` are each
+        ``start + arange`` shared by the batch.
 
         Args:
             q: ``(B, H, Q, D)`` queries after ``rotate``.
@@ -133,8 +139,9 @@ class PositionEncoding(nn.Module):
         """
         return None
 
-    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
-        """The same bias as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None for no bias."""
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
+        """The same bias as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None for no bias
+        (``runs``: as in :meth:`score_bias`)."""
         return None
 
     def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:

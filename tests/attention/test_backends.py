@@ -309,6 +309,25 @@ def test_flex_kernel_options_shrink_until_the_kernel_fits(monkeypatch: pytest.Mo
             raise RuntimeError("No valid triton configs. OutOfMemoryError: out of resource: Required: 245760")
         return "ok"
 
+    for (
+        rung
+    ) in flex_module.FITTING_OPTIONS:  # tiles torch's kernels accept: dividing the 128-wide mask blocks,
+        tiles = {
+            k: v for k, v in rung.items() if "BLOCK" in k
+        }  # and the backward's n % m == 0 (static asserts)
+        assert set(tiles) == {
+            "BLOCK_M",
+            "BLOCK_N",
+            "bwd_BLOCK_M1",
+            "bwd_BLOCK_N1",
+            "bwd_BLOCK_M2",
+            "bwd_BLOCK_N2",
+        }
+        assert all(128 % v == 0 for v in tiles.values())
+        assert (
+            rung["bwd_BLOCK_N1"] % rung["bwd_BLOCK_M1"] == 0
+            and rung["bwd_BLOCK_M2"] % rung["bwd_BLOCK_N2"] == 0
+        )
     monkeypatch.setattr(flex_module, "_fitted", {})
     assert flex_module.run_fitted(kernel, ("case",)) == "ok"
     assert tried == [None, flex_module.FITTING_OPTIONS[0]]

@@ -165,3 +165,54 @@ def test_a_float64_model_keeps_its_bias_in_float64(name: str, backend: str) -> N
     cache = posenc.KVCache()
     steps = torch.cat([attn(x[:, i : i + 1], cache=cache) for i in range(5)], dim=1)
     torch.testing.assert_close(steps, attn(x), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if posenc.encoding_class(n).by_distance])  # type: ignore[attr-defined]
+def test_vouched_runs_reach_the_distance_path_while_tracing(name: str) -> None:
+    """``runs=True`` (what Attention passes for default positions without a cache) gives the per-distance path under
+    ``torch.compile(fullgraph=True)`` too, where the values cannot be checked, with the formula's values and
+    gradients; unvouched positions are checked only eagerly on a CPU (no device sync on a GPU)."""
+    enc = build(name, **({"max_distance": 6, "num_buckets": 8} if name == "t5" else {}))
+    pos = torch.arange(9)[None]
+    assert enc._consecutive(pos, pos) is not None  # type: ignore[attr-defined]  # eager CPU: checked
+    assert enc._consecutive(pos.to("meta"), pos.to("meta")) is None  # type: ignore[attr-defined]  # off CPU: not
+
+    def paths(p: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return enc.pairwise_by_distance(p, p, True), enc.pairwise_by_distance(p, p)  # type: ignore[operator]
+
+    vouched, unvouched = torch.compile(paths, backend="eager", fullgraph=True)(pos)
+    assert unvouched is None and vouched is not None
+    ref = enc.pairwise_reference(pos, pos)  # type: ignore[operator]
+    torch.testing.assert_close(vouched, ref)
+    g = torch.autograd.grad((vouched * ref.detach()).sum(), list(enc.parameters()))
+    g_ref = torch.autograd.grad((ref * ref.detach()).sum(), list(enc.parameters()))
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_vouches_for_default_positions_without_a_cache_only() -> None:
+    seen: list[dict[str, object]] = []
+
+    class Spy(posenc.ALiBi):
+        def score_bias(
+            self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, **kw: object
+        ) -> torch.Tensor | None:  # type: ignore[override]
+            seen.append(kw)
+            return super().score_bias(q, q_pos, k_pos, **kw)  # type: ignore[arg-type]
+
+    attn = posenc.Attention(32, 4, position=Spy(4), backend="math")
+    x = torch.randn(1, 5, 32)
+    attn(x)
+    attn(x, positions=torch.arange(5))
+    attn(x, cache=posenc.KVCache())
+    assert seen == [{"runs": True}, {}, {}]
+
+    class Old(posenc.PositionEncoding):  # an encoding written before `runs`: its hooks keep three arguments
+        family = "bias"
+
+        def score_bias(
+            self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+        ) -> torch.Tensor | None:  # type: ignore[override]
+            return torch.zeros(())
+
+    posenc.Attention(32, 4, position=Old(), backend="sdpa")(x)

@@ -142,6 +142,7 @@ class Attention(nn.Module):
             causal=self.causal,
             dropout_p=self.dropout if self.training else 0.0,
             training=self.training,
+            runs=explicit is None and cache is None,  # q_pos = k_pos = arange(S)
         )
         out = choose_backend(self.backend, q, ctx)(q, k, v, ctx)  # (B, H, S, D)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)  # (B, S, H*D)

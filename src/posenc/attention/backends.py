@@ -20,7 +20,7 @@ from ..base import PositionEncoding
 from ..fallback import Fallback
 from ..registry import Registry
 from .flex import CPU_FLEX_DTYPES, flex_attention_backend, needs_grad, supports_flex
-from .inputs import AttentionInputs, Backend, check_inputs, full_keep
+from .inputs import AttentionInputs, Backend, check_inputs, full_keep, hook_options
 
 
 def repeat_kv(x: Tensor, heads: int) -> Tensor:
@@ -35,7 +35,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, K, D)
     acc = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 or better
     logits = (q @ k.transpose(-1, -2)).to(acc) * q.shape[-1] ** -0.5  # (B, H, Q, K)
-    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **hook_options(ctx))
     if bias is not None:
         logits = logits + bias.to(acc)
     keep = full_keep(q, k, ctx)
@@ -82,7 +82,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     if value_rows is not None:
         v = v + value_rows.to(v.dtype)  # (B, H|G, K, D): probs @ (v + a^V) holds the value term
     gqa = k.shape[1] != q.shape[1]
-    bias = None if key_rows is not None else ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+    bias = (
+        None
+        if key_rows is not None
+        else ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **hook_options(ctx))
+    )
     if bias is None and ctx.keep is None and (not ctx.causal or q.shape[-2] == k.shape[-2]):
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=ctx.dropout_p, is_causal=ctx.causal, enable_gqa=gqa

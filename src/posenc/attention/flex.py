@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..base import PositionEncoding, ScoreMod
-from .inputs import AttentionInputs, check_inputs
+from .inputs import AttentionInputs, check_inputs, hook_options
 
 log = logging.getLogger(__name__)
 BLOCK = 128
@@ -105,9 +105,10 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])  # (B, H, Q, Dv): no key visible gives 0, as in math
     if pads_to_bucket(q, k, ctx):
         return _bucketed(q, k, v, ctx)
-    score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos)
+    options = hook_options(ctx)
+    score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos, **options)
     if score_mod is None:
-        bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos)
+        bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **options)
         score_mod = None if bias is None else materialized_score_mod(bias)
     block_mask = build_block_mask(q.shape[-2], k.shape[-2], ctx.causal, ctx.keep, q.device)
     gqa = k.shape[1] != q.shape[1]
@@ -164,10 +165,15 @@ def _bucketed(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
 
 
 #: Smaller tiles tried in turn when the default FlexAttention kernel does not fit the GPU's shared memory (T5's
-#: captured table at bfloat16, head_dim 64, asked an H200 for 245,760 bytes of its 232,448).
+#: captured table at bfloat16, head_dim 64, asked an H200 for 245,760 bytes of its 232,448). The backward kernel
+#: takes its own tiles, ``bwd_``-prefixed (``BLOCK_M1``/``N1``/``M2``/``N2``; unprefixed ``BLOCK_M``/``N`` are the
+#: forward's), in torch's own pattern ``M1 = N2 = m, N1 = M2 = n`` (``n % m == 0``, as its kernel asserts), all
+#: dividing the 128-wide mask blocks; ``num_stages`` applies to both.
 FITTING_OPTIONS: tuple[dict[str, int], ...] = (
-    {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2},
-    {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2}
+    | {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32},
+    {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1}
+    | {"bwd_BLOCK_M1": 16, "bwd_BLOCK_N1": 32, "bwd_BLOCK_M2": 32, "bwd_BLOCK_N2": 16},
 )
 #: The kernel options that worked, per (device type, encoding type, dtype, head_dim, backward wanted).
 _fitted: dict[tuple[object, ...], dict[str, int] | None] = {}

@@ -25,6 +25,10 @@ class AttentionInputs:
         causal: key ``j`` visible to query ``i`` only when ``j <= i + K - Q`` (cache-aware, by index).
         dropout_p: attention dropout probability (0 at eval).
         training: whether gradients are expected (backends without backward must decline).
+        runs: the caller vouches that ``q_pos`` and ``k_pos`` are each ``start + arange`` shared by the batch
+            (:class:`posenc.Attention` says so for default positions without a cache: training, a full forward).
+            Passed to encodings whose :attr:`~posenc.PositionEncoding.takes_runs` (see :func:`hook_options`),
+            which then need not check the values (a device sync on a GPU; impossible while tracing).
     """
 
     position: PositionEncoding
@@ -34,6 +38,13 @@ class AttentionInputs:
     causal: bool
     dropout_p: float = 0.0
     training: bool = False
+    runs: bool = False
+
+
+def hook_options(ctx: AttentionInputs) -> dict[str, bool]:
+    """Keyword options for the encoding's ``score_bias`` / ``score_mod``: ``runs=True`` when ``ctx.runs`` and the
+    encoding takes it (encodings written before it keep their three-argument hooks)."""
+    return {"runs": True} if ctx.runs and ctx.position.takes_runs else {}
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> None:

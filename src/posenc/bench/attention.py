@@ -104,7 +104,7 @@ def _qkv(n: int, device: str) -> tuple[Tensor, Tensor, Tensor]:
 
 def _call(backend: str, enc: PositionEncoding, q: Tensor, k: Tensor, v: Tensor) -> Callable[[], Tensor]:
     pos = torch.arange(q.shape[-2], device=q.device)[None]
-    ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True)
+    ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True, runs=True)
     fn = BACKENDS[backend]
     return lambda: fn(q, k, v, ctx)
 
@@ -132,7 +132,9 @@ def _train_call(
 ) -> Callable[[], object]:
     """One forward+backward: gradients of q, k, v and every learned parameter of ``enc``."""
     pos = torch.arange(q.shape[-2], device=q.device)[None]
-    ctx = AttentionInputs(position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True, training=True)
+    ctx = AttentionInputs(
+        position=enc, q_pos=pos, k_pos=pos, keep=None, causal=True, training=True, runs=True
+    )
     fn = BACKENDS[backend]
     inputs = (q, k, v, *(p for p in enc.parameters() if p.requires_grad))
     return lambda: torch.autograd.grad(fn(q, k, v, ctx), inputs, grad)

@@ -42,6 +42,7 @@ class BiasEncoding(PositionEncoding, ABC):
     #: learned parameters get their gradient from that small dense vector, never from ``Q * K`` contributions
     #: funnelled into a few addresses (atomic adds that serialize on a GPU).
     by_distance: ClassVar[bool] = False
+    takes_runs: ClassVar[bool] = True
 
     def __init__(self, heads: int) -> None:
         super().__init__()
@@ -56,8 +57,9 @@ class BiasEncoding(PositionEncoding, ABC):
     def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """Float32 bias for broadcastable ``head`` indices and query / key positions."""
 
-    def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        """``(1|B, H, Q, K)`` float32 bias (float64 for float64 weights) for positions ``(1|B, Q)`` and ``(1|B, K)``."""
+    def pairwise(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor:
+        """``(1|B, H, Q, K)`` float32 bias (float64 for float64 weights) for positions ``(1|B, Q)`` and ``(1|B, K)``
+        (``runs``: vouched ``start + arange`` each, see :meth:`_consecutive`)."""
         # CPU inference: per distance measured faster (T5 sdpa n=1024: 47 vs 68 ms). CPU training: unfold's
         # backward costs more than the per-pair gather's and no atomics serialize, so per pair. GPU: per distance
         # only while learning (the atomics it avoids); inference keeps the per-pair path, which needs no host
@@ -69,7 +71,7 @@ class BiasEncoding(PositionEncoding, ABC):
             return self.pairwise_reference(q_pos, k_pos) if fast is None else fast
         cpu = q_pos.is_cpu
         if (cpu and not torch.is_grad_enabled()) or (not cpu and self._learning()):
-            fast = self.pairwise_by_distance(q_pos, k_pos)
+            fast = self.pairwise_by_distance(q_pos, k_pos, runs)
             if fast is not None:
                 return fast
         return self.pairwise_reference(q_pos, k_pos)
@@ -128,9 +130,9 @@ class BiasEncoding(PositionEncoding, ABC):
         """Whether autograd will want gradients of this encoding's parameters."""
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
-    def pairwise_by_distance(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+    def pairwise_by_distance(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         """``(1, H, Q, K)`` from the :meth:`distance_vector` (a Toeplitz view), or None where it does not apply."""
-        starts = self._consecutive(q_pos, k_pos)
+        starts = self._consecutive(q_pos, k_pos, runs)
         if starts is None:
             return None
         q_len, k_len = q_pos.shape[-1], k_pos.shape[-1]
@@ -165,38 +167,40 @@ class BiasEncoding(PositionEncoding, ABC):
         head = torch.arange(self.heads, device=dev).view(-1, 1)  # (H, 1)
         return self.formula(tables, head, torch.zeros_like(q_start), dist.unsqueeze(0))
 
-    def _consecutive(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(q_start, k_start)`` when :attr:`by_distance` and both are shared runs ``start + arange``, else None."""
+    def _consecutive(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> tuple[Tensor, Tensor] | None:
+        """``(q_start, k_start)`` when :attr:`by_distance` and both are shared runs ``start + arange``, else None.
+        ``runs``: the caller vouches for it (no check of the values: no device sync, and it holds while tracing);
+        else :func:`arange_start` checks, on a CPU only."""
         if not self.by_distance or q_pos.shape[0] != 1 or k_pos.shape[0] != 1:
             return None
-        q_start, k_start = arange_start(q_pos[0]), arange_start(k_pos[0])
+        q_start, k_start = arange_start(q_pos[0], runs), arange_start(k_pos[0], runs)
         return None if q_start is None or k_start is None else (q_start, k_start)
 
-    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         self._check_heads(q)
-        return self.pairwise(q_pos, k_pos)
+        return self.pairwise(q_pos, k_pos, runs)
 
-    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         self._check_heads(q)
         # per distance where gradients of learned tables would otherwise be n^2 atomic adds (GPU training);
         # elsewhere the per-score formula, which measured as fast or faster in the CPU kernel
         if self._learning() and q.device.type != "cpu":
-            fast = self.score_mod_by_distance(q_pos, k_pos)
+            fast = self.score_mod_by_distance(q_pos, k_pos, runs)
             if fast is not None:
                 return fast
         # contiguous: FlexAttention's traced backward silently drops the gradient of a captured tensor that is a
         # strided view (T5's transposed table; reproduced on CPU in tests/attention/test_flex_backward_trace.py)
         tables, formula = tuple(t.contiguous() for t in self.tables()), self.formula
-        q_at, k_at = position_reader(q_pos), position_reader(k_pos)
+        q_at, k_at = position_reader(q_pos, runs), position_reader(k_pos, runs)
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             return score + formula(tables, h, q_at(b, q_idx), k_at(b, kv_idx))
 
         return mod
 
-    def score_mod_by_distance(self, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+    def score_mod_by_distance(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         """A ``score_mod`` reading the :meth:`distance_vector` at ``kv_idx - q_idx``, or None where it does not apply."""
-        starts = self._consecutive(q_pos, k_pos)
+        starts = self._consecutive(q_pos, k_pos, runs)
         if starts is None:
             return None
         vec = self.distance_vector(self.tables(), q_pos.shape[-1], k_pos.shape[-1], *starts)  # (H, Q + K - 1)
@@ -235,26 +239,33 @@ class BiasEncoding(PositionEncoding, ABC):
         return f"heads={self.heads}"
 
 
-def position_reader(pos: Tensor) -> ScoreModIndex:
+def position_reader(pos: Tensor, runs: bool = False) -> ScoreModIndex:
     """``(b, idx) -> pos[b, idx]`` for ``(1|B, S)`` positions (batch 1 is shared by every batch row).
 
     Consecutive positions shared by the batch (the default, also at a KV-cache offset) are read as
     ``idx + start`` with ``start`` a captured 0-d tensor: no gather per score (about 15 % of a CPU
-    FlexAttention call) and no recompilation when the offset changes. The check is eager only; traced
-    code always gathers.
+    FlexAttention call) and no recompilation when the offset changes. Known so when ``runs`` (vouched by the
+    caller: also while tracing), else checked by :func:`arange_start` (eager, CPU); otherwise gathered.
     """
     if pos.shape[0] == 1:
         row = pos[0]
-        start = arange_start(row)
+        start = arange_start(row, runs)
         if start is not None:
             return lambda b, idx: idx + start
         return lambda b, idx: row[idx]
     return lambda b, idx: pos[b, idx]
 
 
-def arange_start(row: Tensor) -> Tensor | None:
-    """``row[0]`` as a 0-d tensor when ``row == row[0] + arange(len(row))``, else None (and None while tracing)."""
-    if torch.compiler.is_compiling() or row.numel() == 0 or row.device.type == "meta":
+def arange_start(row: Tensor, runs: bool = False) -> Tensor | None:
+    """``row[0]`` as a 0-d tensor when ``row == row[0] + arange(len(row))``, else None.
+
+    ``runs``: the caller vouches for it, so ``row[0]`` (a view: no sync). Otherwise the values are checked only
+    where that costs no device sync and can be traced: eager, on a CPU (None on a GPU and while tracing)."""
+    if row.numel() == 0:
+        return None
+    if runs:
+        return row[0]
+    if torch.compiler.is_compiling() or row.device.type != "cpu":
         return None
     start = row[0]
     steps = torch.arange(row.numel(), device=row.device, dtype=row.dtype)

@@ -66,8 +66,9 @@ class FIRE(OptionsInState, BiasEncoding):
         c, threshold, w1, b1, w2, b2 = tables
         return fire_mlp_unrolled(fire_input(c, threshold, q_pos, k_pos, self.eps), head, w1, b1, w2, b2)
 
-    def pairwise(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers."""
+    def pairwise(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor:
+        """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers (any
+        positions: ``runs`` changes nothing)."""
         if q_pos.shape[-1] == 1:  # one query (a decode step): from the session's vector where it holds
             fast = self.pairwise_in_session(q_pos, k_pos)
             return self._mlp_bias(q_pos, k_pos, True) if fast is None else fast
@@ -99,15 +100,15 @@ class FIRE(OptionsInState, BiasEncoding):
         threshold = (self.threshold_scale * self.init_threshold).float().abs()  # as fire_input compares it
         return vec[0, :, 0], float(threshold)
 
-    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         """The per-score formula; while learning, :meth:`score_mod_unbound` (FlexAttention's backward refuses a
         ``score_mod`` that indexes one tensor needing gradients more than once, or reads a 0-d one unindexed)."""
         if self._learning():
             self._check_heads(q)
-            return self.score_mod_unbound(q_pos, k_pos)
-        return super().score_mod(q, q_pos, k_pos)
+            return self.score_mod_unbound(q_pos, k_pos, runs)
+        return super().score_mod(q, q_pos, k_pos, runs)
 
-    def score_mod_unbound(self, q_pos: Tensor, k_pos: Tensor) -> ScoreMod:
+    def score_mod_unbound(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod:
         """The formula with every learned number a ``(H,)`` tensor of its own, each indexed once per score, by head.
 
         FlexAttention's backward takes the gradient of a captured tensor only when the ``score_mod`` reads it
@@ -128,7 +129,7 @@ class FIRE(OptionsInState, BiasEncoding):
         c_num, c_den, thr = per_head(c), per_head(c), per_head(threshold)
         w1s, b1s = [per_head(t) for t in w1.unbind(0)], [per_head(t) for t in b1.unbind(0)]  # (H,) each
         w2s, b2c = [t.clone() for t in w2.unbind(1)], b2.clone()  # (H,) each
-        q_at, k_at, eps = position_reader(q_pos), position_reader(k_pos), self.eps
+        q_at, k_at, eps = position_reader(q_pos, runs), position_reader(k_pos, runs), self.eps
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             x = fire_input(c_num[h], thr[h], q_at(b, q_idx), k_at(b, kv_idx), eps, c_norm=c_den[h])

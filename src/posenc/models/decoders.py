@@ -168,6 +168,8 @@ def _decoder(
     model: TransformerLM, batch: int, max_len: int, device: torch.device, compile: bool | str
 ) -> _Decoder:
     """The model's decoder for this call (made if new, the least recently used one dropped past the limit)."""
+    if device.index is None and device.type != "cpu":  # "cuda" -> "cuda:0", as tensors report it: one key
+        device = torch.empty(0, device=device).device
     # the dtype the keys are computed in: the parameters', or autocast's (a decoder's caches hold one dtype)
     autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
     # under inference_mode the caches are inference tensors, which a later plain call may not write

@@ -82,8 +82,8 @@ class _Probe(PositionEncoding):
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.inner.rotate(q, k, positions)
 
-    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
-        return self.inner.score_bias(q, q_pos, k_pos)
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
+        return self.inner.score_bias(q, q_pos, k_pos)  # (takes_runs is False: always three arguments)
 
     def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         self.stats.add(probs.detach())

@@ -32,6 +32,7 @@ class ShawRelative(PositionEncoding):
     name: ClassVar[str | None] = "shaw"
     family: ClassVar[str] = "relative"
     sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
+    takes_runs: ClassVar[bool] = True
 
     def __init__(
         self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True
@@ -86,18 +87,18 @@ class ShawRelative(PositionEncoding):
         if head_dim != self.head_dim:
             raise ValueError(f"ShawRelative built for head_dim={self.head_dim}, got queries of {head_dim}")
 
-    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+    def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         """Shaw's key term ``q_i . a^K_ij / sqrt(D)`` (eq. 4): ``q (B, H, Q, D)``, ``q_pos (1|B, Q)``,
         ``k_pos (1|B, K)`` -> ``(B, H, Q, K)`` in ``q``'s dtype."""
         self._check_head_dim(q.shape[-1])
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos), self.head_dim**-0.5)
 
-    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+    def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
         self._check_head_dim(q.shape[-1])
         scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
-        q_at, k_at, m = position_reader(q_pos), position_reader(k_pos), self.max_distance
+        q_at, k_at, m = position_reader(q_pos, runs), position_reader(k_pos, runs), self.max_distance
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             rel = (k_at(b, kv_idx) - q_at(b, q_idx)).clamp(-m, m) + m
