@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -111,6 +112,52 @@ def test_damaged_record_in_results_json_is_named(
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
     with pytest.raises(ValueError, match=r"results\.json is not a results file \(runs\.learned\.0 is not"):
         run_compare(cfg, encodings=["none"], out=out, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        (("final_train_loss",), "bad", "final_train_loss is 'bad'"),
+        (("perplexity", "learned", "16"), "abc", "perplexity.learned.16 is 'abc'"),
+        (("curve",), 7, "curve is not lists of numbers"),
+    ],
+)
+def test_unreadable_values_in_results_json_are_refused_before_training(
+    first_run: tuple[Path, dict],
+    tmp_path: Path,
+    tiny_corpus: Path,
+    field: tuple[str, ...],
+    value: object,
+    named: str,
+) -> None:
+    src, _ = first_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    results = json.loads((out / "results.json").read_text())
+    record = results["runs"]["learned"]["0"]
+    for key in field[:-1]:
+        record = record[key]
+    record[field[-1]] = value
+    (out / "results.json").write_text(json.dumps(results))
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus), "seeds": (5,)})
+    with pytest.raises(ValueError, match=rf"results\.json is damaged \(runs\.learned\.0\.{named}\)"):
+        run_compare(cfg, encodings=["alibi"], out=out, progress=False)
+    assert not (out / "checkpoints" / "alibi" / "seed5.pt").exists()  # refused before any training
+
+
+def test_results_of_another_configuration_are_refused_without_config_json(
+    first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path
+) -> None:
+    """Deleting config.json no longer lets a run of other settings merge into the folder's results."""
+    src, _ = first_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    (out / "config.json").unlink()
+    longer = dataclasses.replace(FAST.train, steps=FAST.train.steps + 1)
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus), "train": longer, "seeds": (5,)})
+    with pytest.raises(ValueError, match=r"train\.steps.*\(in results\.json\)"):
+        run_compare(cfg, encodings=["alibi"], out=out, progress=False)
+    assert not (out / "config.json").exists()  # nothing written
 
 
 def test_cli_on_the_default_stdlib_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ import sys
 
 from ..validation import first_line
 from . import bench, compare, generate, plot, tasks
+from .output import silence_stdout
 
 #: The subcommands, in ``posenc --help`` order.
 SUBCOMMANDS = (bench, compare, generate, plot, tasks)
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except (
+        BrokenPipeError
+    ):  # the reader of stdout left (`| head`): stop quietly, as any writer into a pipe does
+        silence_stdout()
+        return 141  # 128 + SIGPIPE
     except KeyboardInterrupt:
         kept = getattr(args, "interrupted", None)
         detail = f"; {kept(args)}" if callable(kept) else ""

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .output import say
 from .paths import path_arg
 
 
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
                 args.written = args.out  # what Ctrl-C keeps (see _kept)
 
         run_suite(name, suites[name], args.quick, device, on_row=add)
-    print(markdown_report(report))
+    say(markdown_report(report))
     if args.out is not None:
-        print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+        say(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 0
 
 

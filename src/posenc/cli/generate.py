@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .output import silence_stdout
 from .paths import path_arg
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         out.write(b"\n")
         out.flush()
     except BrokenPipeError:  # the reader left (`| head -c 100`): stop quietly, as any writer into a pipe does
-        _silence_stdout()
+        silence_stdout()
         return 141  # 128 + SIGPIPE, the status of a writer that the pipe ended
     return 0
 
@@ -186,14 +187,3 @@ def _generate(
         scaling = methods[args.scaling].extension(train_len, max(tokens.shape[1] + args.tokens, train_len))
         with rope_scaled(model, scaling) as scaled:
             scaled.generate(tokens, args.tokens, **options)
-
-
-def _silence_stdout() -> None:
-    """Point stdout's descriptor at ``os.devnull``, so that the interpreter's flush at exit, which would write the
-    bytes left in the buffer into the closed pipe, reports nothing."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # stdout replaced by something with no descriptor
-        pass

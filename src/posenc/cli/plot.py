@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .lists import comma_list
+from .output import say
 from .paths import path_arg
 
 if TYPE_CHECKING:
@@ -123,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         except NotApplicable as err:
             if args.only:  # asked for by name: an error
                 raise
-            print(f"skipped {name}: {err}")  # drawing all that apply: this one does not
+            say(f"skipped {name}: {err}")  # drawing all that apply: this one does not
             continue
         paths = picture.save(args.out, name)
-        print(f"{paths[0]}  (+ .json, {time.perf_counter() - start:.1f} s)")
+        say(f"{paths[0]}  (+ .json, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -240,6 +240,11 @@ def load_checkpoint(path: Path, hint: str = _RETRAIN) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "encoding" not in ckpt:
         raise ValueError(f"{path} is not a posenc checkpoint (format {CHECKPOINT_FORMAT}); {hint}")
+    shapes = {"encoding": str, "config": dict, "state_dict": dict}  # the fields every reader reads as such
+    wrong = [k for k, kind in shapes.items() if k in ckpt and not isinstance(ckpt[k], kind)]
+    if wrong:
+        got = ", ".join(f"{k} is a {type(ckpt[k]).__name__}" for k in wrong)
+        raise ValueError(f"{path} is damaged ({got}); {hint}")
     return ckpt
 
 
@@ -249,7 +254,7 @@ def reading_checkpoint(path: Path, what: str) -> Iterator[None]:
     naming the file and what deleting it does (``what``: e.g. "retrain rope seed 0")."""
     try:
         yield
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+    except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
         raise ValueError(
             f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}); delete it and rerun to {what} "
             "(the other checkpoints are kept)"

@@ -35,6 +35,7 @@ from .checkpoints import (
     json_roundtrip,
     json_safe,
     read_json_object,
+    refusal,
     save_figure,
     write_text,
 )
@@ -155,8 +156,8 @@ def run_compare(
     n_tokens = eval_token_count(corpus.val.numel(), lengths[-1], cfg.eval_windows, cfg.eval_bytes)
     fp = fingerprint(cfg, corpus, n_tokens)
     out = Path(out)
+    _old_runs(out, fp)  # a damaged or foreign results.json is refused now, not after the training
     check_config(out, fp, world)
-    _old_runs(out)  # a damaged results.json is refused now, not after the training
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
     for name in names:  # a folder that cannot be made (a link to nothing) is refused now, not after training
         check_out_dir(ctx.checkpoint(name, 0).parent, f"the checkpoint folder of {name}")
@@ -184,7 +185,7 @@ def run_compare(
         "versions": versions(dev, world),
         "wall_seconds": time.perf_counter() - start,
     }
-    results = aggregate(merge_runs(_old_runs(out), new), meta)
+    results = aggregate(merge_runs(_old_runs(out, fp), new), meta)
     if world.is_main:
         write_outputs(results, out)
     world.barrier()
@@ -232,12 +233,18 @@ def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1) -> dict[str, Any]
     }
 
 
-def _old_runs(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """The records of ``out/results.json`` (written by this configuration, as ``config.json`` was checked)."""
+def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The records of ``out/results.json``, refused (naming the file) unless written by the configuration ``fp``
+    (its own ``config``: this holds also when ``config.json`` was deleted) and readable to the last number."""
     path = out / "results.json"
     if not path.is_file():
         return {}
-    runs = read_json_object(path, "results file").get("runs", {})
+    results = read_json_object(path, "results file")
+    if isinstance(results.get("config"), dict):
+        diffs = config_differences(results["config"], fp)
+        if diffs:
+            raise refusal(out, [f"{d} (in results.json)" for d in diffs])
+    runs = results.get("runs", {})
     if not isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs.values()):
         raise ValueError(
             f"{path} is not a results file (its 'runs' is not an object of objects); restore or delete it"
@@ -254,7 +261,34 @@ def _old_runs(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
                     f"{path} is not a results file (runs.{enc}.{seed} is not a seed's record with its "
                     "perplexity); restore or delete it"
                 )
+            bad = _unreadable(rec)
+            if bad is not None:
+                raise ValueError(f"{path} is damaged (runs.{enc}.{seed}.{bad}); restore or delete it")
     return dict(runs)
+
+
+def _unreadable(rec: dict[str, Any]) -> str | None:
+    """The first field of a record the summary cannot read as a number (or None, n/a), or None if all can."""
+
+    def bad(value: Any) -> bool:
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return False
+        return value not in ("inf", "-inf", "nan")
+
+    for row, values in rec["perplexity"].items():
+        for length, v in values.items():
+            if bad(v):
+                return f"perplexity.{row}.{length} is {v!r}"
+    for key in ("final_train_loss", "train_seconds", "eval_seconds", "tokens_per_second"):
+        if bad(rec.get(key)):
+            return f"{key} is {rec[key]!r}"
+    curve = rec.get("curve")
+    if curve is not None and not (
+        isinstance(curve, dict)
+        and all(isinstance(v, list) and not any(bad(x) for x in v) for v in curve.values())
+    ):
+        return "curve is not lists of numbers"
+    return None
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
