@@ -355,7 +355,11 @@ def test_two_specs_of_one_model_at_this_l_are_refused() -> None:
         check_buildable(["learned", "learned:max_len=16"], train)
     with pytest.raises(ValueError, match="build the same model"):
         check_buildable(["rope:base=1e16", "rope:base=10000000000000000"], train, None)
+    # an option whose default (None) is derived from the sizes: rotary_dim=None is the head size, 8 here
+    with pytest.raises(ValueError, match=r"^--encodings: rope and rope:rotary_dim=8 build the same model"):
+        check_buildable(["rope", "rope:rotary_dim=8"], train, None)
     check_buildable(["learned", "learned:max_len=32", "rope:base=1e16"], train)  # distinct models pass
+    check_buildable(["rope", "rope:rotary_dim=4", "rope:cache_len=64", "alibi", "alibi:max_bias=4"], train, None)
 
 
 def test_a_model_whose_output_is_not_finite_is_refused_before_training() -> None:

@@ -229,13 +229,14 @@ def check_buildable(
     seen: dict[tuple[str, str], str] = {}
     for name in names:
         options = {k: _number(v) for k, v in encoding_options(name, small).items()}
-        same = seen.setdefault((parse_spec(name).name, repr(sorted(options.items()))), name)
-        if same != name:
-            raise ValueError(
-                f"{flag}: {same} and {name} build the same model at L = {train.train_len}; keep one"
-            )
         try:
             model = build_model(name, small).eval()
+            built = model.encodings()  # (an absolute encoding is the input one, after the layers' NoPE)
+            same = seen.setdefault(_built_as(built[-1] if built[-1].is_absolute else built[0], options), name)
+            if same != name:
+                raise _SameModel(
+                    f"{flag}: {same} and {name} build the same model at L = {train.train_len}; keep one"
+                )
             if device is None:
                 continue
             model = model.to(device)
@@ -243,6 +244,8 @@ def check_buildable(
                 out = model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
             if not bool(torch.isfinite(out).all()):
                 raise ValueError("its output at L is not finite (NaN or infinity) from the start")
+        except _SameModel:
+            raise
         except (ValueError, TypeError, ArithmeticError, RuntimeError) as err:
             if (
                 isinstance(err, torch.OutOfMemoryError)
@@ -257,6 +260,23 @@ def check_buildable(
                 f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
                 f"{why}; choose other sizes, or leave {name} out of {flag}"
             ) from None
+
+
+class _SameModel(ValueError):
+    """Two specs that build one model (raised as it is, not reworded as a build failure)."""
+
+
+def _built_as(encoding: torch.nn.Module, options: dict[str, object]) -> tuple[str, str]:
+    """What an encoding was built as: its class and each constructor argument as the module holds it after its own
+    defaults resolved (``rope``'s ``rotary_dim=None`` is ``head_dim``), or as given where it keeps no attribute of
+    that name. Two specs with the same are one model (``rope`` and ``rope:rotary_dim=32`` at head size 32)."""
+    import inspect
+
+    params = [p for p in inspect.signature(type(encoding).__init__).parameters if p != "self"]
+    held = {
+        p: repr(getattr(encoding, p)) if hasattr(encoding, p) else repr(options.get(p, "-")) for p in params
+    }
+    return type(encoding).__name__, repr(sorted(held.items()))
 
 
 def _number(value: object) -> object:
