@@ -359,7 +359,9 @@ def test_two_specs_of_one_model_at_this_l_are_refused() -> None:
     with pytest.raises(ValueError, match=r"^--encodings: rope and rope:rotary_dim=8 build the same model"):
         check_buildable(["rope", "rope:rotary_dim=8"], train, None)
     check_buildable(["learned", "learned:max_len=32", "rope:base=1e16"], train)  # distinct models pass
-    check_buildable(["rope", "rope:rotary_dim=4", "rope:cache_len=64", "alibi", "alibi:max_bias=4"], train, None)
+    check_buildable(
+        ["rope", "rope:rotary_dim=4", "rope:cache_len=64", "alibi", "alibi:max_bias=4"], train, None
+    )
 
 
 def test_a_model_whose_output_is_not_finite_is_refused_before_training() -> None:

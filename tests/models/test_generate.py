@@ -120,8 +120,10 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     calls: list[int] = []
     model.register_forward_hook(lambda *_: calls.append(1))
     tokens = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match="cache would overflow.*max_len=8"):
-        model.generate(tokens, 5, max_len=8)
+    with pytest.raises(
+        ValueError, match=r"cache would overflow: prompt 4 \+ max_new_tokens 6 - 1 .* = 9 .*max_len=8"
+    ):
+        model.generate(tokens, 6, max_len=8)
     with pytest.raises(ValueError, match="temperature"):
         model.generate(tokens, 5, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
@@ -149,6 +151,10 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     with pytest.raises(ValueError, match=r"tokens must hold at least one prompt \(row\), got batch=0"):
         model.generate(tokens[:0], 5)  # was a raw RuntimeError from min() of an empty tensor
     assert calls == []
+    assert model.generate(tokens, 5, max_len=8, temperature=0).shape == (
+        1,
+        9,
+    )  # the last token is not fed back
 
 
 def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
@@ -156,16 +162,16 @@ def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
 ) -> None:
     model = _model("rope")
     tokens = torch.zeros(2, 4, dtype=torch.long)
-    need = gen.memory_needed(model, 2, 4, 4 + 60)
+    need = gen.memory_needed(model, 2, 4, 4 + 61 - 1)
     block = model.blocks[0].attn
     per_slot = len(model.blocks) * 2 * 2 * block.kv_heads * block.head_dim * 4 + 2 * block.heads * 4 * 4
     assert need == per_slot * 64  # keys and values of every layer, one layer's prefill scores
     monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
     with pytest.raises(ValueError, match=r"a cache of 64 slots \(batch 2, 2 layers\) needs about"):
-        model.generate(tokens, 60)
+        model.generate(tokens, 61)
     assert kept_decoders(model) == []  # refused before a decoder (and its caches) existed
     monkeypatch.setattr(gen, "device_memory", lambda device: need)
-    assert model.generate(tokens, 60, temperature=0).shape == (2, 64)
+    assert model.generate(tokens, 61, temperature=0).shape == (2, 65)
 
 
 def test_positions_past_the_encoding_limit_are_refused_before_any_work() -> None:
@@ -179,9 +185,10 @@ def test_positions_past_the_encoding_limit_are_refused_before_any_work() -> None
         model.register_forward_hook(lambda *_, seen=calls: seen.append(1))
         tokens = torch.zeros(1, 6, dtype=torch.long)
         with pytest.raises(ValueError, match=f"positions below {limit} only"):
-            model.generate(tokens, limit - 5)
+            model.generate(tokens, limit - 4)
         assert calls == []
-        assert model.generate(tokens, limit - 6, temperature=0).shape == (1, limit)
+        # positions 0 .. limit - 1 are used: the last new token (at position limit) is returned, not fed back
+        assert model.generate(tokens, limit - 5, temperature=0).shape == (1, limit + 1)
 
 
 def test_a_tiny_temperature_samples_the_argmax() -> None:
@@ -270,7 +277,7 @@ def test_decoders_live_with_the_model_and_stay_few() -> None:
                 model.generate(tokens, 3, temperature=0, compile=compile)
                 assert 1 <= len(kept_decoders(model)) <= KEEP_DECODERS
         assert len(kept_decoders(model)) == KEEP_DECODERS
-        assert kept_decoders(model)[-1].valid.shape == (3, 7)  # the latest call's decoder is kept
+        assert kept_decoders(model)[-1].valid.shape == (3, 6)  # the latest call's decoder is kept
         assert not any("decoder" in name for name in model.state_dict())
         twin = copy.deepcopy(model)
         assert kept_decoders(twin) == [] and kept_decoders(pickle.loads(pickle.dumps(model))) == []

@@ -94,17 +94,21 @@ def _check(
         raise ValueError(
             "prompt_mask must be left padding: per row, False (padding) then True (tokens) to the end"
         )
-    need = tokens.shape[1] + max_new_tokens
+    # the last new token is returned, never fed back: positions 0 .. S + n - 2, so S + n - 1 slots
+    need = tokens.shape[1] + max_new_tokens - 1
+    counted = (
+        f"prompt {tokens.shape[1]} + max_new_tokens {max_new_tokens} - 1 (the last is not fed back) = {need}"
+    )
     limit = model.max_length
     if limit is not None and need > limit:
         raise ValueError(
-            f"the model takes positions below {limit} only (its encoding's limit), but prompt {tokens.shape[1]} + "
-            f"max_new_tokens {max_new_tokens} = {need} tokens; ask for fewer tokens or give a shorter prompt"
+            f"the model takes positions below {limit} only (its encoding's limit), but {counted} tokens; ask for "
+            "fewer tokens or give a shorter prompt"
         )
     if max_len is not None and need > max_len:
         raise ValueError(
-            f"the cache would overflow: prompt {tokens.shape[1]} + max_new_tokens {max_new_tokens} = {need} "
-            f"tokens, but max_len={max_len}; raise max_len or ask for fewer tokens"
+            f"the cache would overflow: {counted} tokens, but max_len={max_len}; raise max_len or ask for fewer "
+            "tokens"
         )
     return mask.to(tokens.device), need if max_len is None else max_len
 
@@ -174,7 +178,7 @@ def generate(
             the call's first step the guards are skipped (``torch.compiler.set_stance``, process-wide): meanwhile
             a compiled function meeting new inputs in another thread raises instead of recompiling.
         prompt_mask: ``(B, S)`` bool, True on real tokens and False on the left padding; None = no padding.
-        max_len: cache slots per layer (default ``S + max_new_tokens``); too few, or a cache larger than the
+        max_len: cache slots per layer (default ``S + max_new_tokens - 1``: the last token is not fed back); too few, or a cache larger than the
             device's memory, raises ``ValueError`` before any work is done.
         on_token: called with each position's new tokens ``(B,)`` (int64, on the model's device) as soon as
             they are picked, before the next step: streaming (``posenc generate`` prints each byte this way).
