@@ -130,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         raise ValueError("--data is an empty path (it would read the current folder); name a file or folder")
     if args.quick and args.preset is not None:
         raise ValueError(f"--quick is a preset of its own; give --quick or --preset {args.preset}, not both")
-    cfg = preset("quick" if args.quick else args.preset or "demo")
+    cfg = preset("quick" if args.quick else "demo" if args.preset is None else args.preset)
     _check_train_flags(args, cfg)
     cfg = cfg.with_train(
         train_len=args.train_len,

@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--length",
         type=int,
         default=None,
-        help="the training length L the pictures are drawn for (default 256, or the run's L with --run; at least 2); "
-        "refused when "
+        help="the training length L the formula pictures are drawn for (default 256, or the run's L with --run; "
+        "at least 2; the --run pictures of trained attention always use the run's own L); refused when "
         "a picture would need more than 4 GiB (bias draws heads x factor x L numbers per bias encoding) or half "
         "this machine's memory",
     )
@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--windows",
         type=int,
         default=1,
-        help="held-out windows per length for the --run pictures (default 1)",
+        help="held-out windows per length for the --run pictures (default 1; at most as many as the held-out "
+        "text holds)",
     )
     p.set_defaults(func=run)
 

@@ -190,13 +190,14 @@ def train_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enc
         probe=ctx.probe(),
         probe_points=ctx.cfg.curve_points,
     )
+    rate = result.tokens_per_second
     log.info(
-        "%s seed %d: trained %d steps in %.1f s (%.0f tokens/s), final loss %.3f",
+        "%s seed %d: trained %d steps in %.1f s (%s), final loss %.3f",
         name,
         seed,
         cfg.steps,
         result.seconds,
-        result.tokens_per_second,
+        f"{rate:.0f} tokens/s" if rate > 0 else "tokens/s n/a: one step, the first, is not timed",
         result.losses[-1],
     )
     run = EncodingRun(
