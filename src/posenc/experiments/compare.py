@@ -139,20 +139,20 @@ def run_compare(
     base_device = resolve_device(device)
     world = setup_world(base_device)
     dev = rank_device(base_device, world)
-    check_buildable(names, cfg.train, dev)
-    cfg = cfg.with_train(precision=resolve_precision(cfg.train.precision, dev))  # recorded as chosen
-    keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
-    workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)
     train_len = cfg.train.train_len
     lengths = eval_lengths(train_len, cfg.multiples)
     is_default = cfg.data is None
-    corpus = load_corpus(
+    corpus = load_corpus(  # first: a length the text cannot hold is refused before a model of it is built
         cfg.data,
         min_train_tokens=train_len + 1,
         min_val_tokens=lengths[-1] + 1,
         max_train_bytes=cfg.max_train_bytes if is_default else None,
         max_val_bytes=cfg.max_val_bytes if is_default else None,
     )
+    check_buildable(names, cfg.train, dev)
+    cfg = cfg.with_train(precision=resolve_precision(cfg.train.precision, dev))  # recorded as chosen
+    keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
+    workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)
     n_tokens = eval_token_count(corpus.val.numel(), lengths[-1], cfg.eval_windows, cfg.eval_bytes)
     fp = fingerprint(cfg, corpus, n_tokens)
     out = Path(out)

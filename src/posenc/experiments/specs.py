@@ -240,8 +240,14 @@ def check_buildable(
             if device is None:
                 continue
             model = model.to(device)
+            limit = model.max_length
+            if limit is not None and small.train_len > limit:
+                raise ValueError(f"it takes positions below {limit} only, and L = {small.train_len}")
+            probe = min(
+                small.train_len, PROBE_LEN
+            )  # (a huge L is the data's to refuse, not an n^2 forward's)
             with torch.no_grad():
-                out = model(torch.zeros(1, small.train_len, dtype=torch.long, device=device))
+                out = model(torch.zeros(1, probe, dtype=torch.long, device=device))
             if not bool(torch.isfinite(out).all()):
                 raise ValueError("its output at L is not finite (NaN or infinity) from the start")
         except _SameModel:
@@ -260,6 +266,10 @@ def check_buildable(
                 f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
                 f"{why}; choose other sizes, or leave {name} out of {flag}"
             ) from None
+
+
+#: The longest window :func:`check_buildable` runs a model on (its length limit is checked at any ``L``).
+PROBE_LEN = 4096
 
 
 class _SameModel(ValueError):
