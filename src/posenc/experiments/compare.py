@@ -243,7 +243,7 @@ def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, An
     if isinstance(results.get("config"), dict):
         diffs = config_differences(results["config"], fp)
         if diffs:
-            raise refusal(out, [f"{d} (in results.json)" for d in diffs])
+            raise refusal(out, diffs)
     runs = results.get("runs", {})
     if not isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs.values()):
         raise ValueError(

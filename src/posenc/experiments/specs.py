@@ -240,8 +240,8 @@ def check_buildable(
             if device is None:
                 continue
             model = model.to(device)
-            limit = model.max_length
-            if limit is not None and small.train_len > limit:
+            limit = model.max_length  # (below PROBE_LEN the forward at L refuses in the encoding's own words)
+            if limit is not None and small.train_len > max(limit, PROBE_LEN):
                 raise ValueError(f"it takes positions below {limit} only, and L = {small.train_len}")
             probe = min(
                 small.train_len, PROBE_LEN
