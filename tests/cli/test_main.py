@@ -98,3 +98,20 @@ def test_a_damaged_run_file_is_one_line_before_any_training(
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["compare", "--steps", "1e3"], "posenc compare: error: argument --steps: invalid int value: '1e3'"),
+        (["generate", "--prompt", "x", "--prompt-file", "y"], "argument --prompt-file: not allowed with"),
+        (["nope"], "posenc: error: argument COMMAND: invalid choice: 'nope'"),
+    ],
+)
+def test_a_bad_flag_is_one_line_pointing_to_help(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and words in err and err.rstrip().endswith("--help)")

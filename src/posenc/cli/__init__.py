@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from ..validation import first_line
 from . import bench, compare, generate, plot, tasks
@@ -15,12 +16,17 @@ from .output import silence_stdout
 SUBCOMMANDS = (bench, compare, generate, plot, tasks)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the command's usage block pointed to, not printed), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="posenc", description="Positional encodings: pictures, comparisons, benchmarks."
-    )
+    parser = _Parser(prog="posenc", description="Positional encodings: pictures, comparisons, benchmarks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for module in SUBCOMMANDS:
         module.register(sub)
     return parser
