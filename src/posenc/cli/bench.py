@@ -49,7 +49,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_out_dir(args.out)  # before the suites run, not after
-    names = [SUITES.check(n, "suite") for n in args.suite] if args.suite else SUITES.names()
+    choices = ", ".join(SUITES.names())
+    given = [n.strip() for s in args.suite or [] for n in s.split(",")]  # repeated flags and commas alike
+    if any(not n for n in given):
+        raise ValueError(
+            f"--suite got an empty name in {','.join(args.suite)!r}; it takes names from {choices}"
+        )
+    unknown = [n for n in given if n not in SUITES.names()]
+    if unknown:
+        raise ValueError(f"--suite: unknown suite {unknown[0]!r}; choose one of {choices}")
+    names = given or SUITES.names()
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # a second run of a suite replaced the first one's rows in the report and doubled the time
         raise ValueError(f"--suite {', '.join(twice)} given more than once; name each suite once")
@@ -94,7 +103,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=path_arg, default=None, metavar="DIR", help="write DIR/bench.json and DIR/bench.md"
     )
     parser.add_argument(
-        "--suite", action="append", default=None, metavar="NAME", help="run only this suite (repeatable)"
+        "--suite",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this suite (repeatable, or comma-separated: --suite rope,decode)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.set_defaults(func=run, interrupted=_kept)

@@ -132,11 +132,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..experiments.checkpoints import load_model
     from ..experiments.dist import resolve_device
-    from ..validation import check_seed
+    from ..validation import check_float, check_int, check_seed
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be a positive number of bytes, got {args.tokens}")
     check_seed("--seed", args.seed)
+    check_float("--temperature", args.temperature, at_least=0)  # (finite: 0 is greedy)
+    if args.top_k is not None:
+        check_int("--top-k", args.top_k, at_least=1)
     prompt = prompt_bytes(args.prompt) if args.prompt_file is None else file_bytes(args.prompt_file)
     device = resolve_device(args.device)
     path = checkpoint_file(args.checkpoint)
@@ -185,5 +188,9 @@ def _generate(
             raise ValueError(f"--scaling must be one of {', '.join(sorted(methods))}, got {args.scaling!r}")
         train_len = int(ckpt["config"]["train"].get("train_len", 128))
         scaling = methods[args.scaling].extension(train_len, max(tokens.shape[1] + args.tokens, train_len))
-        with rope_scaled(model, scaling) as scaled:
+        try:
+            manager = rope_scaled(model, scaling)
+        except (ValueError, TypeError) as err:  # a model without RoPE layers: name the flag that asked for it
+            raise ValueError(f"--scaling {args.scaling}: {err}") from None
+        with manager as scaled:
             scaled.generate(tokens, args.tokens, **options)

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if not rank0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
-    for flag in ("train_len", "steps"):
+    for flag in ("train_len", "steps", "jobs"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -109,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.tasks import available_tasks
 
     tasks = _names(args.tasks, "tasks", available_tasks())
+    unknown = [t for t in tasks or [] if t not in available_tasks()]
+    if unknown:
+        raise ValueError(
+            f"--tasks: unknown task {unknown[0]!r}; choose one of {', '.join(available_tasks())}"
+        )
     encodings = _names(args.encodings, "encodings", [*available(), "or name:key=value"])
     seeds = _seeds(args.seeds)
     # a bad --device, names, seeds, lengths or --jobs is refused before --out is touched; with several ranks each

@@ -86,7 +86,8 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
     name, *parts = text.strip().split(SEP)
     name = name.strip()
     if name not in ENCODINGS:
-        where = "" if text.strip() == name else f"{what} {text!r}: "
+        where = f"{what}: " if text.strip() == name and what.startswith("-") else ""
+        where = where if text.strip() == name else f"{what} {text!r}: "
         raise ValueError(f"{where}unknown encoding {name!r}; choose from {', '.join(available())}")
     cls = encoding_class(name)
     options: dict[str, Value] = {}
