@@ -114,4 +114,6 @@ def test_a_bad_flag_is_one_line_pointing_to_help(
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and words in err and err.rstrip().endswith("--help)")
+    assert (
+        exit_.value.code == 2 and err.count("\n") == 1 and words in err and err.rstrip().endswith("--help)")
+    )

@@ -72,6 +72,10 @@ def test_dangling_out_link_is_refused_before_any_work(tmp_path: Path) -> None:
     link.symlink_to(tmp_path / "gone")
     with pytest.raises(ValueError, match=r"--out .*out is a link to .*gone, which does not exist"):
         check_out_dir(link)
+    with pytest.raises(
+        ValueError, match=r"--out .*out/sub cannot be created: .*out is a link to .*gone, which"
+    ):
+        check_out_dir(link / "sub")  # a dangling link further up: mkdir(parents=True) failed there
     (tmp_path / "gone").mkdir()
     assert check_out_dir(link) == link  # a link to a folder is fine
 

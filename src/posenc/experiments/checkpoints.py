@@ -94,6 +94,11 @@ def check_out_dir(out: Path, option: str = "--out") -> Path:
         )
     existing = out
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link on the way: mkdir(parents=True) would fail there
+            raise ValueError(
+                f"{option} {out} cannot be created: {existing} is a link to {os.readlink(existing)}, which does "
+                "not exist; create that folder, or delete the link"
+            )
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise ValueError(f"{option} {out} cannot be created: {existing} is a file, not a folder")
