@@ -150,3 +150,23 @@ def test_cached_tables_equal_tables_computed_from_positions() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     long_q = torch.randn(1, 1, 12, 16)  # past cache_len: computed, same as explicit
     torch.testing.assert_close(enc(long_q, long_q)[0], enc(long_q, long_q, torch.arange(12))[0])
+
+
+def test_an_open_decode_session_stands_for_the_range_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a DecodeSession whose slots the scales fit, positions outside the table need no range check (on a
+    GPU a device sync per layer and token); outside a session, or with slots past the range, they are checked."""
+    from posenc import DecodeSession
+
+    x = posenc.XPos(8, cache_len=0)  # every position outside the table
+    checked: list[int] = []
+    monkeypatch.setattr(x, "_check_range", lambda pos, dtype: checked.append(1))
+    q, pos = torch.randn(1, 1, 1, 8), torch.tensor([5])
+    x(q, q, pos)
+    assert checked == [1]
+    with DecodeSession(64):
+        want = x(q, q, pos)
+    assert checked == [1]
+    torch.testing.assert_close(want, x(q, q, pos), rtol=0, atol=0)
+    with DecodeSession(x.max_offset(torch.float32) + 2):  # slots past the scales' range: still checked
+        x(q, q, pos)
+    assert checked == [1, 1, 1]

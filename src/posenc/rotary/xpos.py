@@ -33,6 +33,7 @@ from ..functional.rotary import (
     rope_pair_tables,
 )
 from ..functional.tables import RowViews, decode_position, host_in_range, host_span, rows_at
+from ..session import current_session
 from ..validation import (
     as_index_positions,
     check_bool,
@@ -196,6 +197,14 @@ class XPos(PositionEncoding):
         inv_freq, zeta = self.inv_freq.to(positions.device), self.zeta.to(positions.device)
         return xpos_cos_sin(positions, inv_freq, zeta, self.scale_base, self.center)
 
+    def _promised(self, dtype: torch.dtype) -> bool:
+        """Whether an open :class:`posenc.DecodeSession` promises positions below a length whose scales fit
+        ``dtype``: then a decode step on a GPU needs no range check (a device sync per layer and token)."""
+        if torch.compiler.is_compiling():
+            return False  # (dynamo cannot trace a ContextVar; traced code checks nothing anyway)
+        session = current_session()
+        return session is not None and self._span_fits(session.slots, dtype)
+
     def _span_fits(self, length: int, dtype: torch.dtype) -> bool:
         """Whether every position in ``0 .. length-1`` passes the range check in ``dtype`` (host arithmetic)."""
         span = max(abs(self.center), abs(length - 1 - self.center))
@@ -221,7 +230,8 @@ class XPos(PositionEncoding):
             span = host_span(pos)  # (min, max) on the host, eager CPU only
             in_table = bool(self.cache_len) and host_in_range(pos, self.cache_len, span) is True
             if not (in_table and self._span_fits(self.cache_len, q.dtype)):
-                self._check_range(pos, q.dtype)
+                if not self._promised(q.dtype):
+                    self._check_range(pos, q.dtype)
             elif span is not None and span[0] == span[1] and self.pair_table.is_cpu and q.is_cpu:
                 # one position (a decode step): its pair matrices, broadcast; bitwise the apply_rope result
                 mq, mk = self._rows(self.pair_table, span[0])  # (2, 2, D/2) each ((D/2, 2, 2) interleaved)
