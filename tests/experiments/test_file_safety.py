@@ -127,3 +127,12 @@ def test_a_damaged_checkpoint_field_is_one_named_error(tmp_path: Path) -> None:
             {"state_dict": {}}["losses"]  # noqa: B018
     with reading_checkpoint(path, "retrain rope seed 0"):  # a sound checkpoint passes through
         assert {"losses": [1.0]}["losses"] == [1.0]
+
+
+def test_a_folder_of_the_other_command_is_named_as_such(tmp_path: Path) -> None:
+    """``posenc tasks --out <a compare run>`` listed every field as changed (an 800-character line)."""
+    from posenc.experiments.checkpoints import check_run_folder
+
+    check_run_folder(tmp_path, {"eval_layout": "spread", "train": {"steps": 1}}, write=True)
+    with pytest.raises(ValueError, match=r"^--out .* holds a posenc compare run, not a posenc tasks one"):
+        check_run_folder(tmp_path, {"depths": [0.0, 1.0], "train": {"steps": 1}}, write=True)

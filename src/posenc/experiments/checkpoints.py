@@ -195,11 +195,25 @@ def check_run_folder(out: Path, fp: dict[str, Any], *, write: bool) -> None:
     path = out / "config.json"
     if path.exists():
         old = _read_config(path)
+        check_same_kind(out, old, fp)
         diffs = config_differences(old, fp)
         if diffs:
             raise refusal(out, diffs)
     elif write:
         write_text(path, json.dumps(fp, indent=2) + "\n")
+
+
+def check_same_kind(out: Path, old: dict[str, Any], fp: dict[str, Any]) -> None:
+    """Refuse a folder holding the other command's run (every field would differ: name the real mistake)."""
+    was, now = _kind(old), _kind(fp)
+    if was and now and was != now:
+        raise ValueError(f"--out {out} holds a posenc {was} run, not a posenc {now} one; pass another --out")
+
+
+def _kind(fp: dict[str, Any]) -> str | None:
+    """Which command wrote a run fingerprint: "compare" (it records its evaluation layout), "tasks" (its needle
+    depths), or None."""
+    return "compare" if "eval_layout" in fp else "tasks" if "depths" in fp else None
 
 
 def _read_config(path: Path) -> dict[str, Any]:

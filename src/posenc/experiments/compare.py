@@ -31,6 +31,7 @@ from .. import available
 from .checkpoints import (
     check_out_dir,
     check_run_folder,
+    check_same_kind,
     config_differences,
     json_roundtrip,
     json_safe,
@@ -241,6 +242,7 @@ def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, An
         return {}
     results = read_json_object(path, "results file")
     if isinstance(results.get("config"), dict):
+        check_same_kind(out, results["config"], fp)
         diffs = config_differences(results["config"], fp)
         if diffs:
             raise refusal(out, diffs)
