@@ -94,3 +94,16 @@ def test_a_run_scored_on_the_first_bytes_is_refused(started: None, tmp_path: Pat
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="eval_layout: None -> 'spread'"):
         compare.run_compare(cfg, encodings=["none"], out=out, device="cpu", progress=False)
+
+
+def test_the_same_text_under_another_path_spelling_resumes() -> None:
+    """``--data fdir`` then ``--data /abs/fdir``: the sha256 of the text is one, so the source path is no change."""
+    from posenc.experiments.checkpoints import config_differences
+
+    old = {"data": {"source": "fdir", "sha256": "ab", "train_bytes": 1}, "train": {"steps": 1}}
+    assert config_differences(old, {**old, "data": {**old["data"], "source": "/abs/fdir"}}) == []
+    other = {**old, "data": {"source": "/abs/fdir", "sha256": "cd", "train_bytes": 1}}
+    assert config_differences(old, other) == [
+        "data.sha256: 'ab' -> 'cd'",
+        "data.source: 'fdir' -> '/abs/fdir'",
+    ]
