@@ -151,7 +151,7 @@ def load_corpus(
                 "(folders skip their binary files)"
             )
         files = [(root.name, root)] if root.is_file() else text_files(root)
-        source = str(root)
+        source = str(root.absolute())  # (found from any folder: posenc plot --run reads it again)
     if not files:
         raise ValueError(f"no text files found in {source}; give a text file or a folder that holds some")
     if path is not None and max_train_bytes is None:
