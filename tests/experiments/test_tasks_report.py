@@ -57,6 +57,24 @@ def test_accuracy_figure_legend_names_the_rows_of_every_task() -> None:
     assert [t.get_text() for t in legend.get_texts()] == ["none", "rope"]
 
 
+def test_two_variants_of_one_encoding_are_drawn_apart() -> None:
+    """``alibi:max_bias=4`` and ``alibi:max_bias=3`` got the same shade and marker (a hash of the options picked one
+    of three shades; the figure's rows were not passed), unlike in compare's perplexity figure."""
+    from posenc.plots.tasks import accuracy_figure
+
+    rows = {n: {"16": 1.0, "32": 0.5} for n in ("alibi", "alibi:max_bias=4", "alibi:max_bias=3")}
+    results = {
+        "train_len": 16,
+        "eval_lengths": [16, 32],
+        "tasks": ["copy"],
+        "seeds": [0],
+        "accuracy": {"copy": rows},
+    }
+    lines = accuracy_figure(results).axes[0].get_lines()
+    styles = {ln.get_label(): (ln.get_color(), ln.get_marker()) for ln in lines if ln.get_label() in rows}
+    assert len(set(styles.values())) == 3, styles
+
+
 def test_a_record_without_a_newer_row_is_summarised_not_a_crash() -> None:
     """Seed 0's record (from an earlier run) lacks rope+new, seed 1's has it: the summary took its rows from the
     first seed and then read rows of the others by them, a KeyError after every model had trained (results.json

@@ -165,7 +165,7 @@ def attention_distance_figure(measured: Measured, train_len: int) -> Picture:
                 torch.arange(1, length + 1).numpy(),
                 curve.numpy(),
                 linestyle=styles.get(length, ":"),
-                color=encoding_color(name),
+                color=encoding_color(name, list(measured)),
                 linewidth=1.3,
                 label=f"{name} @ {length}",
             )
@@ -208,7 +208,7 @@ def attention_entropy_figure(measured: Measured, train_len: int) -> Picture:
             curve = None if stats is None else combined(stats).mean_entropy()
             data["mean_entropy"][name][str(length)] = None if curve is None else rounded(curve.tolist(), 6)
             if curve is not None and length == longest:
-                ax.plot(curve.numpy(), color=encoding_color(name), linewidth=1.3, label=name)
+                ax.plot(curve.numpy(), color=encoding_color(name, list(measured)), linewidth=1.3, label=name)
     ax.plot(torch.arange(1, longest + 1).double().log().numpy(), ":", color="grey", label="uniform ln(i+1)")
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set(

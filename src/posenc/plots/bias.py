@@ -56,7 +56,7 @@ def bias_figure(
             if row >= len(curves[name]):
                 ax.set_axis_off()
                 continue
-            _draw_heads(ax, curves[name][row], encoding_color(name))
+            _draw_heads(ax, curves[name][row], encoding_color(name, names))
             ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
             ax.set_title(name if rows == 1 else f"{name}, layer {row}", fontsize=9)
             ax.grid(alpha=0.3)

@@ -28,7 +28,8 @@ def accuracy_figure(results: dict[str, Any]) -> Figure:
             points = [(lv, values.get(str(lv))) for lv in lengths]
             xs = [lv for lv, v in points if v is not None]
             ys = [100 * float(v) for _, v in points if v is not None]
-            ax.plot(xs, ys, label=row, **row_style(row, variants))
+            shown = list(results["accuracy"][task])  # (the figure's rows: variants get shades of their own)
+            ax.plot(xs, ys, label=row, **row_style(row, variants, shown))
         ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{lv // train_len}L\n{lv}" for lv in lengths])
