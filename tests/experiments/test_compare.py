@@ -84,12 +84,17 @@ def test_checkpoint_of_another_config_is_refused(
     assert "delete it and rerun to retrain none seed 0" in str(info.value)
 
 
+def _copy(first_run: tuple[Path, dict], tmp_path: Path) -> Path:
+    """A copy of the module's first run folder, to damage or extend."""
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    return out
+
+
 def test_checkpoint_of_another_encoding_is_named(
     first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path
 ) -> None:
-    src, _ = first_run
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
+    out = _copy(first_run, tmp_path)
     shutil.copy(out / "checkpoints" / "alibi" / "seed0.pt", out / "checkpoints" / "rope" / "seed0.pt")
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
     with pytest.raises(
@@ -103,9 +108,7 @@ def test_damaged_record_in_results_json_is_named(
     first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path, record: object
 ) -> None:
     """A record without its perplexities was merged into the summary: a KeyError traceback after training."""
-    src, _ = first_run
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
+    out = _copy(first_run, tmp_path)
     results = json.loads((out / "results.json").read_text())
     results["runs"]["learned"]["0"] = record
     (out / "results.json").write_text(json.dumps(results))
@@ -130,9 +133,7 @@ def test_unreadable_values_in_results_json_are_refused_before_training(
     value: object,
     named: str,
 ) -> None:
-    src, _ = first_run
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
+    out = _copy(first_run, tmp_path)
     results = json.loads((out / "results.json").read_text())
     record = results["runs"]["learned"]["0"]
     for key in field[:-1]:
@@ -149,9 +150,7 @@ def test_results_of_another_configuration_are_refused_without_config_json(
     first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path
 ) -> None:
     """Deleting config.json no longer lets a run of other settings merge into the folder's results."""
-    src, _ = first_run
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
+    out = _copy(first_run, tmp_path)
     (out / "config.json").unlink()
     longer = dataclasses.replace(FAST.train, steps=FAST.train.steps + 1)
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus), "train": longer, "seeds": (5,)})
