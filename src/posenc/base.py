@@ -21,6 +21,7 @@ Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of
 
 from __future__ import annotations
 
+import inspect
 import json
 import numbers
 import re
@@ -73,6 +74,11 @@ class PositionEncoding(nn.Module):
                 "(not starting with . or -; it names files, and ':', '+', '@', '=', ',' separate options, "
                 "extensions and entries), and 'all' stands for every encoding in a list"
             )
+        for hook in ("score_bias", "score_mod", "pairwise"):  # hooks written before `runs`: never pass it
+            fn = cls.__dict__.get(hook)
+            params = inspect.signature(fn).parameters.values() if callable(fn) else ()
+            if callable(fn) and not any(p.name == "runs" or p.kind is p.VAR_KEYWORD for p in params):
+                cls.takes_runs = False
         if name is not None:
             old = ENCODINGS._items.get(name)
             same = old is not None and (old.__module__, old.__qualname__) == (

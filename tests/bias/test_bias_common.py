@@ -216,3 +216,39 @@ def test_attention_vouches_for_default_positions_without_a_cache_only() -> None:
             return torch.zeros(())
 
     posenc.Attention(32, 4, position=Old(), backend="sdpa")(x)
+
+
+def test_bias_encodings_written_before_runs_keep_working() -> None:
+    """A subclass overriding ``score_bias`` (three arguments) or ``pairwise`` (two) without ``runs`` is never passed
+    it (``takes_runs`` turns False for it): under Attention's default positions it failed with a TypeError."""
+    from posenc.bias.base import BiasEncoding
+
+    class Sqrt(BiasEncoding):
+        def __init__(self, heads: int) -> None:
+            super().__init__(heads)
+            self.slope = torch.nn.Parameter(torch.full((heads,), 0.5))
+
+        def tables(self) -> tuple[torch.Tensor, ...]:
+            return (self.slope,)
+
+        def formula(
+            self, t: tuple[torch.Tensor, ...], head: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        ) -> torch.Tensor:
+            return -t[0][head] * (q - k).abs().float().sqrt()
+
+    class Scaled(Sqrt):
+        def score_bias(
+            self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+        ) -> torch.Tensor | None:  # type: ignore[override]
+            return 2 * super().score_bias(q, q_pos, k_pos)  # type: ignore[operator]
+
+    class OwnPairwise(Sqrt):
+        def pairwise(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return self.pairwise_reference(q_pos, k_pos)
+
+    assert Sqrt.takes_runs and not Scaled.takes_runs and not OwnPairwise.takes_runs
+    x = torch.randn(1, 8, 32)
+    for cls in (Scaled, OwnPairwise):
+        for backend in ("math", "sdpa"):
+            attn = posenc.Attention(32, 4, position=cls(4), backend=backend)
+            torch.testing.assert_close(attn(x), attn(x, positions=torch.arange(8)))

@@ -117,3 +117,23 @@ def test_a_bad_flag_is_one_line_pointing_to_help(
     assert (
         exit_.value.code == 2 and err.count("\n") == 1 and words in err and err.rstrip().endswith("--help)")
     )
+
+
+def test_a_closed_pipe_ends_any_command_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BrokenPipeError is an OSError: it was reported as "error: [Errno 32] Broken pipe" with status 2."""
+    import posenc.cli as cli
+
+    def broken(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "silence_stdout", lambda: None)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    args = parser.parse_args(["bench", "--quick"])
+    monkeypatch.setattr(
+        parser, "parse_args", lambda argv=None: argparse.Namespace(**{**vars(args), "func": broken})
+    )
+    assert cli.main(["bench", "--quick"]) == 141
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -158,3 +159,17 @@ def test_non_finite_numbers_are_written_as_what_they_are() -> None:
     assert written == {"a": ["nan", "inf", "-inf", 1.5]}
     back = [num(v) for v in written["a"]]
     assert math.isnan(back[0]) and back[1:] == [math.inf, -math.inf, 1.5]
+
+
+def test_the_curves_figure_leaves_diverged_seeds_out() -> None:
+    pytest.importorskip("matplotlib")
+    from posenc.plots.compare import curves_figure
+
+    runs = _runs()
+    runs["rope"]["2"] = _record(
+        {"rope": {"8": math.inf, "16": math.inf, "32": math.inf}}, [9.0, math.nan, math.nan]
+    )
+    figure = curves_figure({**aggregate(runs, META), **_meta()})
+    assert figure is not None
+    rope = [ln for ln in figure.axes[0].get_lines() if ln.get_label() == "rope"][0]
+    assert list(rope.get_xdata()) == [5, 9, 10] and all(math.isfinite(y) for y in rope.get_ydata())

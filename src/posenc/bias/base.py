@@ -178,7 +178,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         self._check_heads(q)
-        return self.pairwise(q_pos, k_pos, runs)
+        return self.pairwise(q_pos, k_pos, runs=True) if runs else self.pairwise(q_pos, k_pos)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         self._check_heads(q)

@@ -97,7 +97,8 @@ class FIRE(OptionsInState, BiasEncoding):
         vec = self._mlp_bias(
             torch.zeros(1, 1, dtype=torch.long, device=device), dist, True
         )  # (1, H, 1, 2s-1)
-        threshold = (self.threshold_scale * self.init_threshold).float().abs()  # as fire_input compares it
+        threshold = self.threshold_scale * self.init_threshold  # as fire_input compares it: float32 or better
+        threshold = (threshold if threshold.dtype == torch.float64 else threshold.float()).abs()
         return vec[0, :, 0], float(threshold)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # (an OSError: first) the reader of stdout left (`| head`): stop quietly
+        silence_stdout()
+        return 141  # 128 + SIGPIPE, the status of a writer that the pipe ended
     except (ValueError, TypeError, OSError) as err:  # expected failures: one line, no traceback
         print(f"posenc {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -57,11 +60,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (
-        BrokenPipeError
-    ):  # the reader of stdout left (`| head`): stop quietly, as any writer into a pipe does
-        silence_stdout()
-        return 141  # 128 + SIGPIPE
     except KeyboardInterrupt:
         kept = getattr(args, "interrupted", None)
         detail = f"; {kept(args)}" if callable(kept) else ""

@@ -187,7 +187,10 @@ def _generate(
         if args.scaling not in methods:
             raise ValueError(f"--scaling must be one of {', '.join(sorted(methods))}, got {args.scaling!r}")
         train_len = int(ckpt["config"]["train"].get("train_len", 128))
-        scaling = methods[args.scaling].extension(train_len, max(tokens.shape[1] + args.tokens, train_len))
+        longest = (
+            tokens.shape[1] + args.tokens - 1
+        )  # positions generate uses (the last token is not fed back)
+        scaling = methods[args.scaling].extension(train_len, max(longest, train_len))
         try:
             manager = rope_scaled(model, scaling)
         except (ValueError, TypeError) as err:  # a model without RoPE layers: name the flag that asked for it

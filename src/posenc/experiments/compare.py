@@ -84,6 +84,15 @@ def fingerprint(cfg: CompareConfig, corpus: Corpus, n_tokens: int) -> dict[str, 
     )
 
 
+def _one_seed(out: Path) -> ValueError:
+    """The refusal of a folder of the one-seed layout (its fingerprint records the one ``train.seed``)."""
+    return ValueError(
+        f"{out} holds a one-seed run of an older posenc compare (checkpoints/<encoding>.pt); its "
+        "results.json and report.md stay readable, but it cannot be resumed or extended with --seeds. "
+        "Pass a new --out to start a run with seeds"
+    )
+
+
 def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
     """Refuse a changed configuration, or a folder of the one-seed layout; on a fresh ``out`` rank 0 writes
     ``config.json``."""
@@ -94,11 +103,7 @@ def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
             f"{old} is not a run configuration (its 'train' is not an object); restore it or delete it"
         )
     if "seed" in train:
-        raise ValueError(
-            f"{out} holds a one-seed run of an older posenc compare (checkpoints/<encoding>.pt); its "
-            "results.json and report.md stay readable, but it cannot be resumed or extended with --seeds. "
-            "Pass a new --out to start a run with seeds"
-        )
+        raise _one_seed(out)
     check_run_folder(out, fp, write=world.is_main)
     world.barrier()
 
@@ -242,6 +247,8 @@ def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, An
         return {}
     results = read_json_object(path, "results file")
     if isinstance(results.get("config"), dict):
+        if "seed" in (results["config"].get("train") or {}):
+            raise _one_seed(out)
         check_same_kind(out, results["config"], fp)
         diffs = config_differences(results["config"], fp)
         if diffs:

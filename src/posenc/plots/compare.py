@@ -85,10 +85,14 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
 def curves_figure(results: dict[str, Any]) -> Figure | None:
     """Validation perplexity (log y) against training step, at L (solid) and 4L (dashed), in each encoding's
     colour (:func:`encoding_color`, as in every figure), the mean over seeds of
-    ``results["runs"][encoding][seed]["curve"]``; None without curves."""
+    ``results["runs"][encoding][seed]["curve"]`` (diverged seeds left out); None without curves."""
     from matplotlib.ticker import FormatStrFormatter
 
-    runs = results.get("runs", {})
+    bad = results.get("diverged", {})  # diverged seeds are left out here too, as from every number
+    runs = {
+        n: {s: r for s, r in seeds.items() if int(s) not in bad.get(n, [])}
+        for n, seeds in results.get("runs", {}).items()
+    }
     names = [n for n in results["encodings"] if any(r.get("curve") for r in runs.get(n, {}).values())]
     if not names:
         return None
