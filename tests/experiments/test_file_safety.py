@@ -136,3 +136,13 @@ def test_a_folder_of_the_other_command_is_named_as_such(tmp_path: Path) -> None:
     check_run_folder(tmp_path, {"eval_layout": "spread", "train": {"steps": 1}}, write=True)
     with pytest.raises(ValueError, match=r"^--out .* holds a posenc compare run, not a posenc tasks one"):
         check_run_folder(tmp_path, {"depths": [0.0, 1.0], "train": {"steps": 1}}, write=True)
+
+
+def test_a_folder_at_a_checkpoint_path_and_data_that_is_no_file_are_named(tmp_path: Path) -> None:
+    (tmp_path / "seed0.pt").mkdir()
+    with pytest.raises(ValueError, match=r"seed0\.pt is a folder, not a checkpoint file; delete it"):
+        load_checkpoint(tmp_path / "seed0.pt")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # read as a folder with no text before ("no text files found")
+    with pytest.raises(ValueError, match=r"--data .*fifo' is neither a file nor a folder"):
+        load_corpus(str(fifo))

@@ -252,6 +252,8 @@ def load_checkpoint(path: Path, hint: str = _RETRAIN) -> dict[str, Any]:
         ValueError: not a posenc checkpoint (wrong format version or not a dict).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:

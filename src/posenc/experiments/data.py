@@ -145,6 +145,10 @@ def load_corpus(
             raise ValueError(
                 f"--data {str(path)!r} does not exist; give a text file or a folder of text files"
             )
+        if not (root.is_file() or root.is_dir()):  # a FIFO, a device such as /dev/null: no text to read twice
+            raise ValueError(
+                f"--data {str(path)!r} is neither a file nor a folder; give a text file or a folder of text files"
+            )
         if root.is_file() and _is_binary(root):
             raise ValueError(
                 f"--data {str(path)!r} is a binary file (it holds NUL bytes); give a text file or a folder "
