@@ -44,3 +44,28 @@ def test_side_by_side_row_counts_every_worker() -> None:
 
     seconds = _side_by_side("rope", TINY, workers=2, precision="fp32", steps=5, lead=6.0)
     assert 0 < seconds < 1.0
+
+
+def test_a_failing_step_is_a_row_with_its_reason_and_the_baseline_stays(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A step that raised vanished from the rows, and the next one silently became the ratios' baseline."""
+    import posenc.bench.train as suite
+
+    def broken(model, cfg):  # type: ignore[no-untyped-def]
+        def step(batch):  # type: ignore[no-untyped-def]
+            raise RuntimeError("simulated failure")
+
+        return step
+
+    monkeypatch.setattr(suite, "_before", broken)
+    rows = suite.train_suite(True, "cpu")
+    failed = [r for r in rows if r["step"] == "eager (before)"]
+    assert failed and all(r["status"] == "error: RuntimeError: simulated failure" for r in failed)
+    others = [r for r in rows if r["step"] != "eager (before)"]
+    assert others and all(r["ratio"] is None and r["ratio_to"] == "eager (before)" for r in others)
+
+
+def test_markdown_cells_keep_one_column_per_field() -> None:
+    from posenc.bench.runner import markdown_table
+
+    table = markdown_table([{"status": "error: a|b\nc", "ms": 1.0}])
+    assert table.splitlines()[2] == "| error: a\\|b c | 1 |"

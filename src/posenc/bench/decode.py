@@ -190,6 +190,8 @@ def _compiled_steps(models: dict[str, TransformerLM], device: str, quick: bool) 
         if name in times:
             row["compiled ms"] = times[name] / 5 * 1e3
             row["compiled x none"] = times[name] / times["none"] if "none" in times else None
+            if name != "none" and "none" in times:  # the ratio's denominator: none timed in these rounds
+                row["none ms (same rounds)"] = times["none"] / 5 * 1e3
         else:
             row["status"], _, row["note"] = errors[name].partition(": ")
         if device.startswith("cuda"):  # compiled with mode="reduce-overhead": replayed as a CUDA graph?

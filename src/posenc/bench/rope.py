@@ -193,6 +193,8 @@ def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> Iterat
                     log.warning("bench: rope %s %s failed: %s", name, pass_, errors[name])
             medians = time_round_robin(timed, device, repeats=repeats, warmup=1, errors=errors)
         del timed
+        ran = choose_impl(q, k, cos, sin)  # what auto runs now: a kernel that failed once fell back for good
+        label = kernel if ran == kernel else f"{ran} (after {kernel} failed)"
         rows: list[Row] = []
         for name in (FLOOR, *fns):
             row: Row = {
@@ -201,7 +203,7 @@ def _group(shape: Shape, dtype: torch.dtype, device: str, quick: bool) -> Iterat
                 "shape": list(shape[:4]),
                 "k_heads": hk,
                 "impl": name,
-                "kernel": kernel if name == "posenc" else None,
+                "kernel": label if name == "posenc" else None,
                 "status": "ok",
                 "median_ms": None,
                 "ratio": None,

@@ -141,7 +141,7 @@ def _cell(value: object) -> str:
         return f"{value:.3g}" if math.isfinite(value) else str(value)
     if isinstance(value, (list, tuple)):
         return "×".join(str(v) for v in value)
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")  # one cell: an error's '|' or newline split it
 
 
 def markdown_table(rows: Sequence[Row]) -> str:

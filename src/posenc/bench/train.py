@@ -41,7 +41,7 @@ from ..experiments.train import (
     native_bf16,
     sample_batch,
 )
-from .runner import synchronize, time_round_robin
+from .runner import error_note, synchronize, time_round_robin
 from .suites import Row, register_suite
 
 ENCODINGS = ("rope", "alibi")
@@ -145,14 +145,21 @@ def train_suite(quick: bool, device: str) -> list[Row]:
     rows: list[Row] = []
     for encoding in ENCODINGS:
         steps = _steps(encoding, cfg, device, quick)
-        compile_s = {}
+        baseline = next(iter(steps))  # the step the others are measured against (the ratio's denominator)
+        compile_s, errors = {}, {}
         for name in [n for n in steps if n.startswith("compiled")]:
             start = time.perf_counter()
-            steps[name](batch)
-            synchronize(device)
+            try:
+                steps[name](batch)
+                synchronize(device)
+            except Exception as err:  # noqa: BLE001 - the row says why; the other steps are still timed
+                errors[name] = error_note(err)
+                continue
             compile_s[name] = time.perf_counter() - start
-        fns = {name: (lambda fn=fn: fn(batch)) for name, fn in steps.items()}
-        medians = time_round_robin(fns, device, repeats=3 if quick else 15, warmup=1 if quick else 3)
+        fns = {name: (lambda fn=fn: fn(batch)) for name, fn in steps.items() if name not in errors}
+        medians = time_round_robin(
+            fns, device, repeats=3 if quick else 15, warmup=1 if quick else 3, errors=errors
+        )
         workers = available_cores()
         if device == "cpu" and workers > 1 and not quick:
             mixed = native_bf16(torch.device(device))
@@ -164,7 +171,11 @@ def train_suite(quick: bool, device: str) -> list[Row]:
                 medians[f"{name}, {workers} at a time (1 thread each)"] = _side_by_side(
                     encoding, cfg, workers, precision, compiled, lead=60.0 if compiled else 15.0
                 )
-        base = next(iter(medians.values()))
+        base = medians.get(
+            baseline
+        )  # (None when the baseline itself failed: no ratio then, not another base)
+        for name in errors:
+            rows.append({"encoding": encoding, "step": name, "status": errors[name], "ratio_to": baseline})
         for name, seconds in medians.items():
             row: Row = {
                 "encoding": encoding,
@@ -172,7 +183,8 @@ def train_suite(quick: bool, device: str) -> list[Row]:
                 "batch": f"{cfg.batch_size}x{cfg.train_len}",
                 "median_ms": round(seconds * 1e3, 2),
                 "tokens_per_s": round(cfg.batch_size * cfg.train_len / seconds),
-                "ratio": round(seconds / base, 3),
+                "ratio": None if base is None else round(seconds / base, 3),
+                "ratio_to": baseline,
             }
             if name in compile_s:
                 row["compile_s"] = round(compile_s[name], 1)

@@ -84,4 +84,6 @@ def rope_qk_compiled(
     """
     if cos.dim() == 2:  # one table rank for every call: fewer specializations to compile
         cos, sin = cos[None, None], sin[None, None]
-    return _compiled(interleaved)(q, k, cos, sin)
+    # detached views: dynamo guards on requires_grad, so an autograd Function's forward (inputs that require
+    # grad) and its backward (gradients that do not) would be two compiled variants of one computation
+    return _compiled(interleaved)(q.detach(), k.detach(), cos.detach(), sin.detach())
