@@ -338,3 +338,15 @@ def test_report_does_not_call_a_single_block_spread() -> None:
     res["settings"]["curve_bytes"], res["config"]["data"]["val_bytes"] = 64, 40  # room for one 4L block only
     text = write_report(res)
     assert "spread evenly" not in text and "on 32 held-out bytes (one block of 32: the first bytes" in text
+
+
+def test_eval_bytes_past_the_held_out_text_says_what_is_scored(
+    first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus), "eval_bytes": 10**9})
+    with caplog.at_level("WARNING", logger="posenc"):
+        results = run_compare(cfg, encodings=["none"], out=tmp_path / "big", progress=False)
+    assert (
+        f"scoring {results['eval_tokens']} held-out bytes at every length: --eval-bytes 1000000000"
+        in caplog.text
+    )

@@ -98,6 +98,15 @@ def test_learned_table_shorter_than_the_window_is_skipped_and_figures_draw() -> 
     assert len(dist.data["mean_weight"]["learned"]["8"]["all_layers"]) == 8
     ent = attention_entropy_figure(measured, 8)
     assert ent.data["mean_entropy"]["learned"]["32"] is None
+    # --windows past what the text holds is capped: the .json says how many windows were read per length
+    capped = {
+        "learned": {
+            8: attention_stats(m, text, 8, windows=100),
+            16: attention_stats(m, text, 16, windows=100),
+        }
+    }
+    assert attention_distance_figure(capped, 8).data["windows"] == {"learned": {"8": 8, "16": 4}}
+    assert dist.data["windows"] == ent.data["windows"] == {"learned": {"8": 2, "32": None}}  # (default 2)
 
 
 def test_stats_reject_a_wrong_shape() -> None:

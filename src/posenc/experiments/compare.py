@@ -160,6 +160,14 @@ def run_compare(
     keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
     workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)
     n_tokens = eval_token_count(corpus.val.numel(), lengths[-1], cfg.eval_windows, cfg.eval_bytes)
+    if (
+        cfg.eval_bytes is not None and n_tokens < cfg.eval_bytes - lengths[-1]
+    ):  # (not just rounded to windows)
+        log.warning(
+            "scoring %d held-out bytes at every length: --eval-bytes %d is more than the held-out text holds",
+            n_tokens,
+            cfg.eval_bytes,
+        )
     fp = fingerprint(cfg, corpus, n_tokens)
     out = Path(out)
     _old_runs(out, fp)  # a damaged or foreign results.json is refused now, not after the training

@@ -31,6 +31,7 @@ class AttentionStats:
         pairs: ``(N,)`` float64, how many (row, key) pairs at distance ``d`` were summed.
         entropy_sum: ``(N,)`` float64, summed entropy (nats) of the rows of queries at position ``i``.
         rows: rows summed per position (batch x heads).
+        windows: windows of held-out text summed (batch rows).
     """
 
     length: int
@@ -38,6 +39,7 @@ class AttentionStats:
     pairs: Tensor = field(init=False)
     entropy_sum: Tensor = field(init=False)
     rows: int = 0
+    windows: int = 0
 
     def __post_init__(self) -> None:
         self.weight_sum = torch.zeros(self.length, dtype=torch.float64)
@@ -59,6 +61,7 @@ class AttentionStats:
         self.pairs += torch.bincount(d, minlength=self.length).double() * (b * h)
         self.entropy_sum += (-torch.xlogy(p, p).sum(-1)).sum(dim=(0, 1)).double().cpu()
         self.rows += b * h
+        self.windows += b
 
     def mean_weight(self) -> Tensor:
         """``(N,)`` mean attention weight on a key at distance ``d``."""
@@ -140,10 +143,19 @@ def combined(stats: list[AttentionStats]) -> AttentionStats:
         out.pairs += s.pairs
         out.entropy_sum += s.entropy_sum
         out.rows += s.rows
+    out.windows = stats[0].windows  # (every layer sees the same windows)
     return out
 
 
 Measured = dict[str, dict[int, list[AttentionStats] | None]]
+
+
+def _windows(measured: Measured) -> dict[str, dict[str, int | None]]:
+    """How many held-out windows each model's statistics summed, per length (None where it cannot take it)."""
+    return {
+        name: {str(n): None if s is None else s[0].windows for n, s in per.items()}
+        for name, per in measured.items()
+    }
 
 
 def attention_distance_figure(measured: Measured, train_len: int) -> Picture:
@@ -153,7 +165,12 @@ def attention_distance_figure(measured: Measured, train_len: int) -> Picture:
     ax = fig.add_subplot()
     longest = max(n for per in measured.values() for n in per)
     styles = {train_len: "-", longest: "--"}
-    data: dict[str, Any] = {"train_len": train_len, "x": "distance d = i - j", "mean_weight": {}}
+    data: dict[str, Any] = {
+        "train_len": train_len,
+        "x": "distance d = i - j",
+        "windows": _windows(measured),  # read per length (--windows, at most what the held-out text holds)
+        "mean_weight": {},
+    }
     for name, per_length in measured.items():
         data["mean_weight"][name] = {}
         for length, stats in per_length.items():
@@ -201,7 +218,12 @@ def attention_entropy_figure(measured: Measured, train_len: int) -> Picture:
     fig = new_figure(7.5, 5.0)
     ax = fig.add_subplot()
     longest = max(n for per in measured.values() for n in per)
-    data: dict[str, Any] = {"train_len": train_len, "x": "query position i", "mean_entropy": {}}
+    data: dict[str, Any] = {
+        "train_len": train_len,
+        "x": "query position i",
+        "windows": _windows(measured),
+        "mean_entropy": {},
+    }
     for name, per_length in measured.items():
         data["mean_entropy"][name] = {}
         for length, stats in per_length.items():
