@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import OptionsInState, ScoreMod
-from ..functional.bias import fire_input, fire_mlp_unrolled
+from ..functional.bias import at_least_float32, fire_input, fire_mlp_unrolled
 from ..validation import check_float, check_int
 from .base import BiasEncoding, position_reader
 
@@ -85,7 +85,7 @@ class FIRE(OptionsInState, BiasEncoding):
         hidden = torch.addcmul(self.hidden.bias, x, w1).relu_()  # (1|B, Q, K, width)
         out = F.linear(hidden, self.out.weight, self.out.bias)  # (1|B, Q, K, H)
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
-        return out if out.dtype in (torch.float32, torch.float64) else out.float()  # float64 models keep it
+        return at_least_float32(out)
 
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """For queries at positions up to the threshold ``|L|`` the denominator ``psi(max(i, L))`` is ``psi(L)``,
@@ -97,8 +97,9 @@ class FIRE(OptionsInState, BiasEncoding):
         vec = self._mlp_bias(
             torch.zeros(1, 1, dtype=torch.long, device=device), dist, True
         )  # (1, H, 1, 2s-1)
-        threshold = self.threshold_scale * self.init_threshold  # as fire_input compares it: float32 or better
-        threshold = (threshold if threshold.dtype == torch.float64 else threshold.float()).abs()
+        threshold = at_least_float32(
+            self.threshold_scale * self.init_threshold
+        ).abs()  # as fire_input compares it
         return vec[0, :, 0], float(threshold)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
@@ -134,7 +135,7 @@ class FIRE(OptionsInState, BiasEncoding):
 
         def mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             x = fire_input(c_num[h], thr[h], q_at(b, q_idx), k_at(b, kv_idx), eps, c_norm=c_den[h])
-            out = b2c[h] if b2c.dtype == torch.float64 else b2c[h].to(torch.float32)
+            out = at_least_float32(b2c[h])
             for w1u, b1u, w2u in zip(w1s, b1s, w2s, strict=True):
                 out = out + w2u[h] * torch.relu(w1u[h] * x + b1u[h])
             return score + out

@@ -87,14 +87,9 @@ def check_out_dir(out: Path, option: str = "--out") -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out} is a file; give a folder (it is created if missing)")
-    if out.is_symlink() and not out.exists():  # mkdir would fail on it ("File exists"), after the work
-        raise ValueError(
-            f"{option} {out} is a link to {os.readlink(out)}, which does not exist; create that folder, or "
-            "delete the link"
-        )
     existing = out
     while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # a dangling link on the way: mkdir(parents=True) would fail there
+        if existing.is_symlink():  # a dangling link (out or above): mkdir would fail there, after the work
             raise ValueError(
                 f"{option} {out} cannot be created: {existing} is a link to {os.readlink(existing)}, which does "
                 "not exist; create that folder, or delete the link"

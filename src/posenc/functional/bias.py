@@ -122,7 +122,7 @@ def t5_distance_buckets(
 def lookup_bias(table: Tensor, head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """``table[head, clamp(k - q, -M, M) + M]`` for a ``(H, 2M + 1)`` per-head table over clipped distances."""
     m = (table.shape[-1] - 1) // 2
-    return _at_least_float32(table[head, (k_pos - q_pos).clamp(-m, m) + m])
+    return at_least_float32(table[head, (k_pos - q_pos).clamp(-m, m) + m])
 
 
 def kerple_bias(r1: Tensor, r2: Tensor, q_pos: Tensor, k_pos: Tensor, kind: str = "log") -> Tensor:
@@ -134,7 +134,7 @@ def kerple_bias(r1: Tensor, r2: Tensor, q_pos: Tensor, k_pos: Tensor, kind: str 
     ``r1, r2`` are positive (the caller clamps), broadcastable against the positions.
     """
     d = distance(q_pos, k_pos)
-    r1, r2 = _at_least_float32(r1), _at_least_float32(r2)
+    r1, r2 = at_least_float32(r1), at_least_float32(r2)
     if kind == "log":
         return -r1 * torch.log1p(r2 * d)
     if kind == "power":
@@ -162,14 +162,14 @@ def fire_input(
         c_norm: the same ``c`` for the denominator, read through a tensor of its own (a FlexAttention
             ``score_mod`` reads each captured tensor that needs gradients once); None: ``c``.
     """
-    c = _at_least_float32(c).abs()
-    c_norm = c if c_norm is None else _at_least_float32(c_norm).abs()
+    c = at_least_float32(c).abs()
+    c_norm = c if c_norm is None else at_least_float32(c_norm).abs()
     # integer positions meet float tensors in maximum and the product: promoted to their dtype, as .to would
-    norm = torch.log1p(c_norm * torch.maximum(q_pos, _at_least_float32(threshold).abs())) + eps
+    norm = torch.log1p(c_norm * torch.maximum(q_pos, at_least_float32(threshold).abs())) + eps
     return torch.log1p(c * (q_pos - k_pos).abs()) / norm
 
 
-def _at_least_float32(t: Tensor) -> Tensor:
+def at_least_float32(t: Tensor) -> Tensor:
     """``t`` in float32, or float64 if it is (a float64 model's bias keeps its precision), without a call when it
     already is (a decode step runs this per layer and token)."""
     return t if t.dtype == torch.float32 or t.dtype == torch.float64 else t.to(torch.float32)
@@ -185,7 +185,7 @@ def fire_mlp_unrolled(x: Tensor, head: Tensor, w1: Tensor, b1: Tensor, w2: Tenso
         x: normalized distance, any shape; head: head index broadcastable against ``x``.
         w1, b1: ``(W,)``; w2: ``(H, W)``; b2: ``(H,)``.
     """
-    out = _at_least_float32(b2[head])
+    out = at_least_float32(b2[head])
     for unit in range(w1.shape[0]):
         out = out + w2[head, unit] * torch.relu(w1[unit] * x + b1[unit])
     return out
