@@ -47,6 +47,20 @@ def test_out_of_memory_is_one_line_and_other_runtime_errors_propagate(
         main(["compare", "--quick"])
 
 
+def test_an_error_with_control_characters_stays_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from posenc.cli import compare
+
+    def fails(args: argparse.Namespace) -> int:
+        raise OSError("cannot write /tmp/a\nb/c\x1b[2J: no space\nsecond line")
+
+    monkeypatch.setattr(compare, "run", fails)
+    assert main(["compare", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err == "posenc compare: error: cannot write /tmp/a\\nb/c\\x1b[2J: no space\\nsecond line\n"
+
+
 def test_quick_and_a_preset_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--quick", "--preset", "gpu"]) == 2
     assert "give --quick or --preset gpu, not both" in capsys.readouterr().err

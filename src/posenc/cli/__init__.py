@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from ..validation import first_line
 from . import bench, compare, generate, plot, tasks
-from .output import silence_stdout
+from .output import one_line, silence_stdout
 
 #: The subcommands, in ``posenc --help`` order.
 SUBCOMMANDS = (bench, compare, generate, plot, tasks)
@@ -49,19 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         silence_stdout()
         return 141  # 128 + SIGPIPE, the status of a writer that the pipe ended
     except (ValueError, TypeError, OSError) as err:  # expected failures: one line, no traceback
-        print(f"posenc {args.command}: error: {err}", file=sys.stderr)
+        print(one_line(f"posenc {args.command}: error: {err}"), file=sys.stderr)
         return 2
     except RuntimeError as err:
         if not out_of_memory(err):
             raise
         first = first_line(err)
-        print(
-            f"posenc {args.command}: error: out of memory ({first}); ask for less (batch, sizes, lengths)",
-            file=sys.stderr,
-        )
+        text = f"posenc {args.command}: error: out of memory ({first}); ask for less (batch, sizes, lengths)"
+        print(one_line(text), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = getattr(args, "interrupted", None)
         detail = f"; {kept(args)}" if callable(kept) else ""
-        print(f"posenc {args.command}: interrupted{detail}", file=sys.stderr)
+        print(one_line(f"posenc {args.command}: interrupted{detail}"), file=sys.stderr)
         return 130

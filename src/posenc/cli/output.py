@@ -15,6 +15,16 @@ def say(text: str) -> None:
         silence_stdout()
 
 
+#: Control characters as the escapes Python writes for them (``\n`` as the two characters ``\`` and ``n``).
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(32), 127)}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped: an error message stays one line on the terminal (a path
+    with a newline in it, a multi-line message from a library) and cannot move the cursor."""
+    return text.translate(_ESCAPES)
+
+
 def silence_stdout() -> None:
     """Point stdout's descriptor at ``os.devnull``, so that later prints and the interpreter's flush at exit, which
     would write the bytes left in the buffer into the closed pipe, report nothing."""
