@@ -79,6 +79,23 @@ def test_bad_position_arguments_are_named() -> None:
     assert isinstance(TransformerLM(lambda: posenc.RoPE(32), depth=1).layer_encodings()[0], posenc.RoPE)
 
 
+def test_caches_that_are_one_object_or_out_of_step_are_refused() -> None:
+    """``[KVCache()] * depth`` or one layer's cache reset alone gave wrong logits without an error."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    model = TransformerLM("rope", dim=32, depth=2, heads=4).eval()
+    tokens = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        for shared in ([posenc.KVCache()] * 2, [StaticKVCache(12)] * 2):
+            with pytest.raises(ValueError, match="one cache object for several layers"):
+                model(tokens[:, :3], positions=torch.arange(3), caches=shared)
+        caches = model.new_caches()
+        model(tokens[:, :3], caches=caches)
+        caches[1].reset()
+        with pytest.raises(ValueError, match="out of step: the layers' caches hold 3, 0 keys"):
+            model(tokens[:, 3:], caches=caches)
+
+
 def test_bad_tokens_and_caches_are_named() -> None:
     """Bool tokens failed in the embedding ("Expected tensor for argument #1 'indices'..."), ids outside the
     vocabulary with "index out of range in self", and a single KVCache for ``caches`` with "must hold one KVCache

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import posenc
 from posenc.functional import apply_rope_reference, rope_inv_freq
-from posenc.rotary.xpos import xpos_zeta
+from posenc.rotary.xpos import XPOS_HEADROOM, xpos_zeta
 
 
 def reference_xpos(
@@ -104,6 +104,17 @@ def test_range_limit_is_documented_and_enforced() -> None:
     q = torch.randn(1, 1, 2, 8)
     rq, rk = x(q, q, torch.tensor([limit - 1, limit]))
     assert torch.isfinite(rq).all() and torch.isfinite(rk).all()
+    for dtype in (
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+    ):  # entries up to the headroom stay finite, normal
+        edge = x.max_offset(dtype)
+        big = torch.full((1, 1, 2, 8), XPOS_HEADROOM / math.sqrt(2), dtype=dtype)  # pairs of norm 256
+        _, rk = x(big, big, torch.tensor([edge - 1, edge]))
+        assert torch.isfinite(rk).all(), dtype
+        _, rk = x(16 * big, 16 * big, torch.tensor([edge - 1, edge]))
+        assert not torch.isfinite(rk).all(), dtype  # (the headroom is what the limit leaves, no more)
     for dtype in (torch.float32, torch.float64):  # the float32 tables set the limit: float32 is no way out
         with pytest.raises(ValueError, match=r"center.*the float32 tables hold .* up to \d+; .*scale_base$"):
             x(q.to(dtype), q.to(dtype), torch.tensor([limit, limit + 1]))
@@ -170,3 +181,20 @@ def test_an_open_decode_session_stands_for_the_range_check(monkeypatch: pytest.M
     with DecodeSession(x.max_offset(torch.float32) + 2):  # slots past the scales' range: still checked
         x(q, q, pos)
     assert checked == [1, 1, 1]
+    with DecodeSession(
+        4
+    ):  # a position outside [0, slots) breaks the promise: on a CPU it is seen, and checked
+        x(q, q, pos)
+        x(q, q, -pos)
+    assert checked == [1, 1, 1, 1, 1]
+
+
+def test_a_position_a_decode_session_did_not_promise_is_refused_not_nan() -> None:
+    attn = posenc.Attention(32, 4, position=posenc.XPos(8))
+    x = torch.randn(1, 1, 32)
+    with (
+        posenc.DecodeSession(10),
+        torch.no_grad(),
+        pytest.raises(ValueError, match="100000 away from center"),
+    ):
+        attn(x, positions=torch.tensor([100_000]))

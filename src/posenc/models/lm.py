@@ -173,6 +173,7 @@ class TransformerLM(nn.Module):
                 raise ValueError(
                     f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}"
                 )
+            _check_cache_set(caches)
         if caches is not None:
             check_static_inputs(caches[0], positions, mask, "TransformerLM")
         offset = 0 if caches is None else len(caches[0])
@@ -205,6 +206,23 @@ class TransformerLM(nn.Module):
         from .generate import generate
 
         return generate(self, tokens, max_new_tokens, **options)
+
+
+def _check_cache_set(caches: list[KVCache] | tuple[KVCache, ...]) -> None:
+    """Refuse caches that cannot be one decode's per-layer caches: one object in two layers (``[KVCache()] * n``:
+    every layer would append to, and attend over, the others' keys) or layers holding different numbers of
+    keys (one reset or filled alone), either of which gave wrong logits without an error."""
+    lengths = {len(c) for c in caches}  # host ints (a StaticKVCache's is its max_len): no device sync
+    if len(lengths) > 1:
+        raise ValueError(
+            "TransformerLM: caches are out of step: the layers' caches hold "
+            f"{', '.join(str(len(c)) for c in caches)} keys; use one fresh set (model.new_caches()) per sequence"
+        )
+    if not torch.compiler.is_compiling() and len({id(c) for c in caches}) != len(caches):
+        raise ValueError(
+            "TransformerLM: caches holds one cache object for several layers (as [KVCache()] * depth makes); "
+            "each layer needs its own: model.new_caches() or [KVCache() for _ in range(depth)]"
+        )
 
 
 def _factory(position: object, options: dict[str, Any] | None, dim: int, heads: int) -> EncodingFactory:

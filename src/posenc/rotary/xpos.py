@@ -10,7 +10,8 @@ separate scales ``zeta^(+-(p - c)/scale_base)`` grow and shrink exponentially. T
 (torchscale, and rotary-embedding-torch) recentres on the middle of the current sequence and re-rotates all
 keys at every decoding step; posenc caches rotated keys, so the centre is fixed (``center``, default 0), which
 keeps KV-cache decoding exact. Positions must stay within :meth:`XPos.max_offset` of the centre
-(35,696 for the defaults in float32 and bfloat16, 3,964 in float16); farther ones raise ``ValueError`` in
+(33,427 for the defaults in float32 and bfloat16, 1,699 in float16: the scales keep room for query and key
+pairs of norm up to 256); farther ones raise ``ValueError`` in
 eager mode (the check is skipped under ``torch.compile``).
 """
 
@@ -32,7 +33,7 @@ from ..functional.rotary import (
     rope_inv_freq,
     rope_pair_tables,
 )
-from ..functional.tables import RowViews, decode_position, host_in_range, host_span, rows_at
+from ..functional.tables import RowViews, Span, decode_position, host_in_range, host_span, rows_at
 from ..session import current_session
 from ..validation import (
     as_index_positions,
@@ -71,6 +72,11 @@ def xpos_cos_sin(
     up, down = log_scale.exp(), (-log_scale).exp()
     f32 = torch.float32
     return (cos * up).to(f32), (sin * up).to(f32), (cos * down).to(f32), (sin * down).to(f32)
+
+
+#: How large a query or key pair (its norm) may be, at any position :meth:`XPos.max_offset` allows, before its scaled value
+#: overflows the dtype (or, on the query side, falls to a subnormal).
+XPOS_HEADROOM = 2.0**8
 
 
 class XPos(PositionEncoding):
@@ -166,14 +172,17 @@ class XPos(PositionEncoding):
     @property
     def max_length(self) -> int | None:
         """Positions ``0 .. n-1`` stay within :meth:`max_offset` (float32, the tables' dtype) of ``center`` up to
-        ``n = center + max_offset + 1`` (35,697 for the defaults); 0 when position 0 is already too far."""
+        ``n = center + max_offset + 1`` (33,428 for the defaults); 0 when position 0 is already too far."""
         limit = self.max_offset(torch.float32)
         return 0 if abs(self.center) > limit else max(0, int(self.center) + limit + 1)
 
     def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
-        """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay normal ``dtype`` numbers."""
+        """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay within
+        ``[tiny * XPOS_HEADROOM, max / XPOS_HEADROOM]`` of ``dtype``: a query or key pair of norm up to
+        ``XPOS_HEADROOM`` (256), rotated and scaled, neither overflows nor loses precision as a subnormal. (The scales alone
+        at the dtype's edge put an inf into any key entry above about 4, and NaN into the attention.)"""
         info = torch.finfo(dtype)
-        room = min(math.log(info.max), -math.log(info.tiny))
+        room = min(math.log(info.max), -math.log(info.tiny)) - math.log(XPOS_HEADROOM)
         zeta_min = self.gamma / (1.0 + self.gamma)
         return math.floor(self.scale_base * room / -math.log(zeta_min))
 
@@ -197,13 +206,17 @@ class XPos(PositionEncoding):
         inv_freq, zeta = self.inv_freq.to(positions.device), self.zeta.to(positions.device)
         return xpos_cos_sin(positions, inv_freq, zeta, self.scale_base, self.center)
 
-    def _promised(self, dtype: torch.dtype) -> bool:
+    def _promised(self, dtype: torch.dtype, span: Span | None) -> bool:
         """Whether an open :class:`posenc.DecodeSession` promises positions below a length whose scales fit
-        ``dtype``: then a decode step on a GPU needs no range check (a device sync per layer and token)."""
+        ``dtype``: then a decode step on a GPU needs no range check (a device sync per layer and token). Where
+        the positions' ``span`` is known on the host (a CPU) the promise is checked too: a position outside
+        ``[0, slots)`` gets the range check (a scale that overflows raised there, inside a session it was NaN)."""
         if torch.compiler.is_compiling():
             return False  # (dynamo cannot trace a ContextVar; traced code checks nothing anyway)
         session = current_session()
-        return session is not None and self._span_fits(session.slots, dtype)
+        if session is None or not self._span_fits(session.slots, dtype):
+            return False
+        return span is None or (span[0] >= 0 and span[1] < session.slots)
 
     def _span_fits(self, length: int, dtype: torch.dtype) -> bool:
         """Whether every position in ``0 .. length-1`` passes the range check in ``dtype`` (host arithmetic)."""
@@ -230,7 +243,7 @@ class XPos(PositionEncoding):
             span = host_span(pos)  # (min, max) on the host, eager CPU only
             in_table = bool(self.cache_len) and host_in_range(pos, self.cache_len, span) is True
             if not (in_table and self._span_fits(self.cache_len, q.dtype)):
-                if not self._promised(q.dtype):
+                if not self._promised(q.dtype, span):
                     self._check_range(pos, q.dtype)
             elif span is not None and span[0] == span[1] and self.pair_table.is_cpu and q.is_cpu:
                 # one position (a decode step): its pair matrices, broadcast; bitwise the apply_rope result
