@@ -129,7 +129,13 @@ def test_the_session_is_ignored_while_recording_gradients() -> None:
 
 def test_positions_outside_the_slots_raise_not_misread() -> None:
     enc = _bias("alibi")
-    with torch.no_grad(), posenc.DecodeSession(8), pytest.raises(IndexError):
+    with (
+        torch.no_grad(),
+        posenc.DecodeSession(8),
+        pytest.raises(
+            IndexError, match=r"ALiBi: a key-query distance outside the open DecodeSession\(slots=8\).s table"
+        ),
+    ):
         enc.pairwise(torch.tensor([[12]]), torch.arange(8)[None])  # k - q = -12: past the vector's start
 
 

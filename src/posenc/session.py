@@ -33,7 +33,9 @@ class DecodeSession:
     step (see :meth:`posenc.bias.base.BiasEncoding.pairwise`); the tables are dropped when the ``with`` block
     ends, so a change made between two sessions, or between two ``with`` blocks of one session object (an
     optimizer step, ``load_state_dict``, a write through ``.data``), is always seen. A position outside
-    ``[0, slots)`` raises ``IndexError`` on a CPU rather than reading a wrong row. Sessions nest (the innermost
+    ``[0, slots)`` never reads a wrong row: where a table of the session would be read outside its rows (a bias
+    encoding's key-query distance of ``slots`` or more) it raises ``IndexError`` naming the session on a CPU
+    (a device assertion on a GPU), and elsewhere the encoding computes it as without the session. Sessions nest (the innermost
     one counts) and are per thread and per asyncio task.
 
     Args:

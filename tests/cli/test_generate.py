@@ -48,6 +48,29 @@ def test_generate_prints_the_new_bytes(checkpoint: Path, capfdbinary: pytest.Cap
     assert len(capfdbinary.readouterr().out) == 8
 
 
+def test_a_model_limit_and_a_scaling_without_rope_name_the_flags_and_the_encoding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = TrainConfig(dim=32, depth=2, heads=2, train_len=16)
+    path = tmp_path / "learned.pt"
+    model = build_model("learned", config)
+    save_checkpoint(
+        path, encoding="learned", config={"train": dataclasses.asdict(config)}, state_dict=model.state_dict()
+    )
+    argv = ["generate", "--checkpoint", str(path), "--prompt", "def "]
+    assert main([*argv, "--tokens", "50"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "this learned model takes positions below 16 only, but the prompt (4 bytes) + --tokens 50 - 1 = 53"
+        in err
+    )
+    assert main([*argv, "--tokens", "2", "--scaling", "yarn"]) == 2
+    assert (
+        "--scaling yarn: this checkpoint's encoding is learned; context extension needs RoPE"
+        in capsys.readouterr().err
+    )
+
+
 def test_generate_bad_arguments_exit_with_one_line(
     checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

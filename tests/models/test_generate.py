@@ -143,6 +143,13 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
         model.generate(tokens, 5, max_len=10.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="compile must be a bool or a torch.compile backend name"):
         model.generate(tokens, 5, compile=1)  # type: ignore[arg-type]
+    for name in ("bogus", ""):  # torch named a bad backend only at the first step; "" ran eagerly
+        with pytest.raises(
+            ValueError, match=f"compile must be True, False or a torch.compile backend name .*got '{name}'"
+        ):
+            model.generate(tokens, 5, compile=name)
+    with pytest.raises(TypeError, match="generate: max_new_tokens must be an integer, got 2.0"):
+        model.generate(tokens, 2.0)  # type: ignore[arg-type]
     for bad in (tokens.bool(), tokens.float()):  # bool ids were read as 0 and 1
         with pytest.raises(TypeError, match=f"tokens must be an integer tensor .*got {bad.dtype}"):
             model.generate(bad, 5)
@@ -151,6 +158,9 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     with pytest.raises(ValueError, match=r"tokens must hold at least one prompt \(row\), got batch=0"):
         model.generate(tokens[:0], 5)  # was a raw RuntimeError from min() of an empty tensor
     assert calls == []
+    np = pytest.importorskip("numpy")  # numpy integers are integers
+    got = model.generate(tokens, np.int64(3), temperature=0, top_k=np.int64(5), eos=np.int64(7))
+    assert got.shape[1] <= 7
     assert model.generate(tokens, 5, max_len=8, temperature=0).shape == (
         1,
         9,

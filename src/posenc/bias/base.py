@@ -103,7 +103,15 @@ class BiasEncoding(PositionEncoding, ABC):
             if span is None or span[1] > limit:
                 return None
         idx = (k_pos - q_pos).add_(session.slots - 1)  # (1|B, K): distance k - q, as an index into vec
-        return F.embedding(idx, vec).permute(0, 2, 1).unsqueeze(2)  # (1|B, K, H) -> (1|B, H, 1, K)
+        try:
+            rows = F.embedding(idx, vec)  # (1|B, K, H)
+        except IndexError:  # (a CPU's check; a GPU's is a device assertion)
+            raise IndexError(
+                f"{type(self).__name__}: a key-query distance outside the open {session!r}'s table "
+                f"(|k - q| < {session.slots}); the session promises every position in [0, {session.slots}): "
+                "open it with more slots"
+            ) from None
+        return rows.permute(0, 2, 1).unsqueeze(2)  # (1|B, K, H) -> (1|B, H, 1, K)
 
     def _session_table(
         self, session: DecodeSession, device: torch.device

@@ -144,6 +144,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     path = checkpoint_file(args.checkpoint)
     model, ckpt = load_model(path, device, hint="give a .pt written by posenc compare or posenc tasks")
+    need, limit = len(prompt) + args.tokens - 1, model.max_length  # (the last byte is not fed back)
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"{path}: this {ckpt['encoding']} model takes positions below {limit} only, but the prompt "
+            f"({len(prompt)} bytes) + --tokens {args.tokens} - 1 = {need}; ask for fewer --tokens or give a "
+            "shorter prompt"
+        )
     torch.manual_seed(args.seed)
     tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device)
     if sys.stdout is None:  # (started with stdout closed: `>&-`)
@@ -193,7 +200,9 @@ def _generate(
         scaling = methods[args.scaling].extension(train_len, max(longest, train_len))
         try:
             manager = rope_scaled(model, scaling)
-        except (ValueError, TypeError) as err:  # a model without RoPE layers: name the flag that asked for it
-            raise ValueError(f"--scaling {args.scaling}: {err}") from None
+        except (ValueError, TypeError) as err:  # a model without RoPE layers: name the flag and the encoding
+            raise ValueError(
+                f"--scaling {args.scaling}: this checkpoint's encoding is {ckpt['encoding']}; {err}"
+            ) from None
         with manager as scaled:
             scaled.generate(tokens, args.tokens, **options)

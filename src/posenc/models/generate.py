@@ -14,6 +14,7 @@ are hidden from attention by the mask.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -66,20 +67,18 @@ def _check(
         )
     if tokens.shape[1] == 0:
         raise ValueError("tokens must hold at least one prompt token per row, got seq=0")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, at_least=1, owner="generate")
     check_float("temperature", temperature, at_least=0, owner="generate")  # finite: 0 = greedy
     vocab = model.head.out_features
-    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if eos is not None and not (isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < vocab):
+    if top_k is not None:
+        check_int("top_k", top_k, at_least=1, owner="generate")
+    if eos is not None and (isinstance(eos, bool) or not _is_index(eos) or not 0 <= int(eos) < vocab):  # type: ignore[call-overload]
         raise ValueError(
             f"eos must be a token id in [0, {vocab}) (the model's vocabulary) or None, got {eos!r}"
         )
     if max_len is not None:
         check_int("max_len", max_len, at_least=1, owner="generate")
-    if not isinstance(compile, (bool, str)):
-        raise TypeError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+    _check_compile(compile)
     if on_token is not None and not callable(on_token):
         raise TypeError(f"on_token must be a callable taking the new tokens (B,) or None, got {on_token!r}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
@@ -111,6 +110,30 @@ def _check(
             "tokens"
         )
     return mask.to(tokens.device), need if max_len is None else max_len
+
+
+def _is_index(value: object) -> bool:
+    """Whether ``value`` is an integer as ``operator.index`` reads one (int, numpy integer, 0-d int tensor)."""
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def _check_compile(compile: object) -> None:
+    """``compile``: a bool or the name of a registered ``torch.compile`` backend (checked here: torch named it
+    only at the first step, as its own ``InvalidBackend``, and took ``""`` as False)."""
+    if isinstance(compile, bool):
+        return
+    if not isinstance(compile, str):
+        raise TypeError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if compile not in known:
+        raise ValueError(
+            f"compile must be True, False or a torch.compile backend name (inductor, eager, aot_eager, ...: "
+            f"torch._dynamo.list_backends()), got {compile!r}"
+        )
 
 
 def memory_needed(model: TransformerLM, batch: int, prompt: int, slots: int) -> int:
@@ -195,6 +218,9 @@ def generate(
     mask, slots = _check(
         model, tokens, max_new_tokens, temperature, top_k, eos, compile, prompt_mask, max_len, on_token
     )
+    max_new_tokens = operator.index(max_new_tokens)  # (numpy integers as ints)
+    top_k = None if top_k is None else operator.index(top_k)
+    eos = None if eos is None else operator.index(eos)
     check_memory(model, tokens.shape[0], tokens.shape[1], slots, tokens.device)
     with _decoders(model).held():  # one call per model at a time: its decoders' caches are shared state
         dec = _decoder(model, tokens.shape[0], slots, tokens.device, compile)
