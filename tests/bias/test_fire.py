@@ -37,6 +37,18 @@ def test_score_mod_formula_equals_materialized_bias(offset: int) -> None:
     torch.testing.assert_close(formula, enc.pairwise(q_pos, k_pos))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_give_the_float32_bias_of_those_weights(dtype: torch.dtype) -> None:
+    """The batched MLP ran in the weights' dtype (1e-2 off in bf16; the flex formula was 5e-7 off)."""
+    torch.manual_seed(0)
+    enc = posenc.FIRE(4, init_threshold=64.0).to(dtype)
+    exact = posenc.FIRE(4, init_threshold=64.0).double()
+    exact.load_state_dict({k: v.double() for k, v in enc.state_dict().items()})
+    got = enc.bias(4, 94, offset=90)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), exact.bias(4, 94, offset=90), rtol=0, atol=2e-6)
+
+
 def test_learned_parameters_get_gradients_and_errors() -> None:
     enc = posenc.build("fire", heads=2)
     (enc.bias(6, 6, offset=600).sum() + enc.bias(6, 6).sum()).backward()  # past and below the threshold L

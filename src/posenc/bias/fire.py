@@ -80,10 +80,13 @@ class FIRE(OptionsInState, BiasEncoding):
             x = fire_input(self.c, threshold, q_pos, k_pos, self.eps)[:, None, :, None]  # (1|B, 1, K, 1)
         else:
             x = fire_input(self.c, threshold, q_pos[:, :, None], k_pos[:, None, :], self.eps).unsqueeze(-1)
-        w1 = self.hidden.weight[:, 0]  # (width,): Linear(1, width) is an outer product, not a K=1 GEMM
+        # float32 or better whatever the weights' dtype (half-precision weights: half the MLP's rounding error
+        # was 1e-2 in bf16, and the flex path's formula computes in float32)
+        w1 = at_least_float32(self.hidden.weight[:, 0])  # (width,): Linear(1, width) is an outer product
+        b1, w2, b2 = (at_least_float32(t) for t in (self.hidden.bias, self.out.weight, self.out.bias))
         x = x if x.dtype == w1.dtype else x.to(w1.dtype)  # (1|B, Q, K, 1)
-        hidden = torch.addcmul(self.hidden.bias, x, w1).relu_()  # (1|B, Q, K, width)
-        out = F.linear(hidden, self.out.weight, self.out.bias)  # (1|B, Q, K, H)
+        hidden = torch.addcmul(b1, x, w1).relu_()  # (1|B, Q, K, width)
+        out = F.linear(hidden, w2, b2)  # (1|B, Q, K, H)
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
         return at_least_float32(out)
 
