@@ -303,6 +303,14 @@ def test_public_arguments_of_the_wrong_kind_are_named() -> None:
         adapter(torch.zeros(1, 4, 16), torch.arange(4.0)[None])
     with pytest.raises(TypeError, match="got NoneType"):
         adapter(torch.zeros(1, 4, 16), None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got torch.bool"):  # True was position 1
+        adapter(torch.zeros(1, 4, 16), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="got a 0-d tensor"):
+        adapter(torch.zeros(1, 4, 16), torch.tensor(3))
+    for freq_dtype in (None, torch.bfloat16):  # both branches refuse positions past 2**31
+        far = HFRotaryEmbedding(posenc.RoPE(16), freq_dtype=freq_dtype)
+        with pytest.raises(ValueError, match="position 1099511627776 is too far from 0"):
+            far(torch.zeros(1, 1, 16), torch.tensor([[2**40]]))
 
 
 @pytest.mark.parametrize("model_type", ["glm", "helium"])

@@ -290,3 +290,21 @@ def test_rotate_shape_checks_trace_without_breaks() -> None:
         for q, pos in ((_Q, None), (_Q[:, :, :1], torch.tensor([[3], [4]]))):
             for got, want in zip(compiled(q, q, pos), enc.rotate(q, q, pos), strict=True):
                 torch.testing.assert_close(got, want)
+
+
+def test_cos_sin_checks_what_rotate_checks() -> None:
+    """``cos_sin`` is public (and behind the Hugging Face adapter): it returned 2047 rows for seq_len -1, 3 rows
+    for seq_len 5 with 3 positions, position 1 for bool positions, and took positions past 2**31."""
+    rope = posenc.RoPE(8)
+    with pytest.raises(ValueError, match=r"RoPE.cos_sin: seq_len must be an integer >= 0, got -1"):
+        rope.cos_sin(-1, None, torch.device("cpu"))
+    with pytest.raises(
+        ValueError, match=r"positions must be \(seq,\) or \(batch, seq\) with seq=5, got \(3,\)"
+    ):
+        rope.cos_sin(5, torch.arange(3), torch.device("cpu"))
+    with pytest.raises(TypeError, match="positions must be an integer tensor, got torch.bool"):
+        rope.cos_sin(1, torch.tensor([True]), torch.device("cpu"))
+    with pytest.raises(ValueError, match="position 1099511627776 is too far from 0"):
+        rope.cos_sin(1, torch.tensor([2**40]), torch.device("cpu"))
+    cos, _ = rope.cos_sin(3, torch.arange(3)[None], "cpu")
+    assert cos.shape == (1, 1, 3, 4)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..functional.rotary import rope_cos_sin
 from ..rotary.rope import RoPE
+from ..validation import check_position_range
 from .errors import UnsupportedRotary
 
 Layout = Literal["half", "interleaved", "compact", "complex"]
@@ -105,6 +106,7 @@ class HFRotaryEmbedding(nn.Module):
             not isinstance(position_ids, Tensor)
             or position_ids.is_floating_point()
             or position_ids.is_complex()
+            or position_ids.dtype == torch.bool  # (True would be position 1)
         ):
             got = (
                 type(position_ids).__name__
@@ -120,8 +122,13 @@ class HFRotaryEmbedding(nn.Module):
                 f"position_ids of shape {tuple(position_ids.shape)}: multi-axis (mrope) positions; this posenc RoPE "
                 "takes (batch, seq) positions only",
             )
+        if position_ids.dim() == 0:
+            raise ValueError(
+                "HFRotaryEmbedding: position_ids must be (batch, seq) or (seq,), got a 0-d tensor"
+            )
         dtype = x.dtype if self.table_dtype is None else self.table_dtype
-        if self.freq_dtype is not None:
+        if self.freq_dtype is not None:  # (the other branch's cos_sin checks the positions' range itself)
+            check_position_range(position_ids, position_ids.shape[-1], owner="HFRotaryEmbedding")
             cos, sin = rounded_cos_sin(self.rope, position_ids.to(x.device), self.freq_dtype)  # (1|B, S, R/2)
             return lay_out(cos, sin, self.layout, self.order, dtype)
         cos, sin = self.rope.cos_sin(

@@ -154,9 +154,17 @@ class RoPE(PositionEncoding):
         return out.to(self.inv_freq.device)
 
     # -- math ------------------------------------------------------------------------------------------
-    def cos_sin(self, seq_len: int, positions: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
-        """float32 cos and sin: ``(S, R/2)`` for default positions, ``(1|B, 1, S, R/2)`` for given ones."""
-        cos, sin = self._tables(seq_len, positions, device, pairs=False)
+    def cos_sin(
+        self, seq_len: int, positions: Tensor | None, device: torch.device | str
+    ) -> tuple[Tensor, Tensor]:
+        """float32 cos and sin: ``(S, R/2)`` for default positions ``0 .. S-1``, ``(1|B, 1, S, R/2)`` for given
+        ones (integer ``(S,)`` or ``(B, S)``, ``|p| <= 2**31``: checked as :meth:`rotate` checks them)."""
+        owner = "RoPE.cos_sin"
+        seq_len = check_int("seq_len", seq_len, at_least=0, owner=owner)
+        check_positions(owner, positions, seq_len)
+        positions = as_index_positions(positions)
+        check_position_range(positions, seq_len, owner=owner)
+        cos, sin = self._tables(seq_len, positions, torch.device(device), pairs=False)
         return cos, sin
 
     def _tables(
@@ -225,7 +233,7 @@ class RoPE(PositionEncoding):
             return _rotate_full(q, k, *rope_full_tables(cos, sin, self.interleaved), self.interleaved)
         if positions is not None and self._at_kernel(q, k):
             return self._rotate_at(q, k, positions)
-        cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
+        cos, sin = self._tables(q.shape[-2], positions, q.device, pairs=False)  # (checked above)
         return rope_qk(q, k, cos, sin, self.interleaved, impl=self.impl)
 
     def _decode_row(self, q: Tensor, k: Tensor, positions: Tensor | None) -> Tensor | None:
@@ -270,7 +278,7 @@ class RoPE(PositionEncoding):
             return rope_qk_at(q, k, pos, tables, self.attention_scale, self.interleaved)
 
         def slow() -> tuple[Tensor, Tensor]:
-            cos, sin = self.cos_sin(q.shape[-2], positions, q.device)
+            cos, sin = self._tables(q.shape[-2], positions, q.device, pairs=False)
             return rope_qk(q, k, cos, sin, self.interleaved, impl="reference")
 
         if self.impl == "auto":  # a kernel that cannot run here: the reference, for good
