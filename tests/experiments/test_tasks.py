@@ -285,6 +285,45 @@ def test_damaged_results_file_is_refused_before_training(
     assert not (out / "checkpoints" / "copy" / "none-s5.pt").exists()
 
 
+def test_a_results_file_of_another_config_or_with_damaged_cells_is_refused_before_training(
+    first_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """With config.json deleted, a rerun of another configuration merged its records into the old ones (the report
+    then named one step count for both), or trained and failed on the old cells; damaged cells failed after
+    training, in a checkpoint unnamed."""
+    out = _copy_of(first_run, tmp_path)
+    (out / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"different configuration \(train\.steps: 4 -> 5\)"):
+        run_tasks(
+            TasksConfig.quick(steps=5),
+            tasks=["copy"],
+            encodings=["none"],
+            out=out,
+            device="cpu",
+            progress=False,
+        )
+    assert not (out / "config.json").exists()  # a refused run writes nothing
+    data = json.loads((out / "results.json").read_text())
+    data["runs"]["copy"]["none"]["0"]["cells"] = {"none": {"16": 5}}
+    (out / "results.json").write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError,
+        match=r"results\.json is damaged \(runs\.copy\.none\.0\.cells\.none does not hold the lengths",
+    ):
+        run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[5], out=out, device="cpu", progress=False)
+    assert not (out / "checkpoints" / "copy" / "none-s5.pt").exists()
+    out = _copy_of(first_run, tmp_path / "b")
+    path = out / "checkpoints" / "copy" / "none-s0.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["cells"]["none"]["16"] = {"all": "high"}
+    torch.save(ckpt, path)
+    with pytest.raises(
+        ValueError,
+        match=r"none-s0\.pt is damaged \(ValueError: cells\.none\.16\.all is 'high', not an accuracy\)",
+    ):
+        run_tasks(FAST, tasks=["copy"], encodings=["none"], seeds=[0], out=out, device="cpu", progress=False)
+
+
 def test_cli_damaged_results_file_is_one_line_naming_it(
     first_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -118,11 +118,12 @@ def run_tasks(
     task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, ctx.device)
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
+    # a damaged or foreign results.json is refused now, not after the training, and before config.json is written
+    earlier = old_runs(ctx.out, cfg.fingerprint(), cfg.lengths)
     check_config(ctx)
     # a folder that cannot be made (a link to nothing) is refused now, not after training
     for task in task_names:
         check_out_dir(ctx.checkpoint(task, names[0], 0).parent, f"the checkpoint folder of {task}")
-    earlier = old_runs(ctx.out)  # a damaged results.json is refused now, not after the training
     if workers > 1:
         calls = [(t, enc, seed, cfg, str(ctx.out), str(ctx.device)) for t, enc, seed in keys]
         done = map_jobs(_pooled_run, calls, workers=workers, progress=progress, desc="tasks x encodings")

@@ -87,6 +87,7 @@ class Task(ABC):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.check_length(length)
         want_test = split == "test"
+        depth = None if depth is None else float(depth)  # (1 and 1.0 are one depth: the same examples)
         for attempt in range(10_000):
             rng = random.Random(f"{self.name}/{split}/{length}/{seed}/{index}/{depth}/{attempt}")
             data = self._draw(rng, length, depth).encode("ascii")

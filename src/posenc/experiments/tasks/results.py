@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import read_json_object
+from ..checkpoints import check_same_kind, config_differences, read_json_object, refusal
 from ..results import merge_runs, num, ordered_encodings
 from .generators import available_tasks, get_task
-from .run import ModelRun
+from .run import ModelRun, cells_problem
 
 Record = dict[str, Any]
 #: task -> encoding -> str(seed) -> record.
@@ -47,22 +47,29 @@ def ordered_tasks(runs: TaskRuns) -> list[str]:
     return known + sorted(set(runs) - set(known))
 
 
-def old_runs(out: Path) -> TaskRuns:
-    """The records of ``out/results.json`` ({} when there is none, or it predates records).
+def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
+    """The records of ``out/results.json`` ({} when there is none, or it predates records), refused unless
+    written by the configuration ``fp`` (the file's own ``config``: this holds also when ``config.json`` was
+    deleted) and readable to the last cell (``lengths``: the evaluation lengths every row holds).
 
     Raises:
-        ValueError: the file is damaged or its ``runs`` is not task -> encoding -> seed -> record; the message
-            names the file.
+        ValueError: the file is damaged, of another configuration or of the other command, or its ``runs`` is
+            not task -> encoding -> seed -> record; the message names the file (and what differs).
     """
     path = Path(out) / "results.json"
     if not path.is_file():
         return {}
-    runs = read_json_object(path, "results file").get("runs", {})
+    results = read_json_object(path, "results file")
+    if isinstance(results.get("config"), dict):
+        check_same_kind(Path(out), results["config"], fp)
+        diffs = config_differences(results["config"], fp)
+        if diffs:
+            raise refusal(Path(out), diffs)
+    runs = results.get("runs", {})
     well_formed = isinstance(runs, dict) and all(
         isinstance(encs, dict)
         and all(
-            isinstance(seeds, dict)
-            and all(isinstance(r, dict) and isinstance(r.get("cells"), dict) for r in seeds.values())
+            isinstance(seeds, dict) and all(isinstance(r, dict) and str(s).isdigit() for s, r in seeds.items())
             for seeds in encs.values()
         )
         for encs in runs.values()
@@ -72,6 +79,12 @@ def old_runs(out: Path) -> TaskRuns:
             f"{path} is not a posenc tasks results file (its 'runs' is not task -> encoding -> seed -> record); "
             "restore it or delete it"
         )
+    for task, encs in runs.items():
+        for enc, seeds in encs.items():
+            for seed, rec in seeds.items():
+                bad = cells_problem(rec.get("cells"), lengths)
+                if bad is not None:
+                    raise ValueError(f"{path} is damaged (runs.{task}.{enc}.{seed}.{bad}); restore or delete it")
     return runs
 
 

@@ -214,6 +214,25 @@ class ModelRun:
     resumed: bool
 
 
+def cells_problem(cells: object, lengths: list[int]) -> str | None:
+    """What makes ``cells`` unreadable as :attr:`ModelRun.cells` with an entry for each of ``lengths`` (the
+    reports read every one), or None: a damaged ``results.json`` or checkpoint is refused before any training,
+    named, rather than failing in the summary after it."""
+    if not isinstance(cells, dict):
+        return f"cells is {type(cells).__name__}, not row -> length -> group -> accuracy"
+    for row, by_length in cells.items():
+        if not isinstance(by_length, dict) or any(str(lv) not in by_length for lv in lengths):
+            return f"cells.{row} does not hold the lengths {', '.join(map(str, lengths))}"
+        for length, groups in by_length.items():
+            if not isinstance(groups, dict) or not groups:
+                return f"cells.{row}.{length} is not depth group -> accuracy"
+            for group, value in groups.items():
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if value is not None and not (number and 0 <= value <= 1):
+                    return f"cells.{row}.{length}.{group} is {value!r}, not an accuracy"
+    return None
+
+
 def _group_key(depth: float | None) -> str:
     return "all" if depth is None else f"{depth:g}"
 
@@ -277,6 +296,9 @@ def load_model_run(
         raise checkpoint_refusal(path, diffs or [theirs], f"retrain {task.name}/{encoding} seed {seed}")
     model = build_model(encoding, replace(ctx.cfg.train, seed=seed))
     with reading_checkpoint(path, f"retrain {task.name}/{encoding} seed {seed}"):
+        bad = cells_problem(ckpt.get("cells"), ctx.cfg.lengths)
+        if bad is not None:
+            raise ValueError(bad)
         model.load_state_dict(ckpt["state_dict"])
         run = ModelRun(
             list(ckpt["losses"]),
