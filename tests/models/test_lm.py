@@ -114,3 +114,20 @@ def test_bad_tokens_and_caches_are_named() -> None:
         model(tokens, caches=posenc.KVCache())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"TransformerLM: positions must be an integer tensor, got list"):
         model(tokens, positions=[0, 1, 2, 3, 4])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_model_built_on_meta_keeps_its_head_tied_to_the_embedding(assign: bool) -> None:
+    """``to_empty`` gave the head and the embedding a Parameter each (they then trained apart); so did a load with
+    ``assign=True``."""
+    from posenc.models.lm import count_parameters
+
+    ref = TransformerLM("rope", dim=32, depth=2, heads=4)
+    with torch.device("meta"):
+        model = TransformerLM("rope", dim=32, depth=2, heads=4)
+    if not assign:
+        model.to_empty(device="cpu")
+    model.load_state_dict(ref.state_dict(), assign=assign)
+    assert model.head.weight is model.embed.weight
+    assert count_parameters(model) == count_parameters(ref)
+    assert model.double().head.weight is model.embed.weight

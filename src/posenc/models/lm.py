@@ -90,6 +90,17 @@ class TransformerLM(nn.Module):
         self.head.weight = self.embed.weight  # tied
         self.apply(_init)
         self.register_load_state_dict_post_hook(tables_after_load)  # the input encoding's tables (sinusoidal)
+        self.register_load_state_dict_post_hook(_retie)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> TransformerLM:
+        """``nn.Module._apply`` (``to``, ``to_empty``, ``half`` ...) keeping the head tied to the embedding: moving
+        a model built on the meta device (``to_empty``) made each module its own new Parameter of the shared one,
+        so the two trained apart (and ``parameters()`` counted both)."""
+        tied = self.head.weight is self.embed.weight
+        super()._apply(fn, recurse)
+        if tied:
+            _retie(self)
+        return self
 
     def encodings(self) -> list[PositionEncoding]:
         """The encoding of every attention layer, in order (all :class:`NoPE` for an absolute encoding), then
@@ -206,6 +217,14 @@ class TransformerLM(nn.Module):
         from .generate import generate
 
         return generate(self, tokens, max_new_tokens, **options)
+
+
+def _retie(model: nn.Module, incompatible_keys: object = None) -> None:
+    """The head's weight made the embedding's Parameter again (``load_state_dict(..., assign=True)`` gives each
+    its own Parameter of the loaded tensor: the tie was lost though both read one storage)."""
+    assert isinstance(model, TransformerLM)
+    if model.head.weight is not model.embed.weight:
+        model.head.weight = model.embed.weight
 
 
 def _check_cache_set(caches: list[KVCache] | tuple[KVCache, ...]) -> None:

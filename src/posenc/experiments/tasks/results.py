@@ -69,7 +69,8 @@ def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
     well_formed = isinstance(runs, dict) and all(
         isinstance(encs, dict)
         and all(
-            isinstance(seeds, dict) and all(isinstance(r, dict) and str(s).isdigit() for s, r in seeds.items())
+            isinstance(seeds, dict)
+            and all(isinstance(r, dict) and str(s).isdigit() for s, r in seeds.items())
             for seeds in encs.values()
         )
         for encs in runs.values()
@@ -84,7 +85,9 @@ def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
             for seed, rec in seeds.items():
                 bad = cells_problem(rec.get("cells"), lengths)
                 if bad is not None:
-                    raise ValueError(f"{path} is damaged (runs.{task}.{enc}.{seed}.{bad}); restore or delete it")
+                    raise ValueError(
+                        f"{path} is damaged (runs.{task}.{enc}.{seed}.{bad}); restore or delete it"
+                    )
     return runs
 
 
