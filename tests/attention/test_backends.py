@@ -178,7 +178,7 @@ def test_cached_causal_mask_first_built_in_inference_mode_serves_training() -> N
     assert tensors and not any(t.is_inference() for t in tensors)
 
 
-def test_auto_rule() -> None:
+def test_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     alibi, t5, rope = posenc.ALiBi(4), posenc.T5Bias(4), posenc.RoPE(8)
     shaw = posenc.build("shaw", dim=32, heads=4)
     pos = torch.arange(1024)[None]
@@ -205,6 +205,18 @@ def test_auto_rule() -> None:
         assert pick(t5) is flex_or_sdpa  # learned table, but no gradient wanted
     assert pick(t5) is sdpa_attention
     assert BACKENDS["flex"] is flex_attention_backend
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert pick(alibi) is sdpa_attention  # compiled on a CPU: inductor fails to lower a nested CPU flex
+
+
+@pytest.mark.slow
+def test_a_compiled_model_whose_eager_auto_takes_flex_compiles_with_inductor() -> None:
+    """``auto`` took flex on a CPU inside the compiled graph too, where inductor (torch 2.13) cannot lower it."""
+    torch.manual_seed(0)
+    model = posenc.models.TransformerLM("alibi", dim=16, depth=1, heads=2).eval()
+    tokens = torch.randint(0, 256, (1, 1024))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(tokens), model(tokens))
 
 
 def test_auto_rule_compiled_cpu_mixed_precision(monkeypatch: pytest.MonkeyPatch) -> None:

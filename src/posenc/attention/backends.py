@@ -139,7 +139,8 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        it gives :meth:`~posenc.PositionEncoding.kv_rows` (a decode step): then ``sdpa``;
     2. ``flex`` when the encoding has a ``score_mod`` (bias encodings, Shaw's key term), there is no dropout,
        ``Q * K >= FLEX_MIN_SCORES``, and FlexAttention can run here: on GPU always; on CPU only when no
-       gradient is needed (torch 2.13's FlexAttention has no CPU backward) and not in float64; if FlexAttention cannot run on
+       gradient is needed (torch 2.13's FlexAttention has no CPU backward), not in float64 and not while compiling
+       (inductor fails to lower a CPU FlexAttention inside an outer compiled graph, torch 2.13); if FlexAttention cannot run on
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
     3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) while
        ``Q * K < FLEX_MIN_SCORES``: inductor fuses the bias, mask and softmax, and autocast runs both products in
@@ -191,4 +192,6 @@ def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
         return False
     if q.device.type == "cuda":
         return True
-    return q.device.type == "cpu" and q.dtype in CPU_FLEX_DTYPES and not needs_grad(q, ctx.position)
+    if q.device.type != "cpu" or torch.compiler.is_compiling():  # (see choose_backend, rule 2)
+        return False
+    return q.dtype in CPU_FLEX_DTYPES and not needs_grad(q, ctx.position)
