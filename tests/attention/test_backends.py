@@ -446,3 +446,33 @@ def test_every_backend_matches_math_on_any_shape(
         want = math_attention(q, k, v, ctx)
         for backend in fast:
             torch.testing.assert_close(backend(q, k, v, ctx), want, atol=3e-5, rtol=1e-4)
+
+
+def test_keys_and_values_that_train_keep_flex_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the query projection frozen (LoRA on k and v) only k and v need gradients: a forced flex raised torch's
+    NotImplementedError, and auto tried flex, failed and turned it off for the process."""
+    monkeypatch.setattr(backends, "FALLBACK", Fallback("attention backend"))
+    torch.manual_seed(0)
+    x = torch.randn(1, 1024, 16)
+    for backend in ("flex", "auto"):
+        attn = posenc.Attention(16, 2, position=posenc.ALiBi(2), backend=backend).train()
+        attn.q_proj.weight.requires_grad_(False)
+        if backend == "flex":
+            with pytest.raises(ValueError, match="FlexAttention has no backward on CPU"):
+                attn(x[:, :64])
+        else:
+            attn(x).sum().backward()
+            assert attn.k_proj.weight.grad is not None
+    assert backends.FALLBACK.failed == set()
+
+
+def test_an_empty_batch_with_a_mask_and_a_mask_of_another_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "FALLBACK", Fallback("attention backend"))
+    for backend in ("flex", "auto"):
+        attn = posenc.Attention(16, 2, position=posenc.ALiBi(2), backend=backend).eval()
+        with torch.no_grad():
+            out = attn(torch.randn(0, 1024, 16), mask=torch.ones(0, 1024, dtype=torch.bool))
+        assert out.shape == (0, 1024, 16)
+    assert backends.FALLBACK.failed == set()  # (flex failed in inductor and auto turned it off)
+    with pytest.raises(ValueError, match=r"mask \(3, 5\): a \(batch, keys\) mask needs batch 1 or 2"):
+        posenc.Attention(16, 2)(torch.randn(2, 5, 16), mask=torch.ones(3, 5, dtype=torch.bool))

@@ -138,7 +138,7 @@ class Attention(nn.Module):
             position=self.position,
             q_pos=q_pos,
             k_pos=k_pos,
-            keep=keep_mask(mask, k.shape[-2]),
+            keep=keep_mask(mask, k.shape[-2], b),
             causal=self.causal,
             dropout_p=self.dropout if self.training else 0.0,
             training=self.training,

@@ -168,8 +168,11 @@ def flex_or_sdpa(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tenso
     """``auto``'s flex: if FlexAttention cannot run on this machine, warn once and use ``sdpa`` from then on.
 
     Bad input (``ValueError``, ``TypeError``) and out-of-memory errors still raise (see :class:`posenc.fallback.Fallback`);
-    a forced ``backend="flex"`` never falls back.
+    a forced ``backend="flex"`` never falls back. Keys or values that need gradients on a CPU (the query
+    projection frozen) go to ``sdpa`` here: FlexAttention's CPU backward is missing, not the machine.
     """
+    if q.device.type == "cpu" and needs_grad(ctx.position, k, v):
+        return sdpa_attention(q, k, v, ctx)
     return FALLBACK.run(
         "flex",
         lambda: flex_attention_backend(q, k, v, ctx),
@@ -194,4 +197,4 @@ def _flex_pays(q: Tensor, ctx: AttentionInputs) -> bool:
         return True
     if q.device.type != "cpu" or torch.compiler.is_compiling():  # (see choose_backend, rule 2)
         return False
-    return q.dtype in CPU_FLEX_DTYPES and not needs_grad(q, ctx.position)
+    return q.dtype in CPU_FLEX_DTYPES and not needs_grad(ctx.position, q)  # (k, v: see flex_or_sdpa)

@@ -65,10 +65,11 @@ def supports_flex(position: PositionEncoding) -> bool:
     return type(position).score_mod is not PositionEncoding.score_mod
 
 
-def needs_grad(q: Tensor, position: PositionEncoding) -> bool:
-    """Whether autograd will want gradients through this attention call (q or the encoding's parameters)."""
+def needs_grad(position: PositionEncoding, *tensors: Tensor) -> bool:
+    """Whether autograd will want gradients through this attention call: of any of ``tensors`` (q, k, v: keys and
+    values alone train when the query projection is frozen, as in LoRA on k and v) or the encoding's parameters."""
     return torch.is_grad_enabled() and (
-        q.requires_grad or any(p.requires_grad for p in position.parameters())
+        any(t.requires_grad for t in tensors) or any(p.requires_grad for p in position.parameters())
     )
 
 
@@ -91,7 +92,7 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         raise ValueError(f"{type(ctx.position).__name__} needs the attention weights; use backend='math'")
     if ctx.dropout_p > 0:
         raise ValueError("FlexAttention has no attention dropout; use backend='sdpa' or dropout=0")
-    if q.device.type == "cpu" and needs_grad(q, ctx.position):
+    if q.device.type == "cpu" and needs_grad(ctx.position, q, k, v):
         raise ValueError(
             "FlexAttention has no backward on CPU in this torch; use backend='sdpa' (or 'auto') to train, "
             "or run under torch.no_grad()"
@@ -101,7 +102,8 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
             f"FlexAttention on CPU takes float32, float16 and bfloat16 queries, got {q.dtype}; use backend='sdpa' "
             "or 'math' (or 'auto', which does not pick flex then)"
         )
-    if q.shape[-2] == 0 or k.shape[-2] == 0:  # no score at all (the compiled kernel divides by zero blocks)
+    if q.numel() == 0 or k.shape[-2] == 0:  # no score at all (the compiled kernel divides by zero blocks;
+        # an empty batch with a mask failed in inductor's lowering)
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])  # (B, H, Q, Dv): no key visible gives 0, as in math
     if pads_to_bucket(q, k, ctx):
         return _bucketed(q, k, v, ctx)
@@ -112,7 +114,13 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         score_mod = None if bias is None else materialized_score_mod(bias)
     block_mask = build_block_mask(q.shape[-2], k.shape[-2], ctx.causal, ctx.keep, q.device)
     gqa = k.shape[1] != q.shape[1]
-    key = (q.device.type, type(ctx.position).__name__, q.dtype, q.shape[-1], needs_grad(q, ctx.position))
+    key = (
+        q.device.type,
+        type(ctx.position).__name__,
+        q.dtype,
+        q.shape[-1],
+        needs_grad(ctx.position, q, k, v),
+    )
     with _recompile_room():
         return run_fitted(
             flex_kernel(q.device), key, q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa

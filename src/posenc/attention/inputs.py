@@ -110,8 +110,9 @@ def full_keep(q: Tensor, k: Tensor, ctx: AttentionInputs) -> Tensor | None:
     return keep
 
 
-def keep_mask(mask: Tensor | None, k_len: int) -> Tensor | None:
-    """User mask -> ``(1|B, 1|H, 1|Q, K)`` bool keep-mask."""
+def keep_mask(mask: Tensor | None, k_len: int, batch: int | None = None) -> Tensor | None:
+    """User mask -> ``(1|B, 1|H, 1|Q, K)`` bool keep-mask; ``batch``: the inputs' ``B``, which a ``(B, K)`` mask's
+    rows must match (1 or ``B``), checked here so the error quotes the shape the caller gave."""
     if mask is None:
         return None
     if mask.dtype != torch.bool:
@@ -120,6 +121,11 @@ def keep_mask(mask: Tensor | None, k_len: int) -> Tensor | None:
         got = tuple(mask.shape)
         raise ValueError(f"mask {got} must cover the {k_len} keys (cached + new) in its last dim")
     if mask.dim() == 2:
+        if batch is not None and mask.shape[0] not in (1, batch):
+            raise ValueError(
+                f"mask {tuple(mask.shape)}: a (batch, keys) mask needs batch 1 or {batch} (the inputs'), got "
+                f"{mask.shape[0]}"
+            )
         return mask[:, None, None, :]  # (B, 1, 1, K)
     if mask.dim() == 4:
         return mask
