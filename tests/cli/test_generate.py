@@ -43,9 +43,9 @@ def test_generate_prints_the_new_bytes(checkpoint: Path, capfdbinary: pytest.Cap
     ]
     assert main(argv) == 0
     first = capfdbinary.readouterr().out
-    assert len(first) == 8 and first.endswith(b"\n")
+    assert len(first) == 7  # the new bytes only (a newline is added on a terminal alone)
     assert main([*argv, "--scaling", "yarn"]) == 0  # inference-time context extension
-    assert len(capfdbinary.readouterr().out) == 8
+    assert len(capfdbinary.readouterr().out) == 7
 
 
 def test_a_model_limit_and_a_scaling_without_rope_name_the_flags_and_the_encoding(
@@ -97,12 +97,10 @@ def test_prompt_is_the_exact_bytes_even_when_not_utf8(
     out = capfdbinary.readouterr().out
     model, _ = load_model(checkpoint)
     expected = model.generate(torch.tensor([list(raw)]), 5, temperature=0.0)[0, len(raw) :].tolist()
-    assert out == bytes(expected) + b"\n"
+    assert out == bytes(expected)
     assert main([*argv, "--prompt", "é"]) == 0  # text is its UTF-8 bytes, as before
-    assert (
-        capfdbinary.readouterr().out
-        == bytes(model.generate(torch.tensor([list("é".encode())]), 5, temperature=0.0)[0, 2:].tolist())
-        + b"\n"
+    assert capfdbinary.readouterr().out == bytes(
+        model.generate(torch.tensor([list("é".encode())]), 5, temperature=0.0)[0, 2:].tolist()
     )
 
 
@@ -140,7 +138,7 @@ def test_generate_takes_every_seed_torch_takes(
             str(seed),
         ]
         assert main(argv) == 0
-        assert len(capfdbinary.readouterr().out) == 3
+        assert len(capfdbinary.readouterr().out) == 2  # the two new bytes
 
 
 def test_a_folder_with_one_checkpoint_is_that_checkpoint(
@@ -242,21 +240,21 @@ def test_prompt_file_and_stdin_give_the_bytes_of_the_same_prompt(
     model, _ = load_model(checkpoint)
     expected = bytes(model.generate(torch.tensor([list(raw)]), 5, temperature=0.0)[0, len(raw) :].tolist())
     assert main([*argv, "--prompt-file", str(prompt)]) == 0
-    assert capfdbinary.readouterr().out == expected + b"\n"
+    assert capfdbinary.readouterr().out == expected
 
     class Stdin:
         buffer = io.BytesIO(raw)
 
     monkeypatch.setattr(sys, "stdin", Stdin())
     assert main([*argv, "--prompt-file", "-"]) == 0
-    assert capfdbinary.readouterr().out == expected + b"\n"
+    assert capfdbinary.readouterr().out == expected
     fifo = tmp_path / "fifo"  # a pipe by name, as `--prompt-file <(cat prompt.py)` gives
     os.mkfifo(fifo)
     writer = threading.Thread(target=fifo.write_bytes, args=(raw,))
     writer.start()
     assert main([*argv, "--prompt-file", str(fifo)]) == 0
     writer.join()
-    assert capfdbinary.readouterr().out == expected + b"\n"
+    assert capfdbinary.readouterr().out == expected
     monkeypatch.setattr(sys, "stdin", None)  # started with stdin closed (`<&-`)
     assert main([*argv, "--prompt-file", "-"]) == 2
     assert b"standard input is closed" in capfdbinary.readouterr().err

@@ -151,3 +151,15 @@ def test_a_closed_pipe_ends_any_command_quietly(
     )
     assert cli.main(["bench", "--quick"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_an_interrupted_run_counts_what_it_keeps(tmp_path: Path) -> None:
+    from posenc.cli.paths import kept_checkpoints
+
+    assert kept_checkpoints(tmp_path) == "no model had finished, so there is nothing to resume from yet"
+    (tmp_path / "checkpoints" / "rope").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "rope" / "seed0.pt").write_bytes(b"")
+    (tmp_path / "checkpoints" / "rope" / ".seed1.pt.x.tmp").write_bytes(b"")
+    assert kept_checkpoints(tmp_path).startswith(
+        f"1 checkpoint of finished models kept in {tmp_path / 'checkpoints'}"
+    )

@@ -379,3 +379,14 @@ def test_an_encoding_name_that_is_no_file_name_is_refused(name: str) -> None:
 
     with pytest.raises(ValueError, match="is not allowed"):
         type("Odd", (PositionEncoding,), {"name": name})
+
+
+def test_a_rope_whose_extension_rows_cannot_be_built_is_refused_before_training() -> None:
+    """``rope:rotary_dim=2`` trained, then failed building its rope+dynamic row, before its checkpoint was saved."""
+    from posenc.experiments.specs import check_buildable
+
+    train = TrainConfig(dim=32, depth=2, heads=4, train_len=16)
+    with pytest.raises(
+        ValueError, match=r"^--encodings rope:rotary_dim=2: its rope\+dynamic row .*cannot be built"
+    ):
+        check_buildable(["rope:rotary_dim=2"], train, None)

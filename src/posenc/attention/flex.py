@@ -130,7 +130,8 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
 def cpu_bucket(n: int) -> int:
     """The length a CPU ``flex`` call of ``n`` causal queries and keys runs at: ``n`` rounded up to a multiple of
     ``max(BLOCK, 2**(bit_length(n) - 4))`` (128 up to 2,047; 256 up to 4,095; ...), so under an eighth more
-    rows and at most eight compiled shapes per octave of lengths."""
+    rows from ``n = 1024`` on (below, up to 127 more: 129 runs at 256) and at most eight compiled shapes per
+    octave of lengths."""
     step = max(BLOCK, 1 << max(n.bit_length() - 4, 0))
     return -(-n // step) * step
 

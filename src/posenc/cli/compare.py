@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .lists import comma_list
-from .paths import path_arg
+from .paths import kept_checkpoints, path_arg
 
 if TYPE_CHECKING:
     from ..experiments.presets import CompareConfig
@@ -105,10 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted comparison keeps (``posenc`` prints it after Ctrl-C)."""
-    return (
-        f"the checkpoints of finished encodings are kept in {args.out / 'checkpoints'}; "
-        "rerun the same command to resume"
-    )
+    return kept_checkpoints(args.out)
 
 
 def cpu_threads() -> int:

@@ -173,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         _generate(model, ckpt, tokens, args, options)
-        out.write(b"\n")
+        if sys.stdout.isatty():  # the prompt back on a line of its own; a file or pipe gets the bytes only
+            out.write(b"\n")
         out.flush()
     except BrokenPipeError:  # the reader left (`| head -c 100`): stop quietly, as any writer into a pipe does
         silence_stdout()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .lists import comma_list
-from .paths import path_arg
+from .paths import kept_checkpoints, path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -61,10 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _kept(args: argparse.Namespace) -> str:
     """What an interrupted run keeps (``posenc`` prints it after Ctrl-C)."""
-    return (
-        f"the checkpoints of finished models are kept in {args.out / 'checkpoints'}; "
-        "rerun the same command to resume"
-    )
+    return kept_checkpoints(args.out)
 
 
 def _names(text: str | None, what: str, choices: list[str]) -> list[str] | None:

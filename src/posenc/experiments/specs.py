@@ -238,6 +238,7 @@ def check_buildable(
                 raise _SameModel(
                     f"{flag}: {same} and {name} build the same model at L = {train.train_len}; keep one"
                 )
+            _check_extensions(model, small.train_len)
             if device is None:
                 continue
             model = model.to(device)
@@ -266,6 +267,24 @@ def check_buildable(
             raise ValueError(
                 f"{name} cannot be trained at dim {t.dim} with {t.heads} heads (head size {t.dim // t.heads}): "
                 f"{why}; choose other sizes, or leave {name} out of {flag}"
+            ) from None
+
+
+def _check_extensions(model: torch.nn.Module, train_len: int) -> None:
+    """Build the ``rope+<method>`` rows' encodings of a RoPE model (the extension to ``16 L``), so one a method
+    cannot take (dynamic NTK at ``rotary_dim=2``) is refused before training, not after it (its checkpoint
+    was lost: the rows are evaluated before it is saved)."""
+    from .evaluate import rope_extensions, supports_rope_extension
+
+    if not supports_rope_extension(model):  # type: ignore[arg-type]
+        return
+    first = model.layer_encodings()[0]  # type: ignore[operator]
+    for method, scaling in rope_extensions().items():
+        try:
+            first.with_scaling(scaling.extension(train_len, 16 * train_len))
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"its rope+{method} row (inference-time {method}) cannot be built: {first_line(err)}"
             ) from None
 
 
