@@ -16,7 +16,9 @@ hook                      called where                                family
 ========================  ==========================================  ===========================
 
 Positions are integer tensors ``(1, S)`` or ``(B, S)``: the absolute position of every query and key
-(KV-cache offsets and packed sequences are just other positions).
+(KV-cache offsets and packed sequences are just other positions). Hooks must accept positions past the real ones:
+a CPU ``flex`` call padded to a bucket length continues them into padding rows that are masked and dropped
+(see ``docs/architecture.md``).
 """
 
 from __future__ import annotations
