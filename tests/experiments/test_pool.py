@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,63 @@ def test_an_exception_that_cannot_be_unpickled_is_raised_not_a_hang(sigint_raise
 def sleep_then_touch(path: str) -> None:
     time.sleep(20)
     Path(path).touch()
+
+
+def write_slowly(path: str) -> None:
+    """An atomic write that takes long: a checkpoint being saved when the run is stopped."""
+    from posenc.experiments.checkpoints import _atomic
+
+    def slow(f: Any) -> None:
+        f.write(b"x")
+        time.sleep(20)
+
+    _atomic(Path(path), slow)
+
+
+def test_a_worker_terminated_while_writing_leaves_no_temporary(tmp_path: Path, sigint_raises: None) -> None:
+    """Terminated with SIGTERM's default action, a worker left its 0-byte temporary beside the checkpoint."""
+    targets = [tmp_path / f"ckpt{i}.pt" for i in range(2)]
+    threading.Timer(6.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        map_jobs(write_slowly, [(str(t),) for t in targets], workers=2, threads=1)
+    assert not multiprocessing.active_children()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("ps") is None,
+    reason="PR_SET_PDEATHSIG is Linux's; uses ps",
+)
+def test_workers_end_with_their_parent(tmp_path: Path) -> None:
+    """A parent killed outright (SIGKILL: no cleanup) left its workers training and writing checkpoints."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\n"
+        "from posenc.experiments.pool import map_jobs\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_pool import sleep_then_touch\n"
+        "if __name__ == '__main__':\n"
+        f"    map_jobs(sleep_then_touch, [({str(tmp_path / 'a')!r},), ({str(tmp_path / 'b')!r},)], workers=2, threads=1)\n"
+    )
+    log = (tmp_path / "stderr").open("w")
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, stderr=log)
+    deadline = time.monotonic() + 60
+    workers: list[str] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        found = subprocess.run(
+            ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(proc.pid)], capture_output=True, text=True
+        )
+        workers = [line.split()[0] for line in found.stdout.splitlines() if "spawn_main" in line]
+    assert len(workers) == 2, (tmp_path / "stderr").read_text() + found.stdout + str(proc.poll())
+    time.sleep(3)  # (past their initializer)
+    proc.kill()
+    proc.wait()
+    time.sleep(3)
+    alive = [
+        w for w in workers if Path(f"/proc/{w}").exists() and " Z " not in Path(f"/proc/{w}/stat").read_text()
+    ]
+    assert alive == []
 
 
 @pytest.fixture

@@ -76,15 +76,50 @@ def describe_workers(jobs: int, threads_per_model: int, world_size: int, threads
     return f"{world_size} process(es), {threads} thread(s)"
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     """A worker: ``threads`` intra-op threads; Ctrl-C is the parent's to handle (it terminates the workers).
+
+    The parent terminates workers with SIGTERM (after Ctrl-C, or a failed call): here that raises ``SystemExit``,
+    so a checkpoint being written removes its temporary (the default action killed the worker with a half
+    file left beside the real one). A worker also gets SIGTERM when its parent (process ``parent``) dies, on
+    Linux: killed parents left workers training and writing checkpoints into a folder whose lock was released.
 
     tqdm's default lock is a multiprocessing semaphore, which a terminated worker would leave registered with
     the resource tracker (a warning at exit); a worker's bars are off, so a thread lock serves.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    _die_with(parent)
     tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
+
+
+_IN_JOB = threading.Event()  # set while a worker runs a call (_indexed)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    """SIGTERM in a worker: inside a call, ``SystemExit`` (its ``finally`` blocks remove temporaries; then
+    :func:`_indexed` ends the process at once); between calls, end at once (a graceful interpreter exit waits
+    for every non-daemon thread, and one of torch's kept a terminated worker, and the parent's join, alive)."""
+    if _IN_JOB.is_set():
+        raise SystemExit(128 + signum)
+    os._exit(128 + signum)
+
+
+def _die_with(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (``PR_SET_PDEATHSIG``, Linux); exit at once if it already
+    has (then this process was adopted: its parent is no longer ``parent``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # (no libc prctl here: the workers then end with the pool only)
+        return
+    if os.getppid() != parent:
+        raise SystemExit(1)
 
 
 @contextlib.contextmanager
@@ -109,10 +144,15 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _indexed(job: tuple[int, Callable[..., Any], tuple[Any, ...]]) -> tuple[int, Any]:
     index, fn, args = job
+    _IN_JOB.set()
     try:
         return index, fn(*args)
     except Exception as err:
         raise _portable(err) from err
+    except SystemExit as stop:  # terminated (see _exit_on_term): the call's cleanup has run; end now
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
+    finally:
+        _IN_JOB.clear()
 
 
 def _portable(err: Exception) -> Exception:
@@ -211,7 +251,7 @@ def map_jobs(
     pool = None
     try:
         with _sigint_ignored():
-            pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per,))
+            pool = get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(per, os.getpid()))
         jobs = [(i, fn, args) for i, args in enumerate(calls)]
         for index, result in _watched(pool, pool.imap_unordered(_indexed, jobs), len(jobs)):
             results[index] = result
