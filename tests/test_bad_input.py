@@ -208,6 +208,12 @@ LIBRARY_CASES: list[tuple[str, Callable[[], object], type[Exception], list[str]]
     ("train lr nan", lambda: TrainConfig(lr=NAN), ValueError, ["lr", "finite"]),
     ("train steps 1.5", lambda: TrainConfig(steps=1.5), TypeError, ["steps"]),  # type: ignore[arg-type]
     ("device meta", lambda: resolve_device("meta"), ValueError, ["--device meta"]),
+    (  # (torch has no mps backend on this machine; it was refused later as "cannot be trained at dim ...")
+        "device mps",
+        lambda: resolve_device("mps" if not torch.backends.mps.is_available() else "xpu"),
+        ValueError,
+        ["device here; use cpu, cuda or auto"],
+    ),
 ]
 
 

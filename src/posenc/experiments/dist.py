@@ -128,6 +128,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError("--device meta holds no data, so nothing can run on it; use cpu, cuda or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, ...: torch.<type>.is_available() where torch has one
+        available = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if not (callable(available) and available()):
+            raise ValueError(f"--device {device}: this torch has no {dev.type} device here; use cpu, cuda or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise ValueError(
