@@ -119,6 +119,9 @@ class PositionEncoding(nn.Module):
     #: True when :meth:`score_bias` and :meth:`score_mod` take ``runs=True`` (positions vouched to be runs,
     #: :class:`posenc.attention.inputs.AttentionInputs`); hooks of encodings that leave it False get three arguments.
     takes_runs: ClassVar[bool] = False
+    #: True when the encoding is defined for causal attention only (xPos: for keys after the query its factor
+    #: grows instead of decaying); ``posenc.Attention(causal=False)`` refuses it.
+    causal_only: ClassVar[bool] = False
 
     def with_scaling(self, scaling: Any) -> PositionEncoding:
         """A copy of this encoding with the RoPE context-extension ``scaling`` (rotary encodings that support it)."""

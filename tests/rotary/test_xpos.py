@@ -198,3 +198,9 @@ def test_a_position_a_decode_session_did_not_promise_is_refused_not_nan() -> Non
         pytest.raises(ValueError, match="100000 away from center"),
     ):
         attn(x, positions=torch.tensor([100_000]))
+
+
+def test_attention_without_the_causal_mask_refuses_xpos() -> None:
+    with pytest.raises(ValueError, match="XPos is for causal attention only"):
+        posenc.Attention(32, 2, position=posenc.XPos(16), causal=False)
+    posenc.Attention(32, 2, position=posenc.XPos(16))  # causal (the default)

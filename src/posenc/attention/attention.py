@@ -71,6 +71,11 @@ class Attention(nn.Module):
         self.head_dim = dim // heads
         if position is not None:
             check_sizes(position, heads=heads, head_dim=self.head_dim)
+        if position is not None and position.causal_only and not causal:
+            raise ValueError(
+                f"position: {type(position).__name__} is for causal attention only (for keys after the query its "
+                "scale grows instead of decaying); use causal=True or another encoding"
+            )
         self.causal, self.dropout, self.backend = causal, dropout, backend
         self.position = position if position is not None else NoPE()
         self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=bias)

@@ -131,7 +131,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):  # mps, xpu, ...: torch.<type>.is_available() where torch has one
         available = getattr(getattr(torch, dev.type, None), "is_available", None)
         if not (callable(available) and available()):
-            raise ValueError(f"--device {device}: this torch has no {dev.type} device here; use cpu, cuda or auto")
+            raise ValueError(
+                f"--device {device}: this torch has no {dev.type} device here; use cpu, cuda or auto"
+            )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise ValueError(

@@ -103,6 +103,7 @@ class XPos(PositionEncoding):
 
     name: ClassVar[str | None] = "xpos"
     family: ClassVar[str] = "rotary"
+    causal_only: ClassVar[bool] = True
     sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
     inv_freq: Tensor
     zeta: Tensor
