@@ -12,7 +12,7 @@ import math
 import numbers
 import operator
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -58,24 +58,62 @@ def host_memory() -> int | None:
 TABLE_BYTES_UNKNOWN_MEMORY = 2**40
 
 
-def check_table_size(owner: str, name: str, value: int, table_bytes: Callable[[int], int], what: str) -> None:
+def _table_limit() -> tuple[int, str]:
+    """The most bytes a construction-time table may take, and where that limit comes from."""
+    total = host_memory()
+    if total is None:
+        return TABLE_BYTES_UNKNOWN_MEMORY, "the limit where memory is unknown"
+    return total // 2, "half of this machine's memory"
+
+
+def check_table_size(
+    owner: str, name: str, value: int, table_bytes: Callable[[int], int], what: str, *, at_least: int = 0
+) -> None:
     """Refuse, before allocating, an argument ``name=value`` whose tables (``what``, e.g. "(2k+1, D) key and
     value tables") would take ``table_bytes(value)`` bytes, more than half this machine's memory (the allocator
     would fail with its own message, or the system would kill the process). The error names the size and the
-    largest ``value`` that fits; ``table_bytes`` must grow with its argument."""
-    total = host_memory()
-    limit = TABLE_BYTES_UNKNOWN_MEMORY if total is None else total // 2
+    largest ``value`` that fits; ``table_bytes`` must grow with its argument. ``at_least``: the smallest valid
+    ``value``, assumed to fit (:func:`check_table_sizes` picks an argument for which it does)."""
+    limit, where = _table_limit()
     need = table_bytes(value)
     if need <= limit:
         return
-    lo, hi = 0, value  # table_bytes(lo) fits or lo == 0; table_bytes(hi) does not
+    lo, hi = at_least, value  # table_bytes(lo) fits or lo == at_least; table_bytes(hi) does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if table_bytes(mid) <= limit else (lo, mid)
-    where = "half of this machine's memory" if total is not None else "the limit where memory is unknown"
     raise ValueError(
         f"{owner}: {name}={value} would take {need / 2**30:,.1f} GiB for {what}, more than the "
         f"{limit / 2**30:,.1f} GiB ({where}) its tables may take; {name} takes at most {lo:,} here"
+    )
+
+
+def check_table_sizes(
+    owner: str,
+    sizes: Mapping[str, tuple[int, int]],
+    table_bytes: Callable[[Mapping[str, int]], int],
+    what: str,
+) -> None:
+    """:func:`check_table_size` for tables that grow with several arguments: ``sizes`` maps each name to
+    ``(value, smallest valid value)`` and ``table_bytes`` takes ``{name: value}``. The error blames the first
+    argument (in ``sizes``' order) that alone can bring the tables under the limit, with the largest value it
+    takes given the others, or names them all when none can."""
+    values = {name: value for name, (value, _) in sizes.items()}
+    limit, where = _table_limit()
+    need = table_bytes(values)
+    if need <= limit:
+        return
+    for name, (value, smallest) in sizes.items():
+
+        def alone(v: int, name: str = name) -> int:
+            return table_bytes({**values, name: v})
+
+        if alone(smallest) <= limit:
+            check_table_size(owner, name, value, alone, what, at_least=smallest)
+    given = ", ".join(f"{name}={value}" for name, value in values.items())
+    raise ValueError(
+        f"{owner}: {given} would take {need / 2**30:,.1f} GiB for {what}, more than the "
+        f"{limit / 2**30:,.1f} GiB ({where}) its tables may take; make them smaller"
     )
 
 
@@ -126,7 +164,14 @@ def check_float(
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if not (isinstance(value, Tensor) and value.numel() == 1 and value.dtype.is_floating_point):
             raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
-    out = float(value)  # type: ignore[arg-type]
+        if value.is_meta:  # (no value to read)
+            raise ValueError(f"{what} must be a number, got a tensor on the meta device (it holds no value)")
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int past the float range, such as 10**400
+        raise ValueError(
+            f"{what} must be a finite number, got {_huge(value)}, too large for a float (floats end near 1.8e308)"
+        ) from None
     if not math.isfinite(out):
         raise ValueError(f"{what} must be a finite number, got {out}")
     if above is not None and not out > above:
@@ -138,6 +183,19 @@ def check_float(
     if at_most is not None and not out <= at_most:
         raise ValueError(f"{what} must be <= {at_most:g}, got {out:g}")
     return out
+
+
+def _huge(value: object) -> str:
+    """A number past the float range, named by its size (its digits could run to thousands)."""
+    try:
+        return f"an integer of {abs(operator.index(value)).bit_length()} bits"  # type: ignore[arg-type]
+    except TypeError:
+        return f"a {type(value).__name__}"
+
+
+#: float32's largest finite value and smallest normal one: bounds for settings stored in, or added to, float32.
+F32_MAX = float(torch.finfo(torch.float32).max)
+F32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 def check_bool(name: str, value: object, *, owner: str | None = None) -> bool:
@@ -179,17 +237,25 @@ def check_positions(
     seq_len: int,
     batch: int | None = None,
     key_batch: int | None = None,
+    *,
+    meta: bool | None = None,
 ) -> None:
     """Explicit positions a rotation accepts: an integer tensor ``(S,)`` or ``(1|B, S)`` with ``S == seq_len``
     and ``B == batch`` (bool positions are refused: True would silently mean position 1). ``key_batch``: the
     keys' batch when it differs from the queries' ``batch``; rows of positions must then be 1 (more would
-    broadcast one of them to the other's batch)."""
+    broadcast one of them to the other's batch). ``meta``: whether the inputs are on the meta device; positions
+    there, for inputs with values, are refused (positions on another real device are moved to the inputs')."""
     if positions is None:
         return
     if not isinstance(positions, Tensor):
         raise TypeError(f"{owner}: positions must be an integer tensor, got {type(positions).__name__}")
     if positions.dtype == torch.bool or positions.dtype.is_floating_point or positions.dtype.is_complex:
         raise TypeError(f"{owner}: positions must be an integer tensor, got {positions.dtype}")
+    if positions.is_meta and meta is False:
+        raise ValueError(
+            f"{owner}: positions are on the meta device (shapes only, no values) but the inputs are not; "
+            "give positions on the inputs' device"
+        )
     if key_batch is not None and batch is not None and key_batch != batch:
         if positions.dim() == 2 and positions.shape[0] != 1:
             raise ValueError(
@@ -202,6 +268,17 @@ def check_positions(
         want = "batch" if batch is None else "1" if batch == 1 else f"1 or {batch}"
         raise ValueError(
             f"{owner}: positions must be (seq,) or ({want}, seq) with seq={seq_len}, got {tuple(positions.shape)}"
+        )
+
+
+def check_module_device(owner: str, label: str, t: Tensor, module_meta: bool) -> None:
+    """Refuse an input ``t`` on the meta device for a module with real tables, or the reverse: torch's own error
+    ("Tensor on device cpu is not on the expected device meta!") named neither. Host flags only: no sync."""
+    if t.is_meta != module_meta:
+        where = "meta" if module_meta else "a real device"
+        raise ValueError(
+            f"{owner}: {label} is on {t.device} but the module's tables are on {where}; move one to the "
+            "other's device (module.to(...) or to_empty(...) for a module built on meta)"
         )
 
 
@@ -267,6 +344,8 @@ def check_position_range(
 
 
 __all__ = [
+    "F32_MAX",
+    "F32_TINY",
     "first_line",
     "ROPE_MAX_POSITION",
     "check_bool",
@@ -274,9 +353,11 @@ __all__ = [
     "check_int",
     "check_position_range",
     "check_table_size",
+    "check_table_sizes",
     "host_memory",
     "as_index_positions",
     "check_hidden",
+    "check_module_device",
     "check_positions",
     "check_rotatable",
 ]

@@ -69,8 +69,12 @@ def check_param(owner: str, name: str, value: object, bound: Bound) -> float | i
     except TypeError:
         got = f"the bool {value!r}" if isinstance(value, bool) else f"{value!r} ({type(value).__name__})"
         raise TypeError(f"{what}, got {got}") from None
-    except ValueError:  # NaN or infinity
-        raise ValueError(f"{what}, got {float(value)}") from None  # type: ignore[arg-type]
+    except ValueError as err:  # NaN, infinity, or past the float range (10**400)
+        try:
+            got = str(float(value))  # type: ignore[arg-type]
+        except OverflowError:
+            got = str(err).split(", got ", 1)[-1]  # check_float's words for a number past the float range
+        raise ValueError(f"{what}, got {got}") from None
     if (
         (bound.above is not None and not out > bound.above)
         or (bound.at_least is not None and not out >= bound.at_least)
