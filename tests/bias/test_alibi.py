@@ -59,7 +59,7 @@ def test_registry_buffers_and_errors() -> None:
     assert enc.slopes.dtype == torch.float32 and math.isclose(enc.slopes[0].item(), 0.5)
     with pytest.raises(ValueError, match="heads"):
         posenc.build("alibi", dim=64)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="heads must be an integer >= 1"):
         alibi_slopes(0)
     with pytest.raises(ValueError, match="built for 8 heads"):
         enc.score_bias(torch.zeros(1, 4, 2, 8), torch.arange(2)[None], torch.arange(2)[None])
@@ -111,3 +111,35 @@ def test_bad_max_bias_is_refused(bad: object, error: type[Exception], match: str
         posenc.ALiBi(4, max_bias=bad)  # type: ignore[arg-type]
     with pytest.raises(error, match=re.escape(match.replace("ALiBi", "alibi_slopes"))):
         alibi_slopes(4, bad)  # type: ignore[arg-type]
+
+
+def _slopes_before(n: int, max_bias: float) -> list[float]:
+    """The reference code's recursion (posenc's before the slopes went through an array)."""
+
+    def power_of_two(m: int) -> list[float]:
+        start = 2.0 ** (-max_bias / m)
+        return [start ** (i + 1) for i in range(m)]
+
+    closest = 2 ** math.floor(math.log2(n))
+    if closest == n:
+        return power_of_two(n)
+    return power_of_two(closest) + _slopes_before(2 * closest, max_bias)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("max_bias", [8.0, 4.0, 0.5, 13.7])
+def test_slopes_are_bitwise_the_reference_codes(max_bias: float) -> None:
+    """The slopes are no longer a Python list (ALiBi(2**28) took a minute, 2**40 hung): same values, bitwise."""
+    for heads in [*range(1, 300), 1000, 4097]:
+        want = torch.tensor(_slopes_before(heads, max_bias), dtype=torch.float32)
+        assert torch.equal(alibi_slopes(heads, max_bias), want), heads
+
+
+def test_alibi_slopes_takes_integers_as_check_int_does() -> None:
+    """numpy and 0-d tensor integers as ALiBi takes them; a bool or a float is a TypeError (fuzz #9)."""
+    import numpy as np
+
+    assert torch.equal(alibi_slopes(np.int64(4)), alibi_slopes(4))
+    assert torch.equal(alibi_slopes(torch.tensor(6)), alibi_slopes(6))
+    for bad in (True, 4.0, "4"):
+        with pytest.raises(TypeError, match="alibi_slopes: heads must be an integer"):
+            alibi_slopes(bad)  # type: ignore[arg-type]

@@ -54,5 +54,30 @@ def test_gradients_reach_the_table_and_errors() -> None:
         posenc.T5Bias(2, num_buckets=32, max_distance=8, bidirectional=True)
     with pytest.raises(ValueError, match="num_buckets"):
         posenc.T5Bias(2, num_buckets=2, bidirectional=True)
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match="relative must be an integer tensor"):
         t5_buckets(torch.zeros(3), bidirectional=False)
+
+
+def test_t5_buckets_checks_its_settings() -> None:
+    """t5_buckets took max_distance=nan (buckets down to -2**63), num_buckets=32.0 (float "buckets") and
+    bidirectional="no" (as True); t5_distance_buckets(max_distance=-1) raised arange's error (fuzz #3, #11)."""
+    from posenc.functional import t5_buckets
+    from posenc.functional.bias import t5_distance_buckets
+
+    rel = torch.arange(-300, 1)
+    with pytest.raises(TypeError, match="t5_buckets: max_distance must be an integer, got nan"):
+        t5_buckets(rel, bidirectional=False, max_distance=float("nan"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="t5_buckets: num_buckets must be an integer, got 32.0"):
+        t5_buckets(rel, bidirectional=False, num_buckets=32.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="t5_buckets: bidirectional must be True or False, got 'no'"):
+        t5_buckets(rel, bidirectional="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="t5_buckets: relative must be an integer tensor"):
+        t5_buckets(rel > 0, bidirectional=False)
+    with pytest.raises(ValueError, match="t5_distance_buckets: max_distance"):
+        t5_distance_buckets(bidirectional=False, num_buckets=32, max_distance=-1, device=torch.device("cpu"))
+    import numpy as np
+
+    assert torch.equal(
+        t5_buckets(rel, bidirectional=True, num_buckets=np.int64(32), max_distance=torch.tensor(128)),  # type: ignore[arg-type]
+        t5_buckets(rel, bidirectional=True),
+    )

@@ -158,3 +158,49 @@ def test_tables_that_would_reshape_x_are_refused(form: str, interleaved: bool) -
     assert (
         _rotated(form, x, torch.arange(4).expand(2, 1, 4), interleaved).shape == x.shape
     )  # what fits still runs
+
+
+def test_functional_rotary_checks_its_arguments() -> None:
+    """interleaved="no" rotated as True; numpy rotary dims were refused; a NaN tensor base, a NaN scale and an
+    integer dtype were accepted; a 0-d x, a list or a str device gave internal errors (fuzz #3, #9, #11)."""
+    import numpy as np
+
+    from posenc.functional import check_rotary_dim
+    from posenc.functional.rotary import phase_dtype
+
+    x = torch.randn(1, 1, 3, 8)
+    cos, sin = rope_cos_sin(torch.arange(3), rope_inv_freq(8))
+    with pytest.raises(TypeError, match="apply_rope: interleaved must be True or False, got 'no'"):
+        apply_rope(x, cos, sin, interleaved="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="apply_rope: x must be a floating-point tensor"):
+        apply_rope([1.0], cos, sin)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="apply_rope: x must be .* got a 0-d tensor"):
+        apply_rope(torch.tensor(1.0), cos, sin)
+    assert torch.equal(rope_inv_freq(np.int64(16)), rope_inv_freq(16))  # type: ignore[arg-type]
+    assert check_rotary_dim(np.int64(8), np.int64(16)) == 8  # type: ignore[arg-type]
+    assert torch.equal(interleaved_permutation(np.int64(8)), interleaved_permutation(8))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="rotary_dim must be an integer, got the bool True"):
+        check_rotary_dim(True)
+    with pytest.raises(ValueError, match="RoPE base must be a finite number"):
+        rope_inv_freq(16, base=torch.tensor(float("nan")))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="RoPE base must be a finite number"):
+        rope_inv_freq(16, base=torch.tensor(float("inf")))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rope_inv_freq: base must be a finite number, got an integer of"):
+        rope_inv_freq(16, base=10**400)
+    with pytest.raises(ValueError, match="rope_cos_sin: scale must be a finite number, got nan"):
+        rope_cos_sin(torch.arange(3), rope_inv_freq(8), scale=float("nan"))
+    with pytest.raises(TypeError, match="rope_cos_sin: dtype must be a floating-point dtype"):
+        rope_cos_sin(torch.arange(3), rope_inv_freq(8), dtype=torch.long)
+    with pytest.raises(TypeError, match="phase_dtype: device must be a torch.device"):
+        phase_dtype("cpu")  # type: ignore[arg-type]
+
+
+def test_apply_rope_reference_takes_a_float64_view_at_an_odd_offset() -> None:
+    """A float64 view at an odd storage offset raised "Tensor must have a storage_offset divisible by 2"
+    (view_as_complex) (fuzz #12)."""
+    base = torch.randn(1, 1, 1, 5, dtype=torch.float64)
+    angles = torch.full((1, 1), 0.3, dtype=torch.float64)
+    view = base[..., 1:3]
+    for interleaved in (True, False):
+        want = apply_rope_reference(view.clone(), angles, interleaved=interleaved)
+        assert torch.equal(apply_rope_reference(view, angles, interleaved=interleaved), want)

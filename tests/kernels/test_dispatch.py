@@ -141,3 +141,14 @@ def test_attention_with_compiled_rope_matches_reference_and_compiles_fullgraph()
         torch.testing.assert_close(p_fast.grad, p_ref.grad, atol=1e-5, rtol=1e-5)
     compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, positions=positions), want.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_qk_refuses_a_non_bool_interleaved() -> None:
+    """interleaved="no" was read by truthiness (as True) (fuzz #3)."""
+    import posenc
+    from posenc.kernels import rope_qk
+
+    q = torch.randn(1, 1, 3, 8)
+    cos, sin = posenc.functional.rope_cos_sin(torch.arange(3), posenc.functional.rope_inv_freq(8))
+    with pytest.raises(TypeError, match="rope_qk: interleaved must be True or False, got 'no'"):
+        rope_qk(q, q, cos, sin, interleaved="no")  # type: ignore[arg-type]

@@ -19,20 +19,31 @@ import numbers
 import torch
 from torch import Tensor
 
+from ..validation import check_bool, check_float, check_int
+
 
 def phase_dtype(device: torch.device) -> torch.dtype:
     """The dtype used for phase math (angles) on ``device``: float64 wherever the device supports it."""
+    if not isinstance(device, torch.device):
+        raise TypeError(
+            f"phase_dtype: device must be a torch.device, got {device!r} ({type(device).__name__})"
+        )
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def check_rotary_dim(rotary_dim: int, head_dim: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``rotary_dim`` is a positive even number no larger than ``head_dim``."""
-    if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
+def check_rotary_dim(rotary_dim: int, head_dim: int | None = None) -> int:
+    """``rotary_dim`` as an ``int``: ``TypeError`` unless it is an integer (numpy and 0-d tensor integers too),
+    ``ValueError`` unless it is a positive even number no larger than ``head_dim``."""
+    rotary_dim = check_int("rotary_dim", rotary_dim)
+    if head_dim is not None:
+        head_dim = check_int("head_dim", head_dim)
+    if rotary_dim <= 0 or rotary_dim % 2:
         raise ValueError(
             f"rotary_dim must be a positive even integer (dimensions are rotated in pairs), got {rotary_dim!r}"
         )
     if head_dim is not None and rotary_dim > head_dim:
         raise ValueError(f"rotary_dim ({rotary_dim}) must not exceed head_dim ({head_dim})")
+    return rotary_dim
 
 
 def rope_inv_freq(
@@ -47,13 +58,18 @@ def rope_inv_freq(
     Returns:
         ``(P,)`` tensor, float64 unless ``dtype`` says otherwise.
     """
-    check_rotary_dim(rotary_dim)
+    rotary_dim = check_rotary_dim(rotary_dim)
     if isinstance(base, bool) or not isinstance(base, (numbers.Real, Tensor)):
         raise TypeError(f"RoPE base must be a number, got {base!r}")
-    if not isinstance(base, Tensor) and not math.isfinite(base):
+    if not isinstance(base, Tensor):
+        check_float("base", base, owner="rope_inv_freq")  # finite (10**400 too: a ValueError, not overflow)
+    elif base.is_meta or torch.compiler.is_compiling():
+        pass  # no value to check (it was a float before it became a tensor)
+    elif not bool(torch.isfinite(base).all()):  # (a tensor's comparison below syncs anyway)
         raise ValueError(f"RoPE base must be a finite number > 1, got {base}")
-    if base <= 1.0:
-        raise ValueError(f"RoPE base must be > 1, got {base}")
+    if not isinstance(base, Tensor) or not (base.is_meta or torch.compiler.is_compiling()):
+        if base <= 1.0:
+            raise ValueError(f"RoPE base must be > 1, got {base}")
     dev = torch.device("cpu") if device is None else torch.device(device)
     dt = phase_dtype(dev) if dtype is None else dtype
     exponent = torch.arange(0, rotary_dim, 2, device=dev, dtype=dt) / rotary_dim
@@ -82,8 +98,13 @@ def rope_cos_sin(
 ) -> tuple[Tensor, Tensor]:
     """cos and sin tables for ``positions``: ``(..., S, P)`` each, in ``dtype`` (float32 by default).
 
-    ``scale`` multiplies both (YaRN's attention temperature folds in here).
+    ``scale`` multiplies both (YaRN's attention temperature folds in here): a finite number. ``dtype``: a
+    floating-point dtype.
     """
+    if scale != 1.0 and not (isinstance(scale, float) and math.isfinite(scale)):  # (1.0: no call, per token)
+        check_float("scale", scale, owner="rope_cos_sin")
+    if not dtype.is_floating_point:
+        raise TypeError(f"rope_cos_sin: dtype must be a floating-point dtype, got {dtype}")
     angles = rope_angles(positions, inv_freq)
     cos, sin = angles.cos(), angles.sin()
     if scale != 1.0:
@@ -110,8 +131,13 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -
     Returns:
         Tensor shaped like ``x``.
     """
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"apply_rope: x must be a floating-point tensor, got {x.dtype}")
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"apply_rope: x must be a floating-point tensor (..., S, D), got {got}")
+    if interleaved is not False and interleaved is not True:
+        check_bool("interleaved", interleaved, owner="apply_rope")
+    if x.dim() == 0:
+        raise ValueError("apply_rope: x must be (..., S, D), got a 0-d tensor")
     if cos.shape != sin.shape:
         raise ValueError(
             f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"
@@ -241,7 +267,7 @@ def apply_rope_reference(x: Tensor, angles: Tensor, interleaved: bool = False) -
         angles: ``(..., S, P)`` broadcastable, any real dtype.
     """
     rot = 2 * angles.shape[-1]
-    xr = x[..., :rot].to(torch.float64)
+    xr = x[..., :rot].to(torch.float64, copy=True)  # (a copy: a view at an odd offset has no complex view)
     if interleaved:
         pairs = xr.reshape(*xr.shape[:-1], rot // 2, 2)  # (..., S, P, 2): (x[2i], x[2i+1])
     else:

@@ -36,6 +36,7 @@ from torch import Tensor
 from ..fallback import Fallback
 from ..functional.rotary import apply_rope
 from ..registry import Registry
+from ..validation import check_bool
 from .compiled import rope_qk_compiled
 
 #: ``auto`` uses the compiled CPU kernel from this many elements of q plus k (4 MiB of float32) up; below,
@@ -182,6 +183,8 @@ def rope_qk(
             integer q or k.
     """
     check_impl(impl)
+    if interleaved is not False and interleaved is not True:
+        check_bool("interleaved", interleaved, owner="rope_qk")
     _check(q, k, cos, sin)
     if impl == "reference" or _traced(q, k, cos, sin):
         return _reference(q, k, cos, sin, interleaved)
