@@ -131,14 +131,16 @@ def test_a_t5_max_distance_whose_tables_do_not_fit_is_refused_before_allocating(
 
     with pytest.raises(
         ValueError,
-        match=r"^T5Bias: max_distance=1000000000000 would take 74,505.8 GiB for a bucket per clipped distance and "
-        r"a \(heads, 2 \* max_distance \+ 1\) table, .* max_distance takes at most [\d,]+ here$",
+        match=r"^T5Bias: max_distance=1000000000000 would take 74,505.8 GiB for a bucket per clipped distance, "
+        r"a \(heads, 2 \* max_distance \+ 1\) table and a \(num_buckets, heads\) one, .* max_distance takes at "
+        r"most [\d,]+ here$",
     ):
         posenc.T5Bias(8, max_distance=10**12)
     monkeypatch.setattr(posenc.validation, "host_memory", lambda: 2**22)  # 2 MiB at most
-    posenc.T5Bias(8, max_distance=26213)  # 52427 distances x (8 bytes + 8 float32): 2,097,080 bytes
-    with pytest.raises(ValueError, match="max_distance takes at most 26,213 here"):
-        posenc.T5Bias(8, max_distance=26214)
+    # 52403 distances x (8 bytes + 8 float32) + the (32, 8) float32 embedding: 2,097,144 bytes; 52405 do not fit
+    posenc.T5Bias(8, max_distance=26201)
+    with pytest.raises(ValueError, match="max_distance takes at most 26,201 here"):
+        posenc.T5Bias(8, max_distance=26202)
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])

@@ -80,3 +80,17 @@ def test_unbound_score_mod_equals_the_formula_values_and_gradients() -> None:
         strict=True,
     ):
         torch.testing.assert_close(g, w)
+
+
+def test_settings_that_overflow_float32_are_refused() -> None:
+    """FIRE(init_c=3e38) gave NaN attention (c * d overflows float32: inf / inf), and so did eps=1e-46 (0 in
+    float32: 0 / 0 at query 0 with threshold 0) (fuzz #4)."""
+    with pytest.raises(ValueError, match=r"FIRE: init_c must be <= 1e\+30, got 3e\+38"):
+        posenc.FIRE(2, init_c=3e38)
+    with pytest.raises(ValueError, match=r"FIRE: eps must be >= 1.17549e-38, got 1e-46"):
+        posenc.FIRE(2, init_threshold=0.0, eps=1e-46)
+    with pytest.raises(ValueError, match="FIRE: init_threshold must be <="):
+        posenc.FIRE(2, init_threshold=1e39)
+    a = posenc.Attention(16, 2, position=posenc.FIRE(2, init_c=1e30, init_threshold=0.0, eps=1.2e-38))
+    with torch.no_grad():
+        assert not a(torch.randn(1, 4, 16)).isnan().any()

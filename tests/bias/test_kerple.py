@@ -35,3 +35,9 @@ def test_gradients_and_errors() -> None:
     assert enc.r1.grad is not None and enc.r2.grad is not None
     with pytest.raises(ValueError, match="kind"):
         posenc.Kerple(2, kind="exp")
+
+
+def test_an_eps_past_float32_is_refused() -> None:
+    """Kerple(eps=1e39) was built, then failed at the first call in clamp (fuzz #4)."""
+    with pytest.raises(ValueError, match=r"Kerple: eps must be <= 3.40282e\+38, got 1e\+39"):
+        posenc.Kerple(2, eps=1e39)

@@ -7,8 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..functional.bias import alibi_bias, alibi_slopes
-from ..validation import check_float
+from ..functional.bias import SLOPE_BYTES, alibi_bias, alibi_slopes
+from ..validation import check_float, check_table_size
 from .base import BiasEncoding
 
 
@@ -36,6 +36,9 @@ class ALiBi(BiasEncoding):
     def __init__(self, heads: int, max_bias: float = 8.0) -> None:
         super().__init__(heads)
         self.max_bias = check_float("max_bias", max_bias, above=0, owner="ALiBi")
+        check_table_size(
+            "ALiBi", "heads", self.heads, lambda h: h * SLOPE_BYTES, "the (heads,) slopes", at_least=1
+        )
         self.register_derived()
 
     def derived_buffers(self, device: torch.device) -> dict[str, Tensor]:

@@ -10,8 +10,12 @@ from torch import Tensor, nn
 
 from ..base import OptionsInState, ScoreMod
 from ..functional.bias import at_least_float32, fire_input, fire_mlp_unrolled
-from ..validation import check_float, check_int
+from ..validation import F32_MAX, F32_TINY, check_float, check_int, check_table_sizes
 from .base import BiasEncoding, position_reader
+
+#: The largest ``init_c`` FIRE takes: ``c * |i - j|`` (float32) stays finite for distances up to 3e8; beyond it,
+#: numerator and denominator overflow together and the bias is inf / inf = NaN.
+FIRE_MAX_C = 1e30
 
 
 class FIRE(OptionsInState, BiasEncoding):
@@ -25,9 +29,10 @@ class FIRE(OptionsInState, BiasEncoding):
     Args:
         heads: ``H``.
         width: hidden units of the MLP (32 in the paper).
-        init_c: initial ``c`` (0.1).
-        init_threshold: initial ``L`` (512).
-        eps: added to the denominator.
+        init_c: initial ``c`` (0.1), at most :data:`FIRE_MAX_C`.
+        init_threshold: initial ``L`` (512), finite in float32.
+        eps: added to the denominator; at least float32's smallest normal number (1.2e-38: a smaller one
+            rounds to 0 there, and the bias at ``i = L = 0`` is 0 / 0).
     """
 
     name: ClassVar[str | None] = "fire"
@@ -43,9 +48,20 @@ class FIRE(OptionsInState, BiasEncoding):
     ) -> None:
         super().__init__(heads)
         width = check_int("width", width, at_least=1, owner="FIRE")
-        init_c = check_float("init_c", init_c, above=0, owner="FIRE")
-        init_threshold = check_float("init_threshold", init_threshold, at_least=0, owner="FIRE")
-        eps = check_float("eps", eps, above=0, owner="FIRE")
+        # c, L and eps meet float32 tensors: c * distance must stay finite (c up to 1e30 leaves room for
+        # distances up to 1e8), and eps must not round to 0 there (the denominator at i = L = 0 is eps alone)
+        init_c = check_float("init_c", init_c, above=0, at_most=FIRE_MAX_C, owner="FIRE")
+        init_threshold = check_float(
+            "init_threshold", init_threshold, at_least=0, at_most=F32_MAX, owner="FIRE"
+        )
+        eps = check_float("eps", eps, at_least=F32_TINY, at_most=F32_MAX, owner="FIRE")
+        item = torch.get_default_dtype().itemsize
+        check_table_sizes(  # the MLP Linear(1, width), Linear(width, heads)
+            "FIRE",
+            {"width": (width, 1), "heads": (self.heads, 1)},
+            lambda n: (2 * n["width"] + n["width"] * n["heads"] + n["heads"]) * item,
+            "the MLP's (width,) and (heads, width) weights",
+        )
         self.width, self.init_threshold, self.eps = width, float(init_threshold), eps
         self.hidden = nn.Linear(1, width)
         self.out = nn.Linear(width, heads)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..base import OptionsInState
 from ..functional.bias import kerple_bias
-from ..validation import check_float
+from ..validation import F32_MAX, check_float, check_table_size
 from .base import BiasEncoding
 
 KINDS = ("log", "power")
@@ -24,7 +24,7 @@ class Kerple(OptionsInState, BiasEncoding):
     Args:
         heads: ``H``.
         kind: "log" (the paper's best) or "power".
-        eps: lower bound of ``r1, r2``.
+        eps: lower bound of ``r1, r2`` (float32 parameters: at most float32's largest value).
     """
 
     name: ClassVar[str | None] = "kerple"
@@ -35,7 +35,15 @@ class Kerple(OptionsInState, BiasEncoding):
         super().__init__(heads)
         if kind not in KINDS:
             raise ValueError(f"Kerple kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        eps = check_float("eps", eps, above=0, owner="Kerple")
+        eps = check_float("eps", eps, above=0, at_most=F32_MAX, owner="Kerple")  # r1, r2 are float32
+        check_table_size(
+            "Kerple",
+            "heads",
+            self.heads,
+            lambda h: 2 * h * torch.get_default_dtype().itemsize,
+            "r1 and r2 (heads,)",
+            at_least=1,
+        )
         self.kind, self.eps = kind, eps
         self.r1 = nn.Parameter(torch.rand(heads) * 2 + eps)
         self.r2 = nn.Parameter(torch.rand(heads) + eps)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..base import OptionsInState
 from ..functional.bias import check_t5, lookup_bias, t5_distance_buckets
-from ..validation import check_bool, check_int, check_table_size
+from ..validation import check_table_sizes
 from .base import BiasEncoding
 
 
@@ -38,17 +38,20 @@ class T5Bias(OptionsInState, BiasEncoding):
         self, heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
     ) -> None:
         super().__init__(heads)
-        num_buckets = check_int("num_buckets", num_buckets, owner="T5Bias")
-        max_distance = check_int("max_distance", max_distance, owner="T5Bias")
-        bidirectional = check_bool("bidirectional", bidirectional, owner="T5Bias")
-        check_t5(num_buckets, max_distance, bidirectional)
+        num_buckets, max_distance, bidirectional = check_t5(num_buckets, max_distance, bidirectional)
         item = torch.get_default_dtype().itemsize
-        check_table_size(  # the (2M+1,) int64 buckets and the (H, 2M+1) table each call gathers from them
+        smallest = (num_buckets // 2 if bidirectional else num_buckets) // 2 + 1  # what check_t5 accepts
+        check_table_sizes(  # the (2M+1,) int64 buckets, the (H, 2M+1) table each call gathers, the embedding
             "T5Bias",
-            "max_distance",
-            max_distance,
-            lambda m: (2 * m + 1) * (8 + self.heads * item),
-            "a bucket per clipped distance and a (heads, 2 * max_distance + 1) table",
+            {
+                "max_distance": (max_distance, smallest),
+                "heads": (self.heads, 1),
+                "num_buckets": (num_buckets, 2),
+            },
+            lambda n: (
+                (2 * n["max_distance"] + 1) * (8 + n["heads"] * item) + n["num_buckets"] * n["heads"] * item
+            ),
+            "a bucket per clipped distance, a (heads, 2 * max_distance + 1) table and a (num_buckets, heads) one",
         )
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
         self.embedding = nn.Embedding(num_buckets, heads)
