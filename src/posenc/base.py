@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .functional.tables import RowViews
 from .registry import ENCODINGS, Sizes
 from .session import SessionMemo
-from .validation import check_positions
+from .validation import check_int, check_positions
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -176,6 +176,10 @@ class PositionEncoding(nn.Module):
 
         Only for encodings whose bias does not depend on the query content.
         """
+        q_len, k_len, offset = (
+            check_int(n, v, at_least=0, owner=f"{type(self).__name__}.bias")
+            for n, v in (("q_len", q_len), ("k_len", k_len), ("offset", offset))
+        )
         dev = _device_of(self)
         q_pos = torch.arange(offset, offset + q_len, device=dev).unsqueeze(0)  # (1, Q)
         k_pos = torch.arange(k_len, device=dev).unsqueeze(0)  # (1, K)
@@ -356,7 +360,7 @@ def as_positions(
     no device sync."""
     if positions is None:
         return default_positions(seq_len, device, offset)
-    check_positions(owner, positions, seq_len, batch=batch)
+    check_positions(owner, positions, seq_len, batch=batch, meta=device.type == "meta")
     if positions.dim() == 1:
         positions = positions.unsqueeze(0)
     return positions.to(device=device, dtype=torch.long)

@@ -127,3 +127,17 @@ def test_a_max_len_whose_table_does_not_fit_is_refused_before_allocating(
     posenc.LearnedAbsolute(16, max_len=32768)  # (32768, 16) float32: exactly 2 MiB
     with pytest.raises(ValueError, match="max_len takes at most 32,768 here"):
         posenc.LearnedAbsolute(16, max_len=32769)
+
+
+@pytest.mark.parametrize("make", [lambda: posenc.Sinusoidal(16), lambda: posenc.LearnedAbsolute(16)])
+def test_inputs_on_meta_against_real_tables_are_refused(make: object) -> None:
+    """x on meta for a CPU module raised torch's "not on the expected device meta", meta positions with CPU x
+    "Cannot copy out of meta tensor" (fuzz #10)."""
+    enc = make()  # type: ignore[operator]
+    name = type(enc).__name__
+    with pytest.raises(
+        ValueError, match=f"{name}: x is on meta but the module's tables are on a real device"
+    ):
+        enc.embed(torch.randn(2, 5, 16, device="meta"))
+    with pytest.raises(ValueError, match=f"{name}: positions are on the meta device"):
+        enc.embed(torch.randn(2, 5, 16), torch.arange(5, device="meta"))

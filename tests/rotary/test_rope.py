@@ -308,3 +308,29 @@ def test_cos_sin_checks_what_rotate_checks() -> None:
         rope.cos_sin(1, torch.tensor([2**40]), torch.device("cpu"))
     cos, _ = rope.cos_sin(3, torch.arange(3)[None], "cpu")
     assert cos.shape == (1, 1, 3, 4)
+
+
+def test_meta_positions_or_inputs_against_real_tables_are_refused() -> None:
+    """Meta positions with CPU q/k raised "Cannot copy out of meta tensor", meta q on a CPU RoPE torch's "not on
+    the expected device meta" (fuzz #10); a module on meta with meta inputs still works (shapes only)."""
+    q = torch.randn(1, 1, 5, 16)
+    rope = posenc.RoPE(16)
+    with pytest.raises(ValueError, match="RoPE: positions are on the meta device"):
+        rope(q, q, torch.arange(5, device="meta"))
+    with pytest.raises(ValueError, match="RoPE: q is on meta but the module's tables are on a real device"):
+        rope(q.to("meta"), q.to("meta"))
+    with torch.device("meta"):
+        on_meta = posenc.RoPE(16)
+    out, _ = on_meta(q.to("meta"), q.to("meta"), torch.arange(5, device="meta"))
+    assert out.is_meta and out.shape == q.shape
+
+
+def test_bias_checks_its_sizes() -> None:
+    """RoPE(4).bias(-1, 4) raised torch's arange error; the base class now checks as BiasEncoding does
+    (fuzz #13)."""
+    for enc in (posenc.RoPE(4), posenc.NoPE()):
+        with pytest.raises(ValueError, match=r"\.bias: q_len must be an integer >= 0, got -1"):
+            enc.bias(-1, 4)
+        with pytest.raises(TypeError, match=r"\.bias: q_len must be an integer, got 2.5"):
+            enc.bias(2.5, 4)  # type: ignore[arg-type]
+        assert enc.bias(3, 4).shape == (1, 3, 4)

@@ -204,3 +204,29 @@ def test_attention_without_the_causal_mask_refuses_xpos() -> None:
     with pytest.raises(ValueError, match="XPos is for causal attention only"):
         posenc.Attention(32, 2, position=posenc.XPos(16), causal=False)
     posenc.Attention(32, 2, position=posenc.XPos(16))  # causal (the default)
+
+
+def test_settings_without_a_computable_window_are_refused() -> None:
+    """gamma=1e17 (zeta_0 rounds to 1: ZeroDivisionError), scale_base=1e308 (an infinite window:
+    OverflowError) and center=-(2**70) (OverflowError in torch) crashed the constructor (fuzz #5); numpy and 0-d
+    tensor centres were refused though every other int argument takes them (fuzz #9)."""
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"XPos: gamma=1e\+17 gives zeta_0 = gamma / \(1 \+ gamma\) = 1"):
+        posenc.XPos(16, gamma=1e17)
+    with pytest.raises(ValueError, match=r"XPos: scale_base=1e\+308 makes the representable window"):
+        posenc.XPos(16, scale_base=1e308)
+    with pytest.raises(ValueError, match=r"XPos: center must be a position in \[-2\*\*31, 2\*\*31\]"):
+        posenc.XPos(16, center=-(2**70))
+    with pytest.raises(TypeError, match="XPos: center must be an integer, got 3.0"):
+        posenc.XPos(16, center=3.0)  # type: ignore[arg-type]
+    for center in (np.int64(3), torch.tensor(3)):
+        assert posenc.XPos(16, center=center).center == 3  # type: ignore[arg-type]
+    assert posenc.XPos(16, gamma=1e15).max_offset() > 0
+
+
+def test_positions_on_meta_are_refused_for_real_inputs() -> None:
+    """Meta positions with CPU q and k raised "Cannot copy out of meta tensor" (fuzz #10)."""
+    q = torch.randn(1, 1, 5, 8)
+    with pytest.raises(ValueError, match="XPos: positions are on the meta device"):
+        posenc.XPos(8)(q, q, torch.arange(5, device="meta"))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
-from ..validation import check_hidden, check_int, check_table_size
+from ..validation import check_hidden, check_int, check_module_device, check_table_sizes
 
 
 class LearnedAbsolute(PositionEncoding):
@@ -27,8 +27,11 @@ class LearnedAbsolute(PositionEncoding):
         dim = check_int("dim", dim, at_least=1, owner="LearnedAbsolute")
         max_len = check_int("max_len", max_len, at_least=1, owner="LearnedAbsolute")
         item = torch.get_default_dtype().itemsize
-        check_table_size(
-            "LearnedAbsolute", "max_len", max_len, lambda n: n * dim * item, "a (max_len, dim) table"
+        check_table_sizes(
+            "LearnedAbsolute",
+            {"max_len": (max_len, 1), "dim": (dim, 1)},
+            lambda n: n["max_len"] * n["dim"] * item,
+            "a (max_len, dim) table",
         )
         self.dim, self.max_len = dim, max_len
         self.table = nn.Embedding(max_len, dim)
@@ -45,6 +48,7 @@ class LearnedAbsolute(PositionEncoding):
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         batch = check_hidden("LearnedAbsolute", x, self.dim)
+        check_module_device("LearnedAbsolute", "x", x, self.table.weight.is_meta)
         seq = x.shape[-2]
         if positions is None and seq > self.max_len:
             raise ValueError(

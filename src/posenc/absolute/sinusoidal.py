@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..base import PositionEncoding, as_positions
 from ..functional.absolute import sinusoidal_table
 from ..functional.tables import rows_at
-from ..validation import check_float, check_hidden, check_int
+from ..validation import check_float, check_hidden, check_int, check_module_device, check_table_sizes
 
 
 class Sinusoidal(PositionEncoding):
@@ -41,6 +41,12 @@ class Sinusoidal(PositionEncoding):
         base = check_float("base", base, above=0, owner="Sinusoidal")
         dropout = check_float("dropout", dropout, at_least=0, at_most=1, owner="Sinusoidal")
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="Sinusoidal")
+        check_table_sizes(  # float32 (cache_len, dim), from float64 frequencies (dim,)
+            "Sinusoidal",
+            {"cache_len": (cache_len, 0), "dim": (dim, 1)},
+            lambda n: n["dim"] * (8 + 4 * n["cache_len"]),
+            "a float32 (cache_len, dim) table",
+        )
         self.dim, self.base, self.cache_len = dim, base, cache_len
         self.dropout = nn.Dropout(dropout)
         self.register_derived()
@@ -51,6 +57,7 @@ class Sinusoidal(PositionEncoding):
 
     def embed(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         batch = check_hidden("Sinusoidal", x, self.dim)
+        check_module_device("Sinusoidal", "x", x, self.table.is_meta)
         seq = x.shape[-2]
         if x.dtype == torch.float64:  # finer than the float32 table: compute, for default positions too
             pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")  # (1|B, S)

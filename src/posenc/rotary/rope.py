@@ -27,9 +27,11 @@ from ..validation import (
     check_bool,
     check_float,
     check_int,
+    check_module_device,
     check_position_range,
     check_positions,
     check_rotatable,
+    check_table_sizes,
 )
 from .scaling import RopeScaling, parse_scaling, scaled_inv_freq
 
@@ -107,6 +109,13 @@ class RoPE(PositionEncoding):
             )
         rotary_dim = head_dim if rotary_dim is None else check_int("rotary_dim", rotary_dim, owner="RoPE")
         check_rotary_dim(rotary_dim, head_dim)
+        width = "head_dim" if rotary_dim == head_dim else "rotary_dim"
+        check_table_sizes(  # float64 inv_freq (R/2,); per cached position float32 cos, sin (R/2,), pairs (2, 2, R/2)
+            "RoPE",
+            {"cache_len": (cache_len, 0), width: (rotary_dim, 2)},
+            lambda n: 4 * n[width] * (1 + 3 * n["cache_len"]),
+            "float32 tables (cache_len, rotary_dim) of cos, sin and pair rotations",
+        )
         self.scaling = parse_scaling(scaling, base=base, head_dim=head_dim, rotary_dim=rotary_dim)
         if self.scaling is not None:
             self.scaling.validate(rotary_dim)
@@ -217,7 +226,8 @@ class RoPE(PositionEncoding):
         if row is not None:  # a decode step: every check passed at once, the row read by index
             return pair_matvec(q, row, self.interleaved), pair_matvec(k, row, self.interleaved)
         check_rotatable("RoPE", self.head_dim, q, k)
-        check_positions("RoPE", positions, q.shape[-2], q.shape[0], k.shape[0])
+        check_positions("RoPE", positions, q.shape[-2], q.shape[0], k.shape[0], meta=q.is_meta)
+        check_module_device("RoPE", "q", q, self._buffers["inv_freq"].is_meta)  # type: ignore[union-attr]
         positions = as_index_positions(positions)
         span = host_span(positions)  # (min, max) on the host, eager CPU only: one reduction for both uses
         check_position_range(positions, q.shape[-2], span=span)

@@ -36,12 +36,14 @@ from ..functional.rotary import (
 from ..functional.tables import RowViews, Span, decode_position, host_in_range, host_span, rows_at
 from ..session import current_session
 from ..validation import (
+    ROPE_MAX_POSITION,
     as_index_positions,
     check_bool,
     check_float,
     check_int,
     check_positions,
     check_rotatable,
+    check_table_sizes,
 )
 
 
@@ -77,6 +79,12 @@ def xpos_cos_sin(
 #: How large a query or key pair (its norm) may be, at any position :meth:`XPos.max_offset` allows, before its scaled value
 #: overflows the dtype (or, on the query side, falls to a subnormal).
 XPOS_HEADROOM = 2.0**8
+
+
+def _room(dtype: torch.dtype) -> float:
+    """How many powers of e a scale may span in ``dtype`` and leave :data:`XPOS_HEADROOM` for the pair's norm."""
+    info = torch.finfo(dtype)
+    return min(math.log(info.max), -math.log(info.tiny)) - math.log(XPOS_HEADROOM)
 
 
 class XPos(PositionEncoding):
@@ -136,8 +144,25 @@ class XPos(PositionEncoding):
         )
         interleaved = check_bool("interleaved", interleaved, owner="XPos")
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="XPos")
-        if isinstance(center, bool) or not isinstance(center, int):
-            raise TypeError(f"xPos center must be an int position, got {center!r}")
+        center = check_int("center", center, owner="XPos")
+        if (
+            abs(center) > ROPE_MAX_POSITION
+        ):  # (the angles' precision limit; past int64 torch cannot subtract it)
+            raise ValueError(
+                f"XPos: center must be a position in [-2**31, 2**31] (the positions RoPE's angles are exact "
+                f"for), got {center}"
+            )
+        zeta_min = gamma / (1.0 + gamma)
+        if not zeta_min < 1.0:
+            raise ValueError(
+                f"XPos: gamma={gamma:g} gives zeta_0 = gamma / (1 + gamma) = 1 in float64: no decay, and no "
+                "representable window to compute; use a smaller gamma (0.4 in the paper)"
+            )
+        if not math.isfinite(scale_base * _room(torch.float64) / -math.log(zeta_min)):  # (the widest range)
+            raise ValueError(
+                f"XPos: scale_base={scale_base:g} makes the representable window |position - center| infinite "
+                "(no decay within any float range); use a smaller scale_base (512 in the paper)"
+            )
         self.head_dim, self.scale_base, self.gamma, self.base = (
             head_dim,
             float(scale_base),
@@ -148,6 +173,12 @@ class XPos(PositionEncoding):
         # cache only positions whose scales stay finite in float32 (a far centre leaves nothing to cache)
         fits = max(abs(center), abs(cache_len - 1 - center)) <= self.max_offset(torch.float32)
         self.cache_len = cache_len if fits else 0
+        check_table_sizes(  # float64 inv_freq and zeta (D/2,); per cached position 4 (D/2,) and 8 (D/2,) float32
+            "XPos",
+            {"cache_len": (self.cache_len, 0), "head_dim": (head_dim, 2)},
+            lambda n: 8 * n["head_dim"] + 24 * n["head_dim"] * n["cache_len"],
+            "float32 tables (cache_len, head_dim) of cos, sin and pair matrices for queries and keys",
+        )
         self._rows = RowViews(nested=True)  # pair_table's (query, key) rows, for a decode step
         self.register_derived()
 
@@ -182,10 +213,8 @@ class XPos(PositionEncoding):
         ``[tiny * XPOS_HEADROOM, max / XPOS_HEADROOM]`` of ``dtype``: a query or key pair of norm up to
         ``XPOS_HEADROOM`` (256), rotated and scaled, neither overflows nor loses precision as a subnormal. (The scales alone
         at the dtype's edge put an inf into any key entry above about 4, and NaN into the attention.)"""
-        info = torch.finfo(dtype)
-        room = min(math.log(info.max), -math.log(info.tiny)) - math.log(XPOS_HEADROOM)
         zeta_min = self.gamma / (1.0 + self.gamma)
-        return math.floor(self.scale_base * room / -math.log(zeta_min))
+        return math.floor(self.scale_base * _room(dtype) / -math.log(zeta_min))
 
     def _check_range(self, positions: Tensor, dtype: torch.dtype) -> None:
         if torch.compiler.is_compiling() or positions.device.type == "meta" or positions.numel() == 0:
@@ -232,7 +261,7 @@ class XPos(PositionEncoding):
             mq, mk = self._rows(table, p)  # one-position branch below without its checks, bitwise the same
             return pair_matvec(q, mq, self.interleaved), pair_matvec(k, mk, self.interleaved)
         check_rotatable("XPos", self.head_dim, q, k)
-        check_positions("XPos", positions, q.shape[-2], q.shape[0], k.shape[0])
+        check_positions("XPos", positions, q.shape[-2], q.shape[0], k.shape[0], meta=q.is_meta)
         positions = as_index_positions(positions)
         seq = q.shape[-2]
         if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
