@@ -127,3 +127,20 @@ def test_an_encoding_of_other_sizes_is_refused_when_built(enc: Any, message: str
     head_dim mismatch of sizes the caller never gave)."""
     with pytest.raises(ValueError, match=re.escape(message)):
         posenc.Attention(64, heads=8, position=enc())
+
+
+def test_bias_and_x_are_checked() -> None:
+    """bias="no" built projections with biases (truthiness, fuzz #3); x=None raised AttributeError and meta
+    positions with CPU x "Cannot copy out of meta tensor" (fuzz #10)."""
+    with pytest.raises(TypeError, match="Attention: bias must be True or False, got 'no'"):
+        posenc.Attention(16, 2, bias="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Attention: bias must be True or False, got 0"):
+        posenc.Attention(16, 2, bias=0)  # type: ignore[arg-type]
+    a = posenc.Attention(16, 2, position=posenc.RoPE(8))
+    for bad in (None, [[0.0] * 16], "x"):
+        with pytest.raises(
+            TypeError, match=r"Attention: x must be a floating-point tensor \(batch, seq, 16\)"
+        ):
+            a(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Attention: positions are on the meta device"):
+        a(torch.randn(2, 5, 16), positions=torch.arange(5, device="meta"))

@@ -234,3 +234,16 @@ def test_static_keep_mask_names_a_bad_valid_mask() -> None:
     with pytest.raises(ValueError, match=r"valid must cover the cache's 8 slots, \(batch, 8\), got \(2, 5\)"):
         cache.keep_mask(torch.ones(2, 5, dtype=torch.bool), 1)
     assert cache.keep_mask(torch.ones(2, 8, dtype=torch.bool), 3).shape == (2, 1, 3, 8)
+
+
+def test_keep_mask_checks_q_len() -> None:
+    """q_len=-1 raised arange's error and 2.5 was accepted (fuzz #13)."""
+    from posenc.attention.static_cache import StaticKVCache
+
+    sc = StaticKVCache(4)
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="StaticKVCache.keep_mask: q_len must be an integer >= 0, got -1"):
+        sc.keep_mask(valid, -1)
+    with pytest.raises(TypeError, match="StaticKVCache.keep_mask: q_len must be an integer, got 2.5"):
+        sc.keep_mask(valid, 2.5)  # type: ignore[arg-type]
+    assert sc.keep_mask(valid, 2).shape == (2, 1, 2, 4)

@@ -134,8 +134,11 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
         model.generate(tokens + 300, 5)
     with pytest.raises(ValueError, match="temperature must be a finite number, got inf"):
         model.generate(tokens, 5, temperature=float("inf"))
-    for eos in (256, -1, True, 2.0):  # a row would never stop, or stop at a token the caller did not name
+    for eos in (256, -1):  # a row would never stop
         with pytest.raises(ValueError, match=r"eos must be a token id in \[0, 256\)"):
+            model.generate(tokens, 5, eos=eos)
+    for eos in (True, 2.0, "3"):  # another type: the docstring's TypeError
+        with pytest.raises(TypeError, match=r"eos must be a token id \(an integer\) or None"):
             model.generate(tokens, 5, eos=eos)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="max_len must be an integer, got the bool True"):
         model.generate(tokens, 5, max_len=True)
@@ -349,3 +352,13 @@ def test_generate_called_from_inside_its_own_call_raises() -> None:
     model.generate(tokens, 2)
     assert len(seen) == 1
     assert model.generate(tokens, 2).shape == (1, 5)  # the lock was released
+
+
+def test_generate_refuses_a_list_mask_and_meta_tokens_up_front() -> None:
+    """A list prompt_mask raised AttributeError, meta tokens the .item() RuntimeError (fuzz #10)."""
+    model = TransformerLM("alibi", vocab_size=11, dim=16, depth=1, heads=2).eval()
+    tokens = torch.randint(0, 11, (2, 5))
+    with pytest.raises(TypeError, match="prompt_mask must be a bool tensor shaped like tokens .* got list"):
+        model.generate(tokens, 2, prompt_mask=[[True] * 5] * 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tokens are on meta but the model on cpu"):
+        model.generate(tokens.to("meta"), 2)

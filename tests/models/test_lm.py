@@ -131,3 +131,43 @@ def test_a_model_built_on_meta_keeps_its_head_tied_to_the_embedding(assign: bool
     assert model.head.weight is model.embed.weight
     assert count_parameters(model) == count_parameters(ref)
     assert model.double().head.weight is model.embed.weight
+
+
+def test_token_ids_on_another_device_or_of_a_narrow_dtype() -> None:
+    """Meta ids on a CPU model gave CPU logits of uninitialised memory (fuzz #2); uint8 and int16 ids passed the
+    check, then failed in the embedding, though generate took them (fuzz #6)."""
+    lm = TransformerLM("alibi", vocab_size=11, dim=16, depth=1, heads=2).eval()
+    tok = torch.randint(0, 11, (2, 5))
+    with pytest.raises(ValueError, match="TransformerLM: tokens are on meta but the model on cpu"):
+        lm(tok.to("meta"))
+    with torch.no_grad():
+        want = lm(tok)
+        for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+            assert torch.equal(lm(tok.to(dtype)), want), dtype
+
+
+def test_constructor_checks_its_own_arguments() -> None:
+    """dim, heads and dropout reached torch unchecked; position_options="x" failed in dict(); a 1-element
+    vocab_size tensor built Embedding(tensor([4]), 16) (fuzz #8)."""
+    import numpy as np
+
+    kw: dict[str, object] = {"vocab_size": 11, "dim": 16, "depth": 1, "heads": 2}
+    for field, bad, error, words in (
+        ("dim", None, TypeError, "TransformerLM: dim must be an integer, got None"),
+        ("heads", 2.0, TypeError, "TransformerLM: heads must be an integer, got 2.0"),
+        ("dropout", None, TypeError, "TransformerLM: dropout must be a number"),
+        ("dropout", "4", TypeError, "TransformerLM: dropout must be a number"),
+        ("dropout", 1.5, ValueError, "TransformerLM: dropout must be <= 1"),
+        ("vocab_size", "4", TypeError, "TransformerLM: vocab_size must be an integer"),
+        ("position_options", "x", TypeError, "TransformerLM: position_options must be a dict"),
+        ("vocab_size", 2**40, ValueError, "TransformerLM: vocab_size=1099511627776 would take"),
+    ):
+        with pytest.raises(error, match=words):
+            TransformerLM("alibi", **{**kw, field: bad})  # type: ignore[arg-type]
+    lm = TransformerLM("alibi", **{**kw, "dim": torch.tensor(16), "vocab_size": np.int64(11)})  # type: ignore[arg-type]
+    assert lm.embed.num_embeddings == 11 and lm.embed.embedding_dim == 16
+    assert type(lm.embed.num_embeddings) is int
+    lm = TransformerLM("alibi", **{**kw, "vocab_size": torch.tensor([4])})  # type: ignore[arg-type]
+    assert (
+        type(lm.embed.num_embeddings) is int and lm.embed.num_embeddings == 4
+    )  # was Embedding(tensor([4]), 16)

@@ -186,3 +186,11 @@ def test_a_max_distance_whose_tables_do_not_fit_is_refused_before_allocating(
     posenc.ShawRelative(16, max_distance=16383, values=False)  # one table: twice the rows
     with pytest.raises(ValueError, match=r"a key table of .* per head \(2 heads\).* at most 8,191 here"):
         posenc.ShawRelative(16, max_distance=16383, heads=2, values=False)
+
+
+def test_bias_says_it_is_not_available() -> None:
+    """ShawRelative(4).bias(3, 4) said "built for head_dim=4, got queries of 1" whatever was asked (fuzz #13)."""
+    with pytest.raises(
+        ValueError, match=r"ShawRelative: bias\(\) is not available: .* depends on the queries"
+    ):
+        posenc.ShawRelative(4).bias(3, 4)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import NoPE, PositionEncoding, as_positions, default_positions, tables_after_load
-from ..validation import check_bool, check_float, check_int
+from ..validation import check_bool, check_float, check_int, check_table_sizes
 from .backends import BACKENDS, choose_backend
 from .cache import KVCache
 from .inputs import AttentionInputs, keep_mask
@@ -54,6 +54,7 @@ class Attention(nn.Module):
         )
         causal = check_bool("causal", causal, owner="Attention")
         dropout = check_float("dropout", dropout, at_least=0, at_most=1, owner="Attention")
+        bias = check_bool("bias", bias, owner="Attention")
         if heads <= 0 or dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if kv_heads <= 0 or heads % kv_heads:
@@ -67,6 +68,13 @@ class Attention(nn.Module):
                 "(x = position.embed(x)) before the first layer, as TransformerLM does. Attention takes "
                 "relative, rotary and bias encodings (inside attention an absolute one would do nothing)"
             )
+        item = torch.get_default_dtype().itemsize
+        check_table_sizes(  # q and out (dim, dim), k and v (kv_heads * head_dim, dim), and their biases
+            "Attention",
+            {"dim": (dim, heads)},
+            lambda n: item * (n["dim"] + 1) * (2 * n["dim"] + 2 * kv_heads * (n["dim"] // heads)),
+            "the q, k, v and output projections",
+        )
         self.dim, self.heads, self.kv_heads = dim, heads, kv_heads
         self.head_dim = dim // heads
         if position is not None:
@@ -105,6 +113,10 @@ class Attention(nn.Module):
         Returns:
             ``(B, S, dim)``, in ``x``'s dtype (autocast's under autocast).
         """
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"Attention: x must be a floating-point tensor (batch, seq, {self.dim}), got {type(x).__name__}"
+            )
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (batch, seq, {self.dim}), got {tuple(x.shape)}")
         if not x.is_floating_point():

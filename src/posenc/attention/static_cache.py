@@ -118,6 +118,7 @@ class StaticKVCache(KVCache):
                 f"StaticKVCache.keep_mask: valid must cover the cache's {self.max_len} slots, (batch, {self.max_len}), "
                 f"got {tuple(valid.shape)}"
             )
+        q_len = check_int("q_len", q_len, at_least=0, owner="StaticKVCache.keep_mask")
         start = torch.zeros((), dtype=torch.long, device=valid.device) if self.index is None else self.index
         last = start + torch.arange(q_len, device=valid.device)  # (Q,) slot of each new token
         written = torch.arange(self.max_len, device=valid.device) <= last.unsqueeze(-1)  # (Q, max_len)

@@ -67,12 +67,19 @@ def _check(
         )
     if tokens.shape[1] == 0:
         raise ValueError("tokens must hold at least one prompt token per row, got seq=0")
+    weight = model.embed.weight
+    if tokens.device != weight.device:
+        raise ValueError(
+            f"tokens are on {tokens.device} but the model on {weight.device}; move one to the other's device"
+        )
     check_int("max_new_tokens", max_new_tokens, at_least=1, owner="generate")
     check_float("temperature", temperature, at_least=0, owner="generate")  # finite: 0 = greedy
     vocab = model.head.out_features
     if top_k is not None:
         check_int("top_k", top_k, at_least=1, owner="generate")
-    if eos is not None and (isinstance(eos, bool) or not _is_index(eos) or not 0 <= int(eos) < vocab):  # type: ignore[call-overload]
+    if eos is not None and (isinstance(eos, bool) or not _is_index(eos)):
+        raise TypeError(f"eos must be a token id (an integer) or None, got {eos!r} ({type(eos).__name__})")
+    if eos is not None and not 0 <= operator.index(eos) < vocab:  # type: ignore[arg-type]
         raise ValueError(
             f"eos must be a token id in [0, {vocab}) (the model's vocabulary) or None, got {eos!r}"
         )
@@ -83,6 +90,11 @@ def _check(
         raise TypeError(f"on_token must be a callable taking the new tokens (B,) or None, got {on_token!r}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
         raise ValueError(f"tokens must lie in [0, {vocab}) (the model's vocabulary)")
+    if prompt_mask is not None and not isinstance(prompt_mask, Tensor):
+        raise TypeError(
+            f"prompt_mask must be a bool tensor shaped like tokens {tuple(tokens.shape)} or None, got "
+            f"{type(prompt_mask).__name__}"
+        )
     mask = torch.ones_like(tokens, dtype=torch.bool) if prompt_mask is None else prompt_mask
     if mask.dtype != torch.bool or mask.shape != tokens.shape:
         raise ValueError(

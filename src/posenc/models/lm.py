@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,7 +13,7 @@ from ..attention import Attention, KVCache
 from ..attention.static_cache import check_static_inputs
 from ..base import NoPE, PositionEncoding, as_positions, default_positions, tables_after_load
 from ..registry import build
-from ..validation import check_float, check_int
+from ..validation import check_float, check_int, check_table_sizes
 
 EncodingFactory = Callable[[], PositionEncoding]
 
@@ -72,8 +72,29 @@ class TransformerLM(nn.Module):
         embed_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        for field, value in (("vocab_size", vocab_size), ("depth", depth), ("mlp_ratio", mlp_ratio)):
+        vocab_size, dim, depth, heads, mlp_ratio = (
             check_int(field, value, at_least=1, owner="TransformerLM")
+            for field, value in (
+                ("vocab_size", vocab_size),
+                ("dim", dim),
+                ("depth", depth),
+                ("heads", heads),
+                ("mlp_ratio", mlp_ratio),
+            )
+        )
+        dropout = check_float("dropout", dropout, at_least=0, at_most=1, owner="TransformerLM")
+        if position_options is not None and not isinstance(position_options, Mapping):
+            raise TypeError(
+                "TransformerLM: position_options must be a dict of options for posenc.build or None, got "
+                f"{position_options!r} ({type(position_options).__name__})"
+            )
+        item = torch.get_default_dtype().itemsize
+        check_table_sizes(  # the embedding; the blocks' Attention checks its projections
+            "TransformerLM",
+            {"vocab_size": (vocab_size, 1), "dim": (dim, 1)},
+            lambda n: n["vocab_size"] * n["dim"] * item,
+            "a (vocab_size, dim) embedding",
+        )
         self.embed_scale = check_float("embed_scale", embed_scale, owner="TransformerLM")
         factory = _factory(position, position_options, dim, heads)
         first = _built(factory)
@@ -168,6 +189,16 @@ class TransformerLM(nn.Module):
             raise ValueError(
                 f"tokens must be integer ids (batch, seq), got {tokens.dtype} {tuple(tokens.shape)}"
             )
+        weight = self.embed.weight
+        if (
+            tokens.device != weight.device
+        ):  # (meta ids on a CPU model gave CPU logits of uninitialised memory)
+            raise ValueError(
+                f"TransformerLM: tokens are on {tokens.device} but the model on {weight.device}; move one to the "
+                "other's device"
+            )
+        if tokens.dtype != torch.int64 and tokens.dtype != torch.int32:
+            tokens = tokens.long()  # the embedding takes int64 and int32 ids only (generate converts too)
         self._check_ids(tokens)
         b, s = tokens.shape
         if caches is not None:
@@ -244,7 +275,7 @@ def _check_cache_set(caches: list[KVCache] | tuple[KVCache, ...]) -> None:
         )
 
 
-def _factory(position: object, options: dict[str, Any] | None, dim: int, heads: int) -> EncodingFactory:
+def _factory(position: object, options: Mapping[str, Any] | None, dim: int, heads: int) -> EncodingFactory:
     """The encoding factory for :class:`TransformerLM`'s ``position`` (a name or a zero-argument factory)."""
     if isinstance(position, str):
         name, opts = position, dict(options or {})

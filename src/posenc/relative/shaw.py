@@ -83,6 +83,14 @@ class ShawRelative(PositionEncoding):
         m = self.max_distance
         return (k_pos - q_pos).clamp_(-m, m).add_(m)  # integer positions: no autograd, in place is free
 
+    def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
+        """Not available: Shaw's key term ``q_i . a^K_ij`` depends on the query content, not on positions alone
+        (:meth:`score_bias` takes the queries)."""
+        raise ValueError(
+            "ShawRelative: bias() is not available: its key term q_i . a^K_ij depends on the queries, not on "
+            "positions alone; call score_bias(q, q_pos, k_pos) with the queries (B, H, Q, head_dim)"
+        )
+
     def _check_head_dim(self, head_dim: int) -> None:
         if head_dim != self.head_dim:
             raise ValueError(f"ShawRelative built for head_dim={self.head_dim}, got queries of {head_dim}")
