@@ -344,3 +344,31 @@ def test_rope_from_config_refuses_a_rotation_that_is_not_ropes() -> None:
         layer_type = (posenc.hf.config.layer_types(config) or [None])[0]
         with pytest.raises(UnsupportedRotary, match=rf"\[rotation\] {model_type} rotates"):
             rope_from_config(config, layer_type=layer_type)
+
+
+def test_config_sizes_are_integers_and_rope_scaling_a_dict() -> None:
+    """head_dim=64.7 became 64, "64" was taken, num_attention_heads=3.5 became 3, head_dim=True gave "got 1",
+    and rope_scaling="yarn" failed in dict() (fuzz #14)."""
+    from types import SimpleNamespace
+
+    from posenc.hf import rope_from_config
+
+    base = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 128}
+    for extra, error, words in (
+        ({"head_dim": 64.7}, TypeError, "transformers config: head_dim must be an integer, got 64.7"),
+        ({"head_dim": "64"}, TypeError, "transformers config: head_dim must be an integer, got '64'"),
+        (
+            {"head_dim": True},
+            TypeError,
+            "transformers config: head_dim must be an integer, got the bool True",
+        ),
+        (
+            {"num_attention_heads": 3.5},
+            TypeError,
+            "transformers config: num_attention_heads must be an integer",
+        ),
+        ({"rope_scaling": "yarn"}, TypeError, "transformers config: rope_scaling must be a dict"),
+    ):
+        with pytest.raises(error, match=words):
+            rope_from_config(SimpleNamespace(**{**base, **extra}))
+    assert rope_from_config(SimpleNamespace(**base)).head_dim == 16

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..rotary.rope import RoPE
 from ..rotary.scaling import LENGTH, SCALINGS, Bound, RopeScaling, check_param, parse_scaling
+from ..validation import check_int
 from .errors import UnsupportedRotary
 
 #: the kind of number ``partial_rotary_factor`` / ``rotary_pct`` and ``rotary_dim`` are; the sizes they give are
@@ -64,8 +65,14 @@ def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any
     """The flat RoPE dict of ``config`` (transformers 5 ``rope_parameters`` or 4.x ``rope_scaling``), or ``{}``;
     for a config with one RoPE per layer type, the one of ``layer_type``."""
     params = getattr(config, "rope_parameters", None)
+    field = "rope_parameters"
     if params is None:
-        params = getattr(config, "rope_scaling", None)
+        params, field = getattr(config, "rope_scaling", None), "rope_scaling"
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(
+            f"transformers config: {field} must be a dict (e.g. {{'rope_type': 'yarn', 'factor': 4.0}}) or None, "
+            f"got {params!r} ({type(params).__name__})"
+        )
     params = dict(params or {})
     types = layer_types(config)
     if types is not None:
@@ -94,12 +101,14 @@ def head_dim(config: Any) -> int:
         raise UnsupportedRotary(
             "per-layer-type", f"head_dim differs between layers in this config ({type(err).__name__}: {err})"
         ) from err
-    if size:
-        return int(size)
+    if size is not None and size is not False and size != 0:  # (0: unset in some configs, as None)
+        return check_int("head_dim", size, at_least=1, owner="transformers config")
     hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
-    if not hidden or not heads:
+    if hidden is None or heads is None:
         raise ValueError("config needs head_dim, or hidden_size and num_attention_heads, to size the RoPE")
-    return int(hidden) // int(heads)
+    hidden = check_int("hidden_size", hidden, at_least=1, owner="transformers config")
+    heads = check_int("num_attention_heads", heads, at_least=1, owner="transformers config")
+    return hidden // heads
 
 
 def rope_base(config: Any, params: Mapping[str, Any] | None = None) -> float:
