@@ -364,10 +364,16 @@ def test_two_specs_of_one_model_at_this_l_are_refused() -> None:
     )
 
 
-def test_a_model_whose_output_is_not_finite_is_refused_before_training() -> None:
+def test_a_model_whose_output_is_not_finite_is_refused_before_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import posenc.bias.fire
     from posenc.experiments.specs import check_buildable
 
     train = TrainConfig(dim=32, depth=2, heads=4, train_len=16)
+    with pytest.raises(ValueError, match=r"^--encodings fire:init_c=1e300: FIRE: init_c must be <= 1e\+30"):
+        check_buildable(["fire:init_c=1e300"], train)  # FIRE itself refuses it now
+    monkeypatch.setattr(posenc.bias.fire, "FIRE_MAX_C", 1e301)  # the safety net behind it, for any encoding
     with pytest.raises(ValueError, match=r"^--encodings fire:init_c=1e300: its output at L is not finite"):
         check_buildable(["fire:init_c=1e300"], train)
     check_buildable(["fire:init_c=1e300"], train, None)  # device None: built, not run
