@@ -64,13 +64,18 @@ def compile_sm90() -> CompileSm90:
     except ImportError:
         pytest.skip("this triton has no ahead-of-time compile API")
 
-    def run(kernel: Any, pointers: dict[str, str], constants: dict[str, Any]) -> str:
+    def run(
+        kernel: Any,
+        pointers: dict[str, str],
+        constants: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ) -> str:
         signature = {name: "i32" for name in kernel.arg_names}
         signature.update(pointers)
         signature.update({name: "constexpr" for name in constants})
         source = ASTSource(kernel, signature, {(kernel.arg_names.index(n),): v for n, v in constants.items()})
         try:
-            compiled = compile(source, target=GPUTarget("cuda", 90, 32))
+            compiled = compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         except RuntimeError as err:  # no CUDA toolchain bundled with this triton build
             if "ptxas" in str(err).lower():
                 pytest.skip(str(err))

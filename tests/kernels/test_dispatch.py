@@ -152,3 +152,26 @@ def test_rope_qk_refuses_a_non_bool_interleaved() -> None:
     cos, sin = posenc.functional.rope_cos_sin(torch.arange(3), posenc.functional.rope_inv_freq(8))
     with pytest.raises(TypeError, match="rope_qk: interleaved must be True or False, got 'no'"):
         rope_qk(q, q, cos, sin, interleaved="no")  # type: ignore[arg-type]
+
+
+def test_triton_that_does_not_import_is_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed but failing to import: ``auto`` picked it on CUDA and every call raised "needs the triton
+    package" (a ValueError, which the fallback takes for bad input)."""
+    import posenc.kernels as kernels
+    import posenc.kernels.triton_rope as triton_rope
+
+    kernels.has_triton.cache_clear()
+    monkeypatch.setattr(triton_rope, "HAS_TRITON", False)
+    try:
+        assert not kernels.has_triton()
+    finally:
+        kernels.has_triton.cache_clear()
+
+
+def test_a_forced_triton_rope_with_positions_traces_on_meta() -> None:
+    """The positions kernel refused meta tensors ("runs on CUDA"): on meta every impl traces the reference."""
+    with torch.device("meta"):
+        rope = RoPE(8, impl="triton")
+        q = torch.randn(2, 3, 5, 8)
+        out, _ = rope(q, q, torch.arange(5))
+    assert out.is_meta and out.shape == (2, 3, 5, 8)

@@ -152,3 +152,33 @@ def test_kernel_compiles_for_gpu(
     pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr")}
     pointers.update({"cos_ptr": "*fp32", "sin_ptr": "*fp32"})
     assert "ld.global" in compile_sm90(for_gpu._rope_qk_kernel, pointers, constants)
+
+
+def test_launches_keep_products_and_sums_apart(
+    for_gpu: ModuleType, compile_sm90: Callable[..., str], triton_for_gpu: tuple[ModuleType, ModuleType]
+) -> None:
+    """The CUDA backend fuses ``x1 * c - x2 * s`` into an fma by default (1 ulp off ``apply_rope`` in a fifth of
+    the outputs, invisible to the interpreter): both kernels launch with ``NO_FUSION``, which keeps them apart."""
+    import inspect
+    import re
+
+    constants = {
+        "P": 32, "D": 64, "BLOCK_S": 32, "BLOCK_P": 32, "BLOCK_REST": 0, "INTERLEAVED": False, "F64": False,
+    }  # fmt: skip
+    pointers = {name: "*fp32" for name in ("q_ptr", "k_ptr", "oq_ptr", "ok_ptr", "cos_ptr", "sin_ptr")}
+    fused = compile_sm90(for_gpu._rope_qk_kernel, pointers, constants)
+    apart = compile_sm90(for_gpu._rope_qk_kernel, pointers, constants, for_gpu.NO_FUSION)
+    assert re.search(r"fma\.rn\.f32", fused) and not re.search(r"fma\.rn\.f32", apart)
+    for module, launch in ((for_gpu, "rope_qk_triton"), (triton_for_gpu[1], "rope_qk_at_triton")):
+        assert "**NO_FUSION" in inspect.getsource(getattr(module, launch))
+
+
+def test_edge_tables_rotate_as_the_reference(interpreted: ModuleType) -> None:
+    """No pairs (R = 0) divided by zero; float64 tables for float64 inputs were rounded to float32."""
+    q, k = torch.randn(1, 2, 3, 8, dtype=torch.float64), torch.randn(1, 1, 3, 8, dtype=torch.float64)
+    empty = torch.zeros(3, 0, dtype=torch.float64)
+    oq, ok = interpreted.rope_qk_triton(q, k, empty, empty, False)
+    assert torch.equal(oq, q) and torch.equal(ok, k)
+    cos, sin = rope_cos_sin(torch.arange(3), rope_inv_freq(8), dtype=torch.float64)
+    oq, _ = interpreted.rope_qk_triton(q, k, cos, sin, False)
+    assert torch.equal(oq, apply_rope(q, cos, sin))

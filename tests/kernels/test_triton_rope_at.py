@@ -172,3 +172,16 @@ def test_kernel_compiles_for_gpu(
     pointers["const_ptr"] = "*fp64"
     ptx = compile_sm90(at_for_gpu._rope_qk_at_kernel, pointers, constants)
     assert "ld.global" in ptx and "f64" in ptx
+
+
+def test_an_empty_table_reads_no_row(at_module: ModuleType) -> None:
+    """``cache_len=0``: the kernel read row 0 of an empty table for every position (a segfault in the
+    interpreter, a null read on a GPU); every row is computed exactly instead."""
+    q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 1, 3, 8)
+    pos = torch.tensor([[5, 6, 7]])
+    ref = posenc.RoPE(8, impl="reference")
+    empty = posenc.RoPE(8, cache_len=0)
+    tables = (empty.cos_cached, empty.sin_cached, empty.inv_freq)
+    got = at_module.rope_qk_at(q, k, pos, tables, 1.0, False)
+    for g, want in zip(got, ref(q, k, pos), strict=True):
+        torch.testing.assert_close(g, want, rtol=0, atol=1e-6)

@@ -50,8 +50,13 @@ FALLBACK = Fallback("RoPE kernel")
 
 @cache
 def has_triton() -> bool:
-    """Whether the triton package is installed (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the triton package is installed and imports (``auto`` asks on CUDA only, where it then runs it:
+    an installed triton that fails to import made every ``auto`` call raise "needs the triton package")."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from .triton_rope import HAS_TRITON  # imports triton
+
+    return HAS_TRITON
 
 
 def _reference(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> tuple[Tensor, Tensor]:

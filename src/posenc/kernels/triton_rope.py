@@ -41,6 +41,11 @@ def runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
+#: Launch option: products and sums rounded one by one, as ``apply_rope``'s eager ``x1 * c - x2 * s`` (the CUDA
+#: backend fuses them into fma by default, 1 ulp off the reference in a fifth of the outputs; the interpreter
+#: never fuses, so the CPU tests could not see it).
+NO_FUSION = {"enable_fp_fusion": False}
+
 if HAS_TRITON:
 
     @triton.jit
@@ -68,8 +73,11 @@ if HAS_TRITON:
         mask = row_ok & (p < P)[None, :]
         rows = s.to(tl.int64)[:, None]  # 64-bit offsets: long sequences with strided heads exceed 2**31
         cs_off = rows * cs_stride_s + p[None, :]
-        c = tl.load(cos_ptr + cs_off, mask=mask, other=0.0).to(tl.float32)
-        sn = tl.load(sin_ptr + cs_off, mask=mask, other=0.0).to(tl.float32)
+        c = tl.load(cos_ptr + cs_off, mask=mask, other=0.0)
+        sn = tl.load(sin_ptr + cs_off, mask=mask, other=0.0)
+        if not F64:  # (float64 tables stay float64 for float64 inputs, as in apply_rope)
+            c = c.to(tl.float32)
+            sn = sn.to(tl.float32)
         rotate_loaded(
             x_ptr + rows * x_stride_s,
             o_ptr + rows * o_stride_s,
@@ -227,7 +235,7 @@ def launch_grid(seq_len: int, block_s: int, heads: int) -> tuple[int]:
 
 
 def _table(t: Tensor, batch: int, seq_len: int, name: str) -> Tensor:
-    """cos or sin as a ``(1|B, S, P)`` float32 tensor with unit stride on ``P``."""
+    """cos or sin as a ``(1|B, S, P)`` float32 tensor (float64 if it is) with unit stride on ``P``."""
     if t.dim() == 2:
         t = t.unsqueeze(0)
     elif t.dim() == 4 and t.shape[1] == 1:
@@ -236,7 +244,7 @@ def _table(t: Tensor, batch: int, seq_len: int, name: str) -> Tensor:
         raise ValueError(f"{name} must be (S, P) or (1|B, 1, S, P), got {tuple(t.shape)}")
     if t.shape[0] not in (1, batch) or t.shape[1] != seq_len:
         raise ValueError(f"{name} of shape {tuple(t.shape)} does not match batch={batch}, seq_len={seq_len}")
-    return t.to(torch.float32).contiguous()
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32).contiguous()
 
 
 def _unit_last(x: Tensor) -> Tensor:
@@ -283,6 +291,8 @@ def rope_qk_triton(
     )
     if q.numel() + k.numel() == 0:
         return oq, ok
+    if pairs == 0:  # nothing rotates (R = 0): the copies every impl returns
+        return oq.copy_(q), ok.copy_(k)
     block_p = triton.next_power_of_2(pairs)
     rest = dim - 2 * pairs
     block_rest = triton.next_power_of_2(rest) if rest else 0
@@ -297,6 +307,6 @@ def rope_qk_triton(
         ok.stride(0), ok.stride(1), ok.stride(2),
         cs_sb, c.stride(1),
         P=pairs, D=dim, BLOCK_S=block_s, BLOCK_P=block_p, BLOCK_REST=block_rest, INTERLEAVED=interleaved,
-        F64=q.dtype == torch.float64,
+        F64=q.dtype == torch.float64, **NO_FUSION,
     )  # fmt: skip
     return oq, ok

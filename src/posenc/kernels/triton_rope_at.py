@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .triton_rope import HAS_TRITON, launch_grid, runs_on
+from .triton_rope import HAS_TRITON, NO_FUSION, launch_grid, runs_on
 
 if HAS_TRITON:
     import triton
@@ -87,8 +87,8 @@ if HAS_TRITON:
         pos = tl.load(pos_ptr + b * pos_sb + s, mask=s_ok, other=0).to(tl.int64)  # (BLOCK_S,)
         inside = (pos >= 0) & (pos < table_len)
         off = tl.where(inside, pos, 0)[:, None] * P + p[None, :]
-        c = tl.load(cos_ptr + off, mask=mask, other=0.0)
-        sn = tl.load(sin_ptr + off, mask=mask, other=0.0)
+        c = tl.load(cos_ptr + off, mask=mask & inside[:, None], other=0.0)  # (no row 0 in an empty table)
+        sn = tl.load(sin_ptr + off, mask=mask & inside[:, None], other=0.0)
         # tl.reduce with our own combine, not tl.sum: the standard library's jit functions do not run in the
         # interpreter when triton was imported before TRITON_INTERPRET was set (as in the test suite)
         if tl.reduce((s_ok & ~inside).to(tl.int32), 0, _add) > 0:  # exact rows, as rope_cos_sin computes them
@@ -187,7 +187,7 @@ def rope_qk_at_triton(
         0 if pos.shape[0] == 1 else pos.stride(0),
         P=pairs, D=dim, BLOCK_S=block_s, BLOCK_P=block_p,
         BLOCK_REST=triton.next_power_of_2(rest) if rest else 0, INTERLEAVED=interleaved, INVERSE=inverse,
-        F64=q.dtype == torch.float64,
+        F64=q.dtype == torch.float64, **NO_FUSION,
     )  # fmt: skip
     return oq, ok
 

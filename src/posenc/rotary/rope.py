@@ -270,6 +270,8 @@ class RoPE(PositionEncoding):
             return False
         if torch._C._are_functorch_transforms_active() or self.cos_cached.device != q.device:
             return False
+        if q.is_meta or self.cache_len == 0:  # (meta: traced as the reference; no table: computed rows below)
+            return False
         if self.scaling is not None and self.scaling.length_dependent:
             return False
         if self.impl == "triton":
