@@ -69,3 +69,25 @@ def test_huge_sizes_are_refused_before_allocating(make: object, name: str) -> No
     """These raised the allocator's RuntimeError (ALiBi(2**40) hung building a Python list) (fuzz #7)."""
     with pytest.raises(ValueError, match=f"^{name}.* GiB for .* takes at most"):
         make()  # type: ignore[operator]
+
+
+def test_table_sizes_are_not_limited_by_host_memory_off_the_cpu() -> None:
+    """Under ``with torch.device("meta")`` nothing is allocated: a model larger than half this machine's memory
+    builds (it was refused by the host-memory check)."""
+    from posenc.models import TransformerLM
+
+    with torch.device("meta"):
+        model = TransformerLM("rope", vocab_size=256000, dim=16384, depth=1, heads=128)
+    assert model.embed.weight.is_meta
+    with pytest.raises(ValueError, match="vocab_size=256000 would take"):
+        TransformerLM("rope", vocab_size=256000, dim=16384, depth=1, heads=128)
+
+
+def test_numpy_bools_are_bools() -> None:
+    import numpy as np
+
+    from posenc.validation import check_bool
+
+    assert check_bool("flag", np.bool_(True)) is True and check_bool("flag", np.bool_(False)) is False
+    with pytest.raises(TypeError, match="flag must be True or False, got 1"):
+        check_bool("flag", 1)

@@ -109,6 +109,10 @@ class PositionEncoding(nn.Module):
         """The longest sequence of positions ``0 .. n-1`` this encoding takes, or None for no limit."""
         return None
 
+    def max_length_in(self, dtype: torch.dtype) -> int | None:
+        """:attr:`max_length` for queries and keys of ``dtype`` (xPos's scales: float16 holds fewer)."""
+        return self.max_length
+
     @property
     def is_absolute(self) -> bool:
         """Whether the encoding is added to token embeddings (``embed``) rather than used inside attention."""

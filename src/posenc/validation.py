@@ -59,7 +59,11 @@ TABLE_BYTES_UNKNOWN_MEMORY = 2**40
 
 
 def _table_limit() -> tuple[int, str]:
-    """The most bytes a construction-time table may take, and where that limit comes from."""
+    """The most bytes a construction-time table may take, and where that limit comes from: half the host's memory
+    when modules are built on the CPU; no limit under ``with torch.device("meta")`` (nothing is allocated) or
+    another default device (its own memory, which the allocator there checks)."""
+    if torch.get_default_device().type != "cpu":
+        return 2**127, "not built on the CPU"
     total = host_memory()
     if total is None:
         return TABLE_BYTES_UNKNOWN_MEMORY, "the limit where memory is unknown"
@@ -199,10 +203,13 @@ F32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 def check_bool(name: str, value: object, *, owner: str | None = None) -> bool:
-    """``value`` if it is a bool (``"no"``, 0 or None are refused: a truthy string must not mean True)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{_label(owner, name)} must be True or False, got {value!r}")
-    return value
+    """``value`` as a bool if it is one (a Python or numpy bool; ``"no"``, 0 or None are refused: a truthy string
+    must not mean True)."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # numpy.bool_
+        return bool(value)
+    raise TypeError(f"{_label(owner, name)} must be True or False, got {value!r}")
 
 
 def check_rotatable(owner: str, head_dim: int, q: Tensor, k: Tensor) -> None:

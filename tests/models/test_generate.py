@@ -362,3 +362,24 @@ def test_generate_refuses_a_list_mask_and_meta_tokens_up_front() -> None:
         model.generate(tokens, 2, prompt_mask=[[True] * 5] * 2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tokens are on meta but the model on cpu"):
         model.generate(tokens.to("meta"), 2)
+
+
+def test_a_tensor_count_of_tokens_reuses_the_decoder() -> None:
+    """``max_new_tokens=torch.tensor(7)`` keyed the decoder on a tensor: a new one (and its caches) every call."""
+    model, tokens = _model("rope"), torch.zeros(1, 4, dtype=torch.long)
+    for _ in range(3):
+        model.generate(tokens, torch.tensor(7), temperature=0)  # type: ignore[arg-type]
+    assert len(kept_decoders(model)) == 1
+
+
+def test_a_half_precision_xpos_model_is_refused_before_any_work() -> None:
+    """xPos in float16 holds fewer positions than its float32 tables: generate refused only the float32 limit
+    and failed partway through the stream."""
+    model = TransformerLM("xpos", dim=32, depth=1, heads=2, position_options={"scale_base": 8}).eval().half()
+    limit = model.max_length_in(torch.float16)
+    assert limit is not None and model.max_length is not None and limit < model.max_length
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match=f"positions below {limit} only"):
+        model.generate(torch.zeros(1, 4, dtype=torch.long), limit)
+    assert calls == []

@@ -171,3 +171,13 @@ def test_constructor_checks_its_own_arguments() -> None:
     assert (
         type(lm.embed.num_embeddings) is int and lm.embed.num_embeddings == 4
     )  # was Embedding(tensor([4]), 16)
+
+
+def test_a_head_the_caller_untied_stays_untied_through_a_load() -> None:
+    model = TransformerLM("rope", dim=32, depth=2, heads=4)
+    model.head.weight = torch.nn.Parameter(model.embed.weight.detach().clone() + 1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for assign in (False, True):
+        model.load_state_dict(state, assign=assign)
+        assert model.head.weight is not model.embed.weight
+        assert torch.equal(model.head.weight, state["head.weight"])

@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     path = checkpoint_file(args.checkpoint)
     model, ckpt = load_model(path, device, hint="give a .pt written by posenc compare or posenc tasks")
-    need, limit = len(prompt) + args.tokens - 1, model.max_length  # (the last byte is not fed back)
+    need = len(prompt) + args.tokens - 1  # (the last byte is not fed back)
+    limit = model.max_length_in(model.head.weight.dtype)
     if limit is not None and need > limit:
         raise ValueError(
             f"{path}: this {ckpt['encoding']} model takes positions below {limit} only, but the prompt "

@@ -15,8 +15,9 @@ def say(text: str) -> None:
         silence_stdout()
 
 
-#: Control characters as the escapes Python writes for them (``\n`` as the two characters ``\`` and ``n``).
-_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(32), 127)}
+#: Control characters (C0, DEL, C1) and Unicode's line and paragraph separators as the escapes Python writes for
+#: them (``\n`` as the two characters ``\`` and ``n``).
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160), 0x2028, 0x2029)}
 
 
 def one_line(text: str) -> str:

@@ -72,7 +72,7 @@ def _check(
         raise ValueError(
             f"tokens are on {tokens.device} but the model on {weight.device}; move one to the other's device"
         )
-    check_int("max_new_tokens", max_new_tokens, at_least=1, owner="generate")
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, at_least=1, owner="generate")  # (an int now)
     check_float("temperature", temperature, at_least=0, owner="generate")  # finite: 0 = greedy
     vocab = model.head.out_features
     if top_k is not None:
@@ -83,8 +83,8 @@ def _check(
         raise ValueError(
             f"eos must be a token id in [0, {vocab}) (the model's vocabulary) or None, got {eos!r}"
         )
-    if max_len is not None:
-        check_int("max_len", max_len, at_least=1, owner="generate")
+    if max_len is not None:  # (an int: the decoders are keyed on it, a 0-d tensor would miss every time)
+        max_len = check_int("max_len", max_len, at_least=1, owner="generate")
     _check_compile(compile)
     if on_token is not None and not callable(on_token):
         raise TypeError(f"on_token must be a callable taking the new tokens (B,) or None, got {on_token!r}")
@@ -110,7 +110,7 @@ def _check(
     counted = (
         f"prompt {tokens.shape[1]} + max_new_tokens {max_new_tokens} - 1 (the last is not fed back) = {need}"
     )
-    limit = model.max_length
+    limit = model.max_length_in(model.head.weight.dtype)
     if limit is not None and need > limit:
         raise ValueError(
             f"the model takes positions below {limit} only (its encoding's limit), but {counted} tokens; ask for "

@@ -111,6 +111,7 @@ class TransformerLM(nn.Module):
         self.head.weight = self.embed.weight  # tied
         self.apply(_init)
         self.register_load_state_dict_post_hook(tables_after_load)  # the input encoding's tables (sinusoidal)
+        self.register_load_state_dict_pre_hook(_note_tie)
         self.register_load_state_dict_post_hook(_retie)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> TransformerLM:
@@ -119,8 +120,8 @@ class TransformerLM(nn.Module):
         so the two trained apart (and ``parameters()`` counted both)."""
         tied = self.head.weight is self.embed.weight
         super()._apply(fn, recurse)
-        if tied:
-            _retie(self)
+        if tied and self.head.weight is not self.embed.weight:
+            self.head.weight = self.embed.weight
         return self
 
     def encodings(self) -> list[PositionEncoding]:
@@ -166,6 +167,11 @@ class TransformerLM(nn.Module):
     def max_length(self) -> int | None:
         """The longest input the model takes: the smallest ``max_length`` of its encodings, or None."""
         limits = [n for n in (p.max_length for p in self.encodings()) if n is not None]
+        return min(limits) if limits else None
+
+    def max_length_in(self, dtype: torch.dtype) -> int | None:
+        """:attr:`max_length` when the model runs in ``dtype`` (an xPos model in float16 takes fewer positions)."""
+        limits = [n for n in (p.max_length_in(dtype) for p in self.encodings()) if n is not None]
         return min(limits) if limits else None
 
     def new_caches(self, max_len: int | None = None) -> list[KVCache]:
@@ -250,11 +256,18 @@ class TransformerLM(nn.Module):
         return generate(self, tokens, max_new_tokens, **options)
 
 
-def _retie(model: nn.Module, incompatible_keys: object = None) -> None:
-    """The head's weight made the embedding's Parameter again (``load_state_dict(..., assign=True)`` gives each
-    its own Parameter of the loaded tensor: the tie was lost though both read one storage)."""
+def _note_tie(model: nn.Module, *args: object) -> None:
+    """Before a load: whether the head is tied to the embedding (:func:`_retie` keeps it so, and only then)."""
     assert isinstance(model, TransformerLM)
-    if model.head.weight is not model.embed.weight:
+    model.__dict__["_tied_before_load"] = model.head.weight is model.embed.weight
+
+
+def _retie(model: nn.Module, incompatible_keys: object = None) -> None:
+    """After a load: the head's weight made the embedding's Parameter again if it was before
+    (``load_state_dict(..., assign=True)`` gives each its own Parameter of the loaded tensor: the tie was lost
+    though both read one storage). A head the caller untied stays untied."""
+    assert isinstance(model, TransformerLM)
+    if model.__dict__.pop("_tied_before_load", False) and model.head.weight is not model.embed.weight:
         model.head.weight = model.embed.weight
 
 

@@ -208,6 +208,14 @@ class XPos(PositionEncoding):
         limit = self.max_offset(torch.float32)
         return 0 if abs(self.center) > limit else max(0, int(self.center) + limit + 1)
 
+    def max_length_in(self, dtype: torch.dtype) -> int | None:
+        """:attr:`max_length` for queries and keys of ``dtype``: the tables' float32 range or ``dtype``'s, the smaller
+        (1,700 for the defaults in float16)."""
+        limit = min(
+            self.max_offset(torch.float32), self.max_offset(dtype) if dtype.is_floating_point else 2**62
+        )
+        return 0 if abs(self.center) > limit else max(0, int(self.center) + limit + 1)
+
     def max_offset(self, dtype: torch.dtype = torch.float32) -> int:
         """Largest ``|position - center|`` whose scales ``zeta_0^(+-offset/scale_base)`` stay within
         ``[tiny * XPOS_HEADROOM, max / XPOS_HEADROOM]`` of ``dtype``: a query or key pair of norm up to
