@@ -181,3 +181,15 @@ def _assert_compiles_fullgraph(attn: posenc.Attention, seq: int) -> None:
     compiled = torch.compile(attn, fullgraph=True, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), attn(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", posenc.available())
+def test_a_move_under_inference_mode_leaves_a_model_that_trains(name: str) -> None:
+    """Tables rebuilt by ``.to()`` under ``torch.inference_mode()`` were inference tensors: the next training step
+    raised "Inference tensors cannot be saved for backward"."""
+    model = TransformerLM(name, dim=16, depth=1, heads=2)
+    tokens = torch.randint(0, 256, (1, 8))
+    with torch.inference_mode():
+        model.to("cpu")
+        model(tokens)
+    model(tokens).sum().backward()

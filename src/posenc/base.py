@@ -216,9 +216,15 @@ class PositionEncoding(nn.Module):
         return self
 
     def _rebuild_derived(self, device: torch.device | None) -> None:
-        """Recompute :meth:`derived_buffers` on ``device`` (None: leave them) and drop every view of the old ones."""
+        """Recompute :meth:`derived_buffers` on ``device`` (None: leave them) and drop every view of the old ones.
+
+        Outside inference mode whatever the caller's mode: tables rebuilt by a move under
+        ``torch.inference_mode()`` (even ``.to`` where the module already is) were inference tensors, which no
+        later training step may save for backward."""
         if device is not None and type(self).derived_buffers is not PositionEncoding.derived_buffers:
-            for name, value in self.derived_buffers(device).items():
+            with torch.inference_mode(False):
+                tables = self.derived_buffers(device)
+            for name, value in tables.items():
                 setattr(self, name, value)
         for value in vars(self).values():  # views of the old tables: dropped, so nothing keeps those alive
             if isinstance(value, (RowViews, SessionMemo)):

@@ -2,8 +2,10 @@
 
 ``auto`` choices (FlexAttention for ``backend="auto"``, the fused RoPE kernels for ``impl="auto"``) run the fast
 path through :meth:`Fallback.run`; if it raises anything but bad input (``ValueError``, ``TypeError``: the
-caller's to fix) or running out of memory (a property of this call, not of the machine), the failure is logged
-once as a warning, the name is remembered, and the slow path gives the same result.
+caller's to fix) or running out of memory (a property of this call, not of the machine), the slow path is run:
+if it succeeds, the failure is logged once as a warning, the name is remembered, and the slow path's result is
+returned; if it fails too, the input was at fault (an error torch raises as ``RuntimeError``) and that error is
+raised, the fast path left usable.
 """
 
 from __future__ import annotations
@@ -50,12 +52,21 @@ class Fallback:
         except NOT_MACHINE:
             raise
         except Exception as err:  # a missing C++ compiler, an unsupported device: same result, slower path
+            if out_of_memory(err):
+                raise
+            result = slow()  # raises if the input was at fault: then the fast path stays usable
             self.failed.add(name)
             log.warning(
                 "posenc: %s %s failed here (%s); using %s from now on", self.kind, name, err, slow_name
             )
-            return slow()
+            return result
 
     def reset(self) -> None:
         """Forget the failures (tests)."""
         self.failed.clear()
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: ``torch.OutOfMemoryError`` (a GPU), or the CPU allocator's
+    ``RuntimeError`` ("can't allocate memory"), or Python's ``MemoryError``."""
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(err)

@@ -370,7 +370,12 @@ def test_flex_with_no_query_or_no_key_gives_the_empty_or_zero_output(name: str, 
 
 
 @pytest.mark.parametrize(
-    "error", [torch.OutOfMemoryError("CUDA out of memory"), TypeError("mask must be a bool tensor")]
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+        TypeError("mask must be a bool tensor"),
+    ],
 )
 def test_auto_does_not_give_up_flex_for_good_on_out_of_memory_or_bad_input(
     monkeypatch: pytest.MonkeyPatch, error: Exception
@@ -476,3 +481,34 @@ def test_an_empty_batch_with_a_mask_and_a_mask_of_another_batch(monkeypatch: pyt
     assert backends.FALLBACK.failed == set()  # (flex failed in inductor and auto turned it off)
     with pytest.raises(ValueError, match=r"mask \(3, 5\): a \(batch, keys\) mask needs batch 1 or 2"):
         posenc.Attention(16, 2)(torch.randn(2, 5, 16), mask=torch.ones(3, 5, dtype=torch.bool))
+
+
+def test_a_fast_path_failing_on_input_the_slow_one_refuses_too_stays_usable() -> None:
+    """An error torch raises as RuntimeError for bad input turned the fast path off for the process."""
+    fb = Fallback("test")
+
+    def fast() -> int:
+        raise RuntimeError("inference tensors cannot be saved for backward")
+
+    def slow() -> int:
+        raise RuntimeError("inference tensors cannot be saved for backward (slow)")
+
+    with pytest.raises(RuntimeError, match=r"\(slow\)"):
+        fb.run("fast", fast, slow, "slow")
+    assert fb.usable("fast")
+    assert fb.run("fast", fast, lambda: 3, "slow") == 3 and not fb.usable("fast")  # the machine's failure
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sdpa_keeps_a_far_bias_in_half_precision(dtype: torch.dtype) -> None:
+    """A query whose visible keys are all far (positions 0..3 against 300,000): the bias cast to fp16 was -inf on
+    head 0 (its output exactly 0) and kept few bits in bf16; sdpa now agrees with math."""
+    torch.manual_seed(0)
+    alibi = posenc.ALiBi(4)
+    q, k, v = (torch.randn(1, 4, n, 8).to(dtype) for n in (1, 4, 4))
+    q_pos, k_pos = torch.tensor([[300_000]]), torch.arange(4)[None]
+    ctx = AttentionInputs(alibi, q_pos, k_pos, None, causal=False)
+    want = backends.math_attention(q, k, v, ctx)
+    got = backends.sdpa_attention(q, k, v, ctx)
+    assert got[0, 0].abs().sum() > 0  # (fp16: was all zeros)
+    torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=0)

@@ -94,12 +94,25 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     keep = full_keep(q, k, ctx)
     mask: Tensor | None = keep
     if bias is not None:
-        bias = bias.to(q.dtype)
+        bias = _in_dtype(bias, keep, q.dtype)
         mask = bias if keep is None else torch.where(keep, bias, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=ctx.dropout_p, enable_gqa=gqa)
     if keep is not None:  # rows with no visible key: 0, as in the math path
         out = torch.where(keep.any(dim=-1, keepdim=True), out, 0.0)
     return out
+
+
+def _in_dtype(bias: Tensor, keep: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``bias (.., Q, K)`` in ``dtype`` for SDPA's ``attn_mask``. Cast to bfloat16 or float16 as it is, a bias far
+    from 0 on every visible key (ALiBi or Kerple for a query whose near keys are masked or evicted) kept only a
+    few of its bits, or became -inf (fp16 past 65,504: the head's output 0); each row is first shifted by its
+    largest visible value, which softmax does not see, so the values that matter sit near 0."""
+    if bias.dtype == dtype or dtype not in (torch.bfloat16, torch.float16):
+        return bias.to(dtype)
+    visible = bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+    top = visible.amax(dim=-1, keepdim=True)  # (.., Q, 1)
+    top = torch.where(torch.isfinite(top), top, 0.0)  # (a row with no visible key: left as it is)
+    return (bias - top).to(dtype)
 
 
 def _cpu_autocast_low(q: Tensor) -> bool:

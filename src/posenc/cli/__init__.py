@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import NoReturn
 
+from ..fallback import out_of_memory
 from ..validation import first_line
 from . import bench, compare, generate, plot, tasks
 from .output import one_line, silence_stdout
@@ -30,13 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SUBCOMMANDS:
         module.register(sub)
     return parser
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is torch failing to allocate (CPU allocator or ``torch.OutOfMemoryError`` on a GPU)."""
-    import torch
-
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def main(argv: list[str] | None = None) -> int:
