@@ -319,7 +319,14 @@ ROPE_MAX_POSITION = 2**31
 
 
 def check_position_range(
-    positions: Tensor | None, seq_len: int, owner: str = "RoPE", span: tuple[int, int] | None = None
+    positions: Tensor | None,
+    seq_len: int,
+    owner: str = "RoPE",
+    span: tuple[int, int] | None = None,
+    hint: str = (
+        "use smaller positions (attention depends only on differences, so subtracting a common offset "
+        "changes nothing)"
+    ),
 ) -> None:
     """Refuse positions with ``|p| > ROPE_MAX_POSITION``, without a device sync on the per-token path.
 
@@ -345,8 +352,7 @@ def check_position_range(
     if far > limit:
         raise ValueError(
             f"{owner}: position {far if far == span[1] else -far} is too far from 0: angles are computed in "
-            f"float64 and stay within 2e-7 of exact only for |position| <= 2**31; use smaller positions (attention depends only on "
-            f"differences, so subtracting a common offset changes nothing)"
+            f"float64 and stay within 2e-7 of exact only for |position| <= 2**31; {hint}"
         )
 
 

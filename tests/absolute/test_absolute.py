@@ -141,3 +141,14 @@ def test_inputs_on_meta_against_real_tables_are_refused(make: object) -> None:
         enc.embed(torch.randn(2, 5, 16, device="meta"))
     with pytest.raises(ValueError, match=f"{name}: positions are on the meta device"):
         enc.embed(torch.randn(2, 5, 16), torch.arange(5, device="meta"))
+
+
+def test_sinusoidal_refuses_positions_whose_angles_would_be_noise() -> None:
+    """Past 2**31 the float64 angles drift (9e-4 off at 1e15, noise at 2**62): refused, as RoPE refuses them."""
+    enc = posenc.Sinusoidal(8)
+    x = torch.randn(1, 2, 8)
+    enc.embed(x, torch.tensor([5, 2**31]))
+    with pytest.raises(
+        ValueError, match=r"Sinusoidal: position 1099511627776 is too far from 0.*use smaller positions$"
+    ):
+        enc.embed(x, torch.tensor([5, 2**40]))

@@ -230,3 +230,12 @@ def test_positions_on_meta_are_refused_for_real_inputs() -> None:
     q = torch.randn(1, 1, 5, 8)
     with pytest.raises(ValueError, match="XPos: positions are on the meta device"):
         posenc.XPos(8)(q, q, torch.arange(5, device="meta"))
+
+
+def test_positions_past_2_31_are_refused_as_ropes_are() -> None:
+    """``center`` near 2**31 let positions reach 2**31 + 33,427, past the float64 angles' exact range."""
+    x = posenc.XPos(8, center=2**31)
+    q = torch.randn(1, 1, 2, 8)
+    x(q, q, torch.tensor([2**31 - 1, 2**31]))
+    with pytest.raises(ValueError, match=r"XPos: position 2147483649 is too far from 0"):
+        x(q, q, torch.tensor([2**31, 2**31 + 1]))

@@ -10,7 +10,14 @@ from torch import Tensor, nn
 from ..base import PositionEncoding, as_positions
 from ..functional.absolute import sinusoidal_table
 from ..functional.tables import rows_at
-from ..validation import check_float, check_hidden, check_int, check_module_device, check_table_sizes
+from ..validation import (
+    check_float,
+    check_hidden,
+    check_int,
+    check_module_device,
+    check_position_range,
+    check_table_sizes,
+)
 
 
 class Sinusoidal(PositionEncoding):
@@ -59,13 +66,22 @@ class Sinusoidal(PositionEncoding):
         batch = check_hidden("Sinusoidal", x, self.dim)
         check_module_device("Sinusoidal", "x", x, self.table.is_meta)
         seq = x.shape[-2]
+        pos = (
+            None
+            if positions is None
+            else as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")
+        )
+        if (
+            pos is not None
+        ):  # float64 angles: within 2e-7 of exact up to |p| = 2**31, noise by 2**62 (as RoPE's)
+            check_position_range(pos, seq, owner="Sinusoidal", hint="use smaller positions")
+        elif x.dtype == torch.float64 or seq > self.cache_len:
+            pos = as_positions(None, seq, x.device, owner="Sinusoidal")  # (1, S): 0 .. S-1
         if x.dtype == torch.float64:  # finer than the float32 table: compute, for default positions too
-            pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")  # (1|B, S)
             pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
-        elif positions is None and seq <= self.cache_len:
+        elif pos is None:  # default positions inside the table
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
         else:
-            pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")  # (1|B, S)
             (pe,) = rows_at(pos, self.cache_len, (self.table,), self._exact)  # (1|B, S, dim) float32
             pe = pe.to(x.dtype)
         if x.dim() == 2:  # x (S, dim): positions have one row

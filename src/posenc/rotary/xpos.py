@@ -41,6 +41,7 @@ from ..validation import (
     check_bool,
     check_float,
     check_int,
+    check_position_range,
     check_positions,
     check_rotatable,
     check_table_sizes,
@@ -283,6 +284,7 @@ class XPos(PositionEncoding):
             if not (in_table and self._span_fits(self.cache_len, q.dtype)):
                 if not self._promised(q.dtype, span):
                     self._check_range(pos, q.dtype)
+                check_position_range(pos, seq, owner="XPos", span=span)  # angles as RoPE's: |p| <= 2**31
             elif span is not None and span[0] == span[1] and self.pair_table.is_cpu and q.is_cpu:
                 # one position (a decode step): its pair matrices, broadcast; bitwise the apply_rope result
                 mq, mk = self._rows(self.pair_table, span[0])  # (2, 2, D/2) each ((D/2, 2, 2) interleaved)
