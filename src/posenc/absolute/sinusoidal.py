@@ -66,21 +66,18 @@ class Sinusoidal(PositionEncoding):
         batch = check_hidden("Sinusoidal", x, self.dim)
         check_module_device("Sinusoidal", "x", x, self.table.is_meta)
         seq = x.shape[-2]
-        pos = (
-            None
-            if positions is None
-            else as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")
-        )
+        pos: Tensor | None = None  # (1|B, S) when given, or needed beyond the table / in float64
         if (
-            pos is not None
+            positions is not None
         ):  # float64 angles: within 2e-7 of exact up to |p| = 2**31, noise by 2**62 (as RoPE's)
+            pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")
             check_position_range(pos, seq, owner="Sinusoidal", hint="use smaller positions")
         elif x.dtype == torch.float64 or seq > self.cache_len:
             pos = as_positions(None, seq, x.device, owner="Sinusoidal")  # (1, S): 0 .. S-1
-        if x.dtype == torch.float64:  # finer than the float32 table: compute, for default positions too
-            pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
-        elif pos is None:  # default positions inside the table
+        if pos is None:  # default positions inside the table
             pe = self.table[:seq].to(x.dtype)  # (S, dim)
+        elif x.dtype == torch.float64:  # finer than the float32 table: compute, for default positions too
+            pe = sinusoidal_table(pos, self.dim, self.base, dtype=x.dtype)  # (1|B, S, dim)
         else:
             (pe,) = rows_at(pos, self.cache_len, (self.table,), self._exact)  # (1|B, S, dim) float32
             pe = pe.to(x.dtype)
