@@ -178,7 +178,7 @@ def test_one_session_object_reopened_sees_a_change_and_keeps_no_table_after_its_
         with session:
             before = enc.pairwise(q, k).clone()
             assert enc._session_memo.get(session) is not None  # built and kept inside the block
-        assert enc._session_memo._state == (None, None)  # dropped with the block
+        assert enc._session_memo._values == {}  # dropped with the block
         for p in enc.parameters():
             p.data.add_(0.5)
         with session:
@@ -188,3 +188,36 @@ def test_one_session_object_reopened_sees_a_change_and_keeps_no_table_after_its_
     assert name == "alibi" or not torch.equal(after, before)  # ALiBi has no parameters to change
     with pytest.raises(RuntimeError, match="__exit__ without __enter__"):
         posenc.DecodeSession(4).__exit__(None, None, None)
+
+
+def test_sessions_open_in_two_threads_keep_a_table_each() -> None:
+    """One slot per memo: two threads decoding one model, each in its own session, evicted each other's table at
+    every step (and the sessions' lists of memos grew by one per step)."""
+    import threading
+
+    enc = _bias("alibi")
+    built: list[int] = []
+    real = enc._session_table
+
+    def counting(session: posenc.DecodeSession, device: torch.device) -> object:
+        built.append(1)
+        return real(session, device)
+
+    enc._session_table = counting  # type: ignore[method-assign]
+    q_pos, k_pos = _decode_positions(1, slots=16)
+    barrier = threading.Barrier(2)
+    sizes: list[int] = []
+
+    def decode() -> None:
+        with torch.no_grad(), posenc.DecodeSession(16) as session:
+            for _ in range(20):
+                barrier.wait()
+                enc.pairwise(q_pos, k_pos)
+            sizes.append(len(session._memos))
+
+    threads = [threading.Thread(target=decode) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 2 and sizes == [1, 1]

@@ -78,35 +78,39 @@ def current_session() -> DecodeSession | None:
 
 
 class SessionMemo:
-    """One value kept for one open session: ``get(session)`` gives what ``put(session, value)`` stored, within
-    the same ``with`` block of that session object only; the value is dropped when the block ends. Copies and
-    pickles start empty (a session never outlives its process), and :class:`posenc.PositionEncoding` clears it
-    when the module moves."""
+    """A value kept per open session: ``get(session)`` gives what ``put(session, value)`` stored, within the same
+    ``with`` block of that session object only; the value is dropped when the block ends. Sessions open at once
+    (one model decoding in several threads, each in its own session) keep one value each: with one slot they
+    evicted each other's table every step. Copies and pickles start empty (a session never outlives its
+    process), and :class:`posenc.PositionEncoding` clears it when the module moves."""
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        """Forget the value."""
-        self._state: tuple[object | None, Any] = (None, None)
+        """Forget every value."""
+        self._values: dict[int, tuple[object, Any]] = {}  # id(opening) -> (opening, value)
 
     def get(self, session: DecodeSession) -> Any:
         """The value stored for ``session``'s current ``with`` block, or None."""
-        owner, value = self._state  # read once: another thread may swap it, never half of it
-        return value if owner is not None and owner is session._opening else None
+        opening = session._opening
+        found = self._values.get(id(opening)) if opening is not None else None
+        return found[1] if found is not None and found[0] is opening else None
 
     def put(self, session: DecodeSession, value: Tensor | tuple[Any, ...]) -> None:
-        """Keep ``value`` for ``session``'s current ``with`` block (replacing any other's); nothing if it is not
-        open."""
-        if session._opening is None:
+        """Keep ``value`` for ``session``'s current ``with`` block; nothing if it is not open."""
+        opening = session._opening
+        if opening is None:
             return
-        self._state = (session._opening, value)
-        session._memos.append(self)
+        if id(opening) not in self._values:  # (once per block: the block drops it at its end)
+            session._memos.append(self)
+        self._values[id(opening)] = (opening, value)
 
     def drop(self, opening: object) -> None:
-        """Forget the value if it belongs to ``opening`` (a session's ``with`` block that ends)."""
-        if self._state[0] is opening:
-            self.clear()
+        """Forget the value of ``opening`` (a session's ``with`` block that ends)."""
+        found = self._values.get(id(opening))
+        if found is not None and found[0] is opening:
+            del self._values[id(opening)]
 
     def __reduce__(self) -> tuple[type[SessionMemo], tuple[()]]:
         return (SessionMemo, ())
