@@ -67,9 +67,8 @@ class Sinusoidal(PositionEncoding):
         check_module_device("Sinusoidal", "x", x, self.table.is_meta)
         seq = x.shape[-2]
         pos: Tensor | None = None  # (1|B, S) when given, or needed beyond the table / in float64
-        if (
-            positions is not None
-        ):  # float64 angles: within 2e-7 of exact up to |p| = 2**31, noise by 2**62 (as RoPE's)
+        # float64 angles: within 2e-7 of exact up to |p| = 2**31, noise by 2**62 (as RoPE's)
+        if positions is not None:
             pos = as_positions(positions, seq, x.device, batch=batch, owner="Sinusoidal")
             check_position_range(pos, seq, owner="Sinusoidal", hint="use smaller positions")
         elif x.dtype == torch.float64 or seq > self.cache_len:

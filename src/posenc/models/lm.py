@@ -196,9 +196,8 @@ class TransformerLM(nn.Module):
                 f"tokens must be integer ids (batch, seq), got {tokens.dtype} {tuple(tokens.shape)}"
             )
         weight = self.embed.weight
-        if (
-            tokens.device != weight.device
-        ):  # (meta ids on a CPU model gave CPU logits of uninitialised memory)
+        # (meta ids on a CPU model gave CPU logits of uninitialised memory)
+        if tokens.device != weight.device:
             raise ValueError(
                 f"TransformerLM: tokens are on {tokens.device} but the model on {weight.device}; move one to the "
                 "other's device"

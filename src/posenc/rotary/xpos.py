@@ -146,9 +146,8 @@ class XPos(PositionEncoding):
         interleaved = check_bool("interleaved", interleaved, owner="XPos")
         cache_len = check_int("cache_len", cache_len, at_least=0, owner="XPos")
         center = check_int("center", center, owner="XPos")
-        if (
-            abs(center) > ROPE_MAX_POSITION
-        ):  # (the angles' precision limit; past int64 torch cannot subtract it)
+        # (the angles' precision limit; past int64 torch cannot subtract it)
+        if abs(center) > ROPE_MAX_POSITION:
             raise ValueError(
                 f"XPos: center must be a position in [-2**31, 2**31] (the positions RoPE's angles are exact "
                 f"for), got {center}"
