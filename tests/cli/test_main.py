@@ -163,3 +163,20 @@ def test_an_interrupted_run_counts_what_it_keeps(tmp_path: Path) -> None:
     assert kept_checkpoints(tmp_path).startswith(
         f"1 checkpoint of finished models kept in {tmp_path / 'checkpoints'}"
     )
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line() -> None:
+    """SIGINT in the first second of ``posenc`` (torch importing) printed Python's KeyboardInterrupt traceback."""
+    import signal
+
+    code = "import sys, _posenc_main; print('ready', flush=True); sys.exit(_posenc_main.main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)  # (now inside `import torch`, which takes a second or more)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the import finished before the signal (a fast machine)")
+    assert (proc.returncode, err) == (130, "posenc: interrupted\n")
