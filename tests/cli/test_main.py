@@ -166,17 +166,29 @@ def test_an_interrupted_run_counts_what_it_keeps(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_while_the_command_imports_is_one_line() -> None:
-    """SIGINT in the first second of ``posenc`` (torch importing) printed Python's KeyboardInterrupt traceback."""
+    """SIGINT while ``posenc`` imports torch (a second or more on a cold start) printed Python's KeyboardInterrupt
+    traceback. The import is made slow here, so the signal lands inside it."""
     import signal
+    import time
 
-    code = "import sys, _posenc_main; print('ready', flush=True); sys.exit(_posenc_main.main())"
+    code = (
+        "import builtins, sys, time\n"
+        "real = builtins.__import__\n"
+        "def slow(name, *args, **kwargs):\n"
+        "    if name == 'torch':\n"
+        "        time.sleep(30)\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = slow\n"
+        "import _posenc_main\n"
+        "print('ready', flush=True)\n"
+        "sys.exit(_posenc_main.main())\n"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-    proc.send_signal(signal.SIGINT)  # (now inside `import torch`, which takes a second or more)
+    time.sleep(1.0)  # (inside the slowed `import torch` by now)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the import finished before the signal (a fast machine)")
     assert (proc.returncode, err) == (130, "posenc: interrupted\n")
