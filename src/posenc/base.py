@@ -230,6 +230,17 @@ class PositionEncoding(nn.Module):
             if isinstance(value, (RowViews, SessionMemo)):
                 value.clear()
 
+    def tables_on_meta(self) -> bool:
+        """Whether this encoding's tensors are on the meta device: its first parameter or buffer (its own before its
+        children's); False without any. Dict reads only (a hook's check on the per-token path)."""
+        for t in (*self._parameters.values(), *self._buffers.values()):
+            if t is not None:
+                return t.is_meta
+        for child in self._modules.values():
+            for t in (*child.parameters(), *child.buffers()):
+                return t.is_meta
+        return False
+
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         raise TypeError(f"{type(self).__name__} is used through its hooks (embed, rotate, ...), not called")
 

@@ -127,6 +127,13 @@ class Attention(nn.Module):
                 f"Attention: x is {x.dtype} but the projections are {weight.dtype}; convert one to the other "
                 "(module.to(dtype)) or run under torch.autocast"
             )
+        if (
+            weight.is_meta and not x.is_meta
+        ):  # (a meta module's linear layers return uninitialised CPU memory)
+            raise ValueError(
+                f"Attention: x is on {x.device} but the module's weights are on meta; move one to the other's device "
+                "(module.to(...), or to_empty(...) / load_state_dict(..., assign=True) for a module built on meta)"
+            )
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(
                 f"Attention: cache must be a posenc.KVCache (or StaticKVCache) or None, got {type(cache).__name__}"

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..base import PositionEncoding, ScoreMod
 from ..functional.tables import host_span
 from ..session import DecodeSession, SessionMemo, current_session
-from ..validation import check_int
+from ..validation import check_int, check_module_device
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
 
@@ -156,7 +156,9 @@ class BiasEncoding(PositionEncoding, ABC):
     def _head_index(self, like: Tensor) -> Tensor:
         """``arange(H)`` as ``(H, 1, 1)`` on ``like``'s device; on CPU one tensor kept for every call (a decode step
         would otherwise build it per layer and token). Built outside inference mode, so autograd may save it."""
-        if not like.is_cpu:
+        if (
+            not like.is_cpu or torch.compiler.is_compiling()
+        ):  # (tracing: export's fake tensors must not be kept)
             return torch.arange(self.heads, device=like.device).view(-1, 1, 1)
         cached = self.__dict__.get("_cpu_heads")
         if cached is None:
@@ -242,6 +244,8 @@ class BiasEncoding(PositionEncoding, ABC):
     def _check_heads(self, q: Tensor) -> None:
         if q.shape[1] != self.heads:
             raise ValueError(f"{type(self).__name__} was built for {self.heads} heads but q has {q.shape[1]}")
+        if not q.is_meta and self.tables_on_meta():
+            check_module_device(type(self).__name__, "q", q, True)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}"

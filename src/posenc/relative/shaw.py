@@ -13,7 +13,7 @@ from ..bias.base import position_reader
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
 from ..session import SessionMemo, current_session
-from ..validation import check_bool, check_int, check_table_size
+from ..validation import check_bool, check_int, check_module_device, check_table_size
 
 
 class ShawRelative(PositionEncoding):
@@ -91,20 +91,22 @@ class ShawRelative(PositionEncoding):
             "positions alone; call score_bias(q, q_pos, k_pos) with the queries (B, H, Q, head_dim)"
         )
 
-    def _check_head_dim(self, head_dim: int) -> None:
-        if head_dim != self.head_dim:
-            raise ValueError(f"ShawRelative built for head_dim={self.head_dim}, got queries of {head_dim}")
+    def _check_query(self, q: Tensor) -> None:
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(f"ShawRelative built for head_dim={self.head_dim}, got queries of {q.shape[-1]}")
+        if self.key_table.is_meta:
+            check_module_device("ShawRelative", "q", q, True)
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         """Shaw's key term ``q_i . a^K_ij / sqrt(D)`` (eq. 4): ``q (B, H, Q, D)``, ``q_pos (1|B, Q)``,
         ``k_pos (1|B, K)`` -> ``(B, H, Q, K)`` in ``q``'s dtype."""
-        self._check_head_dim(q.shape[-1])
+        self._check_query(q)
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos), self.head_dim**-0.5)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
-        self._check_head_dim(q.shape[-1])
+        self._check_query(q)
         scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
         q_at, k_at, m = position_reader(q_pos, runs), position_reader(k_pos, runs), self.max_distance
 
@@ -119,6 +121,8 @@ class ShawRelative(PositionEncoding):
         when built with ``values=False``."""
         if self.value_table is None:
             return None
+        if self.value_table.is_meta:
+            check_module_device("ShawRelative", "probs", probs, True)
         return shaw_value_term(probs, self.value_table, self.index(q_pos, k_pos))
 
     def kv_rows(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -127,6 +131,8 @@ class ShawRelative(PositionEncoding):
         (v_j + a^V_j)`` his output (eq. 3), so one query needs no bias and no weights."""
         if q_pos.shape[-1] != 1:
             return None, None
+        if self.key_table.is_meta:
+            check_module_device("ShawRelative", "q_pos", q_pos, True)
         rows = self._rows_in_session(q_pos, k_pos)
         if rows is not None:
             return rows

@@ -41,6 +41,7 @@ from ..validation import (
     check_bool,
     check_float,
     check_int,
+    check_module_device,
     check_position_range,
     check_positions,
     check_rotatable,
@@ -270,6 +271,8 @@ class XPos(PositionEncoding):
             return pair_matvec(q, mq, self.interleaved), pair_matvec(k, mk, self.interleaved)
         check_rotatable("XPos", self.head_dim, q, k)
         check_positions("XPos", positions, q.shape[-2], q.shape[0], k.shape[0], meta=q.is_meta)
+        if table.is_meta:  # (real tables take meta inputs: shapes only)
+            check_module_device("XPos", "q", q, True)
         positions = as_index_positions(positions)
         seq = q.shape[-2]
         if positions is None and seq <= self.cache_len and self.cos_q.device == q.device:
