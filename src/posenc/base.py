@@ -237,7 +237,7 @@ class PositionEncoding(nn.Module):
             if t is not None:
                 return t.is_meta
         for child in self._modules.values():
-            for t in (*child.parameters(), *child.buffers()):
+            for t in () if child is None else (*child.parameters(), *child.buffers()):
                 return t.is_meta
         return False
 
