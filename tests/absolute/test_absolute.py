@@ -152,3 +152,18 @@ def test_sinusoidal_refuses_positions_whose_angles_would_be_noise() -> None:
         ValueError, match=r"Sinusoidal: position 1099511627776 is too far from 0.*use smaller positions$"
     ):
         enc.embed(x, torch.tensor([5, 2**40]))
+
+
+def test_learned_range_check_trusts_an_open_session_off_the_cpu() -> None:
+    """A decode step on a GPU waited for the device twice per token (min and max) to check positions that the
+    open DecodeSession already keeps below its slots (review s4); on a CPU the check is free and always runs."""
+    enc = posenc.LearnedAbsolute(8, max_len=16)
+    off_cpu = torch.zeros(1, 1, dtype=torch.long, device="meta")  # (stands for a CUDA tensor: not on the CPU)
+    assert not enc._session_vouches(off_cpu)
+    with posenc.DecodeSession(slots=16):
+        assert enc._session_vouches(off_cpu)
+        assert not enc._session_vouches(torch.zeros(1, 1, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"positions must lie in \[0, 16\)"):
+            enc.embed(torch.randn(1, 1, 8), torch.tensor([[16]]))
+    with posenc.DecodeSession(slots=17):  # a session longer than the table promises nothing about it
+        assert not enc._session_vouches(off_cpu)

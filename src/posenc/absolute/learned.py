@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import PositionEncoding, as_positions
+from ..session import current_session
 from ..validation import check_hidden, check_int, check_module_device, check_table_sizes
 
 
@@ -61,14 +62,24 @@ class LearnedAbsolute(PositionEncoding):
             and pos.numel()
             and pos.device.type != "meta"
             and not torch.compiler.is_compiling()
+            and not self._session_vouches(pos)
         ):
-            lo, hi = int(pos.min()), int(pos.max())
+            lo, hi = (int(v) for v in torch.aminmax(pos))  # (one device sync off the CPU)
             if lo < 0 or hi >= self.max_len:
                 raise ValueError(
                     f"LearnedAbsolute: positions must lie in [0, {self.max_len}) for this learned table, got [{lo}, {hi}]"
                 )
         pe = self.table(pos).to(x.dtype)  # (1|B, S, dim) broadcast over batch
         return x + (pe.reshape(seq, self.dim) if x.dim() == 2 else pe)
+
+    def _session_vouches(self, pos: Tensor) -> bool:
+        """Whether an open :class:`posenc.DecodeSession` already promises ``pos`` inside the table (its positions lie
+        in ``[0, slots)``, ``slots <= max_len``), so that a decode step off the CPU need not wait for the device to
+        check them; on a CPU the check costs no sync and always runs."""
+        if pos.is_cpu:
+            return False
+        session = current_session()
+        return session is not None and session.slots <= self.max_len
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
         return self.embed(x, positions)

@@ -110,9 +110,14 @@ def _call(backend: str, enc: PositionEncoding, q: Tensor, k: Tensor, v: Tensor) 
 
 
 def _materialized_bytes(backend: str, n: int, heads: int, elem: int, train: bool = False) -> int:
-    """Rough peak of the n x n tensors a case builds: the bias and its masked copy for ``sdpa`` (and, training,
-    their gradients and what the backward keeps)."""
-    return (6 if train else 3) * heads * n * n * elem if backend == "sdpa" else 0
+    """Rough peak of the n x n tensors a case builds for ``sdpa``: the float32 bias, its shifted and masked copies
+    (three float32 tensors) and the mask SDPA takes in q's dtype (``elem`` bytes), about 2.3x more than an
+    estimate in q's dtype alone (measured with bf16 on a CPU, review s4); training about doubles it (their
+    gradients and what the backward keeps)."""
+    if backend != "sdpa":
+        return 0
+    forward = (3 * 4 + elem) * heads * n * n
+    return 2 * forward if train else forward
 
 
 def _skip_reason(name: str, backend: str, n: int, q: Tensor, quick: bool, train: bool) -> str | None:
