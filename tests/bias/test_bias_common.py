@@ -254,3 +254,22 @@ def test_bias_encodings_written_before_runs_keep_working() -> None:
         for backend in ("math", "sdpa"):
             attn = posenc.Attention(32, 4, position=cls(4), backend=backend)
             torch.testing.assert_close(attn(x), attn(x, positions=torch.arange(8)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_inference_keeps_one_graph_over_lengths(name: str) -> None:
+    """CPU inference builds the bias per distance; its Toeplitz ``unfold`` fixed Q and K in the graph, so a
+    compiled T5 or Kerple model recompiled for each new length and failed at the 9th under fullgraph (review s4).
+    While compiling, inference reads the distances by index: two graphs (static, then dynamic) for ten lengths."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = TransformerLM(name, vocab_size=11, dim=16, depth=1, heads=2).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        for s in range(4, 14):
+            tokens = torch.randint(0, 11, (1, s))
+            torch.testing.assert_close(compiled(tokens), model(tokens), rtol=1e-6, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] <= 2

@@ -94,3 +94,64 @@ def test_settings_that_overflow_float32_are_refused() -> None:
     a = posenc.Attention(16, 2, position=posenc.FIRE(2, init_c=1e30, init_threshold=0.0, eps=1.2e-38))
     with torch.no_grad():
         assert not a(torch.randn(1, 4, 16)).isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_threshold_is_float32(dtype: torch.dtype) -> None:
+    """``L = threshold_scale * init_threshold`` was computed in the weights' dtype: 300 for 301 in bf16, the bias
+    of queries 290..299 4e-4 off (review s4)."""
+    enc = posenc.FIRE(4, init_threshold=301.0).to(dtype)
+    assert enc.threshold().dtype == torch.float32 and enc.threshold().item() == 301.0
+    exact = posenc.FIRE(4, init_threshold=301.0).double()
+    exact.load_state_dict({k: v.double() for k, v in enc.state_dict().items()})
+    torch.testing.assert_close(
+        enc.bias(10, 300, offset=290).double(), exact.bias(10, 300, offset=290), rtol=0, atol=2e-6
+    )
+
+
+def test_autocast_leaves_the_bias_in_float32() -> None:
+    """Under CPU autocast the MLP's linear layer ran in bf16: 1.3e-2 off the float32 bias (review s4)."""
+    torch.manual_seed(0)
+    enc = posenc.FIRE(4, init_threshold=64.0)
+    plain = enc.bias(16, 80, offset=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = enc.bias(16, 80, offset=64)
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain, rtol=0, atol=1e-6)
+
+
+def test_forward_mode_gradients() -> None:
+    """``torch.func.jvp`` raised "expected m1 and m2 to have the same dtype" (an integer position met the float
+    threshold in torch.maximum and got a float64 tangent, review s4); the tangent now matches differences."""
+    from torch.func import jvp
+
+    torch.manual_seed(0)
+    enc = posenc.FIRE(2, init_threshold=8.0).double()
+    params = {k: v.detach() for k, v in enc.named_parameters()}
+    tangent = {k: torch.randn_like(v) for k, v in params.items()}
+    q_pos, k_pos = torch.arange(4, 10).view(1, -1), torch.arange(10).view(1, -1)
+
+    def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return _bias(enc, p, q_pos, k_pos)
+
+    _, got = jvp(f, (params,), (tangent,))
+    h = 1e-6
+    ahead = f({k: v + h * tangent[k] for k, v in params.items()})
+    behind = f({k: v - h * tangent[k] for k, v in params.items()})
+    torch.testing.assert_close(got, (ahead - behind) / (2 * h), rtol=1e-5, atol=1e-7)
+
+
+def _bias(
+    enc: posenc.FIRE, params: dict[str, torch.Tensor], q_pos: torch.Tensor, k_pos: torch.Tensor
+) -> torch.Tensor:
+    from torch.func import functional_call
+
+    class Pairwise(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return self.enc.pairwise(q, k)
+
+    return functional_call(Pairwise(), {f"enc.{k}": v for k, v in params.items()}, (q_pos, k_pos))

@@ -383,3 +383,19 @@ def test_a_half_precision_xpos_model_is_refused_before_any_work() -> None:
     with pytest.raises(ValueError, match=f"positions below {limit} only"):
         model.generate(torch.zeros(1, 4, dtype=torch.long), limit)
     assert calls == []
+
+
+def test_an_xpos_model_under_half_precision_autocast_is_refused_before_any_work() -> None:
+    """A float32 model under float16 autocast computes xPos in float16: generate checked the float32 limit and
+    failed after streaming tokens (review s4)."""
+    model = TransformerLM("xpos", dim=32, depth=1, heads=2, position_options={"scale_base": 8}).eval()
+    limit = model.max_length_in(torch.float16)
+    assert limit is not None and limit < (model.max_length_in(torch.float32) or 0)
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with (
+        torch.autocast("cpu", dtype=torch.float16),
+        pytest.raises(ValueError, match=f"positions below {limit} only"),
+    ):
+        model.generate(torch.zeros(1, 4, dtype=torch.long), limit)
+    assert calls == []

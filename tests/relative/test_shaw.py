@@ -194,3 +194,20 @@ def test_bias_says_it_is_not_available() -> None:
         ValueError, match=r"ShawRelative: bias\(\) is not available: .* depends on the queries"
     ):
         posenc.ShawRelative(4).bias(3, 4)
+
+
+def test_score_mod_table_stays_float32_under_autocast() -> None:
+    """The flex key term ``q @ a^K`` is documented float32; under CPU autocast the product ran in bf16, 2e-3 off
+    (review s4)."""
+    torch.manual_seed(0)
+    enc = posenc.ShawRelative(16, max_distance=4)
+    q = torch.randn(1, 2, 6, 16)
+    pos = torch.arange(6).view(1, -1)
+    b, h = torch.zeros((), dtype=torch.long), torch.ones((), dtype=torch.long)
+    q_idx, kv_idx = torch.arange(6).view(-1, 1), torch.arange(6).view(1, -1)
+    zero = torch.zeros(6, 6)
+    plain = enc.score_mod(q, pos, pos)(zero, b, h, q_idx, kv_idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = enc.score_mod(q, pos, pos)(zero, b, h, q_idx, kv_idx)
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain, rtol=0, atol=1e-6)

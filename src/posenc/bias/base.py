@@ -145,6 +145,14 @@ class BiasEncoding(PositionEncoding, ABC):
             return None
         q_len, k_len = q_pos.shape[-1], k_pos.shape[-1]
         vec = self.distance_vector(self.tables(), q_len, k_len, *starts)  # (H, Q + K - 1)
+        if torch.compiler.is_compiling() and not self._learning():
+            # by index: unfold's window fixes Q and K in the graph (a recompile per length, the 9th a failure
+            # under fullgraph); training keeps unfold, whose backward sums along diagonals without atomics
+            dev = vec.device
+            at = (
+                torch.arange(k_len, device=dev) - torch.arange(q_len, device=dev)[:, None] + (q_len - 1)
+            )  # (Q, K)
+            return vec[:, at].unsqueeze(0)  # (1, H, Q, K)
         return vec.unfold(-1, k_len, 1).flip(-2).unsqueeze(0)  # (1, H, Q, K): [i, j] = vec[j - i + Q - 1]
 
     def pairwise_reference(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import OptionsInState, ScoreMod
-from ..functional.bias import at_least_float32, fire_input, fire_mlp_unrolled
+from ..functional.bias import at_least_float32, fire_input, fire_mlp_unrolled, without_autocast
 from ..validation import F32_MAX, F32_TINY, check_float, check_int, check_table_sizes
 from .base import BiasEncoding, position_reader
 
@@ -71,12 +71,17 @@ class FIRE(OptionsInState, BiasEncoding):
     def tables(self) -> tuple[Tensor, ...]:
         return (
             self.c,
-            self.threshold_scale * self.init_threshold,
+            self.threshold(),
             self.hidden.weight[:, 0],
             self.hidden.bias,
             self.out.weight,
             self.out.bias,
         )
+
+    def threshold(self) -> Tensor:
+        """FIRE's threshold ``L = threshold_scale * init_threshold``, float32 or better whatever the weights' dtype
+        (bf16 weights gave L = 300 for init_threshold 301)."""
+        return at_least_float32(self.threshold_scale) * self.init_threshold
 
     def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         c, threshold, w1, b1, w2, b2 = tables
@@ -91,7 +96,7 @@ class FIRE(OptionsInState, BiasEncoding):
         return self._mlp_bias(q_pos, k_pos, False)
 
     def _mlp_bias(self, q_pos: Tensor, k_pos: Tensor, one_query: bool) -> Tensor:
-        threshold = self.threshold_scale * self.init_threshold  # as in tables(), without the MLP's views
+        threshold = self.threshold()  # as in tables(), without the MLP's views
         if one_query:  # (1|B, 1) broadcasts against (1|B, K) as it is
             x = fire_input(self.c, threshold, q_pos, k_pos, self.eps)[:, None, :, None]  # (1|B, 1, K, 1)
         else:
@@ -101,8 +106,9 @@ class FIRE(OptionsInState, BiasEncoding):
         w1 = at_least_float32(self.hidden.weight[:, 0])  # (width,): Linear(1, width) is an outer product
         b1, w2, b2 = (at_least_float32(t) for t in (self.hidden.bias, self.out.weight, self.out.bias))
         x = x if x.dtype == w1.dtype else x.to(w1.dtype)  # (1|B, Q, K, 1)
-        hidden = torch.addcmul(b1, x, w1).relu_()  # (1|B, Q, K, width)
-        out = F.linear(hidden, w2, b2)  # (1|B, Q, K, H)
+        with without_autocast(x):  # (autocast would run the product in bf16/fp16)
+            hidden = torch.addcmul(b1, x, w1).relu_()  # (1|B, Q, K, width)
+            out = F.linear(hidden, w2, b2)  # (1|B, Q, K, H)
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
         return at_least_float32(out)
 
@@ -116,9 +122,7 @@ class FIRE(OptionsInState, BiasEncoding):
         vec = self._mlp_bias(
             torch.zeros(1, 1, dtype=torch.long, device=device), dist, True
         )  # (1, H, 1, 2s-1)
-        threshold = at_least_float32(
-            self.threshold_scale * self.init_threshold
-        ).abs()  # as fire_input compares it
+        threshold = self.threshold().abs()  # as fire_input compares it
         return vec[0, :, 0], float(threshold)
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
@@ -186,9 +187,21 @@ def fire_input(
     """
     c = at_least_float32(c).abs()
     c_norm = c if c_norm is None else at_least_float32(c_norm).abs()
-    # integer positions meet float tensors in maximum and the product: promoted to their dtype, as .to would
-    norm = torch.log1p(c_norm * torch.maximum(q_pos, at_least_float32(threshold).abs())) + eps
+    threshold = at_least_float32(threshold).abs()
+    # integer positions meet float tensors in maximum and the product, converted first (as promotion would: the
+    # same values), so that forward-mode AD (torch.func.jvp) gives no float64 tangent to an integer operand
+    q_at = q_pos if q_pos.is_floating_point() else q_pos.to(threshold.dtype)
+    norm = torch.log1p(c_norm * torch.maximum(q_at, threshold)) + eps
     return torch.log1p(c * (q_pos - k_pos).abs()) / norm
+
+
+def without_autocast(t: Tensor) -> AbstractContextManager[object]:
+    """Autocast switched off on ``t``'s device where it is on: a float32 product stays float32 (autocast would round
+    its operands to bfloat16 or float16 first: FIRE's MLP 1e-2 off, Shaw's key term 2e-3); else nothing."""
+    kind = t.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return nullcontext()
 
 
 def at_least_float32(t: Tensor) -> Tensor:

@@ -110,7 +110,7 @@ def _check(
     counted = (
         f"prompt {tokens.shape[1]} + max_new_tokens {max_new_tokens} - 1 (the last is not fed back) = {need}"
     )
-    limit = model.max_length_in(model.head.weight.dtype)
+    limit = model.max_length_in(_compute_dtype(model, tokens.device))
     if limit is not None and need > limit:
         raise ValueError(
             f"the model takes positions below {limit} only (its encoding's limit), but {counted} tokens; ask for "
@@ -156,6 +156,16 @@ def memory_needed(model: TransformerLM, batch: int, prompt: int, slots: int) -> 
     cache = sum(2 * batch * a.kv_heads * slots * a.head_dim * item for a in layers)  # keys and values
     scores = max(batch * a.heads * prompt * slots * 4 for a in layers)
     return cache + scores
+
+
+def _compute_dtype(model: TransformerLM, device: torch.device) -> torch.dtype:
+    """The dtype queries and keys are computed in: autocast's where it is on for ``device`` (an xPos model's
+    half-precision limit then applies, checked up front: a float32 model under float16 autocast failed after
+    decoding), else the weights'."""
+    kind = device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return model.head.weight.dtype
 
 
 def device_memory(device: torch.device) -> int | None:
