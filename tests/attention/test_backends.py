@@ -512,3 +512,17 @@ def test_sdpa_keeps_a_far_bias_in_half_precision(dtype: torch.dtype) -> None:
     got = backends.sdpa_attention(q, k, v, ctx)
     assert got[0, 0].abs().sum() > 0  # (fp16: was all zeros)
     torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=0)
+
+
+def test_math_training_compiles_with_dynamic_shapes() -> None:
+    """Under ``dynamic=True`` the dropout rate is symbolic: ``F.dropout(training=rate > 0)`` got a SymBool and
+    every encoding's math-backend training failed to compile (Shaw always trains through math; review s4)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    for dropout in (0.0, 0.1):
+        attn = posenc.Attention(
+            16, 2, position=posenc.ShawRelative(8, max_distance=4), backend="math", dropout=dropout
+        )
+        compiled = torch.compile(attn.train(), fullgraph=True, dynamic=True, backend="eager")
+        for s in (5, 7):
+            compiled(torch.randn(1, s, 16)).sum().backward()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import posenc
+from posenc.attention.static_cache import StaticKVCache
 from posenc.models import TransformerLM
 
 OPTIONS: dict[str, dict[str, Any]] = {"learned": {"max_len": 64}}
@@ -247,3 +248,39 @@ def test_keep_mask_checks_q_len() -> None:
     with pytest.raises(TypeError, match="StaticKVCache.keep_mask: q_len must be an integer, got 2.5"):
         sc.keep_mask(valid, 2.5)  # type: ignore[arg-type]
     assert sc.keep_mask(valid, 2).shape == (2, 1, 2, 4)
+
+
+@pytest.mark.parametrize("name", ["none", "rope", "alibi", "t5"])
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_gradients_flow_through_preallocated_caches(name: str, backend: str, kv_heads: int) -> None:
+    """A preallocated KVCache or a StaticKVCache wrote in place into slots that earlier steps had saved for
+    backward: ``backward()`` raised autograd's "modified by an inplace operation" for most configurations (review
+    s4). Recording gradients, they write out of place and equal the growing cache's gradients."""
+    dim, heads, s = 8, 2, 6
+    torch.manual_seed(0)
+    enc = None if name == "none" else posenc.build(name, dim=dim, heads=heads, head_dim=dim // heads)
+    attn = posenc.Attention(dim, heads, kv_heads=kv_heads, position=enc, backend=backend)
+    x = torch.randn(1, s, dim)
+    valid = torch.ones(1, s, dtype=torch.bool)
+
+    def grads(cache: posenc.KVCache) -> list[torch.Tensor]:
+        outs = []
+        for start, end in ((0, 3), *((i, i + 1) for i in range(3, s))):
+            if isinstance(cache, StaticKVCache):
+                kw: dict[str, Any] = {
+                    "positions": torch.arange(start, end),
+                    "mask": cache.keep_mask(valid, end - start),
+                }
+            else:
+                kw = {}
+            outs.append(attn(x[:, start:end], cache=cache, **kw))
+        loss = torch.cat(outs, 1).square().sum()
+        return list(torch.autograd.grad(loss, list(attn.parameters())))
+
+    expected = grads(posenc.KVCache())
+    for cache in (posenc.KVCache(max_len=s), StaticKVCache(s)):
+        for got, want in zip(grads(cache), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        cache.reset()  # a graph's buffers are let go, not written again
+        assert cache.k is None

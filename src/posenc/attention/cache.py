@@ -17,7 +17,8 @@ class KVCache:
     Args:
         max_len: None (default) grows by concatenation, fine for short generations; an integer preallocates
             room for that many tokens on the first update and writes in place (no copy of the past per step,
-            as in gpt-fast). Appending past it raises ``ValueError``.
+            as in gpt-fast). Appending past it raises ``ValueError``. While autograd records (keys or values
+            that need gradients, grad mode on) it writes out of place, so ``backward()`` through the steps works.
 
     Shapes: ``k: (B, Hkv, S, D)``, ``v: (B, Hkv, S, D)``, ``positions: (1|B, S)``.
     """
@@ -73,17 +74,30 @@ class KVCache:
             self.k = k.new_empty(b, g, self.max_len, d)  # (B, Hkv, max_len, D)
             self.v = v.new_empty(b, v.shape[1], self.max_len, v.shape[-1])
             self.positions = positions.new_zeros(b, self.max_len)  # (B, max_len)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        self.positions[:, start:end] = positions  # (1|B, S) broadcast over the batch
+        if records_grad(self.k, self.v, k, v):  # out of place: the keys earlier steps saved for backward stay
+            rows = positions.to(self.positions.dtype).expand(self.positions.shape[0], -1)
+            self.k = self.k.slice_scatter(k, dim=2, start=start, end=end)
+            self.v = self.v.slice_scatter(v, dim=2, start=start, end=end)
+            self.positions = self.positions.slice_scatter(rows, dim=1, start=start, end=end)
+        else:
+            self.k[:, :, start:end] = k
+            self.v[:, :, start:end] = v
+            self.positions[:, start:end] = positions  # (1|B, S) broadcast over the batch
         self._len = end
         return self.k[:, :, :end], self.v[:, :, :end], self.positions[:, :end]
 
     def reset(self) -> None:
         """Forget every token (a preallocated cache keeps its memory)."""
         self._len = 0
-        if self.max_len is None:
+        if self.max_len is None or records_grad(self.k, self.v):  # (a graph's tensors: not written again)
             self.k = self.v = self.positions = None
+
+
+def records_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records a write of these keys and values: then a cache writes out of place, since an
+    in-place write into its slots changed tensors earlier steps had saved for backward ("modified by an inplace
+    operation" at ``backward()``), and the old slots are never written again."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def check_same_stream(held: Tensor, new: Tensor) -> None:

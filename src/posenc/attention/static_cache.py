@@ -6,16 +6,17 @@ import torch
 from torch import Tensor
 
 from ..validation import check_bool, check_int
-from .cache import KVCache, check_same_stream, stream_mismatch
+from .cache import KVCache, check_same_stream, records_grad, stream_mismatch
 
 
 class StaticKVCache(KVCache):
     """Preallocated keys, values and key positions for ``max_len`` slots, written at a tensor index.
 
     :class:`posenc.KVCache` keeps its length as a Python int and hands attention only the filled part, so
-    every step has new shapes and a new int: under ``torch.compile`` each step would recompile. Here the
-    shapes never change and the write position ``index`` is a 0-d tensor advanced in place, so a compiled
-    decode step (and a CUDA graph) serves every step, as in gpt-fast's static cache.
+    every step has new shapes: under ``torch.compile`` they become dynamic after a first recompile, but a CUDA
+    graph is recorded per shape, so per step. Here the shapes never change and the write position ``index`` is a
+    0-d tensor advanced in place, so one compiled decode step (and one CUDA graph) serves every step, as in
+    gpt-fast's static cache. (While autograd records, writes are out of place, as :class:`posenc.KVCache`'s.)
 
     The price: attention always sees all ``max_len`` slots, so the caller must pass
 
@@ -86,11 +87,16 @@ class StaticKVCache(KVCache):
         if self._empty:
             self._empty = False
         slots = self.index + torch.arange(new, device=k.device)  # (S,)
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
         rows = positions.to(self.positions.dtype).expand(self.positions.shape[0], -1)
-        self.positions.index_copy_(1, slots, rows)
-        self.index.add_(new)
+        if records_grad(self.k, self.v, k, v):  # out of place (see records_grad): backward through the steps works
+            self.k, self.v = self.k.index_copy(2, slots, k), self.v.index_copy(2, slots, v)
+            self.positions = self.positions.index_copy(1, slots, rows)
+            self.index = self.index + new
+        else:
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            self.positions.index_copy_(1, slots, rows)
+            self.index.add_(new)
         return self.k, self.v, self.positions
 
     def _check_room(self, new: int) -> None:
@@ -127,7 +133,9 @@ class StaticKVCache(KVCache):
     def reset(self) -> None:
         """Forget every token; the memory is kept (and reused by keys of the same kind)."""
         self._empty = True
-        if self.index is not None:
+        if self.k is not None and (self.k.requires_grad or self.v is not None and self.v.requires_grad):
+            self.k = self.v = self.positions = self.index = None  # a graph's tensors: not written again
+        elif self.index is not None:
             self.index.zero_()
 
 
