@@ -221,3 +221,38 @@ def test_sessions_open_in_two_threads_keep_a_table_each() -> None:
     for t in threads:
         t.join()
     assert len(built) == 2 and sizes == [1, 1]
+
+
+def test_session_tables_are_not_read_under_forward_mode_ad() -> None:
+    """Inside a DecodeSession with grad mode off, ``torch.func.jvp`` read the table built from the plain
+    parameters: T5's tangent came out 0 (review s4). The session's tables are read in plain inference only."""
+    from torch.func import functional_call, jvp
+
+    torch.manual_seed(0)
+    enc = posenc.T5Bias(2)
+    with torch.no_grad():
+        enc.embedding.weight.normal_()
+
+    class Hook(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+            return self.enc.score_bias(q, q_pos, k_pos)
+
+    hook = Hook()
+    params = {k: v.detach() for k, v in hook.named_parameters()}
+    tangent = {k: torch.ones_like(v) for k, v in params.items()}
+    args = (torch.randn(1, 2, 1, 4), torch.tensor([[4]]), torch.arange(5)[None])
+
+    def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(hook, p, args)
+
+    with torch.no_grad():
+        _, plain = jvp(f, (params,), (tangent,))
+    with torch.no_grad(), posenc.DecodeSession(slots=8):
+        f(params)  # an ordinary step builds the session's table
+        _, inside = jvp(f, (params,), (tangent,))
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .validation import check_int
@@ -74,6 +75,18 @@ _CURRENT: ContextVar[DecodeSession | None] = ContextVar("posenc_decode_session",
 
 def current_session() -> DecodeSession | None:
     """The innermost open :class:`DecodeSession` of this thread / task, or None."""
+    return _CURRENT.get()
+
+
+def session_tables() -> DecodeSession | None:
+    """The open session whose tables an encoding may read, or None: there are none while gradients are recorded
+    (grad mode, forward-mode AD, torch.func's transforms: a table built from the plain parameters carries no
+    tangent and no batch dimension; under ``jvp`` T5's tangent came out 0) or while tracing (dynamo cannot trace
+    a ContextVar; a jit trace would keep this session's table)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return None
     return _CURRENT.get()
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..base import PositionEncoding, ScoreMod
 from ..functional.tables import host_span
-from ..session import DecodeSession, SessionMemo, current_session
+from ..session import DecodeSession, SessionMemo, session_tables
 from ..validation import check_int, check_module_device
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
@@ -86,9 +86,7 @@ class BiasEncoding(PositionEncoding, ABC):
         (the session's promise): then every distance ``k - q`` indexes the vector, and on a CPU an index
         outside it raises rather than reading another distance's bias.
         """
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
-            return None  # (dynamo cannot trace a ContextVar; a jit trace would keep this session's table)
-        session = current_session()
+        session = session_tables()
         if session is None:
             return None
         memo = self._session_memo.get(session)

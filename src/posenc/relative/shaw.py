@@ -13,7 +13,7 @@ from ..bias.base import position_reader
 from ..functional.bias import without_autocast
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
-from ..session import SessionMemo, current_session
+from ..session import SessionMemo, session_tables
 from ..validation import check_bool, check_int, check_module_device, check_table_size
 
 
@@ -150,9 +150,7 @@ class ShawRelative(PositionEncoding):
         the batch. The session's first step lays both tables out by distance, ``(T, 2 slots - 1, D)`` rows for
         ``k - q = -(slots-1) .. slots-1``; the keys' rows are then the slice starting at distance ``-p``. The
         same rows as the gather, bitwise; None where that does not apply (then the gather runs)."""
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
-            return None  # (dynamo cannot trace a ContextVar; a jit trace would keep this step's p)
-        session = current_session()
+        session = session_tables()
         if session is None or q_pos.shape[0] != 1 or k_pos.shape[0] != 1:
             return None
         if not (q_pos.is_cpu and k_pos.is_cpu and self.key_table.is_cpu):
