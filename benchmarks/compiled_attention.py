@@ -1,7 +1,7 @@
 """Compiled bf16 training step on a CPU: attention through ``sdpa`` in float32 against ``auto`` (``math``).
 
 Under ``torch.compile`` on a CPU in bf16 autocast, ``backend="auto"`` attends through ``math`` (inductor fuses
-the bias, mask and softmax; both products in bfloat16), where before it took ``sdpa`` in float32 (see
+the bias, mask and softmax; float32 logits from bfloat16 operands, ``probs @ v`` in bfloat16), where before it took ``sdpa`` in float32 (see
 ``posenc.attention.backends.choose_backend``, rule 3). For each encoding, the compare model (4 layers, dim 128,
 batch 8 x 128, fused AdamW) is built twice from one seed, ``backend="sdpa"`` and ``backend="auto"``, both
 compiled, and their steps take turns in one process on one thread; the median of ``--rounds`` rounds of

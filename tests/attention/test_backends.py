@@ -526,3 +526,36 @@ def test_math_training_compiles_with_dynamic_shapes() -> None:
         compiled = torch.compile(attn.train(), fullgraph=True, dynamic=True, backend="eager")
         for s in (5, 7):
             compiled(torch.randn(1, s, 16)).sum().backward()
+
+
+def _attention_f64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    s = q.shape[-2]
+    logits = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    logits = logits.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), float("-inf"))
+    return logits.softmax(-1) @ v.double()
+
+
+def test_math_multiplies_half_precision_q_and_k_in_float32() -> None:
+    """The reference rounded ``q @ k^T`` to q's dtype before its float32 softmax: in fp16 a product past 65,504
+    became inf and the rows NaN, in bf16 large logits lost bits (0.5 off where sdpa was 8e-3; review s4)."""
+    torch.manual_seed(0)
+    pos = torch.arange(8)[None]
+    ctx = AttentionInputs(posenc.NoPE(), pos, pos, None, causal=True)
+    q = torch.randn(1, 2, 8, 64).sign() * 40.0  # q . q = 102,400: past fp16's range
+    v = torch.randn(1, 2, 8, 64)
+    out = math_attention(q.half(), q.half(), v.half(), ctx)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), _attention_f64(q.half(), q.half(), v.half()), rtol=0, atol=2e-3)
+    q, k, v = (torch.randn(1, 4, 64, 32) * 3 for _ in range(3))  # logits of std ~9 * sqrt(32) / sqrt(32)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    pos = torch.arange(64)[None]
+    ctx = AttentionInputs(posenc.NoPE(), pos, pos, None, causal=True)
+    exact = _attention_f64(q, k, v)
+    err_math = (math_attention(q, k, v, ctx).double() - exact).abs().max()
+    err_sdpa = (sdpa_attention(q, k, v, ctx).double() - exact).abs().max()
+    assert err_math <= 1.5 * err_sdpa + 1e-3
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast does not put the product back into bf16
+        torch.testing.assert_close(
+            math_attention(q, k, v, ctx), math_attention(q, k, v, ctx).float().bfloat16()
+        )
+        assert (math_attention(q, k, v, ctx).double() - exact).abs().max() == err_math

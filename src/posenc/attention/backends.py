@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from ..fallback import Fallback
+from ..functional.bias import without_autocast
 from ..registry import Registry
 from .flex import CPU_FLEX_DTYPES, flex_attention_backend, needs_grad, supports_flex
 from .inputs import AttentionInputs, Backend, check_inputs, full_keep, hook_options
@@ -30,11 +31,14 @@ def repeat_kv(x: Tensor, heads: int) -> Tensor:
 
 
 def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
-    """Reference: explicit ``(B, H, Q, K)`` logits, softmax in float32 or better, rows with no visible key give 0."""
+    """Reference: explicit ``(B, H, Q, K)`` logits and softmax in float32 or better (bf16/fp16 q and k are
+    multiplied in float32, autocast or not: as flash kernels accumulate them, never rounded to q's dtype, which
+    was 0.5 off at large logits in bf16 and overflowed to NaN in fp16), rows with no visible key give 0."""
     check_inputs(q, k, v, ctx)
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, K, D)
-    acc = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 or better
-    logits = (q @ k.transpose(-1, -2)).to(acc) * q.shape[-1] ** -0.5  # (B, H, Q, K)
+    acc = torch.promote_types(q.dtype, torch.float32)  # logits and softmax in float32 or better
+    with without_autocast(q):
+        logits = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, Q, K)
     bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **hook_options(ctx))
     if bias is not None:
         logits = logits + bias.to(acc)
@@ -160,11 +164,12 @@ def choose_backend(name: str, q: Tensor, ctx: AttentionInputs) -> Backend:
        (inductor fails to lower a CPU FlexAttention inside an outer compiled graph, torch 2.13); if FlexAttention cannot run on
        this machine (no C++ compiler, say) ``auto`` warns once and uses ``sdpa`` from then on;
     3. ``math`` under ``torch.compile`` on a CPU in mixed precision (:func:`_cpu_autocast_low`) while
-       ``Q * K < FLEX_MIN_SCORES``: inductor fuses the bias, mask and softmax, and autocast runs both products in
-       bfloat16, as flash kernels on a GPU do. Compiled bf16 training step of the compare model, ``math`` over
-       ``sdpa`` in float32 (``benchmarks/compiled_attention.py``, one thread, 2-core AMD EPYC, torch 2.13, three
-       runs): rope 0.86-0.88, alibi 0.91-0.92, t5 0.95-0.96, fire 0.96-0.97, kerple 0.97-1.01. Not in eager
-       mode (unfused, slower than ``sdpa``);
+       ``Q * K < FLEX_MIN_SCORES``: inductor fuses the bias, mask and softmax; as flash kernels do, the logits
+       stay float32 (bf16 operands) and ``probs @ v`` runs in bfloat16. Compiled bf16 training step of the compare
+       model, ``math`` over ``sdpa`` in float32 (``benchmarks/compiled_attention.py``, one thread, 2-core AMD
+       EPYC, torch 2.13, three runs, when the logits too were bfloat16): rope 0.86-0.88, alibi 0.91-0.92, t5
+       0.95-0.96, fire 0.96-0.97, kerple 0.97-1.01; with float32 logits (one run, 2026-11-29) rope 0.90. Not in
+       eager mode (unfused, slower than ``sdpa``);
     4. ``sdpa`` otherwise (CPU training, small problems, encodings without a bias).
     """
     if BACKENDS.check(name) == "auto":

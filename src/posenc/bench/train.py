@@ -10,7 +10,7 @@ batch 8 x 128 bytes) per call, timed round-robin in one process so the rows shar
   seconds on a CPU, reported as ``compile_s``).
 * ``..., bf16``: the same steps in mixed precision (``posenc compare --precision bf16``: bfloat16 products under
   autocast, float32 weights and optimizer; on a CPU attention runs in float32 through SDPA eager, and
-  compiled through ``math`` with bfloat16 products, see :func:`posenc.attention.backends.choose_backend`),
+  compiled through ``math``, float32 logits and a bfloat16 ``probs @ v``, see :func:`posenc.attention.backends.choose_backend`),
   where the device computes in bfloat16 natively (:func:`posenc.experiments.train.native_bf16`).
 * ``fused, N at a time``: on a CPU with N > 1 cores (not with ``--quick``), N worker processes of one thread
   each run the fused step together (and, where bf16 is native, the fused and the compiled bf16 steps), as

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_int
+from .bias import without_autocast
 
 
 def relative_positions(
@@ -56,9 +57,12 @@ def shaw_key_bias(q: Tensor, key_table: Tensor, rel_index: Tensor, scale: float 
             elementwise the same products, so bitwise what scaling the gathered bias gives.
 
     Returns:
-        ``(B, H, Q, K)``: ``q @ a^K`` as ``(B, H, Q, W)``, scaled, then gathered per key.
+        ``(B, H, Q, K)`` in float32 or better (bf16/fp16 ``q`` too, autocast or not, as attention's logits):
+        ``q @ a^K`` as ``(B, H, Q, W)``, scaled, then gathered per key.
     """
-    scores = _per_head(q, key_table.to(q.dtype).transpose(-1, -2))  # (B, H, Q, D) @ (T, D, W) -> (B, H, Q, W)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    with without_autocast(q):  # (B, H, Q, D) @ (T, D, W) -> (B, H, Q, W)
+        scores = _per_head(q.to(acc), key_table.to(acc).transpose(-1, -2))
     if scale != 1.0:
         scores = scores * scale
     idx = _expand_index(rel_index, scores.shape[0], scores.shape[1])  # (B, H, Q, K)

@@ -100,7 +100,7 @@ class ShawRelative(PositionEncoding):
 
     def score_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor | None:
         """Shaw's key term ``q_i . a^K_ij / sqrt(D)`` (eq. 4): ``q (B, H, Q, D)``, ``q_pos (1|B, Q)``,
-        ``k_pos (1|B, K)`` -> ``(B, H, Q, K)`` in ``q``'s dtype."""
+        ``k_pos (1|B, K)`` -> ``(B, H, Q, K)`` in float32 or better (as attention's logits)."""
         self._check_query(q)
         return shaw_key_bias(q, self.key_table, self.index(q_pos, k_pos), self.head_dim**-0.5)
 
