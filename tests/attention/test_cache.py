@@ -284,3 +284,32 @@ def test_gradients_flow_through_preallocated_caches(name: str, backend: str, kv_
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         cache.reset()  # a graph's buffers are let go, not written again
         assert cache.k is None
+
+
+def test_a_preallocated_cache_returns_to_in_place_writes_after_recorded_steps() -> None:
+    """Steps recorded by autograd grow out of place; a later step under no_grad copies them into a fresh buffer
+    and writes in place from then on, and reset() under no_grad lets the graph's tensors go (review s4: a reset
+    under no_grad kept them and the next write broke the earlier backward)."""
+    torch.manual_seed(0)
+    attn = posenc.Attention(8, 2, position=posenc.RoPE(4))
+    x = torch.randn(1, 6, 8)
+    cache, grow = posenc.KVCache(max_len=6), posenc.KVCache()
+    loss = sum(attn(x[:, i : i + 1], cache=cache).sum() for i in range(3))
+    with torch.no_grad():
+        for i in range(3, 6):
+            torch.testing.assert_close(
+                attn(x[:, i : i + 1], cache=cache), _steps(attn, x, grow, i), rtol=0, atol=0
+            )
+        assert cache.k is not None and cache.k.shape[-2] == 6 and not cache.k.requires_grad
+    cache2 = posenc.KVCache(max_len=6)
+    loss2 = sum(attn(x[:, i : i + 1], cache=cache2).sum() for i in range(3))
+    with torch.no_grad():
+        cache2.reset()
+        attn(x[:, :1], cache=cache2)
+    (loss + loss2).backward()  # type: ignore[union-attr]
+
+
+def _steps(attn: posenc.Attention, x: torch.Tensor, cache: posenc.KVCache, i: int) -> torch.Tensor:
+    while len(cache) < i:
+        attn(x[:, len(cache) : len(cache) + 1], cache=cache)
+    return attn(x[:, i : i + 1], cache=cache)

@@ -399,3 +399,15 @@ def test_an_xpos_model_under_half_precision_autocast_is_refused_before_any_work(
     ):
         model.generate(torch.zeros(1, 4, dtype=torch.long), limit)
     assert calls == []
+
+
+def test_autocast_limits_only_float32_models() -> None:
+    """Autocast casts float32 operands only: a float64 xPos model under float16 autocast computes in float64 and
+    keeps its float64 limit (review s4: it was refused at the float16 one)."""
+    from posenc.models.generate import _compute_dtype
+
+    model = TransformerLM("xpos", dim=32, depth=1, heads=2, position_options={"scale_base": 8}).eval()
+    cpu = torch.device("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert _compute_dtype(model, cpu) == torch.float16
+        assert _compute_dtype(model.double(), cpu) == torch.float64

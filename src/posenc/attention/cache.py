@@ -18,7 +18,9 @@ class KVCache:
         max_len: None (default) grows by concatenation, fine for short generations; an integer preallocates
             room for that many tokens on the first update and writes in place (no copy of the past per step,
             as in gpt-fast). Appending past it raises ``ValueError``. While autograd records (keys or values
-            that need gradients, grad mode on) it writes out of place, so ``backward()`` through the steps works.
+            that need gradients, grad mode on) it grows out of place as ``max_len=None`` does (each step copies
+            the filled part, and autograd keeps each copy), so ``backward()`` through the steps works; decode
+            under ``torch.no_grad()`` for the in-place writes.
 
     Shapes: ``k: (B, Hkv, S, D)``, ``v: (B, Hkv, S, D)``, ``positions: (1|B, S)``.
     """
@@ -69,27 +71,45 @@ class KVCache:
         ):  # emptied: other keys get room of their own
             if stream_mismatch(self.k, k) is not None or stream_mismatch(self.v, v) is not None:
                 self.k = self.v = self.positions = None
-        if self.k is None or self.v is None or self.positions is None:
+        rows = positions.expand(k.shape[0], -1)  # (B, S)
+        if records_grad(self.k, self.v, k, v):
+            # out of place, the filled part only (as a growing cache): the keys earlier steps saved for backward
+            # stay as they were; these tensors are the cache until reset() lets them go
+            if self.k is None or self.v is None or self.positions is None or start == 0:
+                self.k, self.v, self.positions = k, v, rows
+            else:
+                self.k = torch.cat((self.k[:, :, :start], k), dim=-2)  # (B, Hkv, end, D)
+                self.v = torch.cat((self.v[:, :, :start], v), dim=-2)
+                self.positions = torch.cat((self.positions[:, :start], rows), dim=-1)  # (B, end)
+            self._len = end
+            return self.k, self.v, self.positions
+        if (
+            self.k is None
+            or self.v is None
+            or self.positions is None
+            or self.k.shape[-2] != self.max_len
+            or self.k.requires_grad
+        ):  # no buffer yet, or the tensors of recorded steps (never written in place): a buffer, the past copied
             b, g, _, d = k.shape
+            old_k, old_v, old_pos = self.k, self.v, self.positions
             self.k = k.new_empty(b, g, self.max_len, d)  # (B, Hkv, max_len, D)
             self.v = v.new_empty(b, v.shape[1], self.max_len, v.shape[-1])
-            self.positions = positions.new_zeros(b, self.max_len)  # (B, max_len)
-        if records_grad(self.k, self.v, k, v):  # out of place: the keys earlier steps saved for backward stay
-            rows = positions.to(self.positions.dtype).expand(self.positions.shape[0], -1)
-            self.k = self.k.slice_scatter(k, dim=2, start=start, end=end)
-            self.v = self.v.slice_scatter(v, dim=2, start=start, end=end)
-            self.positions = self.positions.slice_scatter(rows, dim=1, start=start, end=end)
-        else:
-            self.k[:, :, start:end] = k
-            self.v[:, :, start:end] = v
-            self.positions[:, start:end] = positions  # (1|B, S) broadcast over the batch
+            self.positions = rows.new_zeros(b, self.max_len)  # (B, max_len)
+            if start and old_k is not None and old_v is not None and old_pos is not None:
+                self.k[:, :, :start] = old_k[:, :, :start]
+                self.v[:, :, :start] = old_v[:, :, :start]
+                self.positions[:, :start] = old_pos[:, :start]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.positions[:, start:end] = rows
         self._len = end
         return self.k[:, :, :end], self.v[:, :, :end], self.positions[:, :end]
 
     def reset(self) -> None:
-        """Forget every token (a preallocated cache keeps its memory)."""
+        """Forget every token (a preallocated cache keeps its memory, unless its tensors came from steps autograd
+        recorded: those are let go, never written again)."""
         self._len = 0
-        if self.max_len is None or records_grad(self.k, self.v):  # (a graph's tensors: not written again)
+        if self.max_len is None or self.k is None or self.k.shape[-2] != self.max_len or self.k.requires_grad:
             self.k = self.v = self.positions = None
 
 

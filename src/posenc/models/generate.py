@@ -162,10 +162,10 @@ def _compute_dtype(model: TransformerLM, device: torch.device) -> torch.dtype:
     """The dtype queries and keys are computed in: autocast's where it is on for ``device`` (an xPos model's
     half-precision limit then applies, checked up front: a float32 model under float16 autocast failed after
     decoding), else the weights'."""
-    kind = device.type
-    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return model.head.weight.dtype
+    kind, weights = device.type, model.head.weight.dtype
+    if weights == torch.float32 and kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)  # (autocast casts float32 operands only: float64 models stay)
+    return weights
 
 
 def device_memory(device: torch.device) -> int | None:
