@@ -99,3 +99,52 @@ def test_accepted_by_compare(
     code = main([*args, "--encodings", NAME, "--out", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "checkpoints" / NAME / "seed0.pt").exists()
+
+
+class _FiveDimBias(posenc.PositionEncoding):
+    """A user's bias hook returning one dimension too many."""
+
+    def score_bias(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(1, 1, q.shape[1], q.shape[2], k_pos.shape[-1])
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa", "flex"])
+def test_a_bias_hook_of_the_wrong_shape_is_refused_by_every_backend(backend: str) -> None:
+    """A 5-d bias broadcast math's logits to 5 dims and the output's reshape mixed batch and heads silently (0.95
+    off for a zero bias); flex aborted the process (review s4). Now one ValueError naming the hook and the shape."""
+    attn = posenc.Attention(16, 4, position=_FiveDimBias(), backend=backend).eval()
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match=r"_FiveDimBias.score_bias returned \(1, 1, 4, \d+, \d+\)"),
+    ):
+        attn(torch.randn(2, 6, 16))
+
+
+def test_declarations_are_checked_when_the_class_is_defined() -> None:
+    """A family typo made an absolute encoding silently NoPE; a value_term without needs_probs was dropped by
+    sdpa and flex; OptionsInState after the base saved nothing; a sizes typo failed in build (review s4)."""
+    with pytest.raises(TypeError, match="family must be one of none, absolute"):
+
+        class _Typo(posenc.PositionEncoding):
+            family = "Absolute"
+
+    with pytest.raises(TypeError, match="sizes must be a tuple of 'dim', 'heads', 'head_dim'"):
+
+        class _Sizes(posenc.PositionEncoding):
+            sizes = ("head",)
+
+    with pytest.raises(TypeError, match="overrides value_term but does not set needs_probs"):
+
+        class _Values(posenc.PositionEncoding):
+            def value_term(
+                self, probs: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+            ) -> torch.Tensor:
+                return probs
+
+    from posenc.base import OptionsInState
+    from posenc.bias import BiasEncoding
+
+    with pytest.raises(TypeError, match="list OptionsInState before the encoding's base class"):
+
+        class _Late(BiasEncoding, OptionsInState):  # type: ignore[misc]
+            state_options = ("heads",)

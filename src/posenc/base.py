@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional.tables import RowViews
-from .registry import ENCODINGS, Sizes
+from .registry import ENCODINGS, FAMILIES, Sizes
 from .session import SessionMemo
 from .validation import check_int, check_positions
 
@@ -76,6 +76,7 @@ class PositionEncoding(nn.Module):
                 "(not starting with . or -; it names files, and ':', '+', '@', '=', ',' separate options, "
                 "extensions and entries), and 'all' stands for every encoding in a list"
             )
+        _check_declaration(cls)
         for hook in ("score_bias", "score_mod", "pairwise"):  # hooks written before `runs`: never pass it
             fn = cls.__dict__.get(hook)
             params = inspect.signature(fn).parameters.values() if callable(fn) else ()
@@ -257,6 +258,40 @@ def tables_after_load(module: nn.Module, incompatible_keys: object = None) -> No
     for m in module.modules():
         if isinstance(m, PositionEncoding) and any(b.is_meta for b in m.buffers(recurse=False)):
             m._rebuild_derived(device)
+
+
+#: The sizes an encoding may ask for in ``sizes`` (fields of :class:`posenc.registry.Sizes`).
+SIZE_NAMES = ("dim", "heads", "head_dim")
+
+
+def _check_declaration(cls: type[PositionEncoding]) -> None:
+    """Refuse, when the class is defined, the declarations that would otherwise fail far away or silently: a
+    ``family`` outside :data:`FAMILIES` (an "Absolute" encoding was applied in attention, its ``embed`` never
+    called), ``sizes`` that are not a tuple of :data:`SIZE_NAMES`, a ``value_term`` without ``needs_probs``
+    (sdpa and flex never call it: the term was dropped without a word), and :class:`OptionsInState` listed after
+    the encoding's base (its options then were not saved)."""
+    where = cls.__qualname__
+    if cls.family not in FAMILIES:
+        raise TypeError(f"{where}: family must be one of {', '.join(FAMILIES)}, got {cls.family!r}")
+    if not isinstance(cls.sizes, tuple) or any(s not in SIZE_NAMES for s in cls.sizes):
+        raise TypeError(
+            f"{where}: sizes must be a tuple of {', '.join(map(repr, SIZE_NAMES))} (the model sizes its constructor "
+            f"takes first, in that order), got {cls.sizes!r}"
+        )
+    declares_probs = any("needs_probs" in vars(k) for k in cls.__mro__ if k is not PositionEncoding)
+    if cls.value_term is not PositionEncoding.value_term and not declares_probs:
+        raise TypeError(
+            f"{where} overrides value_term but does not set needs_probs: only the math backend computes the "
+            "attention weights that value_term takes, so sdpa and flex would leave the term out; set needs_probs "
+            "= True (a class attribute, or an instance attribute set in __init__ after declaring it on the class)"
+        )
+    if issubclass(cls, OptionsInState) and cls.state_options:
+        mro = cls.__mro__
+        if mro.index(OptionsInState) > mro.index(nn.Module):
+            raise TypeError(
+                f"{where}: list OptionsInState before the encoding's base class (class {cls.__name__}"
+                "(OptionsInState, Base)); after it, nn.Module's extra-state methods win and the options are not saved"
+            )
 
 
 class OptionsInState:

@@ -21,7 +21,7 @@ from ..fallback import Fallback
 from ..functional.bias import without_autocast
 from ..registry import Registry
 from .flex import CPU_FLEX_DTYPES, flex_attention_backend, needs_grad, supports_flex
-from .inputs import AttentionInputs, Backend, check_inputs, full_keep, hook_options
+from .inputs import AttentionInputs, Backend, check_inputs, full_keep, score_bias
 
 
 def repeat_kv(x: Tensor, heads: int) -> Tensor:
@@ -39,7 +39,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     acc = torch.promote_types(q.dtype, torch.float32)  # logits and softmax in float32 or better
     with without_autocast(q):
         logits = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, Q, K)
-    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **hook_options(ctx))
+    bias = score_bias(q, k.shape[-2], ctx)
     if bias is not None:
         logits = logits + bias.to(acc)
     keep = full_keep(q, k, ctx)
@@ -90,11 +90,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
     if value_rows is not None:
         v = v + value_rows.to(v.dtype)  # (B, H|G, K, D): probs @ (v + a^V) holds the value term
     gqa = k.shape[1] != q.shape[1]
-    bias = (
-        None
-        if key_rows is not None
-        else ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **hook_options(ctx))
-    )
+    bias = None if key_rows is not None else score_bias(q, k.shape[-2], ctx)
     if bias is None and ctx.keep is None and (not ctx.causal or q.shape[-2] == k.shape[-2]):
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=ctx.dropout_p, is_causal=ctx.causal, enable_gqa=gqa

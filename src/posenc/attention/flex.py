@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..base import PositionEncoding, ScoreMod
-from .inputs import AttentionInputs, check_inputs, hook_options
+from .inputs import AttentionInputs, check_inputs, hook_options, score_bias
 
 log = logging.getLogger(__name__)
 BLOCK = 128
@@ -110,7 +110,7 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
     options = hook_options(ctx)
     score_mod = ctx.position.score_mod(q, ctx.q_pos, ctx.k_pos, **options)
     if score_mod is None:
-        bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **options)
+        bias = score_bias(q, k.shape[-2], ctx)
         score_mod = None if bias is None else materialized_score_mod(bias)
     block_mask = build_block_mask(q.shape[-2], k.shape[-2], ctx.causal, ctx.keep, q.device)
     gqa = k.shape[1] != q.shape[1]

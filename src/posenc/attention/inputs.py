@@ -47,6 +47,27 @@ def hook_options(ctx: AttentionInputs) -> dict[str, bool]:
     return {"runs": True} if ctx.runs and ctx.position.takes_runs else {}
 
 
+def score_bias(q: Tensor, k_len: int, ctx: AttentionInputs) -> Tensor | None:
+    """The encoding's :meth:`~posenc.PositionEncoding.score_bias` for ``q (B, H, Q, D)`` and ``k_len`` keys, checked:
+    a tensor that broadcasts to ``(B, H, Q, K)`` with at most 4 dims, or None. (A 5-d bias broadcast the logits to
+    5 dims and the output's reshape mixed batch and heads silently; flex aborted the process.) Shapes only."""
+    bias = ctx.position.score_bias(q, ctx.q_pos, ctx.k_pos, **hook_options(ctx))
+    if bias is None:
+        return None
+    want = (q.shape[0], q.shape[1], q.shape[2], k_len)
+    if (
+        not isinstance(bias, Tensor)
+        or bias.dim() > 4
+        or any(s != 1 and s != w for s, w in zip(reversed(bias.shape), reversed(want), strict=False))
+    ):
+        got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(
+            f"{type(ctx.position).__name__}.score_bias returned {got}; it must be None or a tensor that broadcasts "
+            f"to (B, H, Q, K) = {want} with at most 4 dims"
+        )
+    return bias
+
+
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> None:
     """The one check every backend runs first, so ``math``, ``sdpa`` and ``flex`` accept and refuse the same inputs.
 

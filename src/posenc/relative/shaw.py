@@ -34,6 +34,7 @@ class ShawRelative(PositionEncoding):
     family: ClassVar[str] = "relative"
     sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
     takes_runs: ClassVar[bool] = True
+    needs_probs: bool = True  # (per instance: False with values=False)
 
     def __init__(
         self, head_dim: int, max_distance: int = 16, heads: int | None = None, values: bool = True
