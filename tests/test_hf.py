@@ -372,3 +372,21 @@ def test_config_sizes_are_integers_and_rope_scaling_a_dict() -> None:
         with pytest.raises(error, match=words):
             rope_from_config(SimpleNamespace(**{**base, **extra}))
     assert rope_from_config(SimpleNamespace(**base)).head_dim == 16
+
+
+def test_an_alibi_falcon_is_refused() -> None:
+    """Falcon with ALiBi builds a rotary_emb its attention never reads: install_rope returned a RoPE and changed
+    nothing (review s4)."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    config = FalconConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        alibi=True,
+        new_decoder_architecture=False,
+    )
+    model = FalconForCausalLM(config).eval()
+    with pytest.raises(UnsupportedRotary, match=r"\[no-rotary-module\].*ALiBi"):
+        install_rope(model, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16})

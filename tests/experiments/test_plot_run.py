@@ -96,13 +96,31 @@ def test_a_checkpoint_of_another_encoding_is_refused_not_drawn_under_its_folders
 def test_a_checkpoint_of_another_configuration_is_refused(
     plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A checkpoint trained at another L was drawn with this run's L marked on it."""
+    """A checkpoint trained at another L was drawn with this run's L marked on it. Here config.json was edited,
+    so every checkpoint disagrees with it in the same way: the error names config.json (it blamed the first
+    checkpoint and said to delete it, review s4)."""
     run = _copy(plotted[0], tmp_path)
     config = json.loads((run / "config.json").read_text())
     config["train"]["train_len"] *= 2
     (run / "config.json").write_text(json.dumps(config))
     err = _plot_error(run, tmp_path, capsys)
-    assert "was not made by this run (train.train_len:" in err
+    assert f"{run / 'config.json'} disagrees with every checkpoint of this run (train.train_len:" in err
+    assert "was it edited?" in err
+
+
+def test_a_checkpoint_of_an_encoding_not_registered_here_is_not_called_damaged(
+    plotted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's encoding trained from a script that imports it: `posenc plot --run` called its checkpoint
+    damaged and said to delete it (review s4)."""
+    run = _copy(plotted[0], tmp_path)
+    path = run / "checkpoints" / "alibi" / "seed0.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["encoding"] = "users_own"
+    torch.save(ckpt, path)
+    err = _plot_error(run, tmp_path, capsys)
+    assert "holds a model of encoding 'users_own', which is not registered in this process" in err
+    assert "damaged" not in err
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..registry import ENCODINGS
 from ..validation import first_line
 
 #: Version of the checkpoint dict written by :func:`save_checkpoint`.
@@ -303,6 +304,12 @@ def load_model(
     from .train import TrainConfig, build_model
 
     ckpt = load_checkpoint(path, hint)
+    base = str(ckpt.get("encoding", "")).split(":", 1)[0]
+    if base and base not in ENCODINGS:  # (a user's encoding: its module defines it, here it was not imported)
+        raise ValueError(
+            f"{path} holds a model of encoding {base!r}, which is not registered in this process: load it from a "
+            "script that imports the module defining it (README, 'Adding an encoding')"
+        )
     train = ckpt.get("config", {}).get("train")
     if not isinstance(train, dict):
         raise ValueError(f"{path} has no training configuration to rebuild its model from; {hint}")

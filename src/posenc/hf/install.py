@@ -161,6 +161,14 @@ def install_rope(
     root = getattr(model, "config", None)
     if root is None:
         raise TypeError(f"install_rope needs a transformers model with a .config, got {type(model).__name__}")
+    if (
+        getattr(root, "alibi", False) is True
+    ):  # Falcon with ALiBi: transformers builds rotary_emb but never reads it
+        raise UnsupportedRotary(
+            "no-rotary-module",
+            f"{type(model).__name__} uses ALiBi (config.alibi=True): its rotary_emb is built but its attention never "
+            "reads it, so a RoPE installed there would change nothing",
+        )
     slots = rotary_slots(model)
     groups: dict[int, tuple[Any, list[tuple[str, nn.Module, str]]]] = {}
     for slot in slots:  # rotary modules built from the same config share one posenc module

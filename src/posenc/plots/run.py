@@ -136,18 +136,23 @@ def load_run(folder: Path, device: str = "cpu") -> TrainedRun:
             f"--run {folder}: no checkpoints/<encoding>/seed<k>.pt; has the compare run trained anything?"
         )
     order = spec_order(set(paths))
-    models = {}
+    models, refusals = {}, {}
     for name in order:
         model, ckpt = load_model(paths[name], device)
         theirs = ckpt.get("config", {})
         theirs = {**theirs, "train": {k: v for k, v in theirs.get("train", {}).items() if k != "seed"}}
         diffs = config_differences(theirs, config)
-        if ckpt.get("encoding") != name or diffs:
-            raise checkpoint_refusal(
-                paths[name],
-                diffs or [f"a checkpoint of {ckpt.get('encoding')!r}, not of {name!r}"],
-                f"retrain {name} with `posenc compare`",
-            )
+        if ckpt.get("encoding") != name:
+            diffs = [f"a checkpoint of {ckpt.get('encoding')!r}, not of {name!r}"]
+        refusals[name] = diffs
         models[name] = model
+    differing = {name: tuple(d) for name, d in refusals.items() if d}
+    if differing and len(differing) == len(order) > 1 and len(set(differing.values())) == 1:
+        raise ValueError(  # every checkpoint agrees with the others, not with config.json: it was edited
+            f"{cfg_path} disagrees with every checkpoint of this run ({'; '.join(differing[order[0]])}); was it "
+            "edited? Restore it (each checkpoint records the configuration it was trained with)"
+        )
+    for name, found in differing.items():
+        raise checkpoint_refusal(paths[name], list(found), f"retrain {name} with `posenc compare`")
     lengths = [m * train_len for m in sorted(set(multiples))]
     return TrainedRun(folder, config, train_len, lengths, models)
