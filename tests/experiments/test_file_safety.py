@@ -146,3 +146,54 @@ def test_a_folder_at_a_checkpoint_path_and_data_that_is_no_file_are_named(tmp_pa
     os.mkfifo(fifo)  # read as a folder with no text before ("no text files found")
     with pytest.raises(ValueError, match=r"--data .*fifo' is neither a file nor a folder"):
         load_corpus(str(fifo))
+
+
+@pytest.mark.parametrize("name", ["report.md", "results.json"])
+def test_a_folder_where_compare_writes_a_file_is_refused_before_training(
+    name: str, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both models trained, then the rename failed with a raw "[Errno 21] Is a directory" (review s4)."""
+    from posenc.cli import main
+
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    args = ["compare", "--quick", "--no-progress", "--data", str(tiny_corpus), "--encodings", "rope"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / name} is a folder, where the run writes a file" in err and err.count("\n") == 1
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--threads", "100000"],
+            "--threads must be between 1 and 1024",
+        ),  # set_num_threads(100000) segfaulted
+        (["--steps", str(10**20)], "training this model needs at least"),  # int64 overflow: a C++ stack dump
+        (["--depth", str(10**8)], "training this model needs at least"),  # layers built until memory ran out
+    ],
+)
+def test_sizes_the_machine_cannot_train_are_one_line_before_any_file(
+    flags: list[str], message: str, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from posenc.cli import main
+
+    out = tmp_path / "out"
+    args = ["compare", "--quick", "--no-progress", "--data", str(tiny_corpus), "--encodings", "rope"]
+    assert main([*args, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_tasks_refuses_a_length_it_cannot_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--train-len 10**20 drew one training example for minutes, growing without bound (review s4)."""
+    from posenc.cli import main
+
+    out = tmp_path / "out"
+    args = ["tasks", "--quick", "--no-progress", "--encodings", "rope", "--tasks", "passkey"]
+    assert main([*args, "--train-len", str(10**20), "--out", str(out)]) == 2
+    assert "training this model needs at least" in capsys.readouterr().err
+    assert not out.exists()

@@ -171,7 +171,7 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
     link (:mod:`posenc.experiments.checkpoints`); return their paths."""
     from ..experiments.checkpoints import check_out_dir, write_text
 
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, files=("bench.json", "bench.md"))
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     write_text(json_path, json.dumps(report, indent=2) + "\n")
     write_text(md_path, markdown_report(report))

@@ -108,6 +108,10 @@ def _kept(args: argparse.Namespace) -> str:
     return kept_checkpoints(args.out)
 
 
+#: The most CPU threads ``--threads`` takes (torch.set_num_threads(100000) crashed the process).
+MAX_THREADS = 1024
+
+
 def cpu_threads() -> int:
     """CPU threads per process: the cores this process may use, shared among torchrun's local ranks."""
     from ..experiments.pool import available_cores
@@ -195,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
     if jobs is not None:
         check_int("--jobs", jobs, at_least=1)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if not 1 <= args.threads <= MAX_THREADS:  # (torch.set_num_threads(100000) segfaults)
+            raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
         if jobs is not None and jobs > 1:
             raise ValueError(
                 f"--threads sets the threads of one process and --jobs {jobs} gives each model cores / {jobs}; "

@@ -82,12 +82,19 @@ def save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
 
 
 # -- output folders ---------------------------------------------------------------------------------------
-def check_out_dir(out: Path, option: str = "--out") -> Path:
-    """Refuse an output folder that cannot be made or written (a file, under a file, no permission): before any
-    work, so a long run never fails at its last step. Creates nothing. Returns ``out`` as a :class:`Path`."""
+def check_out_dir(out: Path, option: str = "--out", files: tuple[str, ...] = ()) -> Path:
+    """Refuse an output folder that cannot be made or written (a file, under a file, no permission), or where one
+    of the ``files`` the run writes is a folder: before any work, so a long run never fails at its last step.
+    Creates nothing. Returns ``out`` as a :class:`Path`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out} is a file; give a folder (it is created if missing)")
+    for name in files:  # (a link is replaced, never followed: only a real folder blocks the rename)
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            raise ValueError(
+                f"{option} {out}: {target} is a folder, where the run writes a file; move it away"
+            )
     existing = out
     while not existing.exists() and existing != existing.parent:
         if existing.is_symlink():  # a dangling link (out or above): mkdir would fail there, after the work

@@ -138,7 +138,9 @@ def run_compare(
             configuration.
     """
     start = time.perf_counter()
-    check_out_dir(Path(out))  # before any work
+    check_out_dir(  # before any work
+        Path(out), files=("config.json", "results.json", "report.md", "perplexity.png", "curves.png")
+    )
     cfg = CompareConfig() if cfg is None else cfg
     check_batch_split(cfg.train.batch_size)
     names = check_encodings(default_encodings() if encodings is None else encodings)

@@ -212,6 +212,33 @@ def variants_note(names: list[str]) -> str | None:
     )
 
 
+def training_bytes(train: TrainConfig) -> int:
+    """A rough lower bound of the memory one model's training takes: fp32 weights, gradients and AdamW's two
+    moments (byte vocabulary of 256, tied head, four-wide MLP), the activations a step keeps for backward (about
+    sixteen ``dim``-wide values per token and layer, and the ``(heads, L, L)`` attention weights) and the
+    per-step loss buffer."""
+    dim, depth, length = train.dim, train.depth, train.train_len
+    params = 256 * dim + depth * 12 * dim * dim
+    activations = train.batch_size * depth * length * (16 * dim + train.heads * length)
+    return 4 * (4 * params + activations + train.steps)
+
+
+def check_training_memory(train: TrainConfig) -> None:
+    """Refuse, before anything is built or written, a configuration whose training cannot fit in half of this
+    machine's memory (``--depth 100000000`` built layers until the machine ran out; ``--steps 1e20`` overflowed
+    int64 in torch with a C++ stack dump; ``posenc tasks --train-len 1e20`` drew one example for minutes)."""
+    from ..validation import host_memory
+
+    total = host_memory()
+    need = training_bytes(train)
+    if total is not None and need > total // 2:
+        raise ValueError(
+            f"training this model needs at least {need / 2**30:.3g} GiB (dim {train.dim}, depth {train.depth}, "
+            f"heads {train.heads}, batch {train.batch_size} x L = {train.train_len}, {train.steps} steps), more "
+            f"than half of this machine's {total / 2**30:.3g} GiB; choose smaller sizes"
+        )
+
+
 def check_buildable(
     names: list[str], train: TrainConfig, device: torch.device | str | None = "cpu", flag: str = "--encodings"
 ) -> None:
@@ -226,6 +253,8 @@ def check_buildable(
 
     from .train import build_model, encoding_options
 
+    if device is None or torch.device(device).type == "cpu":
+        check_training_memory(train)
     small = replace(train, depth=1)
     seen: dict[tuple[str, str], str] = {}
     for name in names:

@@ -110,7 +110,9 @@ def run_tasks(
             ``results.json``.
     """
     start = time.perf_counter()
-    check_out_dir(Path(out))  # before any work
+    check_out_dir(
+        Path(out), files=("config.json", "results.json", "report.md", "accuracy.png")
+    )  # before any work
     cfg = TasksConfig() if cfg is None else cfg
     base = resolve_device(device)
     world = setup_world(base)
