@@ -267,23 +267,16 @@ SIZE_NAMES = ("dim", "heads", "head_dim")
 def _check_declaration(cls: type[PositionEncoding]) -> None:
     """Refuse, when the class is defined, the declarations that would otherwise fail far away or silently: a
     ``family`` outside :data:`FAMILIES` (an "Absolute" encoding was applied in attention, its ``embed`` never
-    called), ``sizes`` that are not a tuple of :data:`SIZE_NAMES`, a ``value_term`` without ``needs_probs``
-    (sdpa and flex never call it: the term was dropped without a word), and :class:`OptionsInState` listed after
-    the encoding's base (its options then were not saved)."""
+    called), ``sizes`` that are not a tuple of :data:`SIZE_NAMES`, and :class:`OptionsInState` listed after the encoding's base (its options then were not saved). (A
+    ``value_term`` without ``needs_probs`` is refused at the first attention call: see
+    :func:`posenc.attention.inputs.check_value_term`.)"""
     where = cls.__qualname__
     if cls.family not in FAMILIES:
         raise TypeError(f"{where}: family must be one of {', '.join(FAMILIES)}, got {cls.family!r}")
-    if not isinstance(cls.sizes, tuple) or any(s not in SIZE_NAMES for s in cls.sizes):
+    if not isinstance(cls.sizes, (tuple, list)) or any(s not in SIZE_NAMES for s in cls.sizes):
         raise TypeError(
             f"{where}: sizes must be a tuple of {', '.join(map(repr, SIZE_NAMES))} (the model sizes its constructor "
             f"takes first, in that order), got {cls.sizes!r}"
-        )
-    declares_probs = any("needs_probs" in vars(k) for k in cls.__mro__ if k is not PositionEncoding)
-    if cls.value_term is not PositionEncoding.value_term and not declares_probs:
-        raise TypeError(
-            f"{where} overrides value_term but does not set needs_probs: only the math backend computes the "
-            "attention weights that value_term takes, so sdpa and flex would leave the term out; set needs_probs "
-            "= True (a class attribute, or an instance attribute set in __init__ after declaring it on the class)"
         )
     if issubclass(cls, OptionsInState) and cls.state_options:
         mro = cls.__mro__

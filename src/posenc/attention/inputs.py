@@ -68,6 +68,23 @@ def score_bias(q: Tensor, k_len: int, ctx: AttentionInputs) -> Tensor | None:
     return bias
 
 
+def check_value_term(position: PositionEncoding) -> None:
+    """Refuse an encoding that overrides ``value_term`` but never says whether it needs the attention weights
+    (``needs_probs``, on the class or the instance): only ``math`` computes them, so sdpa, flex and ``auto`` left
+    the term out without a word (review s4). Attribute reads only."""
+    cls = type(position)
+    if torch.compiler.is_compiling() or cls.value_term is PositionEncoding.value_term:
+        return  # (while tracing: the eager calls have checked it)
+    if "needs_probs" in vars(position):
+        return
+    if not any("needs_probs" in vars(k) for k in cls.__mro__ if k is not PositionEncoding):
+        raise TypeError(
+            f"{cls.__qualname__} overrides value_term but never sets needs_probs: only the math backend computes "
+            "the attention weights value_term takes, and sdpa and flex would leave the term out; set needs_probs = "
+            "True on the class (or per instance in __init__; False where value_term gives None)"
+        )
+
+
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> None:
     """The one check every backend runs first, so ``math``, ``sdpa`` and ``flex`` accept and refuse the same inputs.
 
@@ -75,6 +92,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> None:
     positions ``(1|B, Q)`` and ``(1|B, K)``; keep-mask ``(1|B, 1|H, 1|Q, K)`` bool; all on ``q``'s device.
     Raises ``ValueError`` (``TypeError`` for dtypes) naming the tensor, its shape and the accepted one.
     """
+    check_value_term(ctx.position)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(

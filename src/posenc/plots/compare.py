@@ -78,7 +78,9 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
         title="Train short, test long (non-overlapping windows)",
     )
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # (every run diverged: no line, and matplotlib warns on an empty legend)
+    if ax.get_legend_handles_labels()[
+        0
+    ]:  # (every run diverged: no line, and matplotlib warns on an empty legend)
         ax.legend(fontsize=7, ncol=2, loc="upper left")
     return fig
 

@@ -118,6 +118,10 @@ def run_tasks(
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
     task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, ctx.device)
+    pictures = tuple(
+        f"passkey_{file_stem(n).replace('+', '_')}.png" for n in names
+    )  # (as write_outputs names them)
+    check_out_dir(Path(out), files=pictures)
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
     # a damaged or foreign results.json is refused now, not after the training, and before config.json is written
