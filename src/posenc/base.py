@@ -266,9 +266,9 @@ SIZE_NAMES = ("dim", "heads", "head_dim")
 def _check_declaration(cls: type[PositionEncoding]) -> None:
     """Refuse, when the class is defined, the declarations that would otherwise fail far away or silently: a
     ``family`` outside :data:`FAMILIES` (an "Absolute" encoding was applied in attention, its ``embed`` never
-    called), ``sizes`` that are not a tuple of :data:`SIZE_NAMES`, and :class:`OptionsInState` listed after the encoding's base (its options then were not saved). (A
-    ``value_term`` without ``needs_probs`` is refused at the first attention call: see
-    :func:`posenc.attention.inputs.check_value_term`.)"""
+    called), ``sizes`` that are not a tuple of :data:`SIZE_NAMES`, and :class:`OptionsInState` listed after the
+    encoding's base (its options then were not saved). (A ``value_term`` without ``needs_probs`` is refused at
+    the first attention call: see :func:`posenc.attention.inputs.check_value_term`.)"""
     where = cls.__qualname__
     if cls.family not in FAMILIES:
         raise TypeError(f"{where}: family must be one of {', '.join(FAMILIES)}, got {cls.family!r}")

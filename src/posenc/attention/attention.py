@@ -127,9 +127,8 @@ class Attention(nn.Module):
                 f"Attention: x is {x.dtype} but the projections are {weight.dtype}; convert one to the other "
                 "(module.to(dtype)) or run under torch.autocast"
             )
-        if (
-            weight.is_meta and not x.is_meta
-        ):  # (a meta module's linear layers return uninitialised CPU memory)
+        # a meta module's linear layers return uninitialised CPU memory for real inputs
+        if weight.is_meta and not x.is_meta:
             raise ValueError(
                 f"Attention: x is on {x.device} but the module's weights are on meta; move one to the other's device "
                 "(module.to(...), or to_empty(...) / load_state_dict(..., assign=True) for a module built on meta)"

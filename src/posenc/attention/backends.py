@@ -50,9 +50,8 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
         # fully masked rows -> 0, not NaN. The causal mask alone hides no whole row when K >= Q (query i sees
         # keys 0 .. i + K - Q), so then this (Q, K)-sized pass, and its backward, would change nothing
         probs = torch.where(keep.any(dim=-1, keepdim=True), probs, 0.0)
-    if (
-        ctx.dropout_p > 0
-    ):  # (a branch: under dynamic=True the rate is symbolic, and F.dropout's `training` a bool)
+    # a branch: under dynamic=True the rate is symbolic, and F.dropout's `training` takes a bool only
+    if ctx.dropout_p > 0:
         probs = F.dropout(probs, ctx.dropout_p)
     probs = probs.to(q.dtype)
     out = probs @ v  # (B, H, Q, D)

@@ -162,9 +162,8 @@ class BiasEncoding(PositionEncoding, ABC):
     def _head_index(self, like: Tensor) -> Tensor:
         """``arange(H)`` as ``(H, 1, 1)`` on ``like``'s device; on CPU one tensor kept for every call (a decode step
         would otherwise build it per layer and token). Built outside inference mode, so autograd may save it."""
-        if (
-            not like.is_cpu or torch.compiler.is_compiling()
-        ):  # (tracing: export's fake tensors must not be kept)
+        # (while tracing: export's fake tensors must not be kept)
+        if not like.is_cpu or torch.compiler.is_compiling():
             return torch.arange(self.heads, device=like.device).view(-1, 1, 1)
         cached = self.__dict__.get("_cpu_heads")
         if cached is None:

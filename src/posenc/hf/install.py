@@ -161,9 +161,8 @@ def install_rope(
     root = getattr(model, "config", None)
     if root is None:
         raise TypeError(f"install_rope needs a transformers model with a .config, got {type(model).__name__}")
-    if (
-        getattr(root, "alibi", False) is True
-    ):  # Falcon with ALiBi: transformers builds rotary_emb but never reads it
+    # Falcon with ALiBi: transformers builds rotary_emb but never reads it
+    if getattr(root, "alibi", False) is True:
         raise UnsupportedRotary(
             "no-rotary-module",
             f"{type(model).__name__} uses ALiBi (config.alibi=True): its rotary_emb is built but its attention never "

@@ -78,9 +78,8 @@ def perplexity_figure(results: dict[str, Any]) -> Figure:
         title="Train short, test long (non-overlapping windows)",
     )
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[
-        0
-    ]:  # (every run diverged: no line, and matplotlib warns on an empty legend)
+    # (every run diverged: no line, and matplotlib warns on an empty legend)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, ncol=2, loc="upper left")
     return fig
 

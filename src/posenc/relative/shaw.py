@@ -109,9 +109,8 @@ class ShawRelative(PositionEncoding):
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
         self._check_query(q)
-        with without_autocast(
-            q
-        ):  # (float32, as said: autocast would round the product's operands to bf16/fp16)
+        # float32, as said: autocast would round the product's operands to bf16/fp16
+        with without_autocast(q):
             scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
         q_at, k_at, m = position_reader(q_pos, runs), position_reader(k_pos, runs), self.max_distance
 

@@ -110,18 +110,14 @@ def run_tasks(
             ``results.json``.
     """
     start = time.perf_counter()
-    check_out_dir(
-        Path(out), files=("config.json", "results.json", "report.md", "accuracy.png")
-    )  # before any work
+    # before any work
+    check_out_dir(Path(out), files=("config.json", "results.json", "report.md", "accuracy.png"))
     cfg = TasksConfig() if cfg is None else cfg
     base = resolve_device(device)
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
     task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, ctx.device)
-    pictures = tuple(
-        f"passkey_{file_stem(n).replace('+', '_')}.png" for n in names
-    )  # (as write_outputs names them)
-    check_out_dir(Path(out), files=pictures)
+    check_out_dir(Path(out), files=tuple(passkey_picture(n) for n in names))
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
     # a damaged or foreign results.json is refused now, not after the training, and before config.json is written
@@ -163,6 +159,11 @@ def _pooled_run(task: str, encoding: str, seed: int, cfg: TasksConfig, out: str,
     return run_one(get_task(task), encoding, seed, TaskContext(cfg, Path(out), torch.device(device)))
 
 
+def passkey_picture(encoding: str) -> str:
+    """The file name of ``encoding``'s passkey-depth picture."""
+    return f"passkey_{file_stem(encoding).replace('+', '_')}.png"
+
+
 def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
     """``results.json``, ``report.md``, ``accuracy.png`` and ``passkey_<row>.png`` under ``out``; returns the
     names of the figures written (none without matplotlib)."""
@@ -177,7 +178,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[str]:
         save_figure(accuracy_figure(results), out / "accuracy.png")
         figures.append("accuracy.png")
         for row in results["passkey_depth"]:
-            name = f"passkey_{file_stem(row).replace('+', '_')}.png"
+            name = passkey_picture(row)
             save_figure(passkey_figure(results, row), out / name)
             figures.append(name)
     except ImportError as err:  # matplotlib is the optional "plots" extra
