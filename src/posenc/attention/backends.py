@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..base import PositionEncoding
 from ..fallback import Fallback
-from ..functional.bias import without_autocast
+from ..functional.precision import without_autocast
 from ..registry import Registry
 from .flex import CPU_FLEX_DTYPES, flex_attention_backend, needs_grad, supports_flex
 from .inputs import AttentionInputs, Backend, check_inputs, full_keep, score_bias

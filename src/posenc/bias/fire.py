@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import OptionsInState, ScoreMod
-from ..functional.bias import at_least_float32, fire_input, fire_mlp_unrolled, without_autocast
+from ..functional.bias import fire_input, fire_mlp_unrolled
+from ..functional.precision import at_least_float32, without_autocast
 from ..validation import F32_MAX, F32_TINY, check_float, check_int, check_table_sizes
 from .base import BiasEncoding, position_reader
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from array import array
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
 
 from ..validation import check_bool, check_float, check_int, check_table_size
+from .precision import at_least_float32
 
 
 def alibi_slopes(heads: int, max_bias: float = 8.0) -> Tensor:
@@ -193,21 +193,6 @@ def fire_input(
     q_at = q_pos if q_pos.is_floating_point() else q_pos.to(threshold.dtype)
     norm = torch.log1p(c_norm * torch.maximum(q_at, threshold)) + eps
     return torch.log1p(c * (q_pos - k_pos).abs()) / norm
-
-
-def without_autocast(t: Tensor) -> AbstractContextManager[object]:
-    """Autocast switched off on ``t``'s device where it is on: a float32 product stays float32 (autocast would round
-    its operands to bfloat16 or float16 first: FIRE's MLP 1e-2 off, Shaw's key term 2e-3); else nothing."""
-    kind = t.device.type
-    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
-        return torch.autocast(kind, enabled=False)
-    return nullcontext()
-
-
-def at_least_float32(t: Tensor) -> Tensor:
-    """``t`` in float32, or float64 if it is (a float64 model's bias keeps its precision), without a call when it
-    already is (a decode step runs this per layer and token)."""
-    return t if t.dtype == torch.float32 or t.dtype == torch.float64 else t.to(torch.float32)
 
 
 def fire_mlp_unrolled(x: Tensor, head: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:

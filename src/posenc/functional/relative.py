@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_int
-from .bias import without_autocast
+from .precision import without_autocast
 
 
 def relative_positions(

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..base import PositionEncoding, ScoreMod
 from ..bias.base import position_reader
-from ..functional.bias import without_autocast
+from ..functional.precision import without_autocast
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
 from ..session import SessionMemo, session_tables
