@@ -52,3 +52,37 @@ def test_rows_without_a_visible_key_give_zero_and_the_others_are_unchanged(name:
             ).softmax(-1)
             extra = enc.value_term(probs, ctx.q_pos, ctx.k_pos)
             close(out, probs @ v + (0 if extra is None else extra))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["none", "alibi"])  # a bool mask, and a float one (the bias)
+@pytest.mark.parametrize("q_len", [1, 4])
+def test_sdpa_rows_without_a_visible_key_are_zero_without_the_pass(
+    name: str, q_len: int, dtype: torch.dtype
+) -> None:
+    """Without gradients on a CPU, ``sdpa`` leaves hidden rows to torch's CPU kernel, which gives 0 itself (the
+    pass costs a decode step one ``any`` and one ``where`` per layer): the same 0 as ``math``, and as ``sdpa``
+    while recording gradients (where the pass runs). A torch whose CPU kernel changes this fails here."""
+    from posenc.attention.backends import sdpa_attention
+
+    torch.manual_seed(0)
+    enc = encoding(name)
+    b, h, d, k_len = 2, 4, 8, 6
+    q = torch.randn(b, h, q_len, d, dtype=dtype)
+    k, v = torch.randn(b, h, k_len, d, dtype=dtype), torch.randn(b, h, k_len, d, dtype=dtype)
+    keep = torch.ones(b, 1, q_len, k_len, dtype=torch.bool)
+    keep[1, :, -1] = False  # batch row 1, the last query sees nothing
+    ctx = AttentionInputs(
+        enc,
+        torch.arange(k_len - q_len, k_len).unsqueeze(0),
+        torch.arange(k_len).unsqueeze(0),
+        keep,
+        causal=True,
+    )
+    with torch.no_grad():
+        fast = sdpa_attention(q, k, v, ctx)
+    recorded = sdpa_attention(q.requires_grad_(), k, v, ctx)
+    assert torch.isfinite(fast).all() and (fast[1, :, -1] == 0).all()
+    torch.testing.assert_close(fast, recorded.detach(), atol=0, rtol=0)
+    want = math_attention(q.detach().float(), k.float(), v.float(), ctx)
+    torch.testing.assert_close(fast.float(), want, atol=2e-2 if dtype == torch.bfloat16 else 2e-5, rtol=1e-2)

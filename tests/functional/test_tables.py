@@ -69,10 +69,13 @@ def test_apply_rope_pairs_is_bitwise_apply_rope(interleaved: bool, dtype: torch.
     torch.manual_seed(1)
     x = torch.randn(2, 3, 5, 8).mul(torch.logspace(-3, 3, 8)).to(dtype)  # magnitudes far apart
     x[0, 0, 0] = 0.0  # signed zeros and exact cancellations stay as apply_rope gives them
+    x[0, 0, 1] = -0.0  # (a sum over the pair started from +0.0: -0.0 came out +0.0)
+    x[1, 1, 3, :4] = -0.0
     cos, sin = rope_cos_sin(torch.arange(5) * 37, posenc.functional.rope_inv_freq(8))
     m = rope_pair_tables(cos, sin, interleaved)  # (5, 2, 2, 4) or (5, 4, 2, 2)
     want = apply_rope(x, cos, sin, interleaved)
-    assert torch.equal(apply_rope_pairs(x, m, interleaved), want)
+    got = apply_rope_pairs(x, m, interleaved)
+    assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())
     assert torch.equal(
         apply_rope_pairs(x[:, :, 2:3], m[2], interleaved), want[:, :, 2:3]
     )  # one row, broadcast

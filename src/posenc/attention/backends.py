@@ -100,7 +100,10 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Ten
         bias = _in_dtype(bias, keep, q.dtype)
         mask = bias if keep is None else torch.where(keep, bias, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=ctx.dropout_p, enable_gqa=gqa)
-    if keep is not None:  # rows with no visible key: 0, as in the math path
+    # rows with no visible key: 0, as in the math path (torch's eager CPU kernel gives 0 there itself: skipped
+    # when no gradient is recorded, a pass per layer and token of a decode step; compiled, inductor may lower
+    # the call otherwise, and the pass is fused)
+    if keep is not None and (torch.is_grad_enabled() or not out.is_cpu or torch.compiler.is_compiling()):
         out = torch.where(keep.any(dim=-1, keepdim=True), out, 0.0)
     return out
 

@@ -143,7 +143,8 @@ def causal_keep(q_len: int, k_len: int, device: torch.device) -> Tensor:
 def full_keep(q: Tensor, k: Tensor, ctx: AttentionInputs) -> Tensor | None:
     """Padding and causal masks combined: ``(1|B, 1|H, Q, K)`` bool, or None when nothing is masked."""
     keep = ctx.keep
-    if ctx.causal:
+    # one query sees every key by the causal rule (j <= 0 + K - 1): a given mask is the whole answer
+    if ctx.causal and not (keep is not None and q.shape[-2] == 1):
         c = causal_keep(q.shape[-2], k.shape[-2], q.device)  # (Q, K)
         keep = c if keep is None else keep & c
     return keep

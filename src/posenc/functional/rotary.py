@@ -252,11 +252,17 @@ def apply_rope_pairs(x: Tensor, m: Tensor, interleaved: bool = False) -> Tensor:
 def pair_matvec(x: Tensor, m: Tensor, interleaved: bool) -> Tensor:
     """Each pair of ``x`` times its 2x2 matrix in ``m`` (a product, then a sum over the pair's members): the
     arithmetic of :func:`apply_rope_pairs`, unchecked (``x`` and ``m`` of one dtype, shapes that fit)."""
+    # the pair's two products added as one sum ``a + b``, as the reference does (``.sum`` starts from +0.0: a
+    # -0.0 result came out +0.0)
     if interleaved:
-        out = (x.unflatten(-1, (x.shape[-1] // 2, 1, 2)) * m).sum(-1)  # (..., S, P, 2, 2) -> (..., S, P, 2)
+        a, b = (x.unflatten(-1, (x.shape[-1] // 2, 1, 2)) * m).unbind(
+            -1
+        )  # (..., S, P, 2, 2) -> 2 x (..., S, P, 2)
     else:
-        out = (x.unflatten(-1, (1, 2, x.shape[-1] // 2)) * m).sum(-2)  # (..., S, 2, 2, P) -> (..., S, 2, P)
-    return out.flatten(-2)  # (..., S, D)
+        a, b = (x.unflatten(-1, (1, 2, x.shape[-1] // 2)) * m).unbind(
+            -2
+        )  # (..., S, 2, 2, P) -> 2 x (..., S, 2, P)
+    return (a + b).flatten(-2)  # (..., S, D)
 
 
 def apply_rope_reference(x: Tensor, angles: Tensor, interleaved: bool = False) -> Tensor:
