@@ -45,7 +45,7 @@ def new_encoding(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[BiasEncoding]
             return -tables[0][head] * (q_pos - k_pos).abs().float().sqrt()
 
     # eager FlexAttention (its reference implementation): no kernel compilation in this test
-    monkeypatch.setattr(flex_module, "flex_kernel", lambda device: flex_attention)
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda device, *callables: flex_attention)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")

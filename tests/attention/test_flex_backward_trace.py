@@ -99,7 +99,7 @@ def flex_backend_traced(traced_flex: Callable[..., Tensor]) -> Iterator[None]:
     """posenc's ``flex`` backend (block mask, kernel options, score_mod choice) on the traced function above,
     with its refusal of CPU training lifted."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(posenc_flex._compiled, "cpu", traced_flex)
+        mp.setattr(posenc_flex, "flex_kernel", lambda device, *callables: traced_flex)
         mp.setattr(posenc_flex, "needs_grad", lambda position, *tensors: False)
         yield
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import types
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -37,21 +38,53 @@ MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 #: Room for recompilations of the compiled kernel (one per encoding type, shape and mask kind), set around
 #: posenc's own calls only; dynamo's default of 8 would silently fall back to the materializing eager path.
 RECOMPILE_LIMIT = 64
-_compiled: dict[str, Callable[..., Any]] = {}
+_compiled: dict[tuple[object, ...], Callable[..., Any]] = {}
 
 
-def flex_kernel(device: torch.device) -> Callable[..., Any]:
-    """``flex_attention`` compiled once per device type (plain inside an outer ``torch.compile``).
+def flex_kernel(device: torch.device, *callables: object) -> Callable[..., Any]:
+    """``flex_attention`` compiled once per device type and :func:`structure` of the ``callables`` it will be given
+    (the ``score_mod`` and the block mask's ``mask_mod``); plain inside an outer ``torch.compile``.
 
+    Each structure gets a copy of ``flex_attention`` with a code object of its own, and so its own dynamo cache:
+    with one cache for all, a call whose closures were shaped otherwise than an earlier compile's (Kerple's per-row
+    positions after FIRE's cached decode) failed inside dynamo, which read the earlier guards' closure cells on
+    the new call's closures ("IndexError: tuple index out of range"). A new structure compiled anyway.
     CPU compiles with static shapes: torch 2.13's CPU FlexAttention template miscompiles dynamic sizes.
     """
     if torch.compiler.is_compiling():
         return flex_attention
-    if device.type not in _compiled:
-        _compiled[device.type] = torch.compile(
-            flex_attention, dynamic=False if device.type == "cpu" else None
-        )
-    return _compiled[device.type]
+    key = (device.type, *(structure(f) for f in callables))
+    kernel = _compiled.get(key)
+    if kernel is None:
+        kernel = torch.compile(own_code(flex_attention), dynamic=False if device.type == "cpu" else None)
+        _compiled[key] = kernel
+    return kernel
+
+
+def structure(fn: object, depth: int = 0) -> object:
+    """What dynamo's guards on a callable argument reach into: its code object and, recursively, what its closure
+    cells hold (callables by structure, anything else by type); a bound method's ``self`` by type."""
+    code = getattr(fn, "__code__", None)
+    if code is None or depth > 8:
+        return type(fn)
+    cells = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            cells.append(structure(cell.cell_contents, depth + 1))
+        except ValueError:  # an empty cell
+            cells.append(None)
+    owner = getattr(fn, "__self__", None)
+    return (code, type(owner), tuple(cells))
+
+
+def own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a copy of its code object: dynamo keeps its compiled entries on the code object."""
+    copy = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    functools.update_wrapper(copy, fn)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
 
 
 def _recompile_room() -> contextlib.AbstractContextManager[object]:
@@ -121,10 +154,9 @@ def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs
         q.shape[-1],
         needs_grad(ctx.position, q, k, v),
     )
+    kernel = flex_kernel(q.device, score_mod, None if block_mask is None else block_mask.mask_mod)
     with _recompile_room():
-        return run_fitted(
-            flex_kernel(q.device), key, q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa
-        )
+        return run_fitted(kernel, key, q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
 
 
 def cpu_bucket(n: int) -> int:
