@@ -124,8 +124,14 @@ class PositionEncoding(nn.Module):
     #: :class:`posenc.attention.inputs.AttentionInputs`); hooks of encodings that leave it False get three arguments.
     takes_runs: ClassVar[bool] = False
     #: True when the encoding is defined for causal attention only (xPos: for keys after the query its factor
-    #: grows instead of decaying); ``posenc.Attention(causal=False)`` refuses it.
+    #: grows instead of decaying); ``posenc.Attention(causal=False)`` refuses it. See :meth:`causal_only_reason`.
     causal_only: ClassVar[bool] = False
+
+    def causal_only_reason(self) -> str | None:
+        """Why this encoding, as configured, gives no meaningful bias for keys after the query, or None when it
+        serves bidirectional attention: ``posenc.Attention(causal=False)`` refuses it (when built and at every
+        call: options loaded from a checkpoint may change it). Default: :attr:`causal_only`."""
+        return "it is defined for causal attention only" if self.causal_only else None
 
     def with_scaling(self, scaling: Any) -> PositionEncoding:
         """A copy of this encoding with the RoPE context-extension ``scaling`` (rotary encodings that support it)."""

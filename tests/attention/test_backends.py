@@ -33,7 +33,7 @@ OPTIONS: dict[str, dict[str, Any]] = {"t5": {"max_distance": 6, "num_buckets": 8
 @pytest.fixture(autouse=True)
 def _eager_flex(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Eager FlexAttention (its reference implementation) keeps these tests free of kernel compilation."""
-    monkeypatch.setattr(flex_module, "flex_kernel", lambda device: flex_attention)
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda device, *callables: flex_attention)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         yield
@@ -48,7 +48,8 @@ def encoding(name: str, heads: int = 4, **kw: Any) -> posenc.PositionEncoding:
 
 
 def pair(name: str, backend: str, **kw: Any) -> tuple[posenc.Attention, posenc.Attention]:
-    enc = encoding(name)
+    # (T5's decoder buckets put every later key at distance 0: bidirectional attention refuses them)
+    enc = encoding(name, **({"bidirectional": True} if name == "t5" and not kw.get("causal", True) else {}))
     fast = posenc.Attention(32, 4, position=enc, backend=backend, **kw)
     ref = posenc.Attention(32, 4, position=enc, backend="math", **kw)
     ref.load_state_dict(fast.state_dict())
@@ -500,14 +501,22 @@ def test_a_fast_path_failing_on_input_the_slow_one_refuses_too_stays_usable() ->
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_sdpa_keeps_a_far_bias_in_half_precision(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("masked_near_keys", [False, True])
+def test_sdpa_keeps_a_far_bias_in_half_precision(dtype: torch.dtype, masked_near_keys: bool) -> None:
     """A query whose visible keys are all far (positions 0..3 against 300,000): the bias cast to fp16 was -inf on
-    head 0 (its output exactly 0) and kept few bits in bf16; sdpa now agrees with math."""
+    head 0 (its output exactly 0) and kept few bits in bf16; sdpa now agrees with math. With near keys present
+    but masked (padding, evicted keys), the shift must come from the visible keys only (``_in_dtype``), not from
+    the masked near ones (review s5: shifting by every key gave head 0 exactly 0 again in fp16)."""
     torch.manual_seed(0)
     alibi = posenc.ALiBi(4)
-    q, k, v = (torch.randn(1, 4, n, 8).to(dtype) for n in (1, 4, 4))
+    n = 8 if masked_near_keys else 4
+    q, k, v = (torch.randn(1, 4, m, 8).to(dtype) for m in (1, n, n))
     q_pos, k_pos = torch.tensor([[300_000]]), torch.arange(4)[None]
-    ctx = AttentionInputs(alibi, q_pos, k_pos, None, causal=False)
+    keep = None
+    if masked_near_keys:  # keys 299,997..300,000 are there but hidden: only the far ones are visible
+        k_pos = torch.cat((k_pos, torch.arange(299_997, 300_001)[None]), dim=-1)
+        keep = torch.tensor([True] * 4 + [False] * 4)[None, None, None, :]
+    ctx = AttentionInputs(alibi, q_pos, k_pos, keep, causal=False)
     want = backends.math_attention(q, k, v, ctx)
     got = backends.sdpa_attention(q, k, v, ctx)
     assert got[0, 0].abs().sum() > 0  # (fp16: was all zeros)

@@ -286,12 +286,15 @@ def test_gradients_flow_through_preallocated_caches(name: str, backend: str, kv_
         assert cache.k is None
 
 
-def test_a_preallocated_cache_returns_to_in_place_writes_after_recorded_steps() -> None:
+@pytest.mark.parametrize("name", ["rope", "alibi", "kerple"])
+def test_a_preallocated_cache_returns_to_in_place_writes_after_recorded_steps(name: str) -> None:
     """Steps recorded by autograd grow out of place; a later step under no_grad copies them into a fresh buffer
     and writes in place from then on, and reset() under no_grad lets the graph's tensors go (review s4: a reset
-    under no_grad kept them and the next write broke the earlier backward)."""
+    under no_grad kept them and the next write broke the earlier backward). The copy carries the past key
+    positions too: a bias encoding (ALiBi, KERPLE) reads them, so outputs and ``cache.positions`` equal a growing
+    cache's (review s5: past keys left at position 0 went unnoticed with RoPE, whose keys are rotated already)."""
     torch.manual_seed(0)
-    attn = posenc.Attention(8, 2, position=posenc.RoPE(4))
+    attn = posenc.Attention(8, 2, position=posenc.build(name, dim=8, heads=2, head_dim=4))
     x = torch.randn(1, 6, 8)
     cache, grow = posenc.KVCache(max_len=6), posenc.KVCache()
     loss = sum(attn(x[:, i : i + 1], cache=cache).sum() for i in range(3))
@@ -300,6 +303,8 @@ def test_a_preallocated_cache_returns_to_in_place_writes_after_recorded_steps() 
             torch.testing.assert_close(
                 attn(x[:, i : i + 1], cache=cache), _steps(attn, x, grow, i), rtol=0, atol=0
             )
+            assert cache.positions is not None and grow.positions is not None
+            assert torch.equal(cache.positions[:, : len(cache)], grow.positions.expand(1, -1))
         assert cache.k is not None and cache.k.shape[-2] == 6 and not cache.k.requires_grad
     cache2 = posenc.KVCache(max_len=6)
     loss2 = sum(attn(x[:, i : i + 1], cache=cache2).sum() for i in range(3))

@@ -73,7 +73,8 @@ def test_meta_device(name: str) -> None:
 @pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 def test_flex_backend_traces_fullgraph(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dynamo traces the flex path (score_mod, block mask) without graph breaks; "eager" skips codegen."""
-    monkeypatch.setattr(flex_module, "flex_kernel", lambda device: flex_attention)  # uncompiled reference
+    # the uncompiled reference
+    monkeypatch.setattr(flex_module, "flex_kernel", lambda device, *callables: flex_attention)
     attn = posenc.Attention(32, 4, kv_heads=2, position=build("t5"), backend="flex").eval()
     x = torch.randn(1, 6, 32)
     with torch.no_grad():
@@ -120,6 +121,36 @@ def test_distance_path_applies_only_to_shared_consecutive_positions() -> None:
     assert enc.pairwise_by_distance(torch.tensor([[0, 2, 3, 4, 5]]), run) is None  # type: ignore[operator]
     assert enc.pairwise_by_distance(torch.stack([run[0], run[0]]), run) is None  # type: ignore[operator]
     assert build("alibi").pairwise_by_distance(run, run) is None  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if posenc.encoding_class(n).by_distance])  # type: ignore[attr-defined]
+@pytest.mark.parametrize("positions", [[0, 1, 1, 3], [2, 4, 3, 5], [7, 7, 9, 10]])
+def test_positions_with_a_runs_endpoints_but_other_steps_take_the_per_pair_path(
+    name: str, positions: list[int]
+) -> None:
+    """Positions whose first and last values are those of ``start + arange`` but which are not consecutive (a
+    repeat, a swap) are no run: no distance vector, and the bias (materialized and per score) is the per-pair
+    formula's at the actual positions. An endpoint check (``row[-1] - row[0] == len - 1``) took ``[0, 1, 1, 3]``
+    for a run and read the bias at ``[0, 1, 2, 3]`` (6e-3 off for T5, review s5)."""
+    enc = build(name, **({"max_distance": 6, "num_buckets": 8} if name == "t5" else {}))
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(torch.rand_like(p))
+    pos, run = torch.tensor([positions]), torch.arange(positions[0], positions[0] + 4)[None]
+    assert enc.pairwise_by_distance(pos, run) is None  # type: ignore[operator]
+    assert enc.pairwise_by_distance(run, pos) is None  # type: ignore[operator]
+    ref = enc.pairwise_reference(pos, pos)  # type: ignore[operator]
+    assert not torch.allclose(ref, enc.pairwise_reference(run, run))  # type: ignore[operator]
+    with torch.no_grad():  # (CPU inference: where the distance path would be taken)
+        torch.testing.assert_close(enc.pairwise(pos, pos), ref)  # type: ignore[operator]
+        mod = enc.score_mod(torch.zeros(1, 4, 4, 8), pos, pos)
+        assert mod is not None
+        h, qi, ki = (
+            torch.arange(4).view(-1, 1, 1),
+            torch.arange(4).view(1, -1, 1),
+            torch.arange(4).view(1, 1, -1),
+        )
+        torch.testing.assert_close(mod(torch.zeros(()), torch.zeros((), dtype=torch.long), h, qi, ki), ref[0])
 
 
 def test_a_t5_max_distance_whose_tables_do_not_fit_is_refused_before_allocating(

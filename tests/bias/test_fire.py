@@ -19,6 +19,31 @@ def test_input_is_the_papers_normalized_distance() -> None:
     torch.testing.assert_close(fire_input(c, threshold, i, j), expected)
 
 
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_input_and_bias_follow_the_formula_at_any_eps(eps: float) -> None:
+    """``eps`` is added to the denominator, ``psi(|i-j|) / (psi(max(i, L)) + eps)``, at a non-default value too:
+    checked against the formula written out here (every other FIRE test compares paths that all share
+    ``fire_input``; ``log1p(c max(i, L) + eps)`` was 10 % off at eps=0.5 and went unseen, review s5)."""
+    c, threshold = 0.25, 4.0  # (exact in float32: the module's parameters are float32 made float64)
+    i = torch.tensor([[0], [2], [10], [600]])
+    j = torch.tensor([[0, 1, 2], [0, 1, 5], [0, 5, 11], [0, 100, 599]])
+    want = torch.log1p(c * (i - j).abs().double()) / (
+        torch.log1p(c * torch.maximum(i.double(), torch.tensor(threshold, dtype=torch.float64))) + eps
+    )
+    got = fire_input(
+        torch.tensor(c, dtype=torch.float64), torch.tensor(threshold, dtype=torch.float64), i, j, eps
+    )
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    enc = posenc.FIRE(2, width=3, init_c=c, init_threshold=threshold, eps=eps).double()
+    q_pos, k_pos = torch.arange(3), torch.arange(8)
+    x = (
+        torch.log1p(c * (q_pos[:, None] - k_pos[None, :]).abs().double())
+        / (torch.log1p(c * q_pos.double().clamp(min=threshold)) + eps)[:, None]
+    )
+    mlp = enc.out(torch.relu(enc.hidden(x.unsqueeze(-1)))).permute(2, 0, 1)  # (H, 3, 8)
+    torch.testing.assert_close(enc.bias(3, 8), mlp, rtol=1e-12, atol=1e-12)
+
+
 def test_unrolled_mlp_equals_linear_layers() -> None:
     enc = posenc.FIRE(3, width=5)
     x = torch.rand(7, 11) * 3
@@ -155,3 +180,41 @@ def _bias(
             return self.enc.pairwise(q, k)
 
     return functional_call(Pairwise(), {f"enc.{k}": v for k, v in params.items()}, (q_pos, k_pos))
+
+
+def test_a_negative_threshold_scale_gives_the_bias_of_its_absolute_value() -> None:
+    """``L = |init_threshold * s|`` (the class docstring): the learned ``s`` may go negative in training, and the
+    bias at ``-s`` must be the one at ``+s`` on every path: the materialized MLP, the per-score formula of the
+    flex path (inference and learning), and a decode session's per-distance vector (with a signed L a query
+    below it was divided by ``log1p(c q) + eps``: -7509 at query 0, review s5)."""
+    torch.manual_seed(0)
+    pos_enc = posenc.FIRE(2, width=4, init_threshold=8.0)
+    neg_enc = posenc.FIRE(2, width=4, init_threshold=8.0)
+    neg_enc.load_state_dict(pos_enc.state_dict())
+    with torch.no_grad():
+        pos_enc.threshold_scale.fill_(0.75)  # L = 6
+        neg_enc.threshold_scale.fill_(-0.75)
+    q_pos, k_pos = torch.tensor([[0, 3, 5, 6, 9]]), torch.tensor([[0, 1, 3, 5, 6, 9, 12]])
+    with torch.no_grad():
+        torch.testing.assert_close(neg_enc.bias(10, 12), pos_enc.bias(10, 12), rtol=0, atol=0)
+        torch.testing.assert_close(
+            neg_enc.pairwise(q_pos, k_pos), pos_enc.pairwise(q_pos, k_pos), rtol=0, atol=0
+        )
+    b, h = torch.zeros(1, 1, 1, dtype=torch.long), torch.arange(2).view(-1, 1, 1)
+    qi, ki = torch.arange(5).view(1, -1, 1), torch.arange(7).view(1, 1, -1)
+    score = torch.zeros(2, 5, 7)
+    q = torch.zeros(1, 2, 5, 4)
+    for grad in (False, True):  # the bound formula (inference) and score_mod_unbound (learning)
+        with torch.set_grad_enabled(grad):
+            mods = [enc.score_mod(q, q_pos, k_pos) for enc in (neg_enc, pos_enc)]
+            assert mods[0] is not None and mods[1] is not None
+            got, want = (mod(score, b, h, qi, ki) for mod in mods)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(want, pos_enc.pairwise_reference(q_pos, k_pos)[0])
+    keys = torch.arange(12)[None]
+    for step in (0, 3, 6, 11):  # decode steps below, at and past |L|
+        with posenc.DecodeSession(slots=12), torch.no_grad():
+            got = neg_enc.pairwise(torch.tensor([[step]]), keys)
+        with torch.no_grad():
+            want = pos_enc.pairwise(torch.tensor([[step]]), keys)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

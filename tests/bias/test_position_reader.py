@@ -22,3 +22,13 @@ def test_other_positions_are_gathered() -> None:
     idx = torch.tensor([2])
     assert position_reader(per_batch)(torch.tensor(1), idx).item() == 12
     assert position_reader(gappy)(torch.tensor(0), idx).item() == 5
+
+
+def test_a_runs_endpoints_with_other_steps_are_gathered() -> None:
+    """``[0, 1, 1, 3]`` starts and ends as ``0 + arange(4)`` but is no run: ``arange_start`` refuses it and the
+    reader gathers (an endpoint check read ``idx + start``: position 2 for index 2, not 1, review s5)."""
+    for row in ([0, 1, 1, 3], [2, 4, 3, 5]):
+        pos = torch.tensor([row])
+        assert arange_start(pos[0]) is None
+        idx = torch.arange(4)
+        assert torch.equal(position_reader(pos)(torch.tensor(0), idx), pos[0])

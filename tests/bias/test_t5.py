@@ -81,3 +81,24 @@ def test_t5_buckets_checks_its_settings() -> None:
         t5_buckets(rel, bidirectional=True, num_buckets=np.int64(32), max_distance=torch.tensor(128)),  # type: ignore[arg-type]
         t5_buckets(rel, bidirectional=True),
     )
+
+
+def test_bidirectional_attention_refuses_a_decoders_buckets() -> None:
+    """With ``bidirectional=False`` every key after the query shares the bucket of distance 0 (T5's decoder):
+    ``Attention(causal=False)`` refuses it when built, and at a call when it is swapped in later;
+    ``bidirectional=True`` serves (a checkpoint cannot change the option: loading refuses another value)."""
+    with pytest.raises(
+        ValueError, match=r"position: T5Bias is for causal attention only \(with bidirectional=False"
+    ):
+        posenc.Attention(16, 2, position=posenc.T5Bias(2), causal=False)
+    encoder = posenc.Attention(16, 2, position=posenc.T5Bias(2, bidirectional=True), causal=False)
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        encoder(x)
+    encoder.position = posenc.T5Bias(2)
+    with pytest.raises(ValueError, match="T5Bias is for causal attention only"), torch.no_grad():
+        encoder(x)
+    with torch.no_grad():
+        posenc.Attention(16, 2, position=posenc.T5Bias(2))(
+            x
+        )  # causal: the decoder's buckets are what it wants

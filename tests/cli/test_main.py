@@ -61,6 +61,21 @@ def test_an_error_with_control_characters_stays_one_line(
     assert err == "posenc compare: error: cannot write /tmp/a\\nb/c\\x1b[2J: no space\\nsecond line\n"
 
 
+def test_one_line_escapes_c0_del_c1_and_unicode_line_breaks() -> None:
+    """``one_line`` escapes every control character (C0, DEL, C1 as its comment says) and U+2028/2029, and only
+    those: C1 holds a line break (U+0085, NEL) and the terminal's one-byte CSI (U+009B), which passed through raw
+    when only C0 and DEL were tested (review s5)."""
+    from posenc.cli.output import one_line
+
+    assert one_line("\x85\x9b") == "\\x85\\x9b"
+    controls = "".join(chr(c) for c in (*range(32), *range(127, 160), 0x2028, 0x2029))
+    escaped = one_line(controls)
+    assert escaped.isascii() and escaped.isprintable()
+    assert escaped == "".join(repr(c)[1:-1] for c in controls)
+    kept = "plain text, é, \xa0, ü, 日本, \U0001f600 \\n"
+    assert one_line(kept) == kept
+
+
 def test_quick_and_a_preset_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--quick", "--preset", "gpu"]) == 2
     assert "give --quick or --preset gpu, not both" in capsys.readouterr().err

@@ -34,6 +34,30 @@ def test_write_replaces_a_link_and_never_follows_it(tmp_path: Path) -> None:
     assert oct(target.stat().st_mode & 0o044) != "0o0"  # readable as the umask says, not mkstemp's 0600
 
 
+def test_a_write_renames_a_unique_temporary_from_the_target_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary sits in the target's folder (module docstring, README's Safety): a rename within one
+    filesystem is atomic, while one from the system's temporary folder to another filesystem fails with "Invalid
+    cross-device link" (review s5: a temporary made in /tmp went unnoticed). Each write gets its own temporary,
+    and none is left behind."""
+    renames: list[tuple[Path, Path]] = []
+    replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        renames.append((Path(src), Path(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    target = tmp_path / "out" / "results.json"
+    write_text(target, "one")
+    write_text(target, "two")
+    assert [dst for _, dst in renames] == [target, target]
+    assert all(src.parent == target.parent and src != target for src, _ in renames)
+    assert renames[0][0] != renames[1][0]
+    assert target.read_text() == "two" and [p.name for p in target.parent.iterdir()] == ["results.json"]
+
+
 def test_second_run_on_one_folder_is_refused(tmp_path: Path) -> None:
     with run_lock(tmp_path / "run"):
         with pytest.raises(ValueError, match="another posenc run"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from posenc.experiments.report import ranking, table, write_report
 from posenc.experiments.results import aggregate, improvement, mean_std, merge_runs, separated
-from posenc.experiments.verdicts import spread_verdict, still_improving
+from posenc.experiments.verdicts import ratio_text, spread_verdict, still_improving, verdict
 
 META = {"train_len": 8, "eval_lengths": [8, 16, 32]}
 
@@ -57,6 +57,16 @@ def test_mean_std_edge_cases_and_separation() -> None:
     assert mean_std([None, None]) == (None, None) and mean_std([1.0, math.inf]) == (math.inf, None)
     assert separated((5.0, 0.1), (5.5, 0.1)) is True and separated((5.0, 0.3), (5.3, 0.3)) is False
     assert separated((5.0, None), (9.0, 0.1)) is None
+
+
+def test_separation_takes_the_combined_spread_not_the_larger_one() -> None:
+    """ "Exceeds the spread" means a gap larger than ``sqrt(std_a**2 + std_b**2)`` (module docstring, README's
+    Seeds): a gap between the larger std and that sum claims nothing (review s5: ``max(std_a, std_b)`` claimed
+    rankings the rule does not allow)."""
+    assert separated((10.0, 1.0), (11.2, 1.0)) is False  # 1 < 1.2 < 1.414
+    assert separated((11.2, 1.0), (10.0, 1.0)) is False
+    assert separated((10.0, 0.6), (10.9, 0.8)) is False  # 0.8 < 0.9 < 1.0
+    assert separated((10.0, 1.0), (11.5, 1.0)) is True and separated((10.0, 0.6), (11.1, 0.8)) is True
 
 
 def test_merge_keeps_everything_and_prefers_the_new_record() -> None:
@@ -149,6 +159,60 @@ def test_diverged_seeds_are_left_out_and_named() -> None:
         and "alibi (seed 0)" in report
         and "rope (seed 2)" in report
     )
+
+
+def test_diverged_seeds_are_left_out_of_the_scalar_means() -> None:
+    """README: a diverged seed "is left out of every number", the per-encoding means of the scalar measurements
+    too (review s5: with the diverged seed counted, the mean loss read inf and its time counted)."""
+    runs = _runs()
+    for s, (loss, secs) in enumerate(((1.0, 2.0), (2.0, 4.0), (math.nan, 100.0))):
+        runs["rope"][str(s)].update(
+            final_train_loss=loss, train_seconds=secs, eval_seconds=secs / 2, tokens_per_second=1000 / secs
+        )
+    res = aggregate(runs, META)
+    assert res["diverged"] == {"rope": [2]}
+    assert res["final_train_loss"]["rope"] == 1.5
+    assert res["train_seconds"]["rope"] == 3.0 and res["eval_seconds"]["rope"] == 1.5
+    assert res["tokens_per_second"]["rope"] == 375.0  # (500 + 250) / 2
+    assert res["train_seconds"]["alibi"] == 2.0  # the other encodings as they were
+
+
+def test_the_worst_ratio_is_the_largest_beyond_l_not_the_longest() -> None:
+    """Per seed, the worst ratio is the largest ``ppl(Lv) / ppl(L)`` over every ``Lv > L``: a row whose middle
+    length is its worst (10, 30, 12 at L, 2L, 4L) breaks (3x), though its longest ratio is 1.2 (review s5: every
+    other test's perplexity grew with length, so the ratio at the longest length passed for the worst)."""
+    runs = {"rope": {str(s): _record({"rope": {"8": 10.0, "16": 30.0, "32": 12.0}}) for s in (0, 1)}}
+    ratio = aggregate(runs, META)["ratio"]["rope"]
+    assert ratio["worst"] == [3.0, 3.0] and ratio["worst_mean_std"][0] == 3.0
+    assert ratio["longest"] == [1.2, 1.2]
+    assert spread_verdict((ratio["worst_mean_std"][0], ratio["worst_mean_std"][1])) == "breaks"
+
+
+def test_per_seed_ratios_follow_the_seeds_in_numeric_order() -> None:
+    """``ratio[row]["worst"][i]`` and ``["longest"][i]`` belong to seed ``ratio[row]["seeds"][i]``, seeds in
+    numeric order: with seeds 2 and 10 (as strings, "10" sorts first) the worst ratios came out swapped against
+    the seeds and the longest ratios (review s5)."""
+    runs = {
+        "rope": {
+            "10": _record({"rope": {"8": 10.0, "16": 15.0, "32": 20.0}}),  # seed 10: 2.0x
+            "2": _record({"rope": {"8": 10.0, "16": 10.5, "32": 11.0}}),  # seed 2: 1.1x
+        }
+    }
+    ratio = aggregate(runs, META)["ratio"]["rope"]
+    assert ratio["seeds"] == [2, 10]
+    assert ratio["worst"] == pytest.approx([1.1, 2.0]) and ratio["longest"] == pytest.approx([1.1, 2.0])
+
+
+def test_a_verdict_is_judged_on_the_ratio_as_printed() -> None:
+    """A ratio printed as "1.10x" holds up and one printed as "2.00x" degrades, as README's thresholds read
+    (within 1.10x; up to 2x): the verdict rounds as the report prints (review s5: judged unrounded, 1.104 read
+    "degrades" next to its "1.10x")."""
+    assert ratio_text(1.104) == "1.10x" and verdict(1.104) == "holds up"
+    assert ratio_text(2.004) == "2.00x" and verdict(2.004) == "degrades"
+    assert verdict(1.106) == "degrades" and verdict(2.006) == "breaks"
+    for r in (0.9, 1.0, 1.0999, 1.1, 1.1049, 1.106, 1.5, 1.999, 2.0, 2.0049, 2.0051, 3.0):
+        shown = float(ratio_text(r).rstrip("x"))
+        assert verdict(r) == ("holds up" if shown <= 1.10 else "degrades" if shown <= 2.0 else "breaks"), r
 
 
 def test_non_finite_numbers_are_written_as_what_they_are() -> None:

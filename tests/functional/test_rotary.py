@@ -107,6 +107,27 @@ def test_fast_path_equals_complex_reference(
     torch.testing.assert_close(rotate(x, pos, rotary_dim, interleaved), expected, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize(("rotary_dim", "base"), [(8, 10000.0), (64, 10000.0), (128, 500000.0)])
+def test_angles_are_reduced_to_minus_pi_pi(rotary_dim: int, base: float) -> None:
+    """``rope_angles`` returns ``m * theta_i`` reduced mod 2 pi into ``[-pi, pi)``, for positions up to
+    ``+-2**31`` (``ROPE_MAX_POSITION``), so that a float32 cos or sin of them (what a device without float64,
+    such as MPS, computes) stays within 2e-7 of the float64 table. Unreduced angles reach 2e9 there, whose
+    float32 cos is 0.4 off (review s5); on a CPU the float64 tables alone would not show it."""
+    gen = torch.Generator().manual_seed(rotary_dim)
+    edges = torch.tensor([0, 1, 7, -1, -7, 10**6, -(10**6), 2**31 - 1, 2**31, -(2**31)])
+    positions = torch.cat([edges, torch.randint(-(2**31), 2**31 + 1, (200,), generator=gen)])
+    inv_freq = rope_inv_freq(rotary_dim, base)
+    for pos in (positions, positions.view(2, -1)):  # (S,) and (B, S)
+        angles = rope_angles(pos, inv_freq)
+        assert angles.shape == (*pos.shape, rotary_dim // 2) and angles.dtype == torch.float64
+        assert bool((angles >= -torch.pi).all()) and bool((angles < torch.pi).all())
+        turns = (pos.double().unsqueeze(-1) * inv_freq - angles) / (2 * torch.pi)  # whole turns removed
+        assert float((turns - turns.round()).abs().max()) * 2 * torch.pi <= 1e-6
+        cos, sin = rope_cos_sin(pos, inv_freq, dtype=torch.float64)
+        torch.testing.assert_close(angles.float().cos().double(), cos, atol=2e-7, rtol=0)
+        torch.testing.assert_close(angles.float().sin().double(), sin, atol=2e-7, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_rotate_in_float32_and_keep_their_dtype(dtype: torch.dtype) -> None:
     x = torch.randn(1, 2, 5, 16).to(dtype)

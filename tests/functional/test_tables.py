@@ -151,6 +151,40 @@ def test_decode_rows_follow_the_tables(name: str) -> None:
     assert copy.deepcopy(enc)._rows._state == (None, ())  # a copy does not carry the views
 
 
+@pytest.mark.parametrize("name", ["rope", "xpos"])
+def test_decode_rows_follow_tables_swapped_in_by_functional_call(name: str) -> None:
+    """The row views are rebuilt whenever another table object is passed, not only when none is held: a decode
+    step after ``torch.func.functional_call`` with another module's buffers reads those buffers' rows and
+    equals that module, and the next plain call reads the module's own rows again (views kept while a table
+    was held gave the old module's rotation, review s5)."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    cls = posenc.RoPE if name == "rope" else posenc.XPos
+    a, b = cls(16, cache_len=CACHE), cls(16, base=500.0, cache_len=CACHE)
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16)
+    pos = torch.tensor([9])
+    own = a(q, k, pos)  # a decode step: a's views now hold a's rows
+    want = b(q, k, pos)
+    assert not torch.equal(own[0], want[0])
+    got = functional_call(a, dict(b.named_buffers()), (q, k, pos))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    again = a(q, k, pos)
+    assert torch.equal(again[0], own[0]) and torch.equal(again[1], own[1])
+
+
+def test_row_views_follow_the_table_passed() -> None:
+    """``RowViews`` gives row ``index`` of the table it is called with, whichever table it saw before (also
+    nested: the row split along its first dimension)."""
+    first, second = torch.arange(12.0).view(3, 2, 2), -torch.arange(12.0).view(3, 2, 2)
+    for nested in (False, True):
+        views = tables_mod.RowViews(nested)
+        for table in (first, second, first):
+            for i in range(3):
+                row = views(table, i)
+                assert torch.equal(torch.stack(row) if nested else row, table[i])
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(1, 3),

@@ -223,6 +223,39 @@ def test_sampling_top_k_1_is_greedy_and_eos_stops() -> None:
     assert (out[0, 4:] == eos).all()
 
 
+def test_sampled_rows_are_eos_after_their_first_eos() -> None:
+    """``eos``: "later tokens of that row are eos", sampling too. Greedy decoding of an untrained model repeats
+    its token, so a row stayed eos by chance there (review s5: dropping the forcing went unnoticed); at
+    temperature 1 the row would move on to other tokens."""
+    model = _model("rope")
+    tokens = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(1)
+    free = model.generate(tokens, 8, temperature=1.0)
+    eos = int(free[0, 4])  # row 0 ends at its first new token
+    assert not (free[0, 4:] == eos).all()  # sampled on, the row does not repeat it by itself
+    torch.manual_seed(1)
+    out = model.generate(tokens, 8, temperature=1.0, eos=eos)
+    assert out.shape == free.shape  # row 1 has not ended: all 8 steps run
+    for row in out[:, 4:]:
+        ends = (row == eos).nonzero().flatten()
+        if len(ends):
+            assert (row[int(ends[0]) :] == eos).all()
+    assert (out[0, 4:] == eos).all()
+
+
+def test_pick_samples_only_among_the_top_k() -> None:
+    """``pick(top_k=k)`` samples among the k most likely tokens, for every k from 1 to the vocabulary size: a
+    ``top_k`` of V - 1 could be ignored unnoticed, since only ``top_k=1`` was tested (review s5)."""
+    torch.manual_seed(0)
+    vocab = 5
+    order = torch.randperm(vocab)  # token order[i] is the i-th most likely
+    logits = torch.empty(vocab)
+    logits[order] = -torch.arange(vocab, dtype=torch.float)
+    for k in range(1, vocab + 1):
+        got = set(gen.pick(logits.expand(4000, -1), 1.0, k).tolist())
+        assert got == set(order[:k].tolist()), k  # (each of the k has probability >= 1/86: all are drawn)
+
+
 def test_on_token_sees_every_new_token_as_it_is_picked() -> None:
     """Streaming: the callback gets each step's tokens (B,) in order, before the next step runs, and together they
     are the new part of the result (eos-filled rows included); compiled the same."""
@@ -269,6 +302,34 @@ def test_autocast_and_inference_mode_calls_mix_with_plain_ones() -> None:
     assert torch.equal(model.generate(tokens, 4, temperature=0), plain)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model.generate(tokens, 4, temperature=0), mixed)
+    model = _model("rope")  # the other order: the inference-mode and autocast decoders made first
+    with torch.inference_mode():
+        assert torch.equal(model.generate(tokens, 4, temperature=0), plain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.generate(tokens, 4, temperature=0), mixed)
+    assert torch.equal(model.generate(tokens, 4, temperature=0), plain)
+
+
+def test_a_padded_call_leaves_no_padding_to_the_next_call() -> None:
+    """A decoder is reused by calls with the same batch and ``max_len``: each prefill resets its padding mask, so
+    a short unpadded prompt after a long left-padded one decodes as on a fresh copy of the model (review s5: the
+    old padding slots, written by new tokens, could stay hidden)."""
+    import copy
+
+    model = _model("rope")
+    with torch.no_grad():  # weights of std 1: the outputs depend on the context (at init they hardly do)
+        for w in model.parameters():
+            w.normal_(generator=torch.Generator().manual_seed(w.numel()))
+    fresh = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(6)
+    long, short = torch.randint(0, 256, (2, 8), generator=g), torch.randint(0, 256, (2, 3), generator=g)
+    pad = torch.ones(2, 8, dtype=torch.bool)
+    pad[1, :6] = False  # row 1: six padding slots
+    model.generate(long, 4, temperature=0, prompt_mask=pad, max_len=16)
+    assert len(kept_decoders(model)) == 1
+    got = model.generate(short, 10, temperature=0, max_len=16)
+    assert len(kept_decoders(model)) == 1  # the same decoder
+    assert torch.equal(got, fresh.generate(short, 10, temperature=0, max_len=16))
 
 
 def test_decoders_live_with_the_model_and_stay_few() -> None:

@@ -181,3 +181,33 @@ def test_a_head_the_caller_untied_stays_untied_through_a_load() -> None:
         model.load_state_dict(state, assign=assign)
         assert model.head.weight is not model.embed.weight
         assert torch.equal(model.head.weight, state["head.weight"])
+
+
+@pytest.mark.parametrize("name", ["rope", "sinusoidal"])
+def test_forward_equals_the_model_written_out_by_hand(name: str) -> None:
+    """An independent oracle: pre-norm blocks ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, the final norm and
+    the tied head, written out with ``torch.nn.functional``, embeddings scaled by ``embed_scale`` before an
+    absolute encoding is added. Every LayerNorm gets its own non-identity weights: at init they are all identity,
+    and the other tests compare the model with itself, so an MLP fed by ``norm1`` went unnoticed (review s5)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = TransformerLM(name, dim=16, depth=2, heads=2, embed_scale=2.0).eval()
+    norms = [model.norm, *(n for b in model.blocks for n in (b.norm1, b.norm2))]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.normal_()
+            n.bias.normal_()
+    tokens = torch.randint(0, 256, (2, 7))
+
+    def norm(n: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (16,), n.weight, n.bias, n.eps)
+
+    with torch.no_grad():
+        x = model.input_position.embed(F.embedding(tokens, model.embed.weight) * 2.0, None)
+        for b in model.blocks:
+            x = x + b.attn(norm(b.norm1, x))
+            up, down = b.mlp[0], b.mlp[2]
+            x = x + F.linear(F.gelu(F.linear(norm(b.norm2, x), up.weight, up.bias)), down.weight, down.bias)
+        want = F.linear(norm(model.norm, x), model.embed.weight)
+        torch.testing.assert_close(model(tokens), want, rtol=0, atol=1e-5)

@@ -300,3 +300,29 @@ def test_bad_scalings_raise_clear_errors(spec: Any, error: type[Exception], matc
 def test_ntk_needs_more_than_two_dims() -> None:
     with pytest.raises(ValueError, match="rotary_dim > 2"):
         posenc.RoPE(8, rotary_dim=2, scaling=posenc.NTKScaling(2.0))
+
+
+@pytest.mark.parametrize("original", [65536, 131072])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"beta_slow": 0.5}, {"beta_fast": 8, "beta_slow": 0.25, "truncate": False}],
+)
+def test_yarn_with_a_long_original_length_equals_transformers(original: int, extra: dict[str, Any]) -> None:
+    """With ``L0 / (2 pi) > base`` YaRN's ramp ends past the last pair (dims ``rotary_dim / 2`` and up), and
+    only the clip to ``rotary_dim - 1`` (as transformers' ``find_correction_range``) keeps its slope: the GRID
+    above (L0 = 16) never gets there. Compared relatively, since the lowest frequencies are near 1e-6 and an
+    absolute 1e-6 would pass anything for them (a clip at ``rotary_dim / 2 - 1`` was 48 % off, review s5)."""
+    for head_dim, base in ((64, 10000.0), (128, 10000.0), (64, 500.0)):
+        rope_params = {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": original,
+            **extra,
+        }
+        config = hf_config(head_dim, base, rope_params, max_pos=4 * original)
+        rope = rope_from_config(config, cache_len=8)
+        want, want_att = hf_compute(config, "yarn", None)
+        torch.testing.assert_close(rope.inv_freq.float(), want.float(), atol=0, rtol=1e-6)
+        got, _ = scaled_inv_freq(rope.scaling, rope.rotary_dim, rope.base, None)
+        torch.testing.assert_close(got.float(), want.float(), atol=0, rtol=1e-6)
+        assert abs(rope.attention_scale - want_att) <= 1e-6

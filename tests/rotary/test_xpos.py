@@ -126,6 +126,51 @@ def test_range_limit_is_documented_and_enforced() -> None:
     assert torch.isfinite(rq).all()
 
 
+def test_documented_windows_are_exact() -> None:
+    """The module docstring's numbers: 33,427 positions from the centre in float32 and bfloat16, 1,699 in
+    float16, ``max_length`` 33,428 (1,700 in float16); each is the largest offset whose scales leave the
+    ``XPOS_HEADROOM`` on both sides, so one more leaves the bound (``ceil`` for ``floor`` gave 33,428 and
+    accepted position 33,428, review s5)."""
+    x = posenc.XPos(8)
+    assert x.max_offset() == x.max_offset(torch.float32) == x.max_offset(torch.bfloat16) == 33427
+    assert x.max_offset(torch.float16) == 1699
+    assert x.max_length == 33428 and x.max_length_in(torch.float16) == 1700
+    log_zeta0 = math.log(0.4 / 1.4)  # the smallest zeta: the fastest-changing scale
+    for dtype, limit in ((torch.float32, 33427), (torch.float16, 1699)):
+        info = torch.finfo(dtype)
+        low, high = math.log(info.tiny * XPOS_HEADROOM), math.log(info.max / XPOS_HEADROOM)
+        inside = [sign * limit / 512 * log_zeta0 for sign in (1, -1)]  # ln of zeta0^(+-offset/512)
+        assert all(low <= v <= high for v in inside), dtype
+        outside = [sign * (limit + 1) / 512 * log_zeta0 for sign in (1, -1)]
+        assert not all(low <= v <= high for v in outside), dtype
+    q = torch.randn(1, 1, 1, 8)
+    x(q, q, torch.tensor([33427]))
+    with pytest.raises(ValueError, match="up to 33427"):
+        x(q, q, torch.tensor([33428]))
+
+
+def test_float16_window_is_enforced_for_positions_inside_the_table() -> None:
+    """Positions farther than ``max_offset(float16)`` (1,699) raise ``ValueError`` in float16 also where the
+    float32 tables hold their rows: default positions of a long sequence and explicit in-table positions (both
+    paths skipped the check in a mutant and gave inf keys silently, review s5). Up to the window they pass."""
+    x = posenc.XPos(8, cache_len=4096)
+    q = torch.randn(1, 1, 1701, 8, dtype=torch.float16)
+    rq, rk = x(q[:, :, :1700], q[:, :, :1700])  # positions 0 .. 1699: inside the float16 window
+    assert torch.isfinite(rq).all() and torch.isfinite(rk).all()
+    with pytest.raises(ValueError, match=r"torch.float16 holds .* up to 1699.*, or run in float32$"):
+        x(q, q)  # default positions 0 .. 1700, all in the table
+    short = torch.randn(1, 1, 2, 8, dtype=torch.float16)
+    rq, rk = x(short, short, torch.tensor([1698, 1699]))
+    assert torch.isfinite(rq).all() and torch.isfinite(rk).all()
+    small = posenc.XPos(8)  # a table of 2048 rows: past the float16 window
+    for pos in ([2000, 2047], [1700, 1700], [5, 1700]):
+        with pytest.raises(ValueError, match=r"torch.float16 holds .* up to 1699"):
+            small(short, short, torch.tensor(pos))
+    one = short[:, :, :1]
+    with pytest.raises(ValueError, match=r"torch.float16 holds .* up to 1699"):
+        small(one, one, torch.tensor([2000]))  # one position (a decode step) in the table
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="scale_base"):
         posenc.XPos(8, scale_base=0)

@@ -79,11 +79,8 @@ class Attention(nn.Module):
         self.head_dim = dim // heads
         if position is not None:
             check_sizes(position, heads=heads, head_dim=self.head_dim)
-        if position is not None and position.causal_only and not causal:
-            raise ValueError(
-                f"position: {type(position).__name__} is for causal attention only (for keys after the query its "
-                "scale grows instead of decaying); use causal=True or another encoding"
-            )
+        if position is not None and not causal:
+            check_direction(position)
         self.causal, self.dropout, self.backend = causal, dropout, backend
         self.position = position if position is not None else NoPE()
         self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=bias)
@@ -142,6 +139,8 @@ class Attention(nn.Module):
                 f"Attention: mask must be a bool tensor (True = attend) or None, got {type(mask).__name__}"
             )
         check_static_inputs(cache, positions, mask, "Attention")
+        if not self.causal:
+            check_direction(self.position)
         b, s, _ = x.shape
         offset = 0 if cache is None else len(cache)
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
@@ -173,6 +172,17 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, backend={self.backend!r}"
+
+
+def check_direction(position: PositionEncoding) -> None:
+    """Refuse, in bidirectional attention, an encoding that serves causal attention only
+    (:meth:`posenc.PositionEncoding.causal_only_reason`)."""
+    reason = position.causal_only_reason()
+    if reason is not None:
+        raise ValueError(
+            f"position: {type(position).__name__} is for causal attention only ({reason}); use causal=True or "
+            "another encoding"
+        )
 
 
 def check_sizes(position: PositionEncoding, **sizes: int) -> None:

@@ -34,6 +34,14 @@ class T5Bias(OptionsInState, BiasEncoding):
 
     bucket_of: Tensor
 
+    def causal_only_reason(self) -> str | None:
+        if self.bidirectional:
+            return None
+        return (
+            "with bidirectional=False (a decoder's buckets) every key after the query shares the bucket of "
+            "distance 0; build it with bidirectional=True for keys on both sides"
+        )
+
     def __init__(
         self, heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False
     ) -> None:

@@ -123,6 +123,9 @@ class XPos(PositionEncoding):
     sin_k: Tensor
     pair_table: Tensor
 
+    def causal_only_reason(self) -> str | None:
+        return "for keys after the query its scale grows instead of decaying"
+
     def __init__(
         self,
         head_dim: int,
