@@ -390,3 +390,34 @@ def test_an_alibi_falcon_is_refused() -> None:
     model = FalconForCausalLM(config).eval()
     with pytest.raises(UnsupportedRotary, match=r"\[no-rotary-module\].*ALiBi"):
         install_rope(model, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16})
+
+
+def test_install_takes_only_options_that_keep_the_models_rope(plain: Any) -> None:
+    """The layout, base and rotated size are the model's: ``interleaved=True`` was accepted and ignored by the
+    adapter while the returned RoPE rotated the other way (5.2 off the model's own rotation); ``base`` and
+    ``rotary_dim`` failed with the constructor's "multiple values" error. ``cache_len`` and ``impl`` serve."""
+    model = LlamaForCausalLM(tiny_config()).eval()
+    for option, value in [("interleaved", True), ("base", 5e5), ("rotary_dim", 8), ("scale_base", 512)]:
+        with pytest.raises(TypeError, match=rf"install_rope: {option} cannot be given: .* cache_len, impl"):
+            install_rope(model, None, **{option: value})
+    tokens = torch.randint(0, 100, (1, 40))
+    assert torch.equal(logits(model, tokens), logits(plain, tokens))  # refused: nothing changed
+    rope = install_rope(model, None, cache_len=64, impl="reference")
+    assert isinstance(rope, posenc.RoPE) and rope.cache_len == 64 and rope.impl == "reference"
+    torch.testing.assert_close(logits(model, tokens), logits(plain, tokens), rtol=0, atol=1e-5)
+
+
+def test_install_refuses_an_original_length_the_config_replaces() -> None:
+    """transformers builds dynamic NTK from ``max_position_embeddings`` and YaRN from Phi-3's
+    ``config.original_max_position_embeddings``, whatever the dict says: a different length written in the dict
+    is refused (it was silently replaced); the length the config gives, or none, serves."""
+    model = LlamaForCausalLM(tiny_config()).eval()
+    with pytest.raises(
+        ValueError, match=rf"original_max_position_embeddings=4 would be replaced by {MAX_POS}"
+    ):
+        install_rope(model, {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 4})
+    install_rope(model, {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": MAX_POS})
+    install_rope(model, {"rope_type": "dynamic", "factor": 2.0})
+    install_rope(
+        model, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
+    )  # Llama: kept

@@ -143,3 +143,17 @@ def test_alibi_slopes_takes_integers_as_check_int_does() -> None:
     for bad in (True, 4.0, "4"):
         with pytest.raises(TypeError, match="alibi_slopes: heads must be an integer"):
             alibi_slopes(bad)  # type: ignore[arg-type]
+
+
+def test_max_bias_keeps_every_slope_a_normal_float32() -> None:
+    """The smallest slope is ``2^-max_bias``: up to 126 every slope is a normal float32 (> 0); past it they
+    underflow (at 1000 every slope was 0 and ALiBi computed NoPE), so both entry points refuse, naming max_bias."""
+    slopes = alibi_slopes(4, 126)
+    assert (slopes > 0).all() and slopes.min() >= torch.finfo(torch.float32).tiny
+    for owner, make in [
+        ("alibi_slopes", lambda b: alibi_slopes(5, b)),
+        ("ALiBi", lambda b: posenc.ALiBi(4, b)),
+    ]:
+        for too_big in (126.5, 160, 1000):
+            with pytest.raises(ValueError, match=rf"{owner}: max_bias must be <= 126, got {too_big:g}"):
+                make(too_big)

@@ -66,8 +66,8 @@ def test_a_model_limit_and_a_scaling_without_rope_name_the_flags_and_the_encodin
     )
     assert main([*argv, "--tokens", "2", "--scaling", "yarn"]) == 2
     assert (
-        "--scaling yarn: this checkpoint's encoding is learned; context extension needs RoPE"
-        in capsys.readouterr().err
+        "--scaling yarn: this checkpoint's encoding is learned; context extension needs RoPE layers, found "
+        "LearnedAbsolute (on the embeddings)" in capsys.readouterr().err  # (not its layers' NoPE)
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -89,6 +90,11 @@ def test_rope_scaled_swaps_and_restores() -> None:
             attn_scaled = m.blocks[0].attn(x)
             assert m.blocks[0].attn.position.scaling is not None
     assert [b.attn.position for b in model.blocks] == before
+    for name, found in [("alibi", "ALiBi"), ("sinusoidal", "Sinusoidal (on the embeddings)")]:
+        with pytest.raises(
+            TypeError, match=rf"context extension needs RoPE layers, found {re.escape(found)}$"
+        ):
+            rope_scaled(build_model(name, TINY), {"rope_type": "linear", "factor": 2.0})
     assert same == pytest.approx(plain, rel=1e-6)
     assert not torch.allclose(attn_plain, attn_scaled)
     torch.testing.assert_close(model.blocks[0].attn(x).detach(), attn_plain)

@@ -109,6 +109,11 @@ def test_every_value_survives_its_canonical_text(value: object) -> None:
         ("alibi:", ValueError, "is not an option"),
         ("alibi:max_bias=4:max_bias=5", ValueError, "option max_bias given twice"),
         ("alibi:dim=64", ValueError, "dim is a model size"),
+        # how, not what: the same model under a second name
+        ("rope:impl=reference", ValueError, "impl chooses how rope computes, not what .* leave it out"),
+        ("rope:cache_len=64", ValueError, "cache_len chooses how rope computes"),
+        ("xpos:cache_len=64", ValueError, "cache_len chooses how xpos computes"),
+        ("sinusoidal:cache_len=64", ValueError, "cache_len chooses how sinusoidal computes"),
         ("alibi:slope=1", TypeError, "unknown option.*'slope'.*it takes max_bias"),
         ("alibi:max_bias=a/b", ValueError, "a value must be true, false, none, a number or a word"),
         ("alibi:max_bias=nan", ValueError, "a value must be"),
@@ -359,9 +364,7 @@ def test_two_specs_of_one_model_at_this_l_are_refused() -> None:
     with pytest.raises(ValueError, match=r"^--encodings: rope and rope:rotary_dim=8 build the same model"):
         check_buildable(["rope", "rope:rotary_dim=8"], train, None)
     check_buildable(["learned", "learned:max_len=32", "rope:base=1e16"], train)  # distinct models pass
-    check_buildable(
-        ["rope", "rope:rotary_dim=4", "rope:cache_len=64", "alibi", "alibi:max_bias=4"], train, None
-    )
+    check_buildable(["rope", "rope:rotary_dim=4", "rope:base=500", "alibi", "alibi:max_bias=4"], train, None)
 
 
 def test_a_model_whose_output_is_not_finite_is_refused_before_training(

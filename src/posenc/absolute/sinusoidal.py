@@ -39,6 +39,7 @@ class Sinusoidal(PositionEncoding):
     name: ClassVar[str | None] = "sinusoidal"
     family: ClassVar[str] = "absolute"
     sizes: ClassVar[tuple[str, ...]] = ("dim",)
+    runtime_options: ClassVar[tuple[str, ...]] = ("cache_len",)
 
     table: Tensor
 

@@ -7,8 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..functional.bias import SLOPE_BYTES, alibi_bias, alibi_slopes
-from ..validation import check_float, check_table_size
+from ..functional.bias import SLOPE_BYTES, alibi_bias, alibi_slopes, check_max_bias
+from ..validation import check_table_size
 from .base import BiasEncoding
 
 
@@ -35,7 +35,7 @@ class ALiBi(BiasEncoding):
 
     def __init__(self, heads: int, max_bias: float = 8.0) -> None:
         super().__init__(heads)
-        self.max_bias = check_float("max_bias", max_bias, above=0, owner="ALiBi")
+        self.max_bias = check_max_bias(max_bias, "ALiBi")
         check_table_size(
             "ALiBi", "heads", self.heads, lambda h: h * SLOPE_BYTES, "the (heads,) slopes", at_least=1
         )

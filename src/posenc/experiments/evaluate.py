@@ -189,7 +189,14 @@ def rope_scaled(
 ) -> AbstractContextManager[TransformerLM]:
     """Context manager: every layer's encoding temporarily replaced by ``encoding.with_scaling(scaling)``."""
     if not supports_rope_extension(model):
-        kinds = sorted({type(p).__name__ for p in model.layer_encodings() if not p.scalable})
+        found = (
+            model.input_position if model.input_position.is_absolute else None
+        )  # (its layers are all NoPE)
+        kinds = (
+            [f"{type(found).__name__} (on the embeddings)"]
+            if found is not None
+            else sorted({type(p).__name__ for p in model.layer_encodings() if not p.scalable})
+        )
         raise TypeError(f"context extension needs RoPE layers, found {', '.join(kinds)}")
     return model.positions_replaced(lambda p: p.with_scaling(scaling))
 

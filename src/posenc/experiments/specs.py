@@ -99,6 +99,11 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
             )
         if key in SIZES:
             raise ValueError(f"{what} {text!r}: {key} is a model size, set by the model, not an option")
+        if key in cls.runtime_options:
+            raise ValueError(
+                f"{what} {text!r}: {key} chooses how {name} computes, not what (every value trains the same "
+                f"model), so it makes no variant; leave it out"
+            )
         if key in options:
             raise ValueError(f"{what} {text!r}: option {key} given twice")
         options[key] = parse_value(raw, f"{what} {text!r}: {key}")

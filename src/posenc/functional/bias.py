@@ -21,6 +21,21 @@ from torch import Tensor
 from ..validation import check_bool, check_float, check_int, check_table_size
 from .precision import at_least_float32
 
+#: The largest ``max_bias``: every slope (the smallest is ``2^-max_bias``) a normal float32. Past it the smallest
+#: slopes lose precision, then become 0 (at 1000 every slope was 0: ALiBi computed NoPE without a word).
+ALIBI_MAX_BIAS = 126.0
+
+
+def check_max_bias(max_bias: object, owner: str) -> float:
+    """``max_bias`` checked: a finite number in ``(0, ALIBI_MAX_BIAS]``."""
+    out = check_float("max_bias", max_bias, above=0, owner=owner)
+    if out > ALIBI_MAX_BIAS:
+        raise ValueError(
+            f"{owner}: max_bias must be <= {ALIBI_MAX_BIAS:g}, got {out:g}: the smallest slope, 2^-max_bias, would "
+            "fall below float32's normal numbers (and become 0, leaving that head no position information)"
+        )
+    return out
+
 
 def alibi_slopes(heads: int, max_bias: float = 8.0) -> Tensor:
     """The paper's head slopes, ``(heads,)`` float32.
@@ -32,7 +47,7 @@ def alibi_slopes(heads: int, max_bias: float = 8.0) -> Tensor:
     4 heads the paper's steepest is 1/4; ``max_bias=4`` gives 1/2, 1/4, 1/8, 1/16).
     """
     heads = check_int("heads", heads, at_least=1, owner="alibi_slopes")
-    max_bias = check_float("max_bias", max_bias, above=0, owner="alibi_slopes")
+    max_bias = check_max_bias(max_bias, "alibi_slopes")
     check_table_size(
         "alibi_slopes", "heads", heads, lambda h: h * SLOPE_BYTES, "the (heads,) slopes", at_least=1
     )

@@ -114,6 +114,10 @@ def _new_parameters(config: Any, scalings: Mapping[str | None, RopeScaling | Non
     return {**config.rope_parameters, **{t: one(t) for t in scalings if t is not None}}
 
 
+#: The :class:`posenc.RoPE` options :func:`install_rope` takes: how the tables are kept and computed, not what they are.
+INSTALL_OPTIONS = RoPE.runtime_options
+
+
 def install_rope(
     model: nn.Module, scaling: Scaling | Mapping[str, Scaling] = None, **options: Any
 ) -> RoPE | dict[str, RoPE]:
@@ -147,7 +151,7 @@ def install_rope(
         model: e.g. ``LlamaForCausalLM``, ``GPTNeoXForCausalLM``, ``DeepseekV3ForCausalLM``.
         scaling: a :class:`posenc.RopeScaling`, a transformers-style dict, or None. For a model with one RoPE per
             layer type (Gemma 3, OLMo 3): a dict ``{layer_type: scaling}``; layer types left out get plain RoPE.
-        **options: more :class:`posenc.RoPE` options (``cache_len``).
+        **options: :data:`INSTALL_OPTIONS` (``cache_len``, ``impl``) of :class:`posenc.RoPE`; others raise TypeError.
 
     Returns:
         The installed :class:`posenc.RoPE` (one module, shared by every replaced ``rotary_emb``), or
@@ -161,6 +165,14 @@ def install_rope(
     root = getattr(model, "config", None)
     if root is None:
         raise TypeError(f"install_rope needs a transformers model with a .config, got {type(model).__name__}")
+    fixed = sorted(set(options) - set(INSTALL_OPTIONS))
+    if (
+        fixed
+    ):  # (the layout, base and rotated size are the model's: another value made a RoPE unlike its model)
+        raise TypeError(
+            f"install_rope: {', '.join(fixed)} cannot be given: the model's config and code fix the base, the "
+            f"rotated size and the layout; the options it takes are {', '.join(INSTALL_OPTIONS)}"
+        )
     # Falcon with ALiBi: transformers builds rotary_emb but never reads it
     if getattr(root, "alibi", False) is True:
         raise UnsupportedRotary(
@@ -211,10 +223,29 @@ def _plan(
         current = table_rope(config, layer_type=key, **options)
         _check_kept(current, wanted[key], bases)
         match = _layout(slots, current.to(device), device, key)
-        ropes[key] = current.with_scaling(scaling_from_config(config, wanted[key])).to(device)
+        resolved = scaling_from_config(config, wanted[key])
+        _check_original(wanted[key], resolved)
+        ropes[key] = current.with_scaling(resolved).to(device)
         adapters[key] = HFRotaryEmbedding(ropes[key], *match)
     adapter = adapters[None] if types is None else HFLayerTypeRotaryEmbedding(cast(dict[str, Any], adapters))
     return config, ropes, adapter
+
+
+def _check_original(scaling: Scaling, resolved: RopeScaling | None) -> None:
+    """Refuse a dict whose ``original_max_position_embeddings`` the config replaces (as transformers does: Phi-3's
+    ``config.original_max_position_embeddings``, dynamic NTK's ``max_position_embeddings``): the scaling would be
+    built from another length than the one written."""
+    if not isinstance(scaling, Mapping) or scaling.get("original_max_position_embeddings") is None:
+        return
+    given, used = (
+        scaling["original_max_position_embeddings"],
+        getattr(resolved, "original_max_position_embeddings", None),
+    )
+    if used is not None and given != used:
+        raise ValueError(
+            f"scaling: original_max_position_embeddings={given!r} would be replaced by {used}, the length the "
+            "model's config gives (as transformers does); give that length or leave the key out"
+        )
 
 
 def _check_kept(rope: RoPE, scaling: Scaling, bases: set[float]) -> None:

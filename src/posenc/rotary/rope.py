@@ -80,6 +80,7 @@ class RoPE(PositionEncoding):
     name: ClassVar[str | None] = "rope"
     family: ClassVar[str] = "rotary"
     sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
+    runtime_options: ClassVar[tuple[str, ...]] = ("cache_len", "impl")
     scalable: ClassVar[bool] = True
     inv_freq: Tensor
     cos_cached: Tensor

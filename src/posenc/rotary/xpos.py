@@ -115,6 +115,7 @@ class XPos(PositionEncoding):
     family: ClassVar[str] = "rotary"
     causal_only: ClassVar[bool] = True
     sizes: ClassVar[tuple[str, ...]] = ("head_dim",)
+    runtime_options: ClassVar[tuple[str, ...]] = ("cache_len",)
     inv_freq: Tensor
     zeta: Tensor
     cos_q: Tensor
