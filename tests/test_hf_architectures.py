@@ -7,6 +7,7 @@ past the original length) and greedy generation must be equal, or install_rope m
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -38,7 +39,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mistral": {},
     "qwen2": {},
     "qwen3": {"head_dim": 16},
-    "phi3": {},
+    # Phi-3 keeps L0 on the config, and transformers reads it there (the dict's is replaced): the same 16 as
+    # the longrope dict below, so its switch at L0 falls between the lengths compared
+    "phi3": {"original_max_position_embeddings": 16},
     "gemma": {"head_dim": 16},
     "olmo2": {},
     "granite": {},
@@ -410,3 +413,22 @@ def test_one_rope_per_layer_type(arch: str, name: str) -> None:
     assert_same_model(ours, theirs)
     with pytest.raises(UnsupportedRotary, match=r"\[per-layer-type\].*dict keyed by layer type"):
         install_rope(ours, SCALINGS["linear"])
+
+
+def test_phi3_refuses_a_dicts_original_length_its_config_replaces_but_takes_its_own() -> None:
+    """transformers builds Phi-3's LongRoPE from ``config.original_max_position_embeddings``, whatever the dict
+    says: another length in a dict given to install_rope is refused (it was silently replaced); the model's own
+    rope parameters pass even where they disagree with that attribute, since transformers built it from them."""
+    params = _rope("phi3", SCALINGS["longrope"])["rope_parameters"]  # L0 = 16 in the dict
+    with pytest.raises(ValueError, match=r"original_max_position_embeddings=8 would be replaced by 16"):
+        install_rope(tiny_model("phi3", None), {**params, "original_max_position_embeddings": 8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = transformers.CONFIG_MAPPING["phi3"](
+            **{**TINY, "original_max_position_embeddings": 32, "rope_parameters": params}
+        )
+    torch.manual_seed(0)
+    theirs = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    ours = copy.deepcopy(theirs)
+    install_rope(ours, dict(ours.config.rope_parameters))  # its own (16 beside the attribute's 32): as built
+    assert_same_model(ours, theirs)

@@ -224,24 +224,23 @@ def _plan(
         _check_kept(current, wanted[key], bases)
         match = _layout(slots, current.to(device), device, key)
         resolved = scaling_from_config(config, wanted[key])
-        _check_original(wanted[key], resolved)
+        _check_original(wanted[key], resolved, rope_parameters(config, key))
         ropes[key] = current.with_scaling(resolved).to(device)
         adapters[key] = HFRotaryEmbedding(ropes[key], *match)
     adapter = adapters[None] if types is None else HFLayerTypeRotaryEmbedding(cast(dict[str, Any], adapters))
     return config, ropes, adapter
 
 
-def _check_original(scaling: Scaling, resolved: RopeScaling | None) -> None:
+def _check_original(scaling: Scaling, resolved: RopeScaling | None, own: Mapping[str, Any]) -> None:
     """Refuse a dict whose ``original_max_position_embeddings`` the config replaces (as transformers does: Phi-3's
     ``config.original_max_position_embeddings``, dynamic NTK's ``max_position_embeddings``): the scaling would be
-    built from another length than the one written."""
+    built from another length than the one written. The value the config's own rope parameters hold (``own``)
+    passes: transformers built the model from that dict the same way."""
     if not isinstance(scaling, Mapping) or scaling.get("original_max_position_embeddings") is None:
         return
-    given, used = (
-        scaling["original_max_position_embeddings"],
-        getattr(resolved, "original_max_position_embeddings", None),
-    )
-    if used is not None and given != used:
+    given = scaling["original_max_position_embeddings"]
+    used = getattr(resolved, "original_max_position_embeddings", None)
+    if used is not None and given != used and given != own.get("original_max_position_embeddings"):
         raise ValueError(
             f"scaling: original_max_position_embeddings={given!r} would be replaced by {used}, the length the "
             "model's config gives (as transformers does); give that length or leave the key out"
