@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from posenc.attention.backends import AttentionInputs, math_attention
+from posenc.base import PositionEncoding
 
 from .test_backends import close, encoding
+
+
+def causal_inputs(
+    enc: PositionEncoding, q_len: int, k_len: int, keep: torch.Tensor | None
+) -> AttentionInputs:
+    """Causal inputs for ``q_len`` queries at the end of ``k_len`` keys (a cache's last chunk)."""
+    q_pos = torch.arange(k_len - q_len, k_len).unsqueeze(0)  # (1, Q)
+    return AttentionInputs(enc, q_pos, torch.arange(k_len).unsqueeze(0), keep, causal=True)
 
 
 @pytest.mark.parametrize("name", ["none", "alibi", "shaw"])
@@ -26,13 +35,7 @@ def test_rows_without_a_visible_key_give_zero_and_the_others_are_unchanged(name:
         if hide_row:
             keep = torch.ones(b, 1, q_len, k_len, dtype=torch.bool)
             keep[1, :, 2] = False  # batch row 1, query 2 sees nothing
-        ctx = AttentionInputs(
-            enc,
-            torch.arange(k_len - q_len, k_len).unsqueeze(0),
-            torch.arange(k_len).unsqueeze(0),
-            keep,
-            causal=True,
-        )
+        ctx = causal_inputs(enc, q_len, k_len, keep)
         out = math_attention(q, k, v, ctx)
         out.sum().backward()
         assert q.grad is not None and torch.isfinite(out).all() and torch.isfinite(q.grad).all()
@@ -72,13 +75,7 @@ def test_sdpa_rows_without_a_visible_key_are_zero_without_the_pass(
     k, v = torch.randn(b, h, k_len, d, dtype=dtype), torch.randn(b, h, k_len, d, dtype=dtype)
     keep = torch.ones(b, 1, q_len, k_len, dtype=torch.bool)
     keep[1, :, -1] = False  # batch row 1, the last query sees nothing
-    ctx = AttentionInputs(
-        enc,
-        torch.arange(k_len - q_len, k_len).unsqueeze(0),
-        torch.arange(k_len).unsqueeze(0),
-        keep,
-        causal=True,
-    )
+    ctx = causal_inputs(enc, q_len, k_len, keep)
     with torch.no_grad():
         fast = sdpa_attention(q, k, v, ctx)
     recorded = sdpa_attention(q.requires_grad_(), k, v, ctx)
