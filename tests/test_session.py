@@ -264,3 +264,43 @@ def test_session_tables_are_not_read_under_forward_mode_ad() -> None:
         _, inside = jvp(f, (params,), (tangent,))
     assert plain.abs().sum() > 0
     torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def test_session_tables_are_not_read_under_dual_level_forward_ad() -> None:
+    """``session_tables``: no session tables under forward-mode AD, ``torch.autograd.forward_ad`` included (its
+    first dual level is 0, outside functorch's transforms): a table built from the plain parameters carried no
+    tangent, T5's came out None."""
+    import torch.autograd.forward_ad as fwad
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    enc = posenc.T5Bias(2)
+    with torch.no_grad():
+        enc.embedding.weight.normal_()
+
+    class Hook(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+            return self.enc.score_bias(q, q_pos, k_pos)
+
+    hook = Hook()
+    args = (torch.randn(1, 2, 1, 4), torch.tensor([[4]]), torch.arange(5)[None])
+    weight = enc.embedding.weight.detach()
+
+    def tangent() -> torch.Tensor | None:
+        with fwad.dual_level():
+            dual = fwad.make_dual(weight, torch.ones_like(weight))
+            out = functional_call(hook, {"enc.embedding.weight": dual}, args)
+            return fwad.unpack_dual(out).tangent
+
+    with torch.no_grad():
+        plain = tangent()
+    with torch.no_grad(), posenc.DecodeSession(slots=8):
+        hook(*args)  # an ordinary step builds the session's table
+        inside = tangent()
+    assert plain is not None and plain.abs().sum() > 0
+    assert inside is not None
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)

@@ -91,3 +91,19 @@ def test_numpy_bools_are_bools() -> None:
     assert check_bool("flag", np.bool_(True)) is True and check_bool("flag", np.bool_(False)) is False
     with pytest.raises(TypeError, match="flag must be True or False, got 1"):
         check_bool("flag", 1)
+
+
+def test_rope_positions_are_refused_past_2_31_on_either_side_of_0() -> None:
+    """``check_position_range``: ``|p| > 2**31`` is refused, negative positions too (they rotate by angles as
+    large and as imprecise); ``-(2**31)`` and ``2**31`` are taken."""
+    from posenc.validation import check_position_range
+
+    for p in (-(2**31), 2**31):
+        check_position_range(torch.tensor([p, 0]), 2)
+    with pytest.raises(ValueError, match=r"position -2147483649 is too far from 0"):
+        check_position_range(torch.tensor([0, -(2**31) - 1]), 2)
+    with pytest.raises(ValueError, match=r"position -2147483649 is too far from 0"):
+        check_position_range(torch.tensor([5]), 1, span=(-(2**31) - 1, 5))
+    rope, q = posenc.RoPE(8), torch.randn(1, 1, 2, 8)
+    with pytest.raises(ValueError, match=r"RoPE: position -2147484648 is too far from 0"):
+        rope(q, q, torch.tensor([-(2**31) - 1000, 0]))

@@ -318,3 +318,24 @@ def _steps(attn: posenc.Attention, x: torch.Tensor, cache: posenc.KVCache, i: in
     while len(cache) < i:
         attn(x[:, len(cache) : len(cache) + 1], cache=cache)
     return attn(x[:, i : i + 1], cache=cache)
+
+
+@pytest.mark.parametrize("grad", ["k", "v", "both"])
+def test_static_cache_reset_keeps_a_recorded_graph_intact(grad: str) -> None:
+    """``StaticKVCache.reset``: a graph's tensors are not written again. After a step that recorded gradients
+    through the keys, the values or both, a reset and a no-grad step leave the earlier backward working (the
+    step wrote in place into the tensors the graph saved: "modified by an inplace operation")."""
+    torch.manual_seed(0)
+    cache = StaticKVCache(4)
+    k = torch.randn(1, 1, 2, 4, requires_grad=grad in ("k", "both"))
+    v = torch.randn(1, 1, 2, 4, requires_grad=grad in ("v", "both"))
+    kk, vv, _ = cache.update(k, v, torch.arange(2)[None])
+    loss = (kk * kk).sum() + (vv * vv).sum()
+    cache.reset()
+    with torch.no_grad():
+        cache.update(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.arange(2)[None])
+    loss.backward()
+    for t in (k, v):
+        if t.requires_grad:
+            assert t.grad is not None
+            torch.testing.assert_close(t.grad, 2 * t.detach())

@@ -136,3 +136,21 @@ def test_a_peer_failing_to_import_is_an_error_and_the_others_stay(monkeypatch: p
     monkeypatch.setattr(rope, "QUICK_SHAPES", ((1, 2, 8, 8, 2),))
     rows = [r for r in rope.rope_suite(True, "cpu") if r["impl"] == "liger"]
     assert rows and all(r["status"] == "error" and r["note"].startswith("ImportError") for r in rows)
+
+
+def test_ratio_is_the_median_over_the_copy_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ratio`` is each row's time divided by the copy floor's of the same rounds (rope_suite's docstring: "ratio
+    (to the copy)"), so 4 ms against a 1 ms copy is 4, not 0.25. Timings faked: only the arithmetic is checked."""
+    from posenc.bench import rope
+
+    fake = {rope.FLOOR: 1e-3, "posenc": 4e-3, "posenc reference": 2e-3}
+    monkeypatch.setattr(rope, "_peers", lambda *a, **kw: {})
+    monkeypatch.setattr(rope, "time_round_robin", lambda fns, *a, **kw: {n: fake[n] for n in fns})
+    for rows in rope._group((1, 2, 8, 16, 2), torch.float32, "cpu", True):
+        assert {r["impl"]: r["ratio"] for r in rows} == {
+            rope.FLOOR: 1.0,
+            "posenc": 4.0,
+            "posenc reference": 2.0,
+        }
+        for row in rows:
+            assert row["status"] == "ok" and row["median_ms"] == pytest.approx(fake[row["impl"]] * 1e3)

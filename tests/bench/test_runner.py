@@ -140,3 +140,15 @@ def test_an_announced_reason_is_kept_in_the_note() -> None:
         "out of resource: Required: 245760 Hardware limit: 232448"
     )
     assert error_note(ValueError("")) == "error: ValueError: "
+
+
+def test_warmup_rounds_are_not_in_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``warmup``: untimed rounds first (compilation, allocator warm-up): a first call that takes 100 s (faked
+    timer) is not in the median of the rounds after it."""
+    from posenc.bench import runner
+
+    times = iter([100.0, 1.0, 2.0, 3.0])
+    monkeypatch.setattr(runner, "call_timer", lambda device: lambda fn: next(times))
+    assert time_round_robin({"f": lambda: None}, "cpu", repeats=1, warmup=1) == {"f": 1.0}
+    times = iter([100.0, 50.0, 1.0, 2.0, 3.0])
+    assert time_round_robin({"f": lambda: None}, "cpu", repeats=3, warmup=2) == {"f": 2.0}

@@ -46,6 +46,33 @@ def test_single_file_splits_by_position(tmp_path: Path) -> None:
     assert bytes(corpus.train.tolist()) == data[:cut] and bytes(corpus.val.tolist()) == data[cut:]
 
 
+@pytest.mark.parametrize(
+    ("size", "val_fraction", "val_bytes"), [(1905, 0.1, 190), (1003, 0.25, 250), (107, 0.5, 53)]
+)
+def test_positional_split_holds_out_the_last_val_fraction_rounded_down(
+    tmp_path: Path, size: int, val_fraction: float, val_bytes: int
+) -> None:
+    """The module docstring: "the last ``val_fraction`` of its bytes is validation", rounded down: 190.5 bytes of
+    1905 at 0.1 are 190, not 191 (the split fixes the corpus digest that a resumed run must match)."""
+    f = tmp_path / "book.txt"
+    data = bytes(range(32, 127)) * (size // 95 + 1)
+    f.write_bytes(data[:size])
+    corpus = load_corpus(f, val_fraction=val_fraction)
+    assert bytes(corpus.val.tolist()) == data[size - val_bytes : size]
+    assert bytes(corpus.train.tolist()) == data[: size - val_bytes]
+
+
+def test_positional_split_caps_keep_the_bytes_next_to_the_cut(tmp_path: Path) -> None:
+    """With a positional split, ``max_train_bytes`` keeps the training bytes just before validation and
+    ``max_val_bytes`` the validation bytes just after the cut (the text on either side of it)."""
+    f = tmp_path / "book.txt"
+    data = bytes(range(48, 58)) * 10  # b"0123456789" * 10: the cut is at byte 90
+    f.write_bytes(data)
+    corpus = load_corpus(f, val_fraction=0.1, max_train_bytes=5, max_val_bytes=4)
+    assert bytes(corpus.train.tolist()) == data[85:90] == b"56789"
+    assert bytes(corpus.val.tolist()) == data[90:94] == b"0123"
+
+
 def test_hidden_and_binary_files_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("hello world\n" * 50)
     (tmp_path / ".hidden.txt").write_text("secret\n" * 50)
@@ -103,3 +130,18 @@ def test_data_larger_than_memory_allows_is_refused_before_reading(
         load_corpus(f)
     monkeypatch.setattr("posenc.models.generate.device_memory", lambda device: 60_000)
     assert load_corpus(f).train.numel() > 0
+
+
+def test_a_cap_counts_each_file_with_its_separator(tmp_path: Path) -> None:
+    """A side stops taking files once it holds ``cap`` bytes, each file counted with the separator after it: with
+    10-byte files a cap of 12 (one file and its 2 bytes) takes one file, 13 takes two. The cap decides the default
+    corpus, whose digest a resumed run must match."""
+    from posenc.experiments.data import _read
+
+    files = []
+    for i in range(3):
+        (tmp_path / f"f{i}.py").write_bytes(bytes([97 + i]) * 10)
+        files.append((f"f{i}.py", tmp_path / f"f{i}.py"))
+    assert [_read(files, cap)[1] for cap in (1, 10, 11, 12, 13, 24, 25, None)] == [1, 1, 1, 1, 2, 2, 3, 3]
+    data, n = _read(files, None)
+    assert n == 3 and len(data) == 3 * 10 + 2 * 2  # separators between files only

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -17,9 +20,11 @@ from torch import Tensor, nn
 import posenc
 from posenc.cli import main
 from posenc.experiments.checkpoints import run_lock
+from posenc.experiments.dist import SINGLE, World
 from posenc.experiments.tasks import TASKS, Task, TasksConfig, accuracy, available_tasks, run_tasks
 from posenc.experiments.tasks.generators import COPY_SYMBOLS, is_test_example
 from posenc.experiments.tasks.report import verdict
+from posenc.experiments.tasks.run import answer_loss, task_batches, train_length
 
 LENGTHS = [16, 33, 64, 200]
 
@@ -156,6 +161,120 @@ def test_every_example_is_exact_length_solvable_and_in_its_split(
     assert is_test_example(x) == (split == "test")
     if name == "passkey":  # the key's "#" sits after round(depth * filler) bytes of filler
         assert x.index(b"#") == round(depth * (length - task.min_length))
+
+
+def test_the_test_split_is_the_examples_whose_crc32_is_divisible_by_16() -> None:
+    """The module docstring's rule, computed here: an example is a test example iff ``crc32(bytes) % 16 == 0``
+    (a split that is disjoint but by another residue would pass the overlap test)."""
+    for name in available_tasks():
+        task = TASKS[name]
+        for index in range(30):
+            assert zlib.crc32(task.example(16, split="test", seed=0, index=index)) % 16 == 0
+            assert zlib.crc32(task.example(16, split="train", seed=0, index=index)) % 16 != 0
+
+
+def test_assoc_queries_every_pair() -> None:
+    """Assoc's docstring: "then one key; the answer is its value": any of the pairs, the last one included."""
+    task = TASKS["assoc"]
+    length = 25
+    n = task.pairs(length)
+    assert n == 5
+    queried = set()
+    for index in range(200):
+        x = task.example(length, split="train", seed=0, index=index)
+        body, key = x[: -task.value_len].rsplit(b"?", 1)
+        body = body.lstrip(b".")
+        keys = [body[i : i + 2] for i in range(0, len(body), 4)]
+        assert len(keys) == n
+        queried.add(keys.index(key))
+    assert queried == set(range(n))
+
+
+class Bigram(nn.Module):
+    """Logits at position ``t`` from byte ``t`` alone (a causal model whose output is exact to compute)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = nn.Embedding(256, 256)
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, 256)
+        return self.table(tokens)
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_answer_loss_is_the_cross_entropy_of_the_answer_given_the_bytes_before_it(name: str) -> None:
+    """``answer_loss``: each answer byte is predicted from the bytes before it (the prediction of byte ``t`` is
+    the model's output at ``t - 1``), never from an input that holds the answer itself."""
+    task, model = TASKS[name], Bigram()
+    for length in (16, 33):
+        batch = task.batch(length, 3, split="train", seed=0)
+        a = task.answer_length(length)
+        want = F.cross_entropy(model(batch)[:, -a - 1 : -1].flatten(0, 1), batch[:, -a:].flatten())
+        torch.testing.assert_close(answer_loss(model, batch, a), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_training_lengths_cover_every_length_up_to_l(name: str) -> None:
+    """``train_length``: uniform in ``[task.min_length, L]``, L included (every figure "at L" is a trained
+    length)."""
+    task = TASKS[name]
+    cfg = TasksConfig.quick().train
+    lengths = {train_length(task, cfg, step) for step in range(1000)}
+    assert lengths == set(range(min(task.min_length, cfg.train_len), cfg.train_len + 1))
+
+
+#: The counts each emulated rank hands to the all-reduce, by rank.
+_COUNTS: dict[int, Tensor] = {}
+
+
+@dataclass(frozen=True)
+class _Gather(World):
+    """A rank of an emulated world that records its count for the all-reduce (and sees only its own)."""
+
+    def sum(self, t: Tensor) -> Tensor:
+        _COUNTS[self.rank] = t.clone()
+        return t
+
+
+@dataclass(frozen=True)
+class _AllReduce(World):
+    """A rank of an emulated world whose all-reduce returns the sum of every rank's recorded count."""
+
+    def sum(self, t: Tensor) -> Tensor:
+        return torch.stack([_COUNTS[r] for r in range(self.size)]).sum(0)
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_accuracy_on_two_ranks_is_that_of_one_process(name: str) -> None:
+    """Under DDP each rank scores every ``size``-th example and the counts are summed: every rank's figure is
+    the fraction of all the examples that are right (7 examples: the ranks hold 4 and 3)."""
+    task = TASKS[name]
+    examples = task.batch(16, 7, split="test", seed=0)
+    a = task.answer_length(16)
+    for model, want in ((Oracle(task), 1.0), (Oracle(task, wrong=True), 0.0)):
+        _COUNTS.clear()
+        for r in range(2):
+            accuracy(model, examples, a, world=_Gather(rank=r, size=2))
+        assert [accuracy(model, examples, a, world=_AllReduce(rank=r, size=2)) for r in range(2)] == [
+            want
+        ] * 2
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_training_batches_on_two_ranks_are_the_global_batch(name: str) -> None:
+    """``task_batches``: step ``t`` holds examples ``t*B .. (t+1)*B - 1`` of the train split; each rank takes its
+    own contiguous rows of them (so no example is drawn twice, on one rank or across ranks and steps)."""
+    task = TASKS[name]
+    cfg = TasksConfig.quick().train
+    draw = task_batches(task, cfg)
+    b = cfg.batch_size
+    for step in range(3):
+        want = task.batch(train_length(task, cfg, step), b, split="train", seed=cfg.seed, start=step * b)
+        assert torch.equal(draw(step, SINGLE), want)
+        parts = [draw(step, World(rank=r, size=2)) for r in range(2)]
+        assert [p.shape[0] for p in parts] == [b // 2] * 2
+        assert torch.equal(torch.cat(parts), want)
 
 
 def test_verdicts() -> None:

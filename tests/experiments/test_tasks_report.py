@@ -96,3 +96,32 @@ def test_a_record_without_a_newer_row_is_summarised_not_a_crash() -> None:
         "16": 0.8,
         "32": 0.4,
     }
+
+
+def test_a_record_s_final_train_loss_is_the_mean_of_the_last_10_steps() -> None:
+    """results.py's docstring: ``final_train_loss`` is the mean of the last 10 steps (of all of them when fewer)."""
+    from posenc.experiments.tasks.results import record
+    from posenc.experiments.tasks.run import ModelRun
+
+    def loss(losses: list[float]) -> object:
+        run = ModelRun(losses=losses, train_seconds=1.0, eval_seconds=0.0, cells={}, resumed=False)
+        return record(run)["final_train_loss"]
+
+    assert loss([float(i) for i in range(20)]) == 14.5
+    assert loss([1.0, 2.0, 6.0]) == 3.0
+    assert loss([]) is None
+
+
+def test_seeds_are_summarised_in_numeric_order() -> None:
+    """Per-seed accuracies follow the seeds' numbers (as ``results["seeds"]``), not their strings: seed 10 after
+    seed 2."""
+    from posenc.experiments.tasks.results import aggregate
+
+    def rec(value: float) -> dict[str, object]:
+        cells = {"rope": {"16": {"all": value}}}
+        return {"cells": cells, "final_train_loss": 0.1, "train_seconds": 1.0, "eval_seconds": 1.0}
+
+    runs = {"copy": {"rope": {"10": rec(0.1), "2": rec(0.2), "1": rec(0.3)}}}
+    results = aggregate(runs, {"eval_lengths": [16]})
+    assert results["seeds"] == [1, 2, 10]
+    assert list(results["accuracy_by_seed"]["copy"]["rope"]) == ["1", "2", "10"]

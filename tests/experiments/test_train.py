@@ -124,6 +124,17 @@ def test_too_few_tokens() -> None:
         batch_starts(5, 0, TINY)
 
 
+def test_every_window_of_the_tokens_can_be_drawn() -> None:
+    """``batch_starts``: windows of ``train_len + 1`` tokens. ``train_len + 1`` tokens hold exactly one (what
+    ``load_corpus``'s ``min_train_tokens = train_len + 1`` accepts), and a longer corpus's last window is drawn
+    too."""
+    n = TINY.train_len + 1
+    assert batch_starts(n, 0, TINY).tolist() == [0] * TINY.batch_size
+    n = TINY.train_len + 4
+    starts = {int(s) for step in range(50) for s in batch_starts(n, step, TINY)}
+    assert starts == set(range(n - TINY.train_len))
+
+
 def test_embeddings_are_scaled_as_in_fairseq() -> None:
     plain_cfg = TrainConfig(**{**TINY.to_dict(), "scale_embeddings": False})
     scaled, plain = build_model("none", TINY), build_model("none", plain_cfg)

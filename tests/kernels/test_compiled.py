@@ -59,3 +59,17 @@ def test_compiled_forward_and_grad_match_reference(
     for got, want in zip(got_all, want_all, strict=True):
         assert got.dtype == dtype and got.shape == want.shape
         torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_float64_input_is_rotated_in_float64(interleaved: bool) -> None:
+    """rotate_pairs: "math in float32 (float64 for float64 input)". The math the kernel is compiled from equals
+    the float64 reference to float64 rounding (float32 math is off by about 1e-7 here). Run eagerly: compiling a
+    float64 variant costs seconds, and the compiled kernel is this function."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 64, 16, dtype=torch.float64)
+    angles = rope_angles(torch.arange(64) * 997, rope_inv_freq(12)).double()  # (S, 6): 4 dims pass through
+    cos, sin = angles.cos(), angles.sin()
+    got = rotate_pairs(x, cos, sin, interleaved)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, apply_rope(x, cos, sin, interleaved), rtol=0, atol=1e-13)

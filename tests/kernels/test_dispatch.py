@@ -175,3 +175,17 @@ def test_a_forced_triton_rope_with_positions_traces_on_meta() -> None:
         q = torch.randn(2, 3, 5, 8)
         out, _ = rope(q, q, torch.arange(5))
     assert out.is_meta and out.shape == (2, 3, 5, 8)
+
+
+@pytest.mark.parametrize("impl", ["reference", "compiled", "auto"])
+def test_every_impl_names_a_k_of_another_sequence_length(impl: str) -> None:
+    """q and k share ``S`` with cos (rope_qk's docstring): a k of 5 positions against q and cos of 8 is refused,
+    naming the three shapes, for every impl (not a broadcast error from inside the math or the compiler)."""
+    q, k = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 5, 16)
+    cos, sin = _tables(8, 16)
+    with pytest.raises(
+        ValueError, match=r"k \(1, 2, 5, 16\) and cos \(8, 8\) must share the sequence length"
+    ):
+        rope_qk(q, k, cos, sin, impl=impl)
+    with pytest.raises(ValueError, match=r"q \(1, 2, 5, 16\), k \(1, 2, 8, 16\) .* must share the sequence"):
+        rope_qk(k, q, cos, sin, impl=impl)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import posenc
 from posenc.plots.compare import curves_figure, perplexity_figure
 from posenc.plots.palette import NEUTRAL, encoding_color, scaling_color, shade
@@ -65,3 +67,22 @@ def test_learning_curve_points_stay_at_their_steps() -> None:
     assert fig is not None
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "rope"]
     assert list(line.get_xdata()) == [10, 30] and list(line.get_ydata()) == [3.0, 2.0]
+
+
+def test_a_non_finite_point_of_one_seed_leaves_its_step_out_of_the_mean() -> None:
+    """``_mean_curve``: the mean over seeds at every step where each seed has a finite value; a NaN or an infinity
+    of one seed leaves its step out (a NaN mean was drawn at that step)."""
+    for bad in (math.nan, math.inf):
+        curves = [
+            {"steps": [10, 20, 30], "8": [3.0, bad, 2.0]},
+            {"steps": [10, 20, 30], "8": [5.0, 4.0, 4.0]},
+        ]
+        results = {
+            "train_len": 8,
+            "encodings": ["rope"],
+            "runs": {"rope": {str(i): {"curve": c} for i, c in enumerate(curves)}},
+        }
+        fig = curves_figure(results)
+        assert fig is not None
+        (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "rope"]
+        assert list(line.get_xdata()) == [10, 30] and list(line.get_ydata()) == [4.0, 3.0]

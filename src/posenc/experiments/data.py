@@ -128,8 +128,10 @@ def load_corpus(
         val_fraction: share of files (or of bytes, for a positional split) held out for validation.
         min_train_tokens: fewest training bytes accepted (``train_len + 1`` for one training window).
         min_val_tokens: fewest validation bytes accepted (``longest evaluation length + 1``).
-        max_train_bytes, max_val_bytes: stop adding files to a side once it holds this many bytes (files are
-            whole; the cap keeps the default corpus quick to read). None reads everything.
+        max_train_bytes, max_val_bytes: stop adding files to a side once it holds this many bytes, each file
+            counted with the separator after it (files are whole; the cap keeps the default corpus quick to
+            read). In a positional split (one file, or every file on one side), the bytes next to the cut: the
+            last ones of the training side, the first of the validation side. None reads everything.
 
     Raises:
         ValueError: the path does not exist, holds no text, or a split is shorter than its minimum.
