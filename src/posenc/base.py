@@ -64,8 +64,9 @@ class PositionEncoding(nn.Module):
     family: ClassVar[str] = "none"
     sizes: ClassVar[tuple[str, ...]] = ()
     #: Constructor options that choose how the encoding computes (a kernel, a precomputed table's length), never
-    #: what: the same result for every value (bitwise for a table's length; a kernel's within its rounding). ``posenc compare``'s specs refuse them (a variant would be the same
-    #: model under another name) and :func:`posenc.hf.install_rope` takes only these.
+    #: what: the same result for every value (bitwise for a table's length; a kernel's within its rounding).
+    #: ``posenc compare`` and ``tasks`` refuse them in ``--encodings`` (a variant would be the same model under
+    #: another name; an earlier run's files keep loading) and :func:`posenc.hf.install_rope` takes only these.
     runtime_options: ClassVar[tuple[str, ...]] = ()
     #: True when ``value_term`` needs the attention weights (forces the explicit-softmax path).
     needs_probs: bool = False

@@ -99,11 +99,6 @@ def parse_spec(text: object, what: str = "encoding") -> EncodingSpec:
             )
         if key in SIZES:
             raise ValueError(f"{what} {text!r}: {key} is a model size, set by the model, not an option")
-        if key in cls.runtime_options:
-            raise ValueError(
-                f"{what} {text!r}: {key} chooses how {name} computes, not what (every value trains the same "
-                f"model), so it makes no variant; leave it out"
-            )
         if key in options:
             raise ValueError(f"{what} {text!r}: option {key} given twice")
         options[key] = parse_value(raw, f"{what} {text!r}: {key}")
@@ -189,6 +184,20 @@ def spec_of_stem(stem: str) -> str:
 ALL = "all"
 
 
+def _new_variant(text: str, what: str) -> str:
+    """:func:`canonical`, refusing options that choose how the encoding computes, not what (``rope:impl=...``,
+    ``cache_len``: every value trains the same model, under a second name). Only where a user names models to
+    train: names read back from an earlier run's files keep loading."""
+    spec = parse_spec(text, what)
+    runtime = [k for k, _ in spec.options if k in encoding_class(spec.name).runtime_options]
+    if runtime:
+        raise ValueError(
+            f"{what} {text!r}: {runtime[0]} chooses how {spec.name} computes, not what (every value trains the "
+            "same model), so it makes no variant; leave it out"
+        )
+    return spec.text
+
+
 def check_specs(specs: list[str], what: str = "encodings") -> list[str]:
     """A user's list of specs, canonical: each parsed, :data:`ALL` expanded in place to :func:`posenc.available`,
     not empty, none twice (``alibi:max_bias=4`` and ``alibi:max_bias=04`` are one; so are ``all`` and ``rope``)."""
@@ -196,7 +205,7 @@ def check_specs(specs: list[str], what: str = "encodings") -> list[str]:
         raise ValueError(f"no {what} given; choose from {', '.join(available())}")
     out: list[str] = []
     for s in specs:
-        out += available() if isinstance(s, str) and s.strip() == ALL else [canonical(s, what)]
+        out += available() if isinstance(s, str) and s.strip() == ALL else [_new_variant(s, what)]
     twice = sorted({s for s in out if out.count(s) > 1})
     if twice:
         inside = f" ({ALL} holds every registered encoding)" if ALL in [str(s).strip() for s in specs] else ""
