@@ -146,14 +146,17 @@ def test_alibi_slopes_takes_integers_as_check_int_does() -> None:
 
 
 def test_max_bias_keeps_every_slope_a_normal_float32() -> None:
-    """The smallest slope is ``2^-max_bias``: up to 126 every slope is a normal float32 (> 0); past it they
-    underflow (at 1000 every slope was 0 and ALiBi computed NoPE), so both entry points refuse, naming max_bias."""
+    """The smallest slope is ``2^-max_bias``: up to 126 every slope is a normal float32 (> 0); past it they lose
+    precision, then underflow to 0 (at 1000 every slope was 0 and ALiBi computed NoPE), so both entry points
+    refuse, naming max_bias and the value as given (not rounded)."""
     slopes = alibi_slopes(4, 126)
     assert (slopes > 0).all() and slopes.min() >= torch.finfo(torch.float32).tiny
     for owner, make in [
         ("alibi_slopes", lambda b: alibi_slopes(5, b)),
         ("ALiBi", lambda b: posenc.ALiBi(4, b)),
     ]:
-        for too_big in (126.5, 160, 1000):
-            with pytest.raises(ValueError, match=rf"{owner}: max_bias must be <= 126, got {too_big:g}"):
+        for too_big in (126.0000001, 160, 1000):
+            with pytest.raises(
+                ValueError, match=rf"{owner}: max_bias must be <= 126, got {float(too_big)!r}:"
+            ):
                 make(too_big)

@@ -21,8 +21,10 @@ from torch import Tensor
 from ..validation import check_bool, check_float, check_int, check_table_size
 from .precision import at_least_float32
 
-#: The largest ``max_bias``: every slope (the smallest is ``2^-max_bias``) a normal float32. Past it the smallest
-#: slopes lose precision, then become 0 (at 1000 every slope was 0: ALiBi computed NoPE without a word).
+#: The largest ``max_bias``: the smallest slope, ``2^-max_bias``, stays a normal float32. Past it slopes lose
+#: precision, and from about 150 they are 0 (at 1000 every slope was 0: ALiBi computed NoPE without a word).
+#: Slopes this small already add next to nothing to a logit: the bound refuses what cannot be computed, not
+#: every choice that is unwise (the paper's is 8).
 ALIBI_MAX_BIAS = 126.0
 
 
@@ -31,8 +33,8 @@ def check_max_bias(max_bias: object, owner: str) -> float:
     out = check_float("max_bias", max_bias, above=0, owner=owner)
     if out > ALIBI_MAX_BIAS:
         raise ValueError(
-            f"{owner}: max_bias must be <= {ALIBI_MAX_BIAS:g}, got {out:g}: the smallest slope, 2^-max_bias, would "
-            "fall below float32's normal numbers (and become 0, leaving that head no position information)"
+            f"{owner}: max_bias must be <= {ALIBI_MAX_BIAS:g}, got {out!r}: the smallest slope, 2^-max_bias, "
+            "must stay a normal float32 (from about 150 it is 0, and a head with slope 0 is NoPE)"
         )
     return out
 

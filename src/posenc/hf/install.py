@@ -234,17 +234,24 @@ def _plan(
 def _check_original(scaling: Scaling, resolved: RopeScaling | None, own: Mapping[str, Any]) -> None:
     """Refuse a dict whose ``original_max_position_embeddings`` the config replaces (as transformers does: Phi-3's
     ``config.original_max_position_embeddings``, dynamic NTK's ``max_position_embeddings``): the scaling would be
-    built from another length than the one written. The value the config's own rope parameters hold (``own``)
-    passes: transformers built the model from that dict the same way."""
+    built from another length than the one written. A dict of the config's own rope type holding the length of
+    the config's own rope parameters (``own``) passes: transformers built the model from it the same way."""
     if not isinstance(scaling, Mapping) or scaling.get("original_max_position_embeddings") is None:
         return
     given = scaling["original_max_position_embeddings"]
     used = getattr(resolved, "original_max_position_embeddings", None)
-    if used is not None and given != used and given != own.get("original_max_position_embeddings"):
-        raise ValueError(
-            f"scaling: original_max_position_embeddings={given!r} would be replaced by {used}, the length the "
-            "model's config gives (as transformers does); give that length or leave the key out"
-        )
+    if used is None or given == used:
+        return
+    if _rope_type(scaling) == _rope_type(own) and given == own.get("original_max_position_embeddings"):
+        return
+    raise ValueError(
+        f"scaling: original_max_position_embeddings={given!r} would be replaced by {used}, the length the "
+        "model's config gives (as transformers does); give that length or leave the key out"
+    )
+
+
+def _rope_type(params: Mapping[str, Any]) -> object:
+    return params.get("rope_type", params.get("type", "default"))
 
 
 def _check_kept(rope: RoPE, scaling: Scaling, bases: set[float]) -> None:
