@@ -418,6 +418,131 @@ def test_install_refuses_an_original_length_the_config_replaces() -> None:
         install_rope(model, {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 4})
     install_rope(model, {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": MAX_POS})
     install_rope(model, {"rope_type": "dynamic", "factor": 2.0})
-    install_rope(
-        model, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
-    )  # Llama: kept
+    # (Llama keeps a YaRN dict's own length)
+    install_rope(model, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8})
+    # the model's own length passes only in a dict of its own rope type: dynamic NTK scales from
+    # max_position_embeddings whatever the dict holds, even Llama 3's own original length
+    llama3 = {"rope_type": "llama3", "factor": 2.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    own = LlamaForCausalLM(tiny_config({**llama3, "original_max_position_embeddings": 16})).eval()
+    install_rope(own, dict(own.config.rope_parameters))
+    with pytest.raises(
+        ValueError, match=rf"original_max_position_embeddings=16 would be replaced by {MAX_POS}"
+    ):
+        install_rope(own, {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 16})
+
+
+def test_a_half_precision_gptj_keeps_its_scalings_temperature() -> None:
+    """install_rope's docstring: a GPT-J built in bfloat16 keeps its rounded frequencies "with any scaling"; the
+    tables are still YaRN's, temperature included (cos² + sin² = attention_scale², as with exact frequencies)."""
+    config = transformers.GPTJConfig(
+        n_embd=64, n_head=4, rotary_dim=8, n_layer=1, vocab_size=32, n_positions=64
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    rope = install_rope(model, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16})
+    module = model.transformer.rotary_emb
+    assert module.freq_dtype == torch.bfloat16 and rope.attention_scale > 1.05
+    x, pos = torch.zeros(1, 40, 8), torch.arange(40)[None]
+    for table in (
+        module(x.float(), pos),
+        HFRotaryEmbedding(rope, module.layout, module.order)(x.float(), pos),
+    ):
+        assert isinstance(table, tuple)
+        torch.testing.assert_close(
+            table[0] ** 2 + table[1] ** 2,
+            torch.full_like(table[0], rope.attention_scale**2),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def _tiny_phi3(**overrides: Any) -> Any:
+    return transformers.Phi3Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, **overrides,
+    )  # fmt: skip
+
+
+def test_phi3_takes_the_original_length_from_its_config_not_the_dict() -> None:
+    """scaling_from_config: LongRoPE takes config.original_max_position_embeddings first, as Phi-3 stores it (and
+    transformers builds from it), and derives a missing factor from it; install_rope refuses a dict whose other
+    length would be replaced by the config's."""
+    from posenc.hf import scaling_from_config
+
+    halves = {"short_factor": [1.0] * 8, "long_factor": [2.0] * 8}
+    config = _tiny_phi3(max_position_embeddings=16384, original_max_position_embeddings=4096)
+    scaling = scaling_from_config(
+        config, {"rope_type": "longrope", **halves, "original_max_position_embeddings": 2048}
+    )
+    assert isinstance(scaling, posenc.LongRoPEScaling)
+    assert (scaling.original_max_position_embeddings, scaling.factor) == (4096, 4.0)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        _tiny_phi3(max_position_embeddings=64, original_max_position_embeddings=16)
+    ).eval()
+    before = model.model.rotary_emb
+    dict_length = {"rope_type": "longrope", "factor": 4.0, **halves, "original_max_position_embeddings": 8}
+    with pytest.raises(ValueError, match=r"original_max_position_embeddings=8 would be replaced by 16"):
+        install_rope(model, dict_length)
+    assert model.model.rotary_emb is before
+
+
+def test_a_longrope_dict_without_factor_takes_it_from_the_config() -> None:
+    """scaling_from_config's docstring: LongRoPE without ``factor`` uses max_position_embeddings / original (real
+    Phi-3-128k configs have none), and its temperature is then transformers'."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from posenc.hf import scaling_from_config
+
+    rope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8, "rope_theta": 1e4}
+    config = LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_hidden_layers=1, vocab_size=32, max_position_embeddings=16384,
+        rope_parameters={**rope, "original_max_position_embeddings": 4096},
+    )  # fmt: skip
+    scaling = scaling_from_config(config, dict(config.rope_parameters))
+    assert isinstance(scaling, posenc.LongRoPEScaling)
+    assert (scaling.factor, scaling.original_max_position_embeddings) == (4.0, 4096)
+    _, attention = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu")
+    assert scaling.attention_factor_value() == pytest.approx(attention, rel=1e-6)
+
+
+def test_rope_from_config_edge_sizes_of_the_rotated_part() -> None:
+    """A GPT-J rotating the whole head (rotary_dim == head_dim) is accepted, one dim pair past it refused;
+    head_dim=0 means unset (hidden_size // num_attention_heads); rope_parameters' partial_rotary_factor comes
+    before a config attribute of that name (the module docstring's order)."""
+
+    class GPTJ:
+        model_type, hidden_size, num_attention_heads, rotary_dim = "gptj", 64, 4, 16
+
+    rope = rope_from_config(GPTJ())
+    assert (rope.head_dim, rope.rotary_dim, rope.interleaved) == (16, 16, True)
+    GPTJ.rotary_dim = 18
+    with pytest.raises(
+        UnsupportedRotary, match=r"\[rotary-size\] config.rotary_dim=18 does not fit head_dim=16"
+    ):
+        rope_from_config(GPTJ())
+
+    class Unset:
+        head_dim, hidden_size, num_attention_heads, rope_theta = 0, 64, 4, 1e4
+
+    assert (rope_from_config(Unset()).head_dim, rope_from_config(Unset()).rotary_dim) == (16, 16)
+
+    class Both:
+        head_dim, partial_rotary_factor = 16, 0.25
+        rope_parameters = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
+
+    assert rope_from_config(Both()).rotary_dim == 8
+
+
+def test_a_yarn_checkpoint_cast_to_half_precision_installs(plain: Any) -> None:
+    """install_rope's docstring: after model.to(bfloat16), which rounds transformers' inv_freq buffer, the model's
+    own YaRN (with its temperature) is recognised and installed, equal to transformers built in that dtype."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    theirs = transformers.AutoModelForCausalLM.from_config(tiny_config(yarn), dtype=torch.bfloat16).eval()
+    theirs.load_state_dict(plain.state_dict())
+    ours = LlamaForCausalLM(tiny_config(yarn)).eval()
+    ours.load_state_dict(plain.state_dict())
+    ours.to(torch.bfloat16)
+    rope = install_rope(ours, yarn)
+    assert rope.attention_scale > 1.05
+    tokens = torch.randint(0, 100, (2, 40))
+    torch.testing.assert_close(logits(ours, tokens), logits(theirs, tokens), atol=0, rtol=0)

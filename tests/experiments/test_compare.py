@@ -350,3 +350,48 @@ def test_eval_bytes_past_the_held_out_text_says_what_is_scored(
         f"scoring {results['eval_tokens']} held-out bytes at every length: --eval-bytes 1000000000"
         in caplog.text
     )
+
+
+def test_a_rerun_records_what_it_computed_over_a_stale_record(
+    first_run: tuple[Path, dict], tmp_path: Path, tiny_corpus: Path
+) -> None:
+    """A record already in results.json (e.g. written by an older posenc) is replaced by the one this run computes
+    (here resumed from the checkpoint); the other encodings' records are kept."""
+    out = _copy(first_run, tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    truth = results["runs"]["alibi"]["0"]["perplexity"]
+    stale = {name: {length: 999.0 for length in row} for name, row in truth.items()}
+    results["runs"]["alibi"]["0"]["perplexity"] = stale
+    (out / "results.json").write_text(json.dumps(results))
+    cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
+    again = run_compare(cfg, encodings=["alibi"], out=out, progress=False)
+    assert again["this_run"]["resumed"] == ["alibi/0"]
+    assert again["runs"]["alibi"]["0"]["perplexity"] == truth
+    assert again["perplexity"] == first_run[1]["perplexity"]
+    assert json.loads((out / "results.json").read_text())["runs"]["alibi"]["0"]["perplexity"] == truth
+
+
+@pytest.mark.parametrize(("bias", "steepest"), [(4, "0.5"), (2, "0.707"), (1, "0.841")])
+def test_alibi_note_gives_a_max_bias_rows_own_steepest_slope(bias: int, steepest: str) -> None:
+    """alibi_note: each ``alibi:max_bias=B`` row is given its steepest slope, 2^(-B/H) (4 heads here), beside the
+    paper's 2^(-8/H) for ``alibi``."""
+    from posenc.experiments.alibi_note import alibi_note
+    from posenc.experiments.results import aggregate
+
+    def record(ppl: dict[str, dict[str, float]]) -> dict:
+        return {
+            "perplexity": ppl,
+            "final_train_loss": 1.0,
+            "train_seconds": 2.0,
+            "tokens_per_second": 1.0,
+            "curve": {},
+        }
+
+    row = f"alibi:max_bias={bias}"
+    runs = {
+        "alibi": {"0": record({"alibi": {"8": 5.0, "16": 5.1}})},
+        row: {"0": record({row: {"8": 4.8, "16": 4.9}})},
+    }
+    note = alibi_note(aggregate(runs, {"train_len": 8, "eval_lengths": [8, 16]}), 4)
+    assert "2^(-8/H) for H a power of two: 0.25 with 4 heads" in note
+    assert f"`{row}` (steepest slope {steepest}) reached 4.80" in note

@@ -237,3 +237,14 @@ def test_the_curves_figure_leaves_diverged_seeds_out() -> None:
     assert figure is not None
     rope = [ln for ln in figure.axes[0].get_lines() if ln.get_label() == "rope"][0]
     assert list(rope.get_xdata()) == [5, 9, 10] and all(math.isfinite(y) for y in rope.get_ydata())
+
+
+def test_the_table_counts_each_rows_seeds_including_extension_rows() -> None:
+    """table(): the seeds column is the number of seeds behind the row's numbers; a ``rope+<method>`` row is
+    measured on its encoding's (rope's) models, so it has rope's count."""
+    res = aggregate(_runs(), META)
+    counts = {"alibi": 3, "rope": 3, "rope+ntk": 3, "learned": 1}
+    rows = {line.split(" | ")[0].lstrip("| ").rstrip(" †"): line for line in table(res).splitlines()[2:]}
+    assert set(rows) == set(counts)
+    for name, n in counts.items():
+        assert rows[name].split(" | ")[1] == str(n), rows[name]

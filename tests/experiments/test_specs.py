@@ -279,6 +279,32 @@ def test_a_row_measured_short_of_the_longest_length_says_how_far_its_verdict_goe
     assert "learned:max_len=32" not in held  # it has no perplexity at 16L to hold up to
 
 
+def test_only_a_row_short_of_the_longest_length_gets_a_reach_in_its_verdict() -> None:
+    """row_verdict: "to kL" is for a row whose last length measured is short of the longest; a row measured at
+    every length has the bare verdict."""
+    from posenc.experiments.report import row_verdict, table
+    from posenc.experiments.results import aggregate
+
+    def record(ppl: dict[str, dict[str, float | None]]) -> dict:
+        return {
+            "perplexity": ppl,
+            "final_train_loss": 1.0,
+            "train_seconds": 2.0,
+            "tokens_per_second": 1.0,
+            "curve": {},
+        }
+
+    runs = {
+        "alibi": {"0": record({"alibi": {"8": 5.0, "16": 5.0, "32": 5.0}})},
+        "learned:max_len=16": {"0": record({"learned:max_len=16": {"8": 4.0, "16": 4.1, "32": None}})},
+    }
+    results = aggregate(runs, {"train_len": 8, "eval_lengths": [8, 16, 32]})
+    assert row_verdict(results, "alibi") == "holds up"
+    assert row_verdict(results, "learned:max_len=16") == "holds up to 2L"
+    (row,) = [line for line in table(results).splitlines() if line.startswith("| alibi |")]
+    assert row.endswith("| holds up |")
+
+
 def test_tasks_refuse_an_encoding_that_cannot_run_at_l_before_touching_the_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -111,6 +111,9 @@ def test_partial_rotary_and_yarn_variants_equal_transformers(kind: str) -> None:
         {"attention_factor": 1.3},
         {"truncate": False},
         {"factor": 1.0},
+        # the ramp's two ends meet (transformers moves one by 0.001 rather than divide by zero)
+        {"beta_fast": 1, "beta_slow": 1, "truncate": False},
+        {"beta_fast": 1, "beta_slow": 1, "original_max_position_embeddings": 6},  # both round to dim 0
     ],
 )
 def test_yarn_options_equal_transformers(extra: dict[str, Any]) -> None:
@@ -118,6 +121,7 @@ def test_yarn_options_equal_transformers(extra: dict[str, Any]) -> None:
     config = hf_config(64, 50000.0, rope_params)
     rope = rope_from_config(config)
     want, want_att = hf_compute(config, "yarn", None)
+    assert torch.isfinite(rope.inv_freq).all()
     torch.testing.assert_close(rope.inv_freq.float(), want, atol=1e-6, rtol=0)
     assert abs(rope.attention_scale - want_att) <= 1e-6
 

@@ -13,7 +13,8 @@ import torch
 
 import posenc
 from posenc.hf import rope_from_config
-from posenc.rotary.scaling import SCALINGS, parse_scaling, scaled_inv_freq
+from posenc.rotary.scaling import SCALINGS, extension_scalings, parse_scaling, scaled_inv_freq
+from posenc.rotary.scaling.methods import DYNAMIC_FACTOR
 
 from .test_scaling import hf_config
 
@@ -359,3 +360,16 @@ def test_a_batch_takes_the_frequencies_of_its_longest_row_as_transformers(kind: 
     )  # in the batch it took row 0's (long) frequencies
     long_freqs = scaled_inv_freq(rope.scaling, head_dim, rope.base, length)[0]
     torch.testing.assert_close(rope.inv_freq_for(positions), long_freqs, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", extension_scalings())
+def test_an_extension_starts_from_the_training_length(name: str) -> None:
+    """extension(train_len, eval_len) runs a model trained at train_len on eval_len tokens: a method with an
+    original length takes train_len (not a length derived from eval_len); a stretch factor is eval_len / train_len,
+    and dynamic NTK gets its one fixed setting (DYNAMIC_FACTOR) at every length."""
+    for train_len, k in ((16, 4), (64, 2), (100, 8)):
+        scaling = SCALINGS.get(name).extension(train_len, k * train_len)
+        assert scaling is not None
+        if hasattr(scaling, "original_max_position_embeddings"):
+            assert scaling.original_max_position_embeddings == train_len
+        assert scaling.factor == (DYNAMIC_FACTOR if name == "dynamic" else k)
