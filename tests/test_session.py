@@ -231,25 +231,26 @@ def test_sessions_open_in_two_threads_keep_a_table_each() -> None:
     assert len(built) == 2 and sizes == [1, 1]
 
 
+class _T5Hook(torch.nn.Module):
+    """A T5 bias with random table values as a module whose forward is its ``score_bias`` (for functional_call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = posenc.T5Bias(2)
+        with torch.no_grad():
+            self.enc.embedding.weight.normal_()
+
+    def forward(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return self.enc.score_bias(q, q_pos, k_pos)
+
+
 def test_session_tables_are_not_read_under_forward_mode_ad() -> None:
     """Inside a DecodeSession with grad mode off, ``torch.func.jvp`` read the table built from the plain
     parameters: T5's tangent came out 0 (review s4). The session's tables are read in plain inference only."""
     from torch.func import functional_call, jvp
 
-    torch.manual_seed(0)
-    enc = posenc.T5Bias(2)
-    with torch.no_grad():
-        enc.embedding.weight.normal_()
-
-    class Hook(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-            return self.enc.score_bias(q, q_pos, k_pos)
-
-    hook = Hook()
+    hook = _T5Hook()
     params = {k: v.detach() for k, v in hook.named_parameters()}
     tangent = {k: torch.ones_like(v) for k, v in params.items()}
     args = (torch.randn(1, 2, 1, 4), torch.tensor([[4]]), torch.arange(5)[None])
@@ -273,20 +274,8 @@ def test_session_tables_are_not_read_under_dual_level_forward_ad() -> None:
     import torch.autograd.forward_ad as fwad
     from torch.func import functional_call
 
-    torch.manual_seed(0)
-    enc = posenc.T5Bias(2)
-    with torch.no_grad():
-        enc.embedding.weight.normal_()
-
-    class Hook(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, q: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-            return self.enc.score_bias(q, q_pos, k_pos)
-
-    hook = Hook()
+    hook = _T5Hook()
+    enc = hook.enc
     args = (torch.randn(1, 2, 1, 4), torch.tensor([[4]]), torch.arange(5)[None])
     weight = enc.embedding.weight.detach()
 
