@@ -134,8 +134,8 @@ class PositionEncoding(nn.Module):
 
     def causal_only_reason(self) -> str | None:
         """Why this encoding, as configured, gives no meaningful bias for keys after the query, or None when it
-        serves bidirectional attention: ``posenc.Attention(causal=False)`` refuses it (when built and at every
-        call: options loaded from a checkpoint may change it). Default: :attr:`causal_only`."""
+        serves bidirectional attention: ``posenc.Attention(causal=False)`` refuses it (when built, and at every
+        call, for an encoding assigned to ``attn.position`` later). Default: :attr:`causal_only`."""
         return "it is defined for causal attention only" if self.causal_only else None
 
     def with_scaling(self, scaling: Any) -> PositionEncoding:

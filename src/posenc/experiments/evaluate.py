@@ -189,9 +189,8 @@ def rope_scaled(
 ) -> AbstractContextManager[TransformerLM]:
     """Context manager: every layer's encoding temporarily replaced by ``encoding.with_scaling(scaling)``."""
     if not supports_rope_extension(model):
-        found = (
-            model.input_position if model.input_position.is_absolute else None
-        )  # (its layers are all NoPE)
+        # an absolute model's layers are all NoPE: name the encoding on its embeddings instead
+        found = model.input_position if model.input_position.is_absolute else None
         kinds = (
             [f"{type(found).__name__} (on the embeddings)"]
             if found is not None
