@@ -47,13 +47,15 @@ def test_single_file_splits_by_position(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "val_fraction", "val_bytes"), [(1905, 0.1, 190), (1003, 0.25, 250), (107, 0.5, 53)]
+    ("size", "val_fraction", "val_bytes"),
+    [(1905, 0.1, 190), (1003, 0.25, 250), (107, 0.5, 53), (100, 0.29, 29), (100, 0.57, 57)],
 )
 def test_positional_split_holds_out_the_last_val_fraction_rounded_down(
     tmp_path: Path, size: int, val_fraction: float, val_bytes: int
 ) -> None:
     """The module docstring: "the last ``val_fraction`` of its bytes is validation", rounded down: 190.5 bytes of
-    1905 at 0.1 are 190, not 191 (the split fixes the corpus digest that a resumed run must match)."""
+    1905 at 0.1 are 190, not 191 (the split fixes the corpus digest that a resumed run must match). The fraction
+    is the decimal it prints as: 0.29 of 100 bytes is 29, though ``100 * 0.29`` is 28.999999999999996."""
     f = tmp_path / "book.txt"
     data = bytes(range(32, 127)) * (size // 95 + 1)
     f.write_bytes(data[:size])

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import sysconfig
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -213,7 +215,8 @@ def _split(
         val_bytes, n_val = _read(val, max_val_bytes)
         return _corpus(train_bytes, val_bytes, source, "by file", n_train, n_val)
     data, n = _read(files, None)
-    cut = len(data) - int(len(data) * val_fraction)
+    # the fraction as the decimal it prints as: 0.29 of 100 bytes is 29 (the float 0.29 is a hair below it: 28)
+    cut = len(data) - math.floor(Fraction(repr(float(val_fraction))) * len(data))
     train_bytes, val_bytes = data[:cut], data[cut:]
     if max_train_bytes is not None:
         train_bytes = train_bytes[-max_train_bytes:]  # the bytes just before validation
