@@ -87,8 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--threads",
         type=int,
         default=None,
-        help="CPU threads (default: every core this process may use, shared among torchrun's ranks); on a busy "
-        "machine 1 can be several times faster. Another count may change the last bits of the numbers",
+        help="CPU threads (default: OMP_NUM_THREADS when set, which torchrun sets to 1 for several processes a "
+        "machine unless you set it; else every core this process may use, shared among torchrun's processes on "
+        "this machine); on a busy machine 1 can be several times faster. Another count may change the last bits "
+        "of the numbers",
     )
     p.add_argument(
         "--jobs",
@@ -114,9 +116,10 @@ MAX_THREADS = 1024
 
 def cpu_threads() -> int:
     """CPU threads per process: the cores this process may use, shared among torchrun's local ranks."""
+    from ..experiments.dist import local_world_size
     from ..experiments.pool import available_cores
 
-    return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, available_cores() // local_world_size())
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
@@ -189,11 +192,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import available
     from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import check_buildable, check_encodings, run_compare
-    from ..experiments.dist import check_batch_split, resolve_device
+    from ..experiments.dist import check_batch_split, env_rank, resolve_device, world_size
     from ..experiments.pool import check_workers
     from ..validation import check_int
 
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+    main_rank = env_rank() == 0  # (a bad RANK or WORLD_SIZE is refused here, naming it)
+    if not main_rank:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
     jobs = args.jobs
     if jobs is not None:
@@ -224,14 +228,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # a bad --device is refused before the folder is touched
     if names is not None:  # so are unknown encodings and options they cannot run with
         names = check_encodings(names, "--encodings")
-        ranks = int(
-            os.environ.get("WORLD_SIZE", "1")
-        )  # several: each checks on its own device in run_compare
-        check_buildable(names, cfg.train, device if ranks == 1 else None)
+        # several ranks: each checks on its own device in run_compare
+        check_buildable(names, cfg.train, device if world_size() == 1 else None)
     if jobs is not None:  # so is a bad --jobs
-        check_workers(jobs, device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its rank 0
-    with run_lock(args.out) if main_rank else contextlib.nullcontext():
+        check_workers(jobs, device, distributed=world_size() > 1)
+    with (
+        run_lock(args.out) if main_rank else contextlib.nullcontext()
+    ):  # one lock per run, taken by its rank 0
         results = run_compare(
             cfg,
             encodings=names,
@@ -240,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             jobs=jobs,
         )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         from ..experiments.report import table
 
         print(table(results))

@@ -84,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..experiments.checkpoints import check_out_dir, run_lock
-    from ..experiments.dist import resolve_device
+    from ..experiments.dist import env_rank, resolve_device, world_size
     from ..experiments.pool import check_workers
     from ..experiments.tasks.experiment import check_request, run_tasks
     from ..experiments.tasks.report import task_table
     from ..experiments.tasks.run import TasksConfig
     from .compare import cpu_threads
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = env_rank() == 0  # (a bad RANK or WORLD_SIZE is refused here, naming it)
     if not rank0:  # under torchrun only rank 0 reports
         logging.getLogger("posenc").setLevel(logging.WARNING)
     for flag in ("train_len", "steps", "jobs"):
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     # a bad --device, names, seeds, lengths or --jobs is refused before --out is touched; with several ranks each
     # runs the encodings on its own device in run_tasks, so here they are only built
     device = resolve_device(args.device)
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    ranks = world_size()
     check_request(cfg, tasks, encodings, seeds, device if ranks == 1 else None)
     check_out_dir(args.out)
     if args.jobs is not None:

@@ -50,19 +50,89 @@ class World:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def agree(self, **settings: Any) -> None:
+        """Refuse, on every rank at once, a run whose processes were given different ``settings`` (JSON-like
+        values: the configuration's fingerprint, the names, the seeds). torchrun starts every process with the
+        same command, but a launch by hand or over several machines (each node types its own, each reads its
+        own data) need not: ranks that train different steps hang in a collective, and ranks that read
+        different data or seeds averaged their gradients into one model saved under rank 0's settings.
+
+        Raises:
+            ValueError: on every rank, naming the first setting that differs and the ranks' values.
+        """
+        if not self.distributed:
+            return
+        gathered: list[Any] = [None] * self.size
+        dist.all_gather_object(gathered, settings)
+        for rank, theirs in enumerate(gathered[1:], start=1):
+            where = first_difference(gathered[0], theirs)
+            if where is not None:
+                path, mine, other = where
+                raise ValueError(
+                    f"the {self.size} processes of this torchrun run were not started alike: {path} is "
+                    f"{_short(mine)} on rank 0 but {_short(other)} on rank {rank}; start every process with the "
+                    "same arguments and the same data"
+                )
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first place where two JSON-like values differ: ``(dotted path, a's value, b's value)``, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            where = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if where is not None:
+                return where
+        return None
+    return None if a == b else (path or "the value", a, b)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 #: The single-process world (the default everywhere).
 SINGLE = World()
 
 
+def env_int(name: str, default: int | None = None, *, at_least: int = 0) -> int:
+    """An integer torchrun puts in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE``); ``default`` when unset (None: it must be set, as ``RANK`` must with ``WORLD_SIZE``).
+
+    Raises:
+        ValueError: naming the variable, when it is missing, not an integer or below ``at_least``.
+    """
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise ValueError(
+                f"{name} is not set in the environment but WORLD_SIZE={os.environ.get('WORLD_SIZE')} is: start the "
+                "processes with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) or "
+                "unset WORLD_SIZE"
+            )
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} in the environment is not an integer (torchrun sets it)") from None
+    if value < at_least:
+        raise ValueError(f"{name}={value} in the environment must be at least {at_least} (torchrun sets it)")
+    return value
+
+
 def local_world_size() -> int:
     """Processes per machine as torchrun reports it (1 without torchrun)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return env_int("LOCAL_WORLD_SIZE", 1, at_least=1)
 
 
 def world_size() -> int:
     """Processes torchrun started (``WORLD_SIZE``; 1 without torchrun), known before the process group exists."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return env_int("WORLD_SIZE", 1, at_least=1)
+
+
+def env_rank() -> int:
+    """This process's rank (``RANK``; 0 without torchrun), known before the process group exists."""
+    return env_int("RANK", 0) if world_size() > 1 else 0
 
 
 def check_batch_split(batch_size: int, what: str = "batch_size", *, settable: bool = True) -> None:
@@ -96,7 +166,11 @@ def setup_world(device: torch.device) -> World:
     size = world_size()
     if size <= 1:
         return World()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = env_int("RANK"), env_int("LOCAL_RANK", 0)
+    if rank >= size:
+        raise ValueError(
+            f"RANK={rank} in the environment must be below WORLD_SIZE={size} (torchrun sets both)"
+        )
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ValueError(

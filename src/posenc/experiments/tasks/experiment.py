@@ -117,6 +117,8 @@ def run_tasks(
     world = setup_world(base)
     ctx = TaskContext(cfg, Path(out), rank_device(base, world), world, progress)
     task_names, names, seed_list = check_request(cfg, tasks, encodings, seeds, ctx.device)
+    # every rank runs the same models on the same data, or none does (before any collective of the training)
+    world.agree(configuration=cfg.fingerprint(), tasks=task_names, encodings=names, seeds=seed_list)
     check_out_dir(Path(out), files=tuple(passkey_picture(n) for n in names))
     keys = [(t, enc, seed) for t in task_names for enc in names for seed in seed_list]
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
