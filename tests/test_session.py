@@ -293,3 +293,40 @@ def test_session_tables_are_not_read_under_dual_level_forward_ad() -> None:
     assert plain is not None and plain.abs().sum() > 0
     assert inside is not None
     torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_len", [None, 64])
+def test_shaw_reads_its_session_rows_at_every_step_of_one_sequence(
+    max_len: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate's StaticKVCache held 0 in its unwritten slots, so Shaw's keys were 0 .. K-1 only once the cache was
+    full: the rows laid out for the session (up to 32 MiB a layer) were built and read at the last step at most,
+    the gather ran at every other. The tokens stay those of the run without a session."""
+    from posenc.relative.shaw import ShawRelative
+
+    torch.manual_seed(0)
+    model = TransformerLM("shaw", dim=32, depth=2, heads=2).eval()
+    tokens = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(1))
+    used: list[bool] = []
+    read = ShawRelative._rows_in_session
+
+    def spy(self: ShawRelative, q_pos: torch.Tensor, k_pos: torch.Tensor) -> object:
+        rows = read(self, q_pos, k_pos)
+        used.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(ShawRelative, "_rows_in_session", spy)
+    options = {} if max_len is None else {"max_len": max_len}
+    with_session = model.generate(tokens, 12, temperature=0, **options)
+    assert len(used) == 11 * 2 and all(used)  # every step after the prefill's, in both layers
+    monkeypatch.setattr(generate_mod, "DecodeSession", lambda slots: contextlib.nullcontext())
+    assert torch.equal(model.generate(tokens, 12, temperature=0, **options), with_session)
+
+
+def test_a_static_cache_keeps_its_unwritten_slots_at_their_index() -> None:
+    from posenc.attention.static_cache import StaticKVCache
+
+    cache = StaticKVCache(6)
+    k = torch.randn(2, 1, 2, 4)
+    _, _, positions = cache.update(k, k, torch.tensor([[3, 4], [0, 1]]))
+    assert positions.tolist() == [[3, 4, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]

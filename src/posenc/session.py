@@ -110,7 +110,7 @@ class SessionMemo:
         found = self._values.get(id(opening)) if opening is not None else None
         return found[1] if found is not None and found[0] is opening else None
 
-    def put(self, session: DecodeSession, value: Tensor | tuple[Any, ...]) -> None:
+    def put(self, session: DecodeSession, value: Tensor | tuple[Any, ...] | list[Any]) -> None:
         """Keep ``value`` for ``session``'s current ``with`` block; nothing if it is not open."""
         opening = session._opening
         if opening is None:

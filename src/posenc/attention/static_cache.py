@@ -74,7 +74,11 @@ class StaticKVCache(KVCache):
             b, g, _, d = k.shape
             self.k = k.new_zeros(b, g, self.max_len, d)
             self.v = v.new_zeros(b, v.shape[1], self.max_len, v.shape[-1])
-            self.positions = positions.new_zeros(b, self.max_len)
+            # unwritten slots at their own index (masked, so any value serves): a batch of one decoding from 0
+            # then has keys at 0 .. max_len-1 at every step, which Shaw's session rows need
+            self.positions = (
+                torch.arange(self.max_len, device=k.device, dtype=positions.dtype).expand(b, -1).clone()
+            )
             self.index = torch.zeros((), dtype=torch.long, device=k.device)
             if not torch.compiler.is_compiling():  # (dynamo refuses to trace the marking)
                 # fixed addresses: CUDA graphs replay them

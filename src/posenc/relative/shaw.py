@@ -62,7 +62,7 @@ class ShawRelative(PositionEncoding):
             nn.Parameter(torch.randn(tables, width, head_dim) * head_dim**-0.5) if values else None
         )
         self.needs_probs = values
-        self._session_memo = SessionMemo()  # (a^K, a^V by distance, arange) of the open decode session
+        self._session_memo = SessionMemo()  # [arange, (a^K, a^V) by distance] of the open decode session
 
     @classmethod
     def from_sizes(cls, sizes: Sizes, per_head: bool = False, **options: Any) -> ShawRelative:
@@ -147,9 +147,11 @@ class ShawRelative(PositionEncoding):
     def _rows_in_session(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor | None] | None:
         """:meth:`kv_rows` as views, no gather, for the common decode step on a CPU inside a
         :class:`posenc.DecodeSession` (grad off, not tracing): keys at ``0 .. K-1`` and one query ``p``, shared by
-        the batch. The session's first step lays both tables out by distance, ``(T, 2 slots - 1, D)`` rows for
-        ``k - q = -(slots-1) .. slots-1``; the keys' rows are then the slice starting at distance ``-p``. The
-        same rows as the gather, bitwise; None where that does not apply (then the gather runs)."""
+        the batch (``generate``'s :class:`posenc.StaticKVCache` keeps its unwritten slots at their own index, so
+        its keys are ``0 .. K-1`` at every step). The first such step lays both tables out by distance,
+        ``(T, 2 slots - 1, D)`` rows for ``k - q = -(slots-1) .. slots-1``; the keys' rows are then the slice
+        starting at distance ``-p``. The same rows as the gather, bitwise; None where that does not apply (then
+        the gather runs, and no table is laid out)."""
         session = session_tables()
         if session is None or q_pos.shape[0] != 1 or k_pos.shape[0] != 1:
             return None
@@ -158,30 +160,37 @@ class ShawRelative(PositionEncoding):
         slots, keys = session.slots, k_pos.shape[-1]
         memo = self._session_memo.get(session)
         if memo is None:
-            memo = self._by_distance(slots)
+            memo = [
+                torch.arange(slots, device=self.key_table.device),
+                None,
+            ]  # [arange, (a^K, a^V) by distance]
             self._session_memo.put(session, memo)
-        key_rows, value_rows, arange = memo
-        if key_rows is None or q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype:
+        arange, tables = memo
+        if q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype:
             return None  # (int64 positions, as caches keep them; float ones go the general way)
         p = int(q_pos.item())  # (a CPU tensor: no device sync)
         if not (0 <= p < slots and keys <= slots and torch.equal(k_pos[0], arange[:keys])):
             return None
+        if tables is None:
+            tables = memo[1] = self._by_distance(slots)
+        key_rows, value_rows = tables
+        if key_rows is None:
+            return None  # (past SESSION_ROWS_BYTES)
         start = slots - 1 - p  # row of distance -p, the first key's
         rows = key_rows[None, :, start : start + keys]  # (1, T, K, D)
         return rows, None if value_rows is None else value_rows[None, :, start : start + keys]
 
-    def _by_distance(self, slots: int) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``) and ``arange(slots)``;
-        no tables (None) past :data:`SESSION_ROWS_BYTES` (a very long session: the gather then runs)."""
+    def _by_distance(self, slots: int) -> tuple[Tensor | None, Tensor | None]:
+        """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``); None past
+        :data:`SESSION_ROWS_BYTES` (a very long session: the gather then runs)."""
         m, device = self.max_distance, self.key_table.device
         tables = 1 if self.value_table is None else 2
         row_bytes = self.key_table[:, 0].numel() * self.key_table.element_size()
         if tables * (2 * slots - 1) * row_bytes > SESSION_ROWS_BYTES:
-            return None, None, torch.empty(0, dtype=torch.long)
-        arange = torch.arange(slots, device=device)
+            return None, None
         idx = (torch.arange(2 * slots - 1, device=device) - (slots - 1)).clamp_(-m, m).add_(m)
         values = None if self.value_table is None else self.value_table[:, idx]
-        return self.key_table[:, idx], values, arange
+        return self.key_table[:, idx], values
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
