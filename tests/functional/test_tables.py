@@ -148,7 +148,7 @@ def test_decode_rows_follow_the_tables(name: str) -> None:
     for other in copies:
         got = other.rotate(q, k, pos)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert copy.deepcopy(enc)._rows._state == (None, ())  # a copy does not carry the views
+    assert copy.deepcopy(enc)._rows.held() == 0  # a copy does not carry the views
 
 
 @pytest.mark.parametrize("name", ["rope", "xpos"])
@@ -175,14 +175,43 @@ def test_decode_rows_follow_tables_swapped_in_by_functional_call(name: str) -> N
 
 def test_row_views_follow_the_table_passed() -> None:
     """``RowViews`` gives row ``index`` of the table it is called with, whichever table it saw before (also
-    nested: the row split along its first dimension)."""
-    first, second = torch.arange(12.0).view(3, 2, 2), -torch.arange(12.0).view(3, 2, 2)
+    nested: the row split along its first dimension), in any order of rows, across blocks and the table's last
+    short block; it never holds more than ``ROW_BLOCKS_KEPT`` blocks."""
+    rows = 3 * (1 << tables_mod.ROW_BLOCK_SHIFT) * tables_mod.ROW_BLOCKS_KEPT + 5
+    first = torch.arange(rows * 4.0).view(rows, 2, 2)
+    second = -first
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(0)).tolist()
+    cap = tables_mod.ROW_BLOCKS_KEPT << tables_mod.ROW_BLOCK_SHIFT
     for nested in (False, True):
         views = tables_mod.RowViews(nested)
         for table in (first, second, first):
-            for i in range(3):
+            for i in [0, 1, 2, *order, rows - 1, 0]:
                 row = views(table, i)
                 assert torch.equal(torch.stack(row) if nested else row, table[i])
+                assert views.held() <= cap
+                if not nested:
+                    assert row.data_ptr() == table[i].data_ptr()  # a view, no copy
+
+
+@pytest.mark.parametrize("name", ["rope", "xpos"])
+def test_decode_row_views_do_not_grow_with_the_table(name: str) -> None:
+    """A decode step holds one block of row views whatever ``cache_len`` is (views of every row, built on the
+    first step, took 152 MB at a RoPE cache_len of 65,536: review s6), and a decode loop a bounded number;
+    every step is bitwise the rotation computed without a table."""
+    torch.manual_seed(0)
+    cls = posenc.RoPE if name == "rope" else posenc.XPos
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16)
+    exact = cls(16, cache_len=0)
+    block = 1 << tables_mod.ROW_BLOCK_SHIFT
+    for cache_len in (CACHE, 8192):
+        enc = cls(16, cache_len=cache_len)
+        enc.rotate(q, k, torch.tensor([[7]]))
+        assert enc._rows.held() == block  # the first step: one block, not cache_len views
+    for p in [*range(300), 8191, 5, 4000, 299]:
+        pos = torch.tensor([[p]])
+        got, want = enc.rotate(q, k, pos), exact.rotate(q, k, pos)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert enc._rows.held() <= tables_mod.ROW_BLOCKS_KEPT * block
 
 
 @settings(max_examples=60, deadline=None)

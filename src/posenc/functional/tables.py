@@ -99,14 +99,22 @@ def host_in_range(positions: Tensor, length: int, span: Span | None = None) -> b
     return None if span is None else span[0] >= 0 and span[1] < length
 
 
+#: Rows per block of :class:`RowViews` (``1 << ROW_BLOCK_SHIFT``) and blocks it keeps per table.
+ROW_BLOCK_SHIFT, ROW_BLOCKS_KEPT = 5, 4
+_ROW_MASK = (1 << ROW_BLOCK_SHIFT) - 1  # a row's index in its block
+
+
 class RowViews:
-    """Every row of a table as a ready view, so a decode step takes its row with a tuple lookup.
+    """Rows of a table as ready views, so a decode step takes its row with a dict and a tuple lookup.
 
     Indexing a tensor (``table[p]``) is a C++ call of about a microsecond, several inside a model whose weights
-    have just streamed through the caches; a decode step does it once per layer. The views are built on the
-    first lookup (``table.unbind(0)``, one view object per row, no copy) and rebuilt when another table
-    object is passed; :class:`posenc.PositionEncoding` clears every ``RowViews`` attribute when the module moves
-    (its tables are rebuilt then), so no old table is kept.
+    have just streamed through the caches; a decode step does it once per layer. The views are built a block
+    at a time, on the first lookup of a row of that block (``table[a:b].unbind(0)``: 32 view objects sharing
+    the table's memory, no copy; one call for 32 decode steps), and at most :data:`ROW_BLOCKS_KEPT` blocks are
+    kept (the oldest is dropped first), so the memory and the time they take do not grow with the table's
+    length (a view object is larger than a row of 512 bytes: views of every row nearly doubled RoPE's memory).
+    They are rebuilt when another table object is passed; :class:`posenc.PositionEncoding` clears every
+    ``RowViews`` attribute when the module moves (its tables are rebuilt then), so no old table is kept.
     Copies and pickles start empty.
 
     ``nested``: also split each row along its first dimension (a tuple of views per position).
@@ -118,16 +126,34 @@ class RowViews:
 
     def clear(self) -> None:
         """Forget the table and its views."""
-        self._state: tuple[Tensor | None, tuple[Any, ...]] = (None, ())  # (table, its rows), swapped as one
+        # (table, {block: its rows}), swapped as one and never changed once set: threads may share it
+        self._state: tuple[Tensor | None, dict[int, tuple[Any, ...]]] = (None, {})
 
     def __call__(self, table: Tensor, index: int) -> Any:
         """Row ``index`` of ``table`` (``0 <= index < len(table)``): a view, or a tuple of views if nested."""
         state = self._state  # read once: another thread may swap it, never half of it
-        if state[0] is not table:
-            rows = table.unbind(0)
-            state = (table, tuple(r.unbind(0) for r in rows) if self.nested else rows)
-            self._state = state
-        return state[1][index]
+        if state[0] is table:
+            rows = state[1].get(index >> ROW_BLOCK_SHIFT)
+            if rows is not None:
+                return rows[index & _ROW_MASK]
+        return self._add_block(table, index)
+
+    def _add_block(self, table: Tensor, index: int) -> Any:
+        """Build the views of ``index``'s block, keep them with the newest blocks of the same table, and return
+        the row."""
+        block = index >> ROW_BLOCK_SHIFT
+        start = block << ROW_BLOCK_SHIFT
+        views = table[start : start + (1 << ROW_BLOCK_SHIFT)].unbind(0)
+        rows: tuple[Any, ...] = tuple(r.unbind(0) for r in views) if self.nested else views
+        state = self._state
+        kept = list(state[1].items()) if state[0] is table else []
+        kept = kept[max(0, len(kept) + 1 - ROW_BLOCKS_KEPT) :]  # the newest, with room for this one
+        self._state = (table, dict([*kept, (block, rows)]))  # a new dict: one read elsewhere sees a whole one
+        return rows[index - start]
+
+    def held(self) -> int:
+        """Rows held as views (at most ``ROW_BLOCKS_KEPT << ROW_BLOCK_SHIFT``)."""
+        return sum(len(rows) for rows in self._state[1].values())
 
     def __reduce__(self) -> tuple[type[RowViews], tuple[bool]]:
         return (RowViews, (self.nested,))
@@ -171,4 +197,13 @@ def rows_at(
     return out
 
 
-__all__ = ["RowViews", "Span", "decode_position", "host_in_range", "host_span", "rows_at"]
+__all__ = [
+    "ROW_BLOCKS_KEPT",
+    "ROW_BLOCK_SHIFT",
+    "RowViews",
+    "Span",
+    "decode_position",
+    "host_in_range",
+    "host_span",
+    "rows_at",
+]
