@@ -112,6 +112,51 @@ def test_generate_gives_the_same_tokens_without_the_session(
     assert torch.equal(model.generate(tokens, 12, temperature=0, prompt_mask=mask), with_session)
 
 
+@pytest.mark.parametrize("name", SESSION_BIASES)
+def test_a_session_too_long_for_the_table_takes_the_per_pair_path(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table past ``SESSION_TABLE_BYTES`` is not built (a loose ``slots`` made one step allocate 361-1,313 MB,
+    and ``DecodeSession(10**10)`` failed in the allocator: review s6): the steps then equal the no-session
+    path, bitwise. The cap is lowered here to just under a 24-slot table, and the real one is tried with
+    absurd slots (refused before anything is allocated)."""
+    import posenc.bias.base as base_mod
+
+    enc = _bias(name)
+    q_pos, k_pos = _decode_positions(2, slots=24)
+    need = (2 * 24 - 1) * enc.session_bytes_per_distance()
+    with torch.no_grad():
+        outside = enc.pairwise(q_pos, k_pos)
+        for slots in (10**10, 2**62):
+            with posenc.DecodeSession(slots):
+                assert enc.pairwise_in_session(q_pos, k_pos) is None
+                assert torch.equal(enc.pairwise(q_pos, k_pos), outside)
+        monkeypatch.setattr(base_mod, "SESSION_TABLE_BYTES", need - 1)
+        with posenc.DecodeSession(24):
+            assert enc.pairwise_in_session(q_pos, k_pos) is None
+            assert torch.equal(enc.pairwise(q_pos, k_pos), outside)
+        monkeypatch.setattr(base_mod, "SESSION_TABLE_BYTES", need)
+        with posenc.DecodeSession(24):
+            assert enc.pairwise_in_session(q_pos, k_pos) is not None  # at the cap: the table
+
+
+@pytest.mark.parametrize("name", ["alibi", "fire", "shaw"])
+def test_a_model_step_in_an_absurd_session_equals_one_outside(name: str) -> None:
+    """A hand-written decode step inside ``DecodeSession(10**10)`` runs (no table that size is built) and gives
+    the logits of the same step without a session, bitwise."""
+    torch.manual_seed(0)
+    model = TransformerLM(name, dim=32, depth=2, heads=2).eval()
+    caches = model.new_caches()
+    tokens = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(tokens, caches=caches)
+        other = copy.deepcopy(caches)
+        with posenc.DecodeSession(10**10):
+            got = model(tokens[:, -1:], caches=caches)
+        want = model(tokens[:, -1:], caches=other)
+    assert torch.equal(got, want)
+
+
 def test_a_parameter_changed_between_sessions_is_seen() -> None:
     """Even through ``.data`` (no version bump): the table is the session's, never keyed on the parameter."""
     enc = _bias("t5")

@@ -40,7 +40,10 @@ class DecodeSession:
     one counts) and are per thread and per asyncio task.
 
     Args:
-        slots: the key slots of the loop's caches (``max_len``): positions stay below it.
+        slots: the key slots of the loop's caches (``max_len``): positions stay below it. The tables it sizes are
+            capped (``posenc.bias.base.SESSION_TABLE_BYTES``, ``posenc.relative.shaw.SESSION_ROWS_BYTES``, 32 MiB
+            per layer each); past the cap the encoding computes as without a session, so a loose bound costs
+            neither memory nor a different result.
     """
 
     def __init__(self, slots: int) -> None:

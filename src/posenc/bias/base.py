@@ -114,11 +114,23 @@ class BiasEncoding(PositionEncoding, ABC):
     def _session_table(
         self, session: DecodeSession, device: torch.device
     ) -> tuple[Tensor | None, float | None]:
+        """The session's ``(2 slots - 1, H)`` table and its query limit; ``(None, None)`` (the per-pair path, as
+        outside a session) where there is none, or where building it would take more than
+        :data:`SESSION_TABLE_BYTES` (a very long session, or a loose ``slots``: the table's size follows ``slots``,
+        not the keys in use)."""
+        if (2 * session.slots - 1) * self.session_bytes_per_distance() > SESSION_TABLE_BYTES:
+            return None, None
         found = self.session_vector(session.slots, device)
         if found is None:
             return None, None
         vec, limit = found
         return vec.t().contiguous(), limit  # (2n - 1, H): one row per distance, as F.embedding reads it
+
+    def session_bytes_per_distance(self) -> int:
+        """Bytes per distance of the session table that :data:`SESSION_TABLE_BYTES` caps: its float32 row of ``H``
+        (FIRE adds its MLP's hidden row, the build's largest tensor). Checked before anything is built; the build
+        holds about twice the table for a moment (the ``(H, 2 slots - 1)`` vector and its transposed copy)."""
+        return 4 * self.heads
 
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """``(vec, limit)``: the bias at every distance ``k - q`` of ``-(slots-1) .. slots-1`` as ``(H, 2 slots - 1)``
@@ -254,6 +266,13 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}"
+
+
+#: The most memory a bias encoding's per-session table may take, per layer: 32 MiB, as Shaw's
+#: ``SESSION_ROWS_BYTES`` (``2 slots - 1`` times :meth:`BiasEncoding.session_bytes_per_distance`: 4 heads up to
+#: 1,048,576 slots, FIRE of width 32 and 4 heads up to 116,508). Past it the session's steps take the per-pair
+#: path, the same values as without a session, so a loose ``slots`` costs no memory.
+SESSION_TABLE_BYTES = 32 << 20
 
 
 def position_reader(pos: Tensor, runs: bool = False) -> ScoreModIndex:

@@ -113,6 +113,10 @@ class FIRE(OptionsInState, BiasEncoding):
         out = out.permute(0, 3, 1, 2)  # (1|B, H, Q, K)
         return at_least_float32(out)
 
+    def session_bytes_per_distance(self) -> int:
+        """The table's row of ``H`` and the MLP's hidden row of ``width``, float32 (the build's largest tensor)."""
+        return 4 * (self.heads + self.width)
+
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """For queries at positions up to the threshold ``|L|`` the denominator ``psi(max(i, L))`` is ``psi(L)``,
         so the bias is a function of the distance: the one-query path at query 0 and keys ``-(slots-1) ..
