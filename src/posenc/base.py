@@ -186,6 +186,15 @@ class PositionEncoding(nn.Module):
         """
         return None, None
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """Memory estimate: bytes per (query, key) pair and batch row of the tensors :meth:`score_bias` and
+        :meth:`value_term` build where a backend materializes them (``math``, ``sdpa``; ``flex`` reads
+        ``score_mod`` per score and builds none). ``grad=False``: the most alive at once while they run, their
+        ``(H,)`` result included; ``grad=True``: what autograd keeps of them until the backward pass. ``item``:
+        the bytes of one logit (4 for float32, 8 for float64). Read by :mod:`posenc.attention.memory` (the
+        memory checks of ``generate`` and of training); err high. Default: 0 (no per-pair tensor)."""
+        return 0
+
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
         """The additive logit bias ``(heads, q_len, k_len)`` for queries at ``offset...`` and keys at ``0...``.
 

@@ -170,23 +170,6 @@ def test_overflow_and_bad_arguments_raise_before_any_work() -> None:
     )  # the last token is not fed back
 
 
-def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    model = _model("rope")
-    tokens = torch.zeros(2, 4, dtype=torch.long)
-    need = gen.memory_needed(model, 2, 4, 4 + 61 - 1)
-    block = model.blocks[0].attn
-    per_slot = len(model.blocks) * 2 * 2 * block.kv_heads * block.head_dim * 4 + 2 * block.heads * 4 * 4
-    assert need == per_slot * 64  # keys and values of every layer, one layer's prefill scores
-    monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
-    with pytest.raises(ValueError, match=r"a cache of 64 slots \(batch 2, 2 layers\) needs about"):
-        model.generate(tokens, 61)
-    assert kept_decoders(model) == []  # refused before a decoder (and its caches) existed
-    monkeypatch.setattr(gen, "device_memory", lambda device: need)
-    assert model.generate(tokens, 61, temperature=0).shape == (2, 65)
-
-
 def test_positions_past_the_encoding_limit_are_refused_before_any_work() -> None:
     """A learned table or xPos's scale range ends somewhere: generate refused it only when a step got there
     (after the prefill and many steps; compiled, an inductor index error, or for xPos NaN logits read as

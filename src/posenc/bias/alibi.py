@@ -51,6 +51,11 @@ class ALiBi(BiasEncoding):
     def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         return alibi_bias(tables[0][head], q_pos, k_pos)
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """``|i - j|`` as int64 (16 bytes per pair while ``abs`` runs), then the ``(H,)`` bias; nothing for backward
+        (no parameters)."""
+        return 0 if grad else item * heads + 16
+
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """ALiBi depends on the distance only (its training paths stay per pair: no parameters, no atomics)."""
         return self.every_distance(slots, device)

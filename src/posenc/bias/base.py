@@ -144,6 +144,12 @@ class BiasEncoding(PositionEncoding, ABC):
         zero = torch.zeros((), dtype=torch.long, device=device)
         return self.distance_vector(self.tables(), slots, slots, zero, zero), None
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """The per-pair path's (:meth:`pairwise_reference`) memory: a formula of a few elementwise steps, int64
+        distances first (see :meth:`posenc.PositionEncoding.pair_bytes`). Subclasses that know their formula
+        count it exactly; this default allows two ``(H,)`` float tensors and an int64 distance, each way."""
+        return 2 * item * heads + 16 if not grad else 2 * item * heads + 8
+
     def _learning(self) -> bool:
         """Whether autograd will want gradients of this encoding's parameters."""
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())

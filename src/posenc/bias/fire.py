@@ -117,6 +117,16 @@ class FIRE(OptionsInState, BiasEncoding):
         """The table's row of ``H`` and the MLP's hidden row of ``width``, float32 (the build's largest tensor)."""
         return 4 * (self.heads + self.width)
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """:meth:`_mlp_bias`'s ``(.., width)`` hidden layer (float32 or better: 128 bytes per pair at the paper's
+        width 32), beside the normalized distance and the ``(H,)`` output; kept for backward: the hidden layer (the
+        ReLU's output and the second layer's input, one tensor), the distance's int64 ``|i - j|`` and two float
+        steps of it."""
+        item = max(item, 4)
+        if grad:
+            return item * (self.width + 2) + 8
+        return item * (self.width + heads + 2)
+
     def session_vector(self, slots: int, device: torch.device) -> tuple[Tensor, float | None] | None:
         """For queries at positions up to the threshold ``|L|`` the denominator ``psi(max(i, L))`` is ``psi(L)``,
         so the bias is a function of the distance: the one-query path at query 0 and keys ``-(slots-1) ..

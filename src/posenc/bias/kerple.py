@@ -56,5 +56,10 @@ class Kerple(OptionsInState, BiasEncoding):
         r1, r2 = tables
         return kerple_bias(r1[head], r2[head], q_pos, k_pos, self.kind)
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """``|i - j|`` (int64, then float), ``r2 |i - j|`` and its ``log1p`` (``(H,)`` each) and the bias; kept for
+        backward: the float distance, ``r2 |i - j|`` and the ``log1p`` ("power": its base and result)."""
+        return 2 * item * heads + item if grad else 2 * item * heads + 16
+
     def extra_repr(self) -> str:
         return f"heads={self.heads}, kind={self.kind!r}"

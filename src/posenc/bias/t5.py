@@ -82,6 +82,11 @@ class T5Bias(OptionsInState, BiasEncoding):
     def formula(self, tables: tuple[Tensor, ...], head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         return lookup_bias(tables[0], head, q_pos, k_pos)
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """The clipped distance, int64 (two at once while it is clipped), then the ``(H,)`` table lookup; the int64
+        index is kept for the table's gradient (counted 12: the backward's accumulation into the table sorts it)."""
+        return 12 if grad else item * heads + 16
+
     def extra_repr(self) -> str:
         return (
             f"heads={self.heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, "

@@ -192,6 +192,12 @@ class ShawRelative(PositionEncoding):
         values = None if self.value_table is None else self.value_table[:, idx]
         return self.key_table[:, idx], values
 
+    def pair_bytes(self, heads: int, item: int, grad: bool) -> int:
+        """The key term gathered to ``(H,)`` per pair and the int64 row index of every pair, built once for the key
+        term and once for the value term (both kept for backward: the gather's and the scatter's index)."""
+        index = 16 if self.value_table is not None else 8
+        return index if grad else item * heads + index
+
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
 
