@@ -232,8 +232,55 @@ def test_the_memory_estimate_counts_score_tensors_only_where_they_are_kept() -> 
     from posenc.experiments.train import TrainConfig
 
     cfg = replace(TrainConfig(), train_len=8192, batch_size=1)
-    assert training_bytes(cfg, scores=False) * 10 < training_bytes(cfg, scores=True)
+    assert training_bytes(cfg, "rope") * 10 < training_bytes(cfg, "alibi")
+    assert training_bytes(cfg, "rope") == training_bytes(cfg)  # (no (L, L) tensor: sdpa's is_causal)
     huge = replace(TrainConfig(), depth=10**8)
     with pytest.raises(ValueError, match="training this model needs about"):
         check_buildable(["rope"], huge, "cpu")
     check_buildable(["rope"], huge, None)  # (device not known yet, e.g. one of several ranks: not checked)
+
+
+def test_the_training_estimate_counts_what_each_encoding_keeps_for_backward() -> None:
+    """Review s6: one (heads, L, L) float32 tensor per layer was counted for every encoding; FIRE keeps its
+    (L, L, width) hidden layer per layer (32 times that at width 32, 4 heads), Kerple two (heads, L, L) steps of its
+    formula, T5 an int64 index. The (L, L) part of the estimate per layer and pair, depth 2 against depth 1."""
+    from dataclasses import replace
+
+    from posenc.experiments.specs import training_bytes
+    from posenc.experiments.train import TrainConfig
+
+    one = TrainConfig(dim=128, depth=1, heads=4, train_len=512, batch_size=1)
+    two = replace(one, depth=2)
+
+    def kept(name: str) -> float:  # bytes per (query, key) pair one more layer keeps
+        base = training_bytes(two) - training_bytes(one)
+        return (training_bytes(two, name) - training_bytes(one, name) - base) / 512**2
+
+    assert kept("rope") == 0
+    assert kept("alibi") == 4 * 4 + 4  # the masked bias SDPA keeps (and the masks)
+    assert kept("t5") == kept("alibi") + 12  # the bucket index, int64 (and the backward's sorted copy)
+    assert kept("kerple") == kept("alibi") + 2 * 4 * 4 + 4
+    assert kept("fire") == kept("alibi") + 4 * (32 + 2) + 8  # the hidden layer (L, L, 32) float32, and more
+    assert kept("fire:width=8") == kept("fire") - 4 * 24
+    assert kept("shaw") == 4 * 4 + 16 + 4  # math: the weights, the key and value terms' int64 indices
+
+
+def test_a_run_the_old_estimate_admitted_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s6: FIRE at L = 8192 (dim 128, depth 2, 4 heads, batch 1) passed at an estimated 2.13 GiB, while its
+    two (L, L, 32) float32 hidden layers alone take 16 GiB: the process was killed without a message."""
+    from dataclasses import replace
+
+    import posenc.validation
+    from posenc.experiments.specs import check_training_memory, training_bytes
+    from posenc.experiments.train import TrainConfig
+
+    cfg = TrainConfig(dim=128, depth=2, heads=4, train_len=8192, batch_size=1, steps=10)
+    assert training_bytes(cfg, "fire") > 2 * 8192**2 * 32 * 4
+    monkeypatch.setattr(posenc.validation, "host_memory", lambda: 8 << 30)  # 8 GiB: above the old 2.13
+    check_training_memory(cfg, ["rope", "alibi"])  # (about 5 GiB)
+    with pytest.raises(
+        ValueError, match=r"training fire's model needs about .*L = 8192.*than this machine's 8 GiB"
+    ):
+        check_training_memory(cfg, ["rope", "fire", "alibi"])
+    with pytest.raises(ValueError, match=r"training shaw's model needs about"):
+        check_training_memory(replace(cfg, train_len=16384), ["shaw"])

@@ -28,6 +28,7 @@ import torch
 
 from ..registry import ENCODINGS, available, check_options, encoding_class, option_defaults
 from ..validation import first_line
+from .memory import check_training_memory, training_bytes
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -226,36 +227,6 @@ def variants_note(names: list[str]) -> str | None:
     )
 
 
-def training_bytes(train: TrainConfig, scores: bool = True) -> int:
-    """A rough, low estimate of the memory one model's training takes (the peak resident memory of a process
-    running one AdamW step measured 1.25x to 1.7x of it: rope at L = 2048 and 8192, alibi at 8192): fp32 weights, gradients and AdamW's two moments (byte vocabulary of 256, tied head, four-wide MLP), the
-    activations a step keeps for backward (about sixteen ``dim``-wide values per token and layer), with
-    ``scores`` one ``(heads, L, L)`` float32 tensor per layer (a materialized bias or attention weights; SDPA
-    without a bias keeps none), and the per-step loss buffer."""
-    dim, depth, length = train.dim, train.depth, train.train_len
-    params = 256 * dim + depth * 12 * dim * dim
-    per_token = 16 * dim + (train.heads * length if scores else 0)
-    return 4 * (4 * params + train.batch_size * depth * length * per_token + train.steps)
-
-
-def check_training_memory(train: TrainConfig, names: list[str]) -> None:
-    """Refuse, before anything is built or written, a configuration whose training on this machine's CPU cannot
-    fit in its memory by the :func:`training_bytes` estimate (``--depth 100000000`` built layers until the machine
-    ran out; ``--steps 1e20`` overflowed int64 in torch with a C++ stack dump; ``posenc tasks --train-len 1e20``
-    drew one example for minutes). Only for training on the CPU: a GPU's memory is its allocator's to refuse."""
-    from ..validation import host_memory
-
-    total = host_memory()
-    scores = any(encoding_class(parse_spec(n).name).family in ("bias", "relative") for n in names)
-    need = training_bytes(train, scores)
-    if total is not None and need > total:
-        raise ValueError(
-            f"training this model needs about {need / 2**30:.3g} GiB (dim {train.dim}, depth {train.depth}, "
-            f"heads {train.heads}, batch {train.batch_size} x L = {train.train_len}, {train.steps} steps), more "
-            f"than this machine's {total / 2**30:.3g} GiB; choose smaller sizes"
-        )
-
-
 def check_buildable(
     names: list[str], train: TrainConfig, device: torch.device | str | None = "cpu", flag: str = "--encodings"
 ) -> None:
@@ -390,4 +361,6 @@ __all__ = [
     "spec_of_stem",
     "spec_order",
     "variants_note",
+    "check_training_memory",
+    "training_bytes",
 ]
