@@ -204,8 +204,10 @@ def check_memory(model: TransformerLM, batch: int, prompt: int, slots: int, devi
     :func:`memory_needed` (a CPU process would be killed by the system partway, with no message, rather than get an
     error)."""
     total = device_memory(device)
+    if total is None:
+        return
     need = memory_needed(model, batch, prompt, slots, device)
-    if total is not None and need > total:
+    if need > total:
         raise ValueError(
             f"generate: a cache of {slots} slots (batch {batch}, {len(model.blocks)} layers) and the prefill of a "
             f"{prompt}-token prompt need about {need / 2**30:.1f} GiB, more than the {total / 2**30:.1f} GiB this "
