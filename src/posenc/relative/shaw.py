@@ -159,14 +159,12 @@ class ShawRelative(PositionEncoding):
             return None
         slots, keys = session.slots, k_pos.shape[-1]
         memo = self._session_memo.get(session)
-        if memo is None:
-            memo = [
-                torch.arange(slots, device=self.key_table.device),
-                None,
-            ]  # [arange, (a^K, a^V) by distance]
+        if memo is None:  # [arange (None past SESSION_ROWS_BYTES: the gather), (a^K, a^V) by distance]
+            fits = self._session_bytes(slots) <= SESSION_ROWS_BYTES
+            memo = [torch.arange(slots, device=self.key_table.device) if fits else None, None]
             self._session_memo.put(session, memo)
         arange, tables = memo
-        if q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype:
+        if arange is None or q_pos.dtype is not arange.dtype or k_pos.dtype is not arange.dtype:
             return None  # (int64 positions, as caches keep them; float ones go the general way)
         p = int(q_pos.item())  # (a CPU tensor: no device sync)
         if not (0 <= p < slots and keys <= slots and torch.equal(k_pos[0], arange[:keys])):
@@ -174,20 +172,19 @@ class ShawRelative(PositionEncoding):
         if tables is None:
             tables = memo[1] = self._by_distance(slots)
         key_rows, value_rows = tables
-        if key_rows is None:
-            return None  # (past SESSION_ROWS_BYTES)
         start = slots - 1 - p  # row of distance -p, the first key's
         rows = key_rows[None, :, start : start + keys]  # (1, T, K, D)
         return rows, None if value_rows is None else value_rows[None, :, start : start + keys]
 
-    def _by_distance(self, slots: int) -> tuple[Tensor | None, Tensor | None]:
-        """Both tables at every distance ``-(slots-1) .. slots-1`` (``(T, 2 slots - 1, D)``); None past
-        :data:`SESSION_ROWS_BYTES` (a very long session: the gather then runs)."""
-        m, device = self.max_distance, self.key_table.device
+    def _session_bytes(self, slots: int) -> int:
+        """Bytes of :meth:`_by_distance`'s tables for a session of ``slots``."""
         tables = 1 if self.value_table is None else 2
-        row_bytes = self.key_table[:, 0].numel() * self.key_table.element_size()
-        if tables * (2 * slots - 1) * row_bytes > SESSION_ROWS_BYTES:
-            return None, None
+        return tables * (2 * slots - 1) * self.key_table[:, 0].numel() * self.key_table.element_size()
+
+    def _by_distance(self, slots: int) -> tuple[Tensor, Tensor | None]:
+        """Both tables at every distance ``-(slots-1) .. slots-1``: ``(T, 2 slots - 1, D)`` each (the caller keeps
+        to :data:`SESSION_ROWS_BYTES`)."""
+        m, device = self.max_distance, self.key_table.device
         idx = (torch.arange(2 * slots - 1, device=device) - (slots - 1)).clamp_(-m, m).add_(m)
         values = None if self.value_table is None else self.value_table[:, idx]
         return self.key_table[:, idx], values
