@@ -339,3 +339,13 @@ def test_static_cache_reset_keeps_a_recorded_graph_intact(grad: str) -> None:
         if t.requires_grad:
             assert t.grad is not None
             torch.testing.assert_close(t.grad, 2 * t.detach())
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_cache_too_large_for_the_machine_is_refused_naming_max_len(static: bool) -> None:
+    """``KVCache(max_len=10**10)`` failed at its first write with the allocator's own error (80 GB asked for)."""
+    cache = StaticKVCache(10**10) if static else posenc.KVCache(max_len=10**10)
+    k = torch.randn(1, 2, 1, 8)
+    owner = "StaticKVCache" if static else "KVCache"
+    with pytest.raises(ValueError, match=rf"{owner}\(max_len=10000000000\): max_len=10000000000 would take"):
+        cache.update(k, k, torch.tensor([[0]]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..validation import check_int
+from ..validation import check_int, check_table_size
 
 
 class KVCache:
@@ -91,6 +91,7 @@ class KVCache:
             or self.k.requires_grad
         ):  # no buffer yet, or the tensors of recorded steps (never written in place): a buffer, the past copied
             b, g, _, d = k.shape
+            check_cache_size("KVCache", self.max_len, k, v)
             old_k, old_v, old_pos = self.k, self.v, self.positions
             self.k = k.new_empty(b, g, self.max_len, d)  # (B, Hkv, max_len, D)
             self.v = v.new_empty(b, v.shape[1], self.max_len, v.shape[-1])
@@ -143,3 +144,24 @@ def stream_mismatch(held: Tensor, new: Tensor) -> str | None:
             "cast after its cache was filled needs a new cache"
         )
     return None
+
+
+def check_cache_size(owner: str, max_len: int, k: Tensor, v: Tensor) -> None:
+    """Refuse, before the first write allocates them, buffers of ``max_len`` slots for keys like ``k`` and values
+    like ``v`` (with int64 positions) larger than :func:`posenc.validation.check_table_size` allows: the
+    allocator's own error named no argument, or the system killed the process. Not while compiling (a host
+    question; the eager first call has asked it)."""
+    if torch.compiler.is_compiling():
+        return
+    b = k.shape[0]
+    per_slot = b * (
+        k.shape[1] * k.shape[-1] * k.element_size() + v.shape[1] * v.shape[-1] * v.element_size() + 8
+    )
+    check_table_size(
+        f"{owner}(max_len={max_len})",
+        "max_len",
+        max_len,
+        lambda n: n * per_slot,
+        f"keys, values and positions of batch {b} ({k.shape[1]} heads of {k.shape[-1]} dims)",
+        at_least=1,
+    )

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_bool, check_int
-from .cache import KVCache, check_same_stream, records_grad, stream_mismatch
+from .cache import KVCache, check_cache_size, check_same_stream, records_grad, stream_mismatch
 
 
 class StaticKVCache(KVCache):
@@ -72,6 +72,7 @@ class StaticKVCache(KVCache):
                 )
         if self.k is None or self.v is None or self.positions is None or self.index is None:
             b, g, _, d = k.shape
+            check_cache_size("StaticKVCache", self.max_len, k, v)
             self.k = k.new_zeros(b, g, self.max_len, d)
             self.v = v.new_zeros(b, v.shape[1], self.max_len, v.shape[-1])
             # unwritten slots at their own index (masked, so any value serves): a batch of one decoding from 0
