@@ -14,7 +14,7 @@ from posenc.models.decoders import kept_decoders
 
 S, NEW = 4096, 4  # a prompt past FLEX_MIN_SCORES (auto picks flex for bias encodings there)
 SLOTS = S + NEW - 1
-PAIRS = S * SLOTS  # (query, key) pairs of one layer's prefill, batch 1
+PAIRS = S * S  # (query, key) pairs of one layer's prefill, batch 1 (the prompt attends to its own keys)
 
 
 def _lm(name: str, backend: str = "auto", **options: object) -> TransformerLM:
@@ -40,10 +40,10 @@ def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
     need = gen.memory_needed(model, 2, 4, 4 + 61 - 1)
     block = model.blocks[0].attn
     cache = (
-        len(model.blocks) * 2 * 2 * block.kv_heads * block.head_dim * 4 * 64
-    )  # keys and values, every layer
+        len(model.blocks) * 2 * 2 * block.kv_heads * block.head_dim * 4 * (64 + 4)
+    )  # keys and values of the 64 slots and of the prompt's own 4, every layer
     activations = 2 * 4 * (12 * 32 + 2 * 256) * 4  # the prefill's hidden states and logits
-    scores = 2 * 4 * 64 * (MASK_BYTES + SDPA_MASK_COPY)  # small: sdpa, a bool keep-mask and SDPA's float copy
+    scores = 2 * 4 * 4 * (MASK_BYTES + SDPA_MASK_COPY)  # small: sdpa, a bool keep-mask and SDPA's float copy
     assert need == cache + activations + scores
     monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
     with pytest.raises(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..attention.cache import KVCache
 from ..attention.static_cache import StaticKVCache
 
 if TYPE_CHECKING:
@@ -66,13 +67,24 @@ class _Decoder:
         return self.model(token, positions=pos, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
 
     def prefill(self, tokens: Tensor, positions: Tensor, prompt_mask: Tensor) -> Tensor:
-        """Reset, run the prompt ``(B, S)`` through the model (eager) and return the last logits ``(B, V)``."""
+        """Reset, run the prompt ``(B, S)`` through the model (eager) and return the last logits ``(B, V)``.
+
+        The prompt attends to its own ``S`` keys only, in growing caches, which are then written to the first
+        ``S`` slots of the preallocated ones: over all ``max_len`` slots it needed a ``(B, 1, S, max_len)``
+        mask (and SDPA a float copy of it, and no causal fast path) for slots it cannot see. Without padding
+        there is no mask at all (plain causal attention, as a forward of the prompt)."""
         for c in self.caches:
             c.reset()
+        s = tokens.shape[1]
         self.valid.fill_(True)
-        self.valid[:, : tokens.shape[1]] = prompt_mask
-        keep = self.caches[0].keep_mask(self.valid, tokens.shape[1])  # (B, 1, S, max_len)
-        return self.model(tokens, positions=positions, mask=keep, caches=self.caches)[:, -1]  # type: ignore[no-any-return]
+        self.valid[:, :s] = prompt_mask
+        growing = [KVCache() for _ in self.caches]
+        mask = None if bool(prompt_mask.all()) else prompt_mask  # (B, S) key padding (one host read a call)
+        logits = self.model(tokens, positions=positions, mask=mask, caches=growing)[:, -1]  # (B, V)
+        for cache, prompt in zip(self.caches, growing, strict=True):
+            assert prompt.k is not None and prompt.v is not None and prompt.positions is not None
+            cache.update(prompt.k, prompt.v, prompt.positions)  # slots 0 .. S-1
+        return logits  # type: ignore[no-any-return]
 
 
 def _tuning(backend: str, device: torch.device) -> dict[str, Any]:

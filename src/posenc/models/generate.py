@@ -153,9 +153,10 @@ def memory_needed(
     model: TransformerLM, batch: int, prompt: int, slots: int, device: torch.device | None = None
 ) -> int:
     """Bytes ``generate`` allocates that grow with the prompt and the cache, erring high: every layer's keys and
-    values ``(B, Hkv, slots, D)``, the prefill's activations (about twelve ``dim``-wide values and two
+    values ``(B, Hkv, slots, D)`` and the prompt's own ``(B, Hkv, S, D)`` (the prefill attends over them, then
+    copies them to the slots), the prefill's activations (about twelve ``dim``-wide values and two
     vocabulary-wide ones per token: the head's logits of every prompt token), and the most one layer's prefill
-    holds of ``(S, slots)`` tensors (layers run one at a time) on the backend that layer will run there
+    holds of ``(S, S)`` tensors (layers run one at a time) on the backend that layer will run there
     (:func:`posenc.attention.memory.call_bytes`: masks, bias, logits, softmax, and the encoding's own
     intermediates, e.g. FIRE's ``(S, slots, width)`` hidden layer). ``device``: where it runs (default: the
     model's).
@@ -163,18 +164,21 @@ def memory_needed(
     Peak resident memory of a warm ``generate`` (4 new tokens; dim 256, depth 2, 4 heads, batch 1; a fresh
     process, one thread, 2-core AMD EPYC, torch 2.13 CPU, 2026-11-30) over this estimate: at S = 4096 on ``sdpa``
     none and rope 0.56, alibi and t5 0.87, kerple 0.62, fire 0.93; Shaw (``auto``: ``math``) 0.92 (0.67 with
-    one head); at S = 2048 on ``auto`` (``flex`` for the biases) 0.48-0.58, on ``math`` 0.67-0.88. Before review
-    s6 it counted one ``(B, H, S, slots)`` float32 tensor: Shaw's prefill took 4-5x that, FIRE's on ``sdpa`` 8x."""
+    one head); at S = 2048 on ``auto`` (``flex`` for the biases) 0.48-0.58, on ``math`` 0.67-0.88 (measured while
+    the prefill still attended over all ``slots = S + 3``). Before review s6 it counted one ``(B, H, S, slots)``
+    float32 tensor: Shaw's prefill took 4-5x that, FIRE's on ``sdpa`` 8x."""
     weights = next(model.parameters())
     item = weights.element_size()
     device = weights.device if device is None else device
     dtype = _compute_dtype(model, device)
     layers = model.attention_layers()
-    cache = sum(2 * batch * a.kv_heads * slots * a.head_dim * item for a in layers)  # keys and values
+    cache = sum(
+        2 * batch * a.kv_heads * (slots + prompt) * a.head_dim * item for a in layers
+    )  # keys and values
     width, vocab = model.embed.weight.shape[1], model.head.out_features
     activations = batch * prompt * (12 * width + 2 * vocab) * max(item, 4)
     scores = max(
-        call_bytes(a, batch, prompt, slots, dtype=dtype, device=device, grad=False, masked=True)
+        call_bytes(a, batch, prompt, prompt, dtype=dtype, device=device, grad=False, masked=True)
         for a in layers
     )
     return cache + activations + scores
