@@ -375,3 +375,7 @@ def test_a_static_cache_keeps_its_unwritten_slots_at_their_index() -> None:
     k = torch.randn(2, 1, 2, 4)
     _, _, positions = cache.update(k, k, torch.tensor([[3, 4], [0, 1]]))
     assert positions.tolist() == [[3, 4, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]
+    before = positions.data_ptr()
+    cache.reset()  # (a reused decoder: a padded call's positions must not stay in the slots it will not write)
+    _, _, positions = cache.update(k[:, :, :1], k[:, :, :1], torch.tensor([[0]]))
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 5]] * 2 and positions.data_ptr() == before

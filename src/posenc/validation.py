@@ -54,6 +54,16 @@ def host_memory() -> int | None:
         return None
 
 
+def device_memory(device: torch.device) -> int | None:
+    """The device's total memory in bytes (CUDA: the card's; CPU: physical memory), None when unknown (meta and
+    other devices)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    if device.type == "cpu":
+        return host_memory()
+    return None
+
+
 #: The most bytes a table built at construction may take where the machine's memory is unknown (1 TiB).
 TABLE_BYTES_UNKNOWN_MEMORY = 2**40
 

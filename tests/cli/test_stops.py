@@ -51,3 +51,20 @@ def test_sigterm_stops_a_comparison_in_one_line_with_no_temporary_left(tmp_path:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("posenc compare: terminated; "), err
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_signal_while_python_cannot_run_ends_the_process_after_the_grace() -> None:
+    """SIGTERM's default action ended a process blocked inside C++ (a rendezvous waiting for a peer, up to 30
+    minutes); a Python handler never runs there. The watchdog ends it ``grace`` seconds after the signal."""
+    code = (
+        "import os, signal, time, threading\n"
+        "from posenc.cli.stops import stop_signals\n"
+        "with stop_signals(grace=1.0):\n"
+        "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # (as in C++: no handler runs here)\n"
+        "    time.sleep(30)\n"
+    )
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (143, -signal.SIGTERM), proc.stderr
+    assert time.monotonic() - start < 20

@@ -37,14 +37,15 @@ def test_a_cache_beyond_the_device_memory_is_refused_before_any_allocation(
     torch.manual_seed(0)
     model = TransformerLM("rope", dim=32, depth=2, heads=2).eval()
     tokens = torch.zeros(2, 4, dtype=torch.long)
-    need = gen.memory_needed(model, 2, 4, 4 + 61 - 1)
+    need = gen.memory_needed(model, 2, 4, 4 + 61 - 1, padded=False)
     block = model.blocks[0].attn
     cache = (
         len(model.blocks) * 2 * 2 * block.kv_heads * block.head_dim * 4 * (64 + 4)
     )  # keys and values of the 64 slots and of the prompt's own 4, every layer
     activations = 2 * 4 * (12 * 32 + 2 * 256) * 4  # the prefill's hidden states and logits
-    scores = 2 * 4 * 4 * (MASK_BYTES + SDPA_MASK_COPY)  # small: sdpa, a bool keep-mask and SDPA's float copy
-    assert need == cache + activations + scores
+    assert need == cache + activations  # no padding: plain causal attention, no (S, S) tensor
+    scores = 2 * 4 * 4 * (MASK_BYTES + SDPA_MASK_COPY)  # with padding: a bool keep-mask and SDPA's float copy
+    assert gen.memory_needed(model, 2, 4, 4 + 61 - 1, padded=True) == need + scores
     monkeypatch.setattr(gen, "device_memory", lambda device: need - 1)
     with pytest.raises(
         ValueError, match=r"a cache of 64 slots \(batch 2, 2 layers\) and the prefill of a 4-token"

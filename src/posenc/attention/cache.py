@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..validation import check_int, check_table_size
+from ..validation import check_int, device_memory
 
 
 class KVCache:
@@ -148,20 +148,23 @@ def stream_mismatch(held: Tensor, new: Tensor) -> str | None:
 
 def check_cache_size(owner: str, max_len: int, k: Tensor, v: Tensor) -> None:
     """Refuse, before the first write allocates them, buffers of ``max_len`` slots for keys like ``k`` and values
-    like ``v`` (with int64 positions) larger than :func:`posenc.validation.check_table_size` allows: the
-    allocator's own error named no argument, or the system killed the process. Not while compiling (a host
-    question; the eager first call has asked it)."""
+    like ``v`` (with int64 positions) larger than the whole memory of their device (the allocator's own error
+    named no argument). Only past the whole memory: a CPU's untouched pages cost nothing, so a generous
+    ``max_len`` of which a part is written works. Not for devices of unknown memory (meta), nor while compiling
+    (a host question; the eager first call has asked it)."""
     if torch.compiler.is_compiling():
+        return
+    total = device_memory(k.device)
+    if total is None:
         return
     b = k.shape[0]
     per_slot = b * (
         k.shape[1] * k.shape[-1] * k.element_size() + v.shape[1] * v.shape[-1] * v.element_size() + 8
     )
-    check_table_size(
-        f"{owner}(max_len={max_len})",
-        "max_len",
-        max_len,
-        lambda n: n * per_slot,
-        f"keys, values and positions of batch {b} ({k.shape[1]} heads of {k.shape[-1]} dims)",
-        at_least=1,
-    )
+    if max_len * per_slot > total:
+        raise ValueError(
+            f"{owner}(max_len={max_len}): keys, values and positions of batch {b} ({k.shape[1]} heads of "
+            f"{k.shape[-1]} dims) would take {max_len * per_slot / 2**30:,.1f} GiB, more than the "
+            f"{total / 2**30:,.1f} GiB this {k.device.type} device has; max_len takes at most "
+            f"{total // per_slot:,} here"
+        )

@@ -143,6 +143,10 @@ class StaticKVCache(KVCache):
             self.k = self.v = self.positions = self.index = None  # a graph's tensors: not written again
         elif self.index is not None:
             self.index.zero_()
+            if (
+                self.positions is not None
+            ):  # every slot unwritten again: at its own index (in place: CUDA graphs)
+                self.positions.copy_(torch.arange(self.max_len, device=self.positions.device))
 
 
 def check_static_inputs(cache: object, positions: Tensor | None, mask: Tensor | None, owner: str) -> None:

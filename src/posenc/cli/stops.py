@@ -4,6 +4,7 @@ scheduler, torchrun passing a stop on to its processes) and the failure of anoth
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -24,12 +25,22 @@ def exit_status(err: KeyboardInterrupt) -> int:
     return 128 + (err.signum if isinstance(err, Terminated) else int(signal.SIGINT))
 
 
+#: Seconds a command may take to stop after SIGINT or SIGTERM before the process ends at once (see
+#: :func:`stop_signals`).
+STOP_GRACE_S = 10.0
+
+
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
+def stop_signals(grace: float = STOP_GRACE_S) -> Iterator[None]:
     """Inside: SIGINT raises :class:`KeyboardInterrupt` and SIGTERM :class:`Terminated`, once; the signals that
     follow while the command stops are ignored, so its cleanup and its one line finish (torchrun sends SIGTERM
     a moment after passing Ctrl-C on). The handlers before are restored on leaving. Only in the main thread
-    (the only one Python delivers signals to); elsewhere nothing changes."""
+    (the only one Python delivers signals to); elsewhere nothing changes.
+
+    Python runs a handler only between bytecodes: a process blocked inside C++ (torch.distributed waiting for a
+    peer that never comes, for up to 30 minutes) would never stop, where SIGTERM's default action ended it. So a
+    watchdog thread hears every such signal through :func:`signal.set_wakeup_fd` and, if the command has not
+    stopped ``grace`` seconds later, ends the process with ``128 + signal`` (130, 143)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -42,14 +53,36 @@ def stop_signals() -> Iterator[None]:
         stopping = True
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    done = threading.Event()
+    watchdog = threading.Thread(target=_watch, args=(read, done, grace), daemon=True, name="posenc-stop")
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in before:
         signal.signal(s, stop)
+    wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    watchdog.start()
     try:
         yield
     finally:
+        done.set()
+        signal.set_wakeup_fd(wakeup)
         for s, handler in before.items():
             signal.signal(s, handler)
+        os.close(write)  # (the watchdog's read ends; it closes its end)
+
+
+def _watch(read: int, done: threading.Event, grace: float) -> None:
+    """The watchdog of :func:`stop_signals`: wait for a signal's byte; then give the command ``grace`` seconds."""
+    try:
+        while not done.is_set():
+            got = os.read(read, 1)
+            if not got:  # the command is over (its end of the pipe closed)
+                return
+            if got[0] in (signal.SIGINT, signal.SIGTERM) and not done.wait(grace):
+                os._exit(128 + got[0])
+    finally:
+        os.close(read)
 
 
 #: Words of the errors torch.distributed raises in a process whose peer has gone (gloo on CPU, NCCL on GPU).

@@ -171,9 +171,9 @@ def run_compare(
             cfg.eval_bytes,
         )
     fp = fingerprint(cfg, corpus, n_tokens)
-    world.agree(
-        configuration=fp, encodings=names, seeds=list(cfg.seeds)
-    )  # before any collective of the training
+    # before any collective of the training; the data by their digest, not the path (nodes may mount it elsewhere)
+    data = {k: v for k, v in fp["data"].items() if k != "source"}
+    world.agree(configuration={**fp, "data": data}, encodings=names, seeds=list(cfg.seeds))
     out = Path(out)
     _old_runs(out, fp)  # a damaged or foreign results.json is refused now, not after the training
     check_config(out, fp, world)

@@ -22,8 +22,8 @@ TRAINING_FIXED_BYTES = 96 << 20
 def training_bytes(train: TrainConfig, encoding: str | None = None) -> int:
     """An estimate, erring high, of the memory one model's training on a CPU takes: fp32 weights, gradients,
     AdamW's two moments and its temporaries (byte vocabulary of 256, tied head, four-wide MLP), the activations a
-    step keeps for backward (sixteen ``dim``-wide values per token and layer, and the head's 256-wide logits and
-    their gradients), and with ``encoding`` (a spec) the ``(L, L)`` tensors of its attention on the backend it
+    step keeps for backward (28 ``dim``-wide values per token and layer, and the head's 256-wide logits and
+    their gradients; 16 were too few at batch 8: rope at L = 1024, depth 4 took 1.33x that estimate), and with ``encoding`` (a spec) the ``(L, L)`` tensors of its attention on the backend it
     trains with (:func:`posenc.attention.memory.training_bytes`: a materialized bias and its masked copy, Shaw's
     attention weights and indices, FIRE's ``(L, L, width)`` hidden layer, kept per layer for backward).
 
@@ -46,7 +46,7 @@ def training_bytes(train: TrainConfig, encoding: str | None = None) -> int:
     dim, depth, length, batch = train.dim, train.depth, train.train_len, train.batch_size
     params = 256 * dim + depth * 12 * dim * dim
     need = (
-        4 * (6 * params + batch * length * (depth * 16 * dim + 4 * 256) + train.steps) + TRAINING_FIXED_BYTES
+        4 * (6 * params + batch * length * (depth * 28 * dim + 4 * 256) + train.steps) + TRAINING_FIXED_BYTES
     )
     attn = None if encoding is None else _attention_of(encoding, train)
     if attn is not None:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..attention.memory import call_bytes
 from ..session import DecodeSession
-from ..validation import check_float, check_int, host_memory
+from ..validation import check_float, check_int, device_memory
 from .decoders import _Decoder, _decoder, _decoders
 
 if TYPE_CHECKING:
@@ -150,7 +150,13 @@ def _check_compile(compile: object) -> None:
 
 
 def memory_needed(
-    model: TransformerLM, batch: int, prompt: int, slots: int, device: torch.device | None = None
+    model: TransformerLM,
+    batch: int,
+    prompt: int,
+    slots: int,
+    device: torch.device | None = None,
+    *,
+    padded: bool = True,
 ) -> int:
     """Bytes ``generate`` allocates that grow with the prompt and the cache, erring high: every layer's keys and
     values ``(B, Hkv, slots, D)`` and the prompt's own ``(B, Hkv, S, D)`` (the prefill attends over them, then
@@ -158,8 +164,9 @@ def memory_needed(
     vocabulary-wide ones per token: the head's logits of every prompt token), and the most one layer's prefill
     holds of ``(S, S)`` tensors (layers run one at a time) on the backend that layer will run there
     (:func:`posenc.attention.memory.call_bytes`: masks, bias, logits, softmax, and the encoding's own
-    intermediates, e.g. FIRE's ``(S, slots, width)`` hidden layer). ``device``: where it runs (default: the
-    model's).
+    intermediates, e.g. FIRE's ``(S, S, width)`` hidden layer). ``device``: where it runs (default: the
+    model's). ``padded``: whether the prompt has padding (its key-padding mask is then the prefill's only mask;
+    without, attention is plain causal).
 
     Peak resident memory of a warm ``generate`` (4 new tokens; dim 256, depth 2, 4 heads, batch 1; a fresh
     process, one thread, 2-core AMD EPYC, torch 2.13 CPU, 2026-11-30) over this estimate: at S = 4096 on ``sdpa``
@@ -178,7 +185,7 @@ def memory_needed(
     width, vocab = model.embed.weight.shape[1], model.head.out_features
     activations = batch * prompt * (12 * width + 2 * vocab) * max(item, 4)
     scores = max(
-        call_bytes(a, batch, prompt, prompt, dtype=dtype, device=device, grad=False, masked=True)
+        call_bytes(a, batch, prompt, prompt, dtype=dtype, device=device, grad=False, masked=padded)
         for a in layers
     )
     return cache + activations + scores
@@ -194,23 +201,16 @@ def _compute_dtype(model: TransformerLM, device: torch.device) -> torch.dtype:
     return weights
 
 
-def device_memory(device: torch.device) -> int | None:
-    """The device's total memory in bytes (CUDA: the card's; CPU: physical memory), None when unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[1])
-    if device.type == "cpu":
-        return host_memory()
-    return None
-
-
-def check_memory(model: TransformerLM, batch: int, prompt: int, slots: int, device: torch.device) -> None:
+def check_memory(
+    model: TransformerLM, batch: int, prompt: int, slots: int, device: torch.device, *, padded: bool = True
+) -> None:
     """Refuse, before any allocation, a cache and prefill larger than the device's whole memory by
     :func:`memory_needed` (a CPU process would be killed by the system partway, with no message, rather than get an
     error)."""
     total = device_memory(device)
     if total is None:
         return
-    need = memory_needed(model, batch, prompt, slots, device)
+    need = memory_needed(model, batch, prompt, slots, device, padded=padded)
     if need > total:
         raise ValueError(
             f"generate: a cache of {slots} slots (batch {batch}, {len(model.blocks)} layers) and the prefill of a "
@@ -273,7 +273,8 @@ def generate(
     max_new_tokens = operator.index(max_new_tokens)  # (numpy integers as ints)
     top_k = None if top_k is None else operator.index(top_k)
     eos = None if eos is None else operator.index(eos)
-    check_memory(model, tokens.shape[0], tokens.shape[1], slots, tokens.device)
+    padded = prompt_mask is not None and not bool(mask.all())  # (the prefill's only mask)
+    check_memory(model, tokens.shape[0], tokens.shape[1], slots, tokens.device, padded=padded)
     with _decoders(model).held():  # one call per model at a time: its decoders' caches are shared state
         dec = _decoder(model, tokens.shape[0], slots, tokens.device, compile)
         return _decode(dec, tokens.long(), mask, max_new_tokens, (temperature, top_k, eos), slots, on_token)
