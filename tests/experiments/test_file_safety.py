@@ -284,3 +284,27 @@ def test_a_run_the_old_estimate_admitted_is_refused(monkeypatch: pytest.MonkeyPa
         check_training_memory(cfg, ["rope", "fire", "alibi"])
     with pytest.raises(ValueError, match=r"training shaw's model needs about"):
         check_training_memory(replace(cfg, train_len=16384), ["shaw"])
+
+
+def test_a_bias_the_batch_shares_is_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The positions of a training batch are one shared row: ALiBi's bias and FIRE's hidden layer are (1, ..., L, L)
+    whatever the batch. Counted per row, the demo's model at L = 2048 (batch 8) was refused on a 23.5 GiB machine
+    (FIRE estimated at 30.5 GiB; 6.1 GiB used). Rows add only per-row tensors: none on sdpa for ALiBi, the
+    weights on math for Shaw, the learned bias's gradient on sdpa for FIRE."""
+    from dataclasses import replace
+
+    import posenc.validation
+    from posenc.experiments.specs import check_training_memory, training_bytes
+    from posenc.experiments.train import TrainConfig
+
+    one = TrainConfig(dim=128, depth=4, heads=4, train_len=2048, batch_size=1, steps=1200)
+    eight = replace(one, batch_size=8)
+
+    def attention(cfg: TrainConfig, name: str) -> int:  # the (L, L) part
+        return training_bytes(cfg, name) - training_bytes(cfg)
+
+    assert attention(eight, "alibi") == attention(one, "alibi")
+    assert attention(one, "fire") < attention(eight, "fire") < 3 * attention(one, "fire")  # (not 8x)
+    assert attention(eight, "shaw") > 4 * attention(one, "shaw")  # math: (B, H, L, L) weights per row
+    monkeypatch.setattr(posenc.validation, "host_memory", lambda: 47 << 29)  # 23.5 GiB
+    check_training_memory(eight, ["none", "rope", "alibi", "t5", "kerple", "fire", "shaw"])
