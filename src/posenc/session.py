@@ -24,6 +24,11 @@ from torch import Tensor
 
 from .validation import check_int
 
+#: The most memory an encoding's per-session table may take, per layer (32 MiB): a bias encoding's ``(2 slots - 1,
+#: H)`` bias by distance, Shaw's ``a^K`` and ``a^V`` by distance. Past it the steps compute as without a session
+#: (the same values), so a loose ``slots`` costs no memory.
+SESSION_TABLE_BYTES = 32 << 20
+
 
 class DecodeSession:
     """A decode loop's promise, for as long as the ``with`` block runs.
@@ -41,8 +46,7 @@ class DecodeSession:
 
     Args:
         slots: the key slots of the loop's caches (``max_len``): positions stay below it. The tables it sizes are
-            capped (``posenc.bias.base.SESSION_TABLE_BYTES``, ``posenc.relative.shaw.SESSION_ROWS_BYTES``, 32 MiB
-            per layer each); past the cap the encoding computes as without a session, so a loose bound costs
+            capped (:data:`SESSION_TABLE_BYTES`, 32 MiB per layer); past the cap the encoding computes as without a session, so a loose bound costs
             neither memory nor a different result.
     """
 
@@ -132,4 +136,4 @@ class SessionMemo:
         return (SessionMemo, ())
 
 
-__all__ = ["DecodeSession", "SessionMemo", "current_session"]
+__all__ = ["SESSION_TABLE_BYTES", "DecodeSession", "SessionMemo", "current_session"]

@@ -120,13 +120,13 @@ def test_a_session_too_long_for_the_tables_takes_the_gather(monkeypatch: pytest.
 
     enc = _shaw()
     q_pos, k_pos = torch.tensor([[3]]), torch.arange(4)[None]
-    monkeypatch.setattr(shaw_mod, "SESSION_ROWS_BYTES", 2 * 15 * 8 * 4 - 1)  # just under 2 tables of 15 rows
+    monkeypatch.setattr(shaw_mod, "SESSION_TABLE_BYTES", 2 * 15 * 8 * 4 - 1)  # just under 2 tables of 15 rows
     with torch.no_grad():
         want = _rows(enc, q_pos, k_pos)
         with posenc.DecodeSession(8):  # 2 * 8 - 1 = 15 rows per table
             assert enc._rows_in_session(q_pos, k_pos) is None
             assert _same(_rows(enc, q_pos, k_pos), want)
-        monkeypatch.setattr(shaw_mod, "SESSION_ROWS_BYTES", 2 * 15 * 8 * 4)
+        monkeypatch.setattr(shaw_mod, "SESSION_TABLE_BYTES", 2 * 15 * 8 * 4)
         with posenc.DecodeSession(8):
             assert enc._rows_in_session(q_pos, k_pos) is not None
 

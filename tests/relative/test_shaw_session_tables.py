@@ -1,5 +1,5 @@
 """Shaw inside a DecodeSession lays its per-distance tables out once per session and layer (not at every step),
-and the SESSION_ROWS_BYTES cap counts one table when there is no value table."""
+and the SESSION_TABLE_BYTES cap counts one table when there is no value table."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def test_the_cap_counts_one_table_without_values(monkeypatch: pytest.MonkeyPatch
     q_pos, k_pos = torch.tensor([[3]]), torch.arange(4)[None]
     one_table = 15 * 8 * 4  # 2 * 8 - 1 rows of 8 float32
     with torch.no_grad():
-        monkeypatch.setattr(shaw_mod, "SESSION_ROWS_BYTES", one_table)
+        monkeypatch.setattr(shaw_mod, "SESSION_TABLE_BYTES", one_table)
         with posenc.DecodeSession(8):
             assert enc._rows_in_session(q_pos, k_pos) is not None
-        monkeypatch.setattr(shaw_mod, "SESSION_ROWS_BYTES", one_table - 1)
+        monkeypatch.setattr(shaw_mod, "SESSION_TABLE_BYTES", one_table - 1)
         with posenc.DecodeSession(8):
             assert enc._rows_in_session(q_pos, k_pos) is None

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..base import PositionEncoding, ScoreMod
 from ..functional.tables import host_span
-from ..session import DecodeSession, SessionMemo, session_tables
+from ..session import SESSION_TABLE_BYTES, DecodeSession, SessionMemo, session_tables
 from ..validation import check_int, check_module_device
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
@@ -127,7 +127,8 @@ class BiasEncoding(PositionEncoding, ABC):
         return vec.t().contiguous(), limit  # (2n - 1, H): one row per distance, as F.embedding reads it
 
     def session_bytes_per_distance(self) -> int:
-        """Bytes per distance of the session table that :data:`SESSION_TABLE_BYTES` caps: its float32 row of ``H``
+        """Bytes per distance of the session table that :data:`posenc.session.SESSION_TABLE_BYTES` caps (4 heads: up
+        to 1,048,576 slots; FIRE of width 32 and 4 heads: 116,508): its float32 row of ``H``
         (FIRE adds its MLP's hidden row, the build's largest tensor). Checked before anything is built; the build
         holds about twice the table for a moment (the ``(H, 2 slots - 1)`` vector and its transposed copy)."""
         return 4 * self.heads
@@ -272,13 +273,6 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}"
-
-
-#: The most memory a bias encoding's per-session table may take, per layer: 32 MiB, as Shaw's
-#: ``SESSION_ROWS_BYTES`` (``2 slots - 1`` times :meth:`BiasEncoding.session_bytes_per_distance`: 4 heads up to
-#: 1,048,576 slots, FIRE of width 32 and 4 heads up to 116,508). Past it the session's steps take the per-pair
-#: path, the same values as without a session, so a loose ``slots`` costs no memory.
-SESSION_TABLE_BYTES = 32 << 20
 
 
 def position_reader(pos: Tensor, runs: bool = False) -> ScoreModIndex:

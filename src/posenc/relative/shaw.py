@@ -13,7 +13,7 @@ from ..bias.base import position_reader
 from ..functional.precision import without_autocast
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
-from ..session import SessionMemo, session_tables
+from ..session import SESSION_TABLE_BYTES, SessionMemo, session_tables
 from ..validation import check_bool, check_int, check_module_device, check_table_size
 
 
@@ -159,8 +159,8 @@ class ShawRelative(PositionEncoding):
             return None
         slots, keys = session.slots, k_pos.shape[-1]
         memo = self._session_memo.get(session)
-        if memo is None:  # [arange (None past SESSION_ROWS_BYTES: the gather), (a^K, a^V) by distance]
-            fits = self._session_bytes(slots) <= SESSION_ROWS_BYTES
+        if memo is None:  # [arange (None past SESSION_TABLE_BYTES: the gather), (a^K, a^V) by distance]
+            fits = self._session_bytes(slots) <= SESSION_TABLE_BYTES
             memo = [torch.arange(slots, device=self.key_table.device) if fits else None, None]
             self._session_memo.put(session, memo)
         arange, tables = memo
@@ -183,7 +183,7 @@ class ShawRelative(PositionEncoding):
 
     def _by_distance(self, slots: int) -> tuple[Tensor, Tensor | None]:
         """Both tables at every distance ``-(slots-1) .. slots-1``: ``(T, 2 slots - 1, D)`` each (the caller keeps
-        to :data:`SESSION_ROWS_BYTES`)."""
+        to :data:`SESSION_TABLE_BYTES`)."""
         m, device = self.max_distance, self.key_table.device
         idx = (torch.arange(2 * slots - 1, device=device) - (slots - 1)).clamp_(-m, m).add_(m)
         values = None if self.value_table is None else self.value_table[:, idx]
@@ -197,11 +197,6 @@ class ShawRelative(PositionEncoding):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, heads={self.heads}, values={self.needs_probs}"
-
-
-#: The most memory :meth:`ShawRelative._rows_in_session` lays its tables out in, per layer (32 MiB: a session of
-#: 32K slots at head_dim 64 with one shared table).
-SESSION_ROWS_BYTES = 32 << 20
 
 
 def _rows_at(table: Tensor, idx: Tensor) -> Tensor:
