@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.checkpoints import check_out_dir, run_lock
     from ..experiments.compare import check_buildable, check_encodings, run_compare
     from ..experiments.dist import check_batch_split, env_rank, resolve_device, world_size
+    from ..experiments.evaluate import eval_lengths, eval_passes
     from ..experiments.pool import check_workers
     from ..validation import check_int
 
@@ -229,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     if names is not None:  # so are unknown encodings and options they cannot run with
         names = check_encodings(names, "--encodings")
         # several ranks: each checks on its own device in run_compare
-        check_buildable(names, cfg.train, device if world_size() == 1 else None)
+        lengths = eval_lengths(cfg.train.train_len, cfg.multiples)
+        check_buildable(names, cfg.train, device if world_size() == 1 else None, passes=eval_passes(lengths))
     if jobs is not None:  # so is a bad --jobs
         check_workers(jobs, device, distributed=world_size() > 1)
     with (

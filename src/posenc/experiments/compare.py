@@ -42,7 +42,7 @@ from .checkpoints import (
 )
 from .data import Corpus, load_corpus
 from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
-from .evaluate import EVAL_LAYOUT, eval_lengths, rope_extensions
+from .evaluate import EVAL_LAYOUT, eval_lengths, eval_passes, rope_extensions
 from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
 from .pool import map_jobs, resolve_workers, threads_per_model
 from .presets import CompareConfig
@@ -157,7 +157,7 @@ def run_compare(
         max_train_bytes=cfg.max_train_bytes if is_default else None,
         max_val_bytes=cfg.max_val_bytes if is_default else None,
     )
-    check_buildable(names, cfg.train, dev)
+    check_buildable(names, cfg.train, dev, passes=eval_passes(lengths))
     cfg = cfg.with_train(precision=resolve_precision(cfg.train.precision, dev))  # recorded as chosen
     keys = [(n, s) for s in cfg.seeds for n in names]  # seed by seed
     workers = resolve_workers(jobs, dev, len(keys), distributed=world.distributed)

@@ -41,9 +41,19 @@ MULTIPLES: tuple[int, ...] = (1, 2, 4, 8, 16)
 EVAL_LAYOUT = "spread"
 
 
+#: Bytes a forward pass of :func:`window_nll` scores at most: ``max(1, EVAL_BATCH_TOKENS // Lv)`` windows of ``Lv``.
+EVAL_BATCH_TOKENS = 2048
+
+
 def eval_lengths(train_len: int, multiples: tuple[int, ...] = MULTIPLES) -> list[int]:
     """``[m * train_len for m in multiples]``."""
     return [m * train_len for m in multiples]
+
+
+def eval_passes(lengths: list[int], batch_tokens: int = EVAL_BATCH_TOKENS) -> list[tuple[int, int]]:
+    """The ``(windows, Lv)`` forward passes that evaluating at ``lengths`` makes, ``batch_tokens`` bytes a pass
+    (for the memory check, :func:`posenc.experiments.memory.check_training_memory`)."""
+    return [(max(1, batch_tokens // lv), lv) for lv in lengths]
 
 
 def spread_blocks(tokens: Tensor, width: int, count: int) -> Tensor:
@@ -77,7 +87,7 @@ def window_nll(
     n_tokens: int,
     *,
     device: torch.device | str = "cpu",
-    batch_tokens: int = 2048,
+    batch_tokens: int = EVAL_BATCH_TOKENS,
     world: World = SINGLE,
     progress: bool = False,
     desc: str = "",

@@ -1,10 +1,12 @@
-"""Memory estimates of training on a CPU: :func:`check_training_memory` refuses, before anything is built or
-written, a run that would not fit in the machine's memory (the process would be killed without a message).
+"""Memory estimates of training and evaluating on a CPU: :func:`check_training_memory` refuses, before anything is
+built or written, a run whose training or evaluation would not fit in the machine's memory (the process would be
+killed without a message, after hours of training where only the evaluation at 16L does not fit).
 The per-encoding part comes from :mod:`posenc.attention.memory` (what each encoding's attention keeps for
 backward), shared with ``generate``'s check."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
 #: Memory a training process takes whatever the sizes, in bytes: AdamW's first step, kernels loaded on first use,
 #: and the compilation of RoPE's fused CPU kernel on its first call (q and k of 2^20 elements up: 64 MiB at L = 4096).
 TRAINING_FIXED_BYTES = 96 << 20
+#: Memory an evaluation pass takes whatever the sizes: FlexAttention's kernels, compiled on first use by a bias
+#: encoding (a fresh process evaluating ALiBi, T5, Kerple or FIRE at 4,096 bytes grew 270-285 MiB, ``none`` 34 MiB).
+EVALUATION_FIXED_BYTES = 320 << 20
 
 
 def training_bytes(train: TrainConfig, encoding: str | None = None) -> int:
@@ -44,7 +49,7 @@ def training_bytes(train: TrainConfig, encoding: str | None = None) -> int:
     The ``(L, L)`` part alone (peak less the none run's) measured at most 0.87 of its estimate (FIRE; T5 0.82,
     Kerple 0.73), so the ratios approach those as L grows."""
     dim, depth, length, batch = train.dim, train.depth, train.train_len, train.batch_size
-    params = 256 * dim + depth * 12 * dim * dim
+    params = _parameters(train)
     need = (
         4 * (6 * params + batch * length * (depth * 28 * dim + 4 * 256) + train.steps) + TRAINING_FIXED_BYTES
     )
@@ -54,6 +59,32 @@ def training_bytes(train: TrainConfig, encoding: str | None = None) -> int:
 
         need += attention_bytes(attn, batch, length, depth, device=torch.device("cpu"))
     return need
+
+
+def evaluation_bytes(train: TrainConfig, encoding: str | None, batch: int, length: int) -> int:
+    """An estimate, erring high, of the memory one evaluation pass of ``encoding``'s model (a spec; None: without
+    attention's ``(Q, K)`` tensors) takes on a CPU: ``batch`` windows of ``length`` bytes, float32, no gradients.
+    The weights, eight ``dim``-wide values and the logits' three 256-wide ones per byte (``none`` at 32,768 bytes
+    grew 6 KB a byte over the weights, dim 128: the estimate's 7 KB), one layer's ``(Q, K)`` tensors on the
+    backend it runs (:func:`posenc.attention.memory.call_bytes`; ``shaw``, the ``math`` backend, grew 0.85 of it at
+    4,096 and 8,192 bytes) and :data:`EVALUATION_FIXED_BYTES`. (One thread, 2-core AMD EPYC, torch 2.13 CPU,
+    2026-11-30, peak resident memory of fresh processes with ``MALLOC_MMAP_THRESHOLD_=65536``.)"""
+    need = 4 * (_parameters(train) + batch * length * (8 * train.dim + 3 * 256)) + EVALUATION_FIXED_BYTES
+    attn = None if encoding is None else _attention_of(encoding, train)
+    if attn is not None:
+        from ..attention.memory import call_bytes
+
+        cpu = torch.device("cpu")
+        need += call_bytes(
+            attn, batch, length, length, dtype=torch.float32, device=cpu, grad=False, masked=False
+        )
+    return need
+
+
+def _parameters(train: TrainConfig) -> int:
+    """The model's parameters: byte embeddings (tied head) and per layer the attention's four and the MLP's two
+    ``(dim, 4 dim)`` matrices."""
+    return 256 * train.dim + train.depth * 12 * train.dim * train.dim
 
 
 def _attention_of(encoding: str, train: TrainConfig) -> Attention | None:
@@ -72,12 +103,15 @@ def _attention_of(encoding: str, train: TrainConfig) -> Attention | None:
     return layers[0] if layers else None
 
 
-def check_training_memory(train: TrainConfig, names: list[str]) -> None:
-    """Refuse, before anything is built or written, a configuration whose training on this machine's CPU cannot
-    fit in its memory by the :func:`training_bytes` estimate of the most demanding of ``names`` (``--depth
-    100000000`` built layers until the machine ran out; ``--steps 1e20`` overflowed int64 in torch with a C++ stack
-    dump; ``posenc tasks --train-len 1e20`` drew one example for minutes; FIRE at L = 8192 was killed by the
-    system). Only for training on the CPU: a GPU's memory is its allocator's to refuse."""
+def check_training_memory(
+    train: TrainConfig, names: list[str], passes: Sequence[tuple[int, int]] = ()
+) -> None:
+    """Refuse, before anything is built or written, a configuration whose training, or evaluation in ``passes``
+    (``(batch, length)`` forward passes, see :func:`evaluation_bytes`), cannot fit in this machine's memory by the
+    estimates of the most demanding of ``names`` (``--depth 100000000`` built layers until the machine ran out;
+    ``--steps 1e20`` overflowed int64 in torch with a C++ stack dump; ``posenc tasks --train-len 1e20`` drew one
+    example for minutes; FIRE at L = 8192 was killed by the system, and Shaw's evaluation at 16L = 32,768 needs
+    70 GB after a training that fits). Only for the CPU: a GPU's memory is its allocator's to refuse."""
     from ..validation import host_memory
 
     total = host_memory()
@@ -88,15 +122,36 @@ def check_training_memory(train: TrainConfig, names: list[str]) -> None:
         f"{train.train_len}, {train.steps} steps"
     )
     need = training_bytes(train)  # (first without attention: sizes too large to build even on meta)
-    which = "this model"
+    what = "training this model"
     if need <= total:
-        need, name = max((training_bytes(train, n), n) for n in names) if names else (need, None)
-        which = "this model" if name is None else f"{name}'s model"
+        need, what = (
+            max((training_bytes(train, n), f"training {n}'s model") for n in names) if names else (need, what)
+        )
     if need > total:
         raise ValueError(
-            f"training {which} needs about {need / 2**30:.3g} GiB ({sizes}), more than this machine's "
+            f"{what} needs about {need / 2**30:.3g} GiB ({sizes}), more than this machine's "
             f"{total / 2**30:.3g} GiB; choose a smaller train_len (L), batch, depth or dim"
+        )
+    if not passes:
+        return
+    batch, length = max(passes, key=lambda p: (p[0] * p[1] * p[1], p[0] * p[1]))  # (the most of either part)
+    candidates: list[str | None] = list(names) if names else [None]
+    need_eval = [(evaluation_bytes(train, n, batch, length), n) for n in candidates]
+    need, name = max(need_eval, key=lambda e: e[0])
+    if need > total:
+        model = "the model" if name is None else f"{name}'s model"
+        raise ValueError(
+            f"evaluating {model} at {length} bytes ({batch} window{'s' * (batch > 1)} a pass, L = "
+            f"{train.train_len}) needs about {need / 2**30:.3g} GiB, more than this machine's "
+            f"{total / 2**30:.3g} GiB; choose a smaller train_len (L)"
+            + ("" if name is None else f" or leave {name} out")
         )
 
 
-__all__ = ["TRAINING_FIXED_BYTES", "check_training_memory", "training_bytes"]
+__all__ = [
+    "EVALUATION_FIXED_BYTES",
+    "TRAINING_FIXED_BYTES",
+    "check_training_memory",
+    "evaluation_bytes",
+    "training_bytes",
+]

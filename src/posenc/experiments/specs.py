@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -228,7 +229,11 @@ def variants_note(names: list[str]) -> str | None:
 
 
 def check_buildable(
-    names: list[str], train: TrainConfig, device: torch.device | str | None = "cpu", flag: str = "--encodings"
+    names: list[str],
+    train: TrainConfig,
+    device: torch.device | str | None = "cpu",
+    flag: str = "--encodings",
+    passes: Sequence[tuple[int, int]] = (),
 ) -> None:
     """Build each encoding's model once (one layer) and run it on one window of ``L`` bytes on ``device``, so one
     that cannot take these sizes (rope with an odd head size), options (``alibi:max_bias=-1``, ``xpos:gamma=1e300``)
@@ -236,13 +241,15 @@ def check_buildable(
     refused before any model trains, not after the others have: one ``ValueError`` naming it, whatever the encoding
     raised (but running out of memory, which is re-raised). Two specs that build the same model at this L
     (``learned`` and ``learned:max_len=128``) are refused too. ``device=None``: build only, on the CPU (a caller
-    that does not yet know its device, e.g. one rank of several before the process group)."""
+    that does not yet know its device, e.g. one rank of several before the process group). On a CPU the run's
+    memory is checked first (:func:`check_training_memory`), its evaluation's forward passes ``(batch, length)``
+    in ``passes``."""
     from dataclasses import replace
 
     from .train import build_model, encoding_options
 
     if device is not None and torch.device(device).type == "cpu":
-        check_training_memory(train, names)
+        check_training_memory(train, names, passes)
     small = replace(train, depth=1)
     seen: dict[tuple[str, str], str] = {}
     for name in names:

@@ -16,7 +16,7 @@ from ...validation import check_seed
 from ..checkpoints import check_out_dir, json_safe, save_figure, write_text
 from ..compare import check_buildable, check_encodings
 from ..dist import check_batch_split, rank_device, resolve_device, setup_world, versions
-from ..evaluate import rope_extensions
+from ..evaluate import eval_passes, rope_extensions
 from ..pool import map_jobs, resolve_workers, threads_per_model
 from ..specs import file_stem
 from ..train import MAX_SEED
@@ -57,7 +57,7 @@ def check_request(
     (``posenc tasks`` calls it before taking its run lock)."""
     task_names = check_tasks(available_tasks() if tasks is None else tasks)
     names = check_encodings(available() if encodings is None else encodings, "--encodings")
-    check_buildable(names, cfg.train, device)
+    check_buildable(names, cfg.train, device, passes=eval_passes(cfg.lengths, cfg.batch_tokens))
     seed_list = check_seeds([0] if seeds is None else seeds)
     check_batch_split(cfg.train.batch_size, "the batch size", settable=False)  # not a flag of posenc tasks
     for name in task_names:
