@@ -200,13 +200,9 @@ class PositionEncoding(nn.Module):
 
         Only for encodings whose bias does not depend on the query content.
         """
-        q_len, k_len, offset = (
-            check_int(n, v, at_least=0, owner=f"{type(self).__name__}.bias")
-            for n, v in (("q_len", q_len), ("k_len", k_len), ("offset", offset))
-        )
         dev = _device_of(self)
-        q_pos = torch.arange(offset, offset + q_len, device=dev).unsqueeze(0)  # (1, Q)
-        k_pos = torch.arange(k_len, device=dev).unsqueeze(0)  # (1, K)
+        q_pos, k_pos = bias_positions(f"{type(self).__name__}.bias", q_len, k_len, offset, dev)
+        q_len = q_pos.shape[-1]
         dummy = torch.zeros(1, 1, q_len, 1, device=dev)
         out = self.score_bias(dummy, q_pos, k_pos)
         if out is None:
@@ -330,6 +326,25 @@ def _device_of(module: nn.Module) -> torch.device:
 def default_positions(seq_len: int, device: torch.device, offset: int = 0) -> Tensor:
     """``(1, S)`` positions ``offset ... offset + S - 1``."""
     return torch.arange(offset, offset + seq_len, device=device).unsqueeze(0)
+
+
+def bias_positions(
+    owner: str, q_len: int, k_len: int, offset: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Positions ``(1, Q)`` and ``(1, K)`` of a ``bias(q_len, k_len, offset)`` call: queries at ``offset ...``, keys
+    at ``0 ...``, each argument checked (an integer >= 0, the last position within ``2**62``: int64 distances)."""
+    q_len, k_len, offset = (
+        check_int(n, v, at_least=0, owner=owner)
+        for n, v in (("q_len", q_len), ("k_len", k_len), ("offset", offset))
+    )
+    if offset + q_len > 2**62 or k_len > 2**62:
+        raise ValueError(
+            f"{owner}: positions reach {max(offset + q_len, k_len) - 1} (offset={offset}, q_len={q_len}, "
+            f"k_len={k_len}); they must stay below 2**62, where int64 distances k - q are exact"
+        )
+    q_pos = torch.arange(offset, offset + q_len, device=device).unsqueeze(0)  # (1, Q)
+    k_pos = torch.arange(k_len, device=device).unsqueeze(0)  # (1, K)
+    return q_pos, k_pos
 
 
 def as_positions(

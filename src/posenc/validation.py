@@ -366,8 +366,34 @@ def check_position_range(
         )
 
 
+def check_distances(owner: str, q_pos: Tensor, k_pos: Tensor) -> None:
+    """Refuse integer positions whose key-query distances ``k - q`` overflow their dtype, where checking costs no
+    device sync (CPU tensors in eager mode: one ``aminmax`` each; accelerators and tracing are not checked).
+
+    Encodings that read ``k - q`` (the bias encodings, Shaw) compute it in the positions' dtype: past its range the
+    difference wraps around (int64 positions ``-2**62`` and ``2**62`` gave Kerple and FIRE NaN outputs, ALiBi a
+    bias of the wrong sign), silently."""
+    from .functional.tables import host_span
+
+    if q_pos.dtype != k_pos.dtype or q_pos.dtype.is_floating_point or q_pos.dtype == torch.bool:
+        return  # (mixed or non-integer positions: the callers' own checks name them)
+    q_span, k_span = host_span(q_pos), host_span(k_pos)
+    if q_span is None or k_span is None:
+        return
+    top = torch.iinfo(q_pos.dtype).max
+    far = max(k_span[1] - q_span[0], q_span[1] - k_span[0])
+    if far > top:
+        raise ValueError(
+            f"{owner}: positions {q_span[0]}..{q_span[1]} (queries) and {k_span[0]}..{k_span[1]} (keys) are up to "
+            f"{far} apart, past what {q_pos.dtype} holds ({top}): the distances k - q would wrap around; use "
+            "smaller positions (attention depends only on differences, so subtracting a common offset changes "
+            "nothing)"
+        )
+
+
 __all__ = [
     "F32_MAX",
+    "check_distances",
     "F32_TINY",
     "first_line",
     "ROPE_MAX_POSITION",

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..base import PositionEncoding, ScoreMod
+from ..base import PositionEncoding, ScoreMod, bias_positions
 from ..functional.tables import host_span
 from ..session import SESSION_TABLE_BYTES, DecodeSession, SessionMemo, session_tables
-from ..validation import check_int, check_module_device
+from ..validation import check_distances, check_int, check_module_device
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
 
@@ -67,8 +67,12 @@ class BiasEncoding(PositionEncoding, ABC):
         # One query (a decode step): Q + K - 1 distances save nothing over K pairs, and finding out whether the
         # positions are consecutive costs more than the formula, so per pair.
         if q_pos.shape[-1] == 1:
-            fast = self.pairwise_in_session(q_pos, k_pos)
-            return self.pairwise_reference(q_pos, k_pos) if fast is None else fast
+            fast = self.pairwise_in_session(q_pos, k_pos)  # (inside [0, slots): no distance overflows)
+            if fast is not None:
+                return fast
+        check_distances(type(self).__name__, q_pos, k_pos)
+        if q_pos.shape[-1] == 1:
+            return self.pairwise_reference(q_pos, k_pos)
         cpu = q_pos.is_cpu
         if (cpu and not torch.is_grad_enabled()) or (not cpu and self._learning()):
             fast = self.pairwise_by_distance(q_pos, k_pos, runs)
@@ -216,6 +220,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         self._check_heads(q)
+        check_distances(type(self).__name__, q_pos, k_pos)
         # per distance where gradients of learned tables would otherwise be n^2 atomic adds (GPU training);
         # elsewhere the per-score formula, which measured as fast or faster in the CPU kernel
         if self._learning() and q.device.type != "cpu":
@@ -248,13 +253,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def bias(self, q_len: int, k_len: int, offset: int = 0) -> Tensor:
         """``(heads, q_len, k_len)`` float32 bias (float64 for float64 weights): queries at ``offset ... offset+q_len-1``, keys at ``0 ... k_len-1``."""
-        q_len, k_len, offset = (
-            check_int(n, v, at_least=0, owner=f"{type(self).__name__}.bias")
-            for n, v in (("q_len", q_len), ("k_len", k_len), ("offset", offset))
-        )
-        dev = self.device
-        q_pos = torch.arange(offset, offset + q_len, device=dev).unsqueeze(0)  # (1, Q)
-        k_pos = torch.arange(k_len, device=dev).unsqueeze(0)  # (1, K)
+        q_pos, k_pos = bias_positions(f"{type(self).__name__}.bias", q_len, k_len, offset, self.device)
         return self.pairwise(q_pos, k_pos)[0]
 
     @property

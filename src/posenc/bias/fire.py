@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..base import OptionsInState, ScoreMod
 from ..functional.bias import fire_input, fire_mlp_unrolled
 from ..functional.precision import at_least_float32, without_autocast
-from ..validation import F32_MAX, F32_TINY, check_float, check_int, check_table_sizes
+from ..validation import F32_MAX, F32_TINY, check_distances, check_float, check_int, check_table_sizes
 from .base import BiasEncoding, position_reader
 
 #: The largest ``init_c`` FIRE takes: ``c * |i - j|`` (float32) stays finite for distances up to 3e8; beyond it,
@@ -93,8 +93,10 @@ class FIRE(OptionsInState, BiasEncoding):
         positions: ``runs`` changes nothing)."""
         if q_pos.shape[-1] == 1:  # one query (a decode step): from the session's vector where it holds
             fast = self.pairwise_in_session(q_pos, k_pos)
-            return self._mlp_bias(q_pos, k_pos, True) if fast is None else fast
-        return self._mlp_bias(q_pos, k_pos, False)
+            if fast is not None:
+                return fast
+        check_distances("FIRE", q_pos, k_pos)
+        return self._mlp_bias(q_pos, k_pos, q_pos.shape[-1] == 1)
 
     def _mlp_bias(self, q_pos: Tensor, k_pos: Tensor, one_query: bool) -> Tensor:
         threshold = self.threshold()  # as in tables(), without the MLP's views
@@ -145,6 +147,7 @@ class FIRE(OptionsInState, BiasEncoding):
         ``score_mod`` that indexes one tensor needing gradients more than once, or reads a 0-d one unindexed)."""
         if self._learning():
             self._check_heads(q)
+            check_distances("FIRE", q_pos, k_pos)
             return self.score_mod_unbound(q_pos, k_pos, runs)
         return super().score_mod(q, q_pos, k_pos, runs)
 

@@ -14,7 +14,7 @@ from ..functional.precision import without_autocast
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
 from ..session import SESSION_TABLE_BYTES, SessionMemo, session_tables
-from ..validation import check_bool, check_int, check_module_device, check_table_size
+from ..validation import check_bool, check_distances, check_int, check_module_device, check_table_size
 
 
 class ShawRelative(PositionEncoding):
@@ -75,6 +75,7 @@ class ShawRelative(PositionEncoding):
 
     def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
+        check_distances("ShawRelative", q_pos, k_pos)
         if q_pos.shape[-1] == 1:  # one query (a decode step): the same values in fewer calls
             return self._one_query_index(q_pos, k_pos).unsqueeze(-2)
         rel = relative_from_positions(q_pos, k_pos, self.max_distance)  # (1|B, Q, K), a new tensor
@@ -109,6 +110,7 @@ class ShawRelative(PositionEncoding):
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
         self._check_query(q)
+        check_distances("ShawRelative", q_pos, k_pos)
         # float32, as said: autocast would round the product's operands to bf16/fp16
         with without_autocast(q):
             scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
@@ -140,6 +142,7 @@ class ShawRelative(PositionEncoding):
         rows = self._rows_in_session(q_pos, k_pos)
         if rows is not None:
             return rows
+        check_distances("ShawRelative", q_pos, k_pos)
         idx = self._one_query_index(q_pos, k_pos)  # (1|B, K)
         values = None if self.value_table is None else _rows_at(self.value_table, idx)
         return _rows_at(self.key_table, idx), values
