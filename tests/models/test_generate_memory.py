@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from posenc.attention.backends import math_block_rows
 from posenc.attention.memory import MASK_BYTES, SDPA_MASK_COPY
 from posenc.models import TransformerLM
 from posenc.models import generate as gen
@@ -69,9 +70,13 @@ def test_the_prefill_estimate_counts_what_each_encoding_materializes_on_its_back
     assert wide - fire == PAIRS * 4 * 32  # 32 more hidden units, 4 bytes each per pair
     shaw = (
         gen.memory_needed(_lm("shaw"), 1, S, SLOTS) - rope
-    )  # auto: math (Shaw's value term needs the weights)
-    assert shaw == PAIRS * (4 * 4 * 4 - SDPA_MASK_COPY)  # logits, bias, softmax, zeroed rows: four at once
-    assert shaw >= 3.5 * one
+    )  # auto: math (Shaw's value term needs the weights), a block of 1,024 queries at a time (no gradients)
+    rows = math_block_rows(1, 4, S, S)
+    assert rows == 1024
+    # per block: logits, bias, softmax, zeroed rows (four at once) and masks; the caller's keep-mask whole
+    assert shaw == S * rows * (4 * 4 * 4 + MASK_BYTES) + PAIRS * (MASK_BYTES // 4) - PAIRS * (
+        MASK_BYTES + SDPA_MASK_COPY
+    )
     # the bias and its masked copy; Kerple's own peak is higher (r2 |i - j|, its log1p and the bias)
     for name, per_pair in (("t5", 2 * 16), ("alibi", 2 * 16), ("kerple", 3 * 16)):
         on_sdpa = gen.memory_needed(_lm(name, "sdpa"), 1, S, SLOTS) - rope
@@ -83,8 +88,9 @@ def test_the_prefill_estimate_counts_what_each_encoding_materializes_on_its_back
 
 def test_a_prefill_the_old_estimate_admitted_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s6: a Shaw prompt of 32,768 tokens and a FIRE (sdpa) one of 16,384 passed the check (the estimate
-    counted a quarter and an eighth of their prefill) and the process would have been killed without a message."""
-    for name, backend, prompt in (("shaw", "auto", 32768), ("fire", "sdpa", 16384)):
+    counted a quarter and an eighth of their prefill) and the process would have been killed without a message.
+    (Shaw's prefill now runs in blocks of queries: see the next test.)"""
+    for name, backend, prompt in (("fire", "sdpa", 16384),):
         model = _lm(name, backend)
         old = _old_estimate(model, prompt, prompt + NEW - 1)
         monkeypatch.setattr(gen, "device_memory", lambda device, total=2 * old: total)
@@ -93,6 +99,15 @@ def test_a_prefill_the_old_estimate_admitted_is_refused(monkeypatch: pytest.Monk
             model.generate(tokens, NEW)
         assert kept_decoders(model) == []
         assert gen.memory_needed(model, 1, prompt, prompt + NEW - 1) > 3 * old
+
+
+def test_shaw_prefill_in_blocks_needs_a_block_not_the_square() -> None:
+    """Review s6 refused a Shaw prompt of 32,768 tokens (about 17 GB of (H, S, S) tensors at once); since review s7
+    ``math`` attends a block of queries at a time without gradients, and the estimate counts one block."""
+    prompt = 32768
+    need = gen.memory_needed(_lm("shaw"), 1, prompt, prompt + NEW - 1, padded=False)
+    square = 4 * 4 * 4 * prompt**2  # four (H, S, S) float32 tensors
+    assert need < square / 30
 
 
 def test_an_unknown_device_memory_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,4 +111,25 @@ def test_learned_table_shorter_than_the_window_is_skipped_and_figures_draw() -> 
 
 def test_stats_reject_a_wrong_shape() -> None:
     with pytest.raises(ValueError, match="expected"):
-        AttentionStats(4).add(torch.ones(1, 1, 3, 3))
+        AttentionStats(4).add(torch.ones(1, 1, 5, 5))  # positions 0..4 in windows of 4
+    with pytest.raises(ValueError, match="expected"):
+        AttentionStats(4).add(torch.ones(1, 1, 2, 3), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+
+
+def test_stats_of_blocks_equal_the_whole_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without gradients ``math`` attends a block of queries at a time past MATH_BLOCK_BYTES; the probe then sees
+    blocks, and adds them up to the same statistics."""
+    from posenc.attention import backends
+
+    torch.manual_seed(0)
+    model = TransformerLM("shaw", dim=32, depth=2, heads=2).eval()
+    text = torch.randint(0, 256, (200,), dtype=torch.uint8)
+    whole = attention_stats(model, text, 48, windows=2)
+    monkeypatch.setattr(backends, "MATH_BLOCK_BYTES", 2 * 2 * 48 * 4 * 5)  # blocks of 5 queries
+    blocks = attention_stats(model, text, 48, windows=2)
+    assert whole is not None and blocks is not None
+    for w, b in zip(whole, blocks, strict=True):
+        assert (w.rows, w.windows) == (b.rows, b.windows) == (4, 2)
+        torch.testing.assert_close(b.weight_sum, w.weight_sum, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.pairs, w.pairs, atol=0, rtol=0)
+        torch.testing.assert_close(b.entropy_sum, w.entropy_sum, atol=1e-5, rtol=1e-5)

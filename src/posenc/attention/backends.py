@@ -12,6 +12,8 @@ Shape key: ``B`` batch, ``H`` query heads, ``G`` kv heads, ``Q`` queries, ``K`` 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,11 +32,50 @@ def repeat_kv(x: Tensor, heads: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+#: ``math`` without gradients attends a block of queries at a time once the whole call's ``(B, H, Q, K)`` float32
+#: logits would take more than this: each block's ``(B, H, rows, K)`` tensors stay under it, so memory grows
+#: linearly with the length at inference (Shaw at 16L), not with its square.
+MATH_BLOCK_BYTES = 64 << 20
+
+
+def math_block_rows(batch: int, heads: int, q_len: int, k_len: int, item: int = 4) -> int:
+    """Queries per block of an inference ``math`` call (:data:`MATH_BLOCK_BYTES`); ``q_len`` when one block holds
+    them all. ``item``: bytes per logit."""
+    return max(1, min(q_len, MATH_BLOCK_BYTES // max(1, batch * heads * k_len * item)))
+
+
 def math_attention(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
     """Reference: explicit ``(B, H, Q, K)`` logits and softmax in float32 or better (bf16/fp16 q and k are
     multiplied in float32, autocast or not: as flash kernels accumulate them, never rounded to q's dtype, which
-    was 0.5 off at large logits in bf16 and overflowed to NaN in fp16), rows with no visible key give 0."""
+    was 0.5 off at large logits in bf16 and overflowed to NaN in fp16), rows with no visible key give 0.
+
+    Without gradients (eager, no dropout), a call whose logits exceed :data:`MATH_BLOCK_BYTES` runs as blocks of
+    queries, each against the keys it can see (causal: the first ``end + K - Q``), with its slice of the positions
+    and mask: every hook sees a block as a call of its own, so a row's logits, softmax and value term are the
+    same computation on the same values (equal to the unblocked call within float rounding: the matrix products
+    may sum in another order)."""
     check_inputs(q, k, v, ctx)
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    rows = q_len
+    blockable = not (torch.is_grad_enabled() or torch.compiler.is_compiling() or ctx.dropout_p > 0)
+    if blockable and not (ctx.causal and k_len < q_len):  # (K < Q: the first queries see no key at all)
+        rows = math_block_rows(q.shape[0], q.shape[1], q_len, k_len, max(4, q.element_size()))
+    if rows >= q_len:
+        return _math(q, k, v, ctx)
+    out = []
+    for start in range(0, q_len, rows):
+        end = min(start + rows, q_len)
+        keys = end + k_len - q_len if ctx.causal else k_len  # later keys are masked for every query here
+        keep = ctx.keep
+        if keep is not None:
+            keep = keep[..., start:end, :keys] if keep.shape[-2] != 1 else keep[..., :keys]
+        block = replace(ctx, q_pos=ctx.q_pos[:, start:end], k_pos=ctx.k_pos[:, :keys], keep=keep)
+        out.append(_math(q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], block))  # (B, H, rows, D)
+    return torch.cat(out, dim=2)  # (B, H, Q, D)
+
+
+def _math(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionInputs) -> Tensor:
+    """:func:`math_attention` on checked inputs, all queries at once."""
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])  # (B, H, K, D)
     acc = torch.promote_types(q.dtype, torch.float32)  # logits and softmax in float32 or better
     with without_autocast(q):

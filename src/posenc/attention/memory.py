@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .backends import choose_backend, flex_or_sdpa, sdpa_attention
+from .backends import choose_backend, flex_or_sdpa, math_block_rows, sdpa_attention
 from .flex import flex_attention_backend
 from .inputs import AttentionInputs
 
@@ -118,10 +118,17 @@ def call_bytes(
     masked: bool,
 ) -> int:
     """:func:`pair_bytes` of the backend :func:`backend_kind` picks, times ``B * Q * K``; logits in float32 or
-    better (float64 for float64 queries)."""
+    better (float64 for float64 queries). ``math`` without gradients attends a block of queries at a time
+    (:func:`~posenc.attention.backends.math_block_rows`): its tensors count for one block, the caller's keep-mask
+    for all."""
     kind = backend_kind(attn, batch, queries, keys, dtype=dtype, device=device, grad=grad, masked=masked)
     item = max(4, torch.finfo(dtype).bits // 8) if dtype.is_floating_point else 4
-    return batch * queries * keys * pair_bytes(attn, kind, item, grad=grad, masked=masked)
+    per_pair = pair_bytes(attn, kind, item, grad=grad, masked=masked)
+    if kind == "math" and not grad:
+        rows = math_block_rows(batch, attn.heads, queries, keys, item)
+        if rows < queries:
+            return batch * keys * (rows * per_pair + (queries * MASK_BYTES // 4 if masked else 0))
+    return batch * queries * keys * per_pair
 
 
 def training_bytes(attn: Attention, batch: int, length: int, depth: int, *, device: torch.device) -> int:

@@ -173,7 +173,9 @@ def memory_needed(
     none and rope 0.56, alibi and t5 0.87, kerple 0.62, fire 0.93; Shaw (``auto``: ``math``) 0.92 (0.67 with
     one head); at S = 2048 on ``auto`` (``flex`` for the biases) 0.48-0.58, on ``math`` 0.67-0.88 (measured while
     the prefill still attended over all ``slots = S + 3``). Before review s6 it counted one ``(B, H, S, slots)``
-    float32 tensor: Shaw's prefill took 4-5x that, FIRE's on ``sdpa`` 8x."""
+    float32 tensor: Shaw's prefill took 4-5x that, FIRE's on ``sdpa`` 8x. Since review s7 ``math`` attends a
+    block of queries at a time without gradients (:data:`posenc.attention.backends.MATH_BLOCK_BYTES`), and its
+    share counts one block."""
     weights = next(model.parameters())
     item = weights.element_size()
     device = weights.device if device is None else device

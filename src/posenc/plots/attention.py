@@ -46,22 +46,30 @@ class AttentionStats:
         self.pairs = torch.zeros(self.length, dtype=torch.float64)
         self.entropy_sum = torch.zeros(self.length, dtype=torch.float64)
 
-    def add(self, probs: Tensor) -> None:
-        """Add ``probs: (B, H, N, N)`` causal attention weights (queries and keys at ``0 .. N-1``)."""
+    def add(self, probs: Tensor, q_pos: Tensor | None = None, k_pos: Tensor | None = None) -> None:
+        """Add ``probs: (B, H, Q, K)`` causal attention weights of queries at ``q_pos`` and keys at ``k_pos``
+        (``(1, Q)`` and ``(1, K)``, shared by the batch; default ``0 .. N-1`` each): a whole window, or one of the
+        blocks of queries the ``math`` backend attends at a time without gradients (the window's later rows then
+        come in the next calls; :attr:`windows` counts a window at its first query)."""
         b, h, q, k = probs.shape
-        if q != self.length or k != self.length:
-            raise ValueError(f"expected ({self.length}, {self.length}) weights per head, got ({q}, {k})")
+        q_at = torch.arange(q) if q_pos is None else q_pos.reshape(-1).cpu()
+        k_at = torch.arange(k) if k_pos is None else k_pos.reshape(-1).cpu()
+        if q_at.numel() != q or k_at.numel() != k or (q_at.numel() and int(q_at.max()) >= self.length):
+            raise ValueError(
+                f"expected weights of positions below {self.length}, got ({q}, {k}) at {q_at} x {k_at}"
+            )
         p = probs.float()
-        i = torch.arange(q, device=p.device).unsqueeze(-1)
-        dist = (i - torch.arange(k, device=p.device)).flatten()  # (N*N,)
+        dist = (q_at.unsqueeze(-1) - k_at).flatten()  # (Q*K,)
         seen = dist >= 0
-        summed = p.sum(dim=(0, 1)).flatten()[seen].double().cpu()
-        d = dist[seen].cpu()
+        summed = p.sum(dim=(0, 1)).flatten().cpu()[seen].double()
+        d = dist[seen]
         self.weight_sum += torch.bincount(d, weights=summed, minlength=self.length)
         self.pairs += torch.bincount(d, minlength=self.length).double() * (b * h)
-        self.entropy_sum += (-torch.xlogy(p, p).sum(-1)).sum(dim=(0, 1)).double().cpu()
-        self.rows += b * h
-        self.windows += b
+        entropy = (-torch.xlogy(p, p).sum(-1)).sum(dim=(0, 1)).double().cpu()  # (Q,)
+        self.entropy_sum.index_add_(0, q_at, entropy)
+        if q_at.numel() and int(q_at[0]) == 0:  # (a window's first block)
+            self.rows += b * h
+            self.windows += b
 
     def mean_weight(self) -> Tensor:
         """``(N,)`` mean attention weight on a key at distance ``d``."""
@@ -89,7 +97,7 @@ class _Probe(PositionEncoding):
         return self.inner.score_bias(q, q_pos, k_pos)  # (takes_runs is False: always three arguments)
 
     def value_term(self, probs: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
-        self.stats.add(probs.detach())
+        self.stats.add(probs.detach(), q_pos, k_pos)
         return self.inner.value_term(probs, q_pos, k_pos)
 
 
