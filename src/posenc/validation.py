@@ -366,6 +366,16 @@ def check_position_range(
         )
 
 
+def wide_positions(q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer positions narrower than int64 as int64, so that their differences never wrap around (uint8
+    ``5 - 7`` is 254, int32 ``2**31 - 1 - (-2**31)`` is -1); int64 and floating-point ones as they are."""
+    return _wide(q_pos), _wide(k_pos)
+
+
+def _wide(pos: Tensor) -> Tensor:
+    return pos if pos.dtype is torch.int64 or pos.is_floating_point() or pos.is_complex() else pos.long()
+
+
 def check_distances(owner: str, q_pos: Tensor, k_pos: Tensor) -> None:
     """Refuse integer positions whose key-query distances ``k - q`` overflow their dtype, where checking costs no
     device sync (CPU tensors in eager mode: one ``aminmax`` each; accelerators and tracing are not checked).
@@ -394,6 +404,7 @@ def check_distances(owner: str, q_pos: Tensor, k_pos: Tensor) -> None:
 __all__ = [
     "F32_MAX",
     "check_distances",
+    "wide_positions",
     "F32_TINY",
     "first_line",
     "ROPE_MAX_POSITION",

@@ -40,18 +40,17 @@ def test_far_positions_close_together_are_taken_and_shift_invariant(name: str) -
 
 
 @pytest.mark.parametrize("name", DISTANCE_ENCODINGS)
-def test_hooks_called_directly_refuse_int32_distances_past_int32(name: str) -> None:
-    """A user's own attention calling the hooks with int32 positions: ``k - q`` stays int32 and would wrap."""
+def test_hooks_called_directly_widen_int32_positions(name: str) -> None:
+    """A user's own attention calling the hooks with int32 positions ``2**32 - 1`` apart: subtracted in int64 (the
+    int32 difference wrapped to 1), so the bias is the int64 positions' one."""
     enc = posenc.build(name, heads=2, head_dim=8)
     q = torch.randn(1, 2, 1, 8)
-    q_pos = torch.tensor([[-(2**31)]], dtype=torch.int32)
-    k_pos = torch.tensor([[2**31 - 1]], dtype=torch.int32)
-    with pytest.raises(ValueError, match="int32"):
-        enc.score_bias(q, q_pos, k_pos)
-    with pytest.raises(ValueError, match="wrap around"):
-        enc.score_mod(q, q_pos, k_pos)
-    ok = torch.tensor([[2**31 - 2]], dtype=torch.int32)
-    assert enc.score_bias(q, ok, k_pos) is not None  # one apart: fits
+    q_pos, k_pos = torch.tensor([[-(2**31)]]), torch.tensor([[2**31 - 1, -(2**31)]])
+    want = enc.score_bias(q, q_pos, k_pos)
+    got = enc.score_bias(q, q_pos.int(), k_pos.int())
+    assert got is not None and want is not None
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert enc.score_mod(q, q_pos.int(), k_pos.int()) is not None
 
 
 def test_shaw_decode_rows_refuse_them_too() -> None:

@@ -185,3 +185,22 @@ def test_an_empty_table_reads_no_row(at_module: ModuleType) -> None:
     got = at_module.rope_qk_at(q, k, pos, tables, 1.0, False)
     for g, want in zip(got, ref(q, k, pos), strict=True):
         torch.testing.assert_close(g, want, rtol=0, atol=1e-6)
+
+
+def test_positions_advanced_in_place_after_the_call_leave_backward_alone(at_module: ModuleType) -> None:
+    """The kernel's backward reads the positions it saved: the caller's tensor was saved itself, so a loop that
+    advanced it in place (``pos += S``) before ``backward()`` failed, on CUDA's ``auto`` path (review s7)."""
+    grads = []
+    for impl in ("triton", "reference"):
+        torch.manual_seed(0)
+        rope = posenc.RoPE(8, cache_len=16, impl=impl)
+        q = torch.randn(1, 2, 3, 8, requires_grad=True)
+        k = torch.randn(1, 2, 3, 8, requires_grad=True)
+        pos, loss = torch.arange(3), torch.zeros(())
+        for _ in range(2):
+            qr, kr = rope(q, k, pos)
+            loss = loss + (qr * kr).sum()
+            pos += 3
+        loss.backward()
+        grads.append((q.grad, k.grad))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-6)

@@ -38,7 +38,11 @@ class KVCache:
         return self._len
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Append and return all keys ``(B, Hkv, K, D)``, values and key positions ``(1|B, K)``."""
+        """Append and return all keys ``(B, Hkv, K, D)``, values and key positions ``(1|B, K)``.
+
+        The cache keeps its own copy of ``positions``, and ``k`` and ``v`` themselves (no copy; a growing cache's
+        first chunk is the caller's tensors until the next update concatenates). A preallocated cache returns
+        views of its buffers: valid until :meth:`reset` and the next update write over them."""
         if self.k is not None and self._len > 0:  # an emptied cache takes any keys (see _write)
             check_same_stream(self.k, k)
         if self.max_len is None:
@@ -47,7 +51,9 @@ class KVCache:
 
     def _concat(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.k is None or self.v is None or self.positions is None:
-            self.k, self.v, self.positions = k, v, positions
+            # the positions copied (the caller may advance its tensor in place for the next chunk: `pos += S`
+            # changed the cached keys' positions); k and v are kept as given (Attention's are its own)
+            self.k, self.v, self.positions = k, v, positions.clone()
         else:
             batch = max(self.positions.shape[0], positions.shape[0])
             self.k = torch.cat((self.k, k), dim=-2)  # (B, Hkv, K_old + S, D)
@@ -72,11 +78,11 @@ class KVCache:
             if stream_mismatch(self.k, k) is not None or stream_mismatch(self.v, v) is not None:
                 self.k = self.v = self.positions = None
         rows = positions.expand(k.shape[0], -1)  # (B, S)
-        if records_grad(self.k, self.v, k, v):
+        if records_grad():
             # out of place, the filled part only (as a growing cache): the keys earlier steps saved for backward
             # stay as they were; these tensors are the cache until reset() lets them go
             if self.k is None or self.v is None or self.positions is None or start == 0:
-                self.k, self.v, self.positions = k, v, rows
+                self.k, self.v, self.positions = k, v, rows.clone()  # (a copy: see _concat)
             else:
                 self.k = torch.cat((self.k[:, :, :start], k), dim=-2)  # (B, Hkv, end, D)
                 self.v = torch.cat((self.v[:, :, :start], v), dim=-2)
@@ -114,11 +120,13 @@ class KVCache:
             self.k = self.v = self.positions = None
 
 
-def records_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd records a write of these keys and values: then a cache writes out of place, since an
-    in-place write into its slots changed tensors earlier steps had saved for backward ("modified by an inplace
-    operation" at ``backward()``), and the old slots are never written again."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def records_grad() -> bool:
+    """Whether autograd may save the cache's keys and values for backward: whenever grad mode is on. Then a cache
+    writes out of place, since an in-place write into its slots changed tensors earlier steps had saved ("modified
+    by an inplace operation" at ``backward()``), and the old slots are never written again. Not only when the
+    keys or values need gradients: queries that do (k and v projections frozen, q trained) save the keys too
+    (review s7)."""
+    return torch.is_grad_enabled()
 
 
 def check_same_stream(held: Tensor, new: Tensor) -> None:

@@ -94,7 +94,7 @@ class StaticKVCache(KVCache):
         slots = self.index + torch.arange(new, device=k.device)  # (S,)
         rows = positions.to(self.positions.dtype).expand(self.positions.shape[0], -1)
         # out of place while autograd records (see records_grad): backward through the steps works
-        if records_grad(self.k, self.v, k, v):
+        if records_grad():
             self.k, self.v = self.k.index_copy(2, slots, k), self.v.index_copy(2, slots, v)
             self.positions = self.positions.index_copy(1, slots, rows)
             self.index = self.index + new

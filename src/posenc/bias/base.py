@@ -13,7 +13,7 @@ from torch import Tensor
 from ..base import PositionEncoding, ScoreMod, bias_positions
 from ..functional.tables import host_span
 from ..session import SESSION_TABLE_BYTES, DecodeSession, SessionMemo, session_tables
-from ..validation import check_distances, check_int, check_module_device
+from ..validation import check_distances, check_int, check_module_device, wide_positions
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
 
@@ -66,6 +66,7 @@ class BiasEncoding(PositionEncoding, ABC):
         # sync to find out whether the positions are consecutive.
         # One query (a decode step): Q + K - 1 distances save nothing over K pairs, and finding out whether the
         # positions are consecutive costs more than the formula, so per pair.
+        q_pos, k_pos = wide_positions(q_pos, k_pos)  # (int64: narrower integers' differences would wrap)
         if q_pos.shape[-1] == 1:
             fast = self.pairwise_in_session(q_pos, k_pos)  # (inside [0, slots): no distance overflows)
             if fast is not None:
@@ -220,6 +221,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         self._check_heads(q)
+        q_pos, k_pos = wide_positions(q_pos, k_pos)
         check_distances(type(self).__name__, q_pos, k_pos)
         # per distance where gradients of learned tables would otherwise be n^2 atomic adds (GPU training);
         # elsewhere the per-score formula, which measured as fast or faster in the CPU kernel

@@ -11,7 +11,15 @@ from torch import Tensor, nn
 from ..base import OptionsInState, ScoreMod
 from ..functional.bias import fire_input, fire_mlp_unrolled
 from ..functional.precision import at_least_float32, without_autocast
-from ..validation import F32_MAX, F32_TINY, check_distances, check_float, check_int, check_table_sizes
+from ..validation import (
+    F32_MAX,
+    F32_TINY,
+    check_distances,
+    check_float,
+    check_int,
+    check_table_sizes,
+    wide_positions,
+)
 from .base import BiasEncoding, position_reader
 
 #: The largest ``init_c`` FIRE takes: ``c * |i - j|`` (float32) stays finite for distances up to 3e8; beyond it,
@@ -91,6 +99,7 @@ class FIRE(OptionsInState, BiasEncoding):
     def pairwise(self, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> Tensor:
         """``(1|B, H, Q, K)``: the normalized distance through the MLP as batched ``nn.Linear`` layers (any
         positions: ``runs`` changes nothing)."""
+        q_pos, k_pos = wide_positions(q_pos, k_pos)  # (int64: narrower integers' differences would wrap)
         if q_pos.shape[-1] == 1:  # one query (a decode step): from the session's vector where it holds
             fast = self.pairwise_in_session(q_pos, k_pos)
             if fast is not None:
@@ -147,6 +156,7 @@ class FIRE(OptionsInState, BiasEncoding):
         ``score_mod`` that indexes one tensor needing gradients more than once, or reads a 0-d one unindexed)."""
         if self._learning():
             self._check_heads(q)
+            q_pos, k_pos = wide_positions(q_pos, k_pos)
             check_distances("FIRE", q_pos, k_pos)
             return self.score_mod_unbound(q_pos, k_pos, runs)
         return super().score_mod(q, q_pos, k_pos, runs)

@@ -18,7 +18,7 @@ from array import array
 import torch
 from torch import Tensor
 
-from ..validation import check_bool, check_float, check_int, check_table_size
+from ..validation import check_bool, check_float, check_int, check_table_size, wide_positions
 from .precision import at_least_float32
 
 #: The largest ``max_bias``: the smallest slope, ``2^-max_bias``, stays a normal float32. Past it slopes lose
@@ -72,7 +72,8 @@ def _slopes(n: int, max_bias: float) -> array[float]:
 
 
 def distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
-    """``|i - j|`` in float32 for broadcastable query and key positions."""
+    """``|i - j|`` in float32 for broadcastable query and key positions (integers subtracted in int64)."""
+    q_pos, k_pos = wide_positions(q_pos, k_pos)
     return (q_pos - k_pos).abs().to(torch.float32)
 
 
@@ -162,6 +163,7 @@ def t5_distance_buckets(
 def lookup_bias(table: Tensor, head: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """``table[head, clamp(k - q, -M, M) + M]`` for a ``(H, 2M + 1)`` per-head table over clipped distances."""
     m = (table.shape[-1] - 1) // 2
+    q_pos, k_pos = wide_positions(q_pos, k_pos)  # (an int64 index: uint8 would be read as a mask)
     return at_least_float32(table[head, (k_pos - q_pos).clamp(-m, m) + m])
 
 
@@ -209,6 +211,7 @@ def fire_input(
     # same values), so that forward-mode AD (torch.func.jvp) gives no float64 tangent to an integer operand
     q_at = q_pos if q_pos.is_floating_point() else q_pos.to(threshold.dtype)
     norm = torch.log1p(c_norm * torch.maximum(q_at, threshold)) + eps
+    q_pos, k_pos = wide_positions(q_pos, k_pos)
     return torch.log1p(c * (q_pos - k_pos).abs()) / norm
 
 

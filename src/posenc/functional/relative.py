@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..validation import check_int
+from ..validation import check_int, wide_positions
 from .precision import without_autocast
 
 
@@ -34,6 +34,7 @@ def relative_positions(
 
 def relative_from_positions(q_pos: Tensor, k_pos: Tensor, max_distance: int | None = None) -> Tensor:
     """``k_pos[j] - q_pos[i]`` clipped to ``[-max_distance, max_distance]``: ``(..., Q)``, ``(..., K)`` -> ``(..., Q, K)``."""
+    q_pos, k_pos = wide_positions(q_pos, k_pos)  # (int64: narrower integers would wrap around)
     rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (..., Q, K), a new tensor
     if max_distance is not None:
         max_distance = check_int("max_distance", max_distance, at_least=0, owner="relative_from_positions")

@@ -206,7 +206,7 @@ class RotateQKAt(torch.autograd.Function):
         interleaved: bool,
         inverse: bool,
     ) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(positions, *tables)
+        ctx.save_for_backward(positions.clone(), *tables)  # (the caller may advance its positions in place)
         ctx.scale, ctx.interleaved, ctx.inverse = scale, interleaved, inverse
         return rope_qk_at_triton(q, k, positions, tables, scale, interleaved, inverse)
 

@@ -14,7 +14,14 @@ from ..functional.precision import without_autocast
 from ..functional.relative import relative_from_positions, shaw_key_bias, shaw_value_term
 from ..registry import Sizes
 from ..session import SESSION_TABLE_BYTES, SessionMemo, session_tables
-from ..validation import check_bool, check_distances, check_int, check_module_device, check_table_size
+from ..validation import (
+    check_bool,
+    check_distances,
+    check_int,
+    check_module_device,
+    check_table_size,
+    wide_positions,
+)
 
 
 class ShawRelative(PositionEncoding):
@@ -75,6 +82,7 @@ class ShawRelative(PositionEncoding):
 
     def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
+        q_pos, k_pos = wide_positions(q_pos, k_pos)  # (int64: narrower integers' differences would wrap)
         check_distances("ShawRelative", q_pos, k_pos)
         if q_pos.shape[-1] == 1:  # one query (a decode step): the same values in fewer calls
             return self._one_query_index(q_pos, k_pos).unsqueeze(-2)
@@ -110,6 +118,7 @@ class ShawRelative(PositionEncoding):
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
         self._check_query(q)
+        q_pos, k_pos = wide_positions(q_pos, k_pos)
         check_distances("ShawRelative", q_pos, k_pos)
         # float32, as said: autocast would round the product's operands to bf16/fp16
         with without_autocast(q):
@@ -139,6 +148,7 @@ class ShawRelative(PositionEncoding):
             return None, None
         if self.key_table.is_meta:
             check_module_device("ShawRelative", "q_pos", q_pos, True)
+        q_pos, k_pos = wide_positions(q_pos, k_pos)
         rows = self._rows_in_session(q_pos, k_pos)
         if rows is not None:
             return rows
