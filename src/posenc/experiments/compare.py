@@ -44,7 +44,7 @@ from .data import Corpus, load_corpus
 from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
 from .evaluate import EVAL_LAYOUT, eval_lengths, eval_passes, rope_extensions
 from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
-from .pool import map_jobs, resolve_workers, threads_per_model
+from .pool import map_jobs, model_threads, resolve_workers, threads_per_model, using_threads
 from .presets import CompareConfig
 from .results import aggregate, merge_runs
 from .specs import check_buildable, check_specs
@@ -180,11 +180,15 @@ def run_compare(
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
     for name in names:  # a folder that cannot be made (a link to nothing) is refused now, not after training
         check_out_dir(ctx.checkpoint(name, 0).parent, f"the checkpoint folder of {name}")
-    if workers > 1:
+    threads = model_threads(jobs, dev, distributed=world.distributed)  # (not a function of len(keys))
+    if workers > 1 and len(keys) > 1:
         calls = [(n, s, corpus, cfg, fp, n_tokens, str(out), str(dev)) for n, s in keys]
-        done = map_jobs(_pooled_encoding, calls, workers=workers, progress=progress, desc="encodings")
+        done = map_jobs(
+            _pooled_encoding, calls, workers=workers, threads=threads, progress=progress, desc="encodings"
+        )
     else:
-        done = [run_encoding(n, s, ctx) for n, s in keys]
+        with using_threads(threads):
+            done = [run_encoding(n, s, ctx) for n, s in keys]
     runs: dict[int, dict[str, EncodingRun]] = {}
     for (n, s), run in zip(keys, done, strict=True):
         runs.setdefault(s, {})[n] = run
@@ -195,7 +199,7 @@ def run_compare(
         "eval_tokens": n_tokens,
         "rope_extensions": sorted(rope_extensions()),
         "config": fp,
-        "settings": settings(cfg, n_tokens, workers),
+        "settings": settings(cfg, n_tokens, min(workers, len(keys)), threads),
         "this_run": {
             "encodings": names,
             "seeds": list(cfg.seeds),
@@ -226,7 +230,7 @@ def _pooled_encoding(
     return run_encoding(name, seed, ctx)
 
 
-def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1) -> dict[str, Any]:
+def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1, threads: int | None = None) -> dict[str, Any]:
     """Every knob of the run, flat, as the report prints it (``threads``: per model)."""
     t = cfg.train
     return {
@@ -247,7 +251,7 @@ def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1) -> dict[str, Any]
         "curve_bytes": cfg.curve_bytes,
         "tokens_per_run": t.steps * t.batch_size * t.train_len,
         "jobs": jobs,
-        "threads": threads_per_model(jobs),
+        "threads": threads_per_model(jobs) if threads is None else threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 

@@ -73,6 +73,9 @@ class EncodingRun:
     curve: dict[str, list[Any]] = field(default_factory=dict)
     tokens_per_second: float = 0.0
     first_step_seconds: float = 0.0
+    threads: int | None = (
+        None  # intra-op threads it trained with (None: a checkpoint from before they were kept)
+    )
 
     def record(self) -> dict[str, Any]:
         """This run's entry of ``results["runs"][encoding][seed]``."""
@@ -83,6 +86,7 @@ class EncodingRun:
             "eval_seconds": self.eval_seconds,
             "tokens_per_second": self.tokens_per_second,
             "first_step_seconds": self.first_step_seconds,
+            "threads": self.threads,
             "curve": self.curve,
         }
 
@@ -171,6 +175,7 @@ def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enco
             curve=dict(ckpt.get("curve", {})),
             tokens_per_second=float(ckpt.get("tokens_per_second", 0.0)),
             first_step_seconds=float(ckpt.get("first_step_seconds", 0.0)),
+            threads=_threads(ckpt.get("threads")),
         )
     model.to(ctx.device).eval()
     log.info("%s seed %d: loaded %s (trained %.0f s)", name, seed, path, run.train_seconds)
@@ -209,6 +214,7 @@ def train_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enc
         curve=result.curve,
         tokens_per_second=result.tokens_per_second,
         first_step_seconds=result.first_step_seconds,
+        threads=torch.get_num_threads(),  # (in a worker: its own; the last bits of CPU training depend on it)
     )
     return result.model, run
 
@@ -256,6 +262,7 @@ def save_run(name: str, seed: int, model: TransformerLM, run: EncodingRun, ctx: 
         curve=run.curve,
         tokens_per_second=run.tokens_per_second,
         first_step_seconds=run.first_step_seconds,
+        threads=run.threads,
     )
 
 
@@ -267,6 +274,12 @@ def run_encoding(name: str, seed: int, ctx: RunContext) -> EncodingRun:
         save_run(name, seed, model, run, ctx)
     ctx.world.barrier()
     return run
+
+
+def _threads(value: object) -> int | None:
+    """A checkpoint's ``threads``: a positive int, else None (older checkpoints have none)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if ok else None  # type: ignore[return-value]
 
 
 def _keyed(values: dict[int, float | None]) -> dict[str, float | None]:

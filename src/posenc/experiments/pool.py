@@ -69,6 +69,28 @@ def threads_per_model(workers: int) -> int:
     return max(1, available_cores() // workers) if workers > 1 else torch.get_num_threads()
 
 
+def model_threads(jobs: int | None, device: torch.device, *, distributed: bool = False) -> int:
+    """Intra-op threads each model of a run trains with, a function of the flags and the machine only, never of
+    how many models the run holds (the last bits of CPU training depend on it: a model added to a folder by a
+    later run trained on 2 threads where the first run's trained on 1, review s7). ``jobs=None`` (the default)
+    on a CPU: 1, as each of the models side by side gets; ``jobs``: the cores divided among them
+    (:func:`threads_per_model`); on an accelerator or under torchrun this process's threads."""
+    if device.type != "cpu" or distributed:
+        return torch.get_num_threads()
+    return 1 if jobs is None else threads_per_model(jobs)
+
+
+@contextlib.contextmanager
+def using_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, then restore this process's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def describe_workers(jobs: int, threads_per_model: int, world_size: int, threads: int) -> str:
     """How a run's models were trained, for a report: side by side, by torchrun's ranks, or one after another."""
     if jobs > 1:
@@ -227,8 +249,9 @@ def map_jobs(
     Args:
         fn: a module-level function (it is pickled by name).
         calls: the argument tuples.
-        workers: processes; 1 runs every call here, in order.
-        threads: intra-op threads per worker (default: the cores divided among the workers, at least 1).
+        workers: processes; 1 (or a single call) runs every call here, in order.
+        threads: intra-op threads per call, in a worker or here (default: the cores divided among the workers, at
+            least 1; here, this process's).
         progress: a tqdm bar on stderr counting finished calls (only with more than one worker: a serial run
             shows the calls' own bars).
         desc: the bar's label.
@@ -241,7 +264,8 @@ def map_jobs(
         rename) is kept.
     """
     if workers <= 1 or len(calls) <= 1:
-        return [fn(*args) for args in calls]
+        with using_threads(torch.get_num_threads() if threads is None else threads):
+            return [fn(*args) for args in calls]
     workers = min(workers, len(calls))
     per = threads if threads is not None else threads_per_model(workers)
     results: list[Any] = [None] * len(calls)

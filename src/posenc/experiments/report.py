@@ -232,7 +232,27 @@ def _setup(results: dict[str, Any]) -> str:
         f"{results['eval_tokens']:,} held-out bytes at every length ({_layout(results)}), cut into "
         f"non-overlapping windows (Press et al. 2022); perplexity is per byte. torch {v['torch']}, {v['device']}"
         f"{' (' + v['gpu'] + ')' if 'gpu' in v else ''}, {workers}; "
-        f"wall time of the last invocation {results['wall_seconds']:.0f} s.{speed}"
+        f"wall time of the last invocation {results['wall_seconds']:.0f} s.{speed}{_mixed_threads(results)}"
+    )
+
+
+def _mixed_threads(results: dict[str, Any]) -> str:
+    """A note where the folder's models trained with different intra-op threads (runs that extended it with
+    other ``--jobs``/``--threads``): CPU training then differs in the last digits from one setting's."""
+    seen: set[int] = {
+        rec["threads"]
+        for by_seed in results.get("runs", {}).values()
+        if isinstance(by_seed, dict)
+        for rec in by_seed.values()
+        if isinstance(rec, dict) and isinstance(rec.get("threads"), int)
+    }
+    if len(seen) < 2:
+        return ""
+    counts = ", ".join(map(str, sorted(seen)))
+    return (
+        f" The models were trained with {counts} threads each (runs with other `--jobs` or `--threads` added to "
+        "this folder): a model's last digits depend on its threads (`threads` in each record of results.json); "
+        "pass the same `--threads` to extend a run bitwise."
     )
 
 

@@ -2,7 +2,9 @@
 
 Every encoding sees the same batches: batch ``t`` is drawn from a generator seeded by ``(seed, t)``, so runs with
 the same seed are identical on one machine whatever else ran before, and a resumed run trains the missing
-encodings exactly as a fresh one would. Under ``torchrun`` each rank takes its own rows of that same global batch
+encodings exactly as a fresh one would, given the same intra-op threads per model (CPU reductions split by
+thread: a model trained on 2 threads differs from one trained on 1 in the last bits; ``posenc compare`` records
+each model's ``threads``). Under ``torchrun`` each rank takes its own rows of that same global batch
 (``batch_size / world`` each), and DDP averages the gradients, which is the single-process gradient of the
 global batch.
 """

@@ -17,7 +17,7 @@ from ..checkpoints import check_out_dir, json_safe, save_figure, write_text
 from ..compare import check_buildable, check_encodings
 from ..dist import check_batch_split, rank_device, resolve_device, setup_world, versions
 from ..evaluate import eval_passes, rope_extensions
-from ..pool import map_jobs, resolve_workers, threads_per_model
+from ..pool import map_jobs, model_threads, resolve_workers, using_threads
 from ..specs import file_stem
 from ..train import MAX_SEED
 from .generators import available_tasks, get_task
@@ -128,12 +128,16 @@ def run_tasks(
     # a folder that cannot be made (a link to nothing) is refused now, not after training
     for task in task_names:
         check_out_dir(ctx.checkpoint(task, names[0], 0).parent, f"the checkpoint folder of {task}")
-    if workers > 1:
+    threads = model_threads(jobs, ctx.device, distributed=world.distributed)  # (not a function of len(keys))
+    if workers > 1 and len(keys) > 1:
         calls = [(t, enc, seed, cfg, str(ctx.out), str(ctx.device)) for t, enc, seed in keys]
-        done = map_jobs(_pooled_run, calls, workers=workers, progress=progress, desc="tasks x encodings")
+        done = map_jobs(
+            _pooled_run, calls, workers=workers, threads=threads, progress=progress, desc="tasks x encodings"
+        )
         model_runs = dict(zip(keys, done, strict=True))
     else:
-        model_runs = {key: run_one(get_task(key[0]), key[1], key[2], ctx) for key in keys}
+        with using_threads(threads):
+            model_runs = {key: run_one(get_task(key[0]), key[1], key[2], ctx) for key in keys}
     new: TaskRuns = {}
     for (task, enc, seed), run in model_runs.items():
         new.setdefault(task, {}).setdefault(enc, {})[str(seed)] = record(run)
@@ -146,8 +150,8 @@ def run_tasks(
         "resumed": [f"{t}/{enc}/s{seed}" for (t, enc, seed), run in model_runs.items() if run.resumed],
         "config": cfg.fingerprint(),
         "versions": versions(ctx.device, world),
-        "jobs": workers,
-        "threads_per_model": threads_per_model(workers),
+        "jobs": min(workers, len(model_runs)),
+        "threads_per_model": threads,
         "wall_seconds": time.perf_counter() - start,
     }
     results = aggregate(merge_task_runs(earlier, new), meta)
