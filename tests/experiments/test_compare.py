@@ -141,7 +141,7 @@ def test_unreadable_values_in_results_json_are_refused_before_training(
     record[field[-1]] = value
     (out / "results.json").write_text(json.dumps(results))
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus), "seeds": (5,)})
-    with pytest.raises(ValueError, match=rf"results\.json is damaged \(runs\.learned\.0\.{named}\)"):
+    with pytest.raises(ValueError, match=rf"results\.json is damaged \(runs\.learned\.0\.{named}[,)]"):
         run_compare(cfg, encodings=["alibi"], out=out, progress=False)
     assert not (out / "checkpoints" / "alibi" / "seed5.pt").exists()  # refused before any training
 

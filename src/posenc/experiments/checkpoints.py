@@ -283,10 +283,15 @@ def reading_checkpoint(path: Path, what: str) -> Iterator[None]:
     try:
         yield
     except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}); delete it and rerun to {what} "
-            "(the other checkpoints are kept)"
-        ) from None
+        raise damaged_checkpoint(path, f"{type(err).__name__}: {str(err)[:200]}", what) from None
+
+
+def damaged_checkpoint(path: Path, problem: str, what: str) -> ValueError:
+    """The error for a run's checkpoint ``path`` holding a field it cannot read back (``problem``: which, and
+    what it holds), with what deleting it does (``what``: e.g. "retrain rope seed 0")."""
+    return ValueError(
+        f"{path} is damaged ({problem}); delete it and rerun to {what} (the other checkpoints are kept)"
+    )
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, Any]:

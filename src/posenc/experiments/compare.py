@@ -43,9 +43,10 @@ from .checkpoints import (
 from .data import Corpus, load_corpus
 from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
 from .evaluate import EVAL_LAYOUT, eval_lengths, eval_passes, rope_extensions
-from .pairs import EncodingRun, RunContext, eval_token_count, run_encoding
+from .pairs import EncodingRun, RunContext, checked_checkpoint, eval_token_count, run_encoding
 from .pool import map_jobs, model_threads, resolve_workers, threads_per_model, using_threads
 from .presets import CompareConfig
+from .records import record_problem
 from .results import aggregate, merge_runs
 from .specs import check_buildable, check_specs
 from .train import resolve_precision
@@ -175,11 +176,13 @@ def run_compare(
     data = {k: v for k, v in fp["data"].items() if k != "source"}
     world.agree(configuration={**fp, "data": data}, encodings=names, seeds=list(cfg.seeds))
     out = Path(out)
-    _old_runs(out, fp)  # a damaged or foreign results.json is refused now, not after the training
+    _old_runs(out, fp, lengths)  # a damaged or foreign results.json is refused now, not after the training
     check_config(out, fp, world)
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
     for name in names:  # a folder that cannot be made (a link to nothing) is refused now, not after training
         check_out_dir(ctx.checkpoint(name, 0).parent, f"the checkpoint folder of {name}")
+    for name, seed in keys:  # so is a checkpoint of another run or with a damaged field, whichever pair it is
+        checked_checkpoint(name, seed, ctx)
     threads = model_threads(jobs, dev, distributed=world.distributed)  # (not a function of len(keys))
     if workers > 1 and len(keys) > 1:
         calls = [(n, s, corpus, cfg, fp, n_tokens, str(out), str(dev)) for n, s in keys]
@@ -208,7 +211,7 @@ def run_compare(
         "versions": versions(dev, world),
         "wall_seconds": time.perf_counter() - start,
     }
-    results = aggregate(merge_runs(_old_runs(out, fp), new), meta)
+    results = aggregate(merge_runs(_old_runs(out, fp, lengths), new), meta)
     if world.is_main:
         write_outputs(results, out)
     world.barrier()
@@ -256,9 +259,10 @@ def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1, threads: int | No
     }
 
 
-def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def _old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> dict[str, dict[str, dict[str, Any]]]:
     """The records of ``out/results.json``, refused (naming the file) unless written by the configuration ``fp``
-    (its own ``config``: this holds also when ``config.json`` was deleted) and readable to the last number."""
+    (its own ``config``: this holds also when ``config.json`` was deleted) and readable to the last number: every
+    record with its own row, each row with every one of ``lengths`` (:mod:`posenc.experiments.records`)."""
     path = out / "results.json"
     if not path.is_file():
         return {}
@@ -280,6 +284,7 @@ def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, An
             ppl = rec.get("perplexity") if isinstance(rec, dict) else None
             if (
                 not seed.isdigit()
+                or seed != str(int(seed))  # "00" beside "0": one seed twice
                 or not isinstance(ppl, dict)
                 or not all(isinstance(v, dict) for v in ppl.values())
             ):
@@ -287,34 +292,10 @@ def _old_runs(out: Path, fp: dict[str, Any]) -> dict[str, dict[str, dict[str, An
                     f"{path} is not a results file (runs.{enc}.{seed} is not a seed's record with its "
                     "perplexity); restore or delete it"
                 )
-            bad = _unreadable(rec)
+            bad = record_problem(rec, enc, lengths)
             if bad is not None:
                 raise ValueError(f"{path} is damaged (runs.{enc}.{seed}.{bad}); restore or delete it")
     return dict(runs)
-
-
-def _unreadable(rec: dict[str, Any]) -> str | None:
-    """The first field of a record the summary cannot read as a number (or None, n/a), or None if all can."""
-
-    def bad(value: Any) -> bool:
-        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-            return False
-        return value not in ("inf", "-inf", "nan")
-
-    for row, values in rec["perplexity"].items():
-        for length, v in values.items():
-            if bad(v):
-                return f"perplexity.{row}.{length} is {v!r}"
-    for key in ("final_train_loss", "train_seconds", "eval_seconds", "tokens_per_second"):
-        if bad(rec.get(key)):
-            return f"{key} is {rec[key]!r}"
-    curve = rec.get("curve")
-    if curve is not None and not (
-        isinstance(curve, dict)
-        and all(isinstance(v, list) and not any(bad(x) for x in v) for v in curve.values())
-    ):
-        return "curve is not lists of numbers"
-    return None
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:

@@ -17,6 +17,7 @@ from .checkpoints import (
     checkpoint_refusal,
     config_differences,
     cpu_state,
+    damaged_checkpoint,
     load_checkpoint,
     reading_checkpoint,
     save_checkpoint,
@@ -34,6 +35,7 @@ from .evaluate import (
     window_nll,
 )
 from .presets import CompareConfig
+from .records import checkpoint_problem
 from .specs import file_stem
 from .train import Probe, build_model, train_model
 
@@ -146,11 +148,14 @@ class RunContext:
         return probe
 
 
-def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, EncodingRun] | None:
-    """The model and record of ``(name, seed)`` from its checkpoint, or None when there is none yet.
+def checked_checkpoint(name: str, seed: int, ctx: RunContext) -> dict[str, Any] | None:
+    """The checkpoint of ``(name, seed)`` with every field a rerun reads checked, or None when there is none yet.
+    :func:`~posenc.experiments.compare.run_compare` checks every pair's before training any.
 
     Raises:
-        ValueError: the checkpoint was made with another configuration or is not a compare checkpoint.
+        ValueError: the checkpoint was made with another configuration, is not a compare checkpoint, or holds a
+            field that cannot be read back (:func:`~posenc.experiments.records.checkpoint_problem`); the message
+            names the file.
     """
     path = ctx.checkpoint(name, seed)
     if not path.exists():
@@ -163,16 +168,32 @@ def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, Enco
             diffs or [f"a checkpoint of {ckpt.get('encoding')!r}, not of {name!r}"],
             f"retrain {name} seed {seed}",
         )
+    bad = checkpoint_problem(ckpt, name, ctx.lengths)
+    if bad is not None:
+        raise damaged_checkpoint(path, bad, f"retrain {name} seed {seed}")
+    return ckpt
+
+
+def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, EncodingRun] | None:
+    """The model and record of ``(name, seed)`` from its checkpoint, or None when there is none yet.
+
+    Raises:
+        ValueError: the checkpoint does not belong to this run or is damaged (:func:`checked_checkpoint`).
+    """
+    ckpt = checked_checkpoint(name, seed, ctx)
+    if ckpt is None:
+        return None
+    path = ctx.checkpoint(name, seed)
     model = build_model(name, ctx.cfg.for_seed(seed))
     with reading_checkpoint(path, f"retrain {name} seed {seed}"):
         model.load_state_dict(ckpt["state_dict"])
         run = EncodingRun(
-            list(ckpt["losses"]),
+            [float(x) for x in ckpt["losses"]],
             float(ckpt["train_seconds"]),
             float(ckpt["eval_seconds"]),
             dict(ckpt["perplexity"]),
             resumed=True,
-            curve=dict(ckpt.get("curve", {})),
+            curve=dict(ckpt.get("curve") or {}),
             tokens_per_second=float(ckpt.get("tokens_per_second", 0.0)),
             first_step_seconds=float(ckpt.get("first_step_seconds", 0.0)),
             threads=_threads(ckpt.get("threads")),

@@ -22,7 +22,7 @@ from ..specs import file_stem
 from ..train import MAX_SEED
 from .generators import available_tasks, get_task
 from .results import TaskRuns, aggregate, merge_task_runs, old_runs, record
-from .run import ModelRun, TaskContext, TasksConfig, check_config, run_one
+from .run import ModelRun, TaskContext, TasksConfig, check_config, checked_checkpoint, run_one
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ def run_tasks(
     # a folder that cannot be made (a link to nothing) is refused now, not after training
     for task in task_names:
         check_out_dir(ctx.checkpoint(task, names[0], 0).parent, f"the checkpoint folder of {task}")
+    for task, enc, seed in keys:  # so is a checkpoint of another run or with a damaged field, whichever it is
+        checked_checkpoint(get_task(task), enc, seed, ctx)
     threads = model_threads(jobs, ctx.device, distributed=world.distributed)  # (not a function of len(keys))
     if workers > 1 and len(keys) > 1:
         calls = [(t, enc, seed, cfg, str(ctx.out), str(ctx.device)) for t, enc, seed in keys]

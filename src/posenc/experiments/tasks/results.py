@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import check_same_kind, config_differences, read_json_object, refusal
+from ..records import depth_groups, task_record_problem
 from ..results import merge_runs, num, ordered_encodings
 from .generators import available_tasks, get_task
-from .run import ModelRun, cells_problem
+from .run import ModelRun, group_key
 
 Record = dict[str, Any]
 #: task -> encoding -> str(seed) -> record.
@@ -50,7 +51,8 @@ def ordered_tasks(runs: TaskRuns) -> list[str]:
 def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
     """The records of ``out/results.json`` ({} when there is none, or it predates records), refused unless
     written by the configuration ``fp`` (the file's own ``config``: this holds also when ``config.json`` was
-    deleted) and readable to the last cell (``lengths``: the evaluation lengths every row holds).
+    deleted) and readable to the last cell (``lengths``: the evaluation lengths every row holds; every seed of a
+    task with the same depth groups) and number (:mod:`posenc.experiments.records`).
 
     Raises:
         ValueError: the file is damaged, of another configuration or of the other command, or its ``runs`` is
@@ -70,7 +72,7 @@ def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
         isinstance(encs, dict)
         and all(
             isinstance(seeds, dict)
-            and all(isinstance(r, dict) and str(s).isdigit() for s, r in seeds.items())
+            and all(isinstance(r, dict) and str(s).isdigit() and s == str(int(s)) for s, r in seeds.items())
             for seeds in encs.values()
         )
         for encs in runs.values()
@@ -82,13 +84,23 @@ def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
         )
     for task, encs in runs.items():
         for enc, seeds in encs.items():
-            for seed, rec in seeds.items():
-                bad = cells_problem(rec.get("cells"), lengths)
+            groups = _groups(task, fp)  # every seed's the same: the summary averages them group by group
+            for seed, rec in sorted(seeds.items(), key=lambda kv: int(kv[0])):
+                bad = task_record_problem(rec, enc, lengths, groups)
                 if bad is not None:
                     raise ValueError(
                         f"{path} is damaged (runs.{task}.{enc}.{seed}.{bad}); restore or delete it"
                     )
+                groups = groups or depth_groups(rec["cells"]) or None
     return runs
+
+
+def _groups(task: str, fp: dict[str, Any]) -> list[str] | None:
+    """The depth groups of every record of ``task`` under the configuration ``fp`` (None: a task unknown here)."""
+    if task not in available_tasks():
+        return None
+    depths = fp.get("depths", []) if task == "passkey" else [None]
+    return [group_key(d) for d in depths]
 
 
 def _mean(values: list[float | None]) -> float | None:

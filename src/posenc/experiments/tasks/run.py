@@ -29,6 +29,7 @@ from ..checkpoints import (
     checkpoint_refusal,
     config_differences,
     cpu_state,
+    damaged_checkpoint,
     json_roundtrip,
     load_checkpoint,
     reading_checkpoint,
@@ -36,6 +37,7 @@ from ..checkpoints import (
 )
 from ..dist import SINGLE, World
 from ..evaluate import eval_lengths, rope_extensions, rope_scaled, supports_rope_extension
+from ..records import task_checkpoint_problem
 from ..specs import file_stem
 from ..train import BatchFn, LossFn, TrainConfig, build_model, train_model
 from .generators import Task
@@ -214,26 +216,8 @@ class ModelRun:
     resumed: bool
 
 
-def cells_problem(cells: object, lengths: list[int]) -> str | None:
-    """What makes ``cells`` unreadable as :attr:`ModelRun.cells` with an entry for each of ``lengths`` (the
-    reports read every one), or None: a damaged ``results.json`` or checkpoint is refused before any training,
-    named, rather than failing in the summary after it."""
-    if not isinstance(cells, dict):
-        return f"cells is {type(cells).__name__}, not row -> length -> group -> accuracy"
-    for row, by_length in cells.items():
-        if not isinstance(by_length, dict) or any(str(lv) not in by_length for lv in lengths):
-            return f"cells.{row} does not hold the lengths {', '.join(map(str, lengths))}"
-        for length, groups in by_length.items():
-            if not isinstance(groups, dict) or not groups:
-                return f"cells.{row}.{length} is not depth group -> accuracy"
-            for group, value in groups.items():
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                if value is not None and not (number and 0 <= value <= 1):
-                    return f"cells.{row}.{length}.{group} is {value!r}, not an accuracy"
-    return None
-
-
-def _group_key(depth: float | None) -> str:
+def group_key(depth: float | None) -> str:
+    """The key of a depth group in a record's cells: the passkey depth (``0.25``), ``all`` for other tasks."""
     return "all" if depth is None else f"{depth:g}"
 
 
@@ -252,7 +236,7 @@ def evaluate_model(
         )
         for depth in ctx.groups(task):
             if limit is not None and length > limit:
-                cells[_group_key(depth)] = None
+                cells[group_key(depth)] = None
                 continue
             examples = ctx.test_set(task, length, depth)
             answer_len = task.answer_length(length)
@@ -262,10 +246,10 @@ def evaluate_model(
                 "world": ctx.world,
             }
             if scaling is None:
-                cells[_group_key(depth)] = accuracy(model, examples, answer_len, **kwargs)
+                cells[group_key(depth)] = accuracy(model, examples, answer_len, **kwargs)
             else:
                 with rope_scaled(model, scaling) as scaled:
-                    cells[_group_key(depth)] = accuracy(scaled, examples, answer_len, **kwargs)
+                    cells[group_key(depth)] = accuracy(scaled, examples, answer_len, **kwargs)
         out[str(length)] = cells
     return out
 
@@ -276,13 +260,14 @@ def row_names(encoding: str, model: TransformerLM) -> list[str]:
     return [encoding, *extra]
 
 
-def load_model_run(
-    task: Task, encoding: str, seed: int, ctx: TaskContext
-) -> tuple[TransformerLM, ModelRun] | None:
-    """The model and record from the checkpoint of ``(task, encoding, seed)``, or None when there is none.
+def checked_checkpoint(task: Task, encoding: str, seed: int, ctx: TaskContext) -> dict[str, Any] | None:
+    """The checkpoint of ``(task, encoding, seed)`` with every field a rerun reads checked, or None when there is
+    none; :func:`~posenc.experiments.tasks.experiment.run_tasks` checks every model's before training any.
 
     Raises:
-        ValueError: the checkpoint was made with another configuration or for something else.
+        ValueError: the checkpoint was made with another configuration or for something else, or holds a field
+            that cannot be read back (:func:`~posenc.experiments.records.task_checkpoint_problem`); the message
+            names the file.
     """
     path = ctx.checkpoint(task.name, encoding, seed)
     if not path.exists():
@@ -291,17 +276,35 @@ def load_model_run(
     fp = ctx.cfg.fingerprint()
     diffs = config_differences(ckpt.get("config", {}), fp)
     owner = (ckpt.get("task"), ckpt.get("encoding"), ckpt.get("seed"))
+    what = f"retrain {task.name}/{encoding} seed {seed}"
     if diffs or owner != (task.name, encoding, seed):
         theirs = f"a checkpoint of {owner[0]}/{owner[1]}/seed {owner[2]}, not of {task.name}/{encoding}/seed {seed}"
-        raise checkpoint_refusal(path, diffs or [theirs], f"retrain {task.name}/{encoding} seed {seed}")
+        raise checkpoint_refusal(path, diffs or [theirs], what)
+    groups = [group_key(d) for d in ctx.groups(task)]
+    bad = task_checkpoint_problem(ckpt, encoding, ctx.cfg.lengths, groups)
+    if bad is not None:
+        raise damaged_checkpoint(path, bad, what)
+    return ckpt
+
+
+def load_model_run(
+    task: Task, encoding: str, seed: int, ctx: TaskContext
+) -> tuple[TransformerLM, ModelRun] | None:
+    """The model and record from the checkpoint of ``(task, encoding, seed)``, or None when there is none.
+
+    Raises:
+        ValueError: the checkpoint does not belong to this run or is damaged (:func:`checked_checkpoint`).
+    """
+    ckpt = checked_checkpoint(task, encoding, seed, ctx)
+    if ckpt is None:
+        return None
     model = build_model(encoding, replace(ctx.cfg.train, seed=seed))
-    with reading_checkpoint(path, f"retrain {task.name}/{encoding} seed {seed}"):
-        bad = cells_problem(ckpt.get("cells"), ctx.cfg.lengths)
-        if bad is not None:
-            raise ValueError(bad)
+    with reading_checkpoint(
+        ctx.checkpoint(task.name, encoding, seed), f"retrain {task.name}/{encoding} seed {seed}"
+    ):
         model.load_state_dict(ckpt["state_dict"])
         run = ModelRun(
-            list(ckpt["losses"]),
+            [float(x) for x in ckpt["losses"]],
             float(ckpt["train_seconds"]),
             float(ckpt["eval_seconds"]),
             dict(ckpt["cells"]),
