@@ -321,7 +321,9 @@ def test_rerun_trains_nothing_again(first_run: tuple[Path, dict]) -> None:
 
 def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
     out, _ = first_run
-    with pytest.raises(ValueError, match=r"different configuration \(train\.steps: 4 -> 5\).*new --out"):
+    with pytest.raises(
+        ValueError, match=r"different configuration \(--steps \(train\.steps\): 4 -> 5\).*new --out"
+    ):
         run_tasks(TasksConfig.quick(steps=5), encodings=["none"], out=out, device="cpu", progress=False)
 
 
@@ -412,7 +414,7 @@ def test_a_results_file_of_another_config_or_with_damaged_cells_is_refused_befor
     training, in a checkpoint unnamed."""
     out = _copy_of(first_run, tmp_path)
     (out / "config.json").unlink()
-    with pytest.raises(ValueError, match=r"different configuration \(train\.steps: 4 -> 5\)"):
+    with pytest.raises(ValueError, match=r"different configuration \(--steps \(train\.steps\): 4 -> 5\)"):
         run_tasks(
             TasksConfig.quick(steps=5),
             tasks=["copy"],

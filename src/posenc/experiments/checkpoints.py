@@ -1,21 +1,25 @@
-"""Files of an experiment run: safe writes, the configuration fingerprint a resumed run must match, and
-checkpoints (``torch.save`` dicts loaded with ``weights_only=True``).
+"""Files of an experiment run: safe writes, the run folder's ``config.json`` (the configuration fingerprint a
+resumed run must match: :mod:`posenc.experiments.fingerprints`), and checkpoints (``torch.save`` dicts loaded with
+``weights_only=True``).
 
 Every file is written to a unique temporary in its target folder, then renamed over the target: a run killed
 mid-write leaves the old file or none, never half of one, and a link at the target is replaced, never written
 through (the temporary is created with ``O_EXCL``, so a link planted at its name is refused, not followed).
 :func:`check_out_dir` validates an output folder before any work and :func:`run_lock` keeps two runs from
-writing into one folder at once.
+writing into one folder at once, and clears the temporaries a killed run left there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +27,21 @@ import torch
 
 from ..registry import ENCODINGS
 from ..validation import first_line
+from .fingerprints import FLAGS as FLAGS  # (re-exported: the run files' helpers are imported from here)
+from .fingerprints import check_same_kind as check_same_kind
+from .fingerprints import checkpoint_refusal as checkpoint_refusal
+from .fingerprints import config_differences as config_differences
+from .fingerprints import flag_differences as flag_differences
+from .fingerprints import json_roundtrip as json_roundtrip
+from .fingerprints import refusal as refusal
+
+log = logging.getLogger(__name__)
 
 #: Version of the checkpoint dict written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = 1
+#: The name of a temporary of :func:`_atomic`: ``mkstemp``'s prefix ``.<name>.``, its 8 random characters (lower
+#: case letters, digits, ``_``) and the suffix ``.tmp``.
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 # -- safe writes ------------------------------------------------------------------------------------------
@@ -146,81 +162,58 @@ def run_lock(out: Path, option: str = "--out") -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        remove_temporaries(out)
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
-# -- configuration fingerprints ---------------------------------------------------------------------------
-def json_roundtrip(obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` as it reads back from JSON (tuples become lists), so fingerprints compare equal after a reload."""
-    return dict(json.loads(json.dumps(obj)))
+def remove_temporaries(out: Path) -> list[Path]:
+    """Delete the temporaries of :func:`_atomic` that a killed run (SIGKILL, the OOM killer) left in ``out``,
+    ``out/checkpoints`` and its subfolders: regular files named exactly as :data:`TEMPORARY`, never a link, never
+    through one (a linked folder is not entered). Only safe while holding :func:`run_lock`: no other run writes
+    there then. Returns what was removed (each logged)."""
+    out = Path(out)  # (itself a link where the user gave one: every write goes through it too)
+    folders = [Path(e.path) for e in _entries(out / "checkpoints") if e.is_dir(follow_symlinks=False)]
+    removed = []
+    for folder in [out, out / "checkpoints", *folders]:
+        for entry in _entries(folder, follow=folder == out):
+            if TEMPORARY.fullmatch(entry.name) and stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                _unlink_quietly(entry.path)  # (unlinking a name never follows it)
+                removed.append(Path(entry.path))
+                log.info("removed %s, a temporary left by a run that did not finish", entry.path)
+    return removed
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"key: old -> new"`` for every leaf that differs between two fingerprints. A text's ``source`` (the path as
-    given) does not count where its ``sha256`` is the same: ``--data fdir`` and ``--data /abs/fdir`` are one text."""
-    diffs = []
-    same_text = old.get("sha256") is not None and old.get("sha256") == new.get("sha256")
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if key == "source" and same_text:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return diffs
+def _entries(folder: Path, follow: bool = False) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``, none when it is missing, or a link unless ``follow``."""
+    if (folder.is_symlink() and not follow) or not folder.is_dir():
+        return []
+    with os.scandir(folder) as it:
+        return list(it)
 
 
-def _shown(diffs: list[str]) -> str:
-    return "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
-
-
-def refusal(out: Path, diffs: list[str]) -> ValueError:
-    """The error for a run folder that holds a run of another configuration."""
-    shown = _shown(diffs)
-    return ValueError(
-        f"{out} holds a run made with a different configuration ({shown}). Rerun with the original "
-        f"settings to resume it, or pass a new --out (or delete {out}) to start over"
-    )
-
-
-def checkpoint_refusal(path: Path, diffs: list[str], what: str) -> ValueError:
-    """The error for one checkpoint that does not belong to its run folder (copied from another run, or of
-    another model), while the folder's ``config.json`` matches: that file is named, not the folder."""
-    return ValueError(
-        f"{path} was not made by this run ({_shown(diffs)}); delete it and rerun to {what} (the other "
-        "checkpoints are kept)"
-    )
-
-
-def check_run_folder(out: Path, fp: dict[str, Any], *, write: bool) -> None:
-    """Refuse ``out`` if its ``config.json`` differs from ``fp``; on a fresh folder write it (when ``write``)."""
+# -- run folders ------------------------------------------------------------------------------------------
+def check_run_folder(
+    out: Path, fp: dict[str, Any], *, write: bool, first: Callable[[], None] | None = None
+) -> None:
+    """Refuse ``out`` if its ``config.json`` differs from ``fp``; where there is none, call ``first`` (which
+    refuses the run's checkpoints already there, if of another configuration) and then write it (when ``write``):
+    a refused run leaves the folder as it was, so its own command still resumes it."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder (it is created if missing)")
     path = out / "config.json"
     if path.exists():
         old = _read_config(path)
         check_same_kind(out, old, fp)
-        diffs = config_differences(old, fp)
+        diffs = flag_differences(old, fp)
         if diffs:
             raise refusal(out, diffs)
-    elif write:
-        write_text(path, json.dumps(fp, indent=2) + "\n")
-
-
-def check_same_kind(out: Path, old: dict[str, Any], fp: dict[str, Any]) -> None:
-    """Refuse a folder holding the other command's run (every field would differ: name the real mistake)."""
-    was, now = _kind(old), _kind(fp)
-    if was and now and was != now:
-        raise ValueError(f"--out {out} holds a posenc {was} run, not a posenc {now} one; pass another --out")
-
-
-def _kind(fp: dict[str, Any]) -> str | None:
-    """Which command wrote a run fingerprint: "compare" (it records its evaluation layout), "tasks" (its needle
-    depths), or None."""
-    return "compare" if "eval_layout" in fp else "tasks" if "depths" in fp else None
+    else:
+        if first is not None:
+            first()
+        if write:
+            write_text(path, json.dumps(fp, indent=2) + "\n")
 
 
 def _read_config(path: Path) -> dict[str, Any]:

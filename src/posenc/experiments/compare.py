@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .checkpoints import (
     check_run_folder,
     check_same_kind,
     config_differences,
+    flag_differences,
     json_roundtrip,
     json_safe,
     read_json_object,
@@ -43,7 +45,7 @@ from .checkpoints import (
 from .data import Corpus, load_corpus
 from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
 from .evaluate import EVAL_LAYOUT, eval_lengths, eval_passes, rope_extensions
-from .pairs import EncodingRun, RunContext, checked_checkpoint, eval_token_count, run_encoding
+from .pairs import EncodingRun, RunContext, check_checkpoints, eval_token_count, run_encoding
 from .pool import map_jobs, model_threads, resolve_workers, threads_per_model, using_threads
 from .presets import CompareConfig
 from .records import record_problem
@@ -94,9 +96,11 @@ def _one_seed(out: Path) -> ValueError:
     )
 
 
-def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
-    """Refuse a changed configuration, or a folder of the one-seed layout; on a fresh ``out`` rank 0 writes
-    ``config.json``."""
+def check_config(
+    out: Path, fp: dict[str, Any], world: World, first: Callable[[], None] | None = None
+) -> None:
+    """Refuse a changed configuration, or a folder of the one-seed layout; on a fresh ``out`` (no ``config.json``)
+    call ``first`` (the check of the checkpoints already there), then rank 0 writes ``config.json``."""
     old = out / "config.json"
     train = read_json_object(old, "run configuration").get("train", {}) if old.is_file() else {}
     if not isinstance(train, dict):
@@ -105,7 +109,7 @@ def check_config(out: Path, fp: dict[str, Any], world: World) -> None:
         )
     if "seed" in train:
         raise _one_seed(out)
-    check_run_folder(out, fp, write=world.is_main)
+    check_run_folder(out, fp, write=world.is_main, first=first)
     world.barrier()
 
 
@@ -177,12 +181,11 @@ def run_compare(
     world.agree(configuration={**fp, "data": data}, encodings=names, seeds=list(cfg.seeds))
     out = Path(out)
     _old_runs(out, fp, lengths)  # a damaged or foreign results.json is refused now, not after the training
-    check_config(out, fp, world)
     ctx = RunContext(corpus, cfg, fp, n_tokens, out, dev, world, progress)
+    check_config(out, fp, world, lambda: check_checkpoints(keys, ctx))  # a refused run writes nothing
     for name in names:  # a folder that cannot be made (a link to nothing) is refused now, not after training
         check_out_dir(ctx.checkpoint(name, 0).parent, f"the checkpoint folder of {name}")
-    for name, seed in keys:  # so is a checkpoint of another run or with a damaged field, whichever pair it is
-        checked_checkpoint(name, seed, ctx)
+    check_checkpoints(keys, ctx)  # so is a checkpoint of another run or with a damaged field, whichever pair
     threads = model_threads(jobs, dev, distributed=world.distributed)  # (not a function of len(keys))
     if workers > 1 and len(keys) > 1:
         calls = [(n, s, corpus, cfg, fp, n_tokens, str(out), str(dev)) for n, s in keys]
@@ -271,7 +274,7 @@ def _old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> dict[str, di
         if "seed" in (results["config"].get("train") or {}):
             raise _one_seed(out)
         check_same_kind(out, results["config"], fp)
-        diffs = config_differences(results["config"], fp)
+        diffs = flag_differences(results["config"], fp)
         if diffs:
             raise refusal(out, diffs)
     runs = results.get("runs", {})

@@ -15,9 +15,9 @@ import torch
 from ..models import TransformerLM
 from .checkpoints import (
     checkpoint_refusal,
-    config_differences,
     cpu_state,
     damaged_checkpoint,
+    flag_differences,
     load_checkpoint,
     reading_checkpoint,
     save_checkpoint,
@@ -161,7 +161,7 @@ def checked_checkpoint(name: str, seed: int, ctx: RunContext) -> dict[str, Any] 
     if not path.exists():
         return None
     ckpt = load_checkpoint(path)
-    diffs = config_differences(ckpt.get("config", {}), ctx.pair_fingerprint(seed))
+    diffs = flag_differences(ckpt.get("config", {}), ctx.pair_fingerprint(seed))
     if ckpt.get("encoding") != name or diffs:
         raise checkpoint_refusal(
             path,
@@ -172,6 +172,14 @@ def checked_checkpoint(name: str, seed: int, ctx: RunContext) -> dict[str, Any] 
     if bad is not None:
         raise damaged_checkpoint(path, bad, f"retrain {name} seed {seed}")
     return ckpt
+
+
+def check_checkpoints(keys: list[tuple[str, int]], ctx: RunContext) -> None:
+    """Refuse the run if a checkpoint it would load, of any ``(name, seed)`` of ``keys``, is not its own or is
+    damaged (:func:`checked_checkpoint`): before ``config.json`` is written to a folder that has none, and before
+    any training."""
+    for name, seed in keys:
+        checked_checkpoint(name, seed, ctx)
 
 
 def load_run(name: str, seed: int, ctx: RunContext) -> tuple[TransformerLM, EncodingRun] | None:

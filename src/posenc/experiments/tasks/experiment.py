@@ -124,7 +124,7 @@ def run_tasks(
     workers = resolve_workers(jobs, ctx.device, len(keys), distributed=world.distributed)
     # a damaged or foreign results.json is refused now, not after the training, and before config.json is written
     earlier = old_runs(ctx.out, cfg.fingerprint(), cfg.lengths)
-    check_config(ctx)
+    check_config(ctx, keys)  # a refused run writes nothing
     # a folder that cannot be made (a link to nothing) is refused now, not after training
     for task in task_names:
         check_out_dir(ctx.checkpoint(task, names[0], 0).parent, f"the checkpoint folder of {task}")

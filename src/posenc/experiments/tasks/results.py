@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import check_same_kind, config_differences, read_json_object, refusal
+from ..checkpoints import check_same_kind, flag_differences, read_json_object, refusal
 from ..records import depth_groups, task_record_problem
 from ..results import merge_runs, num, ordered_encodings
 from .generators import available_tasks, get_task
@@ -64,7 +64,7 @@ def old_runs(out: Path, fp: dict[str, Any], lengths: list[int]) -> TaskRuns:
     results = read_json_object(path, "results file")
     if isinstance(results.get("config"), dict):
         check_same_kind(Path(out), results["config"], fp)
-        diffs = config_differences(results["config"], fp)
+        diffs = flag_differences(results["config"], fp)
         if diffs:
             raise refusal(Path(out), diffs)
     runs = results.get("runs", {})

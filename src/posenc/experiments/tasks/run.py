@@ -27,9 +27,9 @@ from ...models import TransformerLM
 from ..checkpoints import (
     check_run_folder,
     checkpoint_refusal,
-    config_differences,
     cpu_state,
     damaged_checkpoint,
+    flag_differences,
     json_roundtrip,
     load_checkpoint,
     reading_checkpoint,
@@ -40,7 +40,7 @@ from ..evaluate import eval_lengths, rope_extensions, rope_scaled, supports_rope
 from ..records import task_checkpoint_problem
 from ..specs import file_stem
 from ..train import BatchFn, LossFn, TrainConfig, build_model, train_model
-from .generators import Task
+from .generators import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def checked_checkpoint(task: Task, encoding: str, seed: int, ctx: TaskContext) -
         return None
     ckpt = load_checkpoint(path)
     fp = ctx.cfg.fingerprint()
-    diffs = config_differences(ckpt.get("config", {}), fp)
+    diffs = flag_differences(ckpt.get("config", {}), fp)
     owner = (ckpt.get("task"), ckpt.get("encoding"), ckpt.get("seed"))
     what = f"retrain {task.name}/{encoding} seed {seed}"
     if diffs or owner != (task.name, encoding, seed):
@@ -365,7 +365,14 @@ def run_one(task: Task, encoding: str, seed: int, ctx: TaskContext) -> ModelRun:
     return run
 
 
-def check_config(ctx: TaskContext) -> None:
-    """Refuse ``out`` holding a run of another configuration; on a fresh folder rank 0 writes ``config.json``."""
-    check_run_folder(ctx.out, ctx.cfg.fingerprint(), write=ctx.world.is_main)
+def check_config(ctx: TaskContext, keys: list[tuple[str, str, int]]) -> None:
+    """Refuse ``out`` holding a run of another configuration; on a fresh folder (no ``config.json``) refuse a
+    checkpoint of ``keys`` (task, encoding, seed) already there that is not this run's, then rank 0 writes
+    ``config.json``: a refused run leaves the folder as it was."""
+
+    def first() -> None:
+        for task, encoding, seed in keys:
+            checked_checkpoint(get_task(task), encoding, seed, ctx)
+
+    check_run_folder(ctx.out, ctx.cfg.fingerprint(), write=ctx.world.is_main, first=first)
     ctx.world.barrier()
