@@ -193,7 +193,10 @@ def test_agree_names_the_first_setting_that_differs(monkeypatch: pytest.MonkeyPa
     def gather(into: list[Any], mine: Any) -> None:
         into[:] = others
 
+    barriers: list[int] = []
     monkeypatch.setattr(dist_module.dist, "all_gather_object", gather)
+    monkeypatch.setattr(dist_module.dist, "barrier", lambda: barriers.append(1))
     with pytest.raises(ValueError, match=r"encodings is \['rope'\] on rank 0 but \['alibi'\] on rank 1"):
         World(0, 2).agree(seeds=[0], encodings=["rope"])
+    assert barriers == [1]  # every rank leaves together (a peer tearing the group down aborted another at exit)
     World(0, 1).agree(seeds=[5])  # one process: nothing to compare, no collective

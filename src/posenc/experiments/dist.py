@@ -68,6 +68,9 @@ class World:
             where = first_difference(gathered[0], theirs)
             if where is not None:
                 path, mine, other = where
+                # every rank found the same difference: all leave together, none tearing the group down while a
+                # peer still reads from it (gloo then aborted that peer at exit, intermittently: review s7)
+                dist.barrier()
                 raise ValueError(
                     f"the {self.size} processes of this torchrun run were not started alike: {path} is "
                     f"{_short(mine)} on rank 0 but {_short(other)} on rank {rank}; start every process with the "
