@@ -198,5 +198,5 @@ def test_agree_names_the_first_setting_that_differs(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(dist_module.dist, "barrier", lambda: barriers.append(1))
     with pytest.raises(ValueError, match=r"encodings is \['rope'\] on rank 0 but \['alibi'\] on rank 1"):
         World(0, 2).agree(seeds=[0], encodings=["rope"])
-    assert barriers == [1]  # every rank leaves together (a peer tearing the group down aborted another at exit)
+    assert barriers == [1]  # every rank leaves together (a peer tearing the group down aborted one at exit)
     World(0, 1).agree(seeds=[5])  # one process: nothing to compare, no collective
