@@ -373,32 +373,45 @@ def wide_positions(q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _wide(pos: Tensor) -> Tensor:
-    return pos if pos.dtype is torch.int64 or pos.is_floating_point() or pos.is_complex() else pos.long()
+    keep = pos.dtype is torch.int64 or pos.dtype is torch.bool or pos.is_floating_point() or pos.is_complex()
+    return pos if keep else pos.long()  # (bool stays bool: the callers refuse it, not read as 0 and 1)
 
 
 def check_distances(owner: str, q_pos: Tensor, k_pos: Tensor) -> None:
-    """Refuse integer positions whose key-query distances ``k - q`` overflow their dtype, where checking costs no
-    device sync (CPU tensors in eager mode: one ``aminmax`` each; accelerators and tracing are not checked).
+    """Refuse int64 positions whose key-query distances ``k - q`` overflow int64, where checking costs no device
+    sync (CPU tensors in eager mode: a read of a lone position, one ``aminmax`` of more; accelerators and tracing
+    are not checked). Narrower integers are widened first (:func:`wide_positions`): their distances fit.
 
-    Encodings that read ``k - q`` (the bias encodings, Shaw) compute it in the positions' dtype: past its range the
-    difference wraps around (int64 positions ``-2**62`` and ``2**62`` gave Kerple and FIRE NaN outputs, ALiBi a
-    bias of the wrong sign), silently."""
-    from .functional.tables import host_span
-
-    if q_pos.dtype != k_pos.dtype or q_pos.dtype.is_floating_point or q_pos.dtype == torch.bool:
-        return  # (mixed or non-integer positions: the callers' own checks name them)
-    q_span, k_span = host_span(q_pos), host_span(k_pos)
-    if q_span is None or k_span is None:
+    Encodings that read ``k - q`` (the bias encodings, Shaw) compute it in int64: past its range the difference
+    wraps around (positions ``-2**62`` and ``2**62`` gave Kerple and FIRE NaN outputs, ALiBi a bias of the wrong
+    sign), silently. About 3 us a call on a CPU (a decode step inside a :class:`posenc.DecodeSession` skips it:
+    its positions are promised in ``[0, slots)``)."""
+    if q_pos.dtype is not torch.int64 or k_pos.dtype is not torch.int64:
+        return  # (narrower integers: widened by the callers; others: refused by the callers' own checks)
+    if not (q_pos.is_cpu and k_pos.is_cpu) or torch.compiler.is_compiling():
         return
-    top = torch.iinfo(q_pos.dtype).max
-    far = max(k_span[1] - q_span[0], q_span[1] - k_span[0])
-    if far > top:
+    if not q_pos.numel() or not k_pos.numel():
+        return
+    (q_lo, q_hi), (k_lo, k_hi) = _span(q_pos), _span(k_pos)
+    far = max(k_hi - q_lo, q_hi - k_lo)
+    if far > _INT64_TOP:
         raise ValueError(
-            f"{owner}: positions {q_span[0]}..{q_span[1]} (queries) and {k_span[0]}..{k_span[1]} (keys) are up to "
-            f"{far} apart, past what {q_pos.dtype} holds ({top}): the distances k - q would wrap around; use "
-            "smaller positions (attention depends only on differences, so subtracting a common offset changes "
-            "nothing)"
+            f"{owner}: positions {q_lo}..{q_hi} (queries) and {k_lo}..{k_hi} (keys) are up to {far} apart, past "
+            f"what int64 holds ({_INT64_TOP}): the distances k - q would wrap around; use smaller positions "
+            "(attention depends only on differences, so subtracting a common offset changes nothing)"
         )
+
+
+_INT64_TOP = 2**63 - 1
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty CPU integer tensor as Python ints."""
+    if t.numel() == 1:
+        p = int(t.reshape(()).item())
+        return p, p
+    lo, hi = torch.aminmax(t)
+    return int(lo), int(hi)
 
 
 __all__ = [

@@ -64,7 +64,8 @@ def test_changed_config_is_refused(first_run: tuple[Path, dict], tiny_corpus: Pa
     out, _ = first_run
     cfg = CompareConfig(**{**FAST.with_train(steps=9).__dict__, "data": str(tiny_corpus)})
     with pytest.raises(
-        ValueError, match=r"different configuration \(--steps \(train\.steps\): 8 -> 9\).*new --out"
+        ValueError,
+        match=r"different configuration \(--steps or --preset/--quick \(train\.steps\): 8 -> 9\).*new --out",
     ):
         run_compare(cfg, encodings=NAMES, out=out, progress=False)
 
@@ -79,7 +80,7 @@ def test_checkpoint_of_another_config_is_refused(
     ckpt["config"]["train"]["lr"] = 1.0
     torch.save(ckpt, out / "checkpoints" / "none" / "seed0.pt")
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus)})
-    with pytest.raises(ValueError, match=r"--lr \(train\.lr\): 1\.0 -> 0\.003") as info:
+    with pytest.raises(ValueError, match=r"--lr or --preset/--quick \(train\.lr\): 1\.0 -> 0\.003") as info:
         run_compare(cfg, encodings=["none"], out=out, progress=False)
     # the checkpoint is named with what to do, not the folder; the refused run wrote no config.json
     assert f"{out / 'checkpoints' / 'none' / 'seed0.pt'} was not made by this run" in str(info.value)
@@ -157,7 +158,9 @@ def test_results_of_another_configuration_are_refused_without_config_json(
     (out / "config.json").unlink()
     longer = dataclasses.replace(FAST.train, steps=FAST.train.steps + 1)
     cfg = CompareConfig(**{**FAST.__dict__, "data": str(tiny_corpus), "train": longer, "seeds": (5,)})
-    with pytest.raises(ValueError, match=r"different configuration \(--steps \(train\.steps\): 8 -> 9\)"):
+    with pytest.raises(
+        ValueError, match=r"different configuration \(--steps or --preset/--quick \(train\.steps\): 8 -> 9\)"
+    ):
         run_compare(cfg, encodings=["alibi"], out=out, progress=False)
     assert not (out / "config.json").exists()  # nothing written
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,8 @@ def test_a_compare_refused_by_a_checkpoint_leaves_the_folder_as_it_was(
     out = _checkpoints_only(compared, tmp_path / "run")
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(
-        ValueError, match=r"alibi/seed0\.pt was not made by this run \(--steps \(train\.steps\): 8 -> 9"
+        ValueError,
+        match=r"alibi/seed0\.pt was not made by this run \(--steps or --preset/--quick \(train\.steps\): 8 -> 9",
     ):
         run_compare(_cfg(tiny_corpus, steps=9), encodings=["alibi", "none"], out=out, progress=False)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no config.json of 9 steps
@@ -68,7 +70,8 @@ def test_a_tasks_run_refused_by_a_checkpoint_leaves_the_folder_as_it_was(
     out = _checkpoints_only(tasked, tmp_path / "run")
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(
-        ValueError, match=r"none-s0\.pt was not made by this run \(--steps \(train\.steps\): 4 -> 5"
+        ValueError,
+        match=r"none-s0\.pt was not made by this run \(--steps or --quick \(train\.steps\): 4 -> 5",
     ):
         run_tasks(
             TasksConfig.quick(steps=5),
@@ -102,6 +105,11 @@ def _plant(out: Path, outside: Path) -> tuple[list[Path], list[Path]]:
     ]
     for path in gone + kept:
         path.write_text("half")
+    for path in gone + kept:  # left by a run killed an hour ago
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    fresh = ckpt / ".seed1.pt.abcd1234.tmp"  # a write in progress (posenc plot --out into the run folder)
+    fresh.write_text("writing")
+    kept.append(fresh)
     (ckpt / ".link.pt.abcd1234.tmp").symlink_to(
         outside / "victim"
     )  # a link named like one: kept, not followed
@@ -136,6 +144,7 @@ def test_a_rerun_holding_the_lock_clears_a_killed_runs_temporary(
     shutil.copytree(compared, out)
     half = out / "checkpoints" / "alibi" / ".seed0.pt.q1w2e3r4.tmp"  # a checkpoint write cut by SIGKILL
     half.write_bytes(b"PK\x03")
+    os.utime(half, (time.time() - 3600, time.time() - 3600))  # (the kill was a while ago)
     with run_lock(out):
         again = run_compare(_cfg(tiny_corpus), encodings=["alibi"], out=out, progress=False)
     assert again["this_run"]["resumed"] == ["alibi/0"]
@@ -148,7 +157,9 @@ def test_a_changed_eval_bytes_is_named_by_its_flag(compared: Path, tmp_path: Pat
     shutil.copytree(compared, out)
     cfg = _cfg(tiny_corpus)
     fewer = dataclasses.replace(cfg, eval_bytes=cfg.train.train_len * 16)  # one block of 16L
-    with pytest.raises(ValueError, match=r"configuration \(--eval-bytes \(eval_tokens\): \d+ -> 256\)"):
+    with pytest.raises(
+        ValueError, match=r"configuration \(--eval-bytes or --preset/--quick \(eval_tokens\): \d+ -> 256\)"
+    ):
         run_compare(fewer, encodings=["alibi"], out=out, progress=False)
 
 
@@ -160,8 +171,8 @@ def test_a_changed_train_len_says_the_bytes_scored_follow_from_it(
     with pytest.raises(ValueError) as info:
         run_compare(_cfg(tiny_corpus, train_len=8), encodings=["alibi"], out=out, progress=False)
     message = str(info.value)
-    assert "--eval-bytes (eval_tokens, follows from --train-len too): " in message
-    assert "--train-len (train.train_len): 16 -> 8" in message
+    assert "--eval-bytes or --preset/--quick (eval_tokens, follows from --train-len too): " in message
+    assert "--train-len or --preset/--quick (train.train_len): 16 -> 8" in message
 
 
 def test_flags_are_named_as_each_command_has_them() -> None:
@@ -169,9 +180,23 @@ def test_flags_are_named_as_each_command_has_them() -> None:
     other = {"eval_layout": 1, "train": {"precision": "bf16", "weight_decay": 0.2}, "data": {"sha256": "b"}}
     assert flag_differences(fp, other) == [
         "--data (data.sha256): 'a' -> 'b'",
-        "--precision (train.precision, as resolved): 'fp32' -> 'bf16'",
+        "--precision or --preset/--quick (train.precision, as resolved): 'fp32' -> 'bf16'",
         "train.weight_decay: 0.1 -> 0.2",  # set by a preset, no flag of its own
     ]
     diffs = flag_differences(TASKS_FAST.fingerprint(), TasksConfig().fingerprint())
     assert "train.dim: 32 -> 64" in diffs  # posenc tasks has no --dim (--quick sets it)
-    assert "--steps (train.steps): 4 -> 2000" in diffs
+    assert "--steps or --quick (train.steps): 4 -> 2000" in diffs
+
+
+def test_a_changed_text_is_one_entry_and_leaves_room_for_the_rest() -> None:
+    """Other text changes its digest, sizes, split and source: five entries took the refusal's room (review s7)."""
+    fp = {"eval_layout": 1, "train": {"steps": 8}, "data": {"sha256": "a", "train_bytes": 1, "val_bytes": 2}}
+    other = {
+        "eval_layout": 1,
+        "train": {"steps": 9},
+        "data": {"sha256": "b", "train_bytes": 3, "val_bytes": 4},
+    }
+    assert flag_differences(fp, other) == [
+        "--data (data.sha256, and 2 more of data): 'a' -> 'b'",
+        "--steps or --preset/--quick (train.steps): 8 -> 9",
+    ]

@@ -322,7 +322,8 @@ def test_rerun_trains_nothing_again(first_run: tuple[Path, dict]) -> None:
 def test_changed_config_is_refused(first_run: tuple[Path, dict]) -> None:
     out, _ = first_run
     with pytest.raises(
-        ValueError, match=r"different configuration \(--steps \(train\.steps\): 4 -> 5\).*new --out"
+        ValueError,
+        match=r"different configuration \(--steps or --quick \(train\.steps\): 4 -> 5\).*new --out",
     ):
         run_tasks(TasksConfig.quick(steps=5), encodings=["none"], out=out, device="cpu", progress=False)
 
@@ -414,7 +415,9 @@ def test_a_results_file_of_another_config_or_with_damaged_cells_is_refused_befor
     training, in a checkpoint unnamed."""
     out = _copy_of(first_run, tmp_path)
     (out / "config.json").unlink()
-    with pytest.raises(ValueError, match=r"different configuration \(--steps \(train\.steps\): 4 -> 5\)"):
+    with pytest.raises(
+        ValueError, match=r"different configuration \(--steps or --quick \(train\.steps\): 4 -> 5\)"
+    ):
         run_tasks(
             TasksConfig.quick(steps=5),
             tasks=["copy"],
@@ -529,3 +532,14 @@ def test_cli_names_only_the_files_it_wrote(
     assert (tmp_path / "full" / "accuracy.png").is_file() and (
         tmp_path / "full" / "passkey_none.png"
     ).is_file()
+
+
+def test_depths_that_name_one_group_are_refused() -> None:
+    """Depths 0.5 and 0.5 (or 0.1 and 0.1000001) share a record's group key: a run refused its own results as
+    damaged on resume (review s7); now the configuration is refused up front."""
+    from posenc.experiments.tasks import TasksConfig
+
+    with pytest.raises(ValueError, match="depths must be distinct as their records name them"):
+        TasksConfig(depths=(0.5, 0.5))
+    with pytest.raises(ValueError, match="distinct"):
+        TasksConfig(depths=(0.1, 0.1000001))

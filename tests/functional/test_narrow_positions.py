@@ -56,3 +56,12 @@ def test_hooks_take_narrow_positions(name: str, dtype: torch.dtype) -> None:
     if name == "shaw":
         rows = enc.kv_rows(q_pos[:, :1].to(dtype), k_pos.to(dtype))
         torch.testing.assert_close(rows, enc.kv_rows(q_pos[:, :1], k_pos), rtol=0, atol=0)
+
+
+def test_bool_positions_are_not_read_as_zero_and_one() -> None:
+    """Widening stops at integers: bool positions still fail, as before, instead of meaning 0 and 1 (review s7)."""
+    q, k = torch.tensor([[True, False]]).t(), torch.tensor([[False, True]])
+    with pytest.raises((RuntimeError, TypeError)):
+        distance(q, k)
+    with pytest.raises((RuntimeError, TypeError)):
+        relative_from_positions(q[:, 0], k[0], 2)

@@ -155,7 +155,11 @@ class Attention(nn.Module):
         q_pos = explicit if explicit is not None else default_positions(s, x.device)  # (1|B, S)
         k_pos = q_pos
         if cache is not None:
-            k, v, k_pos = cache.update(k, v, q_pos)  # (B, G, K, D), (1|B, K)
+            # (autograd saves the cache's keys and values for q's gradient even where they need none)
+            saved = q.requires_grad and torch.is_grad_enabled()
+            k, v, k_pos = (
+                cache.update(k, v, q_pos, saved=True) if saved else cache.update(k, v, q_pos)
+            )  # (B, G, K, D), (1|B, K)
         ctx = AttentionInputs(
             position=self.position,
             q_pos=q_pos,

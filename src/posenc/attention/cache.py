@@ -37,17 +37,21 @@ class KVCache:
     def __len__(self) -> int:
         return self._len
 
-    def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def update(
+        self, k: Tensor, v: Tensor, positions: Tensor, *, saved: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Append and return all keys ``(B, Hkv, K, D)``, values and key positions ``(1|B, K)``.
 
         The cache keeps its own copy of ``positions``, and ``k`` and ``v`` themselves (no copy; a growing cache's
         first chunk is the caller's tensors until the next update concatenates). A preallocated cache returns
-        views of its buffers: valid until :meth:`reset` and the next update write over them."""
+        views of its buffers: valid until :meth:`reset` and the next update write over them. ``saved``: autograd
+        will save the returned keys and values though they need no gradient (the queries do: :class:`Attention`
+        says so), so writes go out of place (see :func:`records_grad`)."""
         if self.k is not None and self._len > 0:  # an emptied cache takes any keys (see _write)
             check_same_stream(self.k, k)
         if self.max_len is None:
             return self._concat(k, v, positions)
-        return self._write(k, v, positions)
+        return self._write(k, v, positions, saved)
 
     def _concat(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.k is None or self.v is None or self.positions is None:
@@ -64,7 +68,7 @@ class KVCache:
         self._len = self.k.shape[-2]
         return self.k, self.v, self.positions
 
-    def _write(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _write(self, k: Tensor, v: Tensor, positions: Tensor, saved: bool) -> tuple[Tensor, Tensor, Tensor]:
         assert self.max_len is not None
         start, end = self._len, self._len + k.shape[-2]
         if end > self.max_len:
@@ -78,7 +82,7 @@ class KVCache:
             if stream_mismatch(self.k, k) is not None or stream_mismatch(self.v, v) is not None:
                 self.k = self.v = self.positions = None
         rows = positions.expand(k.shape[0], -1)  # (B, S)
-        if records_grad():
+        if records_grad(saved, self.k, self.v, k, v):
             # out of place, the filled part only (as a growing cache): the keys earlier steps saved for backward
             # stay as they were; these tensors are the cache until reset() lets them go
             if self.k is None or self.v is None or self.positions is None or start == 0:
@@ -120,13 +124,13 @@ class KVCache:
             self.k = self.v = self.positions = None
 
 
-def records_grad() -> bool:
-    """Whether autograd may save the cache's keys and values for backward: whenever grad mode is on. Then a cache
-    writes out of place, since an in-place write into its slots changed tensors earlier steps had saved ("modified
-    by an inplace operation" at ``backward()``), and the old slots are never written again. Not only when the
-    keys or values need gradients: queries that do (k and v projections frozen, q trained) save the keys too
-    (review s7)."""
-    return torch.is_grad_enabled()
+def records_grad(saved: bool, *tensors: Tensor | None) -> bool:
+    """Whether autograd records a write of these keys and values, or saves the cache's tensors for backward
+    (``saved``: the queries that attend to them need gradients; with the key and value projections frozen, the
+    keys and values need none, review s7): then a cache writes out of place, since an in-place write into its
+    slots changed tensors earlier steps had saved ("modified by an inplace operation" at ``backward()``), and the
+    old slots are never written again."""
+    return torch.is_grad_enabled() and (saved or any(t is not None and t.requires_grad for t in tensors))
 
 
 def check_same_stream(held: Tensor, new: Tensor) -> None:

@@ -57,8 +57,11 @@ class StaticKVCache(KVCache):
         """Key slots handed to attention (always ``max_len``; the filled count lives on the device)."""
         return self.max_len
 
-    def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Write ``k, v: (B, Hkv, S, D)`` at slots ``index .. index+S-1``; return every slot and position."""
+    def update(
+        self, k: Tensor, v: Tensor, positions: Tensor, *, saved: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Write ``k, v: (B, Hkv, S, D)`` at slots ``index .. index+S-1``; return every slot and position.
+        ``saved``: as :meth:`posenc.KVCache.update`."""
         new = k.shape[-2]
         if new > self.max_len:
             raise ValueError(
@@ -94,7 +97,7 @@ class StaticKVCache(KVCache):
         slots = self.index + torch.arange(new, device=k.device)  # (S,)
         rows = positions.to(self.positions.dtype).expand(self.positions.shape[0], -1)
         # out of place while autograd records (see records_grad): backward through the steps works
-        if records_grad():
+        if records_grad(saved, self.k, self.v, k, v):
             self.k, self.v = self.k.index_copy(2, slots, k), self.v.index_copy(2, slots, v)
             self.positions = self.positions.index_copy(1, slots, rows)
             self.index = self.index + new

@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -168,17 +169,23 @@ def run_lock(out: Path, option: str = "--out") -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def remove_temporaries(out: Path) -> list[Path]:
+#: How long a temporary must have been left untouched before a run that holds the lock removes it (seconds).
+TEMPORARY_MIN_AGE_S = 300.0
+
+
+def remove_temporaries(out: Path, min_age: float = TEMPORARY_MIN_AGE_S) -> list[Path]:
     """Delete the temporaries of :func:`_atomic` that a killed run (SIGKILL, the OOM killer) left in ``out``,
-    ``out/checkpoints`` and its subfolders: regular files named exactly as :data:`TEMPORARY`, never a link, never
-    through one (a linked folder is not entered). Only safe while holding :func:`run_lock`: no other run writes
-    there then. Returns what was removed (each logged)."""
+    ``out/checkpoints`` and its subfolders: regular files named exactly as :data:`TEMPORARY`, untouched for
+    ``min_age`` seconds, never a link, never through one (a linked folder is not entered). Called while holding
+    :func:`run_lock`, so no other run writes there; the age spares a write in progress by a command that takes
+    no lock (``posenc plot --run R --out R``: review s7). Returns what was removed (each logged)."""
     out = Path(out)  # (itself a link where the user gave one: every write goes through it too)
     folders = [Path(e.path) for e in _entries(out / "checkpoints") if e.is_dir(follow_symlinks=False)]
     removed = []
     for folder in [out, out / "checkpoints", *folders]:
         for entry in _entries(folder, follow=folder == out):
-            if TEMPORARY.fullmatch(entry.name) and stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+            info = entry.stat(follow_symlinks=False) if TEMPORARY.fullmatch(entry.name) else None
+            if info is not None and stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime >= min_age:
                 _unlink_quietly(entry.path)  # (unlinking a name never follows it)
                 removed.append(Path(entry.path))
                 log.info("removed %s, a temporary left by a run that did not finish", entry.path)

@@ -30,6 +30,9 @@ FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "eval_tokens": ("--eval-bytes", ("compare",)),
     "data": ("--data", ("compare",)),
 }
+#: What sets a flagged key besides its flag, per command (a preset, or --quick, picks every value its flags
+#: override): a refusal names both, since it cannot tell which one the user changed (review s7).
+_PRESETS = {"compare": "--preset/--quick", "tasks": "--quick"}
 #: Keys recorded as the run resolved their flag, not as given (``--precision auto`` is recorded as fp32 or bf16).
 _RESOLVED = frozenset({"train.precision"})
 #: Keys whose value follows from other keys too: the bytes scored are whole blocks of 16L that the held-out text
@@ -65,9 +68,20 @@ def flag_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     the command that made ``new`` (:data:`FLAGS`), ``--steps (train.steps): 60 -> 50``; a key that follows from
     another one that differs too says so: ``--eval-bytes (eval_tokens, follows from --train-len too): 512 -> 1024``."""
     command = _kind(new) or _kind(old)
-    diffs = _leaf_differences(old, new)
+    diffs = _one_data_entry(_leaf_differences(old, new))
     changed = {key.split(".", 1)[0] for key, _, _ in diffs} | {key for key, _, _ in diffs}
     return [f"{_flagged(key, command, changed)}: {a!r} -> {b!r}" for key, a, b in diffs]
+
+
+def _one_data_entry(diffs: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """``diffs`` with the text's fields (``data.*``: digest, sizes, split, source) as one entry, its digest where it
+    differs: other text changes all of them, and five entries hid the rest of a refusal (review s7)."""
+    data = [d for d in diffs if d[0].startswith("data.")]
+    if len(data) < 2:
+        return diffs
+    first = next((d for d in data if d[0] == "data.sha256"), data[0])
+    rest = [d for d in diffs if not d[0].startswith("data.")]
+    return sorted([*rest, (f"{first[0]}, and {len(data) - 1} more of data", first[1], first[2])])
 
 
 def _flagged(key: str, command: str | None, changed: set[str]) -> str:
@@ -79,6 +93,8 @@ def _flagged(key: str, command: str | None, changed: set[str]) -> str:
     flag = _flag(key, command)
     if flag is None:
         return f"{key} ({', '.join(notes)})" if notes else key
+    if command in _PRESETS and not key.startswith("data"):
+        flag = f"{flag} or {_PRESETS[command]}"
     return f"{flag} ({', '.join([key, *notes])})"
 
 

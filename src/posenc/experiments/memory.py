@@ -110,8 +110,9 @@ def check_training_memory(
     (``(batch, length)`` forward passes, see :func:`evaluation_bytes`), cannot fit in this machine's memory by the
     estimates of the most demanding of ``names`` (``--depth 100000000`` built layers until the machine ran out;
     ``--steps 1e20`` overflowed int64 in torch with a C++ stack dump; ``posenc tasks --train-len 1e20`` drew one
-    example for minutes; FIRE at L = 8192 was killed by the system, and Shaw's evaluation at 16L = 32,768 needs
-    70 GB after a training that fits). Only for the CPU: a GPU's memory is its allocator's to refuse."""
+    example for minutes; FIRE at L = 8192 was killed by the system, and Shaw's evaluation at 16L = 32,768 took
+    70 GB after a training that fit, until ``math`` attended in blocks of queries). Only for the CPU: a GPU's
+    memory is its allocator's to refuse."""
     from ..validation import host_memory
 
     total = host_memory()

@@ -80,6 +80,11 @@ class TasksConfig:
             raise ValueError(f"eval_examples must be >= 1, got {self.eval_examples}")
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise ValueError(f"depths must be fractions in [0, 1], got {self.depths}")
+        keys = [f"{d:g}" for d in self.depths]  # (each depth's group in the records: group_key)
+        if len(set(keys)) != len(keys):
+            raise ValueError(
+                f"depths must be distinct as their records name them ({', '.join(keys)}), got {self.depths}"
+            )
 
     @classmethod
     def quick(cls, **train_overrides: Any) -> TasksConfig:
