@@ -377,6 +377,13 @@ def _wide(pos: Tensor) -> Tensor:
     return pos if keep else pos.long()  # (bool stays bool: the callers refuse it, not read as 0 and 1)
 
 
+def distance_positions(owner: str, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions an encoding reads ``k - q`` from: :func:`wide_positions`, then :func:`check_distances`."""
+    q_pos, k_pos = wide_positions(q_pos, k_pos)
+    check_distances(owner, q_pos, k_pos)
+    return q_pos, k_pos
+
+
 def check_distances(owner: str, q_pos: Tensor, k_pos: Tensor) -> None:
     """Refuse int64 positions whose key-query distances ``k - q`` overflow int64, where checking costs no device
     sync (CPU tensors in eager mode: a read of a lone position, one ``aminmax`` of more; accelerators and tracing
@@ -417,6 +424,7 @@ def _span(t: Tensor) -> tuple[int, int]:
 __all__ = [
     "F32_MAX",
     "check_distances",
+    "distance_positions",
     "wide_positions",
     "F32_TINY",
     "first_line",

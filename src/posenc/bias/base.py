@@ -13,7 +13,7 @@ from torch import Tensor
 from ..base import PositionEncoding, ScoreMod, bias_positions
 from ..functional.tables import host_span
 from ..session import SESSION_TABLE_BYTES, DecodeSession, SessionMemo, session_tables
-from ..validation import check_distances, check_int, check_module_device, wide_positions
+from ..validation import check_distances, check_int, check_module_device, distance_positions, wide_positions
 
 ScoreModIndex = Callable[[Tensor, Tensor], Tensor]
 
@@ -221,8 +221,7 @@ class BiasEncoding(PositionEncoding, ABC):
 
     def score_mod(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, runs: bool = False) -> ScoreMod | None:
         self._check_heads(q)
-        q_pos, k_pos = wide_positions(q_pos, k_pos)
-        check_distances(type(self).__name__, q_pos, k_pos)
+        q_pos, k_pos = distance_positions(type(self).__name__, q_pos, k_pos)
         # per distance where gradients of learned tables would otherwise be n^2 atomic adds (GPU training);
         # elsewhere the per-score formula, which measured as fast or faster in the CPU kernel
         if self._learning() and q.device.type != "cpu":

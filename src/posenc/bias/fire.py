@@ -18,6 +18,7 @@ from ..validation import (
     check_float,
     check_int,
     check_table_sizes,
+    distance_positions,
     wide_positions,
 )
 from .base import BiasEncoding, position_reader
@@ -156,8 +157,7 @@ class FIRE(OptionsInState, BiasEncoding):
         ``score_mod`` that indexes one tensor needing gradients more than once, or reads a 0-d one unindexed)."""
         if self._learning():
             self._check_heads(q)
-            q_pos, k_pos = wide_positions(q_pos, k_pos)
-            check_distances("FIRE", q_pos, k_pos)
+            q_pos, k_pos = distance_positions("FIRE", q_pos, k_pos)
             return self.score_mod_unbound(q_pos, k_pos, runs)
         return super().score_mod(q, q_pos, k_pos, runs)
 

@@ -20,6 +20,7 @@ from ..validation import (
     check_int,
     check_module_device,
     check_table_size,
+    distance_positions,
     wide_positions,
 )
 
@@ -82,8 +83,7 @@ class ShawRelative(PositionEncoding):
 
     def index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """``(1|B, Q, K)`` row of each (query, key) pair: ``clip(k_pos - q_pos, k) + k``."""
-        q_pos, k_pos = wide_positions(q_pos, k_pos)  # (int64: narrower integers' differences would wrap)
-        check_distances("ShawRelative", q_pos, k_pos)
+        q_pos, k_pos = distance_positions("ShawRelative", q_pos, k_pos)  # (int64, differences that fit)
         if q_pos.shape[-1] == 1:  # one query (a decode step): the same values in fewer calls
             return self._one_query_index(q_pos, k_pos).unsqueeze(-2)
         rel = relative_from_positions(q_pos, k_pos, self.max_distance)  # (1|B, Q, K), a new tensor
@@ -118,8 +118,7 @@ class ShawRelative(PositionEncoding):
         """The key term for FlexAttention: ``q @ a^K`` as ``(B, H, Q, 2k+1)`` (float32, scaled), captured and
         read at ``clip(k_pos - q_pos, k) + k`` per score; never a ``(B, H, Q, K)`` tensor."""
         self._check_query(q)
-        q_pos, k_pos = wide_positions(q_pos, k_pos)
-        check_distances("ShawRelative", q_pos, k_pos)
+        q_pos, k_pos = distance_positions("ShawRelative", q_pos, k_pos)
         # float32, as said: autocast would round the product's operands to bf16/fp16
         with without_autocast(q):
             scores = (q.float() @ self.key_table.float().transpose(-1, -2).unsqueeze(0)) * self.head_dim**-0.5
