@@ -46,7 +46,7 @@ from .data import Corpus, load_corpus
 from .dist import World, check_batch_split, rank_device, resolve_device, setup_world, versions
 from .evaluate import EVAL_LAYOUT, eval_lengths, eval_passes, rope_extensions
 from .pairs import EncodingRun, RunContext, check_checkpoints, eval_token_count, run_encoding
-from .pool import map_jobs, model_threads, resolve_workers, threads_per_model, using_threads
+from .pool import map_jobs, model_threads, resolve_workers, using_threads
 from .presets import CompareConfig
 from .records import record_problem
 from .results import aggregate, merge_runs
@@ -236,8 +236,8 @@ def _pooled_encoding(
     return run_encoding(name, seed, ctx)
 
 
-def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1, threads: int | None = None) -> dict[str, Any]:
-    """Every knob of the run, flat, as the report prints it (``threads``: per model)."""
+def settings(cfg: CompareConfig, n_tokens: int, jobs: int, threads: int) -> dict[str, Any]:
+    """Every knob of the run, flat, as the report prints it (``jobs``: models at once; ``threads``: per model)."""
     t = cfg.train
     return {
         "preset": cfg.preset,
@@ -257,7 +257,7 @@ def settings(cfg: CompareConfig, n_tokens: int, jobs: int = 1, threads: int | No
         "curve_bytes": cfg.curve_bytes,
         "tokens_per_run": t.steps * t.batch_size * t.train_len,
         "jobs": jobs,
-        "threads": threads_per_model(jobs) if threads is None else threads,
+        "threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 

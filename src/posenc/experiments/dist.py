@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import __version__
+from .records import shown
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class World:
                 dist.barrier()
                 raise ValueError(
                     f"the {self.size} processes of this torchrun run were not started alike: {path} is "
-                    f"{_short(mine)} on rank 0 but {_short(other)} on rank {rank}; start every process with the "
+                    f"{shown(mine, 80)} on rank 0 but {shown(other, 80)} on rank {rank}; start every process with the "
                     "same arguments and the same data"
                 )
 
@@ -87,11 +88,6 @@ def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | N
                 return where
         return None
     return None if a == b else (path or "the value", a, b)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: The single-process world (the default everywhere).
